@@ -1,0 +1,92 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "warmpool",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "warmpool-agent", targets: ["warmpool-agent"]),
+        .executable(name: "warmpool-controller", targets: ["warmpool-controller"]),
+        .executable(name: "warmpool-loadgen", targets: ["warmpool-loadgen"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // System libraries. The Debian -dev packages provide the pkg-config files (Scripts/setup installs them).
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CLibSSH2", pkgConfig: "libssh2", providers: [.apt(["libssh2-1-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // curl_easy_setopt is variadic, which Swift cannot call: this shim gives it typed entry points.
+        .target(name: "CCurlShim", dependencies: ["CCurl"]),
+
+        .target(
+            name: "WarmpoolWire",
+            dependencies: [
+                "CZstd",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .target(
+            name: "WarmpoolAgent",
+            dependencies: [
+                "WarmpoolWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "WarmpoolController",
+            dependencies: [
+                "WarmpoolWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "warmpool-agent",
+            dependencies: [
+                "WarmpoolAgent",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "warmpool-controller",
+            dependencies: [
+                "WarmpoolController",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // Opens many agent sessions from one process: the soak and capacity benchmarks' load.
+        .executableTarget(
+            name: "warmpool-loadgen",
+            dependencies: [
+                "WarmpoolAgent",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        .testTarget(name: "SystemLibraryTests", dependencies: ["CZstd", "CLibSSH2", "CCurl", "CCurlShim"]),
+        .testTarget(name: "WarmpoolWireTests", dependencies: ["WarmpoolWire"]),
+        .testTarget(name: "WarmpoolAgentTests", dependencies: ["WarmpoolAgent"]),
+        .testTarget(
+            name: "WarmpoolControllerTests",
+            dependencies: [
+                "WarmpoolController",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "EndToEndTests", dependencies: ["WarmpoolWire"]),
+    ]
+)

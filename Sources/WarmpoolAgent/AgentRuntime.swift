@@ -1,0 +1,328 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Dispatch
+import Logging
+import NIOCore
+import NIOPosix
+import WarmpoolWire
+
+public struct ControllerAddress: Hashable, Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// HOST:PORT, with [v6] brackets allowed.
+    public init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (1...65535).contains(port)
+        else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        self.init(host: host, port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+public struct AgentConfiguration: Sendable {
+    public var controllers: [ControllerAddress]
+    public var agentID: String
+    public var instanceID: UInt64
+    public var machineID: UInt64
+    public var role: AgentRole
+    public var secret: AgentSecret
+    /// Parallel sessions to the controller(s); every beat goes out on each (PROTOCOL.md §6).
+    public var connections: Int
+    public var volume: VolumeProbe
+    /// nil disables the GPU probe.
+    public var nvmlLibrary: String?
+    public var workloadPIDFile: String?
+    /// Run through /bin/sh when the lease expires.
+    public var fenceCommand: String?
+    public var probeIntervalNanoseconds: Int64
+    public var connectTimeoutNanoseconds: Int64
+
+    public init(
+        controllers: [ControllerAddress], agentID: String, instanceID: UInt64, machineID: UInt64, role: AgentRole,
+        secret: AgentSecret, connections: Int = 2, volume: VolumeProbe = VolumeProbe(),
+        nvmlLibrary: String? = "libnvidia-ml.so.1", workloadPIDFile: String? = nil, fenceCommand: String? = nil,
+        probeIntervalNanoseconds: Int64 = 1_000_000_000, connectTimeoutNanoseconds: Int64 = 1_000_000_000
+    ) {
+        self.controllers = controllers
+        self.agentID = agentID
+        self.instanceID = instanceID
+        self.machineID = machineID
+        self.role = role
+        self.secret = secret
+        self.connections = connections
+        self.volume = volume
+        self.nvmlLibrary = nvmlLibrary
+        self.workloadPIDFile = workloadPIDFile
+        self.fenceCommand = fenceCommand
+        self.probeIntervalNanoseconds = probeIntervalNanoseconds
+        self.connectTimeoutNanoseconds = connectTimeoutNanoseconds
+    }
+}
+
+public let warmpoolAgentVersion = "0.1.0"
+
+/// The agent's I/O shell. Everything here runs on `loop` (hence `@unchecked Sendable`: the state
+/// is confined to that one thread); blocking probes and the fence command run on their own queues.
+public final class AgentRuntime: @unchecked Sendable {
+    private struct Slot {
+        var handler: AgentConnectionHandler?
+        var attempt = 0
+        var backoff = Backoff()
+        var reconnect: Scheduled<Void>?
+    }
+
+    public let configuration: AgentConfiguration
+    public let loop: EventLoop
+    private let logger: Logger
+    private var slots: [Slot]
+    private var lease = LeaseKeeper()
+    private var knownEpoch: UInt64 = 0
+    private var terms: Welcome?
+    private var heartbeatTask: RepeatedTask?
+    private var nextTelemetryAt: Int64 = 0
+    private var probeReport: ProbeReport?
+    private var stopping = false
+    private let probeQueue = DispatchQueue(label: "warmpool.agent.probes")
+    private let fenceQueue = DispatchQueue(label: "warmpool.agent.fence")
+    private var generator = SystemRandomNumberGenerator()
+
+    public init(configuration: AgentConfiguration, loop: EventLoop, logger: Logger) {
+        precondition(!configuration.controllers.isEmpty && configuration.connections >= 1)
+        self.configuration = configuration
+        self.loop = loop
+        self.logger = logger
+        self.slots = Array(repeating: Slot(), count: configuration.connections)
+    }
+
+    // MARK: Lifecycle
+
+    public func start() {
+        loop.execute {
+            self.startProbing()
+            for slot in self.slots.indices { self.connect(slot: slot) }
+        }
+    }
+
+    /// Says goodbye on every established session, so the controller does not fail us over.
+    public func shutdown() -> EventLoopFuture<Void> {
+        loop.flatSubmit {
+            self.stopping = true
+            self.heartbeatTask?.cancel()
+            var closing: [EventLoopFuture<Void>] = []
+            for index in self.slots.indices {
+                self.slots[index].reconnect?.cancel()
+                guard let handler = self.slots[index].handler else { continue }
+                if let goodbye = handler.sayGoodbye(reason: .shutdown) {
+                    closing.append(goodbye.recover { _ in })
+                } else {
+                    handler.close(reason: "shutting down")
+                }
+            }
+            return EventLoopFuture.andAllComplete(closing, on: self.loop)
+        }
+    }
+
+    // MARK: Connections
+
+    private func connect(slot index: Int) {
+        guard !stopping else { return }
+        let controllers = configuration.controllers
+        // Slots start on different controllers and move on after each failed attempt.
+        let address = controllers[(index + slots[index].attempt) % controllers.count]
+        slots[index].attempt += 1
+        let hello = Hello(
+            clientNonce: HandshakeCrypto.randomNonce(), role: configuration.role, instanceID: configuration.instanceID,
+            machineID: configuration.machineID, knownEpoch: knownEpoch, fencedAtEpoch: lease.fencedAtEpoch,
+            agentID: configuration.agentID, softwareVersion: warmpoolAgentVersion)
+        var connectionLogger = logger
+        connectionLogger[metadataKey: "controller"] = "\(address)"
+        connectionLogger[metadataKey: "slot"] = "\(index)"
+        let handlerLogger = connectionLogger
+        let secret = configuration.secret
+        ClientBootstrap(group: loop)
+            .connectTimeout(.nanoseconds(configuration.connectTimeoutNanoseconds))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = AgentConnectionHandler(
+                        hello: hello, secret: secret, runtime: self, slot: index, logger: handlerLogger)
+                    try channel.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(FrameDecoder()), MessageToByteHandler(FrameEncoder()), handler,
+                    ])
+                    self.slots[index].handler = handler
+                }
+            }
+            .connect(host: address.host, port: address.port)
+            .whenFailure { error in
+                handlerLogger.notice("connect failed", metadata: ["error": "\(error)"])
+                self.scheduleReconnect(slot: index)
+            }
+    }
+
+    private func scheduleReconnect(slot index: Int) {
+        guard !stopping else { return }
+        slots[index].handler = nil
+        let delay = slots[index].backoff.nextDelay(unit: Double.random(in: 0...1, using: &generator))
+        slots[index].reconnect = loop.scheduleTask(in: .nanoseconds(delay)) { self.connect(slot: index) }
+    }
+
+    func connectionClosed(slot index: Int, handler: AgentConnectionHandler) {
+        guard slots[index].handler === handler else { return }
+        logger.info("connection closed", metadata: ["slot": "\(index)"])
+        scheduleReconnect(slot: index)
+    }
+
+    func established(slot index: Int, handler: AgentConnectionHandler, welcome: Welcome) {
+        slots[index].backoff.reset()
+        slots[index].attempt -= 1  // stay on the controller that answered
+        knownEpoch = welcome.epoch
+        logger.info(
+            "session established",
+            metadata: [
+                "slot": "\(index)", "epoch": "\(welcome.epoch)", "interval_ms": "\(welcome.heartbeatIntervalMilliseconds)",
+                "lease_ms": "\(welcome.leaseMilliseconds)",
+            ])
+        if terms?.heartbeatIntervalMilliseconds != welcome.heartbeatIntervalMilliseconds {
+            heartbeatTask?.cancel()
+            let interval = TimeAmount.milliseconds(Int64(welcome.heartbeatIntervalMilliseconds))
+            heartbeatTask = loop.scheduleRepeatedTask(initialDelay: .zero, delay: interval) { _ in self.heartbeatTick() }
+        }
+        terms = welcome
+        // Every new session gets the full picture at once.
+        if let document = telemetryDocument() { handler.sendTelemetry(document: document) }
+    }
+
+    func rejected(slot index: Int, code: Reject.Code) {
+        // A refused key will not become right by retrying fast: back off to the ceiling.
+        if code == .authenticationFailed { for _ in 0..<8 { _ = slots[index].backoff.nextDelay(unit: 1) } }
+    }
+
+    // MARK: Heartbeats and the lease
+
+    private func heartbeatTick() {
+        let now = MonotonicClock.now()
+        if case .fence(let epoch) = lease.tick(now: now) { fence(epoch: epoch) }
+        guard let terms else { return }
+        let status = AgentStatus(
+            report: probeReport, now: now, staleAfter: 3 * configuration.probeIntervalNanoseconds + 1_000_000_000,
+            holdsLease: lease.holdsLease(now: now), fenced: lease.fencedAtEpoch != nil)
+        let inboundTimeout = max(2 * Int64(terms.leaseMilliseconds) * 1_000_000, 2_000_000_000)
+        var telemetrySent = false
+        for slot in slots {
+            guard let handler = slot.handler else { continue }
+            if now - handler.lastInboundAt > inboundTimeout {
+                handler.close(reason: "nothing from the controller for \((now - handler.lastInboundAt) / 1_000_000) ms")
+                continue
+            }
+            guard handler.isEstablished else { continue }
+            handler.sendHeartbeat(status: status, now: now)
+            if !telemetrySent, now >= nextTelemetryAt, let document = telemetryDocument() {
+                handler.sendTelemetry(document: document)
+                telemetrySent = true
+            }
+        }
+        if telemetrySent { nextTelemetryAt = now + Int64(terms.telemetryIntervalMilliseconds) * 1_000_000 }
+    }
+
+    func leaseGranted(_ grant: LeaseGrant, anchor: Int64) {
+        knownEpoch = max(knownEpoch, grant.epoch)
+        let now = MonotonicClock.now()
+        let action = lease.granted(
+            anchor: anchor, leaseNanoseconds: Int64(grant.leaseMilliseconds) * 1_000_000, epoch: grant.epoch, now: now)
+        if case .fence(let epoch) = action { fence(epoch: epoch) }
+    }
+
+    private func fence(epoch: UInt64) {
+        logger.critical(
+            "lease expired: fencing this instance", metadata: ["epoch": "\(epoch)", "command": "\(configuration.fenceCommand ?? "-")"])
+        guard let command = configuration.fenceCommand else { return }
+        let logger = self.logger
+        fenceQueue.async {
+            let status = runShell(command, environment: ["WARMPOOL_FENCED_EPOCH=\(epoch)"])
+            if status == 0 {
+                logger.notice("fence command finished")
+            } else {
+                logger.error("fence command failed", metadata: ["exit_status": "\(status)"])
+            }
+        }
+    }
+
+    // MARK: Probes and telemetry
+
+    private func startProbing() {
+        let configuration = self.configuration
+        let queue = probeQueue
+        @Sendable func probeForever(_ probes: UncheckedBox<HostProbes>) {
+            let report = probes.value.probe()
+            loop.execute { self.received(report) }
+            queue.asyncAfter(deadline: .now() + .nanoseconds(Int(configuration.probeIntervalNanoseconds))) {
+                probeForever(probes)
+            }
+        }
+        // Loading NVML can block too: it happens on the probe queue as well.
+        queue.async {
+            probeForever(UncheckedBox(HostProbes(
+                volume: configuration.volume, nvmlLibrary: configuration.nvmlLibrary,
+                workloadPIDFile: configuration.workloadPIDFile)))
+        }
+    }
+
+    private func received(_ report: ProbeReport) {
+        if probeReport == nil || probeReport?.volume.problem != report.volume.problem {
+            logger.info("volume probe", metadata: ["volume.problem": "\(report.volume.problem ?? "none")"])
+        }
+        if probeReport == nil {
+            logger.info(
+                "GPU probe", metadata: ["gpu.count": "\(report.gpu.gpus.count)", "gpu.problem": "\(report.gpu.problem ?? "none")"])
+        }
+        probeReport = report
+    }
+
+    private struct TelemetryDocument: Encodable {
+        var agentID: String
+        var instanceID: UInt64
+        var machineID: UInt64
+        var role: String
+        var version: String
+        var epoch: UInt64
+        var fencedAtEpoch: UInt64?
+        var workload: String
+        var volume: VolumeReport?
+        var gpu: GPUReport?
+
+        enum CodingKeys: String, CodingKey {
+            case agentID = "agent_id", instanceID = "instance_id", machineID = "machine_id", role, version, epoch
+            case fencedAtEpoch = "fenced_at_epoch", workload, volume, gpu
+        }
+    }
+
+    private func telemetryDocument() -> [UInt8]? {
+        let document = TelemetryDocument(
+            agentID: configuration.agentID, instanceID: configuration.instanceID, machineID: configuration.machineID,
+            role: configuration.role.description, version: warmpoolAgentVersion, epoch: knownEpoch,
+            fencedAtEpoch: lease.fencedAtEpoch, workload: "\(probeReport?.workload ?? .unknown)",
+            volume: probeReport?.volume, gpu: probeReport?.gpu)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return try? Array(encoder.encode(document))
+    }
+}
+
+/// Hands a non-Sendable value to the one serial queue that uses it.
+private final class UncheckedBox<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}

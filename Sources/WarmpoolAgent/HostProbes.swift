@@ -1,0 +1,81 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import WarmpoolWire
+
+/// Everything the probes learned in one pass, stamped with when (agent monotonic clock).
+public struct ProbeReport: Sendable {
+    public var takenAt: Int64
+    public var volume: VolumeReport
+    public var gpu: GPUReport
+    public var workload: WorkloadState
+}
+
+/// Runs the blocking probes (fsync on the volume, NVML calls, a pid check). Owned by one probe
+/// thread; never called on an event loop.
+public final class HostProbes {
+    private let volume: VolumeProbe
+    private let nvml: NVMLProbe?
+    private let nvmlProblem: String?
+    private let workloadPIDFile: String?
+
+    /// `nvmlLibrary` nil disables the GPU probe; a library that fails to load is reported, not fatal.
+    public init(volume: VolumeProbe, nvmlLibrary: String?, workloadPIDFile: String?) {
+        self.volume = volume
+        self.workloadPIDFile = workloadPIDFile
+        if let nvmlLibrary {
+            do {
+                nvml = try NVMLProbe(library: nvmlLibrary)
+                nvmlProblem = nil
+            } catch {
+                nvml = nil
+                nvmlProblem = "\(error)"
+            }
+        } else {
+            nvml = nil
+            nvmlProblem = "GPU probe disabled"
+        }
+    }
+
+    public func probe() -> ProbeReport {
+        ProbeReport(
+            takenAt: MonotonicClock.now(), volume: volume.probe(),
+            gpu: nvml?.probe() ?? .unavailable(nvmlProblem ?? "NVML not loaded"), workload: workloadState())
+    }
+
+    /// Running when the pid file names a live process, stopped when it names none; unknown when
+    /// no pid file is configured.
+    private func workloadState() -> WorkloadState {
+        guard let workloadPIDFile else { return .unknown }
+        guard let bytes = readSmallFile(workloadPIDFile, limit: 64),
+            let pid = Int32(String(decoding: bytes, as: UTF8.self).trimmingWhitespace()), pid > 0
+        else { return .stopped }
+        return kill(pid, 0) == 0 || errno == EPERM ? .running : .stopped
+    }
+}
+
+extension AgentStatus {
+    /// The heartbeat summary of a probe report and the lease state. A report older than
+    /// `staleAfter` vouches for nothing: a hung volume must not look healthy.
+    public init(report: ProbeReport?, now: Int64, staleAfter: Int64, holdsLease: Bool, fenced: Bool) {
+        self.init()
+        if holdsLease { flags.insert(.leaseHeld) }
+        if fenced { flags.insert(.fenced) }
+        guard let report, now - report.takenAt <= staleAfter else {
+            workload = fenced ? .fenced : .unknown
+            return
+        }
+        if report.volume.mounted { flags.insert(.volumeMounted) }
+        if report.volume.idMatches { flags.insert(.volumeIDMatches) }
+        if report.volume.writable { flags.insert(.volumeWritable) }
+        volumeFreeMebibytes = UInt32(min(UInt64(UInt32.max), report.volume.freeBytes >> 20))
+        if report.gpu.available { flags.insert(.gpuProbeAvailable) }
+        let gpus = report.gpu.gpus
+        gpuCount = UInt8(min(255, gpus.count))
+        gpuHealthyCount = UInt8(min(255, gpus.count { $0.healthy }))
+        if gpus.contains(where: { !$0.healthy }) { flags.insert(.gpuErrors) }
+        if let hottest = gpus.compactMap(\.temperatureCelsius).max() { gpuMaxTemperatureCelsius = UInt8(min(254, hottest)) }
+        if let busiest = gpus.compactMap(\.utilizationPercent).max() { gpuMaxUtilizationPercent = UInt8(min(100, busiest)) }
+        workload = fenced ? .fenced : report.workload
+    }
+}

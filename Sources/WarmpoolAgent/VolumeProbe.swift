@@ -1,0 +1,143 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the agent learned about its data volume.
+public struct VolumeReport: Hashable, Sendable, Codable {
+    public var path: String
+    public var mounted: Bool
+    /// The id in the marker file, nil when the file is missing or unreadable.
+    public var volumeID: String?
+    public var idMatches: Bool
+    public var writable: Bool
+    public var freeBytes: UInt64
+    /// Why the volume is not healthy, in words; nil when it is.
+    public var problem: String?
+}
+
+/// Checks the shared volume: a mount point, holding the volume-id marker, writable, and its free
+/// space. Blocking (it writes and fsyncs a file): run it off the event loop.
+public struct VolumeProbe: Sendable {
+    public var path: String
+    public var markerName: String
+    /// The id the marker must hold; nil accepts any non-empty id.
+    public var expectedID: String?
+    public var mountInfoPath: String
+
+    public init(path: String = "/data", markerName: String = ".warmpool-volume-id", expectedID: String? = nil,
+                mountInfoPath: String = "/proc/self/mountinfo") {
+        self.path = path
+        self.markerName = markerName
+        self.expectedID = expectedID
+        self.mountInfoPath = mountInfoPath
+    }
+
+    public func probe() -> VolumeReport {
+        var report = VolumeReport(path: path, mounted: false, volumeID: nil, idMatches: false, writable: false, freeBytes: 0)
+        let normalized = Self.normalize(path)
+        guard let mountInfo = readSmallFile(mountInfoPath) else {
+            report.problem = "cannot read \(mountInfoPath)"
+            return report
+        }
+        report.mounted = Self.mountPoints(inMountInfo: mountInfo).contains(normalized)
+        var stats = statvfs()
+        if statvfs(normalized, &stats) == 0 {
+            report.freeBytes = UInt64(stats.f_bavail) * UInt64(stats.f_frsize)
+        }
+        if let marker = readSmallFile(normalized + "/" + markerName) {
+            let id = String(decoding: marker, as: UTF8.self).trimmingWhitespace()
+            report.volumeID = id.isEmpty ? nil : id
+        }
+        report.idMatches = report.volumeID != nil && (expectedID == nil || report.volumeID == expectedID)
+        report.writable = Self.canWrite(directory: normalized)
+
+        if !report.mounted {
+            report.problem = "\(normalized) is not a mount point"
+        } else if report.volumeID == nil {
+            report.problem = "no volume-id marker at \(normalized)/\(markerName)"
+        } else if !report.idMatches {
+            report.problem = "volume id \(report.volumeID!) does not match the expected \(expectedID ?? "")"
+        } else if !report.writable {
+            report.problem = "\(normalized) is not writable"
+        }
+        return report
+    }
+
+    /// Mount points from /proc/self/mountinfo (field 5), with the kernel's octal escapes undone.
+    public static func mountPoints(inMountInfo bytes: [UInt8]) -> Set<String> {
+        var points = Set<String>()
+        for line in bytes.split(separator: UInt8(ascii: "\n")) {
+            let fields = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
+            guard fields.count > 4 else { continue }
+            points.insert(unescapeOctal(Array(fields[4])))
+        }
+        return points
+    }
+
+    /// mountinfo writes space, tab, newline and backslash as `\ooo`.
+    static func unescapeOctal(_ field: [UInt8]) -> String {
+        func octalDigit(_ byte: UInt8) -> UInt8? {
+            byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "7") ? byte - UInt8(ascii: "0") : nil
+        }
+        var out: [UInt8] = []
+        var index = 0
+        while index < field.count {
+            if field[index] == UInt8(ascii: "\\"), index + 3 < field.count,
+                let a = octalDigit(field[index + 1]), let b = octalDigit(field[index + 2]),
+                let c = octalDigit(field[index + 3]), a <= 3
+            {
+                out.append(a << 6 | b << 3 | c)
+                index += 4
+            } else {
+                out.append(field[index])
+                index += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    static func normalize(_ path: String) -> String {
+        var trimmed = path
+        while trimmed.count > 1, trimmed.hasSuffix("/") { trimmed.removeLast() }
+        return trimmed
+    }
+
+    /// Creates, writes, fsyncs and removes a probe file. A read-only or full volume fails here.
+    static func canWrite(directory: String) -> Bool {
+        let probePath = directory + "/.warmpool-write-probe-\(getpid())"
+        let fd = open(probePath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return false }
+        defer { unlink(probePath) }
+        let payload: [UInt8] = Array("warmpool write probe\n".utf8)
+        let written = payload.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        let closed = close(fd) == 0
+        return written == payload.count && synced && closed
+    }
+}
+
+/// Reads a file of at most `limit` bytes; nil if it cannot be opened or read.
+func readSmallFile(_ path: String, limit: Int = 1 << 20) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var result: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 16_384)
+    while result.count < limit {
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0 { return nil }
+        if count == 0 { break }
+        result.append(contentsOf: chunk[0..<count])
+    }
+    return result
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        let bytes = Array(utf8)
+        let isSpace: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }
+        guard let first = bytes.firstIndex(where: { !isSpace($0) }) else { return "" }
+        let last = bytes.lastIndex(where: { !isSpace($0) })!
+        return String(decoding: bytes[first...last], as: UTF8.self)
+    }
+}

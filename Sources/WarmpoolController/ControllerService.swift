@@ -1,0 +1,107 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import WarmpoolWire
+
+/// The agent-facing listener and the detector's clock, as one service: binds, ticks the detector,
+/// re-reads the keys file when it changes, and on graceful shutdown stops accepting and closes.
+public final class ControllerService: Service {
+    public struct Configuration: Sendable {
+        public var host: String
+        public var port: Int
+        public var keysFile: String
+        public var hub: LivenessHub.Configuration
+
+        public init(host: String, port: Int, keysFile: String, hub: LivenessHub.Configuration) {
+            self.host = host
+            self.port = port
+            self.keysFile = keysFile
+            self.hub = hub
+        }
+    }
+
+    public let hub: LivenessHub
+    private let configuration: Configuration
+    private let group: MultiThreadedEventLoopGroup
+    private let logger: Logger
+    private let onListening: @Sendable (SocketAddress) -> Void
+
+    public init(
+        configuration: Configuration, epoch: UInt64, eventLog: LivenessEventLog, group: MultiThreadedEventLoopGroup,
+        logger: Logger, onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }
+    ) throws {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+        self.onListening = onListening
+        let keyring = try KeyFile.load(path: configuration.keysFile)
+        self.hub = LivenessHub(configuration: configuration.hub, keyring: keyring, epoch: epoch, eventLog: eventLog)
+        logger.info("loaded agent keys", metadata: ["keys.file": "\(configuration.keysFile)", "keys.count": "\(keyring.count)"])
+    }
+
+    public func run() async throws {
+        let hub = self.hub
+        let logger = self.logger
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(FrameDecoder()),
+                        MessageToByteHandler(FrameEncoder()),
+                        ControllerConnectionHandler(hub: hub, logger: logger),
+                    ])
+                }
+            }
+            .bind(host: configuration.host, port: configuration.port)
+            .get()
+        if let address = channel.localAddress {
+            logger.info("listening for agents", metadata: ["address": "\(address)"])
+            onListening(address)
+        }
+
+        // The tick bounds how late a failure is noticed: a fifth of an interval, at most 10 ms.
+        let tickNanoseconds = min(10_000_000, configuration.hub.detector.heartbeatInterval / 5)
+        let ticker = group.next().scheduleRepeatedTask(
+            initialDelay: .nanoseconds(tickNanoseconds), delay: .nanoseconds(tickNanoseconds)
+        ) { _ in hub.tick() }
+
+        await withGracefulShutdownHandler {
+            await watchKeysFile()
+        } onGracefulShutdown: {
+            logger.info("shutting down: closing the agent listener")
+            ticker.cancel()
+            channel.close(promise: nil)
+        }
+        try? await channel.closeFuture.get()
+        hub.eventLog.flush()
+    }
+
+    /// Agents can be added without a restart: the keys file is re-read when its mtime changes.
+    /// A file that fails to parse keeps the previous keyring in force, with an error logged.
+    private func watchKeysFile() async {
+        let path = configuration.keysFile
+        var lastModified = Self.modificationDate(path)
+        while !Task.isCancelled, !Task.isShuttingDownGracefully {
+            try? await Task.sleep(for: .seconds(1))
+            let modified = Self.modificationDate(path)
+            guard modified != lastModified else { continue }
+            lastModified = modified
+            do {
+                let keyring = try KeyFile.load(path: path)
+                hub.replaceKeyring(keyring)
+                logger.info("reloaded agent keys", metadata: ["keys.count": "\(keyring.count)"])
+            } catch {
+                logger.error("keys file unreadable, keeping the previous keys", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    private static func modificationDate(_ path: String) -> Date? {
+        (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
+    }
+}

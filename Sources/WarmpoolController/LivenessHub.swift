@@ -1,0 +1,105 @@
+import Logging
+import NIOConcurrencyHelpers
+import WarmpoolWire
+
+/// The state every controller connection shares: the failure detector, the keyring, the epoch and
+/// the event log. Connections on any event loop call in; each call holds the lock only for the
+/// detector's arithmetic.
+public final class LivenessHub: Sendable {
+    public struct Configuration: Sendable {
+        public var detector: DetectorConfiguration
+        public var leaseMilliseconds: UInt32
+        public var telemetryIntervalMilliseconds: UInt32
+        public var handshakeTimeoutMilliseconds: Int64
+
+        public init(
+            detector: DetectorConfiguration, leaseMilliseconds: UInt32 = 2_000,
+            telemetryIntervalMilliseconds: UInt32 = 30_000, handshakeTimeoutMilliseconds: Int64 = 2_000
+        ) {
+            self.detector = detector
+            self.leaseMilliseconds = leaseMilliseconds
+            self.telemetryIntervalMilliseconds = telemetryIntervalMilliseconds
+            self.handshakeTimeoutMilliseconds = handshakeTimeoutMilliseconds
+        }
+
+        public var terms: SessionTerms {
+            SessionTerms(
+                heartbeatIntervalMilliseconds: UInt32(detector.heartbeatInterval / 1_000_000),
+                silenceTimeoutMilliseconds: UInt32(detector.silenceTimeout / 1_000_000),
+                leaseMilliseconds: leaseMilliseconds, telemetryIntervalMilliseconds: telemetryIntervalMilliseconds)
+        }
+
+        /// Renew a session's lease once a quarter of it has passed: three grants can be lost in a
+        /// row before the agent fences itself.
+        var leaseRenewalNanoseconds: Int64 { Int64(leaseMilliseconds) * 1_000_000 / 4 }
+    }
+
+    private struct Shared: Sendable {
+        var tracker: LivenessTracker
+        var keyring: Keyring
+        var epoch: UInt64
+        var nextSession: SessionID = 1
+        var heartbeatsReceived: UInt64 = 0
+    }
+
+    public let configuration: Configuration
+    public let eventLog: LivenessEventLog
+    private let shared: NIOLockedValueBox<Shared>
+
+    public init(configuration: Configuration, keyring: Keyring, epoch: UInt64, eventLog: LivenessEventLog) {
+        self.configuration = configuration
+        self.eventLog = eventLog
+        self.shared = NIOLockedValueBox(
+            Shared(tracker: LivenessTracker(configuration: configuration.detector), keyring: keyring, epoch: epoch))
+    }
+
+    /// A snapshot for a new connection: its keyring, epoch and session id.
+    func openSession() -> (SessionID, Keyring, UInt64) {
+        shared.withLockedValue { shared in
+            defer { shared.nextSession += 1 }
+            return (shared.nextSession, shared.keyring, shared.epoch)
+        }
+    }
+
+    public func replaceKeyring(_ keyring: Keyring) {
+        shared.withLockedValue { $0.keyring = keyring }
+    }
+
+    public var epoch: UInt64 { shared.withLockedValue { $0.epoch } }
+
+    public var heartbeatsReceived: UInt64 { shared.withLockedValue { $0.heartbeatsReceived } }
+
+    public var connectedAgents: Int { shared.withLockedValue { $0.tracker.connectedAgentCount } }
+
+    func sessionEstablished(_ session: SessionID, agent: AgentIdentity, fencedAtEpoch: UInt64?) {
+        let now = MonotonicClock.now()
+        shared.withLockedValue { shared in
+            eventLog.publish(
+                shared.tracker.sessionEstablished(session, agent: agent, fencedAtEpoch: fencedAtEpoch, now: now))
+        }
+    }
+
+    /// Records a heartbeat; returns the epoch to grant a lease under, when one is due and allowed.
+    func heartbeat(_ session: SessionID, agentID: String, status: AgentStatus, lastGrantAt: Int64?) -> (now: Int64, leaseEpoch: UInt64?) {
+        let now = MonotonicClock.now()
+        return shared.withLockedValue { shared in
+            shared.heartbeatsReceived += 1
+            eventLog.publish(shared.tracker.heartbeat(session, agentID: agentID, status: status, now: now))
+            let due = lastGrantAt.map { now - $0 >= configuration.leaseRenewalNanoseconds } ?? true
+            let allowed = due && shared.tracker.mayGrantLease(agentID: agentID)
+            return (now, allowed ? shared.epoch : nil)
+        }
+    }
+
+    func sessionClosed(_ session: SessionID, agentID: String, graceful: Bool) {
+        let now = MonotonicClock.now()
+        shared.withLockedValue { shared in
+            eventLog.publish(shared.tracker.sessionClosed(session, agentID: agentID, graceful: graceful, now: now))
+        }
+    }
+
+    func tick() {
+        let now = MonotonicClock.now()
+        shared.withLockedValue { shared in eventLog.publish(shared.tracker.tick(now: now)) }
+    }
+}

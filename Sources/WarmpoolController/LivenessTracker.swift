@@ -1,0 +1,242 @@
+import WarmpoolWire
+
+/// Identifies one TCP session; an agent may hold several at once (see PROTOCOL.md §6).
+public typealias SessionID = UInt64
+
+/// What the failure detector concluded, with the moment it did (monotonic nanoseconds).
+public struct LivenessEvent: Hashable, Sendable {
+    public enum Kind: String, Hashable, Sendable, CaseIterable {
+        /// The agent's first session opened (again, after it left or before it was ever seen).
+        case connected
+        /// Silent for longer than the suspicion threshold; nothing is done yet.
+        case suspected
+        /// Silent past its timeout, or every connection closed without a Goodbye.
+        case failed
+        /// A suspected or failed agent was heard again.
+        case recovered
+        /// The agent reports that it fenced itself on lease loss.
+        case fenced
+        /// Every connection closed after a Goodbye: a clean shutdown, not a failure.
+        case left
+    }
+
+    public var kind: Kind
+    public var agent: AgentIdentity
+    public var atNanoseconds: Int64
+    public var reason: String
+    /// How long the agent had been silent when the event was raised, where that means something.
+    public var silenceNanoseconds: Int64?
+    public var fencedAtEpoch: UInt64?
+
+    public init(
+        kind: Kind, agent: AgentIdentity, atNanoseconds: Int64, reason: String, silenceNanoseconds: Int64? = nil,
+        fencedAtEpoch: UInt64? = nil
+    ) {
+        self.kind = kind
+        self.agent = agent
+        self.atNanoseconds = atNanoseconds
+        self.reason = reason
+        self.silenceNanoseconds = silenceNanoseconds
+        self.fencedAtEpoch = fencedAtEpoch
+    }
+}
+
+/// The detector's tuning. All durations in nanoseconds of the controller's monotonic clock.
+public struct DetectorConfiguration: Hashable, Sendable {
+    public var heartbeatInterval: Int64
+    /// Silence that fails an agent on a link that has shown no retransmission stalls.
+    public var silenceTimeout: Int64
+    /// The most the timeout grows to on a link that has.
+    public var maximumSilenceTimeout: Int64
+    /// How long a stall keeps the timeout raised.
+    public var stallMemory: Int64
+
+    public init(heartbeatInterval: Int64, silenceTimeout: Int64? = nil, maximumSilenceTimeout: Int64? = nil,
+                stallMemory: Int64 = 60_000_000_000) {
+        self.heartbeatInterval = heartbeatInterval
+        let base = silenceTimeout ?? DetectorConfiguration.defaultSilenceTimeout(interval: heartbeatInterval)
+        self.silenceTimeout = base
+        self.maximumSilenceTimeout = max(base, maximumSilenceTimeout ?? max(1_000_000_000, base))
+        self.stallMemory = stallMemory
+    }
+
+    /// Three intervals plus 50 ms: two beats may go missing and a third be late without a failure.
+    public static func defaultSilenceTimeout(interval: Int64) -> Int64 { 3 * interval + 50_000_000 }
+
+    /// A gap on one session longer than this is a retransmission stall, not scheduling jitter.
+    var stallThreshold: Int64 { 2 * heartbeatInterval + heartbeatInterval / 2 }
+}
+
+/// The failure detector for every agent. Pure: the caller passes the time in and publishes the
+/// events it returns.
+///
+/// Per agent: `alive -> suspected -> failed`, back to `alive` with `recovered`, or `left` after a
+/// Goodbye. An agent's silence is measured across all of its sessions (the newest beat from any of
+/// them counts), so a retransmission stall on one connection is covered by the other. Stalls seen
+/// on any single session are evidence of a lossy link and raise that agent's timeout (PROTOCOL.md §6).
+public struct LivenessTracker: Sendable {
+    private enum State: Hashable {
+        case alive
+        case suspected
+        case failed
+        case left
+    }
+
+    private struct Agent {
+        var identity: AgentIdentity
+        var state: State
+        /// Last accepted frame per open session.
+        var sessions: [SessionID: Int64]
+        var lastHeard: Int64
+        /// Largest single-session stall inside the stall memory, and when the latest was seen.
+        var largestStall: Int64 = 0
+        var lastStallAt: Int64?
+        var reportedFence: UInt64?
+        var status: AgentStatus?
+    }
+
+    public let configuration: DetectorConfiguration
+    private var agents: [String: Agent] = [:]
+
+    public init(configuration: DetectorConfiguration) {
+        self.configuration = configuration
+    }
+
+    public mutating func sessionEstablished(
+        _ session: SessionID, agent identity: AgentIdentity, fencedAtEpoch: UInt64?, now: Int64
+    ) -> [LivenessEvent] {
+        var events: [LivenessEvent] = []
+        var agent = agents[identity.agentID] ?? Agent(identity: identity, state: .left, sessions: [:], lastHeard: now)
+        let hadSessions = !agent.sessions.isEmpty
+        agent.identity = identity
+        agent.sessions[session] = now
+        let silence = now - agent.lastHeard
+        agent.lastHeard = now
+        switch agent.state {
+        case .failed, .suspected:
+            events.append(LivenessEvent(
+                kind: .recovered, agent: identity, atNanoseconds: now, reason: "new session after \(Self.ms(silence)) ms",
+                silenceNanoseconds: silence))
+        case .left where !hadSessions:
+            events.append(LivenessEvent(kind: .connected, agent: identity, atNanoseconds: now, reason: "session opened"))
+        case .left, .alive:
+            break
+        }
+        agent.state = .alive
+        if let epoch = fencedAtEpoch { Self.noteFence(epoch, &agent, now: now, into: &events) }
+        agents[identity.agentID] = agent
+        return events
+    }
+
+    public mutating func heartbeat(
+        _ session: SessionID, agentID: String, status: AgentStatus, now: Int64
+    ) -> [LivenessEvent] {
+        guard var agent = agents[agentID], let previous = agent.sessions[session] else { return [] }
+        var events: [LivenessEvent] = []
+        let sessionGap = now - previous
+        // A long gap on one session that did not end in a failure is a retransmission stall: the
+        // agent was alive (another session delivered, or the gap stayed under the timeout). A gap
+        // that failed the agent is a hang or a partition and says nothing about the link.
+        if sessionGap > configuration.stallThreshold, agent.state != .failed {
+            if let last = agent.lastStallAt, now - last > configuration.stallMemory { agent.largestStall = 0 }
+            agent.largestStall = max(agent.largestStall, sessionGap)
+            agent.lastStallAt = now
+        }
+        agent.sessions[session] = now
+        let silence = now - agent.lastHeard
+        agent.lastHeard = max(agent.lastHeard, now)
+        if agent.state == .suspected || agent.state == .failed {
+            events.append(LivenessEvent(
+                kind: .recovered, agent: agent.identity, atNanoseconds: now,
+                reason: "heartbeat after \(Self.ms(silence)) ms of silence", silenceNanoseconds: silence))
+            agent.state = .alive
+        }
+        agent.status = status
+        if status.flags.contains(.fenced), agent.reportedFence == nil {
+            // The epoch is not in the heartbeat; Hello carries it on the next connection.
+            Self.noteFence(0, &agent, now: now, into: &events)
+        }
+        agents[agentID] = agent
+        return events
+    }
+
+    /// A session ended. `graceful` means the agent said Goodbye on it first.
+    public mutating func sessionClosed(_ session: SessionID, agentID: String, graceful: Bool, now: Int64) -> [LivenessEvent] {
+        guard var agent = agents[agentID], agent.sessions.removeValue(forKey: session) != nil else { return [] }
+        var events: [LivenessEvent] = []
+        if agent.sessions.isEmpty {
+            if graceful {
+                agent.state = .left
+                events.append(LivenessEvent(kind: .left, agent: agent.identity, atNanoseconds: now, reason: "goodbye"))
+            } else if agent.state != .failed {
+                agent.state = .failed
+                events.append(LivenessEvent(
+                    kind: .failed, agent: agent.identity, atNanoseconds: now,
+                    reason: "every connection closed without a goodbye", silenceNanoseconds: now - agent.lastHeard))
+            }
+        }
+        agents[agentID] = agent
+        return events
+    }
+
+    /// Call often (every interval / 5 or so): raises suspicions and failures on silence.
+    public mutating func tick(now: Int64) -> [LivenessEvent] {
+        var events: [LivenessEvent] = []
+        for (id, agent) in agents where agent.state == .alive || agent.state == .suspected {
+            let silence = now - agent.lastHeard
+            let timeout = silenceTimeout(agent, now: now)
+            if silence > timeout {
+                agents[id]!.state = .failed
+                events.append(LivenessEvent(
+                    kind: .failed, agent: agent.identity, atNanoseconds: now,
+                    reason: "silent \(Self.ms(silence)) ms, timeout \(Self.ms(timeout)) ms", silenceNanoseconds: silence))
+            } else if agent.state == .alive, silence > suspicionThreshold(timeout) {
+                agents[id]!.state = .suspected
+                events.append(LivenessEvent(
+                    kind: .suspected, agent: agent.identity, atNanoseconds: now,
+                    reason: "silent \(Self.ms(silence)) ms, timeout \(Self.ms(timeout)) ms", silenceNanoseconds: silence))
+            }
+        }
+        return events
+    }
+
+    /// Leases go to agents the detector has not failed: once failed, a failover may be under way,
+    /// and a renewed lease would let the old primary keep writing.
+    public func mayGrantLease(agentID: String) -> Bool {
+        guard let agent = agents[agentID] else { return false }
+        return agent.state == .alive || agent.state == .suspected
+    }
+
+    /// The timeout in force for an agent now: the base, or 1.5 x the largest recent stall, capped.
+    public func currentSilenceTimeout(agentID: String, now: Int64) -> Int64? {
+        agents[agentID].map { silenceTimeout($0, now: now) }
+    }
+
+    public func status(agentID: String) -> AgentStatus? { agents[agentID]?.status }
+
+    public var agentCount: Int { agents.count }
+    public var connectedAgentCount: Int { agents.values.count { !$0.sessions.isEmpty } }
+
+    private func silenceTimeout(_ agent: Agent, now: Int64) -> Int64 {
+        guard let lastStall = agent.lastStallAt, now - lastStall <= configuration.stallMemory else {
+            return configuration.silenceTimeout
+        }
+        let raised = agent.largestStall + agent.largestStall / 2
+        return min(configuration.maximumSilenceTimeout, max(configuration.silenceTimeout, raised))
+    }
+
+    private func suspicionThreshold(_ timeout: Int64) -> Int64 {
+        max(2 * configuration.heartbeatInterval, timeout / 2)
+    }
+
+    private static func noteFence(_ epoch: UInt64, _ agent: inout Agent, now: Int64, into events: inout [LivenessEvent]) {
+        // Hello names the epoch; a heartbeat's fenced bit alone reports 0 until then.
+        guard agent.reportedFence == nil || (agent.reportedFence == 0 && epoch != 0) else { return }
+        agent.reportedFence = epoch
+        events.append(LivenessEvent(
+            kind: .fenced, agent: agent.identity, atNanoseconds: now, reason: "agent fenced itself on lease loss",
+            fencedAtEpoch: epoch == 0 ? nil : epoch))
+    }
+
+    static func ms(_ nanoseconds: Int64) -> Int64 { nanoseconds / 1_000_000 }
+}

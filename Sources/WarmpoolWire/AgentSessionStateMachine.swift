@@ -1,0 +1,173 @@
+import NIOCore
+
+/// One agent-side connection. Pure: the client handler sends what `start()` returns, feeds every
+/// received frame in, and asks it to seal outgoing heartbeats.
+///
+///     idle --start--> awaitingChallenge --Challenge--> awaitingWelcome --Welcome--> established
+///                              \------------- Reject / violation ---------------> closed
+public struct AgentSessionStateMachine {
+    private enum State {
+        case idle
+        case awaitingChallenge(hello: Hello, helloBody: [UInt8])
+        case awaitingWelcome(keys: SessionKeys)
+        case established(Established)
+        case closed
+    }
+
+    private struct Established {
+        var keys: SessionKeys
+        var welcome: Welcome
+        var nextInbound: UInt32
+        var nextOutbound: UInt32
+    }
+
+    public enum Action {
+        case none
+        case send(Frame)
+        case established(Welcome)
+        case lease(LeaseGrant)
+        /// The controller refused us and will close.
+        case rejected(Reject)
+        /// Close; `reason` is what to log.
+        case close(reason: ProtocolViolation)
+    }
+
+    /// Telemetry documents smaller than this are sent as they are: zstd cannot win much on them.
+    public static let compressionThreshold = 256
+
+    private var state: State = .idle
+    private let hello: Hello
+    private let secret: AgentSecret
+
+    public init(hello: Hello, secret: AgentSecret) {
+        precondition(hello.clientNonce.count == Hello.nonceSize)
+        self.hello = hello
+        self.secret = secret
+    }
+
+    public var welcome: Welcome? {
+        if case .established(let established) = state { return established.welcome }
+        return nil
+    }
+
+    /// The Hello frame that opens the connection.
+    public mutating func start() -> Frame {
+        precondition({ if case .idle = state { true } else { false } }(), "start() called twice")
+        var body = ByteBuffer()
+        hello.encode(into: &body)
+        state = .awaitingChallenge(hello: hello, helloBody: Array(buffer: body))
+        return Frame(type: .hello, payload: body)
+    }
+
+    public mutating func frameReceived(_ frame: Frame) -> Action {
+        if frame.type == .reject {
+            guard !isEstablishedState else { return fail(.unexpectedMessage(.reject, state: "established")) }
+            state = .closed
+            do { return .rejected(try Reject.decode(frame.payload)) } catch { return .close(reason: error) }
+        }
+        switch state {
+        case .idle, .closed:
+            return .none
+
+        case .awaitingChallenge(let hello, let helloBody):
+            guard frame.type == .challenge else {
+                return fail(.unexpectedMessage(frame.type, state: "awaiting Challenge"))
+            }
+            let challenge: Challenge
+            do { challenge = try Challenge.decode(frame.payload) } catch { return fail(error) }
+            let proof = HandshakeCrypto.proof(secret: secret, helloBody: helloBody, serverNonce: challenge.serverNonce)
+            state = .awaitingWelcome(
+                keys: HandshakeCrypto.sessionKeys(
+                    secret: secret, clientNonce: hello.clientNonce, serverNonce: challenge.serverNonce))
+            var body = ByteBuffer()
+            Proof(mac: proof).encode(into: &body)
+            return .send(Frame(type: .proof, payload: body))
+
+        case .awaitingWelcome(let keys):
+            guard frame.type == .welcome else {
+                return fail(.unexpectedMessage(frame.type, state: "awaiting Welcome"))
+            }
+            do throws(ProtocolViolation) {
+                // A valid MAC here is the controller's proof that it holds our secret too.
+                let welcome = try Welcome.decode(try keys.controllerToAgent.open(frame))
+                guard welcome.sequence == 1 else {
+                    throw ProtocolViolation.badSequence(.welcome, expected: 1, received: welcome.sequence)
+                }
+                state = .established(Established(keys: keys, welcome: welcome, nextInbound: 2, nextOutbound: 1))
+                return .established(welcome)
+            } catch {
+                return fail(error)
+            }
+
+        case .established(var established):
+            guard frame.type == .lease else { return fail(.unexpectedMessage(frame.type, state: "established")) }
+            do throws(ProtocolViolation) {
+                let grant = try LeaseGrant.decode(try established.keys.controllerToAgent.open(frame))
+                guard grant.sequence == established.nextInbound else {
+                    throw ProtocolViolation.badSequence(.lease, expected: established.nextInbound, received: grant.sequence)
+                }
+                established.nextInbound &+= 1
+                state = .established(established)
+                return .lease(grant)
+            } catch {
+                return fail(error)
+            }
+        }
+    }
+
+    public mutating func decodeFailed(_ violation: ProtocolViolation) -> Action { fail(violation) }
+
+    public mutating func sealHeartbeat(sentAtNanoseconds: UInt64, status: AgentStatus) -> (sequence: UInt32, frame: Frame)? {
+        sealNext(.heartbeat) { sequence, body in
+            Heartbeat(sequence: sequence, sentAtNanoseconds: sentAtNanoseconds, status: status).encode(into: &body)
+            return []
+        }
+    }
+
+    /// Compresses the document when it is large enough and zstd saves at least a tenth.
+    public mutating func sealTelemetry(document: [UInt8]) -> Frame? {
+        sealNext(.telemetry) { sequence, body in
+            body.writeInteger(sequence)
+            if document.count >= Self.compressionThreshold {
+                let compressed = Zstd.compress(document)
+                if compressed.count * 10 < document.count * 9 {
+                    body.writeBytes(compressed)
+                    return .compressed
+                }
+            }
+            body.writeBytes(document)
+            return []
+        }?.frame
+    }
+
+    public mutating func sealGoodbye(reason: Goodbye.Reason) -> Frame? {
+        sealNext(.goodbye) { sequence, body in
+            Goodbye(sequence: sequence, reason: reason).encode(into: &body)
+            return []
+        }?.frame
+    }
+
+    public mutating func closed() { state = .closed }
+
+    private mutating func sealNext(
+        _ type: MessageType, _ write: (UInt32, inout ByteBuffer) -> FrameFlags
+    ) -> (sequence: UInt32, frame: Frame)? {
+        guard case .established(var established) = state else { return nil }
+        let sequence = established.nextOutbound
+        established.nextOutbound &+= 1
+        state = .established(established)
+        var body = ByteBuffer()
+        let flags = write(sequence, &body)
+        return (sequence, established.keys.agentToController.seal(type: type, flags: flags, body: body))
+    }
+
+    private var isEstablishedState: Bool {
+        if case .established = state { return true }
+        return false
+    }
+
+    private mutating func fail(_ violation: ProtocolViolation) -> Action {
+        state = .closed
+        return .close(reason: violation)
+    }
+}

@@ -1,0 +1,171 @@
+import Crypto
+import NIOCore
+
+/// An agent's 32-byte shared secret. It never crosses the wire: the handshake proves it with an
+/// HMAC over both sides' nonces, and the session's MAC keys are derived from it.
+public struct AgentSecret: Hashable, Sendable {
+    public static let size = 32
+    public let bytes: [UInt8]
+
+    public init(bytes: [UInt8]) throws(SecretError) {
+        guard bytes.count == Self.size else { throw .wrongLength(bytes.count) }
+        self.bytes = bytes
+    }
+
+    /// Parses 64 hex characters; surrounding whitespace (a trailing newline in a file) is ignored.
+    public init(hex: String) throws(SecretError) {
+        let trimmed = hex.trimmingASCIIWhitespace()
+        guard let bytes = [UInt8](hexString: trimmed) else { throw .notHex }
+        try self.init(bytes: bytes)
+    }
+
+    public static func random() -> AgentSecret {
+        var generator = SystemRandomNumberGenerator()
+        return try! AgentSecret(bytes: (0..<size).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+    }
+
+    public var hex: String { bytes.hexString }
+
+    public enum SecretError: Error, Hashable, CustomStringConvertible {
+        case wrongLength(Int)
+        case notHex
+
+        public var description: String {
+            switch self {
+            case .wrongLength(let count): "an agent secret is 32 bytes (64 hex characters), got \(count) bytes"
+            case .notHex: "an agent secret must be 64 hex characters"
+            }
+        }
+    }
+}
+
+/// The handshake's cryptography, in one place so that PROTOCOL.md §4 can be checked against it.
+public enum HandshakeCrypto {
+    static let proofLabel = Array("warmpool/1 proof".utf8)
+    static let sessionLabel = Array("warmpool/1 session".utf8)
+    static let agentToControllerLabel = Array("warmpool/1 agent->controller".utf8)
+    static let controllerToAgentLabel = Array("warmpool/1 controller->agent".utf8)
+
+    /// HMAC-SHA256(secret, "warmpool/1 proof" || Hello body || server nonce).
+    public static func proof(secret: AgentSecret, helloBody: [UInt8], serverNonce: [UInt8]) -> [UInt8] {
+        var hmac = HMAC<SHA256>(key: SymmetricKey(data: secret.bytes))
+        hmac.update(data: proofLabel)
+        hmac.update(data: helloBody)
+        hmac.update(data: serverNonce)
+        return Array(hmac.finalize())
+    }
+
+    /// One key per direction, so a frame can never be reflected back at its sender.
+    public static func sessionKeys(secret: AgentSecret, clientNonce: [UInt8], serverNonce: [UInt8]) -> SessionKeys {
+        var hmac = HMAC<SHA256>(key: SymmetricKey(data: secret.bytes))
+        hmac.update(data: sessionLabel)
+        hmac.update(data: clientNonce)
+        hmac.update(data: serverNonce)
+        let sessionKey = SymmetricKey(data: Array(hmac.finalize()))
+        func derive(_ label: [UInt8]) -> SymmetricKey {
+            SymmetricKey(data: Array(HMAC<SHA256>.authenticationCode(for: label, using: sessionKey)))
+        }
+        return SessionKeys(
+            agentToController: FrameAuthenticator(key: derive(agentToControllerLabel)),
+            controllerToAgent: FrameAuthenticator(key: derive(controllerToAgentLabel)))
+    }
+
+    public static func randomNonce() -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<Hello.nonceSize).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+    }
+}
+
+public struct SessionKeys: Sendable {
+    public let agentToController: FrameAuthenticator
+    public let controllerToAgent: FrameAuthenticator
+}
+
+/// Appends and checks the 16-byte MAC of authenticated frames:
+/// the first 16 bytes of HMAC-SHA256(direction key, 7 header bytes || body).
+/// `@unchecked` because this version of Crypto does not mark `SymmetricKey` Sendable; the key is
+/// immutable once made.
+public struct FrameAuthenticator: @unchecked Sendable {
+    public static let macSize = 16
+    private let key: SymmetricKey
+
+    public init(key: SymmetricKey) { self.key = key }
+
+    public func seal(type: MessageType, flags: FrameFlags = [], body: ByteBuffer) -> Frame {
+        let header = Frame.headerBytes(type: type, flags: flags, payloadSize: body.readableBytes + Self.macSize)
+        var payload = body
+        payload.writeBytes(mac(header: header, body: body))
+        return Frame(type: type, flags: flags, payload: payload)
+    }
+
+    /// The body of an authenticated frame, MAC removed, or `badMAC`.
+    public func open(_ frame: Frame) throws(ProtocolViolation) -> ByteBuffer {
+        let bodySize = frame.payload.readableBytes - Self.macSize
+        guard bodySize >= 0 else { throw .badMAC(frame.type) }
+        let body = frame.payload.getSlice(at: frame.payload.readerIndex, length: bodySize)!
+        let received = frame.payload.getBytes(at: frame.payload.readerIndex + bodySize, length: Self.macSize)!
+        let expected = mac(header: frame.headerBytes(), body: body)
+        guard constantTimeEquals(received, expected) else { throw .badMAC(frame.type) }
+        return body
+    }
+
+    private func mac(header: [UInt8], body: ByteBuffer) -> [UInt8] {
+        var hmac = HMAC<SHA256>(key: key)
+        hmac.update(data: header)
+        body.withUnsafeReadableBytes { hmac.update(data: $0) }
+        return Array(hmac.finalize().prefix(Self.macSize))
+    }
+}
+
+/// Compares without an early exit, so timing tells an attacker nothing about how much matched.
+public func constantTimeEquals(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+    guard lhs.count == rhs.count else { return false }
+    var difference: UInt8 = 0
+    for index in lhs.indices { difference |= lhs[index] ^ rhs[index] }
+    return difference == 0
+}
+
+extension [UInt8] {
+    public init?(hexString: String) {
+        let digits = Array(hexString.utf8)
+        guard digits.count % 2 == 0 else { return nil }
+        func value(_ digit: UInt8) -> UInt8? {
+            switch digit {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit - UInt8(ascii: "A") + 10
+            default: nil
+            }
+        }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(digits.count / 2)
+        var index = 0
+        while index < digits.count {
+            guard let high = value(digits[index]), let low = value(digits[index + 1]) else { return nil }
+            bytes.append(high << 4 | low)
+            index += 2
+        }
+        self = bytes
+    }
+
+    public var hexString: String {
+        let alphabet = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(count * 2)
+        for byte in self {
+            out.append(alphabet[Int(byte >> 4)])
+            out.append(alphabet[Int(byte & 0x0F)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+extension String {
+    func trimmingASCIIWhitespace() -> String {
+        let isSpace: (UInt8) -> Bool = { $0 == 0x20 || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }
+        let bytes = Array(utf8)
+        guard let first = bytes.firstIndex(where: { !isSpace($0) }) else { return "" }
+        let last = bytes.lastIndex(where: { !isSpace($0) })!
+        return String(decoding: bytes[first...last], as: UTF8.self)
+    }
+}

@@ -1,0 +1,210 @@
+import NIOCore
+
+/// The secrets the controller holds, by agent id. A value, so a connection works on a snapshot.
+public struct Keyring: Sendable {
+    private var secrets: [String: AgentSecret]
+
+    public init(_ secrets: [String: AgentSecret] = [:]) { self.secrets = secrets }
+
+    public func secret(for agentID: String) -> AgentSecret? { secrets[agentID] }
+    public var agentIDs: [String] { secrets.keys.sorted() }
+    public var count: Int { secrets.count }
+}
+
+/// The session terms the controller hands every agent in Welcome.
+public struct SessionTerms: Hashable, Sendable {
+    public var heartbeatIntervalMilliseconds: UInt32
+    public var silenceTimeoutMilliseconds: UInt32
+    public var leaseMilliseconds: UInt32
+    public var telemetryIntervalMilliseconds: UInt32
+
+    public init(
+        heartbeatIntervalMilliseconds: UInt32, silenceTimeoutMilliseconds: UInt32, leaseMilliseconds: UInt32,
+        telemetryIntervalMilliseconds: UInt32
+    ) {
+        self.heartbeatIntervalMilliseconds = heartbeatIntervalMilliseconds
+        self.silenceTimeoutMilliseconds = silenceTimeoutMilliseconds
+        self.leaseMilliseconds = leaseMilliseconds
+        self.telemetryIntervalMilliseconds = telemetryIntervalMilliseconds
+    }
+}
+
+/// One controller-side connection, from the first byte to close. Pure: the handler feeds it
+/// frames and timer expiries and carries out the returned action.
+///
+///     awaitingHello --Hello(known agent)--> awaitingProof --Proof ok--> established --> closed
+///            \--timer / violation--> closed     \--bad proof / timer--> closed
+public struct ControllerSessionStateMachine {
+    private enum State {
+        /// Nothing received yet; the handshake timer runs.
+        case awaitingHello
+        /// Challenge sent; waiting for the HMAC of the transcript.
+        case awaitingProof(hello: Hello, helloBody: [UInt8], secret: AgentSecret)
+        /// Frames in both directions are MACed and numbered.
+        case established(Established)
+        case closed
+    }
+
+    private struct Established {
+        var identity: AgentIdentity
+        var keys: SessionKeys
+        var nextInbound: UInt32
+        var nextOutbound: UInt32
+    }
+
+    public enum Action {
+        case none
+        case send(Frame)
+        /// Send `welcome`; the agent is authenticated.
+        case established(AgentIdentity, fencedAtEpoch: UInt64?, welcome: Frame)
+        case heartbeat(Heartbeat)
+        case telemetry(Telemetry)
+        case goodbye(Goodbye)
+        /// Send `reject` if present, then close. `reason` is what to log.
+        case close(reason: ProtocolViolation, reject: Frame?)
+    }
+
+    private var state: State = .awaitingHello
+    private let keyring: Keyring
+    private let serverNonce: [UInt8]
+    private let terms: SessionTerms
+    private let epoch: UInt64
+
+    public init(keyring: Keyring, serverNonce: [UInt8], terms: SessionTerms, epoch: UInt64) {
+        precondition(serverNonce.count == Hello.nonceSize)
+        self.keyring = keyring
+        self.serverNonce = serverNonce
+        self.terms = terms
+        self.epoch = epoch
+    }
+
+    public var identity: AgentIdentity? {
+        if case .established(let established) = state { return established.identity }
+        return nil
+    }
+
+    public var isEstablished: Bool { identity != nil }
+
+    public mutating func frameReceived(_ frame: Frame) -> Action {
+        switch state {
+        case .awaitingHello:
+            guard frame.type == .hello else { return fail(.unexpectedMessage(frame.type, state: "awaiting Hello")) }
+            let hello: Hello
+            do { hello = try Hello.decode(frame.payload) } catch { return fail(error) }
+            guard let secret = keyring.secret(for: hello.agentID) else {
+                return fail(.unknownAgent(hello.agentID), code: .authenticationFailed)
+            }
+            state = .awaitingProof(hello: hello, helloBody: Array(buffer: frame.payload), secret: secret)
+            var body = ByteBuffer()
+            Challenge(serverNonce: serverNonce).encode(into: &body)
+            return .send(Frame(type: .challenge, payload: body))
+
+        case .awaitingProof(let hello, let helloBody, let secret):
+            guard frame.type == .proof else { return fail(.unexpectedMessage(frame.type, state: "awaiting Proof")) }
+            let proof: Proof
+            do { proof = try Proof.decode(frame.payload) } catch { return fail(error) }
+            let expected = HandshakeCrypto.proof(secret: secret, helloBody: helloBody, serverNonce: serverNonce)
+            guard constantTimeEquals(proof.mac, expected) else {
+                return fail(.badProof(agentID: hello.agentID), code: .authenticationFailed)
+            }
+            let keys = HandshakeCrypto.sessionKeys(
+                secret: secret, clientNonce: hello.clientNonce, serverNonce: serverNonce)
+            let welcome = Welcome(
+                sequence: 1, heartbeatIntervalMilliseconds: terms.heartbeatIntervalMilliseconds,
+                silenceTimeoutMilliseconds: terms.silenceTimeoutMilliseconds,
+                leaseMilliseconds: terms.leaseMilliseconds,
+                telemetryIntervalMilliseconds: terms.telemetryIntervalMilliseconds, epoch: epoch)
+            var body = ByteBuffer()
+            welcome.encode(into: &body)
+            let identity = AgentIdentity(hello)
+            state = .established(Established(identity: identity, keys: keys, nextInbound: 1, nextOutbound: 2))
+            return .established(
+                identity, fencedAtEpoch: hello.fencedAtEpoch,
+                welcome: keys.controllerToAgent.seal(type: .welcome, body: body))
+
+        case .established(var established):
+            do {
+                let action = try receiveEstablished(frame, &established)
+                state = .established(established)
+                return action
+            } catch {
+                return fail(error)
+            }
+
+        case .closed:
+            return .none
+        }
+    }
+
+    private func receiveEstablished(_ frame: Frame, _ established: inout Established) throws(ProtocolViolation) -> Action {
+        guard frame.type == .heartbeat || frame.type == .telemetry || frame.type == .goodbye else {
+            throw .unexpectedMessage(frame.type, state: "established")
+        }
+        let body = try established.keys.agentToController.open(frame)
+        guard let sequence = body.getInteger(at: body.readerIndex, as: UInt32.self) else {
+            throw .malformedBody(type: frame.type, detail: "body ends before the sequence number")
+        }
+        guard sequence == established.nextInbound else {
+            throw .badSequence(frame.type, expected: established.nextInbound, received: sequence)
+        }
+        let action: Action
+        switch frame.type {
+        case .heartbeat:
+            action = .heartbeat(try Heartbeat.decode(body))
+        case .goodbye:
+            action = .goodbye(try Goodbye.decode(body))
+        default:
+            var rest = body
+            rest.moveReaderIndex(forwardBy: 4)
+            let bytes = Array(buffer: rest)
+            let document = frame.flags.contains(.compressed) ? try Zstd.decompress(bytes) : bytes
+            action = .telemetry(Telemetry(sequence: sequence, document: document))
+        }
+        established.nextInbound &+= 1
+        return action
+    }
+
+    /// The parser refused the byte stream (oversized length, unknown version, ...).
+    public mutating func decodeFailed(_ violation: ProtocolViolation) -> Action {
+        if case .unsupportedVersion = violation { return fail(violation, code: .unsupportedVersion) }
+        return fail(violation)
+    }
+
+    /// The handshake timer, scheduled by the handler when the connection opened, fired.
+    public mutating func handshakeTimerFired(after milliseconds: Int64) -> Action {
+        switch state {
+        case .awaitingHello, .awaitingProof:
+            return fail(.handshakeTimeout(milliseconds: milliseconds), code: .handshakeTimeout)
+        case .established, .closed:
+            return .none
+        }
+    }
+
+    /// A MACed lease grant for heartbeat `acknowledgedSequence`, or nil when not established.
+    public mutating func sealLease(acknowledgedSequence: UInt32, leaseMilliseconds: UInt32, epoch: UInt64) -> Frame? {
+        guard case .established(var established) = state else { return nil }
+        let grant = LeaseGrant(
+            sequence: established.nextOutbound, acknowledgedSequence: acknowledgedSequence,
+            leaseMilliseconds: leaseMilliseconds, epoch: epoch)
+        established.nextOutbound &+= 1
+        state = .established(established)
+        var body = ByteBuffer()
+        grant.encode(into: &body)
+        return established.keys.controllerToAgent.seal(type: .lease, body: body)
+    }
+
+    public mutating func closed() { state = .closed }
+
+    /// Before authentication the peer is told why (a generic reason for authentication failures,
+    /// so ids cannot be probed); after it, the connection just closes: the agent's MACs failed and
+    /// nothing it would read could be trusted either way.
+    private mutating func fail(_ violation: ProtocolViolation, code: Reject.Code = .protocolViolation) -> Action {
+        let wasEstablished = isEstablished
+        state = .closed
+        if wasEstablished { return .close(reason: violation, reject: nil) }
+        let text = code == .authenticationFailed ? "authentication failed" : violation.description
+        var body = ByteBuffer()
+        Reject(code: code, reason: text).encode(into: &body)
+        return .close(reason: violation, reject: Frame(type: .reject, payload: body))
+    }
+}

@@ -1,0 +1,459 @@
+import NIOCore
+
+/// What an agent does on its host. Sent in Hello; the controller answers with the epoch.
+public enum AgentRole: UInt8, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    case primary = 1
+    case standby = 2
+
+    public var description: String { self == .primary ? "primary" : "standby" }
+}
+
+/// Agent -> controller, first frame of every connection. Unauthenticated: it names the agent
+/// and carries the agent's nonce for the challenge.
+public struct Hello: Hashable, Sendable {
+    public static let nonceSize = 16
+
+    public var clientNonce: [UInt8]
+    public var role: AgentRole
+    public var instanceID: UInt64
+    public var machineID: UInt64
+    /// The last epoch this agent was told, 0 if none yet.
+    public var knownEpoch: UInt64
+    /// Set when the agent fenced itself on lease loss: the epoch it held then.
+    public var fencedAtEpoch: UInt64?
+    public var agentID: String
+    public var softwareVersion: String
+
+    public init(
+        clientNonce: [UInt8], role: AgentRole, instanceID: UInt64, machineID: UInt64, knownEpoch: UInt64 = 0,
+        fencedAtEpoch: UInt64? = nil, agentID: String, softwareVersion: String
+    ) {
+        self.clientNonce = clientNonce
+        self.role = role
+        self.instanceID = instanceID
+        self.machineID = machineID
+        self.knownEpoch = knownEpoch
+        self.fencedAtEpoch = fencedAtEpoch
+        self.agentID = agentID
+        self.softwareVersion = softwareVersion
+    }
+
+    public func encode(into buffer: inout ByteBuffer) {
+        buffer.writeBytes(clientNonce)
+        buffer.writeInteger(role.rawValue)
+        buffer.writeInteger(instanceID)
+        buffer.writeInteger(machineID)
+        buffer.writeInteger(knownEpoch)
+        buffer.writeInteger(UInt8(fencedAtEpoch == nil ? 0 : 1))
+        buffer.writeInteger(fencedAtEpoch ?? 0)
+        buffer.writeShortString(agentID)
+        buffer.writeShortString(softwareVersion)
+    }
+
+    public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Hello {
+        var reader = BodyReader(body, type: .hello)
+        let nonce = try reader.bytes(nonceSize)
+        let rawRole = try reader.integer(UInt8.self)
+        guard let role = AgentRole(rawValue: rawRole) else { throw reader.malformed("unknown role \(rawRole)") }
+        let instanceID = try reader.integer(UInt64.self)
+        let machineID = try reader.integer(UInt64.self)
+        let knownEpoch = try reader.integer(UInt64.self)
+        let fencedFlag = try reader.integer(UInt8.self)
+        let fencedEpoch = try reader.integer(UInt64.self)
+        guard fencedFlag <= 1 else { throw reader.malformed("fenced flag must be 0 or 1, got \(fencedFlag)") }
+        let agentID = try reader.shortString()
+        guard AgentIdentity.isValidAgentID(agentID) else {
+            throw reader.malformed("agent id must be 1-64 characters of A-Z a-z 0-9 . _ -")
+        }
+        let version = try reader.shortString()
+        guard version.utf8.count <= 64, version.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else {
+            throw reader.malformed("software version must be at most 64 printable ASCII characters")
+        }
+        try reader.finish()
+        return Hello(
+            clientNonce: nonce, role: role, instanceID: instanceID, machineID: machineID, knownEpoch: knownEpoch,
+            fencedAtEpoch: fencedFlag == 1 ? fencedEpoch : nil, agentID: agentID, softwareVersion: version)
+    }
+}
+
+/// Controller -> agent, unauthenticated: the controller's fresh nonce.
+public struct Challenge: Hashable, Sendable {
+    public var serverNonce: [UInt8]
+    public init(serverNonce: [UInt8]) { self.serverNonce = serverNonce }
+
+    public func encode(into buffer: inout ByteBuffer) { buffer.writeBytes(serverNonce) }
+
+    public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Challenge {
+        var reader = BodyReader(body, type: .challenge)
+        let nonce = try reader.bytes(Hello.nonceSize)
+        try reader.finish()
+        return Challenge(serverNonce: nonce)
+    }
+}
+
+/// Agent -> controller: HMAC-SHA256 over the handshake transcript, proving the secret.
+public struct Proof: Hashable, Sendable {
+    public static let size = 32
+    public var mac: [UInt8]
+    public init(mac: [UInt8]) { self.mac = mac }
+
+    public func encode(into buffer: inout ByteBuffer) { buffer.writeBytes(mac) }
+
+    public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Proof {
+        var reader = BodyReader(body, type: .proof)
+        let mac = try reader.bytes(size)
+        try reader.finish()
+        return Proof(mac: mac)
+    }
+}
+
+/// Controller -> agent, authenticated, sequence 1 of the controller's direction: the session's terms.
+public struct Welcome: Hashable, Sendable {
+    public var sequence: UInt32
+    public var heartbeatIntervalMilliseconds: UInt32
+    public var silenceTimeoutMilliseconds: UInt32
+    public var leaseMilliseconds: UInt32
+    public var telemetryIntervalMilliseconds: UInt32
+    public var epoch: UInt64
+
+    public init(
+        sequence: UInt32 = 1, heartbeatIntervalMilliseconds: UInt32, silenceTimeoutMilliseconds: UInt32,
+        leaseMilliseconds: UInt32, telemetryIntervalMilliseconds: UInt32, epoch: UInt64
+    ) {
+        self.sequence = sequence
+        self.heartbeatIntervalMilliseconds = heartbeatIntervalMilliseconds
+        self.silenceTimeoutMilliseconds = silenceTimeoutMilliseconds
+        self.leaseMilliseconds = leaseMilliseconds
+        self.telemetryIntervalMilliseconds = telemetryIntervalMilliseconds
+        self.epoch = epoch
+    }
+
+    public func encode(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(sequence)
+        buffer.writeInteger(heartbeatIntervalMilliseconds)
+        buffer.writeInteger(silenceTimeoutMilliseconds)
+        buffer.writeInteger(leaseMilliseconds)
+        buffer.writeInteger(telemetryIntervalMilliseconds)
+        buffer.writeInteger(epoch)
+    }
+
+    public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Welcome {
+        var reader = BodyReader(body, type: .welcome)
+        let welcome = Welcome(
+            sequence: try reader.integer(UInt32.self),
+            heartbeatIntervalMilliseconds: try reader.integer(UInt32.self),
+            silenceTimeoutMilliseconds: try reader.integer(UInt32.self),
+            leaseMilliseconds: try reader.integer(UInt32.self),
+            telemetryIntervalMilliseconds: try reader.integer(UInt32.self),
+            epoch: try reader.integer(UInt64.self))
+        guard welcome.heartbeatIntervalMilliseconds > 0, welcome.leaseMilliseconds > 0 else {
+            throw reader.malformed("heartbeat interval and lease must be positive")
+        }
+        try reader.finish()
+        return welcome
+    }
+}
+
+/// Controller -> agent, unauthenticated, then the controller closes. The agent logs it.
+public struct Reject: Hashable, Sendable {
+    public enum Code: UInt16, Sendable, Hashable {
+        case unsupportedVersion = 1
+        case authenticationFailed = 2
+        case protocolViolation = 3
+        case handshakeTimeout = 4
+        case shuttingDown = 5
+    }
+
+    public static let maximumReasonBytes = 512
+    public var code: Code
+    public var reason: String
+
+    public init(code: Code, reason: String) {
+        self.code = code
+        self.reason = String(decoding: reason.utf8.prefix(Reject.maximumReasonBytes), as: UTF8.self)
+    }
+
+    public func encode(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(code.rawValue)
+        let bytes = Array(reason.utf8.prefix(Reject.maximumReasonBytes))
+        buffer.writeInteger(UInt16(bytes.count))
+        buffer.writeBytes(bytes)
+    }
+
+    public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Reject {
+        var reader = BodyReader(body, type: .reject)
+        let rawCode = try reader.integer(UInt16.self)
+        guard let code = Code(rawValue: rawCode) else { throw reader.malformed("unknown reject code \(rawCode)") }
+        let length = Int(try reader.integer(UInt16.self))
+        guard length <= maximumReasonBytes else { throw reader.malformed("reason of \(length) bytes is too long") }
+        let reason = String(decoding: try reader.bytes(length), as: UTF8.self)
+        try reader.finish()
+        return Reject(code: code, reason: reason)
+    }
+}
+
+/// Agent -> controller, authenticated. 23 body bytes; 46 on the wire with header and MAC.
+public struct Heartbeat: Hashable, Sendable {
+    public static let bodySize = 23
+
+    public var sequence: UInt32
+    /// The agent's monotonic clock when it sent this beat, in nanoseconds.
+    public var sentAtNanoseconds: UInt64
+    public var status: AgentStatus
+
+    public init(sequence: UInt32, sentAtNanoseconds: UInt64, status: AgentStatus) {
+        self.sequence = sequence
+        self.sentAtNanoseconds = sentAtNanoseconds
+        self.status = status
+    }
+
+    public func encode(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(sequence)
+        buffer.writeInteger(sentAtNanoseconds)
+        buffer.writeInteger(status.flags.rawValue)
+        buffer.writeInteger(status.gpuCount)
+        buffer.writeInteger(status.gpuHealthyCount)
+        buffer.writeInteger(status.gpuMaxTemperatureCelsius)
+        buffer.writeInteger(status.gpuMaxUtilizationPercent)
+        buffer.writeInteger(status.volumeFreeMebibytes)
+        buffer.writeInteger(status.workload.rawValue)
+    }
+
+    public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Heartbeat {
+        var reader = BodyReader(body, type: .heartbeat)
+        let sequence = try reader.integer(UInt32.self)
+        let sentAt = try reader.integer(UInt64.self)
+        // Reserved status bits are ignored on receipt so that later agents can add bits.
+        let flags = AgentStatus.Flags(rawValue: try reader.integer(UInt16.self)).intersection(.all)
+        let gpuCount = try reader.integer(UInt8.self)
+        let gpuHealthy = try reader.integer(UInt8.self)
+        let temperature = try reader.integer(UInt8.self)
+        let utilization = try reader.integer(UInt8.self)
+        let freeMiB = try reader.integer(UInt32.self)
+        let rawWorkload = try reader.integer(UInt8.self)
+        try reader.finish()
+        guard gpuHealthy <= gpuCount else { throw reader.malformed("\(gpuHealthy) healthy GPUs of \(gpuCount)") }
+        guard utilization <= 100 || utilization == AgentStatus.unknownByte else {
+            throw reader.malformed("GPU utilisation \(utilization)% is over 100")
+        }
+        return Heartbeat(
+            sequence: sequence, sentAtNanoseconds: sentAt,
+            status: AgentStatus(
+                flags: flags, gpuCount: gpuCount, gpuHealthyCount: gpuHealthy, gpuMaxTemperatureCelsius: temperature,
+                gpuMaxUtilizationPercent: utilization, volumeFreeMebibytes: freeMiB,
+                workload: WorkloadState(rawValue: rawWorkload) ?? .unknown))
+    }
+}
+
+/// The summary every heartbeat carries: what the controller needs to decide on a failover.
+public struct AgentStatus: Hashable, Sendable {
+    /// 255 in a one-byte GPU reading means "not known".
+    public static let unknownByte: UInt8 = 0xFF
+
+    public struct Flags: OptionSet, Hashable, Sendable {
+        public let rawValue: UInt16
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
+
+        public static let volumeMounted = Flags(rawValue: 1 << 0)
+        public static let volumeIDMatches = Flags(rawValue: 1 << 1)
+        public static let volumeWritable = Flags(rawValue: 1 << 2)
+        public static let gpuProbeAvailable = Flags(rawValue: 1 << 3)
+        public static let gpuErrors = Flags(rawValue: 1 << 4)
+        public static let fenced = Flags(rawValue: 1 << 5)
+        public static let leaseHeld = Flags(rawValue: 1 << 6)
+        public static let all: Flags = [
+            .volumeMounted, .volumeIDMatches, .volumeWritable, .gpuProbeAvailable, .gpuErrors, .fenced, .leaseHeld,
+        ]
+    }
+
+    public var flags: Flags
+    public var gpuCount: UInt8
+    public var gpuHealthyCount: UInt8
+    public var gpuMaxTemperatureCelsius: UInt8
+    public var gpuMaxUtilizationPercent: UInt8
+    /// Free space on the volume in MiB, saturating at UInt32.max.
+    public var volumeFreeMebibytes: UInt32
+    public var workload: WorkloadState
+
+    public init(
+        flags: Flags = [], gpuCount: UInt8 = 0, gpuHealthyCount: UInt8 = 0,
+        gpuMaxTemperatureCelsius: UInt8 = AgentStatus.unknownByte,
+        gpuMaxUtilizationPercent: UInt8 = AgentStatus.unknownByte, volumeFreeMebibytes: UInt32 = 0,
+        workload: WorkloadState = .unknown
+    ) {
+        self.flags = flags
+        self.gpuCount = gpuCount
+        self.gpuHealthyCount = gpuHealthyCount
+        self.gpuMaxTemperatureCelsius = gpuMaxTemperatureCelsius
+        self.gpuMaxUtilizationPercent = gpuMaxUtilizationPercent
+        self.volumeFreeMebibytes = volumeFreeMebibytes
+        self.workload = workload
+    }
+}
+
+public enum WorkloadState: UInt8, Sendable, Hashable, CaseIterable {
+    case unknown = 0
+    case idle = 1
+    case running = 2
+    case stopped = 3
+    case fenced = 4
+}
+
+/// Controller -> agent, authenticated: the agent may act as its role until
+/// (its own send time of heartbeat `acknowledgedSequence`) + `leaseMilliseconds`.
+public struct LeaseGrant: Hashable, Sendable {
+    public var sequence: UInt32
+    public var acknowledgedSequence: UInt32
+    public var leaseMilliseconds: UInt32
+    public var epoch: UInt64
+
+    public init(sequence: UInt32, acknowledgedSequence: UInt32, leaseMilliseconds: UInt32, epoch: UInt64) {
+        self.sequence = sequence
+        self.acknowledgedSequence = acknowledgedSequence
+        self.leaseMilliseconds = leaseMilliseconds
+        self.epoch = epoch
+    }
+
+    public func encode(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(sequence)
+        buffer.writeInteger(acknowledgedSequence)
+        buffer.writeInteger(leaseMilliseconds)
+        buffer.writeInteger(epoch)
+    }
+
+    public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> LeaseGrant {
+        var reader = BodyReader(body, type: .lease)
+        let grant = LeaseGrant(
+            sequence: try reader.integer(UInt32.self), acknowledgedSequence: try reader.integer(UInt32.self),
+            leaseMilliseconds: try reader.integer(UInt32.self), epoch: try reader.integer(UInt64.self))
+        try reader.finish()
+        return grant
+    }
+}
+
+/// Agent -> controller, authenticated: the full inventory as JSON, zstd-compressed when that pays
+/// (the frame's `compressed` flag says which).
+public struct Telemetry: Hashable, Sendable {
+    public var sequence: UInt32
+    /// The JSON document, always uncompressed here: compression is a property of the frame.
+    public var document: [UInt8]
+
+    public init(sequence: UInt32, document: [UInt8]) {
+        self.sequence = sequence
+        self.document = document
+    }
+}
+
+/// Agent -> controller, authenticated: a clean shutdown, so the controller does not fail it over.
+public struct Goodbye: Hashable, Sendable {
+    public enum Reason: UInt8, Sendable, Hashable {
+        case shutdown = 0
+        case restarting = 1
+    }
+
+    public var sequence: UInt32
+    public var reason: Reason
+
+    public init(sequence: UInt32, reason: Reason) {
+        self.sequence = sequence
+        self.reason = reason
+    }
+
+    public func encode(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(sequence)
+        buffer.writeInteger(reason.rawValue)
+    }
+
+    public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Goodbye {
+        var reader = BodyReader(body, type: .goodbye)
+        let sequence = try reader.integer(UInt32.self)
+        let rawReason = try reader.integer(UInt8.self)
+        guard let reason = Reason(rawValue: rawReason) else { throw reader.malformed("unknown reason \(rawReason)") }
+        try reader.finish()
+        return Goodbye(sequence: sequence, reason: reason)
+    }
+}
+
+/// Who an established session belongs to.
+public struct AgentIdentity: Hashable, Sendable {
+    public var agentID: String
+    public var instanceID: UInt64
+    public var machineID: UInt64
+    public var role: AgentRole
+    public var softwareVersion: String
+
+    public init(agentID: String, instanceID: UInt64, machineID: UInt64, role: AgentRole, softwareVersion: String) {
+        self.agentID = agentID
+        self.instanceID = instanceID
+        self.machineID = machineID
+        self.role = role
+        self.softwareVersion = softwareVersion
+    }
+
+    public init(_ hello: Hello) {
+        self.init(
+            agentID: hello.agentID, instanceID: hello.instanceID, machineID: hello.machineID, role: hello.role,
+            softwareVersion: hello.softwareVersion)
+    }
+
+    /// Agent ids appear in logs, files and shell-free contexts: keep them to a safe alphabet.
+    public static func isValidAgentID(_ id: String) -> Bool {
+        let bytes = id.utf8
+        return (1...64).contains(bytes.count)
+            && bytes.allSatisfy { byte in
+                (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z"))
+                    || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+                    || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
+                    || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
+            }
+    }
+}
+
+/// Reads a message body field by field; a short body or bytes left over are malformed.
+struct BodyReader {
+    private var buffer: ByteBuffer
+    private let type: MessageType
+
+    init(_ buffer: ByteBuffer, type: MessageType) {
+        self.buffer = buffer
+        self.type = type
+    }
+
+    func malformed(_ detail: String) -> ProtocolViolation { .malformedBody(type: type, detail: detail) }
+
+    mutating func integer<T: FixedWidthInteger>(_: T.Type) throws(ProtocolViolation) -> T {
+        guard let value = buffer.readInteger(as: T.self) else {
+            throw malformed("body ends before a \(MemoryLayout<T>.size)-byte field")
+        }
+        return value
+    }
+
+    mutating func bytes(_ count: Int) throws(ProtocolViolation) -> [UInt8] {
+        guard let bytes = buffer.readBytes(length: count) else {
+            throw malformed("body ends before a \(count)-byte field")
+        }
+        return bytes
+    }
+
+    mutating func shortString() throws(ProtocolViolation) -> String {
+        let length = Int(try integer(UInt8.self))
+        let bytes = try bytes(length)
+        guard let string = String(validating: bytes, as: UTF8.self) else { throw malformed("string is not UTF-8") }
+        return string
+    }
+
+    mutating func rest() -> [UInt8] { buffer.readBytes(length: buffer.readableBytes) ?? [] }
+
+    func finish() throws(ProtocolViolation) {
+        guard buffer.readableBytes == 0 else { throw malformed("\(buffer.readableBytes) bytes left over") }
+    }
+}
+
+extension ByteBuffer {
+    /// A u8 length and at most 255 UTF-8 bytes. Callers validate lengths before sending.
+    mutating func writeShortString(_ string: String) {
+        let bytes = Array(string.utf8.prefix(255))
+        writeInteger(UInt8(bytes.count))
+        writeBytes(bytes)
+    }
+}

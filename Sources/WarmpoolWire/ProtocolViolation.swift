@@ -1,0 +1,48 @@
+/// Why a peer's bytes were refused. Each case is logged as the reason its connection was closed,
+/// so each names the problem precisely.
+public enum ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertible {
+    case frameTooLarge(claimed: Int, maximum: Int)
+    case frameTooShort(claimed: Int)
+    case unsupportedVersion(UInt8)
+    case unknownMessageType(UInt8)
+    case unknownFlags(type: MessageType, flags: UInt8)
+    case malformedBody(type: MessageType, detail: String)
+    case unexpectedMessage(MessageType, state: String)
+    case badMAC(MessageType)
+    case badSequence(MessageType, expected: UInt32, received: UInt32)
+    case unknownAgent(String)
+    case badProof(agentID: String)
+    case handshakeTimeout(milliseconds: Int64)
+    case decompressionFailed(String)
+
+    public var description: String {
+        switch self {
+        case .frameTooLarge(let claimed, let maximum):
+            "frame length \(claimed) exceeds the maximum of \(maximum) bytes"
+        case .frameTooShort(let claimed):
+            "frame length \(claimed) is shorter than the 3-byte header remainder"
+        case .unsupportedVersion(let version):
+            "unsupported protocol version \(version) (this side speaks \(warmpoolProtocolVersion))"
+        case .unknownMessageType(let type):
+            "unknown message type 0x\(String(type, radix: 16))"
+        case .unknownFlags(let type, let flags):
+            "flags 0x\(String(flags, radix: 16)) are not allowed on \(type)"
+        case .malformedBody(let type, let detail):
+            "malformed \(type) body: \(detail)"
+        case .unexpectedMessage(let type, let state):
+            "\(type) is not allowed while \(state)"
+        case .badMAC(let type):
+            "\(type) failed MAC verification"
+        case .badSequence(let type, let expected, let received):
+            "\(type) carries sequence \(received), expected \(expected) (replayed, reordered or dropped)"
+        case .unknownAgent(let id):
+            "unknown agent id \"\(id)\""
+        case .badProof(let id):
+            "agent \"\(id)\" failed the challenge (wrong secret)"
+        case .handshakeTimeout(let ms):
+            "no completed handshake within \(ms) ms"
+        case .decompressionFailed(let detail):
+            "telemetry decompression failed: \(detail)"
+        }
+    }
+}

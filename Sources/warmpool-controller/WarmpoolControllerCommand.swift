@@ -1,0 +1,147 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import WarmpoolController
+import WarmpoolWire
+
+@main
+struct WarmpoolControllerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "warmpool-controller",
+        abstract: "The Warmpool control plane: authenticates agents and detects their failure.",
+        subcommands: [Serve.self, Keygen.self],
+        defaultSubcommand: Serve.self)
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Listen for agents and publish liveness events (the default command).")
+
+    @Option(help: "Address to listen on for agents, HOST:PORT. Env: WARMPOOL_LISTEN.")
+    var listen: String = ProcessInfo.processInfo.environment["WARMPOOL_LISTEN"] ?? "127.0.0.1:7070"
+
+    @Option(help: "Agent keys file, one `agent-id hex-secret` per line; re-read when it changes. Env: WARMPOOL_KEYS_FILE.")
+    var keysFile: String = ProcessInfo.processInfo.environment["WARMPOOL_KEYS_FILE"] ?? "/etc/warmpool/agent-keys"
+
+    @Option(help: "Heartbeat interval agents are told to use, in ms. Env: WARMPOOL_HEARTBEAT_INTERVAL_MS.")
+    var heartbeatIntervalMs: Int = envInt("WARMPOOL_HEARTBEAT_INTERVAL_MS") ?? 100
+
+    @Option(help: "Silence that fails an agent on a clean link, in ms (default 3 intervals + 50). Env: WARMPOOL_SILENCE_TIMEOUT_MS.")
+    var silenceTimeoutMs: Int?
+
+    @Option(help: "Ceiling the silence timeout may adapt up to on a lossy link, in ms (default 1000). Env: WARMPOOL_MAX_SILENCE_TIMEOUT_MS.")
+    var maxSilenceTimeoutMs: Int?
+
+    @Option(help: "Lease granted to agents, in ms; an agent fences itself when it runs out. Env: WARMPOOL_LEASE_MS.")
+    var leaseMs: Int = envInt("WARMPOOL_LEASE_MS") ?? 2_000
+
+    @Option(help: "How often agents send their full telemetry, in ms. Env: WARMPOOL_TELEMETRY_INTERVAL_MS.")
+    var telemetryIntervalMs: Int = envInt("WARMPOOL_TELEMETRY_INTERVAL_MS") ?? 30_000
+
+    @Option(help: "Close connections that have not authenticated within this many ms. Env: WARMPOOL_HANDSHAKE_TIMEOUT_MS.")
+    var handshakeTimeoutMs: Int = envInt("WARMPOOL_HANDSHAKE_TIMEOUT_MS") ?? 2_000
+
+    @Option(help: "The current epoch (fencing token) handed to agents. Env: WARMPOOL_EPOCH.")
+    var epoch: UInt64 = UInt64(ProcessInfo.processInfo.environment["WARMPOOL_EPOCH"] ?? "") ?? 1
+
+    @Option(help: "Append liveness events as JSON lines to this file instead of stdout. Env: WARMPOOL_EVENTS.")
+    var events: String?
+
+    @Option(help: "Event-loop threads (default: one per core). Env: WARMPOOL_THREADS.")
+    var threads: Int = envInt("WARMPOOL_THREADS") ?? System.coreCount
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical. Env: WARMPOOL_LOG_LEVEL.")
+    var logLevel: String = ProcessInfo.processInfo.environment["WARMPOOL_LOG_LEVEL"] ?? "info"
+
+    /// Flags win over the environment for the options that have no fixed default.
+    mutating func resolveEnvironment() {
+        silenceTimeoutMs = silenceTimeoutMs ?? envInt("WARMPOOL_SILENCE_TIMEOUT_MS")
+        maxSilenceTimeoutMs = maxSilenceTimeoutMs ?? envInt("WARMPOOL_MAX_SILENCE_TIMEOUT_MS")
+        events = events ?? ProcessInfo.processInfo.environment["WARMPOOL_EVENTS"]
+    }
+
+    mutating func validate() throws {
+        resolveEnvironment()
+        guard heartbeatIntervalMs >= 10 else { throw ValidationError("--heartbeat-interval-ms must be at least 10") }
+        if let silenceTimeoutMs, silenceTimeoutMs <= heartbeatIntervalMs {
+            throw ValidationError("--silence-timeout-ms must exceed the heartbeat interval")
+        }
+        guard leaseMs > heartbeatIntervalMs else { throw ValidationError("--lease-ms must exceed the heartbeat interval") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+        _ = try parseHostPort(listen)
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel)!
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "warmpool.controller")
+        let (host, port) = try parseHostPort(listen)
+        let detector = DetectorConfiguration(
+            heartbeatInterval: Int64(heartbeatIntervalMs) * 1_000_000,
+            silenceTimeout: silenceTimeoutMs.map { Int64($0) * 1_000_000 },
+            maximumSilenceTimeout: maxSilenceTimeoutMs.map { Int64($0) * 1_000_000 })
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
+        let eventLog = try LivenessEventLog(path: events)
+        let service = try ControllerService(
+            configuration: .init(
+                host: host, port: port, keysFile: keysFile,
+                hub: .init(
+                    detector: detector, leaseMilliseconds: UInt32(leaseMs),
+                    telemetryIntervalMilliseconds: UInt32(telemetryIntervalMs),
+                    handshakeTimeoutMilliseconds: Int64(handshakeTimeoutMs))),
+            epoch: epoch, eventLog: eventLog, group: group, logger: logger)
+        logger.info(
+            "detector configured",
+            metadata: [
+                "interval_ms": "\(heartbeatIntervalMs)", "silence_timeout_ms": "\(detector.silenceTimeout / 1_000_000)",
+                "max_silence_timeout_ms": "\(detector.maximumSilenceTimeout / 1_000_000)", "lease_ms": "\(leaseMs)",
+            ])
+        let serviceGroup = ServiceGroup(
+            configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await serviceGroup.run()
+        eventLog.finish()
+        try await group.shutdownGracefully()
+    }
+}
+
+struct Keygen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Mint a secret for a new agent, append it to the keys file and print it.")
+
+    @Option(help: "The new agent's id: 1-64 characters of A-Z a-z 0-9 . _ -")
+    var agentId: String
+
+    @Option(help: "Agent keys file (created with mode 0600 when missing). Env: WARMPOOL_KEYS_FILE.")
+    var keysFile: String = ProcessInfo.processInfo.environment["WARMPOOL_KEYS_FILE"] ?? "/etc/warmpool/agent-keys"
+
+    @Option(help: "Also write the secret, alone, to this file (mode 0600) for the agent's --secret-file.")
+    var secretOut: String?
+
+    func run() throws {
+        let secret = try KeyFile.addAgent(agentId, path: keysFile)
+        if let secretOut {
+            guard FileManager.default.createFile(
+                atPath: secretOut, contents: Data((secret.hex + "\n").utf8), attributes: [.posixPermissions: 0o600])
+            else { throw ValidationError("cannot write \(secretOut)") }
+        } else {
+            print(secret.hex)
+        }
+    }
+}
+
+func envInt(_ name: String) -> Int? { ProcessInfo.processInfo.environment[name].flatMap { Int($0) } }
+
+func parseHostPort(_ text: String) throws -> (String, Int) {
+    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port)
+    else { throw ValidationError("expected HOST:PORT, got \(text)") }
+    var host = String(text[..<colon])
+    if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    return (host, port)
+}

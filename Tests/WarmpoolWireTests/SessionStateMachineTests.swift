@@ -1,0 +1,326 @@
+import NIOCore
+import Testing
+@testable import WarmpoolWire
+
+/// The two session machines wired back to back in memory: every frame one emits is fed to the other.
+struct SessionPair {
+    static let secret = try! AgentSecret(bytes: Array(0..<32))
+    static let terms = SessionTerms(
+        heartbeatIntervalMilliseconds: 100, silenceTimeoutMilliseconds: 350, leaseMilliseconds: 2_000,
+        telemetryIntervalMilliseconds: 30_000)
+
+    var agent: AgentSessionStateMachine
+    var controller: ControllerSessionStateMachine
+
+    init(agentSecret: AgentSecret = SessionPair.secret, agentID: String = "gpu-1",
+         keyring: Keyring = Keyring(["gpu-1": SessionPair.secret])) {
+        let hello = Hello(
+            clientNonce: Array(repeating: 0xA0, count: 16), role: .primary, instanceID: 1001, machineID: 77,
+            knownEpoch: 0, agentID: agentID, softwareVersion: "test")
+        agent = AgentSessionStateMachine(hello: hello, secret: agentSecret)
+        controller = ControllerSessionStateMachine(
+            keyring: keyring, serverNonce: Array(repeating: 0xB0, count: 16), terms: SessionPair.terms, epoch: 5)
+    }
+
+    /// Runs the handshake; returns the controller's last action and the agent's.
+    mutating func handshake() -> (ControllerSessionStateMachine.Action, AgentSessionStateMachine.Action) {
+        let hello = agent.start()
+        let first = controller.frameReceived(hello)
+        guard case .send(let challenge) = first else { return (first, .none) }
+        let answer = agent.frameReceived(challenge)
+        guard case .send(let proof) = answer else { return (.none, answer) }
+        let controllerAction = controller.frameReceived(proof)
+        guard case .established(_, _, let welcome) = controllerAction else { return (controllerAction, .none) }
+        return (controllerAction, agent.frameReceived(welcome))
+    }
+}
+
+@Suite struct SessionStateMachineTests {
+    @Test func handshakeEstablishesBothSidesWithTheTerms() {
+        var pair = SessionPair()
+        let (controllerAction, agentAction) = pair.handshake()
+        guard case .established(let identity, let fenced, _) = controllerAction else {
+            Issue.record("controller did not establish: \(controllerAction)")
+            return
+        }
+        #expect(identity == AgentIdentity(agentID: "gpu-1", instanceID: 1001, machineID: 77, role: .primary, softwareVersion: "test"))
+        #expect(fenced == nil)
+        guard case .established(let welcome) = agentAction else {
+            Issue.record("agent did not establish: \(agentAction)")
+            return
+        }
+        #expect(welcome.epoch == 5)
+        #expect(welcome.heartbeatIntervalMilliseconds == 100)
+        #expect(welcome.leaseMilliseconds == 2_000)
+    }
+
+    @Test func heartbeatsAndLeasesFlowAndAHeartbeatIs46BytesOnTheWire() throws {
+        var pair = SessionPair()
+        _ = pair.handshake()
+        let status = AgentStatus(flags: [.volumeMounted, .volumeWritable], gpuCount: 2, gpuHealthyCount: 2,
+                                 gpuMaxTemperatureCelsius: 61, gpuMaxUtilizationPercent: 97, volumeFreeMebibytes: 123_456,
+                                 workload: .running)
+        for expected in UInt32(1)...3 {
+            let sealed1 = pair.agent.sealHeartbeat(sentAtNanoseconds: 99, status: status)
+            let (sequence, frame) = try #require(sealed1)
+            #expect(sequence == expected)
+            var wire = ByteBuffer()
+            frame.write(into: &wire)
+            #expect(wire.readableBytes == 46)
+            guard case .heartbeat(let beat) = pair.controller.frameReceived(frame) else {
+                Issue.record("heartbeat refused")
+                return
+            }
+            #expect(beat.status == status)
+            #expect(beat.sentAtNanoseconds == 99)
+            let sealed2 = pair.controller.sealLease(acknowledgedSequence: sequence, leaseMilliseconds: 2_000, epoch: 5)
+            let grant = try #require(sealed2)
+            guard case .lease(let lease) = pair.agent.frameReceived(grant) else {
+                Issue.record("lease refused")
+                return
+            }
+            #expect(lease.acknowledgedSequence == sequence)
+        }
+    }
+
+    @Test func aReplayedHeartbeatClosesTheSession() throws {
+        var pair = SessionPair()
+        _ = pair.handshake()
+        let sealed3 = pair.agent.sealHeartbeat(sentAtNanoseconds: 1, status: AgentStatus())
+        let (_, frame) = try #require(sealed3)
+        guard case .heartbeat = pair.controller.frameReceived(frame) else {
+            Issue.record("first copy refused")
+            return
+        }
+        guard case .close(let reason, let reject) = pair.controller.frameReceived(frame) else {
+            Issue.record("replay accepted")
+            return
+        }
+        #expect(reason == .badSequence(.heartbeat, expected: 2, received: 1))
+        #expect(reject == nil)
+    }
+
+    @Test func aReorderedHeartbeatClosesTheSession() throws {
+        var pair = SessionPair()
+        _ = pair.handshake()
+        let sealed4 = pair.agent.sealHeartbeat(sentAtNanoseconds: 1, status: AgentStatus())
+        let first = try #require(sealed4).frame
+        let sealed5 = pair.agent.sealHeartbeat(sentAtNanoseconds: 2, status: AgentStatus())
+        let second = try #require(sealed5).frame
+        _ = first
+        guard case .close(let reason, _) = pair.controller.frameReceived(second) else {
+            Issue.record("out-of-order beat accepted")
+            return
+        }
+        #expect(reason == .badSequence(.heartbeat, expected: 1, received: 2))
+    }
+
+    @Test func aFlippedBitFailsTheMAC() throws {
+        var pair = SessionPair()
+        _ = pair.handshake()
+        let sealed6 = pair.agent.sealHeartbeat(sentAtNanoseconds: 1, status: AgentStatus())
+        var frame = try #require(sealed6).frame
+        // Claim a healthy GPU count the agent never sent.
+        let offset = frame.payload.readerIndex + 14
+        frame.payload.setInteger(frame.payload.getInteger(at: offset, as: UInt8.self)! ^ 0x01, at: offset)
+        guard case .close(let reason, _) = pair.controller.frameReceived(frame) else {
+            Issue.record("tampered beat accepted")
+            return
+        }
+        #expect(reason == .badMAC(.heartbeat))
+    }
+
+    @Test func aForgedHeartbeatUnderAnotherKeyFailsTheMAC() throws {
+        var pair = SessionPair()
+        _ = pair.handshake()
+        let forger = HandshakeCrypto.sessionKeys(
+            secret: AgentSecret.random(), clientNonce: Array(repeating: 0xA0, count: 16),
+            serverNonce: Array(repeating: 0xB0, count: 16))
+        var body = ByteBuffer()
+        Heartbeat(sequence: 1, sentAtNanoseconds: 1, status: AgentStatus()).encode(into: &body)
+        let forged = forger.agentToController.seal(type: .heartbeat, body: body)
+        guard case .close(let reason, _) = pair.controller.frameReceived(forged) else {
+            Issue.record("forged beat accepted")
+            return
+        }
+        #expect(reason == .badMAC(.heartbeat))
+    }
+
+    @Test func aLeaseReflectedBackAtTheControllerIsRefused() throws {
+        // Direction keys differ: a controller frame replayed towards the controller cannot verify.
+        var pair = SessionPair()
+        _ = pair.handshake()
+        let sealed7 = pair.controller.sealLease(acknowledgedSequence: 1, leaseMilliseconds: 1, epoch: 5)
+        let grant = try #require(sealed7)
+        guard case .close(let reason, _) = pair.controller.frameReceived(grant) else {
+            Issue.record("reflected frame accepted")
+            return
+        }
+        #expect(reason == .unexpectedMessage(.lease, state: "established"))
+    }
+
+    @Test func anUnknownAgentIsRejectedWithAGenericReason() throws {
+        var pair = SessionPair(agentID: "stranger")
+        let (action, _) = pair.handshake()
+        guard case .close(let reason, let rejectFrame?) = action else {
+            Issue.record("unknown agent not rejected: \(action)")
+            return
+        }
+        #expect(reason == .unknownAgent("stranger"))
+        let reject = try Reject.decode(rejectFrame.payload)
+        #expect(reject == Reject(code: .authenticationFailed, reason: "authentication failed"))
+    }
+
+    @Test func aWrongSecretFailsTheProofAndNeverReachesEstablished() {
+        var pair = SessionPair(agentSecret: AgentSecret.random())
+        let (action, _) = pair.handshake()
+        guard case .close(let reason, let reject) = action else {
+            Issue.record("wrong secret accepted: \(action)")
+            return
+        }
+        #expect(reason == .badProof(agentID: "gpu-1"))
+        #expect(reject != nil)
+        #expect(!pair.controller.isEstablished)
+    }
+
+    @Test func aHeartbeatBeforeTheHandshakeIsAViolation() {
+        var pair = SessionPair()
+        let frame = Frame(type: .heartbeat, payload: ByteBuffer(bytes: Array(repeating: 0, count: 39)))
+        guard case .close(let reason, _) = pair.controller.frameReceived(frame) else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(reason == .unexpectedMessage(.heartbeat, state: "awaiting Hello"))
+    }
+
+    @Test func theHandshakeTimerClosesASilentPeerButNotAnEstablishedOne() {
+        var silent = SessionPair()
+        guard case .close(let reason, let reject) = silent.controller.handshakeTimerFired(after: 2_000) else {
+            Issue.record("silent peer kept")
+            return
+        }
+        #expect(reason == .handshakeTimeout(milliseconds: 2_000))
+        #expect(reject != nil)
+
+        var established = SessionPair()
+        _ = established.handshake()
+        guard case .none = established.controller.handshakeTimerFired(after: 2_000) else {
+            Issue.record("established session closed by the handshake timer")
+            return
+        }
+    }
+
+    @Test func theAgentRefusesAWelcomeNotMACedWithItsKey() {
+        var pair = SessionPair()
+        let hello = pair.agent.start()
+        guard case .send(let challenge) = pair.controller.frameReceived(hello),
+            case .send = pair.agent.frameReceived(challenge)
+        else {
+            Issue.record("handshake did not start")
+            return
+        }
+        // An impostor controller that does not know the secret.
+        let impostor = HandshakeCrypto.sessionKeys(
+            secret: AgentSecret.random(), clientNonce: Array(repeating: 0xA0, count: 16),
+            serverNonce: Array(repeating: 0xB0, count: 16))
+        var body = ByteBuffer()
+        Welcome(heartbeatIntervalMilliseconds: 100, silenceTimeoutMilliseconds: 350, leaseMilliseconds: 60_000,
+                telemetryIntervalMilliseconds: 1, epoch: 1).encode(into: &body)
+        guard case .close(let reason) = pair.agent.frameReceived(impostor.controllerToAgent.seal(type: .welcome, body: body))
+        else {
+            Issue.record("impostor welcome accepted")
+            return
+        }
+        #expect(reason == .badMAC(.welcome))
+    }
+
+    @Test func theAgentReportsARejection() {
+        var pair = SessionPair(agentID: "stranger")
+        let hello = pair.agent.start()
+        guard case .close(_, let reject?) = pair.controller.frameReceived(hello) else {
+            Issue.record("not rejected")
+            return
+        }
+        guard case .rejected(let decoded) = pair.agent.frameReceived(reject) else {
+            Issue.record("agent did not surface the reject")
+            return
+        }
+        #expect(decoded.code == .authenticationFailed)
+    }
+
+    @Test func telemetryIsCompressedWhenItPaysAndRoundTrips() throws {
+        var pair = SessionPair()
+        _ = pair.handshake()
+        let big = Array(String(repeating: "{\"gpu\":\"NVIDIA H100 80GB HBM3\",\"temperature\":41},", count: 40).utf8)
+        let sealed8 = pair.agent.sealTelemetry(document: big)
+        let frame = try #require(sealed8)
+        #expect(frame.flags.contains(.compressed))
+        #expect(frame.payload.readableBytes < big.count / 4)
+        guard case .telemetry(let telemetry) = pair.controller.frameReceived(frame) else {
+            Issue.record("telemetry refused")
+            return
+        }
+        #expect(telemetry.document == big)
+
+        let small = Array("{\"gpus\":[]}".utf8)
+        let sealed9 = pair.agent.sealTelemetry(document: small)
+        let plain = try #require(sealed9)
+        #expect(!plain.flags.contains(.compressed))
+        guard case .telemetry(let smallTelemetry) = pair.controller.frameReceived(plain) else {
+            Issue.record("small telemetry refused")
+            return
+        }
+        #expect(smallTelemetry.document == small)
+    }
+
+    @Test func fencedAtEpochTravelsInHello() {
+        var pair = SessionPair()
+        pair.agent = AgentSessionStateMachine(
+            hello: Hello(clientNonce: Array(repeating: 1, count: 16), role: .primary, instanceID: 1, machineID: 1,
+                         knownEpoch: 4, fencedAtEpoch: 4, agentID: "gpu-1", softwareVersion: "t"),
+            secret: SessionPair.secret)
+        guard case .established(_, let fenced, _) = pair.handshake().0 else {
+            Issue.record("not established")
+            return
+        }
+        #expect(fenced == 4)
+    }
+}
+
+@Suite struct CompressionTests {
+    @Test func aDecompressionBombIsRefusedBeforeAllocating() throws {
+        let huge = [UInt8](repeating: 0, count: Zstd.maximumDecompressedSize + 1)
+        let bomb = Zstd.compress(huge)
+        #expect(bomb.count < 1_000)
+        #expect(throws: ProtocolViolation.decompressionFailed(
+            "declares \(huge.count) bytes, over the \(Zstd.maximumDecompressedSize)-byte limit")) {
+            try Zstd.decompress(bomb)
+        }
+    }
+
+    @Test func garbageIsNotAZstdFrame() {
+        #expect(throws: ProtocolViolation.decompressionFailed("not a zstd frame")) {
+            try Zstd.decompress([1, 2, 3, 4, 5, 6, 7, 8, 9])
+        }
+    }
+
+    @Test func aTruncatedFrameFails() {
+        let compressed = Zstd.compress(Array(repeating: 42, count: 10_000))
+        #expect(throws: ProtocolViolation.self) { try Zstd.decompress(Array(compressed.dropLast(3))) }
+    }
+}
+
+@Suite struct SecretTests {
+    @Test func parsesHexWithATrailingNewlineAndRefusesBadInput() throws {
+        let secret = AgentSecret.random()
+        #expect(try AgentSecret(hex: secret.hex + "\n") == secret)
+        #expect(throws: AgentSecret.SecretError.notHex) { try AgentSecret(hex: "zz" + String(secret.hex.dropFirst(2))) }
+        #expect(throws: AgentSecret.SecretError.wrongLength(16)) { try AgentSecret(hex: String(secret.hex.prefix(32))) }
+    }
+
+    @Test func constantTimeEqualsComparesWholeArrays() {
+        #expect(constantTimeEquals([1, 2, 3], [1, 2, 3]))
+        #expect(!constantTimeEquals([1, 2, 3], [1, 2, 4]))
+        #expect(!constantTimeEquals([1, 2, 3], [1, 2]))
+    }
+}

@@ -1,0 +1,193 @@
+import Foundation
+import NIOCore
+import Testing
+@testable import WarmpoolWire
+
+/// Protocol/vectors/vectors.json: one golden frame per message type, with the inputs that made it.
+/// Another implementation checks itself against the file; we check the file against ourselves, in
+/// both directions: our encoder reproduces every frame, and every frame decodes (MAC verified) to
+/// its inputs and re-encodes to the same bytes.
+///
+/// `WARMPOOL_WRITE_VECTORS=1 swift test --filter VectorTests` rewrites the file after a deliberate
+/// protocol change.
+@Suite struct VectorTests {
+    static let vectorsPath = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Protocol/vectors/vectors.json").path
+
+    static let secret = try! AgentSecret(bytes: Array(0..<32))
+    static let clientNonce: [UInt8] = (0..<16).map { 0xA0 + $0 }
+    static let serverNonce: [UInt8] = (0..<16).map { 0xB0 + $0 }
+    static let keys = HandshakeCrypto.sessionKeys(secret: secret, clientNonce: clientNonce, serverNonce: serverNonce)
+    static let hello = Hello(
+        clientNonce: clientNonce, role: .primary, instanceID: 1001, machineID: 77, knownEpoch: 3, agentID: "gpu-1",
+        softwareVersion: "0.1.0")
+    static let status = AgentStatus(
+        flags: [.volumeMounted, .volumeIDMatches, .volumeWritable, .gpuProbeAvailable, .leaseHeld], gpuCount: 4,
+        gpuHealthyCount: 4, gpuMaxTemperatureCelsius: 64, gpuMaxUtilizationPercent: 93, volumeFreeMebibytes: 81_920,
+        workload: .running)
+    static let smallDocument = #"{"agent_id":"gpu-1","gpu":{"available":false,"gpus":[]}}"#
+    static let largeDocument = "{\"gpus\":[" + (0..<8).map {
+        #"{"index":\#($0),"name":"NVIDIA H100 80GB HBM3","temperatureCelsius":41,"utilizationPercent":97}"#
+    }.joined(separator: ",") + "]}"
+
+    struct Vector {
+        var name: String
+        var inputs: [String: String]
+        var frame: Frame
+    }
+
+    static func body(_ write: (inout ByteBuffer) -> Void) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        write(&buffer)
+        return buffer
+    }
+
+    static var common: [String: String] {
+        ["secret_hex": secret.hex, "client_nonce_hex": clientNonce.hexString, "server_nonce_hex": serverNonce.hexString]
+    }
+
+    static func vectors() -> [Vector] {
+        let helloBody = body { hello.encode(into: &$0) }
+        var fencedHello = hello
+        fencedHello.fencedAtEpoch = 3
+        let welcome = Welcome(
+            heartbeatIntervalMilliseconds: 100, silenceTimeoutMilliseconds: 350, leaseMilliseconds: 2_000,
+            telemetryIntervalMilliseconds: 30_000, epoch: 3)
+        var agent = AgentSessionStateMachine(hello: hello, secret: secret)
+        // Drive a real agent session so its sealing code (sequence numbers, compression) makes the frames.
+        _ = agent.start()
+        _ = agent.frameReceived(Frame(type: .challenge, payload: body { Challenge(serverNonce: serverNonce).encode(into: &$0) }))
+        _ = agent.frameReceived(keys.controllerToAgent.seal(type: .welcome, body: body { welcome.encode(into: &$0) }))
+        let heartbeat = agent.sealHeartbeat(sentAtNanoseconds: 123_456_789_000, status: status)!.frame
+        let smallTelemetry = agent.sealTelemetry(document: Array(smallDocument.utf8))!
+        let largeTelemetry = agent.sealTelemetry(document: Array(largeDocument.utf8))!
+        let goodbye = agent.sealGoodbye(reason: .shutdown)!
+        let helloInputs: [String: String] = [
+            "client_nonce_hex": clientNonce.hexString, "role": "primary", "instance_id": "1001", "machine_id": "77",
+            "known_epoch": "3", "agent_id": "gpu-1", "software_version": "0.1.0",
+        ]
+        return [
+            Vector(name: "hello", inputs: helloInputs.merging(["fenced_at_epoch": "none"]) { $1 },
+                   frame: Frame(type: .hello, payload: helloBody)),
+            Vector(name: "hello_fenced", inputs: helloInputs.merging(["fenced_at_epoch": "3"]) { $1 },
+                   frame: Frame(type: .hello, payload: body { fencedHello.encode(into: &$0) })),
+            Vector(name: "challenge", inputs: ["server_nonce_hex": serverNonce.hexString],
+                   frame: Frame(type: .challenge, payload: body { Challenge(serverNonce: serverNonce).encode(into: &$0) })),
+            Vector(name: "proof", inputs: common.merging(["hello_body_hex": Array(buffer: helloBody).hexString]) { $1 },
+                   frame: Frame(type: .proof, payload: body {
+                       Proof(mac: HandshakeCrypto.proof(secret: secret, helloBody: Array(buffer: helloBody),
+                                                        serverNonce: serverNonce)).encode(into: &$0)
+                   })),
+            Vector(name: "welcome", inputs: common.merging([
+                "sequence": "1", "heartbeat_interval_ms": "100", "silence_timeout_ms": "350", "lease_ms": "2000",
+                "telemetry_interval_ms": "30000", "epoch": "3", "mac_key": "controller->agent",
+            ]) { $1 }, frame: keys.controllerToAgent.seal(type: .welcome, body: body { welcome.encode(into: &$0) })),
+            Vector(name: "reject", inputs: ["code": "2", "reason": "authentication failed"],
+                   frame: Frame(type: .reject, payload: body {
+                       Reject(code: .authenticationFailed, reason: "authentication failed").encode(into: &$0)
+                   })),
+            Vector(name: "heartbeat", inputs: common.merging([
+                "sequence": "1", "sent_at_ns": "123456789000", "status_flags": "0x004f", "gpu_count": "4",
+                "gpu_healthy": "4", "gpu_max_temp_c": "64", "gpu_max_util_pct": "93", "volume_free_mib": "81920",
+                "workload": "2", "mac_key": "agent->controller",
+            ]) { $1 }, frame: heartbeat),
+            Vector(name: "lease", inputs: common.merging([
+                "sequence": "2", "acknowledged_sequence": "1", "lease_ms": "2000", "epoch": "3", "mac_key": "controller->agent",
+            ]) { $1 }, frame: keys.controllerToAgent.seal(type: .lease, body: body {
+                LeaseGrant(sequence: 2, acknowledgedSequence: 1, leaseMilliseconds: 2_000, epoch: 3).encode(into: &$0)
+            })),
+            Vector(name: "telemetry", inputs: common.merging([
+                "sequence": "2", "compressed": "false", "document": smallDocument, "mac_key": "agent->controller",
+            ]) { $1 }, frame: smallTelemetry),
+            Vector(name: "telemetry_compressed", inputs: common.merging([
+                "sequence": "3", "compressed": "true", "document": largeDocument, "zstd_level": "3", "mac_key": "agent->controller",
+            ]) { $1 }, frame: largeTelemetry),
+            Vector(name: "goodbye", inputs: common.merging([
+                "sequence": "4", "reason": "0", "mac_key": "agent->controller",
+            ]) { $1 }, frame: goodbye),
+        ]
+    }
+
+    static func hex(_ frame: Frame) -> String {
+        var buffer = ByteBuffer()
+        frame.write(into: &buffer)
+        return Array(buffer: buffer).hexString
+    }
+
+    @Test func everyMessageTypeHasAVector() {
+        let types = Set(Self.vectors().map(\.frame.type))
+        #expect(types == Set(MessageType.allCases))
+    }
+
+    @Test func theVectorsFileMatchesOurEncoder() throws {
+        let vectors = Self.vectors()
+        if ProcessInfo.processInfo.environment["WARMPOOL_WRITE_VECTORS"] == "1" {
+            let objects: [[String: Any]] = vectors.map {
+                ["name": $0.name, "type": Int($0.frame.type.rawValue), "inputs": $0.inputs, "frame_hex": Self.hex($0.frame)]
+            }
+            let data = try JSONSerialization.data(withJSONObject: objects, options: [.prettyPrinted, .sortedKeys])
+            try data.write(to: URL(fileURLWithPath: Self.vectorsPath))
+        }
+        let data = try Data(contentsOf: URL(fileURLWithPath: Self.vectorsPath))
+        let file = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]])
+        #expect(file.count == vectors.count)
+        for vector in vectors {
+            let entry = try #require(file.first { $0["name"] as? String == vector.name }, "missing vector \(vector.name)")
+            #expect(entry["frame_hex"] as? String == Self.hex(vector.frame), "\(vector.name)")
+            #expect(entry["inputs"] as? [String: String] == vector.inputs, "\(vector.name)")
+            #expect(entry["type"] as? Int == Int(vector.frame.type.rawValue))
+        }
+    }
+
+    @Test func everyVectorDecodesAndReencodesToTheSameBytes() throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: Self.vectorsPath))
+        let file = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]])
+        for entry in file {
+            let name = try #require(entry["name"] as? String)
+            let frameHex = try #require(entry["frame_hex"] as? String)
+            let bytes = try #require([UInt8](hexString: frameHex))
+            var buffer = ByteBuffer(bytes: bytes)
+            let parsed = try FrameParser().parse(&buffer)
+            let frame = try #require(parsed, "\(name) did not parse")
+            #expect(buffer.readableBytes == 0)
+            #expect(Self.hex(frame) == bytes.hexString)
+            switch frame.type {
+            case .hello:
+                let hello = try Hello.decode(frame.payload)
+                #expect(hello.agentID == "gpu-1" && hello.instanceID == 1001 && hello.machineID == 77)
+                #expect(hello.fencedAtEpoch == (name == "hello_fenced" ? 3 : nil))
+                #expect(Self.hex(Frame(type: .hello, payload: Self.body { hello.encode(into: &$0) })) == bytes.hexString)
+            case .challenge:
+                #expect(try Challenge.decode(frame.payload).serverNonce == Self.serverNonce)
+            case .proof:
+                let helloBody = Array(buffer: Self.body { Self.hello.encode(into: &$0) })
+                #expect(try Proof.decode(frame.payload).mac
+                    == HandshakeCrypto.proof(secret: Self.secret, helloBody: helloBody, serverNonce: Self.serverNonce))
+            case .welcome:
+                let welcome = try Welcome.decode(try Self.keys.controllerToAgent.open(frame))
+                #expect(welcome.epoch == 3 && welcome.leaseMilliseconds == 2_000 && welcome.sequence == 1)
+            case .reject:
+                #expect(try Reject.decode(frame.payload) == Reject(code: .authenticationFailed, reason: "authentication failed"))
+            case .heartbeat:
+                let beat = try Heartbeat.decode(try Self.keys.agentToController.open(frame))
+                #expect(beat == Heartbeat(sequence: 1, sentAtNanoseconds: 123_456_789_000, status: Self.status))
+                #expect(bytes.count == 46)
+            case .lease:
+                let grant = try LeaseGrant.decode(try Self.keys.controllerToAgent.open(frame))
+                #expect(grant == LeaseGrant(sequence: 2, acknowledgedSequence: 1, leaseMilliseconds: 2_000, epoch: 3))
+            case .telemetry:
+                var body = try Self.keys.agentToController.open(frame)
+                let read = body.readInteger(as: UInt32.self)
+                let sequence = try #require(read)
+                let rest = Array(buffer: body)
+                let document = frame.flags.contains(.compressed) ? try Zstd.decompress(rest) : rest
+                let expected = frame.flags.contains(.compressed) ? Self.largeDocument : Self.smallDocument
+                #expect(String(decoding: document, as: UTF8.self) == expected)
+                #expect(sequence == (frame.flags.contains(.compressed) ? 3 : 2))
+            case .goodbye:
+                #expect(try Goodbye.decode(try Self.keys.agentToController.open(frame)) == Goodbye(sequence: 4, reason: .shutdown))
+            }
+        }
+    }
+}
