@@ -73,6 +73,8 @@ let package = Package(
             name: "warmpool-loadgen",
             dependencies: [
                 "WarmpoolAgent",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -87,6 +89,10 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "EndToEndTests", dependencies: ["WarmpoolWire"]),
+        // Starts the real binaries; depends on the wire module only to speak to them.
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["WarmpoolWire", .product(name: "NIOCore", package: "swift-nio")]
+        ),
     ]
 )

@@ -32,8 +32,17 @@ final class AgentConnectionHandler: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
+    /// A controller that accepts TCP but never finishes the handshake must not hold a slot forever.
+    static let handshakeTimeout = TimeAmount.seconds(5)
+    private var handshakeTimer: Scheduled<Void>?
+
     func channelActive(context: ChannelHandlerContext) {
         context.writeAndFlush(wrapOutboundOut(machine.start()), promise: nil)
+        let loopBoundSelf = NIOLoopBound(self, eventLoop: context.eventLoop)
+        handshakeTimer = context.eventLoop.scheduleTask(in: Self.handshakeTimeout) {
+            let handler = loopBoundSelf.value
+            if !handler.isEstablished { handler.close(reason: "no Welcome within \(Self.handshakeTimeout)") }
+        }
         context.fireChannelActive()
     }
 
@@ -52,6 +61,7 @@ final class AgentConnectionHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        handshakeTimer?.cancel()
         machine.closed()
         runtime.connectionClosed(slot: slot, handler: self)
         context.fireChannelInactive()

@@ -49,6 +49,8 @@ public struct AgentConfiguration: Sendable {
     public var fenceCommand: String?
     public var probeIntervalNanoseconds: Int64
     public var connectTimeoutNanoseconds: Int64
+    /// Off only for load generation, where thousands of simulated agents share one host.
+    public var probesEnabled = true
 
     public init(
         controllers: [ControllerAddress], agentID: String, instanceID: UInt64, machineID: UInt64, role: AgentRole,
@@ -92,6 +94,8 @@ public final class AgentRuntime: @unchecked Sendable {
     private var knownEpoch: UInt64 = 0
     private var terms: Welcome?
     private var heartbeatTask: RepeatedTask?
+    /// Fires at the lease's expiry, so the fence never waits for the next heartbeat tick.
+    private var leaseTimer: Scheduled<Void>?
     private var nextTelemetryAt: Int64 = 0
     private var probeReport: ProbeReport?
     private var stopping = false
@@ -111,7 +115,7 @@ public final class AgentRuntime: @unchecked Sendable {
 
     public func start() {
         loop.execute {
-            self.startProbing()
+            if self.configuration.probesEnabled { self.startProbing() }
             for slot in self.slots.indices { self.connect(slot: slot) }
         }
     }
@@ -188,7 +192,7 @@ public final class AgentRuntime: @unchecked Sendable {
     func established(slot index: Int, handler: AgentConnectionHandler, welcome: Welcome) {
         slots[index].backoff.reset()
         slots[index].attempt -= 1  // stay on the controller that answered
-        knownEpoch = welcome.epoch
+        knownEpoch = max(knownEpoch, welcome.epoch)
         logger.info(
             "session established",
             metadata: [
@@ -202,7 +206,10 @@ public final class AgentRuntime: @unchecked Sendable {
         }
         terms = welcome
         // Every new session gets the full picture at once.
-        if let document = telemetryDocument() { handler.sendTelemetry(document: document) }
+        if let document = telemetryDocument() {
+            handler.sendTelemetry(document: document)
+            nextTelemetryAt = MonotonicClock.now() + Int64(welcome.telemetryIntervalMilliseconds) * 1_000_000
+        }
     }
 
     func rejected(slot index: Int, code: Reject.Code) {
@@ -243,6 +250,12 @@ public final class AgentRuntime: @unchecked Sendable {
         let action = lease.granted(
             anchor: anchor, leaseNanoseconds: Int64(grant.leaseMilliseconds) * 1_000_000, epoch: grant.epoch, now: now)
         if case .fence(let epoch) = action { fence(epoch: epoch) }
+        leaseTimer?.cancel()
+        if let expiresAt = lease.expiresAt {
+            leaseTimer = loop.scheduleTask(in: .nanoseconds(max(0, expiresAt - now))) {
+                if case .fence(let epoch) = self.lease.tick(now: MonotonicClock.now()) { self.fence(epoch: epoch) }
+            }
+        }
     }
 
     private func fence(epoch: UInt64) {
@@ -291,10 +304,11 @@ public final class AgentRuntime: @unchecked Sendable {
         probeReport = report
     }
 
+    /// Keys become snake_case on the wire (agent_id, free_bytes, ...).
     private struct TelemetryDocument: Encodable {
-        var agentID: String
-        var instanceID: UInt64
-        var machineID: UInt64
+        var agentId: String
+        var instanceId: UInt64
+        var machineId: UInt64
         var role: String
         var version: String
         var epoch: UInt64
@@ -302,21 +316,18 @@ public final class AgentRuntime: @unchecked Sendable {
         var workload: String
         var volume: VolumeReport?
         var gpu: GPUReport?
-
-        enum CodingKeys: String, CodingKey {
-            case agentID = "agent_id", instanceID = "instance_id", machineID = "machine_id", role, version, epoch
-            case fencedAtEpoch = "fenced_at_epoch", workload, volume, gpu
-        }
     }
 
     private func telemetryDocument() -> [UInt8]? {
         let document = TelemetryDocument(
-            agentID: configuration.agentID, instanceID: configuration.instanceID, machineID: configuration.machineID,
+            agentId: configuration.agentID, instanceId: configuration.instanceID, machineId: configuration.machineID,
             role: configuration.role.description, version: warmpoolAgentVersion, epoch: knownEpoch,
-            fencedAtEpoch: lease.fencedAtEpoch, workload: "\(probeReport?.workload ?? .unknown)",
+            fencedAtEpoch: lease.fencedAtEpoch,
+            workload: "\(lease.fencedAtEpoch != nil ? .fenced : probeReport?.workload ?? .unknown)",
             volume: probeReport?.volume, gpu: probeReport?.gpu)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
         return try? Array(encoder.encode(document))
     }
 }

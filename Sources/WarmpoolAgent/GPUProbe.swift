@@ -75,7 +75,7 @@ public final class NVMLProbe {
     private var xidCounts: [Int: Int] = [:]
     private var lastXids: [Int: UInt64] = [:]
 
-    public enum LoadError: Error, CustomStringConvertible {
+    public enum LoadError: Error, Equatable, CustomStringConvertible {
         case notFound(String)
         case missingSymbol(String)
         case initFailed(String)

@@ -98,6 +98,12 @@ public final class LivenessHub: Sendable {
         }
     }
 
+    /// See `LivenessTracker.restoreLease`.
+    @discardableResult
+    public func restoreLease(agentID: String) -> Bool {
+        shared.withLockedValue { $0.tracker.restoreLease(agentID: agentID) }
+    }
+
     func tick() {
         let now = MonotonicClock.now()
         shared.withLockedValue { shared in eventLog.publish(shared.tracker.tick(now: now)) }

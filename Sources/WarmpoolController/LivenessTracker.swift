@@ -91,7 +91,10 @@ public struct LivenessTracker: Sendable {
         /// Largest single-session stall inside the stall memory, and when the latest was seen.
         var largestStall: Int64 = 0
         var lastStallAt: Int64?
+        var lastFailedAt: Int64?
         var reportedFence: UInt64?
+        /// Set by a failure, cleared only by `restoreLease`: see `mayGrantLease`.
+        var leaseRevoked = false
         var status: AgentStatus?
     }
 
@@ -108,6 +111,8 @@ public struct LivenessTracker: Sendable {
         var events: [LivenessEvent] = []
         var agent = agents[identity.agentID] ?? Agent(identity: identity, state: .left, sessions: [:], lastHeard: now)
         let hadSessions = !agent.sessions.isEmpty
+        // A fresh process that is not fenced starts a new fence history.
+        if !hadSessions, fencedAtEpoch == nil { agent.reportedFence = nil }
         agent.identity = identity
         agent.sessions[session] = now
         let silence = now - agent.lastHeard
@@ -134,10 +139,11 @@ public struct LivenessTracker: Sendable {
         guard var agent = agents[agentID], let previous = agent.sessions[session] else { return [] }
         var events: [LivenessEvent] = []
         let sessionGap = now - previous
-        // A long gap on one session that did not end in a failure is a retransmission stall: the
-        // agent was alive (another session delivered, or the gap stayed under the timeout). A gap
-        // that failed the agent is a hang or a partition and says nothing about the link.
-        if sessionGap > configuration.stallThreshold, agent.state != .failed {
+        // A long gap on one session that the agent was not failed during is a retransmission
+        // stall: the agent was alive (another session delivered, or the gap stayed under the
+        // timeout). A gap that failed the agent is a hang or a partition and says nothing about the link.
+        let failedDuringGap = agent.lastFailedAt.map { $0 >= previous } ?? false
+        if sessionGap > configuration.stallThreshold, !failedDuringGap {
             if let last = agent.lastStallAt, now - last > configuration.stallMemory { agent.largestStall = 0 }
             agent.largestStall = max(agent.largestStall, sessionGap)
             agent.lastStallAt = now
@@ -170,6 +176,8 @@ public struct LivenessTracker: Sendable {
                 events.append(LivenessEvent(kind: .left, agent: agent.identity, atNanoseconds: now, reason: "goodbye"))
             } else if agent.state != .failed {
                 agent.state = .failed
+                agent.lastFailedAt = now
+                agent.leaseRevoked = true
                 events.append(LivenessEvent(
                     kind: .failed, agent: agent.identity, atNanoseconds: now,
                     reason: "every connection closed without a goodbye", silenceNanoseconds: now - agent.lastHeard))
@@ -187,6 +195,8 @@ public struct LivenessTracker: Sendable {
             let timeout = silenceTimeout(agent, now: now)
             if silence > timeout {
                 agents[id]!.state = .failed
+                agents[id]!.lastFailedAt = now
+                agents[id]!.leaseRevoked = true
                 events.append(LivenessEvent(
                     kind: .failed, agent: agent.identity, atNanoseconds: now,
                     reason: "silent \(Self.ms(silence)) ms, timeout \(Self.ms(timeout)) ms", silenceNanoseconds: silence))
@@ -200,11 +210,22 @@ public struct LivenessTracker: Sendable {
         return events
     }
 
-    /// Leases go to agents the detector has not failed: once failed, a failover may be under way,
-    /// and a renewed lease would let the old primary keep writing.
+    /// Leases go to live agents that have never been failed, or whose lease was restored since.
+    /// Once failed, a failover may be under way: a renewed lease would let the old primary go on
+    /// writing beside its replacement, so the lease stays revoked through a recovery until the
+    /// failover engine decides (`restoreLease`).
     public func mayGrantLease(agentID: String) -> Bool {
-        guard let agent = agents[agentID] else { return false }
+        guard let agent = agents[agentID], !agent.leaseRevoked else { return false }
         return agent.state == .alive || agent.state == .suspected
+    }
+
+    /// The failover engine's word that a failed agent may hold a lease again (no failover, or it
+    /// is the new primary). Returns false for an unknown agent.
+    @discardableResult
+    public mutating func restoreLease(agentID: String) -> Bool {
+        guard agents[agentID] != nil else { return false }
+        agents[agentID]!.leaseRevoked = false
+        return true
     }
 
     /// The timeout in force for an agent now: the base, or 1.5 x the largest recent stall, capped.

@@ -38,8 +38,9 @@ public struct ControllerSessionStateMachine {
     private enum State {
         /// Nothing received yet; the handshake timer runs.
         case awaitingHello
-        /// Challenge sent; waiting for the HMAC of the transcript.
-        case awaitingProof(hello: Hello, helloBody: [UInt8], secret: AgentSecret)
+        /// Challenge sent; waiting for the HMAC of the transcript. `secret` is nil for an unknown
+        /// agent: it is challenged all the same, so that a peer cannot tell known ids from unknown.
+        case awaitingProof(hello: Hello, helloBody: [UInt8], secret: AgentSecret?)
         /// Frames in both directions are MACed and numbered.
         case established(Established)
         case closed
@@ -91,10 +92,8 @@ public struct ControllerSessionStateMachine {
             guard frame.type == .hello else { return fail(.unexpectedMessage(frame.type, state: "awaiting Hello")) }
             let hello: Hello
             do { hello = try Hello.decode(frame.payload) } catch { return fail(error) }
-            guard let secret = keyring.secret(for: hello.agentID) else {
-                return fail(.unknownAgent(hello.agentID), code: .authenticationFailed)
-            }
-            state = .awaitingProof(hello: hello, helloBody: Array(buffer: frame.payload), secret: secret)
+            state = .awaitingProof(
+                hello: hello, helloBody: Array(buffer: frame.payload), secret: keyring.secret(for: hello.agentID))
             var body = ByteBuffer()
             Challenge(serverNonce: serverNonce).encode(into: &body)
             return .send(Frame(type: .challenge, payload: body))
@@ -103,6 +102,7 @@ public struct ControllerSessionStateMachine {
             guard frame.type == .proof else { return fail(.unexpectedMessage(frame.type, state: "awaiting Proof")) }
             let proof: Proof
             do { proof = try Proof.decode(frame.payload) } catch { return fail(error) }
+            guard let secret else { return fail(.unknownAgent(hello.agentID), code: .authenticationFailed) }
             let expected = HandshakeCrypto.proof(secret: secret, helloBody: helloBody, serverNonce: serverNonce)
             guard constantTimeEquals(proof.mac, expected) else {
                 return fail(.badProof(agentID: hello.agentID), code: .authenticationFailed)

@@ -168,14 +168,22 @@ public struct Reject: Hashable, Sendable {
     public var code: Code
     public var reason: String
 
+    /// Reasons over the limit are cut at a character boundary, so the wire never carries half a character.
     public init(code: Code, reason: String) {
         self.code = code
-        self.reason = String(decoding: reason.utf8.prefix(Reject.maximumReasonBytes), as: UTF8.self)
+        var kept = String.UnicodeScalarView()
+        var size = 0
+        for scalar in reason.unicodeScalars {
+            size += String(scalar).utf8.count
+            guard size <= Reject.maximumReasonBytes else { break }
+            kept.append(scalar)
+        }
+        self.reason = String(kept)
     }
 
     public func encode(into buffer: inout ByteBuffer) {
         buffer.writeInteger(code.rawValue)
-        let bytes = Array(reason.utf8.prefix(Reject.maximumReasonBytes))
+        let bytes = Array(reason.utf8)
         buffer.writeInteger(UInt16(bytes.count))
         buffer.writeBytes(bytes)
     }
@@ -326,6 +334,7 @@ public struct LeaseGrant: Hashable, Sendable {
         let grant = LeaseGrant(
             sequence: try reader.integer(UInt32.self), acknowledgedSequence: try reader.integer(UInt32.self),
             leaseMilliseconds: try reader.integer(UInt32.self), epoch: try reader.integer(UInt64.self))
+        guard grant.leaseMilliseconds > 0 else { throw reader.malformed("lease must be positive") }
         try reader.finish()
         return grant
     }

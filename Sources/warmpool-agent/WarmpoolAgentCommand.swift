@@ -108,6 +108,7 @@ struct WarmpoolAgentCommand: AsyncParsableCommand {
             struct Output: Encodable { var volume: VolumeReport; var gpu: GPUReport; var workload: String }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.keyEncodingStrategy = .convertToSnakeCase
             let data = try encoder.encode(Output(volume: report.volume, gpu: report.gpu, workload: "\(report.workload)"))
             print(String(decoding: data, as: UTF8.self))
             return

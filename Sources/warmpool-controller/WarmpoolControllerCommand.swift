@@ -50,6 +50,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Append liveness events as JSON lines to this file instead of stdout. Env: WARMPOOL_EVENTS.")
     var events: String?
 
+    @Option(help: "Once listening, write the bound HOST:PORT to this file (useful with port 0). Env: WARMPOOL_READY_FILE.")
+    var readyFile: String?
+
     @Option(help: "Event-loop threads (default: one per core). Env: WARMPOOL_THREADS.")
     var threads: Int = envInt("WARMPOOL_THREADS") ?? System.coreCount
 
@@ -61,6 +64,7 @@ struct Serve: AsyncParsableCommand {
         silenceTimeoutMs = silenceTimeoutMs ?? envInt("WARMPOOL_SILENCE_TIMEOUT_MS")
         maxSilenceTimeoutMs = maxSilenceTimeoutMs ?? envInt("WARMPOOL_MAX_SILENCE_TIMEOUT_MS")
         events = events ?? ProcessInfo.processInfo.environment["WARMPOOL_EVENTS"]
+        readyFile = readyFile ?? ProcessInfo.processInfo.environment["WARMPOOL_READY_FILE"]
     }
 
     mutating func validate() throws {
@@ -96,7 +100,15 @@ struct Serve: AsyncParsableCommand {
                     detector: detector, leaseMilliseconds: UInt32(leaseMs),
                     telemetryIntervalMilliseconds: UInt32(telemetryIntervalMs),
                     handshakeTimeoutMilliseconds: Int64(handshakeTimeoutMs))),
-            epoch: epoch, eventLog: eventLog, group: group, logger: logger)
+            epoch: epoch, eventLog: eventLog, group: group, logger: logger
+        ) { [readyFile] address in
+            guard let readyFile, let port = address.port else { return }
+            let host = address.ipAddress.map { $0.contains(":") ? "[\($0)]" : $0 } ?? "127.0.0.1"
+            // Written whole, then renamed: a reader never sees half an address.
+            let partial = readyFile + ".partial"
+            _ = FileManager.default.createFile(atPath: partial, contents: Data("\(host):\(port)\n".utf8))
+            _ = rename(partial, readyFile)
+        }
         logger.info(
             "detector configured",
             metadata: [

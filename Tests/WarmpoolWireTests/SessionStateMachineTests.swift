@@ -234,10 +234,22 @@ struct SessionPair {
         #expect(reason == .badMAC(.welcome))
     }
 
+    @Test func anUnknownAgentIsChallengedLikeAKnownOne() {
+        // Answering an unknown id differently would let a peer enumerate agent ids.
+        var pair = SessionPair(agentID: "stranger")
+        guard case .send(let challenge) = pair.controller.frameReceived(pair.agent.start()) else {
+            Issue.record("unknown agent not challenged")
+            return
+        }
+        #expect(challenge.type == .challenge)
+    }
+
     @Test func theAgentReportsARejection() {
         var pair = SessionPair(agentID: "stranger")
-        let hello = pair.agent.start()
-        guard case .close(_, let reject?) = pair.controller.frameReceived(hello) else {
+        guard case .send(let challenge) = pair.controller.frameReceived(pair.agent.start()),
+            case .send(let proof) = pair.agent.frameReceived(challenge),
+            case .close(_, let reject?) = pair.controller.frameReceived(proof)
+        else {
             Issue.record("not rejected")
             return
         }

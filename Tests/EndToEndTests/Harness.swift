@@ -1,0 +1,219 @@
+import Foundation
+import Testing
+import NIOCore
+import WarmpoolWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starts the real `warmpool-controller` and `warmpool-agent` binaries from this build, in a
+/// temporary directory, and reads the controller's JSON event lines.
+final class Harness {
+    let directory: String
+    let binaries: String
+    private(set) var controller: Process?
+    private(set) var agents: [String: Process] = [:]
+    var controllerAddress = ""
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-e2e-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        binaries = try Self.findBinaries()
+    }
+
+    deinit {
+        for process in agents.values { stop(process) }
+        if let controller { stop(controller) }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// WARMPOOL_BIN_DIR, else the directory of the test bundle (where SwiftPM puts executables).
+    static func findBinaries() throws -> String {
+        var candidates: [String] = []
+        if let configured = ProcessInfo.processInfo.environment["WARMPOOL_BIN_DIR"] { candidates.append(configured) }
+        var bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        while bundle.pathComponents.count > 1 {
+            bundle.deleteLastPathComponent()
+            candidates.append(bundle.path)
+        }
+        for candidate in candidates where FileManager.default.isExecutableFile(atPath: candidate + "/warmpool-controller") {
+            return candidate
+        }
+        throw HarnessError("warmpool-controller not found next to the tests; run `swift build` first or set WARMPOOL_BIN_DIR")
+    }
+
+    var eventsPath: String { directory + "/events.jsonl" }
+    var keysPath: String { directory + "/agent-keys" }
+    func logPath(_ name: String) -> String { directory + "/\(name).log" }
+
+    @discardableResult
+    func run(_ executable: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binaries + "/" + executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw HarnessError("\(executable) \(arguments.joined(separator: " ")) exited \(process.terminationStatus): \(output)")
+        }
+        return output
+    }
+
+    /// Mints a key for `agentID` in the controller's keys file; returns the secret file's path.
+    func addAgentKey(_ agentID: String) throws -> String {
+        let secretFile = directory + "/\(agentID).secret"
+        try run("warmpool-controller", ["keygen", "--agent-id", agentID, "--keys-file", keysPath, "--secret-out", secretFile])
+        return secretFile
+    }
+
+    func startController(intervalMilliseconds: Int = 50, extra: [String] = []) throws {
+        if !FileManager.default.fileExists(atPath: keysPath) {
+            _ = FileManager.default.createFile(atPath: keysPath, contents: nil)
+        }
+        let ready = directory + "/ready"
+        controller = try spawn("warmpool-controller", [
+            "--listen", "127.0.0.1:0", "--keys-file", keysPath, "--events", eventsPath, "--ready-file", ready,
+            "--heartbeat-interval-ms", "\(intervalMilliseconds)", "--threads", "2", "--log-level", "debug",
+        ] + extra, log: logPath("controller"))
+        try waitUntil("the controller listens", timeout: 20) { FileManager.default.fileExists(atPath: ready) }
+        controllerAddress = try String(contentsOfFile: ready, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func startAgent(_ agentID: String, secretFile: String, extra: [String] = []) throws -> Process {
+        let process = try spawn("warmpool-agent", [
+            "--controller", controllerAddress, "--agent-id", agentID, "--secret-file", secretFile,
+            "--instance-id", "4242", "--machine-id", "77", "--nvml-library", "none", "--volume-path", directory,
+        ] + extra, log: logPath(agentID))
+        agents[agentID] = process
+        return process
+    }
+
+    func spawn(_ executable: String, _ arguments: [String], log: String) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binaries + "/" + executable)
+        process.arguments = arguments
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        return process
+    }
+
+    func stop(_ process: Process) {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGCONT)
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    struct Event {
+        var kind: String
+        var agentID: String
+        var monotonicNanoseconds: Int64
+        var reason: String
+    }
+
+    func events() -> [Event] {
+        guard let text = try? String(contentsOfFile: eventsPath, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                let kind = object["event"] as? String, let agent = object["agent_id"] as? String,
+                let monotonic = (object["monotonic_ns"] as? NSNumber)?.int64Value
+            else { return nil }
+            return Event(kind: kind, agentID: agent, monotonicNanoseconds: monotonic, reason: object["reason"] as? String ?? "")
+        }
+    }
+
+    func events(_ kind: String, for agentID: String) -> [Event] {
+        events().filter { $0.kind == kind && $0.agentID == agentID }
+    }
+
+    /// Waits for the `count`-th event of a kind for an agent and returns it.
+    func waitForEvent(_ kind: String, for agentID: String, count: Int = 1, timeout: Double = 10) throws -> Event {
+        try waitUntil("\(kind) #\(count) for \(agentID)", timeout: timeout) { events(kind, for: agentID).count >= count }
+        return events(kind, for: agentID)[count - 1]
+    }
+
+    func log(_ name: String) -> String { (try? String(contentsOfFile: logPath(name), encoding: .utf8)) ?? "" }
+
+    func waitUntil(_ what: String, timeout: Double, _ condition: () -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while !condition() {
+            guard Date() < deadline else {
+                throw HarnessError("timed out after \(timeout) s waiting for \(what)\n--- controller log ---\n\(log("controller").suffix(3_000))")
+            }
+            usleep(10_000)
+        }
+    }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+func monotonicNow() -> Int64 { MonotonicClock.now() }
+
+/// A raw TCP client for sending the controller bytes no agent would.
+final class RawClient {
+    let fd: Int32
+
+    init(_ address: String) throws {
+        let colon = address.lastIndex(of: ":")!
+        let port = UInt16(address[address.index(after: colon)...])!
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        addr.sin_addr.s_addr = inet_addr(String(address[..<colon]))
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let result = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else { throw HarnessError("connect failed: errno \(errno)") }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    func send(_ frame: Frame) {
+        var buffer = [UInt8]()
+        buffer += frame.headerBytes()
+        buffer += frame.payload.readableBytesView
+        send(buffer)
+    }
+
+    /// Reads until EOF (or the 5 s timeout); returns what came and whether the peer closed.
+    func readUntilClosed() -> (bytes: [UInt8], closed: Bool) {
+        var all: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count > 0 { all += chunk[0..<count]; continue }
+            return (all, count == 0 || errno == ECONNRESET)
+        }
+    }
+
+    /// Reads exactly one frame (blocking up to the timeout).
+    func readFrame() throws -> Frame {
+        var pending = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 1)
+        while true {
+            var buffer = ByteBuffer(bytes: pending)
+            if let frame = try FrameParser().parse(&buffer) { return frame }
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard count > 0 else { throw HarnessError("connection closed while reading a frame") }
+            pending += chunk[0..<count]
+        }
+    }
+}

@@ -1,0 +1,141 @@
+import Foundation
+import Testing
+import WarmpoolWire
+@testable import WarmpoolAgent
+
+@Suite struct MountInfoTests {
+    @Test func readsMountPointsAndUndoesEscapes() {
+        let text = """
+            22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+            98 22 0:50 / /data rw,relatime shared:40 - tmpfs tmpfs rw,size=65536k
+            99 22 0:51 / /mnt/with\\040space rw - tmpfs tmpfs rw
+
+            """
+        let points = VolumeProbe.mountPoints(inMountInfo: Array(text.utf8))
+        #expect(points == ["/", "/data", "/mnt/with space"])
+    }
+
+    @Test func aTruncatedEscapeIsKeptLiterally() {
+        #expect(VolumeProbe.unescapeOctal(Array("/a\\04".utf8)) == "/a\\04")
+        #expect(VolumeProbe.unescapeOctal(Array("/a\\134b".utf8)) == "/a\\b")
+    }
+}
+
+/// The volume probe against real mounts: the tests run as root, as CI does.
+@Suite(.serialized) struct VolumeProbeTests {
+    let isRoot = getuid() == 0
+
+    func withTmpfs(readOnly: Bool = false, _ body: (String) throws -> Void) throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-vol-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        #expect(mount("tmpfs", directory, "tmpfs", 0, "size=8m") == 0, "mount tmpfs: errno \(errno)")
+        defer { umount2(directory, Int32(MNT_DETACH)) }
+        try "vol-42\n".write(toFile: directory + "/.warmpool-volume-id", atomically: false, encoding: .utf8)
+        if readOnly {
+            #expect(mount("none", directory, nil, UInt(MS_REMOUNT | MS_RDONLY), nil) == 0, "remount ro: errno \(errno)")
+        }
+        try body(directory)
+    }
+
+    @Test func aHealthyVolumePassesEveryCheck() throws {
+        try #require(isRoot, "needs root to mount tmpfs")
+        try withTmpfs { path in
+            let report = VolumeProbe(path: path + "/", expectedID: "vol-42").probe()
+            #expect(report.mounted)
+            #expect(report.volumeID == "vol-42")
+            #expect(report.idMatches)
+            #expect(report.writable)
+            #expect(report.freeBytes > 7 << 20 && report.freeBytes <= 8 << 20)
+            #expect(report.problem == nil)
+            #expect(!FileManager.default.fileExists(atPath: path + "/.warmpool-write-probe-\(getpid())"))
+        }
+    }
+
+    @Test func aWrongVolumeIsCaught() throws {
+        try #require(isRoot, "needs root to mount tmpfs")
+        try withTmpfs { path in
+            let report = VolumeProbe(path: path, expectedID: "vol-7").probe()
+            #expect(report.mounted && !report.idMatches)
+            #expect(report.problem == "volume id vol-42 does not match the expected vol-7")
+        }
+    }
+
+    @Test func aReadOnlyVolumeIsCaught() throws {
+        try #require(isRoot, "needs root to mount tmpfs")
+        try withTmpfs(readOnly: true) { path in
+            let report = VolumeProbe(path: path, expectedID: "vol-42").probe()
+            #expect(report.mounted && report.idMatches && !report.writable)
+            #expect(report.problem == "\(path) is not writable")
+        }
+    }
+
+    @Test func aPlainDirectoryIsNotAMountPoint() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-dir-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let report = VolumeProbe(path: directory).probe()
+        #expect(!report.mounted)
+        #expect(report.volumeID == nil)
+        #expect(report.problem == "\(directory) is not a mount point")
+    }
+
+    @Test func aMissingPathReportsEverythingFalse() {
+        let report = VolumeProbe(path: "/nonexistent/warmpool").probe()
+        #expect(!report.mounted && !report.writable && report.freeBytes == 0)
+    }
+}
+
+@Suite struct GPUProbeTests {
+    @Test func withoutNVMLTheProbeSaysSoAndCarriesOn() {
+        let probes = HostProbes(
+            volume: VolumeProbe(path: "/nonexistent"), nvmlLibrary: "libnvidia-ml-absent.so.1", workloadPIDFile: nil)
+        let report = probes.probe()
+        #expect(!report.gpu.available)
+        #expect(report.gpu.gpus.isEmpty)
+        let problem = report.gpu.problem ?? ""
+        #expect(problem.hasPrefix("NVML not available: libnvidia-ml-absent.so.1"), "\(problem)")
+    }
+
+    @Test func aLibraryWithoutNVMLSymbolsIsRefusedCleanly() {
+        // libzstd is on every test machine and exports no nvml* symbol.
+        #expect(throws: NVMLProbe.LoadError.missingSymbol("nvmlInit_v2")) {
+            _ = try NVMLProbe(library: "libzstd.so.1")
+        }
+    }
+}
+
+@Suite struct StatusSummaryTests {
+    static let ms: Int64 = 1_000_000
+
+    func report(takenAt: Int64) -> ProbeReport {
+        ProbeReport(
+            takenAt: takenAt,
+            volume: VolumeReport(path: "/data", mounted: true, volumeID: "v", idMatches: true, writable: true,
+                                 freeBytes: 5 << 30),
+            gpu: GPUReport(available: true, problem: nil, driverVersion: "550", gpus: [
+                GPUInfo(index: 0, temperatureCelsius: 50, utilizationPercent: 10, xidCriticalErrors: 0, healthy: true),
+                GPUInfo(index: 1, temperatureCelsius: 71, utilizationPercent: 99, eccUncorrectedVolatile: 2,
+                        xidCriticalErrors: 0, healthy: false),
+            ]),
+            workload: .running)
+    }
+
+    @Test func summarisesAFreshReport() {
+        let status = AgentStatus(report: report(takenAt: 0), now: 100 * Self.ms, staleAfter: 3_000 * Self.ms,
+                                 holdsLease: true, fenced: false)
+        #expect(status.flags == [.volumeMounted, .volumeIDMatches, .volumeWritable, .gpuProbeAvailable, .gpuErrors, .leaseHeld])
+        #expect(status.gpuCount == 2 && status.gpuHealthyCount == 1)
+        #expect(status.gpuMaxTemperatureCelsius == 71 && status.gpuMaxUtilizationPercent == 99)
+        #expect(status.volumeFreeMebibytes == 5 * 1024)
+        #expect(status.workload == .running)
+    }
+
+    @Test func aStaleReportVouchesForNothing() {
+        let status = AgentStatus(report: report(takenAt: 0), now: 4_000 * Self.ms, staleAfter: 3_000 * Self.ms,
+                                 holdsLease: false, fenced: true)
+        #expect(status.flags == [.fenced])
+        #expect(status.workload == .fenced)
+        #expect(status.gpuMaxTemperatureCelsius == AgentStatus.unknownByte)
+    }
+}

@@ -1,0 +1,220 @@
+import Testing
+import WarmpoolWire
+@testable import WarmpoolController
+
+/// The detector with time passed in: every test is exact, nothing sleeps.
+@Suite struct LivenessTrackerTests {
+    static let ms: Int64 = 1_000_000
+    let agent = AgentIdentity(agentID: "gpu-1", instanceID: 11, machineID: 7, role: .primary, softwareVersion: "t")
+
+    func tracker(interval: Int64 = 100 * ms) -> LivenessTracker {
+        LivenessTracker(configuration: DetectorConfiguration(heartbeatInterval: interval))
+    }
+
+    func kinds(_ events: [LivenessEvent]) -> [LivenessEvent.Kind] { events.map(\.kind) }
+
+    /// Beats on `sessions` every `interval` from `start` up to `end` (exclusive), ticking every 10 ms.
+    func run(_ tracker: inout LivenessTracker, sessions: [SessionID], from start: Int64, to end: Int64,
+             interval: Int64 = 100 * ms, skip: (SessionID, Int64) -> Bool = { _, _ in false }) -> [LivenessEvent] {
+        var events: [LivenessEvent] = []
+        var now = start
+        while now < end {
+            if (now - start) % interval == 0 {
+                for session in sessions where !skip(session, now) {
+                    events += tracker.heartbeat(session, agentID: "gpu-1", status: AgentStatus(), now: now)
+                }
+            }
+            events += tracker.tick(now: now)
+            now += 10 * Self.ms
+        }
+        return events
+    }
+
+    @Test func defaultTimeoutIsThreeIntervalsPlus50ms() {
+        #expect(DetectorConfiguration(heartbeatInterval: 100 * Self.ms).silenceTimeout == 350 * Self.ms)
+        #expect(DetectorConfiguration(heartbeatInterval: 50 * Self.ms).silenceTimeout == 200 * Self.ms)
+    }
+
+    @Test func steadyBeatsRaiseNothing() {
+        var tracker = tracker()
+        #expect(kinds(tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)) == [.connected])
+        #expect(run(&tracker, sessions: [1], from: 0, to: 60_000 * Self.ms).isEmpty)
+    }
+
+    @Test func silenceIsSuspectedThenFailedAtTheTimeout() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        #expect(run(&tracker, sessions: [1], from: 0, to: 1_001 * Self.ms).isEmpty)
+        #expect(tracker.tick(now: 1_200 * Self.ms).isEmpty)
+        #expect(kinds(tracker.tick(now: 1_201 * Self.ms)) == [.suspected])
+        #expect(tracker.tick(now: 1_350 * Self.ms).isEmpty)
+        let failed = tracker.tick(now: 1_351 * Self.ms)
+        #expect(kinds(failed) == [.failed])
+        #expect(failed.first?.silenceNanoseconds == 351 * Self.ms)
+        #expect(failed.first?.agent == agent)
+        #expect(tracker.tick(now: 5_000 * Self.ms).isEmpty, "a failure is reported once")
+        #expect(!tracker.mayGrantLease(agentID: "gpu-1"))
+    }
+
+    @Test func aBeatAfterFailureRecovers() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = tracker.tick(now: 400 * Self.ms)
+        let events = tracker.heartbeat(1, agentID: "gpu-1", status: AgentStatus(), now: 900 * Self.ms)
+        #expect(kinds(events) == [.recovered])
+        #expect(events.first?.silenceNanoseconds == 900 * Self.ms)
+        #expect(!tracker.mayGrantLease(agentID: "gpu-1"), "recovery alone does not restore the lease")
+        let restored = tracker.restoreLease(agentID: "gpu-1")
+        #expect(restored)
+        #expect(tracker.mayGrantLease(agentID: "gpu-1"))
+        let restoredGhost = tracker.restoreLease(agentID: "ghost")
+        #expect(!restoredGhost)
+    }
+
+    @Test func aCrashRevokesTheLeaseEvenAcrossARestart() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        #expect(tracker.mayGrantLease(agentID: "gpu-1"))
+        _ = tracker.sessionClosed(1, agentID: "gpu-1", graceful: false, now: 10 * Self.ms)
+        #expect(kinds(tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 500 * Self.ms)) == [.recovered])
+        #expect(!tracker.mayGrantLease(agentID: "gpu-1"))
+    }
+
+    @Test func aCleanRestartKeepsTheLease() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = tracker.sessionClosed(1, agentID: "gpu-1", graceful: true, now: 10 * Self.ms)
+        _ = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 500 * Self.ms)
+        #expect(tracker.mayGrantLease(agentID: "gpu-1"))
+    }
+
+    @Test func closingEverySessionWithoutGoodbyeFailsAtOnce() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 0)
+        #expect(tracker.sessionClosed(1, agentID: "gpu-1", graceful: false, now: 50 * Self.ms).isEmpty,
+                "one session of two closing is not a failure")
+        #expect(kinds(tracker.sessionClosed(2, agentID: "gpu-1", graceful: false, now: 51 * Self.ms)) == [.failed])
+    }
+
+    @Test func goodbyeLeavesInsteadOfFailing() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        #expect(kinds(tracker.sessionClosed(1, agentID: "gpu-1", graceful: true, now: 10 * Self.ms)) == [.left])
+        #expect(tracker.tick(now: 10_000 * Self.ms).isEmpty)
+        #expect(kinds(tracker.sessionEstablished(3, agent: agent, fencedAtEpoch: nil, now: 20_000 * Self.ms)) == [.connected])
+    }
+
+    @Test func aStallOnOneOfTwoSessionsIsCoveredByTheOther() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 0)
+        // Session 1 loses 1.5 s to retransmission backoff (its beats arrive late, all at once).
+        let events = run(&tracker, sessions: [1, 2], from: 0, to: 5_000 * Self.ms) { session, now in
+            session == 1 && now >= 1_000 * Self.ms && now < 2_500 * Self.ms
+        }
+        #expect(events.isEmpty)
+    }
+
+    @Test func aStallRaisesTheTimeoutForAWhile() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 0)
+        #expect(tracker.currentSilenceTimeout(agentID: "gpu-1", now: 0) == 350 * Self.ms)
+        _ = run(&tracker, sessions: [1, 2], from: 0, to: 2_000 * Self.ms) { session, now in
+            session == 1 && now >= 1_000 * Self.ms && now < 1_400 * Self.ms
+        }
+        // Session 1 was silent 500 ms while session 2 delivered: the timeout becomes 1.5 x 500.
+        #expect(tracker.currentSilenceTimeout(agentID: "gpu-1", now: 2_000 * Self.ms) == 750 * Self.ms)
+        // ... capped at the maximum, and back to the base once the stall memory has passed.
+        #expect(tracker.currentSilenceTimeout(agentID: "gpu-1", now: 61_400 * Self.ms) == 750 * Self.ms)
+        #expect(tracker.currentSilenceTimeout(agentID: "gpu-1", now: 61_401 * Self.ms) == 350 * Self.ms)
+    }
+
+    @Test func theRaisedTimeoutIsCapped() {
+        var tracker = LivenessTracker(configuration: DetectorConfiguration(
+            heartbeatInterval: 100 * Self.ms, maximumSilenceTimeout: 800 * Self.ms))
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = run(&tracker, sessions: [1, 2], from: 0, to: 4_000 * Self.ms) { session, now in
+            session == 1 && now >= 1_000 * Self.ms && now < 3_000 * Self.ms
+        }
+        #expect(tracker.currentSilenceTimeout(agentID: "gpu-1", now: 4_000 * Self.ms) == 800 * Self.ms)
+    }
+
+    @Test func aHangThatFailedTheAgentDoesNotRaiseTheTimeout() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 0)
+        let events = run(&tracker, sessions: [1, 2], from: 0, to: 3_000 * Self.ms) { _, now in
+            now >= 1_000 * Self.ms && now < 2_000 * Self.ms
+        }
+        #expect(kinds(events) == [.suspected, .failed, .recovered])
+        #expect(tracker.currentSilenceTimeout(agentID: "gpu-1", now: 3_000 * Self.ms) == 350 * Self.ms)
+    }
+
+    @Test func fencingIsReportedOnceWithItsEpoch() {
+        var tracker = tracker()
+        var fenced = AgentStatus()
+        fenced.flags.insert(.fenced)
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        let fromBeat = tracker.heartbeat(1, agentID: "gpu-1", status: fenced, now: 100 * Self.ms)
+        #expect(kinds(fromBeat) == [.fenced])
+        #expect(fromBeat.first?.fencedAtEpoch == nil)
+        #expect(tracker.heartbeat(1, agentID: "gpu-1", status: fenced, now: 200 * Self.ms).isEmpty)
+        let fromHello = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: 9, now: 300 * Self.ms)
+        #expect(kinds(fromHello) == [.fenced])
+        #expect(fromHello.first?.fencedAtEpoch == 9)
+        // A restarted process that fences again is reported again.
+        _ = tracker.sessionClosed(1, agentID: "gpu-1", graceful: false, now: 400 * Self.ms)
+        _ = tracker.sessionClosed(2, agentID: "gpu-1", graceful: false, now: 400 * Self.ms)
+        _ = tracker.sessionEstablished(3, agent: agent, fencedAtEpoch: nil, now: 500 * Self.ms)
+        #expect(kinds(tracker.heartbeat(3, agentID: "gpu-1", status: fenced, now: 600 * Self.ms)) == [.fenced])
+    }
+
+    @Test func beatsFromAnUnknownSessionAreIgnored() {
+        var tracker = tracker()
+        #expect(tracker.heartbeat(99, agentID: "ghost", status: AgentStatus(), now: 0).isEmpty)
+        #expect(tracker.sessionClosed(99, agentID: "ghost", graceful: false, now: 0).isEmpty)
+        #expect(!tracker.mayGrantLease(agentID: "ghost"))
+    }
+
+    @Test func oneAgentsFailureLeavesOthersAlone() {
+        var tracker = tracker()
+        let other = AgentIdentity(agentID: "gpu-2", instanceID: 12, machineID: 7, role: .standby, softwareVersion: "t")
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = tracker.sessionEstablished(2, agent: other, fencedAtEpoch: nil, now: 0)
+        var events: [LivenessEvent] = []
+        for step in Int64(1)...20 {
+            events += tracker.heartbeat(2, agentID: "gpu-2", status: AgentStatus(), now: step * 100 * Self.ms)
+            events += tracker.tick(now: step * 100 * Self.ms)
+        }
+        #expect(events.map(\.agent.agentID) == ["gpu-1", "gpu-1"])
+        #expect(kinds(events) == [.suspected, .failed])
+    }
+}
+
+@Suite struct KeyFileTests {
+    @Test func parsesCommentsAndBlankLines() throws {
+        let secret = AgentSecret.random()
+        let keyring = try KeyFile.parse("# agents\n\ngpu-1 \(secret.hex)  # the first\n")
+        #expect(keyring.secret(for: "gpu-1") == secret)
+        #expect(keyring.count == 1)
+    }
+
+    @Test func namesTheBadLine() {
+        let secret = AgentSecret.random().hex
+        #expect(throws: KeyFile.ParseError.self) { try KeyFile.parse("gpu-1 \(secret)\ngpu-2\n") }
+        do {
+            _ = try KeyFile.parse("gpu-1 \(secret)\ngpu-1 \(secret)\n")
+            Issue.record("duplicate accepted")
+        } catch let error as KeyFile.ParseError {
+            #expect(error.line == 2)
+            #expect(error.problem == "agent gpu-1 appears twice")
+        } catch {
+            Issue.record("unexpected \(error)")
+        }
+        #expect(throws: KeyFile.ParseError.self) { try KeyFile.parse("bad/id \(secret)\n") }
+        #expect(throws: KeyFile.ParseError.self) { try KeyFile.parse("gpu-1 abc\n") }
+    }
+}
