@@ -125,6 +125,7 @@ public final class AgentRuntime: @unchecked Sendable {
         loop.flatSubmit {
             self.stopping = true
             self.heartbeatTask?.cancel()
+            self.leaseTimer?.cancel()
             var closing: [EventLoopFuture<Void>] = []
             for index in self.slots.indices {
                 self.slots[index].reconnect?.cancel()

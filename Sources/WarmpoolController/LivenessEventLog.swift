@@ -1,18 +1,20 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import WarmpoolWire
 
 /// Writes every liveness event as one JSON line, so an outside harness can time detection, and
-/// hands it to in-process consumers (the failover engine). Writes happen on a serial queue: a slow
+/// hands it to in-process subscribers (the failover engine). Writes happen on a serial queue: a slow
 /// reader of stdout never stalls an event loop.
 public final class LivenessEventLog: Sendable {
     private let handle: FileHandle
     private let queue = DispatchQueue(label: "warmpool.liveness-events")
-    private let continuation: AsyncStream<LivenessEvent>.Continuation
-    public let events: AsyncStream<LivenessEvent>
+    private let subscribers = NIOLockedValueBox<[AsyncStream<LivenessEvent>.Continuation]>([])
+    private let logger: Logger
 
     /// `path` nil means stdout. The file is appended to.
-    public init(path: String?) throws {
+    public init(path: String?, logger: Logger = Logger(label: "warmpool.events")) throws {
+        self.logger = logger
         if let path {
             if !FileManager.default.fileExists(atPath: path) {
                 _ = FileManager.default.createFile(atPath: path, contents: nil)
@@ -25,17 +27,30 @@ public final class LivenessEventLog: Sendable {
         } else {
             self.handle = FileHandle.standardOutput
         }
-        (events, continuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(65_536))
+    }
+
+    /// Every event published from now on, in order. The subscriber must keep up: nothing is dropped.
+    public func subscribe() -> AsyncStream<LivenessEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(of: LivenessEvent.self, bufferingPolicy: .unbounded)
+        subscribers.withLockedValue { $0.append(continuation) }
+        return stream
     }
 
     public func publish(_ batch: [LivenessEvent]) {
         guard !batch.isEmpty else { return }
         let wallClock = Date()
-        for event in batch { continuation.yield(event) }
-        queue.async { [handle] in
+        subscribers.withLockedValue { subscribers in
+            for continuation in subscribers { for event in batch { continuation.yield(event) } }
+        }
+        queue.async { [handle, logger] in
             var lines = Data()
             for event in batch { lines.append(Self.jsonLine(event, wallClock: wallClock)) }
-            handle.write(lines)
+            do {
+                try handle.write(contentsOf: lines)
+            } catch {
+                // The detector goes on; the lost lines are named so the gap is explained.
+                logger.error("cannot write liveness events", metadata: ["error": "\(error)", "events.lost": "\(batch.count)"])
+            }
         }
     }
 
@@ -45,7 +60,10 @@ public final class LivenessEventLog: Sendable {
     }
 
     public func finish() {
-        continuation.finish()
+        subscribers.withLockedValue { subscribers in
+            for continuation in subscribers { continuation.finish() }
+            subscribers.removeAll()
+        }
         flush()
     }
 

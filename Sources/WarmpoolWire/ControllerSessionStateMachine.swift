@@ -32,8 +32,8 @@ public struct SessionTerms: Hashable, Sendable {
 /// One controller-side connection, from the first byte to close. Pure: the handler feeds it
 /// frames and timer expiries and carries out the returned action.
 ///
-///     awaitingHello --Hello(known agent)--> awaitingProof --Proof ok--> established --> closed
-///            \--timer / violation--> closed     \--bad proof / timer--> closed
+///     awaitingHello --Hello--> awaitingProof --Proof ok--> established --> closed
+///            \--timer / violation--> closed  \--unknown id, bad proof, timer--> closed
 public struct ControllerSessionStateMachine {
     private enum State {
         /// Nothing received yet; the handshake timer runs.
@@ -64,6 +64,8 @@ public struct ControllerSessionStateMachine {
         /// Send `reject` if present, then close. `reason` is what to log.
         case close(reason: ProtocolViolation, reject: Frame?)
     }
+
+    private static let decoySecret = AgentSecret.random()
 
     private var state: State = .awaitingHello
     private let keyring: Keyring
@@ -102,11 +104,12 @@ public struct ControllerSessionStateMachine {
             guard frame.type == .proof else { return fail(.unexpectedMessage(frame.type, state: "awaiting Proof")) }
             let proof: Proof
             do { proof = try Proof.decode(frame.payload) } catch { return fail(error) }
+            // An unknown id costs the same HMAC as a known one, so timing does not tell them apart.
+            let expected = HandshakeCrypto.proof(
+                secret: secret ?? Self.decoySecret, helloBody: helloBody, serverNonce: serverNonce)
+            let matches = constantTimeEquals(proof.mac, expected)
             guard let secret else { return fail(.unknownAgent(hello.agentID), code: .authenticationFailed) }
-            let expected = HandshakeCrypto.proof(secret: secret, helloBody: helloBody, serverNonce: serverNonce)
-            guard constantTimeEquals(proof.mac, expected) else {
-                return fail(.badProof(agentID: hello.agentID), code: .authenticationFailed)
-            }
+            guard matches else { return fail(.badProof(agentID: hello.agentID), code: .authenticationFailed) }
             let keys = HandshakeCrypto.sessionKeys(
                 secret: secret, clientNonce: hello.clientNonce, serverNonce: serverNonce)
             let welcome = Welcome(

@@ -68,6 +68,16 @@ struct Serve: AsyncParsableCommand {
     }
 
     mutating func validate() throws {
+        // A malformed number in the environment is an error, never a silent fallback to the default.
+        for name in [
+            "WARMPOOL_HEARTBEAT_INTERVAL_MS", "WARMPOOL_SILENCE_TIMEOUT_MS", "WARMPOOL_MAX_SILENCE_TIMEOUT_MS",
+            "WARMPOOL_LEASE_MS", "WARMPOOL_TELEMETRY_INTERVAL_MS", "WARMPOOL_HANDSHAKE_TIMEOUT_MS", "WARMPOOL_THREADS",
+            "WARMPOOL_EPOCH",
+        ] {
+            if let text = ProcessInfo.processInfo.environment[name], UInt64(text) == nil {
+                throw ValidationError("\(name) must be a non-negative integer, got \(text)")
+            }
+        }
         resolveEnvironment()
         guard heartbeatIntervalMs >= 10 else { throw ValidationError("--heartbeat-interval-ms must be at least 10") }
         if let silenceTimeoutMs, silenceTimeoutMs <= heartbeatIntervalMs {
@@ -86,6 +96,8 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "warmpool.controller")
+        // Event lines go to stdout by default; a reader that goes away must not kill the controller.
+        signal(SIGPIPE, SIG_IGN)
         let (host, port) = try parseHostPort(listen)
         let detector = DetectorConfiguration(
             heartbeatInterval: Int64(heartbeatIntervalMs) * 1_000_000,

@@ -47,10 +47,10 @@ final class Harness {
     var keysPath: String { directory + "/agent-keys" }
     func logPath(_ name: String) -> String { directory + "/\(name).log" }
 
-    @discardableResult
-    func run(_ executable: String, _ arguments: [String]) throws -> String {
+    /// Runs a command to completion; returns its exit status and its stdout and stderr together.
+    static func runToCompletion(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binaries + "/" + executable)
+        process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
         let pipe = Pipe()
         process.standardOutput = pipe
@@ -58,8 +58,14 @@ final class Harness {
         try process.run()
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw HarnessError("\(executable) \(arguments.joined(separator: " ")) exited \(process.terminationStatus): \(output)")
+        return (process.terminationStatus, output)
+    }
+
+    @discardableResult
+    func run(_ executable: String, _ arguments: [String]) throws -> String {
+        let (status, output) = try Self.runToCompletion(binaries + "/" + executable, arguments)
+        guard status == 0 else {
+            throw HarnessError("\(executable) \(arguments.joined(separator: " ")) exited \(status): \(output)")
         }
         return output
     }

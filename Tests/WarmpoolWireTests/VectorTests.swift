@@ -10,7 +10,7 @@ import Testing
 ///
 /// `WARMPOOL_WRITE_VECTORS=1 swift test --filter VectorTests` rewrites the file after a deliberate
 /// protocol change.
-@Suite struct VectorTests {
+@Suite(.serialized) struct VectorTests {
     static let vectorsPath = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Protocol/vectors/vectors.json").path
@@ -28,7 +28,7 @@ import Testing
         workload: .running)
     static let smallDocument = #"{"agent_id":"gpu-1","gpu":{"available":false,"gpus":[]}}"#
     static let largeDocument = "{\"gpus\":[" + (0..<8).map {
-        #"{"index":\#($0),"name":"NVIDIA H100 80GB HBM3","temperatureCelsius":41,"utilizationPercent":97}"#
+        #"{"index":\#($0),"name":"NVIDIA H100 80GB HBM3","temperature_celsius":41,"utilization_percent":97}"#
     }.joined(separator: ",") + "]}"
 
     struct Vector {
