@@ -46,17 +46,19 @@ public struct DetectorConfiguration: Hashable, Sendable {
     public var heartbeatInterval: Int64
     /// Silence that fails an agent on a link that has shown no retransmission stalls.
     public var silenceTimeout: Int64
-    /// The most the timeout grows to on a link that has.
-    public var maximumSilenceTimeout: Int64
-    /// How long a stall keeps the timeout raised.
+    /// Silence that fails an agent whose link has stalled within `stallMemory`: long enough to
+    /// outlast TCP retransmission backoff on both sessions at once, short enough to keep
+    /// detection under a second.
+    public var lossySilenceTimeout: Int64
+    /// How long one stall keeps an agent on the lossy timeout.
     public var stallMemory: Int64
 
-    public init(heartbeatInterval: Int64, silenceTimeout: Int64? = nil, maximumSilenceTimeout: Int64? = nil,
+    public init(heartbeatInterval: Int64, silenceTimeout: Int64? = nil, lossySilenceTimeout: Int64? = nil,
                 stallMemory: Int64 = 60_000_000_000) {
         self.heartbeatInterval = heartbeatInterval
         let base = silenceTimeout ?? DetectorConfiguration.defaultSilenceTimeout(interval: heartbeatInterval)
         self.silenceTimeout = base
-        self.maximumSilenceTimeout = max(base, maximumSilenceTimeout ?? max(1_000_000_000, base))
+        self.lossySilenceTimeout = max(base, lossySilenceTimeout ?? 900_000_000)
         self.stallMemory = stallMemory
     }
 
@@ -72,8 +74,9 @@ public struct DetectorConfiguration: Hashable, Sendable {
 ///
 /// Per agent: `alive -> suspected -> failed`, back to `alive` with `recovered`, or `left` after a
 /// Goodbye. An agent's silence is measured across all of its sessions (the newest beat from any of
-/// them counts), so a retransmission stall on one connection is covered by the other. Stalls seen
-/// on any single session are evidence of a lossy link and raise that agent's timeout (PROTOCOL.md §6).
+/// them counts), so a retransmission stall on one connection is covered by the other. A stall seen
+/// on any single session is evidence of a lossy link and puts that agent on the lossy timeout for
+/// a while (PROTOCOL.md §6).
 public struct LivenessTracker: Sendable {
     private enum State: Hashable {
         case alive
@@ -88,8 +91,7 @@ public struct LivenessTracker: Sendable {
         /// Last accepted frame per open session.
         var sessions: [SessionID: Int64]
         var lastHeard: Int64
-        /// Largest single-session stall inside the stall memory, and when the latest was seen.
-        var largestStall: Int64 = 0
+        /// When a session last stalled while the agent lived (retransmission evidence).
         var lastStallAt: Int64?
         var lastFailedAt: Int64?
         var reportedFence: UInt64?
@@ -144,8 +146,6 @@ public struct LivenessTracker: Sendable {
         // timeout). A gap that failed the agent is a hang or a partition and says nothing about the link.
         let failedDuringGap = agent.lastFailedAt.map { $0 >= previous } ?? false
         if sessionGap > configuration.stallThreshold, !failedDuringGap {
-            if let last = agent.lastStallAt, now - last > configuration.stallMemory { agent.largestStall = 0 }
-            agent.largestStall = max(agent.largestStall, sessionGap)
             agent.lastStallAt = now
         }
         agent.sessions[session] = now
@@ -228,7 +228,7 @@ public struct LivenessTracker: Sendable {
         return true
     }
 
-    /// The timeout in force for an agent now: the base, or 1.5 x the largest recent stall, capped.
+    /// The timeout in force for an agent now: the base, or the lossy timeout after a recent stall.
     public func currentSilenceTimeout(agentID: String, now: Int64) -> Int64? {
         agents[agentID].map { silenceTimeout($0, now: now) }
     }
@@ -242,8 +242,7 @@ public struct LivenessTracker: Sendable {
         guard let lastStall = agent.lastStallAt, now - lastStall <= configuration.stallMemory else {
             return configuration.silenceTimeout
         }
-        let raised = agent.largestStall + agent.largestStall / 2
-        return min(configuration.maximumSilenceTimeout, max(configuration.silenceTimeout, raised))
+        return configuration.lossySilenceTimeout
     }
 
     private func suspicionThreshold(_ timeout: Int64) -> Int64 {

@@ -32,8 +32,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Silence that fails an agent on a clean link, in ms (default 3 intervals + 50). Env: WARMPOOL_SILENCE_TIMEOUT_MS.")
     var silenceTimeoutMs: Int?
 
-    @Option(help: "Ceiling the silence timeout may adapt up to on a lossy link, in ms (default 1000). Env: WARMPOOL_MAX_SILENCE_TIMEOUT_MS.")
-    var maxSilenceTimeoutMs: Int?
+    @Option(help: "Silence timeout for an agent whose link stalled in the last minute, in ms (default 900). Env: WARMPOOL_LOSSY_SILENCE_TIMEOUT_MS.")
+    var lossySilenceTimeoutMs: Int?
 
     @Option(help: "Lease granted to agents, in ms; an agent fences itself when it runs out. Env: WARMPOOL_LEASE_MS.")
     var leaseMs: Int = envInt("WARMPOOL_LEASE_MS") ?? 2_000
@@ -62,7 +62,7 @@ struct Serve: AsyncParsableCommand {
     /// Flags win over the environment for the options that have no fixed default.
     mutating func resolveEnvironment() {
         silenceTimeoutMs = silenceTimeoutMs ?? envInt("WARMPOOL_SILENCE_TIMEOUT_MS")
-        maxSilenceTimeoutMs = maxSilenceTimeoutMs ?? envInt("WARMPOOL_MAX_SILENCE_TIMEOUT_MS")
+        lossySilenceTimeoutMs = lossySilenceTimeoutMs ?? envInt("WARMPOOL_LOSSY_SILENCE_TIMEOUT_MS")
         events = events ?? ProcessInfo.processInfo.environment["WARMPOOL_EVENTS"]
         readyFile = readyFile ?? ProcessInfo.processInfo.environment["WARMPOOL_READY_FILE"]
     }
@@ -70,7 +70,7 @@ struct Serve: AsyncParsableCommand {
     mutating func validate() throws {
         // A malformed number in the environment is an error, never a silent fallback to the default.
         for name in [
-            "WARMPOOL_HEARTBEAT_INTERVAL_MS", "WARMPOOL_SILENCE_TIMEOUT_MS", "WARMPOOL_MAX_SILENCE_TIMEOUT_MS",
+            "WARMPOOL_HEARTBEAT_INTERVAL_MS", "WARMPOOL_SILENCE_TIMEOUT_MS", "WARMPOOL_LOSSY_SILENCE_TIMEOUT_MS",
             "WARMPOOL_LEASE_MS", "WARMPOOL_TELEMETRY_INTERVAL_MS", "WARMPOOL_HANDSHAKE_TIMEOUT_MS", "WARMPOOL_THREADS",
             "WARMPOOL_EPOCH",
         ] {
@@ -102,7 +102,7 @@ struct Serve: AsyncParsableCommand {
         let detector = DetectorConfiguration(
             heartbeatInterval: Int64(heartbeatIntervalMs) * 1_000_000,
             silenceTimeout: silenceTimeoutMs.map { Int64($0) * 1_000_000 },
-            maximumSilenceTimeout: maxSilenceTimeoutMs.map { Int64($0) * 1_000_000 })
+            lossySilenceTimeout: lossySilenceTimeoutMs.map { Int64($0) * 1_000_000 })
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         let eventLog = try LivenessEventLog(path: events)
         let service = try ControllerService(
@@ -125,7 +125,7 @@ struct Serve: AsyncParsableCommand {
             "detector configured",
             metadata: [
                 "interval_ms": "\(heartbeatIntervalMs)", "silence_timeout_ms": "\(detector.silenceTimeout / 1_000_000)",
-                "max_silence_timeout_ms": "\(detector.maximumSilenceTimeout / 1_000_000)", "lease_ms": "\(leaseMs)",
+                "lossy_silence_timeout_ms": "\(detector.lossySilenceTimeout / 1_000_000)", "lease_ms": "\(leaseMs)",
             ])
         let serviceGroup = ServiceGroup(
             configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
