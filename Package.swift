@@ -54,6 +54,15 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // SSH readiness and volume verification over libssh2; the blocking calls run on a NIOThreadPool.
+        .target(
+            name: "WarmpoolSSH",
+            dependencies: [
+                "CLibSSH2",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "warmpool-agent",
             dependencies: [
@@ -82,6 +91,15 @@ let package = Package(
         .testTarget(name: "SystemLibraryTests", dependencies: ["CZstd", "CLibSSH2", "CCurl", "CCurlShim"]),
         .testTarget(name: "WarmpoolWireTests", dependencies: ["WarmpoolWire"]),
         .testTarget(name: "WarmpoolAgentTests", dependencies: ["WarmpoolAgent"]),
+        // Unit tests of the pure parts, and the verifier against a real sshd on loopback (as root).
+        .testTarget(
+            name: "WarmpoolSSHTests",
+            dependencies: [
+                "WarmpoolSSH",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "WarmpoolControllerTests",
             dependencies: [
