@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "warmpool-agent", targets: ["warmpool-agent"]),
         .executable(name: "warmpool-controller", targets: ["warmpool-controller"]),
         .executable(name: "warmpool-loadgen", targets: ["warmpool-loadgen"]),
+        .executable(name: "warmpool-sshcheck", targets: ["warmpool-sshcheck"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -84,6 +85,16 @@ let package = Package(
                 "WarmpoolAgent",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        // Thin command line over WarmpoolSSH, used by `Scripts/bench ssh`.
+        .executableTarget(
+            name: "warmpool-sshcheck",
+            dependencies: [
+                "WarmpoolSSH",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
