@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "warmpool-agent", targets: ["warmpool-agent"]),
         .executable(name: "warmpool-controller", targets: ["warmpool-controller"]),
         .executable(name: "warmpool-loadgen", targets: ["warmpool-loadgen"]),
+        .executable(name: "warmpool-sshcheck", targets: ["warmpool-sshcheck"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -54,6 +55,15 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // SSH readiness and volume verification over libssh2; the blocking calls run on a NIOThreadPool.
+        .target(
+            name: "WarmpoolSSH",
+            dependencies: [
+                "CLibSSH2",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "warmpool-agent",
             dependencies: [
@@ -79,9 +89,28 @@ let package = Package(
             ]
         ),
 
+        // Thin command line over WarmpoolSSH, used by `Scripts/bench ssh`.
+        .executableTarget(
+            name: "warmpool-sshcheck",
+            dependencies: [
+                "WarmpoolSSH",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
         .testTarget(name: "SystemLibraryTests", dependencies: ["CZstd", "CLibSSH2", "CCurl", "CCurlShim"]),
         .testTarget(name: "WarmpoolWireTests", dependencies: ["WarmpoolWire"]),
         .testTarget(name: "WarmpoolAgentTests", dependencies: ["WarmpoolAgent"]),
+        // Unit tests of the pure parts, and the verifier against a real sshd on loopback (as root).
+        .testTarget(
+            name: "WarmpoolSSHTests",
+            dependencies: [
+                "WarmpoolSSH",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "WarmpoolControllerTests",
             dependencies: [
