@@ -138,7 +138,17 @@ public struct LivenessTracker: Sendable {
     public mutating func heartbeat(
         _ session: SessionID, agentID: String, status: AgentStatus, now: Int64
     ) -> [LivenessEvent] {
-        guard var agent = agents[agentID], let previous = agent.sessions[session] else { return [] }
+        // The hot path: mutate the agent where it lies. Copying it out and back would copy its
+        // sessions dictionary on every beat.
+        guard let index = agents.index(forKey: agentID) else { return [] }
+        return Self.recordHeartbeat(&agents.values[index], session: session, status: status, now: now,
+                                    configuration: configuration)
+    }
+
+    private static func recordHeartbeat(
+        _ agent: inout Agent, session: SessionID, status: AgentStatus, now: Int64, configuration: DetectorConfiguration
+    ) -> [LivenessEvent] {
+        guard let previous = agent.sessions[session] else { return [] }
         var events: [LivenessEvent] = []
         let sessionGap = now - previous
         // A long gap on one session that the agent was not failed during is a retransmission
@@ -154,15 +164,14 @@ public struct LivenessTracker: Sendable {
         if agent.state == .suspected || agent.state == .failed {
             events.append(LivenessEvent(
                 kind: .recovered, agent: agent.identity, atNanoseconds: now,
-                reason: "heartbeat after \(Self.ms(silence)) ms of silence", silenceNanoseconds: silence))
+                reason: "heartbeat after \(ms(silence)) ms of silence", silenceNanoseconds: silence))
             agent.state = .alive
         }
         agent.status = status
         if status.flags.contains(.fenced), agent.reportedFence == nil {
             // The epoch is not in the heartbeat; Hello carries it on the next connection.
-            Self.noteFence(0, &agent, now: now, into: &events)
+            noteFence(0, &agent, now: now, into: &events)
         }
-        agents[agentID] = agent
         return events
     }
 
