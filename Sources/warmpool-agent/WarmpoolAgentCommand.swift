@@ -136,7 +136,7 @@ struct WarmpoolAgentCommand: AsyncParsableCommand {
     private func makeConfiguration(probeIntervalMilliseconds: Int) throws -> AgentConfiguration {
         var addresses = controllers
         if addresses.isEmpty, let fromEnvironment = Self.environment["WARMPOOL_CONTROLLERS"] {
-            addresses = fromEnvironment.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+            addresses = fromEnvironment.split(separator: ",").map { String($0.filter { !$0.isWhitespace }) }
         }
         if addresses.isEmpty { addresses = ["127.0.0.1:7070"] }
         let parsed = try addresses.map { text in
