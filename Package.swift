@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "warmpool-controller", targets: ["warmpool-controller"]),
         .executable(name: "warmpool-loadgen", targets: ["warmpool-loadgen"]),
         .executable(name: "warmpool-sshcheck", targets: ["warmpool-sshcheck"]),
+        .library(name: "WarmpoolWire", targets: ["WarmpoolWire"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
