@@ -101,14 +101,17 @@ let package = Package(
             ]
         ),
 
+        // Shared by the test targets: running commands, tmpfs volumes.
+        .target(name: "WarmpoolTestSupport", path: "Tests/WarmpoolTestSupport"),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CZstd", "CLibSSH2", "CCurl", "CCurlShim"]),
         .testTarget(name: "WarmpoolWireTests", dependencies: ["WarmpoolWire"]),
-        .testTarget(name: "WarmpoolAgentTests", dependencies: ["WarmpoolAgent"]),
+        .testTarget(name: "WarmpoolAgentTests", dependencies: ["WarmpoolAgent", "WarmpoolTestSupport"]),
         // Unit tests of the pure parts, and the verifier against a real sshd on loopback (as root).
         .testTarget(
             name: "WarmpoolSSHTests",
             dependencies: [
                 "WarmpoolSSH",
+                "WarmpoolTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
@@ -123,7 +126,7 @@ let package = Package(
         // Starts the real binaries; depends on the wire module only to speak to them.
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["WarmpoolWire", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["WarmpoolWire", "WarmpoolTestSupport", .product(name: "NIOCore", package: "swift-nio")]
         ),
     ]
 )

@@ -1,4 +1,5 @@
 import Foundation
+@_exported import WarmpoolTestSupport
 import Testing
 import NIOCore
 import WarmpoolWire
@@ -47,27 +48,9 @@ final class Harness {
     var keysPath: String { directory + "/agent-keys" }
     func logPath(_ name: String) -> String { directory + "/\(name).log" }
 
-    /// Runs a command to completion; returns its exit status and its stdout and stderr together.
-    static func runToCompletion(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, output)
-    }
-
     @discardableResult
     func run(_ executable: String, _ arguments: [String]) throws -> String {
-        let (status, output) = try Self.runToCompletion(binaries + "/" + executable, arguments)
-        guard status == 0 else {
-            throw HarnessError("\(executable) \(arguments.joined(separator: " ")) exited \(status): \(output)")
-        }
-        return output
+        try Command.runChecked(binaries + "/" + executable, arguments)
     }
 
     /// Mints a key for `agentID` in the controller's keys file; returns the secret file's path.
@@ -157,11 +140,6 @@ final class Harness {
             usleep(10_000)
         }
     }
-}
-
-struct HarnessError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }
 
 func monotonicNow() -> Int64 { MonotonicClock.now() }

@@ -9,7 +9,7 @@ import WarmpoolWire
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
     func runInstall(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        try Harness.runToCompletion("/bin/bash", [Self.repository + "/Scripts/install-agent"] + arguments)
+        try Command.run("/bin/bash", [Self.repository + "/Scripts/install-agent"] + arguments)
     }
 
     @Test func installsTheBinarySettingsSecretAndUnit() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarmpoolTestSupport
 import WarmpoolWire
 @testable import WarmpoolAgent
 
@@ -26,16 +27,8 @@ import WarmpoolWire
     let isRoot = getuid() == 0
 
     func withTmpfs(readOnly: Bool = false, _ body: (String) throws -> Void) throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-vol-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        #expect(mount("tmpfs", directory, "tmpfs", 0, "size=8m") == 0, "mount tmpfs: errno \(errno)")
-        defer { umount2(directory, Int32(MNT_DETACH)) }
-        try "vol-42\n".write(toFile: directory + "/.warmpool-volume-id", atomically: false, encoding: .utf8)
-        if readOnly {
-            #expect(mount("none", directory, nil, UInt(MS_REMOUNT | MS_RDONLY), nil) == 0, "remount ro: errno \(errno)")
-        }
-        try body(directory)
+        let volume = try TmpfsVolume(markerID: "vol-42", readOnly: readOnly)
+        try withExtendedLifetime(volume) { try body(volume.path) }
     }
 
     @Test func aHealthyVolumePassesEveryCheck() throws {
@@ -71,13 +64,13 @@ import WarmpoolWire
     }
 
     @Test func aPlainDirectoryIsNotAMountPoint() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-dir-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let report = VolumeProbe(path: directory).probe()
+        let directory = try PlainDirectory()
+        let report = VolumeProbe(path: directory.path).probe()
         #expect(!report.mounted)
         #expect(report.volumeID == nil)
-        #expect(report.problem == "\(directory) is not a mount point")
+        #expect(report.freeBytes > 0, "an existing directory has free space to report")
+        #expect(report.problem == "\(directory.path) is not a mount point")
+        withExtendedLifetime(directory) {}
     }
 
     @Test func aMissingPathReportsEverythingFalse() {

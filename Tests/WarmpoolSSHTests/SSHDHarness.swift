@@ -1,4 +1,5 @@
 import Foundation
+@_exported import WarmpoolTestSupport
 import Testing
 @testable import WarmpoolSSH
 
@@ -158,32 +159,15 @@ final class SSHD: @unchecked Sendable {
     }
 
     static func keygen(_ path: String, passphrase: String = "") throws {
-        try run("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", passphrase, "-C", "warmpool-test", "-f", path])
+        try Command.runChecked("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", passphrase, "-C", "warmpool-test", "-f", path])
     }
 
     static func fingerprint(ofKey publicKeyPath: String) throws -> String {
-        let output = try run("/usr/bin/ssh-keygen", ["-l", "-E", "sha256", "-f", publicKeyPath])
+        let output = try Command.runChecked("/usr/bin/ssh-keygen", ["-l", "-E", "sha256", "-f", publicKeyPath])
         // "256 SHA256:... comment (ED25519)"
         let fields = output.split(separator: " ")
         guard fields.count >= 2 else { throw HarnessError("unexpected ssh-keygen output: \(output)") }
         return String(fields[1])
-    }
-
-    @discardableResult
-    static func run(_ executable: String, _ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw HarnessError("\(executable) \(arguments.joined(separator: " ")) exited \(process.terminationStatus): \(output)")
-        }
-        return output
     }
 
     /// A port nothing listens on right now (bound to port 0 and released).
@@ -228,49 +212,6 @@ final class SSHD: @unchecked Sendable {
             return TCPSocketEntry(localPort: localPort, remotePort: remotePort, state: state)
         }
     }
-}
-
-/// A tmpfs mounted on a fresh temporary directory, with an optional marker; unmounted on deinit.
-final class TmpfsVolume {
-    let path: String
-
-    init(markerID: String? = "vol-42", readOnly: Bool = false, sizeMiB: Int = 8) throws {
-        path = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-vol-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        guard mount("tmpfs", path, "tmpfs", 0, "size=\(sizeMiB)m") == 0 else {
-            throw HarnessError("mount tmpfs on \(path): errno \(errno)")
-        }
-        if let markerID {
-            try "\(markerID)\n".write(toFile: path + "/" + VolumeSpec.defaultMarkerName, atomically: false, encoding: .utf8)
-        }
-        if readOnly {
-            guard mount("none", path, nil, UInt(MS_REMOUNT | MS_RDONLY), nil) == 0 else {
-                throw HarnessError("remount read-only: errno \(errno)")
-            }
-        }
-    }
-
-    deinit {
-        umount2(path, Int32(MNT_DETACH))
-        try? FileManager.default.removeItem(atPath: path)
-    }
-}
-
-/// A plain directory (not a mount point), removed on deinit.
-final class PlainDirectory {
-    let path: String
-
-    init() throws {
-        path = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-dir-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-}
-
-struct HarnessError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }
 
 func monotonicNow() -> Int64 { Monotonic.now() }
