@@ -63,9 +63,11 @@ final class ControllerConnectionHandler: ChannelInboundHandler {
 
     private func run(_ action: ControllerSessionStateMachine.Action, context: ChannelHandlerContext) {
         switch action {
-        case .none, .telemetry:
-            // Telemetry is authenticated and decoded; the store that keeps it comes with the control plane.
+        case .none:
             break
+        case .telemetry(let telemetry):
+            // Authenticated and decompressed; the store that keeps it comes with the control plane.
+            logger.debug("telemetry received", metadata: ["telemetry.bytes": "\(telemetry.document.count)"])
         case .send(let frame):
             context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
         case .established(let identity, let fencedAtEpoch, let welcome):

@@ -45,6 +45,17 @@ import Glibc
         _ = try harness.waitForEvent("recovered", for: "gpu-1", timeout: 5)
     }
 
+    @Test func everySessionGetsTheFullTelemetryOnArrival() throws {
+        let harness = try Harness()
+        let secret = try harness.addAgentKey("gpu-1")
+        try harness.startController()
+        _ = try harness.startAgent("gpu-1", secretFile: secret)
+        _ = try harness.waitForEvent("connected", for: "gpu-1")
+        try harness.waitUntil("telemetry on both sessions", timeout: 10) {
+            harness.log("controller").components(separatedBy: "telemetry received").count - 1 >= 2
+        }
+    }
+
     @Test func aStoppedAgentSaysGoodbyeAndLeaves() throws {
         let harness = try Harness()
         let secret = try harness.addAgentKey("gpu-1")
