@@ -1,6 +1,8 @@
 // libFuzzer entry point for WarmpoolWire. No main.swift: libFuzzer's own main() drives
 // LLVMFuzzerTestOneInput. Built and run by Scripts/fuzz/run.
 //
+// Replay one input with `Scripts/fuzz/run 1 FILE`; WIRE_FUZZ_TRACE=1 also prints each action.
+//
 // Input layout (Scripts/fuzz/make-corpus writes seeds in this shape):
 //
 //     byte 0   control bits (below)
@@ -19,8 +21,15 @@
 // Besides the state machines, every body decoder and Zstd.decompress see the raw stream and each
 // parsed payload, and the decoders that must round-trip exactly are checked to.
 
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOCore
 import WarmpoolWire
+
+/// WIRE_FUZZ_TRACE=1 prints every state machine action: for replaying a crasher or checking
+/// which states the corpus reaches (`WIRE_FUZZ_TRACE=1 .build/release/WireFuzzer corpus/FILE`).
+private let tracing = getenv("WIRE_FUZZ_TRACE") != nil
 
 // MARK: - Fixed session material (the protocol vectors' values, so vector frames MAC-verify)
 
@@ -48,12 +57,16 @@ private func check(_ condition: Bool, _ what: @autoclosure () -> String) {
     if !condition { fatalError("invariant failed: \(what())") }
 }
 
-/// Every decoder on one body. Exact formats must re-encode to the same bytes; the two that
-/// normalise (reserved heartbeat bits, reject reasons) must be stable after one round.
+/// Every decoder on one body. Exact formats must re-encode to the same bytes (Hello up to its
+/// ignored field); the two that normalise (reserved heartbeat bits, reject reasons) must be stable
+/// after one round.
 private func fuzzDecoders(_ body: ByteBuffer) {
     let bytes = Array(buffer: body)
     if let hello = try? Hello.decode(body) {
-        check(encoded { hello.encode(into: &$0) } == bytes, "Hello round trip")
+        // fenced_at_epoch is ignored (re-encoded as 0) when the fenced flag is 0: PROTOCOL.md §3.1.
+        var expected = bytes
+        if hello.fencedAtEpoch == nil { expected.replaceSubrange(42..<50, with: repeatElement(0, count: 8)) }
+        check(encoded { hello.encode(into: &$0) } == expected, "Hello round trip")
     }
     if let challenge = try? Challenge.decode(body) {
         check(encoded { challenge.encode(into: &$0) } == bytes, "Challenge round trip")
@@ -83,6 +96,27 @@ private func fuzzDecoders(_ body: ByteBuffer) {
     }
 }
 
+/// PROTOCOL.md §2 and §3.5: the Reject the controller sends is well formed and carries the code
+/// the violation calls for.
+private func checkReject(_ frame: Frame, for reason: ProtocolViolation) {
+    check(frame.type == .reject && frame.flags.isEmpty, "reject frame header")
+    guard let reject = try? Reject.decode(frame.payload) else { return check(false, "unparseable Reject") }
+    switch reason {
+    case .unsupportedVersion:
+        check(reject.code == .unsupportedVersion, "Reject \(reject.code) for \(reason)")
+    case .unknownAgent, .badProof:
+        check(reject.code == .authenticationFailed && reject.reason == "authentication failed",
+              "Reject \(reject.code) \(reject.reason) for \(reason)")
+    case .handshakeTimeout:
+        check(reject.code == .handshakeTimeout, "Reject \(reject.code) for \(reason)")
+    default:
+        check(reject.code == .protocolViolation, "Reject \(reject.code) for \(reason)")
+    }
+    var wire = ByteBuffer()
+    frame.write(into: &wire)
+    check((try? parser.parse(&wire)) == frame, "Reject does not re-parse")
+}
+
 // MARK: - The pair of state machines
 
 private struct Harness {
@@ -104,6 +138,7 @@ private struct Harness {
     }
 
     mutating func controllerDid(_ action: ControllerSessionStateMachine.Action) {
+        if tracing { print("controller:", action) }
         switch action {
         case .none, .telemetry, .goodbye:
             break
@@ -115,13 +150,15 @@ private struct Harness {
             if crossWire { toAgent.append(welcome) }
         case .heartbeat(let beat):
             lastHeartbeat = beat.sequence
-        case .close(_, let reject):
+        case .close(let reason, let reject):
             check(!controller.isEstablished, "closed but still established")
+            if let reject { checkReject(reject, for: reason) }
             if crossWire, let reject { toAgent.append(reject) }
         }
     }
 
     mutating func agentDid(_ action: AgentSessionStateMachine.Action) {
+        if tracing { print("agent:", action) }
         switch action {
         case .send(let frame):
             if crossWire { toController.append(frame) }
