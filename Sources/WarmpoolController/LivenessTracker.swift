@@ -242,9 +242,9 @@ public struct LivenessTracker: Sendable {
         agents[agentID].map { silenceTimeout($0, now: now) }
     }
 
+    /// The summary from the agent's latest heartbeat (for the control plane's agent listing).
     public func status(agentID: String) -> AgentStatus? { agents[agentID]?.status }
 
-    public var agentCount: Int { agents.count }
     public var connectedAgentCount: Int { agents.values.count { !$0.sessions.isEmpty } }
 
     private func silenceTimeout(_ agent: Agent, now: Int64) -> Int64 {

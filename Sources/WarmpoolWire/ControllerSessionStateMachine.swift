@@ -7,7 +7,6 @@ public struct Keyring: Sendable {
     public init(_ secrets: [String: AgentSecret] = [:]) { self.secrets = secrets }
 
     public func secret(for agentID: String) -> AgentSecret? { secrets[agentID] }
-    public var agentIDs: [String] { secrets.keys.sorted() }
     public var count: Int { secrets.count }
 }
 

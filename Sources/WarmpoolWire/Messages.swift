@@ -451,8 +451,6 @@ struct BodyReader {
         return string
     }
 
-    mutating func rest() -> [UInt8] { buffer.readBytes(length: buffer.readableBytes) ?? [] }
-
     func finish() throws(ProtocolViolation) {
         guard buffer.readableBytes == 0 else { throw malformed("\(buffer.readableBytes) bytes left over") }
     }

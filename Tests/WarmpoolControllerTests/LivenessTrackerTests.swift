@@ -183,6 +183,17 @@ import WarmpoolWire
         #expect(kinds(tracker.heartbeat(3, agentID: "gpu-1", status: fenced, now: 600 * Self.ms)) == [.fenced])
     }
 
+    @Test func theLatestHeartbeatSummaryIsKept() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        #expect(tracker.status(agentID: "gpu-1") == nil)
+        var status = AgentStatus(flags: [.volumeMounted], gpuCount: 4, gpuHealthyCount: 3)
+        _ = tracker.heartbeat(1, agentID: "gpu-1", status: status, now: 100 * Self.ms)
+        status.gpuHealthyCount = 4
+        _ = tracker.heartbeat(1, agentID: "gpu-1", status: status, now: 200 * Self.ms)
+        #expect(tracker.status(agentID: "gpu-1") == status)
+    }
+
     @Test func beatsFromAnUnknownSessionAreIgnored() {
         var tracker = tracker()
         #expect(tracker.heartbeat(99, agentID: "ghost", status: AgentStatus(), now: 0).isEmpty)
