@@ -85,7 +85,9 @@ struct Serve: AsyncParsableCommand {
         }
         guard leaseMs > heartbeatIntervalMs else { throw ValidationError("--lease-ms must exceed the heartbeat interval") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
-        _ = try parseHostPort(listen)
+        guard ControllerAddress(listen, allowingPortZero: true) != nil else {
+            throw ValidationError("--listen expects HOST:PORT, got \(listen)")
+        }
     }
 
     func run() async throws {
@@ -98,7 +100,7 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "warmpool.controller")
         // Event lines go to stdout by default; a reader that goes away must not kill the controller.
         signal(SIGPIPE, SIG_IGN)
-        let (host, port) = try parseHostPort(listen)
+        let address = ControllerAddress(listen, allowingPortZero: true)!
         let detector = DetectorConfiguration(
             heartbeatInterval: Int64(heartbeatIntervalMs) * 1_000_000,
             silenceTimeout: silenceTimeoutMs.map { Int64($0) * 1_000_000 },
@@ -107,15 +109,15 @@ struct Serve: AsyncParsableCommand {
         let eventLog = try LivenessEventLog(path: events)
         let service = try ControllerService(
             configuration: .init(
-                host: host, port: port, keysFile: keysFile,
+                host: address.host, port: address.port, keysFile: keysFile,
                 hub: .init(
                     detector: detector, leaseMilliseconds: UInt32(leaseMs),
                     telemetryIntervalMilliseconds: UInt32(telemetryIntervalMs),
                     handshakeTimeoutMilliseconds: Int64(handshakeTimeoutMs))),
             epoch: epoch, eventLog: eventLog, group: group, logger: logger
-        ) { [readyFile] address in
-            guard let readyFile, let port = address.port else { return }
-            let host = address.ipAddress.map { $0.contains(":") ? "[\($0)]" : $0 } ?? "127.0.0.1"
+        ) { [readyFile] bound in
+            guard let readyFile, let port = bound.port else { return }
+            let host = bound.ipAddress.map { $0.contains(":") ? "[\($0)]" : $0 } ?? "127.0.0.1"
             // Written whole, then renamed: a reader never sees half an address.
             let partial = readyFile + ".partial"
             _ = FileManager.default.createFile(atPath: partial, contents: Data("\(host):\(port)\n".utf8))
@@ -162,10 +164,3 @@ struct Keygen: ParsableCommand {
 
 func envInt(_ name: String) -> Int? { ProcessInfo.processInfo.environment[name].flatMap { Int($0) } }
 
-func parseHostPort(_ text: String) throws -> (String, Int) {
-    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port)
-    else { throw ValidationError("expected HOST:PORT, got \(text)") }
-    var host = String(text[..<colon])
-    if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-    return (host, port)
-}
