@@ -199,7 +199,6 @@ public final class AgentRuntime: @unchecked Sendable {
 
     private func heartbeatTick() {
         let now = MonotonicClock.now()
-        if case .fence(let epoch) = lease.tick(now: now) { fence(epoch: epoch) }
         guard let terms else { return }
         let status = AgentStatus(
             report: probeReport, now: now, staleAfter: 3 * configuration.probeIntervalNanoseconds + 1_000_000_000,
