@@ -1,0 +1,330 @@
+import Foundation
+
+/// How a machine is protected. `gpu_warm_pool` keeps a stopped GPU standby on the same host;
+/// `cpu_standby` is the fallback when the host has no second GPU; `disabled` does nothing.
+public enum FailoverStrategy: String, Codable, Sendable, CaseIterable {
+    case gpuWarmPool = "gpu_warm_pool"
+    case cpuStandby = "cpu_standby"
+    case disabled
+}
+
+/// One warm pool, keyed by the product's machine id. The engine owns `engineState` (its whole
+/// state machine as JSON); the other columns are what the API shows, kept beside it so a status
+/// query never has to decode the engine.
+public struct PoolRecord: Codable, Sendable, Equatable {
+    public var machineID: Int64
+    public var hostMachineID: Int64?
+    public var strategy: FailoverStrategy
+    public var gpuPreferences: [String]
+    public var volumeSizeGB: Int
+    public var state: String
+    public var volumeID: Int64?
+    public var primaryInstanceID: Int64?
+    public var standbyInstanceID: Int64?
+    public var standbyState: String
+    public var primarySSHHost: String?
+    public var primarySSHPort: Int?
+    public var lastHealthCheck: Date?
+    public var failoverCount: Int
+    public var lastFailoverAt: Date?
+    public var errorMessage: String?
+    public var epoch: Int64
+    public var engineState: Data?
+    public var createdAt: Date
+    public var updatedAt: Date
+
+    public static let defaultVolumeSizeGB = 100
+
+    /// The database columns, spelled out: the Swift names keep their acronyms.
+    enum CodingKeys: String, CodingKey {
+        case machineID = "machine_id"
+        case hostMachineID = "host_machine_id"
+        case strategy
+        case gpuPreferences = "gpu_preferences"
+        case volumeSizeGB = "volume_size_gb"
+        case state
+        case volumeID = "volume_id"
+        case primaryInstanceID = "primary_instance_id"
+        case standbyInstanceID = "standby_instance_id"
+        case standbyState = "standby_state"
+        case primarySSHHost = "primary_ssh_host"
+        case primarySSHPort = "primary_ssh_port"
+        case lastHealthCheck = "last_health_check"
+        case failoverCount = "failover_count"
+        case lastFailoverAt = "last_failover_at"
+        case errorMessage = "error_message"
+        case epoch
+        case engineState = "engine_state"
+        case createdAt = "created_at"
+        case updatedAt = "updated_at"
+    }
+
+    public init(
+        machineID: Int64, hostMachineID: Int64? = nil, strategy: FailoverStrategy = .gpuWarmPool,
+        gpuPreferences: [String] = [], volumeSizeGB: Int = PoolRecord.defaultVolumeSizeGB, state: String = "disabled",
+        volumeID: Int64? = nil, primaryInstanceID: Int64? = nil, standbyInstanceID: Int64? = nil,
+        standbyState: String = "none", primarySSHHost: String? = nil, primarySSHPort: Int? = nil,
+        lastHealthCheck: Date? = nil, failoverCount: Int = 0, lastFailoverAt: Date? = nil, errorMessage: String? = nil,
+        epoch: Int64 = 0, engineState: Data? = nil, createdAt: Date = Date(), updatedAt: Date = Date()
+    ) {
+        self.machineID = machineID
+        self.hostMachineID = hostMachineID
+        self.strategy = strategy
+        self.gpuPreferences = gpuPreferences
+        self.volumeSizeGB = volumeSizeGB
+        self.state = state
+        self.volumeID = volumeID
+        self.primaryInstanceID = primaryInstanceID
+        self.standbyInstanceID = standbyInstanceID
+        self.standbyState = standbyState
+        self.primarySSHHost = primarySSHHost
+        self.primarySSHPort = primarySSHPort
+        self.lastHealthCheck = lastHealthCheck
+        self.failoverCount = failoverCount
+        self.lastFailoverAt = lastFailoverAt
+        self.errorMessage = errorMessage
+        self.epoch = epoch
+        self.engineState = engineState
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+    }
+}
+
+/// One failover of one pool, from detection to its end.
+public struct FailoverRecord: Codable, Sendable, Equatable {
+    public enum Result: String, Codable, Sendable {
+        case inProgress = "in_progress"
+        case succeeded
+        case failed
+        case degraded
+    }
+
+    public var id: String
+    public var machineID: Int64
+    public var reason: String
+    public var result: Result
+    public var oldPrimaryInstanceID: Int64?
+    public var newPrimaryInstanceID: Int64?
+    public var epoch: Int64
+    public var startedAt: Date
+    public var finishedAt: Date?
+    public var errorMessage: String?
+
+    /// The database columns, spelled out: the Swift names keep their acronyms.
+    enum CodingKeys: String, CodingKey {
+        case id
+        case machineID = "machine_id"
+        case reason
+        case result
+        case oldPrimaryInstanceID = "old_primary_instance_id"
+        case newPrimaryInstanceID = "new_primary_instance_id"
+        case epoch
+        case startedAt = "started_at"
+        case finishedAt = "finished_at"
+        case errorMessage = "error_message"
+    }
+
+    public init(
+        id: String, machineID: Int64, reason: String, result: Result = .inProgress, oldPrimaryInstanceID: Int64? = nil,
+        newPrimaryInstanceID: Int64? = nil, epoch: Int64, startedAt: Date, finishedAt: Date? = nil, errorMessage: String? = nil
+    ) {
+        self.id = id
+        self.machineID = machineID
+        self.reason = reason
+        self.result = result
+        self.oldPrimaryInstanceID = oldPrimaryInstanceID
+        self.newPrimaryInstanceID = newPrimaryInstanceID
+        self.epoch = epoch
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+        self.errorMessage = errorMessage
+    }
+
+    /// Seconds from detection to the end, once it has ended.
+    public var durationSeconds: Double? { finishedAt.map { $0.timeIntervalSince(startedAt) } }
+}
+
+/// One step of a failover's timeline. `sequence` orders steps within a failover and makes
+/// re-recording a step after a restart harmless (same failover, same sequence: one row).
+public struct TimelineStep: Codable, Sendable, Equatable {
+    public var failoverID: String
+    public var sequence: Int
+    public var step: String
+    public var at: Date
+    public var detail: String?
+
+    /// The database columns, spelled out: the Swift names keep their acronyms.
+    enum CodingKeys: String, CodingKey {
+        case failoverID = "failover_id"
+        case sequence
+        case step
+        case at
+        case detail
+    }
+
+    public init(failoverID: String, sequence: Int, step: String, at: Date, detail: String? = nil) {
+        self.failoverID = failoverID
+        self.sequence = sequence
+        self.step = step
+        self.at = at
+        self.detail = detail
+    }
+}
+
+/// An agent the controller accepts, with the secret it proves. The secret is kept as is: the
+/// handshake needs it to compute an HMAC, so it cannot be stored hashed (the database is 0600).
+public struct AgentRecord: Codable, Sendable, Equatable {
+    public var agentID: String
+    public var secretHex: String
+    public var machineID: Int64?
+    public var instanceID: Int64?
+    public var role: String?
+    public var createdAt: Date
+    public var revokedAt: Date?
+
+    /// The database columns, spelled out: the Swift names keep their acronyms.
+    enum CodingKeys: String, CodingKey {
+        case agentID = "agent_id"
+        case secretHex = "secret_hex"
+        case machineID = "machine_id"
+        case instanceID = "instance_id"
+        case role
+        case createdAt = "created_at"
+        case revokedAt = "revoked_at"
+    }
+
+    public init(
+        agentID: String, secretHex: String, machineID: Int64? = nil, instanceID: Int64? = nil, role: String? = nil,
+        createdAt: Date = Date(), revokedAt: Date? = nil
+    ) {
+        self.agentID = agentID
+        self.secretHex = secretHex
+        self.machineID = machineID
+        self.instanceID = instanceID
+        self.role = role
+        self.createdAt = createdAt
+        self.revokedAt = revokedAt
+    }
+}
+
+/// An API key as stored: only its SHA-256 is kept; the plaintext is shown once, at creation.
+public struct APIKeyRecord: Codable, Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var hashHex: String
+    public var createdAt: Date
+    public var revokedAt: Date?
+    public var lastUsedAt: Date?
+
+    /// The database columns, spelled out: the Swift names keep their acronyms.
+    enum CodingKeys: String, CodingKey {
+        case id
+        case name
+        case hashHex = "hash_hex"
+        case createdAt = "created_at"
+        case revokedAt = "revoked_at"
+        case lastUsedAt = "last_used_at"
+    }
+
+    public init(id: String, name: String, hashHex: String, createdAt: Date = Date(), revokedAt: Date? = nil, lastUsedAt: Date? = nil) {
+        self.id = id
+        self.name = name
+        self.hashHex = hashHex
+        self.createdAt = createdAt
+        self.revokedAt = revokedAt
+        self.lastUsedAt = lastUsedAt
+    }
+}
+
+/// A notification waiting in the outbox. `id` is unique and stable: a redelivery after a restart
+/// carries the same id, so receivers can drop duplicates.
+public struct OutboxEntry: Codable, Sendable, Equatable {
+    public var id: String
+    public var kind: String
+    public var machineID: Int64?
+    public var payload: String
+    public var createdAt: Date
+    public var attempts: Int
+    public var nextAttemptAt: Date
+    public var deliveredAt: Date?
+    public var lastError: String?
+
+    /// The database columns, spelled out: the Swift names keep their acronyms.
+    enum CodingKeys: String, CodingKey {
+        case id
+        case kind
+        case machineID = "machine_id"
+        case payload
+        case createdAt = "created_at"
+        case attempts
+        case nextAttemptAt = "next_attempt_at"
+        case deliveredAt = "delivered_at"
+        case lastError = "last_error"
+    }
+
+    public init(
+        id: String, kind: String, machineID: Int64?, payload: String, createdAt: Date = Date(), attempts: Int = 0,
+        nextAttemptAt: Date = Date(), deliveredAt: Date? = nil, lastError: String? = nil
+    ) {
+        self.id = id
+        self.kind = kind
+        self.machineID = machineID
+        self.payload = payload
+        self.createdAt = createdAt
+        self.attempts = attempts
+        self.nextAttemptAt = nextAttemptAt
+        self.deliveredAt = deliveredAt
+        self.lastError = lastError
+    }
+}
+
+/// Something that happened to a pool or one of its agents, for `warmpoolctl events`.
+public struct PoolEvent: Codable, Sendable, Equatable {
+    public var id: Int64?
+    public var machineID: Int64?
+    public var agentID: String?
+    public var kind: String
+    public var at: Date
+    public var detail: String?
+
+    /// The database columns, spelled out: the Swift names keep their acronyms.
+    enum CodingKeys: String, CodingKey {
+        case id
+        case machineID = "machine_id"
+        case agentID = "agent_id"
+        case kind
+        case at
+        case detail
+    }
+
+    public init(id: Int64? = nil, machineID: Int64?, agentID: String?, kind: String, at: Date, detail: String? = nil) {
+        self.id = id
+        self.machineID = machineID
+        self.agentID = agentID
+        self.kind = kind
+        self.at = at
+        self.detail = detail
+    }
+}
+
+/// Everything one engine transition changes, written in one transaction before its side effects
+/// run: if the controller dies after the commit, the restarted engine finds the transition done
+/// and re-issues its (idempotent) side effects; if it dies before, nothing of it is visible.
+public struct PoolTransition: Sendable {
+    public var pool: PoolRecord
+    public var failover: FailoverRecord?
+    public var steps: [TimelineStep]
+    public var notifications: [OutboxEntry]
+    public var events: [PoolEvent]
+
+    public init(
+        pool: PoolRecord, failover: FailoverRecord? = nil, steps: [TimelineStep] = [], notifications: [OutboxEntry] = [],
+        events: [PoolEvent] = []
+    ) {
+        self.pool = pool
+        self.failover = failover
+        self.steps = steps
+        self.notifications = notifications
+        self.events = events
+    }
+}

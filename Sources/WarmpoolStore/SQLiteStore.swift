@@ -1,0 +1,270 @@
+import Foundation
+import GRDB
+import Logging
+
+/// The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a committed
+/// transition survives a SIGKILL or a power cut. GRDB runs every statement on its own queues,
+/// never on the caller's thread, so the async methods are safe to await from an event loop.
+public final class SQLiteStore: WarmpoolStore {
+    private let database: DatabasePool
+    public let path: String
+
+    public init(path: String, logger: Logger) throws {
+        self.path = path
+        let directory = (path as NSString).deletingLastPathComponent
+        if !directory.isEmpty {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        var configuration = Configuration()
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+            try db.execute(sql: "PRAGMA foreign_keys = ON")
+        }
+        configuration.busyMode = .timeout(5)
+        let isNew = !FileManager.default.fileExists(atPath: path)
+        do {
+            database = try DatabasePool(path: path, configuration: configuration)
+        } catch {
+            throw StoreError.unreadable(path: path, reason: "\(error)")
+        }
+        if isNew {
+            // The file holds every agent's secret.
+            chmod(path, 0o600)
+        }
+        try Self.migrate(database, logger: logger)
+    }
+
+    static func migrate(_ writer: some DatabaseWriter, logger: Logger) throws {
+        let migrator = Schema.migrator
+        let unknown = try writer.read { db in
+            try migrator.appliedIdentifiers(db).subtracting(migrator.migrations)
+        }
+        guard unknown.isEmpty else { throw StoreError.newerSchema(unknownMigrations: unknown.sorted()) }
+        let pending = try writer.read { db in try migrator.migrations.filter { !(try migrator.appliedIdentifiers(db).contains($0)) } }
+        try migrator.migrate(writer)
+        if !pending.isEmpty {
+            logger.info("database migrated", metadata: ["store.migrations": "\(pending.joined(separator: ","))"])
+        }
+    }
+
+    /// The migrations applied to the file, oldest first.
+    public func appliedMigrations() async throws -> [String] {
+        try await database.read { db in try Schema.migrator.appliedMigrations(db) }
+    }
+
+    // MARK: Pools
+
+    public func pool(machineID: Int64) async throws -> PoolRecord? {
+        try await database.read { db in try PoolRecord.fetchOne(db, key: machineID) }
+    }
+
+    public func pools() async throws -> [PoolRecord] {
+        try await database.read { db in try PoolRecord.order(Column("machine_id")).fetchAll(db) }
+    }
+
+    public func savePool(_ pool: PoolRecord) async throws {
+        try await database.write { db in try pool.save(db) }
+    }
+
+    public func deletePool(machineID: Int64) async throws {
+        _ = try await database.write { db in try PoolRecord.deleteOne(db, key: machineID) }
+    }
+
+    public func commit(_ transition: PoolTransition) async throws {
+        try await database.write { db in
+            try transition.pool.save(db)
+            if let failover = transition.failover { try failover.save(db) }
+            for step in transition.steps { try step.save(db, onConflict: .ignore) }
+            for entry in transition.notifications { try entry.insert(db, onConflict: .ignore) }
+            for event in transition.events { _ = try event.inserted(db) }
+        }
+    }
+
+    // MARK: Failovers
+
+    public func failovers(machineID: Int64, limit: Int) async throws -> [FailoverRecord] {
+        try await database.read { db in
+            try FailoverRecord.filter(Column("machine_id") == machineID)
+                .order(Column("started_at").desc, Column("id").desc).limit(limit).fetchAll(db)
+        }
+    }
+
+    public func failover(id: String) async throws -> FailoverRecord? {
+        try await database.read { db in try FailoverRecord.fetchOne(db, key: id) }
+    }
+
+    public func timeline(failoverID: String) async throws -> [TimelineStep] {
+        try await database.read { db in
+            try TimelineStep.filter(Column("failover_id") == failoverID).order(Column("sequence")).fetchAll(db)
+        }
+    }
+
+    // MARK: Events
+
+    public func recordEvents(_ events: [PoolEvent]) async throws {
+        guard !events.isEmpty else { return }
+        try await database.write { db in
+            for event in events { _ = try event.inserted(db) }
+            // The log is a recent history, not an archive: keep the newest events only.
+            try db.execute(
+                sql: "DELETE FROM pool_event WHERE id <= (SELECT max(id) FROM pool_event) - ?", arguments: [Self.eventsKept])
+        }
+    }
+
+    static let eventsKept = 100_000
+
+    public func events(machineID: Int64?, limit: Int) async throws -> [PoolEvent] {
+        try await database.read { db in
+            var request = PoolEvent.order(Column("id").desc).limit(limit)
+            if let machineID { request = request.filter(Column("machine_id") == machineID) }
+            return try request.fetchAll(db).reversed()
+        }
+    }
+
+    // MARK: Agents
+
+    public func addAgent(_ agent: AgentRecord) async throws {
+        try await database.write { db in
+            if try AgentRecord.exists(db, key: agent.agentID) { throw StoreError.duplicate(what: "agent", id: agent.agentID) }
+            try agent.insert(db)
+        }
+    }
+
+    public func agent(id: String) async throws -> AgentRecord? {
+        try await database.read { db in try AgentRecord.fetchOne(db, key: id) }
+    }
+
+    public func agents() async throws -> [AgentRecord] {
+        try await database.read { db in try AgentRecord.order(Column("agent_id")).fetchAll(db) }
+    }
+
+    public func revokeAgent(id: String, at: Date) async throws -> Bool {
+        try await database.write { db in
+            guard var agent = try AgentRecord.fetchOne(db, key: id), agent.revokedAt == nil else { return false }
+            agent.revokedAt = at
+            try agent.update(db)
+            return true
+        }
+    }
+
+    // MARK: Host key pins
+
+    public func pinnedHostKey(instanceID: String) async throws -> String? {
+        try await database.read { db in
+            try String.fetchOne(db, sql: "SELECT key FROM host_key_pin WHERE instance_id = ?", arguments: [instanceID])
+        }
+    }
+
+    public func pinHostKey(instanceID: String, key: String) async throws {
+        try await database.write { db in
+            try db.execute(
+                sql: "INSERT INTO host_key_pin (instance_id, key, pinned_at) VALUES (?, ?, ?) ON CONFLICT(instance_id) DO UPDATE SET key = excluded.key, pinned_at = excluded.pinned_at",
+                arguments: [instanceID, key, Date()])
+        }
+    }
+
+    public func unpinHostKey(instanceID: String) async throws {
+        try await database.write { db in
+            try db.execute(sql: "DELETE FROM host_key_pin WHERE instance_id = ?", arguments: [instanceID])
+        }
+    }
+
+    // MARK: Outbox
+
+    public func enqueue(_ entries: [OutboxEntry]) async throws {
+        try await database.write { db in
+            for entry in entries { try entry.insert(db, onConflict: .ignore) }
+        }
+    }
+
+    public func dueNotifications(now: Date, limit: Int) async throws -> [OutboxEntry] {
+        try await database.read { db in
+            try OutboxEntry.filter(Column("delivered_at") == nil && Column("next_attempt_at") <= now)
+                .order(Column("next_attempt_at"), Column("created_at")).limit(limit).fetchAll(db)
+        }
+    }
+
+    public func markDelivered(id: String, at: Date) async throws {
+        try await database.write { db in
+            try db.execute(
+                sql: "UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?",
+                arguments: [at, id])
+        }
+    }
+
+    public func markAttemptFailed(id: String, error: String, nextAttemptAt: Date) async throws {
+        try await database.write { db in
+            try db.execute(
+                sql: "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
+                arguments: [error, nextAttemptAt, id])
+        }
+    }
+
+    public func notifications(limit: Int) async throws -> [OutboxEntry] {
+        try await database.read { db in
+            try OutboxEntry.order(Column("created_at").desc).limit(limit).fetchAll(db)
+        }
+    }
+
+    // MARK: API keys
+
+    public func addAPIKey(_ key: APIKeyRecord) async throws {
+        try await database.write { db in
+            if try APIKeyRecord.exists(db, key: key.id) { throw StoreError.duplicate(what: "API key", id: key.id) }
+            try key.insert(db)
+        }
+    }
+
+    public func apiKey(id: String) async throws -> APIKeyRecord? {
+        try await database.read { db in try APIKeyRecord.fetchOne(db, key: id) }
+    }
+
+    public func apiKeys() async throws -> [APIKeyRecord] {
+        try await database.read { db in try APIKeyRecord.order(Column("created_at")).fetchAll(db) }
+    }
+
+    public func revokeAPIKey(id: String, at: Date) async throws -> Bool {
+        try await database.write { db in
+            guard var key = try APIKeyRecord.fetchOne(db, key: id), key.revokedAt == nil else { return false }
+            key.revokedAt = at
+            try key.update(db)
+            return true
+        }
+    }
+
+    public func touchAPIKey(id: String, at: Date) async throws {
+        try await database.write { db in
+            try db.execute(sql: "UPDATE api_key SET last_used_at = ? WHERE id = ?", arguments: [at, id])
+        }
+    }
+}
+
+// Each record is one row; its CodingKeys name the columns.
+extension PoolRecord: FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "pool"
+}
+
+extension FailoverRecord: FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "failover"
+}
+
+extension TimelineStep: FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "timeline_step"
+}
+
+extension AgentRecord: FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "agent"
+}
+
+extension APIKeyRecord: FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "api_key"
+}
+
+extension OutboxEntry: FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "outbox"
+}
+
+extension PoolEvent: FetchableRecord, MutablePersistableRecord {
+    public static let databaseTableName = "pool_event"
+    public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
+}

@@ -1,0 +1,68 @@
+import Foundation
+
+/// The controller's durable state, behind the narrowest interface the engine, the API and the
+/// notifier need. `SQLiteStore` is the embedded default; a PostgreSQL store for several
+/// controllers implements the same protocol without touching its callers.
+public protocol WarmpoolStore: Sendable {
+    // Pools and their settings.
+    func pool(machineID: Int64) async throws -> PoolRecord?
+    func pools() async throws -> [PoolRecord]
+    /// Inserts or replaces the pool row alone (settings changes, health-check stamps).
+    func savePool(_ pool: PoolRecord) async throws
+    func deletePool(machineID: Int64) async throws
+    /// One engine transition, atomically: pool row, failover row, timeline steps, notifications, events.
+    func commit(_ transition: PoolTransition) async throws
+
+    // Failover history.
+    func failovers(machineID: Int64, limit: Int) async throws -> [FailoverRecord]
+    func failover(id: String) async throws -> FailoverRecord?
+    func timeline(failoverID: String) async throws -> [TimelineStep]
+
+    // Events.
+    func recordEvents(_ events: [PoolEvent]) async throws
+    func events(machineID: Int64?, limit: Int) async throws -> [PoolEvent]
+
+    // Agents and their keys.
+    func addAgent(_ agent: AgentRecord) async throws
+    func agent(id: String) async throws -> AgentRecord?
+    func agents() async throws -> [AgentRecord]
+    func revokeAgent(id: String, at: Date) async throws -> Bool
+
+    // Pinned SSH host keys, by provider instance id.
+    func pinnedHostKey(instanceID: String) async throws -> String?
+    func pinHostKey(instanceID: String, key: String) async throws
+    func unpinHostKey(instanceID: String) async throws
+
+    // The notification outbox.
+    /// Adds entries whose id is new; an id already present (a re-run after restart) is left alone.
+    func enqueue(_ entries: [OutboxEntry]) async throws
+    func dueNotifications(now: Date, limit: Int) async throws -> [OutboxEntry]
+    func markDelivered(id: String, at: Date) async throws
+    func markAttemptFailed(id: String, error: String, nextAttemptAt: Date) async throws
+    func notifications(limit: Int) async throws -> [OutboxEntry]
+
+    // API keys.
+    func addAPIKey(_ key: APIKeyRecord) async throws
+    func apiKey(id: String) async throws -> APIKeyRecord?
+    func apiKeys() async throws -> [APIKeyRecord]
+    func revokeAPIKey(id: String, at: Date) async throws -> Bool
+    func touchAPIKey(id: String, at: Date) async throws
+}
+
+public enum StoreError: Error, CustomStringConvertible, Equatable {
+    /// The database was written by a newer controller: running older code on it could lose data.
+    case newerSchema(unknownMigrations: [String])
+    case duplicate(what: String, id: String)
+    case unreadable(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .newerSchema(let migrations):
+            "the database has migrations this controller does not know (\(migrations.joined(separator: ", "))): it was written by a newer version"
+        case .duplicate(let what, let id):
+            "\(what) \(id) already exists"
+        case .unreadable(let path, let reason):
+            "cannot open the database at \(path): \(reason)"
+        }
+    }
+}

@@ -1,0 +1,211 @@
+import Foundation
+import GRDB
+import Logging
+import Testing
+
+@testable import WarmpoolStore
+
+private func temporaryDatabasePath() -> String {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("wp-store-\(UUID().uuidString)")
+    return directory.appendingPathComponent("warmpool.db").path
+}
+
+private let logger = Logger(label: "test.store")
+
+@Suite struct MigrationTests {
+    @Test func aNewDatabaseGetsEveryMigrationAndEveryTable() async throws {
+        let path = temporaryDatabasePath()
+        let store = try SQLiteStore(path: path, logger: logger)
+        #expect(try await store.appliedMigrations() == ["v1-initial"])
+        let tables = try await DatabaseQueue(path: path).read { db in
+            try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'grdb_%' ORDER BY name")
+        }
+        #expect(tables == ["agent", "api_key", "failover", "host_key_pin", "outbox", "pool", "pool_event", "timeline_step"])
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+    }
+
+    @Test func reopeningKeepsDataAndAppliesNothingTwice() async throws {
+        let path = temporaryDatabasePath()
+        do {
+            let store = try SQLiteStore(path: path, logger: logger)
+            try await store.savePool(PoolRecord(machineID: 7, state: "active", volumeID: 3))
+        }
+        let reopened = try SQLiteStore(path: path, logger: logger)
+        #expect(try await reopened.appliedMigrations() == ["v1-initial"])
+        #expect(try await reopened.pool(machineID: 7)?.volumeID == 3)
+    }
+
+    @Test func aDatabaseFromANewerControllerIsRefusedUntouched() async throws {
+        let path = temporaryDatabasePath()
+        _ = try SQLiteStore(path: path, logger: logger)
+        try await DatabaseQueue(path: path).write { db in
+            try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v9-from-the-future')")
+        }
+        #expect(throws: StoreError.newerSchema(unknownMigrations: ["v9-from-the-future"])) {
+            _ = try SQLiteStore(path: path, logger: logger)
+        }
+    }
+
+    @Test func aFileThatIsNotADatabaseGivesAClearError() async throws {
+        let path = temporaryDatabasePath()
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try Data(repeating: 0x41, count: 4096).write(to: URL(fileURLWithPath: path))
+        do {
+            _ = try SQLiteStore(path: path, logger: logger)
+            Issue.record("a garbage file opened as a database")
+        } catch {
+            #expect("\(error)".contains("not a database") || "\(error)".contains(path))
+        }
+    }
+}
+
+@Suite struct RecordTests {
+    @Test func poolsRoundTripWithEveryColumn() async throws {
+        let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
+        let now = Date(timeIntervalSince1970: 1_800_000_000.25)
+        let pool = PoolRecord(
+            machineID: 12, hostMachineID: 77, strategy: .cpuStandby, gpuPreferences: ["RTX 4090", "A100"], volumeSizeGB: 250,
+            state: "active", volumeID: 5, primaryInstanceID: 101, standbyInstanceID: 102, standbyState: "stopped",
+            primarySSHHost: "10.0.0.1", primarySSHPort: 2222, lastHealthCheck: now, failoverCount: 3, lastFailoverAt: now,
+            errorMessage: "none", epoch: 4, engineState: Data("{\"x\":1}".utf8), createdAt: now, updatedAt: now)
+        try await store.savePool(pool)
+        #expect(try await store.pool(machineID: 12) == pool)
+        #expect(try await store.pools().map(\.machineID) == [12])
+        try await store.deletePool(machineID: 12)
+        #expect(try await store.pool(machineID: 12) == nil)
+    }
+
+    @Test func aTransitionIsAllOrNothing() async throws {
+        let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
+        let start = Date()
+        let failover = FailoverRecord(id: "fo-12-1", machineID: 12, reason: "primary failed", epoch: 2, startedAt: start)
+        try await store.commit(PoolTransition(
+            pool: PoolRecord(machineID: 12, state: "failover"), failover: failover,
+            steps: [TimelineStep(failoverID: "fo-12-1", sequence: 1, step: "detected", at: start)],
+            notifications: [OutboxEntry(id: "n-1", kind: "failure_detected", machineID: 12, payload: "{}")],
+            events: [PoolEvent(machineID: 12, agentID: "a", kind: "failover", at: start)]))
+
+        // A transition whose timeline step names a failover that does not exist fails as a whole:
+        // the pool row must not change either.
+        await #expect(throws: (any Error).self) {
+            try await store.commit(PoolTransition(
+                pool: PoolRecord(machineID: 12, state: "active"),
+                steps: [TimelineStep(failoverID: "no-such-failover", sequence: 1, step: "promoted", at: start)]))
+        }
+        #expect(try await store.pool(machineID: 12)?.state == "failover")
+        #expect(try await store.timeline(failoverID: "fo-12-1").map(\.step) == ["detected"])
+        #expect(try await store.events(machineID: 12, limit: 10).count == 1)
+    }
+
+    @Test func reRecordingAStepOrNotificationAfterARestartIsHarmless() async throws {
+        let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
+        let start = Date()
+        let failover = FailoverRecord(id: "fo-1", machineID: 1, reason: "test", epoch: 1, startedAt: start)
+        let transition = PoolTransition(
+            pool: PoolRecord(machineID: 1, state: "failover"), failover: failover,
+            steps: [TimelineStep(failoverID: "fo-1", sequence: 1, step: "detected", at: start)],
+            notifications: [OutboxEntry(id: "fo-1/failure_detected", kind: "failure_detected", machineID: 1, payload: "{}")])
+        try await store.commit(transition)
+        try await store.commit(transition)
+        #expect(try await store.timeline(failoverID: "fo-1").count == 1)
+        #expect(try await store.notifications(limit: 10).count == 1)
+    }
+
+    @Test func failoverHistoryIsNewestFirst() async throws {
+        let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
+        try await store.savePool(PoolRecord(machineID: 1))
+        for number in 1...3 {
+            var record = FailoverRecord(
+                id: "fo-\(number)", machineID: 1, reason: "r", epoch: Int64(number), startedAt: Date(timeIntervalSince1970: Double(number) * 100))
+            record.result = .succeeded
+            record.finishedAt = record.startedAt.addingTimeInterval(12.5)
+            try await store.commit(PoolTransition(pool: PoolRecord(machineID: 1), failover: record))
+        }
+        let history = try await store.failovers(machineID: 1, limit: 2)
+        #expect(history.map(\.id) == ["fo-3", "fo-2"])
+        #expect(history[0].durationSeconds == 12.5)
+        #expect(try await store.failover(id: "fo-1")?.epoch == 1)
+    }
+
+    @Test func agentsAreUniqueAndRevocable() async throws {
+        let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
+        try await store.addAgent(AgentRecord(agentID: "gpu-1", secretHex: String(repeating: "ab", count: 32), machineID: 1))
+        await #expect(throws: StoreError.duplicate(what: "agent", id: "gpu-1")) {
+            try await store.addAgent(AgentRecord(agentID: "gpu-1", secretHex: String(repeating: "cd", count: 32)))
+        }
+        #expect(try await store.revokeAgent(id: "gpu-1", at: Date()))
+        #expect(try await !store.revokeAgent(id: "gpu-1", at: Date()))
+        #expect(try await !store.revokeAgent(id: "nobody", at: Date()))
+        #expect(try await store.agent(id: "gpu-1")?.revokedAt != nil)
+    }
+
+    @Test func hostKeyPinsReplaceAndRemove() async throws {
+        let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
+        #expect(try await store.pinnedHostKey(instanceID: "101") == nil)
+        try await store.pinHostKey(instanceID: "101", key: "ssh-ed25519 AAAA1")
+        try await store.pinHostKey(instanceID: "101", key: "ssh-ed25519 AAAA2")
+        #expect(try await store.pinnedHostKey(instanceID: "101") == "ssh-ed25519 AAAA2")
+        try await store.unpinHostKey(instanceID: "101")
+        #expect(try await store.pinnedHostKey(instanceID: "101") == nil)
+    }
+
+    @Test func theOutboxHandsOutDueEntriesUntilDelivered() async throws {
+        let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
+        let now = Date()
+        try await store.enqueue([
+            OutboxEntry(id: "a", kind: "failover_complete", machineID: 1, payload: "{}", createdAt: now, nextAttemptAt: now),
+            OutboxEntry(id: "b", kind: "pool_degraded", machineID: 1, payload: "{}", createdAt: now, nextAttemptAt: now.addingTimeInterval(60)),
+        ])
+        try await store.enqueue([OutboxEntry(id: "a", kind: "changed", machineID: 1, payload: "{\"dup\":1}")])
+        #expect(try await store.dueNotifications(now: now, limit: 10).map(\.id) == ["a"])
+        #expect(try await store.dueNotifications(now: now, limit: 10).first?.payload == "{}")
+        try await store.markAttemptFailed(id: "a", error: "HTTP 503", nextAttemptAt: now.addingTimeInterval(5))
+        #expect(try await store.dueNotifications(now: now, limit: 10).isEmpty)
+        let retried = try await store.dueNotifications(now: now.addingTimeInterval(61), limit: 10)
+        #expect(retried.map(\.id) == ["a", "b"])
+        #expect(retried[0].attempts == 1 && retried[0].lastError == "HTTP 503")
+        try await store.markDelivered(id: "a", at: now)
+        #expect(try await store.dueNotifications(now: now.addingTimeInterval(61), limit: 10).map(\.id) == ["b"])
+    }
+
+    @Test func theEventLogKeepsTheNewestAndFiltersByMachine() async throws {
+        let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
+        try await store.recordEvents((0..<5).map { PoolEvent(machineID: Int64($0 % 2), agentID: "a\($0)", kind: "connected", at: Date()) })
+        #expect(try await store.events(machineID: 1, limit: 10).map(\.agentID) == ["a1", "a3"])
+        #expect(try await store.events(machineID: nil, limit: 2).map(\.agentID) == ["a3", "a4"])
+    }
+}
+
+@Suite struct APIKeyTests {
+    @Test func aMintedKeyMatchesOnlyItselfAndNotOnceRevoked() async throws {
+        let minted = APIKeys.mint(name: "ops")
+        #expect(APIKeys.id(of: minted.plaintext) == minted.record.id)
+        #expect(APIKeys.matches(minted.plaintext, minted.record))
+        #expect(!minted.record.hashHex.contains(minted.plaintext))
+        var other = minted.plaintext
+        other.removeLast()
+        other += other.hasSuffix("0") ? "1" : "0"
+        #expect(!APIKeys.matches(other, minted.record))
+        var revoked = minted.record
+        revoked.revokedAt = Date()
+        #expect(!APIKeys.matches(minted.plaintext, revoked))
+    }
+
+    @Test(arguments: ["", "wp_", "Bearer x", "wp_1234567_" + String(repeating: "a", count: 48), "wp_ABCDEF12_" + String(repeating: "a", count: 48), "xx_12345678_" + String(repeating: "a", count: 48)])
+    func malformedKeysHaveNoID(_ token: String) {
+        #expect(APIKeys.id(of: token) == nil)
+    }
+
+    @Test func keysPersist() async throws {
+        let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
+        // SQLite keeps milliseconds: a whole-millisecond time compares equal after the round trip.
+        let minted = APIKeys.mint(name: "ci", now: Date(timeIntervalSince1970: 1_800_000_000.5))
+        try await store.addAPIKey(minted.record)
+        #expect(try await store.apiKey(id: minted.record.id) == minted.record)
+        try await store.touchAPIKey(id: minted.record.id, at: Date())
+        #expect(try await store.apiKey(id: minted.record.id)?.lastUsedAt != nil)
+        #expect(try await store.revokeAPIKey(id: minted.record.id, at: Date()))
+        #expect(try await store.apiKeys().first?.revokedAt != nil)
+    }
+}
