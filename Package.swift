@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "warmpool-controller", targets: ["warmpool-controller"]),
         .executable(name: "warmpool-loadgen", targets: ["warmpool-loadgen"]),
         .executable(name: "warmpool-sshcheck", targets: ["warmpool-sshcheck"]),
+        .executable(name: "warmpoolctl", targets: ["warmpoolctl"]),
         .library(name: "WarmpoolWire", targets: ["WarmpoolWire"]),
     ],
     dependencies: [
@@ -18,6 +19,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // The control plane: the REST API, its embedded store and its metrics. The agent links none of them.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // System libraries. The Debian -dev packages provide the pkg-config files (Scripts/setup installs them).
@@ -77,6 +84,10 @@ let package = Package(
             name: "warmpool-controller",
             dependencies: [
                 "WarmpoolController",
+                "WarmpoolAPI",
+                "WarmpoolStore",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -89,6 +100,34 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+
+        // Durable state: pools, agents and their keys, pins, failover timelines, the outbox, API keys.
+        .target(
+            name: "WarmpoolStore",
+            dependencies: [
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The REST API (Hummingbird) over the store and the liveness hub, and the Prometheus metrics.
+        .target(
+            name: "WarmpoolAPI",
+            dependencies: [
+                "WarmpoolStore",
+                "WarmpoolController",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The operator CLI: speaks only the REST API.
+        .executableTarget(
+            name: "warmpoolctl",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // Thin command line over WarmpoolSSH, used by `Scripts/bench ssh`.
@@ -121,6 +160,18 @@ let package = Package(
             dependencies: [
                 "WarmpoolController",
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "WarmpoolStoreTests", dependencies: ["WarmpoolStore", .product(name: "GRDB", package: "GRDB.swift")]),
+        .testTarget(
+            name: "WarmpoolAPITests",
+            dependencies: [
+                "WarmpoolAPI",
+                "WarmpoolStore",
+                "WarmpoolController",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         // Starts the real binaries; depends on the wire module only to speak to them.

@@ -6,15 +6,17 @@ import ServiceLifecycle
 import WarmpoolWire
 
 /// The agent-facing listener and the detector's clock, as one service: binds, ticks the detector,
-/// re-reads the keys file when it changes, and on graceful shutdown stops accepting and closes.
+/// re-reads the agent keys (keys file and store) when they change, and on graceful shutdown stops
+/// accepting and closes.
 public final class ControllerService: Service {
     public struct Configuration: Sendable {
         public var host: String
         public var port: Int
-        public var keysFile: String
+        /// Optional: agents can also be registered in the store only.
+        public var keysFile: String?
         public var hub: LivenessHub.Configuration
 
-        public init(host: String, port: Int, keysFile: String, hub: LivenessHub.Configuration) {
+        public init(host: String, port: Int, keysFile: String?, hub: LivenessHub.Configuration) {
             self.host = host
             self.port = port
             self.keysFile = keysFile
@@ -27,21 +29,44 @@ public final class ControllerService: Service {
     private let group: MultiThreadedEventLoopGroup
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
+    private let storedKeys: @Sendable () async throws -> Keyring
 
+    /// `storedKeys` reads the agents registered in the store; they are merged with the keys file.
     public init(
         configuration: Configuration, epoch: UInt64, eventLog: LivenessEventLog, group: MultiThreadedEventLoopGroup,
-        logger: Logger, onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }
+        logger: Logger, storedKeys: @escaping @Sendable () async throws -> Keyring = { Keyring() },
+        onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }
     ) throws {
         self.configuration = configuration
         self.group = group
         self.logger = logger
         self.onListening = onListening
-        let keyring = try KeyFile.load(path: configuration.keysFile)
+        self.storedKeys = storedKeys
+        let keyring = try configuration.keysFile.map { try KeyFile.load(path: $0) } ?? Keyring()
         self.hub = LivenessHub(configuration: configuration.hub, keyring: keyring, epoch: epoch, eventLog: eventLog)
-        logger.info("loaded agent keys", metadata: ["keys.file": "\(configuration.keysFile)", "keys.count": "\(keyring.count)"])
+        logger.info("loaded agent keys", metadata: ["keys.file": "\(configuration.keysFile ?? "none")", "keys.count": "\(keyring.count)"])
+    }
+
+    /// Rebuilds the keyring from the keys file and the store. A source that fails to read keeps
+    /// the previous keyring in force, with an error logged: a typo must not lock every agent out.
+    public func reloadKeys() async {
+        do {
+            let fromFile = try configuration.keysFile.map { try KeyFile.load(path: $0) } ?? Keyring()
+            let fromStore = try await storedKeys()
+            let overlap = fromFile.agentIDs.intersection(fromStore.agentIDs)
+            if !overlap.isEmpty {
+                logger.warning("agents in both the keys file and the store; the store's key wins", metadata: ["agents": "\(overlap.sorted())"])
+            }
+            let keyring = fromFile.merging(fromStore)
+            hub.replaceKeyring(keyring)
+            logger.info("agent keys loaded", metadata: ["keys.count": "\(keyring.count)"])
+        } catch {
+            logger.error("agent keys unreadable, keeping the previous keys", metadata: ["error": "\(error)"])
+        }
     }
 
     public func run() async throws {
+        await reloadKeys()
         let hub = self.hub
         let logger = self.logger
         let channel = try await ServerBootstrap(group: group)
@@ -82,22 +107,18 @@ public final class ControllerService: Service {
     }
 
     /// Agents can be added without a restart: the keys file is re-read when its mtime changes.
-    /// A file that fails to parse keeps the previous keyring in force, with an error logged.
     private func watchKeysFile() async {
-        let path = configuration.keysFile
+        guard let path = configuration.keysFile else {
+            try? await gracefulShutdown()
+            return
+        }
         var lastModified = Self.modificationDate(path)
         while !Task.isCancelled, !Task.isShuttingDownGracefully {
             try? await Task.sleep(for: .seconds(1))
             let modified = Self.modificationDate(path)
             guard modified != lastModified else { continue }
             lastModified = modified
-            do {
-                let keyring = try KeyFile.load(path: path)
-                hub.replaceKeyring(keyring)
-                logger.info("reloaded agent keys", metadata: ["keys.count": "\(keyring.count)"])
-            } catch {
-                logger.error("keys file unreadable, keeping the previous keys", metadata: ["error": "\(error)"])
-            }
+            await reloadKeys()
         }
     }
 

@@ -71,6 +71,13 @@ public final class LivenessHub: Sendable {
 
     public var connectedAgents: Int { shared.withLockedValue { $0.tracker.connectedAgentCount } }
 
+    public func agentSnapshots() -> [AgentLivenessSnapshot] {
+        let now = MonotonicClock.now()
+        return shared.withLockedValue { $0.tracker.snapshots(now: now) }
+    }
+
+    public var leaseMilliseconds: UInt32 { configuration.leaseMilliseconds }
+
     func sessionEstablished(_ session: SessionID, agent: AgentIdentity, fencedAtEpoch: UInt64?) {
         let now = MonotonicClock.now()
         shared.withLockedValue { shared in

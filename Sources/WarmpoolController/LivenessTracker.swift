@@ -42,6 +42,20 @@ public struct LivenessEvent: Hashable, Sendable {
 }
 
 /// The detector's tuning. All durations in nanoseconds of the controller's monotonic clock.
+/// One agent as the detector sees it now.
+public struct AgentLivenessSnapshot: Sendable, Equatable {
+    public var identity: AgentIdentity
+    /// alive, suspected, failed or left.
+    public var state: String
+    public var openSessions: Int
+    /// Time since the newest frame on any session.
+    public var silenceNanoseconds: Int64
+    /// True between a failure and the failover engine's `restoreLease`.
+    public var leaseRevoked: Bool
+    public var silenceTimeoutNanoseconds: Int64
+    public var status: AgentStatus?
+}
+
 public struct DetectorConfiguration: Hashable, Sendable {
     public var heartbeatInterval: Int64
     /// Silence that fails an agent on a link that has shown no retransmission stalls.
@@ -83,6 +97,15 @@ public struct LivenessTracker: Sendable {
         case suspected
         case failed
         case left
+
+        var name: String {
+            switch self {
+            case .alive: "alive"
+            case .suspected: "suspected"
+            case .failed: "failed"
+            case .left: "left"
+            }
+        }
     }
 
     private struct Agent {
@@ -244,6 +267,16 @@ public struct LivenessTracker: Sendable {
 
     /// The summary from the agent's latest heartbeat (for the control plane's agent listing).
     public func status(agentID: String) -> AgentStatus? { agents[agentID]?.status }
+
+    /// What the control plane lists for each agent seen since the controller started.
+    public func snapshots(now: Int64) -> [AgentLivenessSnapshot] {
+        agents.values.map { agent in
+            AgentLivenessSnapshot(
+                identity: agent.identity, state: agent.state.name, openSessions: agent.sessions.count,
+                silenceNanoseconds: now - agent.lastHeard, leaseRevoked: agent.leaseRevoked,
+                silenceTimeoutNanoseconds: silenceTimeout(agent, now: now), status: agent.status)
+        }
+    }
 
     public var connectedAgentCount: Int { agents.values.count { !$0.sessions.isEmpty } }
 

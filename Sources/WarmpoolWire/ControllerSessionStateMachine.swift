@@ -8,6 +8,12 @@ public struct Keyring: Sendable {
 
     public func secret(for agentID: String) -> AgentSecret? { secrets[agentID] }
     public var count: Int { secrets.count }
+    public var agentIDs: Set<String> { Set(secrets.keys) }
+
+    /// Both keyrings in one; where both name an agent, `other`'s secret wins.
+    public func merging(_ other: Keyring) -> Keyring {
+        Keyring(secrets.merging(other.secrets) { _, theirs in theirs })
+    }
 }
 
 /// The session terms the controller hands every agent in Welcome.

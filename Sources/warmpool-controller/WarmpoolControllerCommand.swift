@@ -3,28 +3,40 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import Hummingbird
 import ServiceLifecycle
+import WarmpoolAPI
 import WarmpoolController
+import WarmpoolStore
 import WarmpoolWire
 
 @main
 struct WarmpoolControllerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warmpool-controller",
-        abstract: "The Warmpool control plane: authenticates agents and detects their failure.",
-        subcommands: [Serve.self, Keygen.self],
+        abstract: "The Warmpool control plane: agents' liveness, the REST API and the store.",
+        subcommands: [Serve.self, Keygen.self, APIKey.self],
         defaultSubcommand: Serve.self)
 }
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Listen for agents and publish liveness events (the default command).")
+        abstract: "Listen for agents and serve the REST API (the default command).")
 
     @Option(help: "Address to listen on for agents, HOST:PORT. Env: WARMPOOL_LISTEN.")
     var listen: String = ProcessInfo.processInfo.environment["WARMPOOL_LISTEN"] ?? "127.0.0.1:7070"
 
-    @Option(help: "Agent keys file, one `agent-id hex-secret` per line; re-read when it changes. Env: WARMPOOL_KEYS_FILE.")
-    var keysFile: String = ProcessInfo.processInfo.environment["WARMPOOL_KEYS_FILE"] ?? "/etc/warmpool/agent-keys"
+    @Option(help: "Optional agent keys file, one `agent-id hex-secret` per line, re-read when it changes; agents registered through the API live in the database. Env: WARMPOOL_KEYS_FILE.")
+    var keysFile: String?
+
+    @Option(help: "The SQLite database (created with mode 0600 when missing). Env: WARMPOOL_DB.")
+    var db: String = ProcessInfo.processInfo.environment["WARMPOOL_DB"] ?? "/var/lib/warmpool/warmpool.db"
+
+    @Option(help: "Address the REST API listens on, HOST:PORT. Env: WARMPOOL_API_LISTEN.")
+    var apiListen: String = ProcessInfo.processInfo.environment["WARMPOOL_API_LISTEN"] ?? "127.0.0.1:8080"
+
+    @Option(help: "Once the API listens, write its bound HOST:PORT to this file. Env: WARMPOOL_API_READY_FILE.")
+    var apiReadyFile: String?
 
     @Option(help: "Heartbeat interval agents are told to use, in ms. Env: WARMPOOL_HEARTBEAT_INTERVAL_MS.")
     var heartbeatIntervalMs: Int = envInt("WARMPOOL_HEARTBEAT_INTERVAL_MS") ?? 100
@@ -65,6 +77,8 @@ struct Serve: AsyncParsableCommand {
         lossySilenceTimeoutMs = lossySilenceTimeoutMs ?? envInt("WARMPOOL_LOSSY_SILENCE_TIMEOUT_MS")
         events = events ?? ProcessInfo.processInfo.environment["WARMPOOL_EVENTS"]
         readyFile = readyFile ?? ProcessInfo.processInfo.environment["WARMPOOL_READY_FILE"]
+        apiReadyFile = apiReadyFile ?? ProcessInfo.processInfo.environment["WARMPOOL_API_READY_FILE"]
+        keysFile = keysFile ?? ProcessInfo.processInfo.environment["WARMPOOL_KEYS_FILE"]
     }
 
     mutating func validate() throws {
@@ -88,6 +102,9 @@ struct Serve: AsyncParsableCommand {
         guard ControllerAddress(listen, allowingPortZero: true) != nil else {
             throw ValidationError("--listen expects HOST:PORT, got \(listen)")
         }
+        guard ControllerAddress(apiListen, allowingPortZero: true) != nil else {
+            throw ValidationError("--api-listen expects HOST:PORT, got \(apiListen)")
+        }
     }
 
     func run() async throws {
@@ -107,6 +124,8 @@ struct Serve: AsyncParsableCommand {
             lossySilenceTimeout: lossySilenceTimeoutMs.map { Int64($0) * 1_000_000 })
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         let eventLog = try LivenessEventLog(path: events)
+        let store = try SQLiteStore(path: db, logger: logger)
+        try await AdminKey.ensure(store: store, databasePath: db, logger: logger)
         let service = try ControllerService(
             configuration: .init(
                 host: address.host, port: address.port, keysFile: keysFile,
@@ -114,15 +133,29 @@ struct Serve: AsyncParsableCommand {
                     detector: detector, leaseMilliseconds: UInt32(leaseMs),
                     telemetryIntervalMilliseconds: UInt32(telemetryIntervalMs),
                     handshakeTimeoutMilliseconds: Int64(handshakeTimeoutMs))),
-            epoch: epoch, eventLog: eventLog, group: group, logger: logger
+            epoch: epoch, eventLog: eventLog, group: group, logger: logger,
+            storedKeys: { try await AdminKey.storedKeyring(store) }
         ) { [readyFile] bound in
-            guard let readyFile, let port = bound.port else { return }
-            let host = bound.ipAddress.map { $0.contains(":") ? "[\($0)]" : $0 } ?? "127.0.0.1"
-            // Written whole, then renamed: a reader never sees half an address.
-            let partial = readyFile + ".partial"
-            _ = FileManager.default.createFile(atPath: partial, contents: Data("\(host):\(port)\n".utf8))
-            _ = rename(partial, readyFile)
+            writeReadyFile(readyFile, bound)
         }
+        let metrics = ControllerMetrics()
+        let router = APIRouter.build(
+            APIDependencies(
+                store: store, operations: ProviderlessPoolOperations(store: store), hub: service.hub, metrics: metrics,
+                agentKeysChanged: { await service.reloadKeys() }))
+        let apiAddress = ControllerAddress(apiListen, allowingPortZero: true)!
+        let api = Application(
+            router: router,
+            configuration: .init(address: .hostname(apiAddress.host, port: apiAddress.port), serverName: "warmpool-controller"),
+            onServerRunning: { [apiReadyFile] channel in
+                if let bound = channel.localAddress {
+                    logger.info("REST API listening", metadata: ["address": "\(bound)"])
+                    writeReadyFile(apiReadyFile, bound)
+                }
+            },
+            eventLoopGroupProvider: .shared(group),
+            logger: logger)
+        let recorder = LivenessEventRecorder(eventLog: eventLog, store: store, metrics: metrics, logger: logger)
         logger.info(
             "detector configured",
             metadata: [
@@ -130,7 +163,7 @@ struct Serve: AsyncParsableCommand {
                 "lossy_silence_timeout_ms": "\(detector.lossySilenceTimeout / 1_000_000)", "lease_ms": "\(leaseMs)",
             ])
         let serviceGroup = ServiceGroup(
-            configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: [service, api, recorder], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await serviceGroup.run()
         eventLog.finish()
         try await group.shutdownGracefully()
@@ -159,6 +192,34 @@ struct Keygen: ParsableCommand {
         } else {
             print(secret.hex)
         }
+    }
+}
+
+/// Written whole, then renamed: a reader never sees half an address.
+func writeReadyFile(_ path: String?, _ bound: SocketAddress) {
+    guard let path, let port = bound.port else { return }
+    let host = bound.ipAddress.map { $0.contains(":") ? "[\($0)]" : $0 } ?? "127.0.0.1"
+    let partial = path + ".partial"
+    _ = FileManager.default.createFile(atPath: partial, contents: Data("\(host):\(port)\n".utf8))
+    _ = rename(partial, path)
+}
+
+struct APIKey: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "apikey",
+        abstract: "Mint an API key directly in the database and print it (for the first key, or a lost one).")
+
+    @Option(help: "A name for the key, e.g. who uses it.")
+    var name: String
+
+    @Option(help: "The SQLite database. Env: WARMPOOL_DB.")
+    var db: String = ProcessInfo.processInfo.environment["WARMPOOL_DB"] ?? "/var/lib/warmpool/warmpool.db"
+
+    func run() async throws {
+        let store = try SQLiteStore(path: db, logger: Logger(label: "warmpool.controller"))
+        let minted = APIKeys.mint(name: name)
+        try await store.addAPIKey(minted.record)
+        print(minted.plaintext)
     }
 }
 

@@ -1,0 +1,134 @@
+import Foundation
+import Hummingbird
+import Logging
+import WarmpoolController
+import WarmpoolStore
+
+public struct APIRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    /// The id of the API key that authenticated the request.
+    public var apiKeyID: String?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+    }
+
+    /// Bodies are read with `RequestInput.maximumBodyBytes`; this is Hummingbird's own ceiling.
+    public var maxUploadSize: Int { RequestInput.maximumBodyBytes }
+}
+
+/// Everything the routes need, passed in: nothing here reaches for globals.
+public struct APIDependencies: Sendable {
+    public var store: any WarmpoolStore
+    public var operations: any PoolOperations
+    public var hub: LivenessHub?
+    public var metrics: ControllerMetrics
+    /// Called after an agent key is added or revoked, so the listener's keyring follows the store.
+    public var agentKeysChanged: @Sendable () async -> Void
+
+    public init(
+        store: any WarmpoolStore, operations: any PoolOperations, hub: LivenessHub?, metrics: ControllerMetrics,
+        agentKeysChanged: @escaping @Sendable () async -> Void = {}
+    ) {
+        self.store = store
+        self.operations = operations
+        self.hub = hub
+        self.metrics = metrics
+        self.agentKeysChanged = agentKeysChanged
+    }
+}
+
+public enum APIRouter {
+    public static let prefix = "/api/v1"
+
+    public static func build(_ dependencies: APIDependencies) -> Router<APIRequestContext> {
+        let router = Router(context: APIRequestContext.self)
+        router.add(middleware: JSONErrorMiddleware())
+        router.add(middleware: APIKeyMiddleware(store: dependencies.store))
+        router.get("/healthz") { _, _ in
+            JSONResponse.ok(.object([("status", .string("ok"))]))
+        }
+        router.get("/metrics") { _, _ in
+            if let hub = dependencies.hub { dependencies.metrics.refresh(from: hub) }
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: dependencies.metrics.exposition())))
+        }
+        PoolRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
+        AgentRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
+        KeyRoutes(store: dependencies.store).register(on: router.group("\(prefix)/keys"))
+        return router
+    }
+}
+
+/// Every error leaves as `{"error": code, "message": ...}` with a 4xx, or a 5xx that says what
+/// failed on our side; nothing escapes as Hummingbird's default body.
+struct JSONErrorMiddleware: RouterMiddleware {
+    typealias Context = APIRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as APIError {
+            if error.status.code >= 500 {
+                context.logger.error("request failed", metadata: ["http.path": "\(request.uri.path)", "error": "\(error)"])
+            }
+            return JSONResponse.error(error)
+        } catch let error as PoolOperationError {
+            let apiError = Self.apiError(error)
+            context.logger.warning("operation refused", metadata: ["http.path": "\(request.uri.path)", "error": "\(error)"])
+            return JSONResponse.error(apiError)
+        } catch let error as HTTPError {
+            let code = error.status == .notFound ? "not_found" : "http_error"
+            let message = error.status == .notFound ? "no route for \(request.method) \(request.uri.path)" : (error.body ?? "\(error.status)")
+            return JSONResponse.error(APIError(error.status, code, message))
+        } catch {
+            context.logger.error("request failed", metadata: ["http.path": "\(request.uri.path)", "error": "\(error)"])
+            return JSONResponse.error(APIError(.internalServerError, "internal", "the controller failed: \(error)"))
+        }
+    }
+
+    static func apiError(_ error: PoolOperationError) -> APIError {
+        switch error {
+        case .unknownMachine: APIError.notFound(error.description)
+        case .conflict: APIError.conflict(error.description)
+        case .providerFailed: APIError(.badGateway, "provider_failed", error.description)
+        case .providerNotConfigured: APIError(.serviceUnavailable, "provider_not_configured", error.description)
+        }
+    }
+}
+
+/// Bearer API keys. Only `/healthz` is open: metrics and every API route need a key.
+struct APIKeyMiddleware: RouterMiddleware {
+    typealias Context = APIRequestContext
+    let store: any WarmpoolStore
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if request.uri.path == "/healthz" { return try await next(request, context) }
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else { throw APIError.unauthorized }
+        let token = String(header.dropFirst("Bearer ".count)).trimmingCharacters(in: .whitespaces)
+        guard let id = APIKeys.id(of: token), let record = try await store.apiKey(id: id), APIKeys.matches(token, record) else {
+            context.logger.notice("rejected API key", metadata: ["http.path": "\(request.uri.path)"])
+            throw APIError.unauthorized
+        }
+        // Stamped at most once a minute: a busy dashboard must not write on every poll.
+        if record.lastUsedAt.map({ Date().timeIntervalSince($0) > 60 }) ?? true {
+            try await store.touchAPIKey(id: id, at: Date())
+        }
+        var context = context
+        context.apiKeyID = id
+        return try await next(request, context)
+    }
+}
+
+enum JSONResponse {
+    static func ok(_ value: JSONValue) -> Response { make(.ok, value) }
+
+    static func error(_ error: APIError) -> Response { make(error.status, error.body) }
+
+    static func make(_ status: HTTPResponse.Status, _ value: JSONValue) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: value.serialized())))
+    }
+}

@@ -1,0 +1,95 @@
+import Foundation
+import Hummingbird
+import WarmpoolController
+import WarmpoolStore
+import WarmpoolWire
+
+/// Agents, their keys and their liveness. Minting a key here is how an instance gets an identity;
+/// the secret is shown once, in the answer, and never logged.
+struct AgentRoutes {
+    let dependencies: APIDependencies
+
+    func register(on group: RouterGroup<APIRequestContext>) {
+        group.get("agents") { _, _ in
+            let records = try await dependencies.store.agents()
+            let snapshots = dependencies.hub?.agentSnapshots() ?? []
+            let live = Dictionary(snapshots.map { ($0.identity.agentID, $0) }, uniquingKeysWith: { first, _ in first })
+            let now = Date()
+            let lease = dependencies.hub?.leaseMilliseconds
+            let epoch = dependencies.hub?.epoch
+            var agents = records.map { Present.agent($0, liveness: live[$0.agentID], now: now, leaseMilliseconds: lease, epoch: epoch) }
+            // Agents authenticated through the keys file have no row but are listed all the same.
+            let registered = Set(records.map(\.agentID))
+            for snapshot in snapshots.sorted(by: { $0.identity.agentID < $1.identity.agentID }) where !registered.contains(snapshot.identity.agentID) {
+                agents.append(Present.agent(nil, liveness: snapshot, now: now, leaseMilliseconds: lease, epoch: epoch))
+            }
+            return JSONResponse.ok(.object([("agents", .array(agents)), ("count", .int(Int64(agents.count)))]))
+        }
+        group.post("agents") { request, _ in
+            let body = try await RequestInput.jsonObject(request)
+            try PoolRoutes.refuseUnknownFields(body, allowed: ["agent_id", "machine_id", "instance_id", "role"])
+            guard let agentID = try body.string("agent_id", maximumLength: 64), AgentIdentity.isValidAgentID(agentID) else {
+                throw APIError.badRequest("agent_id is required: 1-64 characters of A-Z a-z 0-9 . _ -")
+            }
+            let role = try body.string("role")
+            if let role, role != "primary", role != "standby" {
+                throw APIError.badRequest("role must be primary or standby, got \"\(role)\"")
+            }
+            let secret = AgentSecret.random()
+            let record = AgentRecord(
+                agentID: agentID, secretHex: secret.hex, machineID: try body.int("machine_id"),
+                instanceID: try body.int("instance_id"), role: role)
+            do {
+                try await dependencies.store.addAgent(record)
+            } catch StoreError.duplicate {
+                throw APIError.conflict("agent \(agentID) already has a key; revoke it first")
+            }
+            await dependencies.agentKeysChanged()
+            return JSONResponse.make(.created, .object([
+                ("agent_id", .string(agentID)),
+                ("secret", .string(secret.hex)),
+                ("machine_id", .int(record.machineID)),
+                ("instance_id", .int(record.instanceID)),
+                ("role", .string(role)),
+            ]))
+        }
+        group.delete("agents/:agent_id") { _, context in
+            let agentID = context.parameters.get("agent_id") ?? ""
+            guard try await dependencies.store.revokeAgent(id: agentID, at: Date()) else {
+                throw APIError.notFound("no active agent key \(agentID)")
+            }
+            await dependencies.agentKeysChanged()
+            return JSONResponse.ok(.object([("success", .bool(true)), ("message", .string("agent \(agentID) revoked"))]))
+        }
+    }
+}
+
+/// API keys, managed through the API itself (the first key comes from `warmpool-controller apikey`).
+struct KeyRoutes {
+    let store: any WarmpoolStore
+
+    func register(on group: RouterGroup<APIRequestContext>) {
+        group.get("") { _, _ in
+            let keys = try await store.apiKeys()
+            return JSONResponse.ok(.object([("keys", .array(keys.map(Present.apiKey))), ("count", .int(Int64(keys.count)))]))
+        }
+        group.post("") { request, _ in
+            let body = try await RequestInput.jsonObject(request)
+            try PoolRoutes.refuseUnknownFields(body, allowed: ["name"])
+            guard let name = try body.string("name", maximumLength: 64), !name.isEmpty else {
+                throw APIError.badRequest("name is required: 1-64 characters")
+            }
+            let minted = APIKeys.mint(name: name)
+            try await store.addAPIKey(minted.record)
+            var members: [(String, JSONValue)] = []
+            if case .object(let fields) = Present.apiKey(minted.record) { members = fields }
+            members.append(("key", .string(minted.plaintext)))
+            return JSONResponse.make(.created, .object(members))
+        }
+        group.delete(":key_id") { _, context in
+            let id = context.parameters.get("key_id") ?? ""
+            guard try await store.revokeAPIKey(id: id, at: Date()) else { throw APIError.notFound("no active API key \(id)") }
+            return JSONResponse.ok(.object([("success", .bool(true)), ("message", .string("API key \(id) revoked"))]))
+        }
+    }
+}

@@ -1,0 +1,76 @@
+import CoreMetrics
+import Foundation
+import NIOConcurrencyHelpers
+import Prometheus
+import WarmpoolController
+
+/// The controller's metrics, made once through swift-metrics and exposed by swift-prometheus.
+/// None is labelled by agent: ten thousand agents must not mean ten thousand series.
+public final class ControllerMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    private let heartbeats: CoreMetrics.Counter
+    private let agentsConnected: CoreMetrics.Gauge
+    private let detectionLatency: CoreMetrics.Timer
+    private let livenessEvents: [LivenessEvent.Kind: CoreMetrics.Counter]
+    private let failoverDuration: CoreMetrics.Timer
+    private let factory: PrometheusMetricsFactory
+    private let heartbeatsCounted = NIOLockedValueBox<UInt64>(0)
+
+    public static let detectionLatencyLabel = "warmpool_detection_latency_seconds"
+    public static let failoverDurationLabel = "warmpool_failover_duration_seconds"
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets = [
+            Self.detectionLatencyLabel: [50, 100, 150, 200, 250, 300, 400, 500, 750, 1000, 2000, 5000].map { .milliseconds($0) },
+            Self.failoverDurationLabel: [1, 2, 5, 10, 20, 30, 60, 120, 300, 600].map { .seconds($0) },
+        ]
+        self.factory = factory
+        heartbeats = CoreMetrics.Counter(label: "warmpool_heartbeats_received_total", factory: factory)
+        agentsConnected = CoreMetrics.Gauge(label: "warmpool_agents_connected", factory: factory)
+        detectionLatency = CoreMetrics.Timer(label: Self.detectionLatencyLabel, factory: factory)
+        failoverDuration = CoreMetrics.Timer(label: Self.failoverDurationLabel, factory: factory)
+        var events: [LivenessEvent.Kind: CoreMetrics.Counter] = [:]
+        for kind in LivenessEvent.Kind.allCases {
+            events[kind] = CoreMetrics.Counter(
+                label: "warmpool_liveness_events_total", dimensions: [("event", kind.rawValue)], factory: factory)
+        }
+        livenessEvents = events
+        for result in ["succeeded", "failed", "degraded"] {
+            _ = failovers(result: result)
+        }
+    }
+
+    private func failovers(result: String) -> CoreMetrics.Counter {
+        CoreMetrics.Counter(label: "warmpool_failovers_total", dimensions: [("result", result)], factory: factory)
+    }
+
+    /// Counts a liveness event. Detection latency is a failure's silence: from the agent's last
+    /// frame to the moment the detector declared it failed.
+    public func record(_ event: LivenessEvent) {
+        livenessEvents[event.kind]?.increment()
+        if event.kind == .failed, let silence = event.silenceNanoseconds {
+            detectionLatency.recordNanoseconds(silence)
+        }
+    }
+
+    public func failoverFinished(result: String, durationSeconds: Double) {
+        failovers(result: result).increment()
+        failoverDuration.recordNanoseconds(Int64(durationSeconds * 1e9))
+    }
+
+    /// Brings the scrape-time figures up to date: the hot path only bumps a plain integer in the
+    /// hub, and the counter catches up here.
+    public func refresh(from hub: LivenessHub) {
+        let total = hub.heartbeatsReceived
+        let delta = heartbeatsCounted.withLockedValue { counted -> UInt64 in
+            defer { counted = max(counted, total) }
+            return total > counted ? total - counted : 0
+        }
+        if delta > 0 { heartbeats.increment(by: Int64(delta)) }
+        agentsConnected.record(hub.connectedAgents)
+    }
+
+    public func exposition() -> [UInt8] { registry.emitToBuffer() }
+}

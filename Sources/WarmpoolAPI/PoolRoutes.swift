@@ -1,0 +1,181 @@
+import Foundation
+import Hummingbird
+import WarmpoolStore
+
+/// The seven routes existing clients call, plus what operators need: the pool list, settings,
+/// failover history with timelines, and events.
+struct PoolRoutes {
+    let dependencies: APIDependencies
+    private var store: any WarmpoolStore { dependencies.store }
+    private var operations: any PoolOperations { dependencies.operations }
+
+    func register(on group: RouterGroup<APIRequestContext>) {
+        group.get("status/:machine_id") { _, context in
+            let pool = try await requirePool(try RequestInput.machineID(context))
+            return JSONResponse.ok(Present.poolStatus(pool, lastHeartbeat: lastHeartbeat(of: pool)))
+        }
+        group.get("pools") { _, _ in
+            let pools = try await store.pools()
+            return JSONResponse.ok(.object([
+                ("pools", .array(pools.map { Present.poolStatus($0, lastHeartbeat: lastHeartbeat(of: $0)) })),
+                ("count", .int(Int64(pools.count))),
+            ]))
+        }
+        group.get("hosts") { request, _ in
+            let hosts = try await operations.hosts(try Self.hostQuery(request))
+            return JSONResponse.ok(.object([("hosts", .array(hosts.map(Present.host))), ("count", .int(Int64(hosts.count)))]))
+        }
+        group.post("provision") { request, _ in
+            let provision = try Self.provisionRequest(try await RequestInput.jsonObject(request))
+            let pool = try await operations.provision(provision)
+            return JSONResponse.ok(.object([
+                ("success", .bool(true)),
+                ("message", .string("warm pool provisioned on host \(provision.hostMachineID)")),
+                ("status", Present.provisionStatus(pool)),
+            ]))
+        }
+        group.post("enable/:machine_id") { request, context in
+            let machineID = try RequestInput.machineID(context)
+            _ = try await RequestInput.jsonObject(request)
+            let pool = try await operations.enable(machineID: machineID)
+            return JSONResponse.ok(.object([
+                ("status", .string("enabled")),
+                ("message", .string("warm pool enabled for machine \(machineID); state \(pool.state)")),
+            ]))
+        }
+        group.post("disable/:machine_id") { request, context in
+            let machineID = try RequestInput.machineID(context)
+            _ = try await RequestInput.jsonObject(request)
+            _ = try await operations.disable(machineID: machineID)
+            return JSONResponse.ok(.object([
+                ("status", .string("disabled")),
+                ("message", .string("warm pool disabled for machine \(machineID); CPU standby in force")),
+                ("fallback", .string("cpu_standby")),
+            ]))
+        }
+        group.post("failover/test/:machine_id") { request, context in
+            let machineID = try RequestInput.machineID(context)
+            _ = try await RequestInput.jsonObject(request)
+            let outcome = try await operations.failoverTest(machineID: machineID)
+            return JSONResponse.ok(.object([
+                ("success", .bool(outcome.success)),
+                ("message", .string(outcome.message)),
+                ("recovery_time_seconds", outcome.recoverySeconds.map { .double(($0 * 10).rounded() / 10) } ?? .null),
+                ("new_primary_gpu_id", .int(outcome.newPrimaryInstanceID)),
+            ]))
+        }
+        group.delete("cleanup/:machine_id") { _, context in
+            let machineID = try RequestInput.machineID(context)
+            try await operations.cleanup(machineID: machineID)
+            return JSONResponse.ok(.object([
+                ("success", .bool(true)),
+                ("message", .string("primary, standby and volume of machine \(machineID) destroyed")),
+            ]))
+        }
+        group.get("settings/:machine_id") { _, context in
+            JSONResponse.ok(Present.settings(try await requirePool(try RequestInput.machineID(context))))
+        }
+        group.put("settings/:machine_id") { request, context in
+            let machineID = try RequestInput.machineID(context)
+            let body = try await RequestInput.jsonObject(request)
+            try Self.refuseUnknownFields(body, allowed: ["strategy", "gpu_preferences", "volume_size_gb"])
+            // A machine can be configured before its pool is provisioned: the row starts disabled.
+            var pool = try await store.pool(machineID: machineID) ?? PoolRecord(machineID: machineID)
+            if let strategy = try body.oneOf("strategy", FailoverStrategy.self) {
+                pool.strategy = strategy
+                pool.state = PoolStrategySwitch.state(after: strategy, pool: pool)
+            }
+            if let preferences = try body.stringArray("gpu_preferences") { pool.gpuPreferences = preferences }
+            if let size = try body.positiveInt("volume_size_gb", maximum: 65_536) { pool.volumeSizeGB = Int(size) }
+            pool.updatedAt = Date()
+            try await store.savePool(pool)
+            return JSONResponse.ok(Present.settings(pool))
+        }
+        group.get("history/:machine_id") { request, context in
+            let machineID = try RequestInput.machineID(context)
+            _ = try await requirePool(machineID)
+            var failovers: [JSONValue] = []
+            for failover in try await store.failovers(machineID: machineID, limit: try RequestInput.limit(request, default: 20)) {
+                failovers.append(Present.failover(failover, timeline: try await store.timeline(failoverID: failover.id)))
+            }
+            return JSONResponse.ok(.object([("machine_id", .int(machineID)), ("failovers", .array(failovers))]))
+        }
+        group.get("events/:machine_id") { request, context in
+            let machineID = try RequestInput.machineID(context)
+            _ = try await requirePool(machineID)
+            let events = try await store.events(machineID: machineID, limit: try RequestInput.limit(request, default: 100))
+            return JSONResponse.ok(.object([("machine_id", .int(machineID)), ("events", .array(events.map(Present.event)))]))
+        }
+    }
+
+    private func requirePool(_ machineID: Int64) async throws -> PoolRecord {
+        guard let pool = try await store.pool(machineID: machineID) else {
+            throw APIError.notFound("no warm pool for machine \(machineID)")
+        }
+        return pool
+    }
+
+    /// The primary agent's newest heartbeat, when this controller hears it.
+    private func lastHeartbeat(of pool: PoolRecord) -> Date? {
+        guard let primary = pool.primaryInstanceID, let hub = dependencies.hub else { return nil }
+        let now = Date()
+        return hub.agentSnapshots()
+            .filter { Int64($0.identity.instanceID) == primary }
+            .map { now.addingTimeInterval(-Double($0.silenceNanoseconds) / 1e9) }
+            .max()
+    }
+
+    static func hostQuery(_ request: Request) throws -> HostQuery {
+        let parameters = request.uri.queryParameters
+        var query = HostQuery()
+        if let name = parameters.get("gpu_name") {
+            guard !name.isEmpty, name.utf8.count <= 64 else { throw APIError.badRequest("gpu_name must be 1-64 characters") }
+            query.gpuName = name
+        }
+        if let text = parameters.get("min_gpus") {
+            guard let value = Int(text), (1...64).contains(value) else {
+                throw APIError.badRequest("min_gpus must be an integer from 1 to 64, got \"\(text)\"")
+            }
+            query.minGPUs = value
+        }
+        if let text = parameters.get("max_price") {
+            guard let value = Double(text), value.isFinite, value > 0 else {
+                throw APIError.badRequest("max_price must be a positive number, got \"\(text)\"")
+            }
+            query.maxPricePerHour = value
+        }
+        if let text = parameters.get("verified") {
+            switch text.lowercased() {
+            case "true", "1": query.verified = true
+            case "false", "0": query.verified = false
+            default: throw APIError.badRequest("verified must be true or false, got \"\(text)\"")
+            }
+        }
+        return query
+    }
+
+    static func provisionRequest(_ body: JSONObjectReader) throws -> ProvisionRequest {
+        // Unknown fields are tolerated here: existing clients of this route must keep working.
+        var request = ProvisionRequest(machineID: try body.requiredInt("machine_id"), hostMachineID: try body.requiredInt("host_machine_id"))
+        guard request.machineID >= 0, request.hostMachineID >= 0 else {
+            throw APIError.badRequest("machine_id and host_machine_id must be non-negative")
+        }
+        request.gpuName = try body.string("gpu_name", maximumLength: 64)
+        if let image = try body.string("image", maximumLength: 512) {
+            guard !image.isEmpty, !image.contains(where: { $0.isWhitespace }) else {
+                throw APIError.badRequest("image must be a non-empty image reference without spaces")
+            }
+            request.image = image
+        }
+        if let disk = try body.positiveInt("disk_size", maximum: 65_536) { request.diskSizeGB = Int(disk) }
+        if let volume = try body.positiveInt("volume_size", maximum: 65_536) { request.volumeSizeGB = Int(volume) }
+        return request
+    }
+
+    /// A misspelt field would otherwise be silently ignored and its default used.
+    static func refuseUnknownFields(_ body: JSONObjectReader, allowed: Set<String>) throws {
+        if let unknown = body.members.map(\.0).first(where: { !allowed.contains($0) }) {
+            throw APIError.badRequest("unknown field \"\(unknown)\"; expected one of \(allowed.sorted().joined(separator: ", "))")
+        }
+    }
+}

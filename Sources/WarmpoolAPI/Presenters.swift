@@ -1,0 +1,182 @@
+import Foundation
+import WarmpoolController
+import WarmpoolStore
+import WarmpoolWire
+
+/// Records turned into the JSON shapes of the API reference (`../shared/reference/warmpool-api.md`)
+/// and of Protocol/openapi.yaml. Field names are spelled here and nowhere else.
+enum Present {
+    static func poolStatus(_ pool: PoolRecord, lastHeartbeat: Date?) -> JSONValue {
+        .object([
+            ("machine_id", .int(pool.machineID)),
+            ("state", .string(pool.state)),
+            ("host_machine_id", .int(pool.hostMachineID)),
+            ("volume_id", .int(pool.volumeID)),
+            ("primary_gpu_id", .int(pool.primaryInstanceID)),
+            ("standby_gpu_id", .int(pool.standbyInstanceID)),
+            ("standby_state", .string(pool.standbyState)),
+            ("primary_ssh_host", .string(pool.primarySSHHost)),
+            ("primary_ssh_port", .int(pool.primarySSHPort)),
+            ("last_health_check", .date(lastHeartbeat ?? pool.lastHealthCheck)),
+            ("failover_count", .int(Int64(pool.failoverCount))),
+            ("last_failover_at", .date(pool.lastFailoverAt)),
+            ("error_message", .string(pool.errorMessage)),
+            ("strategy", .string(pool.strategy.rawValue)),
+            ("epoch", .int(pool.epoch)),
+        ])
+    }
+
+    static func provisionStatus(_ pool: PoolRecord) -> JSONValue {
+        .object([
+            ("machine_id", .int(pool.machineID)),
+            ("state", .string(pool.state)),
+            ("host_machine_id", .int(pool.hostMachineID)),
+            ("volume_id", .int(pool.volumeID)),
+            ("primary_gpu_id", .int(pool.primaryInstanceID)),
+            ("standby_gpu_id", .int(pool.standbyInstanceID)),
+        ])
+    }
+
+    static func settings(_ pool: PoolRecord) -> JSONValue {
+        .object([
+            ("machine_id", .int(pool.machineID)),
+            ("strategy", .string(pool.strategy.rawValue)),
+            ("gpu_preferences", .array(pool.gpuPreferences.map { .string($0) })),
+            ("volume_size_gb", .int(Int64(pool.volumeSizeGB))),
+        ])
+    }
+
+    static func host(_ host: HostSummary) -> JSONValue {
+        .object([
+            ("machine_id", .int(host.machineID)),
+            ("total_gpus", .int(Int64(host.totalGPUs))),
+            ("available_gpus", .int(Int64(host.availableGPUs))),
+            ("gpu_name", .string(host.gpuName)),
+            ("avg_price_per_hour", .double(host.averagePricePerHour)),
+            ("reliability", .double(host.reliability)),
+            ("verified", .bool(host.verified)),
+            ("geolocation", .string(host.geolocation)),
+            ("can_create_warm_pool", .bool(host.canCreateWarmPool)),
+            ("offers", .array(host.offers.map(offer))),
+        ])
+    }
+
+    static func offer(_ offer: HostOffer) -> JSONValue {
+        .object([
+            ("offer_id", .int(offer.offerID)),
+            ("machine_id", .int(offer.machineID)),
+            ("gpu_name", .string(offer.gpuName)),
+            ("num_gpus", .int(Int64(offer.numGPUs))),
+            ("price_per_hour", .double(offer.pricePerHour)),
+            ("reliability", .double(offer.reliability)),
+            ("verified", .bool(offer.verified)),
+            ("geolocation", .string(offer.geolocation)),
+        ])
+    }
+
+    static func failover(_ failover: FailoverRecord, timeline: [TimelineStep]) -> JSONValue {
+        var previous = failover.startedAt
+        let steps: [JSONValue] = timeline.map { step in
+            defer { previous = step.at }
+            return .object([
+                ("step", .string(step.step)),
+                ("at", .date(step.at)),
+                ("duration_ms", .double(milliseconds(step.at.timeIntervalSince(previous)))),
+                ("since_start_ms", .double(milliseconds(step.at.timeIntervalSince(failover.startedAt)))),
+                ("detail", .string(step.detail)),
+            ])
+        }
+        return .object([
+            ("id", .string(failover.id)),
+            ("machine_id", .int(failover.machineID)),
+            ("reason", .string(failover.reason)),
+            ("result", .string(failover.result.rawValue)),
+            ("epoch", .int(failover.epoch)),
+            ("old_primary_gpu_id", .int(failover.oldPrimaryInstanceID)),
+            ("new_primary_gpu_id", .int(failover.newPrimaryInstanceID)),
+            ("started_at", .date(failover.startedAt)),
+            ("finished_at", .date(failover.finishedAt)),
+            ("duration_seconds", failover.durationSeconds.map { .double(($0 * 1000).rounded() / 1000) } ?? .null),
+            ("error_message", .string(failover.errorMessage)),
+            ("timeline", .array(steps)),
+        ])
+    }
+
+    static func event(_ event: PoolEvent) -> JSONValue {
+        .object([
+            ("id", .int(event.id)),
+            ("machine_id", .int(event.machineID)),
+            ("agent_id", .string(event.agentID)),
+            ("kind", .string(event.kind)),
+            ("at", .date(event.at)),
+            ("detail", .string(event.detail)),
+        ])
+    }
+
+    /// An agent as registered, joined with what the detector sees of it right now.
+    static func agent(_ record: AgentRecord?, liveness: AgentLivenessSnapshot?, now: Date, leaseMilliseconds: UInt32?, epoch: UInt64?) -> JSONValue {
+        let agentID = record?.agentID ?? liveness?.identity.agentID ?? ""
+        let lastHeartbeat = liveness.map { now.addingTimeInterval(-Double($0.silenceNanoseconds) / 1e9) }
+        let status = liveness?.status
+        let holdsLease = liveness.map { !$0.leaseRevoked && ($0.state == "alive" || $0.state == "suspected") } ?? false
+        var members: [(String, JSONValue)] = [
+            ("agent_id", .string(agentID)),
+            ("machine_id", .int(record?.machineID ?? liveness.map { Int64($0.identity.machineID) })),
+            ("instance_id", .int(record?.instanceID ?? liveness.map { Int64($0.identity.instanceID) })),
+            ("role", .string(liveness.map { "\($0.identity.role)" } ?? record?.role)),
+            ("registered", .bool(record != nil)),
+            ("revoked", .bool(record?.revokedAt != nil)),
+            ("state", .string(liveness?.state ?? "unseen")),
+            ("sessions", .int(Int64(liveness?.openSessions ?? 0))),
+            ("last_heartbeat", .date(lastHeartbeat)),
+            ("silence_ms", liveness.map { .double(milliseconds(Double($0.silenceNanoseconds) / 1e9)) } ?? .null),
+            ("lease", .object([
+                ("held", .bool(holdsLease)),
+                ("revoked", .bool(liveness?.leaseRevoked ?? false)),
+                ("duration_ms", holdsLease ? .int(leaseMilliseconds.map { Int64($0) }) : .null),
+                ("epoch", holdsLease ? .int(epoch.map { Int64($0) }) : .null),
+            ])),
+            ("software_version", .string(liveness?.identity.softwareVersion)),
+        ]
+        if let status {
+            members.append(("gpu", .object([
+                ("count", .int(Int64(status.gpuCount))),
+                ("healthy", .int(Int64(status.gpuHealthyCount))),
+                ("probe_available", .bool(status.flags.contains(.gpuProbeAvailable))),
+                ("errors", .bool(status.flags.contains(.gpuErrors))),
+                ("max_temperature_c", byte(status.gpuMaxTemperatureCelsius)),
+                ("max_utilization_pct", byte(status.gpuMaxUtilizationPercent)),
+            ])))
+            members.append(("volume", .object([
+                ("mounted", .bool(status.flags.contains(.volumeMounted))),
+                ("id_matches", .bool(status.flags.contains(.volumeIDMatches))),
+                ("writable", .bool(status.flags.contains(.volumeWritable))),
+                ("free_mib", .int(Int64(status.volumeFreeMebibytes))),
+            ])))
+            members.append(("fenced", .bool(status.flags.contains(.fenced))))
+        } else {
+            members.append(("gpu", .null))
+            members.append(("volume", .null))
+            members.append(("fenced", .null))
+        }
+        return .object(members)
+    }
+
+    static func apiKey(_ key: APIKeyRecord) -> JSONValue {
+        .object([
+            ("id", .string(key.id)),
+            ("name", .string(key.name)),
+            ("created_at", .date(key.createdAt)),
+            ("revoked_at", .date(key.revokedAt)),
+            ("last_used_at", .date(key.lastUsedAt)),
+        ])
+    }
+
+    private static func byte(_ value: UInt8) -> JSONValue {
+        value == AgentStatus.unknownByte ? .null : .int(Int64(value))
+    }
+
+    private static func milliseconds(_ seconds: Double) -> Double {
+        (seconds * 1000 * 10).rounded() / 10
+    }
+}

@@ -1,0 +1,105 @@
+import Hummingbird
+
+/// Reads a request's JSON body and its parameters, turning each kind of bad input into a 4xx that
+/// names the field and the problem.
+struct RequestInput {
+    static let maximumBodyBytes = 64 * 1024
+
+    /// The body as a JSON object. An empty body reads as `{}` (clients post to action routes bare).
+    static func jsonObject(_ request: Request) async throws -> JSONObjectReader {
+        var request = request
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: maximumBodyBytes)
+        } catch {
+            throw APIError(.contentTooLarge, "body_too_large", "the request body exceeds \(maximumBodyBytes) bytes")
+        }
+        if buffer.readableBytes == 0 { return JSONObjectReader(members: []) }
+        let value: JSONValue
+        do {
+            value = try JSONValue.parse(Array(buffer.readableBytesView))
+        } catch {
+            throw APIError(.badRequest, "malformed_json", "the body is not valid JSON: \(error)")
+        }
+        guard case .object(let members) = value else {
+            throw APIError.badRequest("the body must be a JSON object, found \(value.typeName)")
+        }
+        return JSONObjectReader(members: members)
+    }
+
+    static func machineID(_ context: some RequestContext) throws -> Int64 {
+        try integerParameter("machine_id", context)
+    }
+
+    static func integerParameter(_ name: String, _ context: some RequestContext) throws -> Int64 {
+        let text = context.parameters.get(name) ?? ""
+        guard let value = Int64(text), value >= 0 else {
+            throw APIError.badRequest("\(name) must be a non-negative integer, got \"\(text)\"")
+        }
+        return value
+    }
+
+    static func limit(_ request: Request, default fallback: Int = 50, maximum: Int = 1000) throws -> Int {
+        guard let text = request.uri.queryParameters.get("limit") else { return fallback }
+        guard let value = Int(text), (1...maximum).contains(value) else {
+            throw APIError.badRequest("limit must be an integer from 1 to \(maximum), got \"\(text)\"")
+        }
+        return value
+    }
+}
+
+/// Typed access to the members of a JSON object body.
+struct JSONObjectReader {
+    let members: [(String, JSONValue)]
+
+    private func member(_ key: String) -> JSONValue? {
+        guard let value = members.first(where: { $0.0 == key })?.1, value != .null else { return nil }
+        return value
+    }
+
+    func int(_ key: String) throws -> Int64? {
+        guard let value = member(key) else { return nil }
+        guard case .int(let integer) = value else { throw APIError.badRequest("\(key) must be an integer, found \(value.typeName)") }
+        return integer
+    }
+
+    func requiredInt(_ key: String) throws -> Int64 {
+        guard let value = try int(key) else { throw APIError.badRequest("\(key) is required") }
+        return value
+    }
+
+    func positiveInt(_ key: String, maximum: Int64) throws -> Int64? {
+        guard let value = try int(key) else { return nil }
+        guard (1...maximum).contains(value) else { throw APIError.badRequest("\(key) must be from 1 to \(maximum), got \(value)") }
+        return value
+    }
+
+    func string(_ key: String, maximumLength: Int = 256) throws -> String? {
+        guard let value = member(key) else { return nil }
+        guard case .string(let text) = value else { throw APIError.badRequest("\(key) must be a string, found \(value.typeName)") }
+        guard text.utf8.count <= maximumLength else { throw APIError.badRequest("\(key) is longer than \(maximumLength) bytes") }
+        return text
+    }
+
+    func stringArray(_ key: String, maximumCount: Int = 16) throws -> [String]? {
+        guard let value = member(key) else { return nil }
+        guard case .array(let values) = value, values.count <= maximumCount else {
+            throw APIError.badRequest("\(key) must be an array of at most \(maximumCount) strings")
+        }
+        return try values.map { item in
+            guard case .string(let text) = item, !text.isEmpty, text.utf8.count <= 64 else {
+                throw APIError.badRequest("\(key) must hold non-empty strings of at most 64 bytes, found \(item.typeName)")
+            }
+            return text
+        }
+    }
+
+    func oneOf<T: RawRepresentable>(_ key: String, _ type: T.Type) throws -> T? where T.RawValue == String, T: CaseIterable {
+        guard let text = try string(key) else { return nil }
+        guard let value = T(rawValue: text) else {
+            let allowed = T.allCases.map(\.rawValue).joined(separator: ", ")
+            throw APIError.badRequest("\(key) must be one of \(allowed), got \"\(text)\"")
+        }
+        return value
+    }
+}

@@ -1,0 +1,27 @@
+import Foundation
+import Logging
+import WarmpoolStore
+import WarmpoolWire
+
+enum AdminKey {
+    /// A new database has no API key, and the CLI needs one to make more: the first start mints
+    /// an `admin` key into a 0600 file beside the database and logs the file's path, never the key.
+    static func ensure(store: SQLiteStore, databasePath: String, logger: Logger) async throws {
+        guard try await store.apiKeys().isEmpty else { return }
+        let minted = APIKeys.mint(name: "admin")
+        let path = ((databasePath as NSString).deletingLastPathComponent as NSString).appendingPathComponent("admin-api-key")
+        guard FileManager.default.createFile(atPath: path, contents: Data((minted.plaintext + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path]) }
+        try await store.addAPIKey(minted.record)
+        logger.notice("minted the first API key", metadata: ["api_key.file": "\(path)", "api_key.id": "\(minted.record.id)"])
+    }
+
+    /// The agents registered in the store and not revoked.
+    static func storedKeyring(_ store: SQLiteStore) async throws -> Keyring {
+        var secrets: [String: AgentSecret] = [:]
+        for agent in try await store.agents() where agent.revokedAt == nil {
+            secrets[agent.agentID] = try AgentSecret(hex: agent.secretHex)
+        }
+        return Keyring(secrets)
+    }
+}
