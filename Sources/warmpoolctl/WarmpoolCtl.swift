@@ -1,0 +1,394 @@
+import ArgumentParser
+import Foundation
+
+@main
+struct WarmpoolCtl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "warmpoolctl",
+        abstract: "Operate Warmpool through the controller's REST API.",
+        discussion: "The controller URL and API key come from --url and --api-key, or WARMPOOL_URL and WARMPOOL_API_KEY (or WARMPOOL_API_KEY_FILE).",
+        subcommands: [
+            Status.self, Hosts.self, Provision.self, Enable.self, Disable.self, Failover.self, Cleanup.self, Events.self,
+            Timeline.self, Agents.self, Keys.self, Settings.self,
+        ])
+
+    /// Errors are one line on stderr and a non-zero exit, whatever the command.
+    static func run(_ body: () throws -> Void) throws {
+        do {
+            try body()
+        } catch let failure as APIClient.Failure {
+            FileHandle.standardError.write(Data("warmpoolctl: \(failure.description)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Connection: ParsableArguments {
+    @Option(help: "The controller's API, e.g. http://127.0.0.1:8080. Env: WARMPOOL_URL.")
+    var url: String?
+
+    @Option(help: "An API key. Env: WARMPOOL_API_KEY, or a file named by WARMPOOL_API_KEY_FILE.")
+    var apiKey: String?
+
+    @Option(help: "Seconds to wait for an answer.")
+    var timeout: Double = 60
+
+    @Flag(help: "Print the API's JSON instead of a table.")
+    var json = false
+
+    func client() throws -> APIClient {
+        let environment = ProcessInfo.processInfo.environment
+        let text = url ?? environment["WARMPOOL_URL"] ?? "http://127.0.0.1:8080"
+        guard let base = URL(string: text), base.scheme == "http" || base.scheme == "https", base.host != nil else {
+            throw ValidationError("--url must be an http(s) URL, got \(text)")
+        }
+        var key = apiKey ?? environment["WARMPOOL_API_KEY"]
+        if key == nil, let file = environment["WARMPOOL_API_KEY_FILE"] {
+            guard let contents = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw ValidationError("cannot read WARMPOOL_API_KEY_FILE \(file)")
+            }
+            key = contents.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        guard let key, !key.isEmpty else {
+            throw ValidationError("no API key: pass --api-key or set WARMPOOL_API_KEY (the first key is in admin-api-key beside the controller's database)")
+        }
+        return APIClient(baseURL: base, apiKey: key, timeout: timeout)
+    }
+}
+
+private let warmpool = "api/v1/warmpool"
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Pools with state, primary, standby, volume, last heartbeat, epoch and failovers.")
+    @OptionGroup var connection: Connection
+    @Argument(help: "One machine id; all pools when omitted.") var machineID: Int64?
+
+    func run() throws {
+        try WarmpoolCtl.run {
+            let client = try connection.client()
+            let pools: [[String: Any]]
+            let answer: Any
+            if let machineID {
+                answer = try client.get("\(warmpool)/status/\(machineID)")
+                pools = [answer as? [String: Any] ?? [:]]
+            } else {
+                answer = try client.get("\(warmpool)/pools")
+                pools = (answer as? [String: Any])?["pools"] as? [[String: Any]] ?? []
+            }
+            if connection.json { return Output.json(answer) }
+            Output.table(
+                ["MACHINE", "STATE", "HOST", "PRIMARY", "STANDBY", "VOLUME", "LAST HEARTBEAT", "EPOCH", "FAILOVERS", "ERROR"],
+                pools.map { pool in
+                    [
+                        Output.cell(pool["machine_id"]), Output.cell(pool["state"]), Output.cell(pool["host_machine_id"]),
+                        Output.cell(pool["primary_gpu_id"]),
+                        "\(Output.cell(pool["standby_gpu_id"])) (\(Output.cell(pool["standby_state"])))",
+                        Output.cell(pool["volume_id"]), Output.ago(pool["last_health_check"]), Output.cell(pool["epoch"]),
+                        Output.cell(pool["failover_count"]), Output.cell(pool["error_message"]),
+                    ]
+                })
+        }
+    }
+}
+
+struct Hosts: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Physical hosts that can carry a warm pool.")
+    @OptionGroup var connection: Connection
+    @Option(help: "GPU model, underscores for spaces, e.g. RTX_4090.") var gpuName: String?
+    @Option(help: "At least this many GPUs on the host.") var minGpus: Int = 2
+    @Option(help: "At most this price per GPU-hour, in $.") var maxPrice: Double?
+    @Flag(help: "Include unverified hosts.") var includeUnverified = false
+
+    func run() throws {
+        try WarmpoolCtl.run {
+            var query = ["min_gpus": "\(minGpus)", "verified": includeUnverified ? "false" : "true"]
+            if let gpuName { query["gpu_name"] = gpuName }
+            if let maxPrice { query["max_price"] = "\(maxPrice)" }
+            let answer = try connection.client().get("\(warmpool)/hosts", query: query)
+            if connection.json { return Output.json(answer) }
+            let hosts = (answer as? [String: Any])?["hosts"] as? [[String: Any]] ?? []
+            Output.table(
+                ["HOST", "GPU", "TOTAL", "FREE", "$/H", "RELIABILITY", "WHERE", "WARM POOL"],
+                hosts.map { host in
+                    [
+                        Output.cell(host["machine_id"]), Output.cell(host["gpu_name"]), Output.cell(host["total_gpus"]),
+                        Output.cell(host["available_gpus"]), Output.cell(host["avg_price_per_hour"]),
+                        Output.cell(host["reliability"]), Output.cell(host["geolocation"]), Output.cell(host["can_create_warm_pool"]),
+                    ]
+                })
+        }
+    }
+}
+
+struct Provision: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create the volume, the primary and a stopped standby on one host.")
+    @OptionGroup var connection: Connection
+    @Option(help: "The machine id the pool is known by.") var machineID: Int64
+    @Option(help: "The provider's physical machine to put it on.") var hostMachineID: Int64
+    @Option(help: "GPU model, e.g. RTX_4090.") var gpuName: String?
+    @Option(help: "Container image (default: a PyTorch CUDA runtime).") var image: String?
+    @Option(help: "Instance disk in GB (default 50).") var diskSize: Int?
+    @Option(help: "Shared volume in GB (default 100).") var volumeSize: Int?
+
+    func run() throws {
+        try WarmpoolCtl.run {
+            var body: [String: Any] = ["machine_id": machineID, "host_machine_id": hostMachineID]
+            if let gpuName { body["gpu_name"] = gpuName }
+            if let image { body["image"] = image }
+            if let diskSize { body["disk_size"] = diskSize }
+            if let volumeSize { body["volume_size"] = volumeSize }
+            let answer = try connection.client().send("POST", "\(warmpool)/provision", body: body)
+            if connection.json { return Output.json(answer) }
+            let object = answer as? [String: Any] ?? [:]
+            print(Output.cell(object["message"]))
+            if let status = object["status"] as? [String: Any] {
+                print("state \(Output.cell(status["state"])), primary \(Output.cell(status["primary_gpu_id"])), standby \(Output.cell(status["standby_gpu_id"])), volume \(Output.cell(status["volume_id"]))")
+            }
+        }
+    }
+}
+
+/// The routes that take a machine id, act, and answer a message.
+protocol MachineAction: ParsableCommand {
+    var connection: Connection { get }
+    var machineID: Int64 { get }
+    var method: String { get }
+    var path: String { get }
+}
+
+extension MachineAction {
+    func run() throws {
+        try WarmpoolCtl.run {
+            let answer = try connection.client().send(method, "\(warmpool)/\(path)/\(machineID)", body: method == "DELETE" ? nil : [:])
+            if connection.json { return Output.json(answer) }
+            let object = answer as? [String: Any] ?? [:]
+            print(Output.cell(object["message"]))
+            if let seconds = object["recovery_time_seconds"] as? NSNumber {
+                print("recovered in \(seconds) s; new primary \(Output.cell(object["new_primary_gpu_id"]))")
+            }
+        }
+    }
+}
+
+struct Enable: MachineAction {
+    static let configuration = CommandConfiguration(abstract: "Turn the GPU warm pool strategy on for a machine.")
+    @OptionGroup var connection: Connection
+    @Argument var machineID: Int64
+    var method: String { "POST" }
+    var path: String { "enable" }
+}
+
+struct Disable: MachineAction {
+    static let configuration = CommandConfiguration(abstract: "Turn it off; the machine falls back to CPU standby.")
+    @OptionGroup var connection: Connection
+    @Argument var machineID: Int64
+    var method: String { "POST" }
+    var path: String { "disable" }
+}
+
+struct Failover: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Failover drills.", subcommands: [Test.self])
+
+    struct Test: MachineAction {
+        static let configuration = CommandConfiguration(abstract: "Run a real failover on purpose: stop the primary, start the standby.")
+        @OptionGroup var connection: Connection
+        @Argument var machineID: Int64
+        var method: String { "POST" }
+        var path: String { "failover/test" }
+    }
+}
+
+struct Cleanup: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Destroy the primary, the standby and the shared volume.")
+    @OptionGroup var connection: Connection
+    @Argument var machineID: Int64
+    @Flag(help: "Confirm: the volume and everything on it is destroyed.") var yes = false
+
+    func run() throws {
+        guard yes else { throw ValidationError("cleanup destroys the volume and its data: add --yes to confirm") }
+        try WarmpoolCtl.run {
+            let answer = try connection.client().send("DELETE", "\(warmpool)/cleanup/\(machineID)", body: nil)
+            if connection.json { return Output.json(answer) }
+            print(Output.cell((answer as? [String: Any])?["message"]))
+        }
+    }
+}
+
+struct Events: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "A pool's recent events: agents connecting, suspected, failed, fenced.")
+    @OptionGroup var connection: Connection
+    @Argument var machineID: Int64
+    @Option(help: "How many, newest last.") var limit: Int = 50
+
+    func run() throws {
+        try WarmpoolCtl.run {
+            let answer = try connection.client().get("\(warmpool)/events/\(machineID)", query: ["limit": "\(limit)"])
+            if connection.json { return Output.json(answer) }
+            let events = (answer as? [String: Any])?["events"] as? [[String: Any]] ?? []
+            Output.table(
+                ["AT", "EVENT", "AGENT", "DETAIL"],
+                events.map { [Output.cell($0["at"]), Output.cell($0["kind"]), Output.cell($0["agent_id"]), Output.cell($0["detail"])] })
+        }
+    }
+}
+
+struct Timeline: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "A pool's failovers, each step with its time.")
+    @OptionGroup var connection: Connection
+    @Argument var machineID: Int64
+    @Option(help: "How many failovers, newest first.") var limit: Int = 5
+
+    func run() throws {
+        try WarmpoolCtl.run {
+            let answer = try connection.client().get("\(warmpool)/history/\(machineID)", query: ["limit": "\(limit)"])
+            if connection.json { return Output.json(answer) }
+            let failovers = (answer as? [String: Any])?["failovers"] as? [[String: Any]] ?? []
+            if failovers.isEmpty { print("no failovers for machine \(machineID)") }
+            for failover in failovers {
+                print("\(Output.cell(failover["id"])): \(Output.cell(failover["result"])), \(Output.cell(failover["reason"])), epoch \(Output.cell(failover["epoch"])), primary \(Output.cell(failover["old_primary_gpu_id"])) -> \(Output.cell(failover["new_primary_gpu_id"])), \(Output.cell(failover["duration_seconds"])) s")
+                let steps = failover["timeline"] as? [[String: Any]] ?? []
+                Output.table(
+                    ["  +MS", "STEP", "TOOK MS", "DETAIL"],
+                    steps.map { ["  +" + Output.cell($0["since_start_ms"]), Output.cell($0["step"]), Output.cell($0["duration_ms"]), Output.cell($0["detail"])] })
+                print("")
+            }
+        }
+    }
+}
+
+struct Agents: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Agents and their liveness: last heartbeat, lease, epoch, GPU and volume.")
+    @OptionGroup var connection: Connection
+
+    func run() throws {
+        try WarmpoolCtl.run {
+            let answer = try connection.client().get("\(warmpool)/agents")
+            if connection.json { return Output.json(answer) }
+            let agents = (answer as? [String: Any])?["agents"] as? [[String: Any]] ?? []
+            Output.table(
+                ["AGENT", "MACHINE", "INSTANCE", "ROLE", "STATE", "SESSIONS", "LAST HEARTBEAT", "LEASE", "EPOCH", "GPU", "VOLUME"],
+                agents.map { agent in
+                    let lease = agent["lease"] as? [String: Any] ?? [:]
+                    let gpu = agent["gpu"] as? [String: Any]
+                    let volume = agent["volume"] as? [String: Any]
+                    let gpuText = gpu.map { "\(Output.cell($0["healthy"]))/\(Output.cell($0["count"])) ok" } ?? "-"
+                    let volumeText = volume.map { v in
+                        (v["mounted"] as? Bool == true && v["writable"] as? Bool == true && v["id_matches"] as? Bool == true)
+                            ? "ok, \(Output.cell(v["free_mib"])) MiB free" : "PROBLEM"
+                    } ?? "-"
+                    return [
+                        Output.cell(agent["agent_id"]), Output.cell(agent["machine_id"]), Output.cell(agent["instance_id"]),
+                        Output.cell(agent["role"]), Output.cell(agent["state"]), Output.cell(agent["sessions"]),
+                        Output.ago(agent["last_heartbeat"]), (lease["held"] as? Bool == true) ? "held" : "none",
+                        Output.cell(lease["epoch"]), gpuText, volumeText,
+                    ]
+                })
+        }
+    }
+}
+
+struct Keys: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "API keys and agent keys.",
+        subcommands: [List.self, Create.self, Revoke.self, AddAgent.self, RevokeAgent.self])
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List API keys (never their secrets).")
+        @OptionGroup var connection: Connection
+        func run() throws {
+            try WarmpoolCtl.run {
+                let answer = try connection.client().get("api/v1/keys")
+                if connection.json { return Output.json(answer) }
+                let keys = (answer as? [String: Any])?["keys"] as? [[String: Any]] ?? []
+                Output.table(
+                    ["ID", "NAME", "CREATED", "LAST USED", "REVOKED"],
+                    keys.map { [Output.cell($0["id"]), Output.cell($0["name"]), Output.cell($0["created_at"]), Output.cell($0["last_used_at"]), Output.cell($0["revoked_at"])] })
+            }
+        }
+    }
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create an API key and print it once.")
+        @OptionGroup var connection: Connection
+        @Option(help: "Who or what uses it.") var name: String
+        func run() throws {
+            try WarmpoolCtl.run {
+                let answer = try connection.client().send("POST", "api/v1/keys", body: ["name": name])
+                if connection.json { return Output.json(answer) }
+                print(Output.cell((answer as? [String: Any])?["key"]))
+            }
+        }
+    }
+
+    struct Revoke: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke an API key by its id.")
+        @OptionGroup var connection: Connection
+        @Argument var id: String
+        func run() throws {
+            try WarmpoolCtl.run {
+                let answer = try connection.client().send("DELETE", "api/v1/keys/\(id)", body: nil)
+                if connection.json { return Output.json(answer) }
+                print(Output.cell((answer as? [String: Any])?["message"]))
+            }
+        }
+    }
+
+    struct AddAgent: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "add-agent", abstract: "Register an agent and print its secret once.")
+        @OptionGroup var connection: Connection
+        @Option(help: "1-64 characters of A-Z a-z 0-9 . _ -") var agentId: String
+        @Option var machineId: Int64?
+        @Option var instanceId: Int64?
+        @Option(help: "primary or standby") var role: String?
+        func run() throws {
+            try WarmpoolCtl.run {
+                var body: [String: Any] = ["agent_id": agentId]
+                if let machineId { body["machine_id"] = machineId }
+                if let instanceId { body["instance_id"] = instanceId }
+                if let role { body["role"] = role }
+                let answer = try connection.client().send("POST", "\(warmpool)/agents", body: body)
+                if connection.json { return Output.json(answer) }
+                print(Output.cell((answer as? [String: Any])?["secret"]))
+            }
+        }
+    }
+
+    struct RevokeAgent: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "revoke-agent", abstract: "Revoke an agent's key.")
+        @OptionGroup var connection: Connection
+        @Argument var agentID: String
+        func run() throws {
+            try WarmpoolCtl.run {
+                let answer = try connection.client().send("DELETE", "\(warmpool)/agents/\(agentID)", body: nil)
+                if connection.json { return Output.json(answer) }
+                print(Output.cell((answer as? [String: Any])?["message"]))
+            }
+        }
+    }
+}
+
+struct Settings: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show or change a machine's failover settings.")
+    @OptionGroup var connection: Connection
+    @Argument var machineID: Int64
+    @Option(help: "gpu_warm_pool, cpu_standby or disabled.") var strategy: String?
+    @Option(help: "Preferred GPU models, in order (repeatable).") var gpuPreference: [String] = []
+    @Option(help: "Shared volume size in GB.") var volumeSizeGb: Int?
+
+    func run() throws {
+        try WarmpoolCtl.run {
+            let client = try connection.client()
+            var body: [String: Any] = [:]
+            if let strategy { body["strategy"] = strategy }
+            if !gpuPreference.isEmpty { body["gpu_preferences"] = gpuPreference }
+            if let volumeSizeGb { body["volume_size_gb"] = volumeSizeGb }
+            let answer = body.isEmpty
+                ? try client.get("\(warmpool)/settings/\(machineID)")
+                : try client.send("PUT", "\(warmpool)/settings/\(machineID)", body: body)
+            if connection.json { return Output.json(answer) }
+            let settings = answer as? [String: Any] ?? [:]
+            let preferences = (settings["gpu_preferences"] as? [String])?.joined(separator: ", ") ?? ""
+            print("machine \(Output.cell(settings["machine_id"])): strategy \(Output.cell(settings["strategy"])), GPU preferences [\(preferences)], volume \(Output.cell(settings["volume_size_gb"])) GB")
+        }
+    }
+}
