@@ -122,6 +122,7 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         // The operator CLI: speaks only the REST API.
@@ -171,13 +172,18 @@ let package = Package(
                 "WarmpoolController",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "Yams", package: "Yams"),
             ]
         ),
-        // Starts the real binaries; depends on the wire module only to speak to them.
+        // Starts the real binaries; speaks the wire protocol and HTTP to them, and seeds or reads their store.
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["WarmpoolWire", "WarmpoolTestSupport", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "WarmpoolWire", "WarmpoolTestSupport", "WarmpoolStore",
+                // For its JSON parser only: the live API test checks answers against Protocol/openapi.yaml.
+                "WarmpoolAPI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
+            ]
         ),
     ]
 )

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import ServiceLifecycle
 import WarmpoolController
 import WarmpoolStore
@@ -19,19 +20,28 @@ public struct LivenessEventRecorder: Service {
         self.logger = logger
     }
 
+    /// Events wait at most this long before they are written.
+    static let flushInterval = Duration.milliseconds(200)
+
     public func run() async throws {
-        var batch: [PoolEvent] = []
-        var flushAfter = ContinuousClock.now
-        for await event in events.cancelOnGracefulShutdown() {
-            metrics.record(event)
-            batch.append(Self.poolEvent(event))
-            if batch.count >= 500 || ContinuousClock.now >= flushAfter {
-                await write(batch)
-                batch.removeAll(keepingCapacity: true)
-                flushAfter = ContinuousClock.now + .milliseconds(200)
+        let pending = NIOLockedValueBox<[PoolEvent]>([])
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [events, metrics] in
+                for await event in events.cancelOnGracefulShutdown() {
+                    metrics.record(event)
+                    pending.withLockedValue { $0.append(Self.poolEvent(event)) }
+                }
             }
+            group.addTask {
+                while !Task.isShuttingDownGracefully, !Task.isCancelled {
+                    try? await Task.sleep(for: Self.flushInterval)
+                    await write(pending.withLockedValue { batch in defer { batch.removeAll() }; return batch })
+                }
+            }
+            await group.next()
+            group.cancelAll()
         }
-        await write(batch)
+        await write(pending.withLockedValue { $0 })
     }
 
     private func write(_ batch: [PoolEvent]) async {

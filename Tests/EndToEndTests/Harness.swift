@@ -16,6 +16,7 @@ final class Harness {
     private(set) var controller: Process?
     private(set) var agents: [String: Process] = [:]
     var controllerAddress = ""
+    var apiAddress = ""
 
     init() throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-e2e-\(UUID().uuidString)").path
@@ -46,6 +47,8 @@ final class Harness {
 
     var eventsPath: String { directory + "/events.jsonl" }
     var keysPath: String { directory + "/agent-keys" }
+    var databasePath: String { directory + "/db/warmpool.db" }
+    var apiReadyPath: String { directory + "/api-ready" }
     func logPath(_ name: String) -> String { directory + "/\(name).log" }
 
     @discardableResult
@@ -60,17 +63,35 @@ final class Harness {
         return secretFile
     }
 
-    func startController(intervalMilliseconds: Int = 50, extra: [String] = []) throws {
+    /// `listen` is the agents' address; a restart passes the old one, as a real deployment would.
+    func startController(intervalMilliseconds: Int = 50, listen: String = "127.0.0.1:0", extra: [String] = []) throws {
         if !FileManager.default.fileExists(atPath: keysPath) {
             _ = FileManager.default.createFile(atPath: keysPath, contents: nil)
         }
         let ready = directory + "/ready"
+        // A restart must wait for the new process's addresses, not read the old ones.
+        try? FileManager.default.removeItem(atPath: ready)
+        try? FileManager.default.removeItem(atPath: apiReadyPath)
         controller = try spawn("warmpool-controller", [
-            "--listen", "127.0.0.1:0", "--keys-file", keysPath, "--events", eventsPath, "--ready-file", ready,
+            "--listen", listen, "--keys-file", keysPath, "--events", eventsPath, "--ready-file", ready,
+            "--db", databasePath, "--api-listen", "127.0.0.1:0", "--api-ready-file", apiReadyPath,
             "--heartbeat-interval-ms", "\(intervalMilliseconds)", "--threads", "2", "--log-level", "debug",
         ] + extra, log: logPath("controller"))
         try waitUntil("the controller listens", timeout: 20) { FileManager.default.fileExists(atPath: ready) }
         controllerAddress = try String(contentsOfFile: ready, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        try waitUntil("the API listens", timeout: 20) { FileManager.default.fileExists(atPath: apiReadyPath) }
+        apiAddress = try String(contentsOfFile: apiReadyPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The key a new database's first start writes beside it.
+    func adminAPIKey() throws -> String {
+        try String(contentsOfFile: directory + "/db/admin-api-key", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would: no graceful shutdown, no final flush.
+    func killController() {
+        if let controller { stop(controller) }
+        controller = nil
     }
 
     func startAgent(_ agentID: String, secretFile: String, extra: [String] = []) throws -> Process {

@@ -1,0 +1,149 @@
+import Foundation
+import Logging
+import Testing
+import WarmpoolStore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The real controller binary's REST API: its answers checked against Protocol/openapi.yaml, and
+/// its state across a SIGKILL.
+@Suite(.serialized) struct ControlPlaneTests {
+    /// Seeds what only the failover engine writes (a failover with its timeline), so that the
+    /// history route has something to show.
+    private func seedFailover(_ harness: Harness) async throws {
+        let store = try SQLiteStore(path: harness.databasePath, logger: Logger(label: "test.seed"))
+        let start = Date()
+        var failover = FailoverRecord(id: "fo-12-1", machineID: 12, reason: "primary failed: silent 355 ms", oldPrimaryInstanceID: 4242, epoch: 2, startedAt: start)
+        failover.result = .succeeded
+        failover.newPrimaryInstanceID = 4243
+        failover.finishedAt = start.addingTimeInterval(11.5)
+        try await store.commit(PoolTransition(
+            pool: PoolRecord(
+                machineID: 12, hostMachineID: 77, state: "active", volumeID: 9, primaryInstanceID: 4242, standbyInstanceID: 4244,
+                standbyState: "stopped", primarySSHHost: "127.0.0.1", primarySSHPort: 2222, failoverCount: 1, lastFailoverAt: start, epoch: 2),
+            failover: failover,
+            steps: [
+                TimelineStep(failoverID: "fo-12-1", sequence: 1, step: "detected", at: start),
+                TimelineStep(failoverID: "fo-12-1", sequence: 2, step: "promoted", at: start.addingTimeInterval(11.5), detail: "epoch 2"),
+            ],
+            events: [PoolEvent(machineID: 12, agentID: "gpu-12", kind: "failed", at: start, detail: "silent 355 ms")]))
+    }
+
+    @Test func everyAnswerOfTheLiveServerConformsToOpenAPI() async throws {
+        let document = try OpenAPIDocument(path: try OpenAPIDocument.locate())
+        let harness = try Harness()
+        try await seedFailover(harness)
+        try harness.startController()
+        let base = "http://\(harness.apiAddress)"
+        let key = try harness.adminAPIKey()
+
+        // A registered agent, live, so the agent listing carries its GPU and volume summary.
+        let registration = try http("POST", "\(base)/api/v1/warmpool/agents", key: key,
+            body: #"{"agent_id": "gpu-12", "machine_id": 12, "instance_id": 4242, "role": "primary"}"#)
+        #expect(registration.status == 201)
+        let secretFile = harness.directory + "/gpu-12.secret"
+        try Data(((registration.json["secret"] as? String ?? "") + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
+        _ = try harness.startAgent("gpu-12", secretFile: secretFile)
+        try harness.waitUntil("the registered agent is alive", timeout: 20) {
+            let agents = (try? http("GET", "\(base)/api/v1/warmpool/agents", key: key).json["agents"]) as? [[String: Any]] ?? []
+            return agents.contains { $0["agent_id"] as? String == "gpu-12" && $0["state"] as? String == "alive" && $0["gpu"] is [String: Any] }
+        }
+        let created = try http("POST", "\(base)/api/v1/keys", key: key, body: #"{"name": "second"}"#)
+        let secondID = created.json["id"] as? String ?? ""
+
+        let big = "{\"name\": \"" + String(repeating: "x", count: 70_000) + "\"}"
+        let calls: [(String, String, String, String?, String?, Int)] = [
+            ("GET", "/healthz", "/healthz", nil, nil, 200),
+            ("GET", "/metrics", "/metrics", key, nil, 200),
+            ("GET", "/metrics", "/metrics", nil, nil, 401),
+            ("GET", "/api/v1/warmpool/status/12", "/api/v1/warmpool/status/{machine_id}", key, nil, 200),
+            ("GET", "/api/v1/warmpool/status/13", "/api/v1/warmpool/status/{machine_id}", key, nil, 404),
+            ("GET", "/api/v1/warmpool/status/x", "/api/v1/warmpool/status/{machine_id}", key, nil, 400),
+            ("GET", "/api/v1/warmpool/status/12", "/api/v1/warmpool/status/{machine_id}", nil, nil, 401),
+            ("GET", "/api/v1/warmpool/hosts", "/api/v1/warmpool/hosts", key, nil, 503),
+            ("GET", "/api/v1/warmpool/hosts?min_gpus=0", "/api/v1/warmpool/hosts", key, nil, 400),
+            ("POST", "/api/v1/warmpool/provision", "/api/v1/warmpool/provision", key, #"{"machine_id": 12, "host_machine_id": 77}"#, 503),
+            ("POST", "/api/v1/warmpool/provision", "/api/v1/warmpool/provision", key, #"{"machine_id": "12"}"#, 400),
+            ("POST", "/api/v1/warmpool/provision", "/api/v1/warmpool/provision", key, big, 413),
+            ("POST", "/api/v1/warmpool/disable/12", "/api/v1/warmpool/disable/{machine_id}", key, nil, 200),
+            ("POST", "/api/v1/warmpool/enable/12", "/api/v1/warmpool/enable/{machine_id}", key, nil, 200),
+            ("POST", "/api/v1/warmpool/enable/13", "/api/v1/warmpool/enable/{machine_id}", key, nil, 404),
+            ("POST", "/api/v1/warmpool/failover/test/12", "/api/v1/warmpool/failover/test/{machine_id}", key, nil, 503),
+            ("DELETE", "/api/v1/warmpool/cleanup/13", "/api/v1/warmpool/cleanup/{machine_id}", key, nil, 404),
+            ("GET", "/api/v1/warmpool/pools", "/api/v1/warmpool/pools", key, nil, 200),
+            ("PUT", "/api/v1/warmpool/settings/12", "/api/v1/warmpool/settings/{machine_id}", key, #"{"gpu_preferences": ["RTX 4090"]}"#, 200),
+            ("PUT", "/api/v1/warmpool/settings/12", "/api/v1/warmpool/settings/{machine_id}", key, #"{"strategy": "warm"}"#, 400),
+            ("GET", "/api/v1/warmpool/settings/12", "/api/v1/warmpool/settings/{machine_id}", key, nil, 200),
+            ("GET", "/api/v1/warmpool/history/12", "/api/v1/warmpool/history/{machine_id}", key, nil, 200),
+            ("GET", "/api/v1/warmpool/events/12", "/api/v1/warmpool/events/{machine_id}", key, nil, 200),
+            ("GET", "/api/v1/warmpool/agents", "/api/v1/warmpool/agents", key, nil, 200),
+            ("POST", "/api/v1/warmpool/agents", "/api/v1/warmpool/agents", key, #"{"agent_id": "gpu-12"}"#, 409),
+            ("POST", "/api/v1/warmpool/agents", "/api/v1/warmpool/agents", key, #"{"agent_id": "gpu-13", "role": "standby"}"#, 201),
+            ("DELETE", "/api/v1/warmpool/agents/gpu-13", "/api/v1/warmpool/agents/{agent_id}", key, nil, 200),
+            ("DELETE", "/api/v1/warmpool/agents/gpu-13", "/api/v1/warmpool/agents/{agent_id}", key, nil, 404),
+            ("GET", "/api/v1/keys", "/api/v1/keys", key, nil, 200),
+            ("POST", "/api/v1/keys", "/api/v1/keys", key, #"{"name": "third"}"#, 201),
+            ("DELETE", "/api/v1/keys/\(secondID)", "/api/v1/keys/{key_id}", key, nil, 200),
+            ("DELETE", "/api/v1/keys/\(secondID)", "/api/v1/keys/{key_id}", key, nil, 404),
+        ]
+        var exercised = Set<String>()
+        for (method, path, template, callKey, body, expected) in calls {
+            let answer = try http(method, base + path, key: callKey, body: body)
+            #expect(answer.status == expected, "\(method) \(path): \(answer.text.prefix(300))")
+            let problems = document.problems(method: method, template: template, status: answer.status, contentType: answer.contentType, body: answer.body)
+            #expect(problems.isEmpty, "\(method) \(path) → \(answer.status): \(problems)")
+            exercised.insert("\(method) \(template)")
+        }
+        #expect(document.operations.subtracting(exercised).isEmpty, "never called: \(document.operations.subtracting(exercised).sorted())")
+
+        let history = try http("GET", "\(base)/api/v1/warmpool/history/12", key: key).json
+        let failovers = history["failovers"] as? [[String: Any]] ?? []
+        #expect((failovers.first?["timeline"] as? [[String: Any]])?.count == 2)
+        let metrics = try http("GET", "\(base)/metrics", key: key).text
+        #expect(metrics.contains("warmpool_agents_connected 1"))
+        #expect(metrics.contains("warmpool_liveness_events_total{event=\"connected\"} 1"))
+    }
+
+    @Test func aControllerKilledWithSIGKILLFindsEverythingAgainOnRestart() async throws {
+        let harness = try Harness()
+        try harness.startController()
+        var base = "http://\(harness.apiAddress)"
+        let admin = try harness.adminAPIKey()
+        #expect(try http("PUT", "\(base)/api/v1/warmpool/settings/5", key: admin, body: #"{"strategy": "cpu_standby", "volume_size_gb": 300}"#).status == 200)
+        let ops = try http("POST", "\(base)/api/v1/keys", key: admin, body: #"{"name": "ops"}"#).json["key"] as? String ?? ""
+        let registration = try http("POST", "\(base)/api/v1/warmpool/agents", key: admin, body: #"{"agent_id": "gpu-5", "machine_id": 5}"#)
+        let secretFile = harness.directory + "/gpu-5.secret"
+        try Data(((registration.json["secret"] as? String ?? "") + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
+        _ = try harness.startAgent("gpu-5", secretFile: secretFile, extra: ["--machine-id", "5"])
+        _ = try harness.waitForEvent("connected", for: "gpu-5", timeout: 20)
+        // The event recorder batches for up to 200 ms; let it write before the kill.
+        try harness.waitUntil("the connected event is stored", timeout: 10) {
+            let events = (try? http("GET", "\(base)/api/v1/warmpool/events/5", key: admin).json["events"]) as? [[String: Any]] ?? []
+            return events.contains { $0["kind"] as? String == "connected" }
+        }
+
+        harness.killController()
+        let eventsBeforeRestart = harness.events().count
+        try harness.startController(listen: harness.controllerAddress)
+        base = "http://\(harness.apiAddress)"
+
+        let settings = try http("GET", "\(base)/api/v1/warmpool/settings/5", key: ops)
+        #expect(settings.status == 200, "the ops key survives")
+        #expect(settings.json["strategy"] as? String == "cpu_standby")
+        #expect(settings.json["volume_size_gb"] as? Int == 300)
+        #expect(try http("GET", "\(base)/api/v1/warmpool/pools", key: admin).status == 200, "the admin key survives")
+        let events = (try http("GET", "\(base)/api/v1/warmpool/events/5", key: admin).json["events"]) as? [[String: Any]] ?? []
+        #expect(events.contains { $0["kind"] as? String == "connected" && $0["agent_id"] as? String == "gpu-5" })
+
+        // The agent's key lives only in the store: it reconnects with it, and the restarted
+        // controller fails nobody over.
+        try harness.waitUntil("the agent reconnects to the restarted controller", timeout: 20) {
+            harness.events().dropFirst(eventsBeforeRestart).contains { $0.agentID == "gpu-5" && ($0.kind == "connected" || $0.kind == "recovered") }
+        }
+        try await Task.sleep(for: .seconds(1))
+        #expect(!harness.events().dropFirst(eventsBeforeRestart).contains { $0.kind == "failed" })
+        #expect(!FileManager.default.fileExists(atPath: harness.directory + "/db/admin-api-key.partial"))
+    }
+}

@@ -1,0 +1,44 @@
+import Foundation
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// A blocking HTTP call for tests: status, content type and body.
+struct HTTPAnswer {
+    var status: Int
+    var contentType: String?
+    var body: [UInt8]
+    var text: String { String(decoding: body, as: UTF8.self) }
+
+    var json: [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] ?? [:]
+    }
+}
+
+func http(_ method: String, _ url: String, key: String?, body: String? = nil) throws -> HTTPAnswer {
+    guard let target = URL(string: url) else { throw HarnessError("bad URL \(url)") }
+    var request = URLRequest(url: target, timeoutInterval: 30)
+    request.httpMethod = method
+    if let key { request.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization") }
+    if let body {
+        request.httpBody = Data(body.utf8)
+        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+    }
+    let semaphore = DispatchSemaphore(value: 0)
+    nonisolated(unsafe) var result: Result<HTTPAnswer, Error>?
+    URLSession.shared.dataTask(with: request) { data, response, error in
+        if let error {
+            result = .failure(error)
+        } else if let response = response as? HTTPURLResponse {
+            result = .success(HTTPAnswer(
+                status: response.statusCode, contentType: response.value(forHTTPHeaderField: "Content-Type"),
+                body: Array(data ?? Data())))
+        } else {
+            result = .failure(HarnessError("no HTTP response from \(url)"))
+        }
+        semaphore.signal()
+    }.resume()
+    semaphore.wait()
+    return try result!.get()
+}
