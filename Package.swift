@@ -128,5 +128,10 @@ let package = Package(
             name: "EndToEndTests",
             dependencies: ["WarmpoolWire", "WarmpoolTestSupport", .product(name: "NIOCore", package: "swift-nio")]
         ),
+
+        // Failover engine (pure): the per-pool state machine, no I/O, no clock, no dependencies.
+        .target(name: "WarmpoolEngine"),
+        .testTarget(name: "WarmpoolEngineTests", dependencies: ["WarmpoolEngine"]),
+        // End of failover engine.
     ]
 )
