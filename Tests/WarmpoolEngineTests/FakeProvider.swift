@@ -34,6 +34,8 @@ struct FakeProvider {
     var brokenOffers: Set<OfferID> = []
     /// Verification fails for good on these.
     var failsVerification: Set<InstanceID> = []
+    /// SSH refuses connections on these (sshd not up yet).
+    var refusesSSH: Set<InstanceID> = []
     private var nextID = 100
 
     init(host: MachineID, freeGPUs: Int) {
@@ -106,7 +108,7 @@ struct FakeProvider {
 
     func verify(_ id: InstanceID, now: Instant) -> VerificationOutcome {
         if failsVerification.contains(id) { return .failed(message: "volume is not mounted at /data") }
-        guard let instance = instances[id], !instance.destroyed, instance.status == .running else {
+        guard let instance = instances[id], !instance.destroyed, instance.status == .running, !refusesSSH.contains(id) else {
             return .notReady(message: "connection refused")
         }
         return .passed(sshReadyAt: now + .milliseconds(-20))
