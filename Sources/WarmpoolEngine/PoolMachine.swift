@@ -367,10 +367,9 @@ public struct PoolMachine: Sendable, Codable {
             doomed.append(instance)
         }
         var actions = primary.map { [EngineAction.revokeLease($0)] } ?? []
+        // Primary and standby stay recorded until their destroy is accepted: a cleanup that
+        // fails must not forget what is left.
         retiring = []
-        primary = nil
-        primarySSH = nil
-        clearStandby()
         run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
         actions.append(record(.cleanup, now: now, detail: "destroying \(doomed.map(String.init)), volume \(volume.map(String.init) ?? "none")"))
         return actions + continueCleanup(remaining: doomed, now: now)
@@ -481,7 +480,12 @@ public struct PoolMachine: Sendable, Codable {
             return advanceFailover(failover, step, with: data, now: now)
 
         case (.cleaningUp(let remaining), .accepted):
-            if remaining.isEmpty { volume = nil }
+            if let destroyed = remaining.first {
+                if destroyed == primary { primary = nil; primarySSH = nil }
+                if destroyed == standby { clearStandby() }
+            } else {
+                volume = nil
+            }
             return continueCleanup(remaining: Array(remaining.dropFirst()), now: now)
 
         default:
@@ -778,7 +782,11 @@ public struct PoolMachine: Sendable, Codable {
                 return failoverFailed(failover, degraded: false, reason: message, now: now)
             }
 
-        case .cleaningUp:
+        case .cleaningUp(let remaining):
+            // Keep what is left on the books, so that the next cleanup (or resume) destroys it.
+            for instance in remaining where instance != primary && instance != standby {
+                retiring.append(Retirement(instance: instance, operation: nil))
+            }
             let actions = [record(.failed, now: now, detail: message)]
             run = nil
             return actions + enter(.error(message: "cleanup failed: \(message)"), deadline: nil, now: now)

@@ -72,11 +72,12 @@ struct FakeProvider {
         case .startInstance(_, let id):
             if let failure = injected("start") { return failure }
             guard var instance = instances[id], !instance.destroyed else { return .failure(message: "no instance \(id)", retryable: false) }
+            // Like Vast.ai's intended status: the latest of start and stop wins, even mid-stop.
             if instance.status == .stopped || instance.status == .exited {
                 effectiveStarts[id, default: 0] += 1
                 instance.status = .loading
-                instance.next = neverRuns.contains(id) ? .loading : .running
             }
+            instance.next = neverRuns.contains(id) ? .loading : .running
             instances[id] = instance
             return .success(.accepted)
         case .stopInstance(_, let id):

@@ -134,7 +134,12 @@ struct Harness {
     }
 
     var atRest: Bool {
-        [.active, .degraded, .error, .disabled].contains(snapshot.state)
+        switch snapshot.state {
+        case .active, .degraded, .error: true
+        // Cleanup also reports `disabled`; it is at rest only once nothing more is due.
+        case .disabled: snapshot.removed || timers.isEmpty
+        case .searching, .provisioning, .failover, .recovering: false
+        }
     }
 
     mutating func failPrimary(epoch: UInt64? = nil) {
