@@ -3,18 +3,22 @@
 /// `verificationResult`. No I/O, clock or timer lives in here.
 ///
 /// ```
-///  provision ─▶ searching ─▶ provisioning ─┬─▶ active ◀──────────────┐
-///                   │              │         │    │ primary failed    │ standby ready
-///                   └──────────────┴─▶ error │    │ or test           │
-///                                            │    ▼                   │
-///                     primary failed ─────▶ failover ─ promoted ─▶ recovering
-///                     (from degraded or        │                      │ no free GPU,
-///                      recovering too)         │ no free GPU          │ or it failed
-///                                              ├──────────────▶ degraded ◀┘
-///                                              └─ provider ───▶ error       (retries every
-///                                                 gave up                   degradedRetryInterval)
-///  cleanup, from any state: destroy every instance, delete the volume ─▶ removed
-///  disable/enable: a flag; a disabled pool ignores failures and reports `disabled` while at rest.
+///   provision
+///       │
+///       ▼
+///   searching ──▶ provisioning ──────────────────▶ active ◀──────────────────┐
+///       │             │                              │ primary failed,       │ standby
+///       └──▶ error ◀──┘                              │ or a test             │ ready
+///                                                    ▼                       │
+///   degraded ──── primary failed ───────────────▶ failover ── promoted ──▶ recovering
+///    ▲  ▲  │                                       │   │                     │   │
+///    │  │  └─ retry timer ─▶ recovering            │   └─ gave up ─▶ error   │   └─ primary failed
+///    │  └──────────── no free GPU ─────────────────┘                         │      ─▶ failover
+///    └──────────────── no free GPU, or the new standby failed ───────────────┘
+///
+///   A primary failing while provisioning makes the first standby starts a failover too.
+///   cleanup, from any state: destroy the instances, then the volume ─▶ removed.
+///   disable / enable: a flag. A disabled pool ignores failures and reports `disabled` at rest.
 /// ```
 ///
 /// A failover, step by step (PoolState `failover` until promoted):
@@ -201,10 +205,12 @@ public struct PoolMachine: Sendable, Codable {
     public mutating func livenessFailed(instance: InstanceID, epoch: UInt64?, now: Instant) -> [EngineAction] {
         guard enabled, instance == primary, (epoch ?? self.epoch) >= self.epoch else { return [] }
         switch state {
-        case .active, .recovering, .degraded:
+        case .active, .recovering, .degraded, .provisioning(.standby):
+            // A primary that dies while its standby is being made is failed over too: the
+            // detector reports a failure once, so ignoring it would leave a dead primary "active".
             return beginFailover(.failure, now: now)
         case .provisioning, .failover, .error, .cleaningUp, .removed:
-            // Provisioning watches its primary itself; the others have no primary to save.
+            // Early provisioning polls its primary itself; the others have no primary to save.
             return []
         }
     }
@@ -596,7 +602,12 @@ public struct PoolMachine: Sendable, Codable {
         var failover = Failover(
             number: failoversStarted, reason: reason, oldPrimary: oldPrimary, startedAt: now,
             leaseExpiredBy: leaseExpiry(revokedAt: now))
-        if case .recovering(.create(let unfinished)) = state { failover.unfinishedStandby = unfinished }
+        switch state {
+        case .recovering(.create(let unfinished)), .provisioning(.standby(.create(let unfinished))):
+            failover.unfinishedStandby = unfinished
+        default:
+            break
+        }
         run = TimelineRun(failover: failover.number, startedAt: now, lastAt: now)
         var actions: [EngineAction] = [.revokeLease(oldPrimary)]
         switch reason {

@@ -131,3 +131,33 @@ import WarmpoolEngine
         #expect(harness.snapshot.primaryInstanceID == harness.provider.liveInstances.first { $0.label == label }?.id)
     }
 }
+
+@Suite struct ProvisioningFailureTests {
+    @Test func aPrimaryDyingWhileTheFirstStandbyIsMadeIsFailedOver() {
+        var harness = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42),
+                              provider: FakeProvider(host: 42, freeGPUs: 4))
+        while !harness.steps.contains(.standbyProvisioning) { harness.step() }
+        let primary = harness.snapshot.primaryInstanceID!
+        // The standby's create is in flight; the answer is lost as the failure takes over.
+        harness.inbox = []
+        let standbyLabel = harness.provider.liveInstances.last!.label
+        #expect(standbyLabel == "wp-7-standby-e1-a2")
+        harness.failPrimary(epoch: 1)
+        #expect(harness.snapshot.state == .failover)
+        harness.settle()
+        #expect(harness.snapshot.state == .active)
+        #expect(harness.snapshot.epoch == 2)
+        #expect(harness.provider.instances[primary]!.destroyed)
+        #expect(harness.provider.creations[standbyLabel] == 1, "the half-made standby was adopted, not made twice")
+        #expect(harness.provider.liveInstances.first { $0.label == standbyLabel }?.id == harness.snapshot.primaryInstanceID)
+    }
+
+    @Test func aPrimaryDyingBeforeItRunsIsLeftToProvisioning() {
+        var harness = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42),
+                              provider: FakeProvider(host: 42, freeGPUs: 4))
+        while !harness.steps.contains(.primaryCreated) { harness.step() }
+        let before = harness.snapshot
+        #expect(harness.machine.livenessFailed(instance: before.primaryInstanceID!, epoch: nil, now: harness.now).isEmpty)
+        #expect(harness.snapshot == before)
+    }
+}
