@@ -9,40 +9,24 @@ public typealias VolumeID = Int
 /// A provider offer (ask) id: what an instance is created from.
 public typealias OfferID = Int
 
+// Both ids are RawRepresentable over UInt64, so the standard library codes them as a bare number.
+
 /// Names one command the engine sent out and awaits an answer to.
 ///
 /// Fresh for every command, re-issues and resumes included, and never reused (the counter is part
 /// of the saved state). An answer that names any other operation is stale and is ignored.
-public struct OperationID: Hashable, Sendable, Codable, CustomStringConvertible {
+public struct OperationID: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible {
     public let rawValue: UInt64
     public init(rawValue: UInt64) { self.rawValue = rawValue }
     public var description: String { "op\(rawValue)" }
-
-    public init(from decoder: any Decoder) throws {
-        rawValue = try decoder.singleValueContainer().decode(UInt64.self)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(rawValue)
-    }
 }
 
 /// Names one timer the engine asked the shell to run. A firing that names a timer the engine no
 /// longer waits for (cancelled, superseded, or from before a restart) is ignored.
-public struct TimerID: Hashable, Sendable, Codable, CustomStringConvertible {
+public struct TimerID: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible {
     public let rawValue: UInt64
     public init(rawValue: UInt64) { self.rawValue = rawValue }
     public var description: String { "timer\(rawValue)" }
-
-    public init(from decoder: any Decoder) throws {
-        rawValue = try decoder.singleValueContainer().decode(UInt64.self)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(rawValue)
-    }
 }
 
 /// Where to reach an instance's sshd.

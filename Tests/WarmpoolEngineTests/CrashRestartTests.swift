@@ -115,4 +115,11 @@ import WarmpoolEngine
         #expect(try encoder.encode(decoded) == json)
         #expect(decoded.snapshot == harness.snapshot)
     }
+
+    @Test func idsAndInstantsAreBareNumbersInTheSavedJSON() throws {
+        let encoder = JSONEncoder()
+        #expect(String(decoding: try encoder.encode(OperationID(rawValue: 5)), as: UTF8.self) == "5")
+        #expect(String(decoding: try encoder.encode(TimerID(rawValue: 6)), as: UTF8.self) == "6")
+        #expect(String(decoding: try encoder.encode(Instant(nanosecondsSinceEpoch: 7)), as: UTF8.self) == "7")
+    }
 }
