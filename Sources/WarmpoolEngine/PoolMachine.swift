@@ -578,10 +578,7 @@ public struct PoolMachine: Sendable, Codable {
                                       reason: "no free GPU left on host \(request.hostMachineID)", now: now)
             }
             guard let volume else { return stepFailed("the pool has no volume", now: now) }
-            failover.triedOffers.append(offer.id)
-            failover.replacementsCreated += 1
-            let create = makeRequest(.primary, offer: offer, volume: volume)
-            return enter(.failover(failover, .createReplacement(create)), deadline: now + settings.createTimeout, now: now)
+            return createReplacement(failover, makeRequest(.primary, offer: offer, volume: volume), now: now)
 
         case (.createReplacement, .instance(let instance?)):
             standby = instance.id
@@ -640,11 +637,16 @@ public struct PoolMachine: Sendable, Codable {
         }
         if let unfinished = failover.unfinishedStandby {
             failover.unfinishedStandby = nil
-            failover.triedOffers.append(unfinished.offer.id)
-            failover.replacementsCreated += 1
-            return actions + enter(.failover(failover, .createReplacement(unfinished)), deadline: now + settings.createTimeout, now: now)
+            return actions + createReplacement(failover, unfinished, now: now)
         }
         return actions + enter(.failover(failover, .findReplacement), deadline: now + settings.commandTimeout, now: now)
+    }
+
+    private mutating func createReplacement(_ failover: Failover, _ create: InstanceRequest, now: Instant) -> [EngineAction] {
+        var failover = failover
+        failover.triedOffers.append(create.offer.id)
+        failover.replacementsCreated += 1
+        return enter(.failover(failover, .createReplacement(create)), deadline: now + settings.createTimeout, now: now)
     }
 
     private mutating func announceStandbyStarting(_ failover: inout Failover, detail: String, now: Instant) -> [EngineAction] {
