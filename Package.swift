@@ -185,5 +185,10 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+
+        // Failover engine (pure): the per-pool state machine, no I/O, no clock, no dependencies.
+        .target(name: "WarmpoolEngine"),
+        .testTarget(name: "WarmpoolEngineTests", dependencies: ["WarmpoolEngine"]),
+        // End of failover engine.
     ]
 )

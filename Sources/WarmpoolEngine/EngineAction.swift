@@ -1,0 +1,123 @@
+/// What the shell must do for the engine. The shell saves the machine's new state first (with the
+/// `timeline` and `notify` records, in one transaction), then carries the actions out in order.
+///
+/// Every provider command is idempotent, so that `PoolMachine.resume(now:)` may send it again
+/// after a crash; each one carrying an `OperationID` is answered with
+/// `PoolMachine.providerResult(_:_:now:)` (or `verificationResult` for `verify`).
+public enum EngineAction: Hashable, Sendable, Codable {
+    /// Free single-GPU offers on `hostMachineID`, matching `gpuNames` (any if empty), best first.
+    /// Answer: `.offers`.
+    case findFreeOffers(OperationID, hostMachineID: MachineID, gpuNames: [String])
+    /// Make sure a volume named `name` exists on the host: look it up by name and adopt it, or
+    /// create it. Answer: `.volume`.
+    case ensureVolume(OperationID, name: String, hostMachineID: MachineID, sizeGB: Int)
+    /// Make sure an instance labelled `request.label` exists: look the label up in the instance
+    /// list and adopt it, or create it from the offer. Never creates a second one. Answer: `.instance`.
+    case ensureInstance(OperationID, InstanceRequest)
+    /// Answer: `.accepted` (also when it already runs).
+    case startInstance(OperationID, InstanceID)
+    /// Answer: `.accepted` (also when it is already stopped or gone).
+    case stopInstance(OperationID, InstanceID)
+    /// Show one instance. Answer: `.instance` (`nil` when the provider has no such instance).
+    case pollInstance(OperationID, InstanceID)
+    /// Answer: `.accepted` (also when it is already gone).
+    case destroyInstance(OperationID, InstanceID)
+    /// Answer: `.accepted` (also when it is already gone).
+    case deleteVolume(OperationID, VolumeID)
+    /// Over libssh2: SSH answers with the pinned host key, and `volume` is mounted at the mount
+    /// path, is the expected volume, and is writable. Answer: `verificationResult`.
+    case verify(OperationID, instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID)
+
+    /// Call `timerFired(id, now:)` at `at` (at once if it has passed). Replaces nothing: ids are unique.
+    case scheduleTimer(TimerID, at: Instant)
+    case cancelTimer(TimerID)
+
+    /// Send this instance's agent no further LeaseGrant: it fences itself when its lease runs out.
+    /// Must take effect before the shell sends any other grant.
+    case revokeLease(InstanceID)
+    /// This instance's agent may hold a lease again, at `epoch` (the tracker's `restoreLease`).
+    case grantLease(InstanceID, epoch: UInt64)
+
+    /// Deliver once per `id`: a redelivery after a restart carries the same id.
+    case notify(EngineNotification)
+    /// Persist with the state, in the same transaction.
+    case timeline(TimelineEntry)
+}
+
+/// An instance the engine wants to exist.
+public struct InstanceRequest: Hashable, Sendable, Codable {
+    public enum Role: String, Hashable, Sendable, Codable { case primary, standby }
+
+    /// Deterministic and unique per pool: `wp-<pool>-<role>-e<epoch>-a<n>`. The shell finds an
+    /// instance made by an earlier, interrupted attempt by this label.
+    public var label: String
+    public var offer: GPUOffer
+    public var role: Role
+    public var volume: VolumeID
+    public var image: String
+    public var diskGB: Int
+
+    public init(label: String, offer: GPUOffer, role: Role, volume: VolumeID, image: String, diskGB: Int) {
+        self.label = label
+        self.offer = offer
+        self.role = role
+        self.volume = volume
+        self.image = image
+        self.diskGB = diskGB
+    }
+}
+
+/// One step of a failover (or of provisioning) as it happened.
+public struct TimelineEntry: Hashable, Sendable, Codable {
+    public enum Step: String, Hashable, Sendable, Codable, CaseIterable {
+        case provisioning, volumeReady = "volume_ready", primaryCreated = "primary_created"
+        case primaryRunning = "primary_running"
+        case detected, fencing, fenced
+        case epochIncreased = "epoch_increased"
+        case standbyStarting = "standby_starting", standbyRunning = "standby_running"
+        case sshReady = "ssh_ready", volumeVerified = "volume_verified"
+        case standbyAbandoned = "standby_abandoned"
+        case promoted
+        case standbyProvisioning = "standby_provisioning", standbyReady = "standby_ready"
+        case degraded, failed, cleanup, removed
+    }
+
+    public var pool: PoolID
+    /// The failover this step belongs to (1, 2, …), or nil outside one (provisioning, a standby
+    /// lost while active, cleanup).
+    public var failover: Int?
+    public var step: Step
+    public var at: Instant
+    public var sincePrevious: Duration
+    /// Since the failure was detected (or the test failover began): nil outside a failover.
+    public var sinceDetection: Duration?
+    public var detail: String?
+}
+
+/// A message for people, sent through the shell's notifier.
+public struct EngineNotification: Hashable, Sendable, Codable {
+    public enum Kind: String, Hashable, Sendable, Codable, CaseIterable {
+        case failureDetected = "failure_detected"
+        case standbyStarting = "standby_starting"
+        case failoverComplete = "failover_complete"
+        case standbyProvisioned = "standby_provisioned"
+        case failoverFailed = "failover_failed"
+        case poolDegraded = "pool_degraded"
+    }
+
+    /// `wp-<pool>-<kind>-<n>`, where n is the failover number for the failover kinds and a count
+    /// of that kind otherwise: the same event always gets the same id.
+    public var id: String
+    public var kind: Kind
+    public var pool: PoolID
+    public var failover: Int?
+    public var at: Instant
+    public var message: String
+}
+
+/// An event the machine refuses in its present state; nothing changed.
+public struct EngineViolation: Error, Hashable, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

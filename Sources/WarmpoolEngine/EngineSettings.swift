@@ -1,0 +1,91 @@
+/// Deadlines, retry budgets and the lease length the engine works with.
+///
+/// A step that is not finished by its deadline fails, and so does a command whose retryable
+/// provider errors use up `retryLimit` attempts. What a failed step leads to depends on the step
+/// (see `PoolMachine`). The settings are saved with the pool, so a failover resumed after a
+/// restart runs under the limits it started with.
+public struct EngineSettings: Hashable, Sendable, Codable {
+    /// The agents' lease (PROTOCOL.md §7, `lease_ms`). A primary whose lease was revoked at `t` has
+    /// fenced itself by `t + leaseDuration`.
+    public var leaseDuration: Duration
+    /// Added to the lease before the engine counts on it having run out: covers the shell carrying
+    /// out the revocation a little after the engine asked, and clock drift.
+    public var leaseSafetyMargin: Duration
+    /// Stopping the old primary and seeing the provider report it stopped.
+    public var fenceTimeout: Duration
+    /// Starting the stopped standby until the provider reports it running.
+    public var standbyStartTimeout: Duration
+    /// Creating an instance (or volume) until it exists, and for a replacement standby until it runs:
+    /// includes pulling the image.
+    public var createTimeout: Duration
+    /// Stopping a freshly made standby until the provider reports it stopped.
+    public var standbyStopTimeout: Duration
+    /// SSH answering and the volume verified on the instance about to be promoted.
+    public var verifyTimeout: Duration
+    /// A single provider command that is not a create: search, destroy, delete.
+    public var commandTimeout: Duration
+    /// Between two looks at an instance's status, and between two SSH attempts.
+    public var pollInterval: Duration
+    /// Before re-sending a command that failed with a retryable error.
+    public var retryDelay: Duration
+    /// Attempts per command, the first included, when errors are retryable.
+    public var retryLimit: Int
+    /// Replacement instances one failover may create after the standby failed to come up.
+    public var replacementLimit: Int
+    /// How often a degraded pool with a primary looks again for a free GPU for a standby.
+    public var degradedRetryInterval: Duration
+
+    public init(
+        leaseDuration: Duration = .seconds(2),
+        leaseSafetyMargin: Duration = .seconds(1),
+        fenceTimeout: Duration = .seconds(30),
+        standbyStartTimeout: Duration = .seconds(120),
+        createTimeout: Duration = .seconds(600),
+        standbyStopTimeout: Duration = .seconds(120),
+        verifyTimeout: Duration = .seconds(60),
+        commandTimeout: Duration = .seconds(30),
+        pollInterval: Duration = .seconds(1),
+        retryDelay: Duration = .seconds(2),
+        retryLimit: Int = 3,
+        replacementLimit: Int = 3,
+        degradedRetryInterval: Duration = .seconds(300)
+    ) {
+        self.leaseDuration = leaseDuration
+        self.leaseSafetyMargin = leaseSafetyMargin
+        self.fenceTimeout = fenceTimeout
+        self.standbyStartTimeout = standbyStartTimeout
+        self.createTimeout = createTimeout
+        self.standbyStopTimeout = standbyStopTimeout
+        self.verifyTimeout = verifyTimeout
+        self.commandTimeout = commandTimeout
+        self.pollInterval = pollInterval
+        self.retryDelay = retryDelay
+        self.retryLimit = retryLimit
+        self.replacementLimit = replacementLimit
+        self.degradedRetryInterval = degradedRetryInterval
+    }
+}
+
+/// What POST /warmpool/provision asks for, kept for the pool's whole life: every later standby is
+/// made the same way on the same host.
+public struct ProvisionRequest: Hashable, Sendable, Codable {
+    public var poolID: PoolID
+    public var hostMachineID: MachineID
+    /// Acceptable GPU names, best first (e.g. `["RTX 4090"]`); empty means any.
+    public var gpuNames: [String]
+    public var image: String
+    public var diskGB: Int
+    public var volumeGB: Int
+
+    public init(
+        poolID: PoolID, hostMachineID: MachineID, gpuNames: [String] = [],
+        image: String = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", diskGB: Int = 50, volumeGB: Int = 100
+    ) {
+        self.poolID = poolID
+        self.hostMachineID = hostMachineID
+        self.gpuNames = gpuNames
+        self.image = image
+        self.diskGB = diskGB
+        self.volumeGB = volumeGB
+    }
+}

@@ -1,0 +1,945 @@
+/// The failover engine for one warm pool. Pure: the caller passes the time in, carries out the
+/// actions it returns, and answers the commands among them with `providerResult` or
+/// `verificationResult`. No I/O, clock or timer lives in here.
+///
+/// ```
+///   provision
+///       │
+///       ▼
+///   searching ──▶ provisioning ──────────────────▶ active ◀──────────────────┐
+///       │             │                              │ primary failed,       │ standby
+///       └──▶ error ◀──┘                              │ or a test             │ ready
+///                                                    ▼                       │
+///   degraded ──── primary failed ───────────────▶ failover ── promoted ──▶ recovering
+///    ▲  ▲  │                                       │   │                     │   │
+///    │  │  └─ retry timer ─▶ recovering            │   └─ gave up ─▶ error   │   └─ primary failed
+///    │  └──────────── no free GPU ─────────────────┘                         │      ─▶ failover
+///    └──────────────── no free GPU, or the new standby failed ───────────────┘
+///
+///   A primary failing while provisioning makes the first standby starts a failover too.
+///   cleanup, from any state: destroy the instances, then the volume ─▶ removed.
+///   disable / enable: a flag. A disabled pool ignores failures and reports `disabled` at rest.
+/// ```
+///
+/// A failover, step by step (PoolState `failover` until promoted):
+/// 1. detected: the current primary failed (liveness). Revoke its lease.
+/// 2. fencing: stop it through the provider, poll until it shows stopped. If that cannot be
+///    confirmed by `fenceTimeout`, wait until its lease has certainly run out (the agent fences
+///    itself), then go on.
+/// 3. epoch_increased.
+/// 4. standby_starting → standby_running: start the standby, poll until running.
+/// 5. ssh_ready, volume_verified: the shell verifies it over SSH.
+/// 6. promoted: it becomes the primary and is granted a lease at the new epoch.
+/// 7. recovering: a new stopped standby on the same host (find an offer, create, wait until it
+///    exists, stop, poll until stopped) → active.
+/// A standby that does not start or verify is destroyed and a new instance on the next free GPU of
+/// the host takes its place (at most `replacementLimit` of them). No free GPU left: degraded.
+///
+/// Durability: the shell saves this value (Codable) before it carries out the actions returned
+/// with it. After a crash, `resume(now:)` sends the in-flight step's command again under a fresh
+/// operation id; every command is idempotent (creates are "ensure a named thing exists"), so a
+/// restart at any point neither repeats a side effect nor loses one.
+public struct PoolMachine: Sendable, Codable {
+    /// Where the pool is in its life. Each case with a step has exactly one command or one wait
+    /// in flight (see `Progress`).
+    private enum State: Hashable, Sendable, Codable {
+        /// Making a new pool (POST /provision).
+        case provisioning(ProvisioningStep)
+        /// At rest: primary running, standby stopped. Nothing in flight.
+        case active
+        /// Replacing the primary (failure or test).
+        case failover(Failover, FailoverStep)
+        /// Making a new stopped standby beside the primary, after a failover or a lost standby.
+        case recovering(StandbyStep)
+        /// At rest without a standby: none could be made, or a failover found no GPU (then there
+        /// is no primary either). With a primary, a new standby is tried every `degradedRetryInterval`.
+        case degraded(reason: String)
+        /// At rest after a failure the engine cannot repair itself; cleanup is the way out.
+        case error(message: String)
+        /// Destroying `remaining` one by one, then deleting the volume.
+        case cleaningUp(remaining: [InstanceID])
+        /// Cleanup finished: nothing left at the provider.
+        case removed
+    }
+
+    private enum ProvisioningStep: Hashable, Sendable, Codable {
+        /// Two free GPUs on the host, one for each role (PoolState `searching`).
+        case findOffers
+        case ensureVolume(primary: GPUOffer, standby: GPUOffer)
+        case createPrimary(InstanceRequest, standby: GPUOffer)
+        case awaitPrimaryRunning(InstanceID, standby: GPUOffer)
+        /// Then the standby, exactly as `recovering` makes one.
+        case standby(StandbyStep)
+    }
+
+    /// Making a stopped standby next to the primary.
+    private enum StandbyStep: Hashable, Sendable, Codable {
+        case findOffer
+        case create(InstanceRequest)
+        /// Until the provider reports any status: only an instance that exists can be stopped.
+        case awaitExists(InstanceID)
+        case stop(InstanceID)
+        case awaitStopped(InstanceID)
+    }
+
+    private enum FailoverStep: Hashable, Sendable, Codable {
+        case stopPrimary
+        case awaitPrimaryStopped
+        /// The provider could not confirm the stop: wait for `Failover.leaseExpiredBy`.
+        case awaitLeaseExpiry
+        case startStandby(InstanceID)
+        case awaitStandbyRunning(InstanceID)
+        /// The standby gave way: a free GPU on the host for a replacement.
+        case findReplacement
+        case createReplacement(InstanceRequest)
+        case verify(InstanceID, ssh: SSHEndpoint?, volume: VolumeID)
+
+        /// Before the old primary is known to be unable to write.
+        var isFencing: Bool {
+            switch self {
+            case .stopPrimary, .awaitPrimaryStopped, .awaitLeaseExpiry: true
+            default: false
+            }
+        }
+    }
+
+    private enum FailoverReason: Hashable, Sendable, Codable {
+        case failure
+        case test
+    }
+
+    private struct Failover: Hashable, Sendable, Codable {
+        var number: Int
+        var reason: FailoverReason
+        var oldPrimary: InstanceID
+        var startedAt: Instant
+        /// By then the old primary's agent has fenced itself: its lease was revoked (no grant sent
+        /// since) and has run out. Pushed later when a restart revokes it again.
+        var leaseExpiredBy: Instant
+        var triedOffers: [OfferID] = []
+        var replacementsCreated = 0
+        var announcedStandbyStarting = false
+        /// A standby create that a failure interrupted (while recovering): adopted by label as the
+        /// first replacement, so the instance it may already have made is not left behind.
+        var unfinishedStandby: InstanceRequest?
+    }
+
+    /// The in-flight step's bookkeeping, reset whenever the state changes.
+    private struct Progress: Hashable, Sendable, Codable {
+        /// The command whose answer the step waits for; nil while it waits for `wakeTimer`.
+        var operation: OperationID?
+        var failures = 0
+        var lastError: String?
+        var deadline: Instant?
+        var deadlineTimer: TimerID?
+        /// Next poll, retry, lease expiry, or degraded retry.
+        var wakeTimer: TimerID?
+    }
+
+    /// An instance the pool no longer uses, being destroyed beside the main sequence.
+    private struct Retirement: Hashable, Sendable, Codable {
+        var instance: InstanceID
+        /// nil after a failed destroy: sent again at the next `resume`.
+        var operation: OperationID?
+    }
+
+    /// The timeline being written: one failover (and the recovery after it), a provisioning, ….
+    private struct TimelineRun: Hashable, Sendable, Codable {
+        var failover: Int?
+        var startedAt: Instant
+        var lastAt: Instant
+    }
+
+    public private(set) var settings: EngineSettings
+    public private(set) var request: ProvisionRequest
+    private var state: State
+    private var progress = Progress()
+    private var enabled = true
+    private var volume: VolumeID?
+    private var primary: InstanceID?
+    private var primarySSH: SSHEndpoint?
+    private var standby: InstanceID?
+    private var standbySSH: SSHEndpoint?
+    private var standbyState = StandbyState.none
+    private var epoch: UInt64 = 1
+    private var retiring: [Retirement] = []
+    private var run: TimelineRun?
+    private var failoversStarted = 0
+    private var failoverCount = 0
+    private var lastFailoverAt: Instant?
+    private var lastRecoveryDuration: Duration?
+    /// Numbers the labels of created instances, so that each label is used once.
+    private var instancesCreated = 0
+    private var standbysProvisioned = 0
+    private var degradations = 0
+    /// Set when pool_degraded went out; a failed retry from degraded does not repeat it.
+    private var degradedAnnounced = false
+    /// Source of operation and timer ids.
+    private var nextID: UInt64 = 1
+
+    private init(request: ProvisionRequest, settings: EngineSettings) {
+        self.request = request
+        self.settings = settings
+        self.state = .provisioning(.findOffers)
+    }
+
+    private var poolID: PoolID { request.poolID }
+
+    // MARK: - Events
+
+    /// POST /warmpool/provision: a new pool, searching its host for two free GPUs.
+    public static func provision(
+        _ request: ProvisionRequest, settings: EngineSettings = EngineSettings(), now: Instant
+    ) -> (machine: PoolMachine, actions: [EngineAction]) {
+        var machine = PoolMachine(request: request, settings: settings)
+        machine.run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
+        var actions = [machine.record(.provisioning, now: now, detail: "host \(request.hostMachineID)")]
+        actions += machine.enter(.provisioning(.findOffers), deadline: now + settings.commandTimeout, now: now)
+        return (machine, actions)
+    }
+
+    /// The failure detector failed an agent. Only the current primary matters: a stopped
+    /// standby's agent is silent by design, and a failover already under way ignores repeats.
+    /// `epoch` is the epoch that agent was last granted (nil if unknown); an older one than the
+    /// pool's is a report about a primary that has since been replaced.
+    public mutating func livenessFailed(instance: InstanceID, epoch: UInt64?, now: Instant) -> [EngineAction] {
+        guard enabled, instance == primary, (epoch ?? self.epoch) >= self.epoch else { return [] }
+        switch state {
+        case .active, .recovering, .degraded, .provisioning(.standby):
+            // A primary that dies while its standby is being made is failed over too: the
+            // detector reports a failure once, so ignoring it would leave a dead primary "active".
+            return beginFailover(.failure, now: now)
+        case .provisioning, .failover, .error, .cleaningUp, .removed:
+            // Early provisioning polls its primary itself; the others have no primary to save.
+            return []
+        }
+    }
+
+    /// The shell learnt that the standby instance is gone or broken (the provider lists it
+    /// missing or offline). Only a new standby is made; the primary is not touched.
+    public mutating func standbyLost(instance: InstanceID, reason: String, now: Instant) -> [EngineAction] {
+        guard instance == standby else { return [] }
+        switch state {
+        case .active:
+            run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
+            return dropStandby(reason: reason, now: now) + beginRecovering(now: now)
+        case .recovering:
+            return dropStandby(reason: reason, now: now) + enter(.recovering(.findOffer), deadline: now + settings.commandTimeout, now: now)
+        case .provisioning(.standby):
+            return dropStandby(reason: reason, now: now)
+                + enter(.provisioning(.standby(.findOffer)), deadline: now + settings.commandTimeout, now: now)
+        case .failover(_, let step) where step.isFencing:
+            // Not started yet: the failover will look for a replacement once fenced.
+            return dropStandby(reason: reason, now: now)
+        case .failover(let failover, _):
+            return giveWay(failover, reason: "standby lost: \(reason)", now: now)
+        case .provisioning, .degraded, .error, .cleaningUp, .removed:
+            return []
+        }
+    }
+
+    /// The answer to a provider command. Answers to anything but the command in flight (or a
+    /// pending destroy) are stale and ignored.
+    public mutating func providerResult(_ operation: OperationID, _ outcome: ProviderOutcome, now: Instant) -> [EngineAction] {
+        if let index = retiring.firstIndex(where: { $0.operation == operation }) {
+            if case .success(.accepted) = outcome {
+                retiring.remove(at: index)
+            } else {
+                retiring[index].operation = nil
+            }
+            return []
+        }
+        guard operation == progress.operation else { return [] }
+        progress.operation = nil
+        switch outcome {
+        case .failure(let message, let retryable):
+            return failedAttempt(message, retryable: retryable, now: now)
+        case .success(let data):
+            return advance(with: data, now: now)
+        }
+    }
+
+    /// The answer to `EngineAction.verify`.
+    public mutating func verificationResult(
+        _ operation: OperationID, _ outcome: VerificationOutcome, now: Instant
+    ) -> [EngineAction] {
+        guard operation == progress.operation, case .failover(let failover, .verify(let candidate, let ssh, _)) = state else {
+            return []
+        }
+        progress.operation = nil
+        switch outcome {
+        case .passed(let sshReadyAt):
+            let lastAt = run?.lastAt ?? sshReadyAt
+            let sshAt = min(max(sshReadyAt, lastAt), now)
+            return [record(.sshReady, now: sshAt), record(.volumeVerified, now: now)]
+                + promote(failover, candidate: candidate, ssh: ssh, now: now)
+        case .notReady(let message):
+            progress.lastError = message
+            return wake(at: now + settings.pollInterval)
+        case .failed(let message):
+            return stepFailed("verification failed: \(message)", now: now)
+        }
+    }
+
+    public mutating func timerFired(_ timer: TimerID, now: Instant) -> [EngineAction] {
+        if timer == progress.deadlineTimer {
+            progress.deadlineTimer = nil
+            let lastError = progress.lastError.map { " (last error: \($0))" } ?? ""
+            return stepFailed("\(stepName) did not finish by its deadline\(lastError)", now: now)
+        }
+        guard timer == progress.wakeTimer else { return [] }
+        progress.wakeTimer = nil
+        switch state {
+        case .failover(let failover, .awaitLeaseExpiry):
+            return fenced(failover, how: "lease certainly expired, stop not confirmed", now: now)
+        case .degraded:
+            run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
+            return beginRecovering(now: now)
+        default:
+            return issue(now: now)
+        }
+    }
+
+    /// After a restart, with the saved state: the shell's timers and the detector's lease table
+    /// are gone, and any command in flight may or may not have been carried out. Sends the lease
+    /// posture again, re-arms the deadline, and sends the in-flight command again under a fresh
+    /// operation id (its late answers, if any, are then stale).
+    public mutating func resume(now: Instant) -> [EngineAction] {
+        var actions: [EngineAction] = []
+        switch state {
+        case .failover(var failover, let step):
+            actions.append(.revokeLease(failover.oldPrimary))
+            if step.isFencing {
+                // Revoked again only now: a grant may have gone out since the restart.
+                failover.leaseExpiredBy = max(failover.leaseExpiredBy, leaseExpiry(revokedAt: now))
+                state = .failover(failover, step)
+            }
+        case .cleaningUp, .removed:
+            break
+        default:
+            if let primary { actions.append(.grantLease(primary, epoch: epoch)) }
+        }
+        progress.operation = nil
+        progress.wakeTimer = nil
+        if let deadline = progress.deadline {
+            let timer = newTimer()
+            progress.deadlineTimer = timer
+            actions.append(.scheduleTimer(timer, at: deadline))
+        }
+        actions += issue(now: now)
+        for index in retiring.indices {
+            let operation = newOperation()
+            retiring[index].operation = operation
+            actions.append(.destroyInstance(operation, retiring[index].instance))
+        }
+        return actions
+    }
+
+    /// POST /warmpool/enable: failures of the primary are acted on again.
+    public mutating func enable(now: Instant) throws(EngineViolation) -> [EngineAction] {
+        try requireNotRemoved()
+        enabled = true
+        return []
+    }
+
+    /// POST /warmpool/disable: failures are ignored from now on. A failover already under way
+    /// finishes, because stopping it halfway would leave no primary.
+    public mutating func disable(now: Instant) throws(EngineViolation) -> [EngineAction] {
+        try requireNotRemoved()
+        enabled = false
+        return []
+    }
+
+    /// POST /warmpool/failover/test: a real failover of a healthy primary.
+    public mutating func testFailover(now: Instant) throws(EngineViolation) -> [EngineAction] {
+        guard enabled else { throw EngineViolation("pool \(poolID) is disabled") }
+        guard case .active = state else {
+            throw EngineViolation("a test failover needs an active pool; pool \(poolID) is \(snapshot.state.rawValue)")
+        }
+        return beginFailover(.test, now: now)
+    }
+
+    /// DELETE /warmpool/cleanup: destroy every instance of the pool, then its volume. Allowed in
+    /// any state (a failover in progress is abandoned); again after a cleanup that failed.
+    public mutating func cleanup(now: Instant) throws(EngineViolation) -> [EngineAction] {
+        switch state {
+        case .removed: throw EngineViolation("pool \(poolID) is already removed")
+        case .cleaningUp: throw EngineViolation("pool \(poolID) is already being cleaned up")
+        default: break
+        }
+        var doomed: [InstanceID] = []
+        if case .failover(let failover, _) = state { doomed.append(failover.oldPrimary) }
+        for instance in [primary, standby].compactMap({ $0 }) + retiring.map(\.instance) where !doomed.contains(instance) {
+            doomed.append(instance)
+        }
+        var actions = primary.map { [EngineAction.revokeLease($0)] } ?? []
+        // Primary and standby stay recorded until their destroy is accepted: a cleanup that
+        // fails must not forget what is left.
+        retiring = []
+        run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
+        actions.append(record(.cleanup, now: now, detail: "destroying \(doomed.map(String.init)), volume \(volume.map(String.init) ?? "none")"))
+        return actions + continueCleanup(remaining: doomed, now: now)
+    }
+
+    // MARK: - Reading
+
+    public var snapshot: PoolSnapshot {
+        PoolSnapshot(
+            poolID: poolID, state: poolState, enabled: enabled, hostMachineID: request.hostMachineID,
+            volumeID: volume, primaryInstanceID: primary, standbyInstanceID: standby, standbyState: standbyState,
+            primarySSH: primarySSH, failoverCount: failoverCount, lastFailoverAt: lastFailoverAt,
+            lastRecoveryDuration: lastRecoveryDuration, errorMessage: errorMessage, epoch: epoch,
+            currentFailover: currentFailover, removed: state == .removed)
+    }
+
+    private var poolState: PoolState {
+        switch state {
+        case .provisioning(.findOffers): .searching
+        case .provisioning: .provisioning
+        case .active: enabled ? .active : .disabled
+        case .failover: .failover
+        case .recovering: .recovering
+        case .degraded: enabled ? .degraded : .disabled
+        case .error: .error
+        case .cleaningUp, .removed: .disabled
+        }
+    }
+
+    private var errorMessage: String? {
+        switch state {
+        case .error(let message): message
+        case .degraded(let reason): reason
+        default: nil
+        }
+    }
+
+    private var currentFailover: Int? {
+        if case .failover(let failover, _) = state { return failover.number }
+        return nil
+    }
+
+    /// For messages: what the pool is doing.
+    private var stepName: String {
+        switch state {
+        case .provisioning(.findOffers): "finding free GPUs"
+        case .provisioning(.ensureVolume): "creating the volume"
+        case .provisioning(.createPrimary): "creating the primary"
+        case .provisioning(.awaitPrimaryRunning): "starting the primary"
+        case .provisioning(.standby(let step)), .recovering(let step):
+            switch step {
+            case .findOffer: "finding a free GPU for the standby"
+            case .create, .awaitExists: "creating the standby"
+            case .stop, .awaitStopped: "stopping the new standby"
+            }
+        case .failover(_, let step):
+            switch step {
+            case .stopPrimary, .awaitPrimaryStopped: "fencing the old primary"
+            case .awaitLeaseExpiry: "waiting for the old primary's lease"
+            case .startStandby, .awaitStandbyRunning: "starting the standby"
+            case .findReplacement: "finding a free GPU for a replacement"
+            case .createReplacement: "creating a replacement"
+            case .verify: "verifying SSH and the volume"
+            }
+        case .cleaningUp: "cleaning up"
+        case .active, .degraded, .error, .removed: "resting"
+        }
+    }
+
+    // MARK: - Answers, step by step
+
+    private mutating func advance(with data: ProviderData, now: Instant) -> [EngineAction] {
+        switch (state, data) {
+        case (.provisioning(.findOffers), .offers(let offers)):
+            let usable = offers.filter { $0.machineID == request.hostMachineID }
+            guard usable.count >= 2 else {
+                return stepFailed(
+                    "host \(request.hostMachineID) has \(usable.count) free GPU(s); a warm pool needs 2", now: now)
+            }
+            return enter(.provisioning(.ensureVolume(primary: usable[0], standby: usable[1])),
+                         deadline: now + settings.createTimeout, now: now)
+
+        case (.provisioning(.ensureVolume(let primaryOffer, let standbyOffer)), .volume(let id)):
+            volume = id
+            let create = makeRequest(.primary, offer: primaryOffer, volume: id)
+            return [record(.volumeReady, now: now, detail: "volume \(id)")]
+                + enter(.provisioning(.createPrimary(create, standby: standbyOffer)), deadline: now + settings.createTimeout, now: now)
+
+        case (.provisioning(.createPrimary(_, let standbyOffer)), .instance(let instance?)):
+            primary = instance.id
+            return [record(.primaryCreated, now: now, detail: "instance \(instance.id)")]
+                + enter(.provisioning(.awaitPrimaryRunning(instance.id, standby: standbyOffer)), deadline: progress.deadline, now: now)
+
+        case (.provisioning(.awaitPrimaryRunning(let id, let standbyOffer)), .instance(let instance)):
+            guard let instance else { return stepFailed("primary instance \(id) disappeared", now: now) }
+            guard instance.status == .running else { return wake(at: now + settings.pollInterval) }
+            guard let volume else { return stepFailed("the pool has no volume", now: now) }
+            primarySSH = instance.ssh
+            let create = makeRequest(.standby, offer: standbyOffer, volume: volume)
+            return [record(.primaryRunning, now: now, detail: "instance \(id)"), .grantLease(id, epoch: epoch),
+                    record(.standbyProvisioning, now: now)]
+                + enter(.provisioning(.standby(.create(create))), deadline: now + settings.createTimeout, now: now)
+
+        case (.provisioning(.standby(let step)), _), (.recovering(let step), _):
+            return advanceStandby(step, with: data, now: now)
+
+        case (.failover(let failover, let step), _):
+            return advanceFailover(failover, step, with: data, now: now)
+
+        case (.cleaningUp(let remaining), .accepted):
+            if let destroyed = remaining.first {
+                if destroyed == primary { primary = nil; primarySSH = nil }
+                if destroyed == standby { clearStandby() }
+            } else {
+                volume = nil
+            }
+            return continueCleanup(remaining: Array(remaining.dropFirst()), now: now)
+
+        default:
+            return stepFailed("unexpected answer while \(stepName): \(data)", now: now)
+        }
+    }
+
+    private mutating func advanceStandby(_ step: StandbyStep, with data: ProviderData, now: Instant) -> [EngineAction] {
+        // The same steps serve a new pool and a recovery; only the surrounding state differs.
+        let inProvisioning = if case .provisioning = state { true } else { false }
+        func wrap(_ step: StandbyStep) -> State { inProvisioning ? .provisioning(.standby(step)) : .recovering(step) }
+
+        switch (step, data) {
+        case (.findOffer, .offers(let offers)):
+            guard let offer = offers.first(where: { $0.machineID == request.hostMachineID }) else {
+                return stepFailed("no free GPU left on host \(request.hostMachineID) for a standby", now: now)
+            }
+            guard let volume else { return stepFailed("the pool has no volume", now: now) }
+            return enter(wrap(.create(makeRequest(.standby, offer: offer, volume: volume))),
+                         deadline: now + settings.createTimeout, now: now)
+
+        case (.create, .instance(let instance?)):
+            standby = instance.id
+            standbyState = .running  // a new instance boots before it can be stopped
+            return enter(wrap(.awaitExists(instance.id)), deadline: progress.deadline, now: now)
+
+        case (.awaitExists(let id), .instance(let instance)):
+            guard let instance else { return stepFailed("standby instance \(id) disappeared", now: now) }
+            guard instance.status != nil else { return wake(at: now + settings.pollInterval) }
+            return enter(wrap(.stop(id)), deadline: now + settings.standbyStopTimeout, now: now)
+
+        case (.stop(let id), .accepted):
+            return enter(wrap(.awaitStopped(id)), deadline: progress.deadline, now: now)
+
+        case (.awaitStopped(let id), .instance(let instance)):
+            guard let instance else { return stepFailed("standby instance \(id) disappeared", now: now) }
+            guard instance.status?.provesStopped == true else { return wake(at: now + settings.pollInterval) }
+            standbyState = .stopped
+            degradedAnnounced = false
+            let actions = [
+                record(.standbyReady, now: now, detail: "instance \(id), stopped"),
+                notify(.standbyProvisioned, now: now, message: "pool \(poolID): standby instance \(id) is ready (stopped)"),
+            ]
+            run = nil
+            return actions + enter(.active, deadline: nil, now: now)
+
+        default:
+            return stepFailed("unexpected answer while \(stepName): \(data)", now: now)
+        }
+    }
+
+    private mutating func advanceFailover(
+        _ failover: Failover, _ step: FailoverStep, with data: ProviderData, now: Instant
+    ) -> [EngineAction] {
+        var failover = failover
+        switch (step, data) {
+        case (.stopPrimary, .accepted):
+            return enter(.failover(failover, .awaitPrimaryStopped), deadline: progress.deadline, now: now)
+
+        case (.awaitPrimaryStopped, .instance(.none)):
+            return fenced(failover, how: "instance \(failover.oldPrimary) is gone", now: now)
+        case (.awaitPrimaryStopped, .instance(let instance?)):
+            guard let status = instance.status, status.provesStopped else { return wake(at: now + settings.pollInterval) }
+            return fenced(failover, how: "provider reports instance \(instance.id) \(status.rawValue)", now: now)
+
+        case (.startStandby(let id), .accepted):
+            standbyState = .starting
+            return enter(.failover(failover, .awaitStandbyRunning(id)), deadline: progress.deadline, now: now)
+
+        case (.awaitStandbyRunning(let id), .instance(let instance)):
+            guard let instance else { return stepFailed("standby instance \(id) disappeared", now: now) }
+            guard instance.status == .running else { return wake(at: now + settings.pollInterval) }
+            guard let volume else { return stepFailed("the pool has no volume", now: now) }
+            standbyState = .running
+            standbySSH = instance.ssh
+            return [record(.standbyRunning, now: now, detail: "instance \(id)")]
+                + enter(.failover(failover, .verify(id, ssh: instance.ssh, volume: volume)),
+                        deadline: now + settings.verifyTimeout, now: now)
+
+        case (.findReplacement, .offers(let offers)):
+            let offer = offers.first { $0.machineID == request.hostMachineID && !failover.triedOffers.contains($0.id) }
+            guard let offer else {
+                return failoverFailed(failover, degraded: true,
+                                      reason: "no free GPU left on host \(request.hostMachineID)", now: now)
+            }
+            guard let volume else { return stepFailed("the pool has no volume", now: now) }
+            return createReplacement(failover, makeRequest(.primary, offer: offer, volume: volume), now: now)
+
+        case (.createReplacement, .instance(let instance?)):
+            standby = instance.id
+            standbyState = .starting
+            let actions = announceStandbyStarting(&failover, detail: "replacement instance \(instance.id)", now: now)
+            return actions + enter(.failover(failover, .awaitStandbyRunning(instance.id)), deadline: progress.deadline, now: now)
+
+        default:
+            return stepFailed("unexpected answer while \(stepName): \(data)", now: now)
+        }
+    }
+
+    // MARK: - Failover
+
+    private mutating func beginFailover(_ reason: FailoverReason, now: Instant) -> [EngineAction] {
+        guard let oldPrimary = primary else { return [] }
+        failoversStarted += 1
+        var failover = Failover(
+            number: failoversStarted, reason: reason, oldPrimary: oldPrimary, startedAt: now,
+            leaseExpiredBy: leaseExpiry(revokedAt: now))
+        switch state {
+        case .recovering(.create(let unfinished)), .provisioning(.standby(.create(let unfinished))):
+            failover.unfinishedStandby = unfinished
+        default:
+            break
+        }
+        run = TimelineRun(failover: failover.number, startedAt: now, lastAt: now)
+        var actions: [EngineAction] = [.revokeLease(oldPrimary)]
+        switch reason {
+        case .failure:
+            actions.append(record(.detected, now: now, detail: "primary instance \(oldPrimary) failed"))
+            actions.append(notify(.failureDetected, now: now, message: "pool \(poolID): primary instance \(oldPrimary) failed"))
+        case .test:
+            break  // Nothing failed: the sequence starts at fencing.
+        }
+        let test = reason == .test ? " (test)" : ""
+        actions.append(record(.fencing, now: now, detail: "stopping instance \(oldPrimary)\(test)"))
+        return actions + enter(.failover(failover, .stopPrimary), deadline: now + settings.fenceTimeout, now: now)
+    }
+
+    private func leaseExpiry(revokedAt: Instant) -> Instant {
+        revokedAt + settings.leaseDuration + settings.leaseSafetyMargin
+    }
+
+    /// The old primary cannot write any more: a new epoch, then bring up the standby.
+    private mutating func fenced(_ failover: Failover, how: String, now: Instant) -> [EngineAction] {
+        var failover = failover
+        epoch += 1
+        var actions = [
+            record(.fenced, now: now, detail: how),
+            record(.epochIncreased, now: now, detail: "epoch \(epoch - 1) -> \(epoch)"),
+        ]
+        if let standby {
+            actions += announceStandbyStarting(&failover, detail: "instance \(standby)", now: now)
+            return actions + enter(.failover(failover, .startStandby(standby)), deadline: now + settings.standbyStartTimeout, now: now)
+        }
+        if let unfinished = failover.unfinishedStandby {
+            failover.unfinishedStandby = nil
+            return actions + createReplacement(failover, unfinished, now: now)
+        }
+        return actions + enter(.failover(failover, .findReplacement), deadline: now + settings.commandTimeout, now: now)
+    }
+
+    private mutating func createReplacement(_ failover: Failover, _ create: InstanceRequest, now: Instant) -> [EngineAction] {
+        var failover = failover
+        failover.triedOffers.append(create.offer.id)
+        failover.replacementsCreated += 1
+        return enter(.failover(failover, .createReplacement(create)), deadline: now + settings.createTimeout, now: now)
+    }
+
+    private mutating func announceStandbyStarting(_ failover: inout Failover, detail: String, now: Instant) -> [EngineAction] {
+        var actions = [record(.standbyStarting, now: now, detail: detail)]
+        if !failover.announcedStandbyStarting {
+            failover.announcedStandbyStarting = true
+            actions.append(notify(.standbyStarting, now: now, message: "pool \(poolID): starting standby, \(detail)"))
+        }
+        return actions
+    }
+
+    private mutating func promote(
+        _ failover: Failover, candidate: InstanceID, ssh: SSHEndpoint?, now: Instant
+    ) -> [EngineAction] {
+        primary = candidate
+        primarySSH = ssh
+        clearStandby()
+        failoverCount += 1
+        lastFailoverAt = now
+        let took = now - failover.startedAt
+        lastRecoveryDuration = took
+        var actions = retire(failover.oldPrimary)
+        actions.append(.grantLease(candidate, epoch: epoch))
+        actions.append(record(.promoted, now: now, detail: "instance \(candidate) is primary at epoch \(epoch)"))
+        actions.append(notify(.failoverComplete, now: now,
+                              message: "pool \(poolID): instance \(candidate) is primary after \(took)"))
+        return actions + beginRecovering(now: now)
+    }
+
+    /// The standby did not come up: destroy it, try a replacement on the next free GPU.
+    private mutating func giveWay(_ failover: Failover, reason: String, now: Instant) -> [EngineAction] {
+        var actions = dropStandby(reason: reason, now: now)
+        guard failover.replacementsCreated < settings.replacementLimit else {
+            return actions + failoverFailed(failover, degraded: false,
+                                            reason: "\(failover.replacementsCreated) replacement(s) failed; last: \(reason)", now: now)
+        }
+        actions += enter(.failover(failover, .findReplacement), deadline: now + settings.commandTimeout, now: now)
+        return actions
+    }
+
+    /// No instance could take over. The old primary is fenced either way, so it goes too.
+    private mutating func failoverFailed(_ failover: Failover, degraded: Bool, reason: String, now: Instant) -> [EngineAction] {
+        var actions = retire(failover.oldPrimary)
+        primary = nil
+        primarySSH = nil
+        actions.append(record(degraded ? .degraded : .failed, now: now, detail: reason))
+        actions.append(notify(.failoverFailed, now: now, message: "pool \(poolID): failover \(failover.number) failed: \(reason)"))
+        run = nil
+        if degraded { return actions + becomeDegraded(reason, now: now, recordStep: false) }
+        return actions + enter(.error(message: "failover \(failover.number) failed: \(reason)"), deadline: nil, now: now)
+    }
+
+    // MARK: - Standby
+
+    private mutating func beginRecovering(now: Instant) -> [EngineAction] {
+        [record(.standbyProvisioning, now: now)]
+            + enter(.recovering(.findOffer), deadline: now + settings.commandTimeout, now: now)
+    }
+
+    private mutating func becomeDegraded(_ reason: String, now: Instant, recordStep: Bool = true) -> [EngineAction] {
+        var actions: [EngineAction] = []
+        if recordStep { actions.append(record(.degraded, now: now, detail: reason)) }
+        if !degradedAnnounced {
+            degradedAnnounced = true
+            actions.append(notify(.poolDegraded, now: now, message: "pool \(poolID) is degraded: \(reason)"))
+        }
+        run = nil
+        return actions + enter(.degraded(reason: reason), deadline: nil, now: now)
+    }
+
+    private mutating func dropStandby(reason: String, now: Instant) -> [EngineAction] {
+        var actions: [EngineAction] = []
+        if let standby {
+            actions += retire(standby)
+            actions.append(record(.standbyAbandoned, now: now, detail: "instance \(standby): \(reason)"))
+        }
+        clearStandby()
+        return actions
+    }
+
+    private mutating func clearStandby() {
+        standby = nil
+        standbySSH = nil
+        standbyState = .none
+    }
+
+    // MARK: - Cleanup
+
+    private mutating func continueCleanup(remaining: [InstanceID], now: Instant) -> [EngineAction] {
+        if remaining.isEmpty, volume == nil {
+            let actions = [record(.removed, now: now)]
+            run = nil
+            return actions + enter(.removed, deadline: nil, now: now)
+        }
+        return enter(.cleaningUp(remaining: remaining), deadline: now + settings.commandTimeout, now: now)
+    }
+
+    private func requireNotRemoved() throws(EngineViolation) {
+        switch state {
+        case .removed, .cleaningUp: throw EngineViolation("pool \(poolID) is being removed")
+        default: break
+        }
+    }
+
+    // MARK: - Failures
+
+    /// One attempt of the in-flight command failed.
+    private mutating func failedAttempt(_ message: String, retryable: Bool, now: Instant) -> [EngineAction] {
+        progress.failures += 1
+        progress.lastError = message
+        if retryable, progress.failures < settings.retryLimit {
+            return wake(at: now + settings.retryDelay)
+        }
+        return stepFailed(message, now: now)
+    }
+
+    /// The in-flight step cannot finish (deadline, retries used up, a refusal): what that leads
+    /// to depends on the step.
+    private mutating func stepFailed(_ message: String, now: Instant) -> [EngineAction] {
+        switch state {
+        case .provisioning:
+            let actions = [record(.failed, now: now, detail: message)]
+            run = nil
+            return actions + enter(.error(message: "provisioning failed: \(message)"), deadline: nil, now: now)
+
+        case .recovering:
+            // The primary is fine; only the standby is missing.
+            var actions: [EngineAction] = []
+            if standbyState != .stopped, let standby {
+                actions += retire(standby)
+                clearStandby()
+            }
+            return actions + becomeDegraded(message, now: now)
+
+        case .failover(let failover, let step):
+            switch step {
+            case .stopPrimary, .awaitPrimaryStopped:
+                let actions = [record(.fencing, now: now,
+                                      detail: "stop not confirmed (\(message)); waiting for the lease to run out")]
+                return actions + enter(.failover(failover, .awaitLeaseExpiry), deadline: nil, now: now)
+            case .awaitLeaseExpiry:
+                return []  // waits for its timer only; nothing in it can fail
+            case .startStandby, .awaitStandbyRunning, .createReplacement, .verify:
+                return giveWay(failover, reason: message, now: now)
+            case .findReplacement:
+                return failoverFailed(failover, degraded: false, reason: message, now: now)
+            }
+
+        case .cleaningUp(let remaining):
+            // Keep what is left on the books, so that the next cleanup (or resume) destroys it.
+            for instance in remaining where instance != primary && instance != standby {
+                retiring.append(Retirement(instance: instance, operation: nil))
+            }
+            let actions = [record(.failed, now: now, detail: message)]
+            run = nil
+            return actions + enter(.error(message: "cleanup failed: \(message)"), deadline: nil, now: now)
+
+        case .active, .degraded, .error, .removed:
+            return []
+        }
+    }
+
+    // MARK: - Steps and timers
+
+    /// Moves to `state`, cancelling the old step's timers, arming `deadline`, and sending the new
+    /// step's command.
+    private mutating func enter(_ state: State, deadline: Instant?, now: Instant) -> [EngineAction] {
+        var actions: [EngineAction] = []
+        if let timer = progress.deadlineTimer { actions.append(.cancelTimer(timer)) }
+        if let timer = progress.wakeTimer { actions.append(.cancelTimer(timer)) }
+        self.state = state
+        progress = Progress(deadline: deadline)
+        if let deadline {
+            let timer = newTimer()
+            progress.deadlineTimer = timer
+            actions.append(.scheduleTimer(timer, at: deadline))
+        }
+        return actions + issue(now: now)
+    }
+
+    /// Sends the current step's command under a fresh operation id, or arms its wait.
+    private mutating func issue(now: Instant) -> [EngineAction] {
+        switch state {
+        case .failover(let failover, .awaitLeaseExpiry):
+            return wake(at: max(now, failover.leaseExpiredBy))
+        case .degraded where primary != nil:
+            return wake(at: now + settings.degradedRetryInterval)
+        default:
+            break
+        }
+        let operation = newOperation()
+        guard let command = command(operation) else { return [] }
+        progress.operation = operation
+        return [command]
+    }
+
+    private func command(_ operation: OperationID) -> EngineAction? {
+        let host = request.hostMachineID
+        switch state {
+        case .provisioning(.findOffers):
+            return .findFreeOffers(operation, hostMachineID: host, gpuNames: request.gpuNames)
+        case .provisioning(.ensureVolume):
+            return .ensureVolume(operation, name: "wp-\(poolID)-volume", hostMachineID: host, sizeGB: request.volumeGB)
+        case .provisioning(.createPrimary(let create, _)):
+            return .ensureInstance(operation, create)
+        case .provisioning(.awaitPrimaryRunning(let id, _)):
+            return .pollInstance(operation, id)
+        case .provisioning(.standby(let step)), .recovering(let step):
+            switch step {
+            case .findOffer: return .findFreeOffers(operation, hostMachineID: host, gpuNames: request.gpuNames)
+            case .create(let create): return .ensureInstance(operation, create)
+            case .awaitExists(let id), .awaitStopped(let id): return .pollInstance(operation, id)
+            case .stop(let id): return .stopInstance(operation, id)
+            }
+        case .failover(let failover, let step):
+            switch step {
+            case .stopPrimary: return .stopInstance(operation, failover.oldPrimary)
+            case .awaitPrimaryStopped: return .pollInstance(operation, failover.oldPrimary)
+            case .awaitLeaseExpiry: return nil
+            case .startStandby(let id): return .startInstance(operation, id)
+            case .awaitStandbyRunning(let id): return .pollInstance(operation, id)
+            case .findReplacement: return .findFreeOffers(operation, hostMachineID: host, gpuNames: request.gpuNames)
+            case .createReplacement(let create): return .ensureInstance(operation, create)
+            case .verify(let id, let ssh, let volume): return .verify(operation, instance: id, ssh: ssh, volume: volume)
+            }
+        case .cleaningUp(let remaining):
+            if let instance = remaining.first { return .destroyInstance(operation, instance) }
+            return volume.map { .deleteVolume(operation, $0) }
+        case .active, .degraded, .error, .removed:
+            return nil
+        }
+    }
+
+    /// Waits (a poll interval, a retry delay, a lease) with no command in flight.
+    private mutating func wake(at instant: Instant) -> [EngineAction] {
+        var actions: [EngineAction] = []
+        if let timer = progress.wakeTimer { actions.append(.cancelTimer(timer)) }
+        let timer = newTimer()
+        progress.operation = nil
+        progress.wakeTimer = timer
+        actions.append(.scheduleTimer(timer, at: instant))
+        return actions
+    }
+
+    private mutating func retire(_ instance: InstanceID) -> [EngineAction] {
+        guard !retiring.contains(where: { $0.instance == instance }) else { return [] }
+        let operation = newOperation()
+        retiring.append(Retirement(instance: instance, operation: operation))
+        return [.destroyInstance(operation, instance)]
+    }
+
+    private mutating func makeRequest(_ role: InstanceRequest.Role, offer: GPUOffer, volume: VolumeID) -> InstanceRequest {
+        instancesCreated += 1
+        return InstanceRequest(
+            label: "wp-\(poolID)-\(role.rawValue)-e\(epoch)-a\(instancesCreated)", offer: offer, role: role,
+            volume: volume, image: request.image, diskGB: request.diskGB)
+    }
+
+    private mutating func newOperation() -> OperationID {
+        defer { nextID += 1 }
+        return OperationID(rawValue: nextID)
+    }
+
+    private mutating func newTimer() -> TimerID {
+        defer { nextID += 1 }
+        return TimerID(rawValue: nextID)
+    }
+
+    // MARK: - Records
+
+    private mutating func record(_ step: TimelineEntry.Step, now: Instant, detail: String? = nil) -> EngineAction {
+        let current = run ?? TimelineRun(failover: nil, startedAt: now, lastAt: now)
+        run = TimelineRun(failover: current.failover, startedAt: current.startedAt, lastAt: now)
+        return .timeline(TimelineEntry(
+            pool: poolID, failover: current.failover, step: step, at: now, sincePrevious: now - current.lastAt,
+            sinceDetection: current.failover.map { _ in now - current.startedAt }, detail: detail))
+    }
+
+    private mutating func notify(_ kind: EngineNotification.Kind, now: Instant, message: String) -> EngineAction {
+        let failover = run?.failover
+        let number: Int
+        switch kind {
+        case .standbyProvisioned:
+            standbysProvisioned += 1
+            number = standbysProvisioned
+        case .poolDegraded:
+            degradations += 1
+            number = degradations
+        case .failureDetected, .standbyStarting, .failoverComplete, .failoverFailed:
+            number = failover ?? 0
+        }
+        return .notify(EngineNotification(
+            id: "wp-\(poolID)-\(kind.rawValue)-\(number)", kind: kind, pool: poolID, failover: failover, at: now,
+            message: message))
+    }
+}

@@ -1,0 +1,67 @@
+/// The provider's `actual_status` of an instance (Vast.ai's values). `nil` in a snapshot means the
+/// provider has not reported one yet (still provisioning).
+public enum InstanceStatus: String, Hashable, Sendable, Codable {
+    case created, loading, running, stopped, frozen, exited, rebooting, unknown, offline
+
+    /// Statuses that prove the instance cannot write to the volume. Stricter than "not running":
+    /// `offline` and `unknown` may be a live host behind a partition, `frozen` can thaw, and
+    /// `rebooting` and `loading` are on their way up, so none of them fences.
+    var provesStopped: Bool { self == .stopped || self == .exited }
+}
+
+/// One instance as the provider showed it.
+public struct InstanceSnapshot: Hashable, Sendable, Codable {
+    public var id: InstanceID
+    public var status: InstanceStatus?
+    public var ssh: SSHEndpoint?
+
+    public init(id: InstanceID, status: InstanceStatus?, ssh: SSHEndpoint? = nil) {
+        self.id = id
+        self.status = status
+        self.ssh = ssh
+    }
+}
+
+/// A free GPU on offer: one offer is one GPU (the shell searches for `num_gpus = 1`).
+public struct GPUOffer: Hashable, Sendable, Codable {
+    public var id: OfferID
+    public var machineID: MachineID
+    public var gpuName: String
+
+    public init(id: OfferID, machineID: MachineID, gpuName: String) {
+        self.id = id
+        self.machineID = machineID
+        self.gpuName = gpuName
+    }
+}
+
+/// The answer to one provider command.
+public enum ProviderOutcome: Hashable, Sendable, Codable {
+    case success(ProviderData)
+    /// `retryable`: a transport error, 429 or 5xx, worth sending again; otherwise the provider
+    /// refused for good (4xx, `success: false`).
+    case failure(message: String, retryable: Bool)
+}
+
+/// What a successful command returned. Which case answers which command is listed at each
+/// `EngineAction`; a mismatch is treated as a failure that is not retryable.
+public enum ProviderData: Hashable, Sendable, Codable {
+    /// start, stop, destroy, delete: the provider took the command.
+    case accepted
+    /// ensureInstance, pollInstance: the instance, or `nil` when the provider has no such instance.
+    case instance(InstanceSnapshot?)
+    case volume(VolumeID)
+    /// findFreeOffers, best first.
+    case offers([GPUOffer])
+}
+
+/// The answer to `EngineAction.verify`.
+public enum VerificationOutcome: Hashable, Sendable, Codable {
+    /// SSH answered with the pinned host key at `sshReadyAt`, then the volume proved mounted, the
+    /// expected one, and writable.
+    case passed(sshReadyAt: Instant)
+    /// SSH does not answer yet (refused, timed out): a booting instance; try again shortly.
+    case notReady(message: String)
+    /// A wrong host key, a missing or wrong volume, a read-only volume: this instance will not do.
+    case failed(message: String)
+}

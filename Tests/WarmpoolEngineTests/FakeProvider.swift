@@ -1,0 +1,133 @@
+import WarmpoolEngine
+
+/// A provider in memory that behaves like Vast.ai where the engine cares: instances move between
+/// statuses one poll at a time, creates are adopted by label, stop/start/destroy are idempotent.
+/// It counts what really happened, so tests can assert "one create per label" and "one start".
+struct FakeProvider {
+    struct Instance {
+        var id: InstanceID
+        var label: String
+        var machineID: MachineID
+        /// What the next poll shows.
+        var status: InstanceStatus?
+        /// What it shows after that.
+        var next: InstanceStatus?
+        var destroyed = false
+    }
+
+    var offers: [GPUOffer]
+    var instances: [InstanceID: Instance] = [:]
+    var volumes: [String: VolumeID] = [:]
+    var deletedVolumes: [VolumeID] = []
+    /// Creates per label and per volume name that really made something.
+    var creations: [String: Int] = [:]
+    /// Starts that really moved a stopped instance.
+    var effectiveStarts: [InstanceID: Int] = [:]
+    /// Each command name (`stop`, `start`, `create`, `offers`, `volume`, `poll`, `destroy`,
+    /// `deleteVolume`) answers with these failures first, in order.
+    var failures: [String: [ProviderOutcome]] = [:]
+    /// Stop is accepted but the instance keeps running (a provider that cannot reach the host).
+    var ignoresStop: Set<InstanceID> = []
+    /// Start is accepted but the instance never gets past `loading`.
+    var neverRuns: Set<InstanceID> = []
+    /// Instances created from these offers never get past `loading` either.
+    var brokenOffers: Set<OfferID> = []
+    /// Verification fails for good on these.
+    var failsVerification: Set<InstanceID> = []
+    /// SSH refuses connections on these (sshd not up yet).
+    var refusesSSH: Set<InstanceID> = []
+    private var nextID = 100
+
+    init(host: MachineID, freeGPUs: Int) {
+        offers = (0..<freeGPUs).map { GPUOffer(id: 9000 + $0, machineID: host, gpuName: "RTX 4090") }
+    }
+
+    var liveInstances: [Instance] { instances.values.filter { !$0.destroyed }.sorted { $0.id < $1.id } }
+
+    mutating func perform(_ action: EngineAction) -> ProviderOutcome? {
+        switch action {
+        case .findFreeOffers(_, let host, _):
+            return injected("offers") ?? .success(.offers(offers.filter { $0.machineID == host }))
+        case .ensureVolume(_, let name, _, _):
+            if let failure = injected("volume") { return failure }
+            if let id = volumes[name] { return .success(.volume(id)) }
+            let id = take()
+            volumes[name] = id
+            creations[name, default: 0] += 1
+            return .success(.volume(id))
+        case .ensureInstance(_, let request):
+            if let failure = injected("create") { return failure }
+            if let existing = instances.values.first(where: { $0.label == request.label && !$0.destroyed }) {
+                return .success(.instance(snapshot(existing)))
+            }
+            guard let index = offers.firstIndex(where: { $0.id == request.offer.id }) else {
+                return .failure(message: "offer \(request.offer.id) is no longer available", retryable: false)
+            }
+            offers.remove(at: index)
+            let id = take()
+            let settles: InstanceStatus = brokenOffers.contains(request.offer.id) ? .loading : .running
+            instances[id] = Instance(id: id, label: request.label, machineID: request.offer.machineID, status: nil, next: settles)
+            creations[request.label, default: 0] += 1
+            return .success(.instance(snapshot(instances[id]!)))
+        case .startInstance(_, let id):
+            if let failure = injected("start") { return failure }
+            guard var instance = instances[id], !instance.destroyed else { return .failure(message: "no instance \(id)", retryable: false) }
+            // Like Vast.ai's intended status: the latest of start and stop wins, even mid-stop.
+            if instance.status == .stopped || instance.status == .exited {
+                effectiveStarts[id, default: 0] += 1
+                instance.status = .loading
+            }
+            instance.next = neverRuns.contains(id) ? .loading : .running
+            instances[id] = instance
+            return .success(.accepted)
+        case .stopInstance(_, let id):
+            if let failure = injected("stop") { return failure }
+            if var instance = instances[id], !instance.destroyed, !ignoresStop.contains(id) {
+                instance.next = .stopped
+                instances[id] = instance
+            }
+            return .success(.accepted)
+        case .pollInstance(_, let id):
+            if let failure = injected("poll") { return failure }
+            guard var instance = instances[id], !instance.destroyed else { return .success(.instance(nil)) }
+            let shown = snapshot(instance)
+            instance.status = instance.next
+            instances[id] = instance
+            return .success(.instance(shown))
+        case .destroyInstance(_, let id):
+            if let failure = injected("destroy") { return failure }
+            instances[id]?.destroyed = true
+            return .success(.accepted)
+        case .deleteVolume(_, let id):
+            if let failure = injected("deleteVolume") { return failure }
+            if !deletedVolumes.contains(id) { deletedVolumes.append(id) }
+            return .success(.accepted)
+        case .verify, .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
+            return nil
+        }
+    }
+
+    func verify(_ id: InstanceID, now: Instant) -> VerificationOutcome {
+        if failsVerification.contains(id) { return .failed(message: "volume is not mounted at /data") }
+        guard let instance = instances[id], !instance.destroyed, instance.status == .running, !refusesSSH.contains(id) else {
+            return .notReady(message: "connection refused")
+        }
+        return .passed(sshReadyAt: now + .milliseconds(-20))
+    }
+
+    private mutating func injected(_ command: String) -> ProviderOutcome? {
+        guard var queue = failures[command], !queue.isEmpty else { return nil }
+        let first = queue.removeFirst()
+        failures[command] = queue
+        return first
+    }
+
+    private mutating func take() -> Int {
+        defer { nextID += 1 }
+        return nextID
+    }
+
+    private func snapshot(_ instance: Instance) -> InstanceSnapshot {
+        InstanceSnapshot(id: instance.id, status: instance.status, ssh: SSHEndpoint(host: "10.0.0.\(instance.id % 250)", port: 22))
+    }
+}
