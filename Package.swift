@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "warmpool-controller", targets: ["warmpool-controller"]),
         .executable(name: "warmpool-loadgen", targets: ["warmpool-loadgen"]),
         .executable(name: "warmpool-sshcheck", targets: ["warmpool-sshcheck"]),
+        .executable(name: "warmpool-sim", targets: ["warmpool-sim"]),
         .library(name: "WarmpoolWire", targets: ["WarmpoolWire"]),
     ],
     dependencies: [
@@ -18,6 +19,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // Provider client and emulator: the emulator's HTTP server.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // System libraries. The Debian -dev packages provide the pkg-config files (Scripts/setup installs them).
@@ -127,6 +130,36 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: ["WarmpoolWire", "WarmpoolTestSupport", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+
+        // Provider client and emulator
+        // The Vast.ai client over libcurl: blocking transfers run on a NIOThreadPool.
+        .target(
+            name: "WarmpoolProvider",
+            dependencies: [
+                "CCurl",
+                "CCurlShim",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // A local Vast.ai stand-in that runs real instances (sshd + onstart) on loopback.
+        .target(
+            name: "WarmpoolSim",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "warmpool-sim",
+            dependencies: [
+                "WarmpoolSim",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
     ]
 )
