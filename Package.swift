@@ -161,5 +161,25 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        .testTarget(
+            name: "WarmpoolProviderTests",
+            dependencies: [
+                "WarmpoolProvider",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The client, the project's SSH verifier and the official vastai CLI against the emulator.
+        .testTarget(
+            name: "WarmpoolSimTests",
+            dependencies: [
+                "WarmpoolSim",
+                "WarmpoolProvider",
+                "WarmpoolSSH",
+                "WarmpoolTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
     ]
 )
