@@ -4,13 +4,15 @@ import WarmpoolProvider
 import WarmpoolSim
 import WarmpoolTestSupport
 
+private let vastaiCLI = "/opt/warmpool-venv/bin/vastai"
+
 /// The official `vastai` 1.9.1 CLI against the emulator: the shapes it needs are the reference's.
 /// Scripts/setup installs it into /opt/warmpool-venv. The CLI exits 0 on HTTP errors, so these
 /// tests read its output, not its status.
-@Suite(.serialized, .enabled(if: FileManager.default.isExecutableFile(atPath: VastCLITests.cli),
+@Suite(.serialized, .enabled(if: FileManager.default.isExecutableFile(atPath: vastaiCLI),
                               "vastai is not installed in /opt/warmpool-venv: run Scripts/setup"))
 struct VastCLITests {
-    static let cli = "/opt/warmpool-venv/bin/vastai"
+    static let cli = vastaiCLI
 
     /// Runs `vastai ARGS` against `fixture` in an isolated config/cache home; returns status and
     /// stdout + stderr.
