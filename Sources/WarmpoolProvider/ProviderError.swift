@@ -12,8 +12,6 @@ public enum ProviderError: Error, Hashable, Sendable, CustomStringConvertible {
     case malformedResponse(what: String)
     /// The instance, volume or offer does not exist (a `null` show, or a 404).
     case notFound(what: String)
-    /// The request was refused before anything was sent (an invalid argument).
-    case invalidRequest(String)
 
     /// curl's code for "operation timed out" (CURLE_OPERATION_TIMEDOUT).
     public static let curlTimeout = 28
@@ -27,7 +25,6 @@ public enum ProviderError: Error, Hashable, Sendable, CustomStringConvertible {
         case .rejected(let message): "rejected by the provider: \(message)"
         case .malformedResponse(let what): "malformed response: \(what)"
         case .notFound(let what): "not found: \(what)"
-        case .invalidRequest(let problem): "invalid request: \(problem)"
         }
     }
 
@@ -37,7 +34,7 @@ public enum ProviderError: Error, Hashable, Sendable, CustomStringConvertible {
         switch self {
         case .transport: true
         case .http(let status, _): status == 429 || status >= 500
-        case .rejected, .malformedResponse, .notFound, .invalidRequest: false
+        case .rejected, .malformedResponse, .notFound: false
         }
     }
 }

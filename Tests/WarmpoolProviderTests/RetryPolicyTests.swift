@@ -41,4 +41,13 @@ import Testing
         #expect(decide(.response(status: 429, retryAfter: "2", quotaExceeded: false), idempotent: false) == .retry(after: .seconds(2)))
         #expect(decide(.response(status: 503, retryAfter: "2", quotaExceeded: false), idempotent: false) == .giveUp)
     }
+
+    @Test func whichErrorsAreWorthAnotherCallLater() {
+        #expect(ProviderError.transport(curlCode: 7, message: "refused").isTransient)
+        #expect(ProviderError.http(status: 503, message: "").isTransient && ProviderError.http(status: 429, message: "").isTransient)
+        #expect(!ProviderError.http(status: 400, message: "").isTransient)
+        #expect(!ProviderError.rejected(message: "no").isTransient && !ProviderError.notFound(what: "x").isTransient)
+        #expect(!ProviderError.malformedResponse(what: "x").isTransient)
+        #expect(ProviderError.http(status: 503, message: "maintenance").description == "HTTP 503: maintenance")
+    }
 }

@@ -66,6 +66,11 @@ import Glibc
         #expect(try await client.instance(id: standbyID)?.isRunning == true)
         print("warmpool-sim: start request to SSH-verified standby in \(startToVerified) (boot delay 200 ms, \(ready.attempts) attempts)")
 
+        // One API round trip through libcurl, a kept-alive connection and the emulator.
+        let timed = ContinuousClock.now
+        for _ in 0..<50 { _ = try await client.instance(id: standbyID) }
+        print("warmpool-sim: show_instance round trip \((ContinuousClock.now - timed) / 50) on average over 50 calls")
+
         // The host key pinned on first contact survived the stop and the start.
         let pinnedAfter = await pins.pinnedFingerprint(for: String(standbyID))
         #expect(pinnedAfter != nil && pinnedAfter == ready.last.hostKeyFingerprint)
@@ -149,5 +154,20 @@ import Glibc
         #expect(result.failure?.reason == .refused, "running, but no sshd")
         await fixture.stop()
         #expect(SimFixture.processes(mentioning: fixture.directory).isEmpty, "shutdown ends every instance")
+    }
+
+    @Test func withoutMountsTheVolumeIsAPathInTheEnvironment() async throws {
+        let fixture = try await SimFixture(bootDelay: .milliseconds(20), mountVolumes: false)
+        let client = fixture.client()
+        let volumeID = try await client.createVolume(offerID: HostSpec.defaultHost.volumeOfferID, sizeGB: 1, name: "plain")
+        let id = try await client.createInstance(offerID: 7704, CreateInstanceRequest(
+            image: "img", env: ["GREETING": "hello from 7704"], onstart: #"echo "$GREETING" > "$WARMPOOL_VOLUME_PATH/greeting""#,
+            volume: .init(volumeID: volumeID)))
+        let volumeDirectory = fixture.directory + "/state/volumes/\(volumeID)"
+        #expect(try String(contentsOfFile: volumeDirectory + "/.warmpool-volume-id", encoding: .utf8) == "\(volumeID)\n")
+        #expect(await SimFixture.eventually { FileManager.default.fileExists(atPath: volumeDirectory + "/greeting") })
+        #expect(try String(contentsOfFile: volumeDirectory + "/greeting", encoding: .utf8) == "hello from 7704\n")
+        try await client.destroyInstance(id: id)
+        await fixture.stop()
     }
 }

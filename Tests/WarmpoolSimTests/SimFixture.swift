@@ -26,7 +26,8 @@ final class SimFixture: @unchecked Sendable {
         return logger
     }
 
-    init(hosts: [HostSpec] = [.defaultHost], bootDelay: Duration = .milliseconds(100), faults: FaultPlan = FaultPlan()) async throws {
+    init(hosts: [HostSpec] = [.defaultHost], bootDelay: Duration = .milliseconds(100), faults: FaultPlan = FaultPlan(),
+         mountVolumes: Bool = getuid() == 0) async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-simtest-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         clientKeyPath = directory + "/client_ed25519"
@@ -35,7 +36,8 @@ final class SimFixture: @unchecked Sendable {
         simulator = try Simulator(
             configuration: SimConfiguration(apiKey: Self.apiKey, hosts: hosts, stateDirectory: directory + "/state",
                                             authorizedKeysPath: directory + "/authorized_keys", bootDelay: bootDelay,
-                                            stopGracePeriod: .milliseconds(500), faults: faults),
+                                            stopGracePeriod: .milliseconds(500), mountVolumes: mountVolumes,
+                                            faults: faults),
             logger: Self.logger)
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         let app = SimServer.application(simulator: simulator, port: 0, logger: Self.logger) { continuation.yield($0) }
