@@ -170,4 +170,23 @@ import Glibc
         try await client.destroyInstance(id: id)
         await fixture.stop()
     }
+
+    @Test func aFrozenInstanceStillStops() async throws {
+        // Fencing stops a primary that may be frozen: SIGTERM waits on a stopped process, so the
+        // stop sends SIGCONT with it, and SIGKILL after the grace period.
+        try SimFixture.requireRoot()
+        let fixture = try await SimFixture(bootDelay: .milliseconds(20))
+        let client = fixture.client()
+        let id = try await client.createInstance(offerID: 7701, CreateInstanceRequest(image: "img", onstart: "sleep 600"))
+        #expect(await SimFixture.eventually { await fixture.processes(of: id).alive })
+        let directory = try #require(await fixture.processes(of: id).directory)
+        #expect(await fixture.raw("POST", "/admin/instances/\(id)/freeze").0 == 200)
+        let started = ContinuousClock.now
+        try await client.stopInstance(id: id)
+        #expect(ContinuousClock.now - started < .seconds(2))
+        #expect(SimFixture.processes(mentioning: directory).isEmpty)
+        let stopped = try #require(try await client.instance(id: id))
+        #expect(stopped.actualStatus == "exited" && stopped.intendedStatus == "stopped")
+        await fixture.stop()
+    }
 }

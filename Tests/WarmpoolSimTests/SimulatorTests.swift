@@ -62,6 +62,8 @@ import Testing
         #expect(counters.rateLimited == ["list_volumes": 1])
         #expect(counters.injectedFailures == ["list_volumes": 3])
         #expect(counters.calls == ["list_volumes": 1])
+        #expect(await fixture.raw("DELETE", "/admin/counters").0 == 200)
+        #expect(await fixture.counters() == SimCounters())
         await fixture.stop()
     }
 
