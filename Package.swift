@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "warmpool-loadgen", targets: ["warmpool-loadgen"]),
         .executable(name: "warmpool-sshcheck", targets: ["warmpool-sshcheck"]),
         .executable(name: "warmpoolctl", targets: ["warmpoolctl"]),
+        .executable(name: "warmpool-sim", targets: ["warmpool-sim"]),
         .library(name: "WarmpoolWire", targets: ["WarmpoolWire"]),
     ],
     dependencies: [
@@ -117,6 +118,9 @@ let package = Package(
             dependencies: [
                 "WarmpoolStore",
                 "WarmpoolController",
+                "WarmpoolFailover",
+                "WarmpoolEngine",
+                "WarmpoolProvider",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -186,9 +190,68 @@ let package = Package(
             ]
         ),
 
-        // Failover engine (pure): the per-pool state machine, no I/O, no clock, no dependencies.
+        // The provider client and its emulator.
+        // The Vast.ai client over libcurl: blocking transfers run on a NIOThreadPool.
+        .target(
+            name: "WarmpoolProvider",
+            dependencies: [
+                "CCurl",
+                "CCurlShim",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // A local Vast.ai stand-in that runs real instances (sshd + onstart) on loopback.
+        .target(
+            name: "WarmpoolSim",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "warmpool-sim",
+            dependencies: [
+                "WarmpoolSim",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(
+            name: "WarmpoolProviderTests",
+            dependencies: [
+                "WarmpoolProvider",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The client, the project's SSH verifier and the official vastai CLI against the emulator.
+        .testTarget(
+            name: "WarmpoolSimTests",
+            dependencies: [
+                "WarmpoolSim",
+                "WarmpoolProvider",
+                "WarmpoolSSH",
+                "WarmpoolTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // The failover engine (pure): the per-pool state machine, no I/O, no clock, no dependencies.
         .target(name: "WarmpoolEngine"),
         .testTarget(name: "WarmpoolEngineTests", dependencies: ["WarmpoolEngine"]),
-        // End of failover engine.
+        // Its shell: liveness events, provider answers, SSH verdicts and timers in; store commits,
+        // provider commands, verifications and lease decisions out.
+        .target(
+            name: "WarmpoolFailover",
+            dependencies: [
+                "WarmpoolEngine", "WarmpoolProvider", "WarmpoolSSH", "WarmpoolStore", "WarmpoolController", "WarmpoolWire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
     ]
 )

@@ -1,0 +1,144 @@
+import Foundation
+
+/// What the failover engine needs from a GPU marketplace. `VastClient` speaks Vast.ai's REST
+/// API; tests and drills point it at `warmpool-sim`.
+public protocol ProviderClient: Sendable {
+    /// Offers matching `query`, in the order the provider ranks them.
+    func searchOffers(_ query: OfferQuery) async throws -> [Offer]
+    /// Storage offers, optionally on one machine only.
+    func searchVolumeOffers(machineID: Int?) async throws -> [VolumeOffer]
+
+    /// Every instance of this account (all pages).
+    func listInstances() async throws -> [Instance]
+    /// One instance, or nil when the provider does not know it.
+    func instance(id: Int) async throws -> Instance?
+    /// Rents `offerID` and returns the new instance's id.
+    func createInstance(offerID: Int, _ request: CreateInstanceRequest) async throws -> Int
+    func startInstance(id: Int) async throws
+    func stopInstance(id: Int) async throws
+    func destroyInstance(id: Int) async throws
+
+    /// Creates a volume from a storage offer and returns its id.
+    func createVolume(offerID: Int, sizeGB: Int, name: String?) async throws -> Int
+    func listVolumes() async throws -> [Volume]
+    func deleteVolume(id: Int) async throws
+}
+
+/// A search for GPU offers; it becomes the `{field: {op: value}}` dict of the reference's §3.
+public struct OfferQuery: Hashable, Sendable {
+    /// e.g. "RTX 4090" (underscores are taken as spaces, as the CLI does).
+    public var gpuName: String?
+    /// Only offers with at least this many GPUs.
+    public var minGPUs: Int?
+    /// Only offers at most this price, $/hour (`dph_total`).
+    public var maxPricePerHour: Double?
+    /// true: verified hosts only; nil: no filter.
+    public var verified: Bool?
+    /// true: only offers that can be rented now.
+    public var rentable: Bool?
+    public var machineID: Int?
+    /// `[[field, "asc"|"desc"]]`; the provider ranks by score when empty.
+    public var order: [(field: String, ascending: Bool)]
+    /// "on-demand", "reserved" or "bid".
+    public var type: String
+    public var limit: Int?
+    /// GiB the instance will ask for; it changes the storage part of `dph_total`.
+    public var allocatedStorageGB: Double
+
+    public init(gpuName: String? = nil, minGPUs: Int? = nil, maxPricePerHour: Double? = nil, verified: Bool? = true,
+                rentable: Bool? = true, machineID: Int? = nil, order: [(field: String, ascending: Bool)] = [("dph_total", true)],
+                type: String = "on-demand", limit: Int? = nil, allocatedStorageGB: Double = 5)
+    {
+        self.gpuName = gpuName
+        self.minGPUs = minGPUs
+        self.maxPricePerHour = maxPricePerHour
+        self.verified = verified
+        self.rentable = rentable
+        self.machineID = machineID
+        self.order = order
+        self.type = type
+        self.limit = limit
+        self.allocatedStorageGB = allocatedStorageGB
+    }
+
+    /// The request body for `POST /api/v0/bundles/`.
+    public var body: JSONValue {
+        var body: [String: JSONValue] = ["external": ["eq": false]]
+        if let verified { body["verified"] = ["eq": .bool(verified)] }
+        if let rentable { body["rentable"] = ["eq": .bool(rentable)] }
+        if let gpuName { body["gpu_name"] = ["eq": .string(gpuName.replacingOccurrences(of: "_", with: " "))] }
+        if let minGPUs { body["num_gpus"] = ["gte": .int(minGPUs)] }
+        if let maxPricePerHour { body["dph_total"] = ["lte": .double(maxPricePerHour)] }
+        if let machineID { body["machine_id"] = ["eq": .int(machineID)] }
+        body["order"] = .array(order.map { [.string($0.field), .string($0.ascending ? "asc" : "desc")] })
+        body["type"] = .string(type)
+        if let limit { body["limit"] = .int(limit) }
+        body["allocated_storage"] = .double(allocatedStorageGB)
+        return .object(body)
+    }
+
+    public static func == (lhs: OfferQuery, rhs: OfferQuery) -> Bool { lhs.body == rhs.body }
+    public func hash(into hasher: inout Hasher) { hasher.combine(body) }
+}
+
+/// What to run on a rented offer (`PUT /api/v0/asks/{offer_id}/`, the reference's §5).
+public struct CreateInstanceRequest: Hashable, Sendable, CustomStringConvertible {
+    public var image: String
+    public var diskGB: Double
+    public var label: String?
+    /// Environment of the instance. Holds secrets (the agent key): never logged, only its keys.
+    public var env: [String: String]
+    /// Shell text the instance runs at every start.
+    public var onstart: String?
+    /// An existing volume to link, and where the instance sees it.
+    public var volume: VolumeLink?
+    /// "ssh_direc ssh_proxy" gives direct SSH to the instance, which the verifier needs.
+    public var runtype: String
+    /// true: fail when the machine cannot run it now, rather than create it stopped.
+    public var cancelUnavailable: Bool
+
+    public struct VolumeLink: Hashable, Sendable {
+        public var volumeID: Int
+        public var mountPath: String
+        public init(volumeID: Int, mountPath: String = "/data") {
+            self.volumeID = volumeID
+            self.mountPath = mountPath
+        }
+    }
+
+    public init(image: String, diskGB: Double = 10, label: String? = nil, env: [String: String] = [:], onstart: String? = nil,
+                volume: VolumeLink? = nil, runtype: String = "ssh_direc ssh_proxy", cancelUnavailable: Bool = false)
+    {
+        self.image = image
+        self.diskGB = diskGB
+        self.label = label
+        self.env = env
+        self.onstart = onstart
+        self.volume = volume
+        self.runtype = runtype
+        self.cancelUnavailable = cancelUnavailable
+    }
+
+    /// Names the env keys only: values may be secrets.
+    public var description: String {
+        "CreateInstanceRequest(image: \(image), disk: \(diskGB) GB, label: \(label ?? "-"), env keys: \(env.keys.sorted()), "
+            + "volume: \(volume.map { "\($0.volumeID) at \($0.mountPath)" } ?? "-"))"
+    }
+
+    /// The request body, with every key the CLI always sends.
+    public var body: JSONValue {
+        var body: [String: JSONValue] = [
+            "client_id": "me", "image": .string(image), "env": .object(env.mapValues { .string($0) }), "price": nil,
+            "disk": .double(diskGB), "label": label.map { .string($0) } ?? nil, "extra": nil,
+            "onstart": onstart.map { .string($0) } ?? nil, "image_login": nil, "python_utf8": false, "lang_utf8": false,
+            "use_jupyter_lab": false, "jupyter_dir": nil, "force": false, "cancel_unavail": .bool(cancelUnavailable),
+            "template_hash_id": nil, "user": nil, "runtype": .string(runtype),
+        ]
+        if let volume {
+            body["volume_info"] = [
+                "mount_path": .string(volume.mountPath), "create_new": false, "volume_id": .int(volume.volumeID),
+            ]
+        }
+        return .object(body)
+    }
+}

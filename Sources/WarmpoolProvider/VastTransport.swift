@@ -1,0 +1,128 @@
+import Foundation
+import Logging
+import NIOPosix
+
+/// Sends one API call with the CLI's retry rules and turns every outcome into either the
+/// response's JSON object or a precise `ProviderError`. The blocking libcurl transfer runs on a
+/// `NIOThreadPool` thread; the waits between attempts are `Task.sleep`, which holds no thread.
+final class VastTransport: Sendable {
+    let configuration: VastClient.Configuration
+    private let threadPool: NIOThreadPool
+    private let handles = CurlHandlePool()
+    private let logger: Logger
+
+    init(configuration: VastClient.Configuration, threadPool: NIOThreadPool, logger: Logger) {
+        self.configuration = configuration
+        self.threadPool = threadPool
+        self.logger = logger
+    }
+
+    /// Calls `method path?query` and returns the body of a 2xx answer, checked to be a JSON
+    /// object without `success: false`.
+    /// `operation` names the call in logs (bodies are never logged: they can hold secrets).
+    func call(_ operation: String, method: String, path: String, query: [(name: String, value: JSONValue)] = [],
+              body: JSONValue? = nil, idempotent: Bool = true) async throws -> Data
+    {
+        let url = configuration.baseURL + path + (query.isEmpty ? "" : "?" + QueryEncoding.encode(query))
+        var headers = ["Authorization: Bearer \(configuration.apiKey)", "Accept: application/json",
+                       "User-Agent: \(configuration.userAgent)"]
+        // The CLI sends a JSON body (default `{}`) with every method but GET.
+        let payload: Data? = method == "GET" ? nil : (body ?? [:]).encoded()
+        if payload != nil { headers.append("Content-Type: application/json") }
+        let requestHeaders = headers
+        let timeout = Self.milliseconds(configuration.timeout)
+        let connectTimeout = Self.milliseconds(configuration.connectTimeout)
+
+        var attempt = 0
+        while true {
+            attempt += 1
+            let started = ContinuousClock.now
+            let result: Result<HTTPResponse, CurlFailure>
+            do {
+                let response = try await threadPool.runIfActive { [handles] in
+                    try handles.withHandle { (handle) throws(CurlFailure) in
+                        try handle.perform(method: method, url: url, headers: requestHeaders, body: payload,
+                                           timeoutMilliseconds: timeout, connectTimeoutMilliseconds: connectTimeout)
+                    }
+                }
+                result = .success(response)
+            } catch let failure as CurlFailure {
+                result = .failure(failure)
+            }
+            let elapsed = ContinuousClock.now - started
+            let outcome: RetryPolicy.Outcome
+            switch result {
+            case .success(let response):
+                logger.debug("provider call", metadata: [
+                    "provider.operation": "\(operation)", "provider.status": "\(response.status)",
+                    "provider.attempt": "\(attempt)", "provider.ms": "\(Self.milliseconds(elapsed))",
+                ])
+                if (200..<300).contains(response.status) { return try Self.successBody(response) }
+                outcome = .response(status: response.status, retryAfter: response.headers["retry-after"],
+                                    quotaExceeded: Self.isQuotaExceeded(response))
+                if case .retry(let wait) = configuration.retry.decide(after: attempt, outcome: outcome, idempotent: idempotent) {
+                    logger.warning("provider call will be retried", metadata: [
+                        "provider.operation": "\(operation)", "provider.status": "\(response.status)",
+                        "provider.attempt": "\(attempt)", "provider.wait_ms": "\(Self.milliseconds(wait))",
+                    ])
+                    try await Task.sleep(for: wait)
+                    continue
+                }
+                throw Self.httpError(response)
+            case .failure(let failure):
+                outcome = .transportFailure(curlCode: failure.code)
+                if case .retry(let wait) = configuration.retry.decide(after: attempt, outcome: outcome, idempotent: idempotent) {
+                    logger.warning("provider call will be retried", metadata: [
+                        "provider.operation": "\(operation)", "provider.curl_code": "\(failure.code)",
+                        "provider.error": "\(failure.message)", "provider.attempt": "\(attempt)",
+                        "provider.wait_ms": "\(Self.milliseconds(wait))",
+                    ])
+                    try await Task.sleep(for: wait)
+                    continue
+                }
+                throw ProviderError.transport(curlCode: failure.code, message: failure.message)
+            }
+        }
+    }
+
+    /// A 2xx body must be a JSON object; `success: false` in it is a refusal.
+    static func successBody(_ response: HTTPResponse) throws -> Data {
+        guard let object = try? JSONSerialization.jsonObject(with: response.body) as? [String: Any] else {
+            throw ProviderError.malformedResponse(what: "HTTP \(response.status) body is not a JSON object: \(preview(response.body))")
+        }
+        if let success = object["success"] as? Bool, !success {
+            throw ProviderError.rejected(message: message(in: object) ?? "(no detail message supplied)")
+        }
+        return response.body
+    }
+
+    static func httpError(_ response: HTTPResponse) -> ProviderError {
+        let object = try? JSONSerialization.jsonObject(with: response.body) as? [String: Any]
+        let text = object.flatMap(message(in:)) ?? (response.body.isEmpty ? "(no detail message supplied)" : preview(response.body))
+        return response.status == 404 ? .notFound(what: text) : .http(status: response.status, message: text)
+    }
+
+    static func isQuotaExceeded(_ response: HTTPResponse) -> Bool {
+        guard response.status == 429, let object = try? JSONSerialization.jsonObject(with: response.body) as? [String: Any]
+        else { return false }
+        return object["error"] as? String == "search_quota_exceeded"
+    }
+
+    /// The provider puts its explanation in `msg`, sometimes `error` or `detail`.
+    static func message(in object: [String: Any]) -> String? {
+        for key in ["msg", "message", "error", "detail"] {
+            if let text = object[key] as? String, !text.isEmpty { return text }
+        }
+        return nil
+    }
+
+    static func preview(_ body: Data) -> String {
+        let text = String(decoding: body.prefix(200), as: UTF8.self)
+        return body.count > 200 ? text + "…" : text
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int {
+        let (seconds, attoseconds) = duration.components
+        return Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
+    }
+}

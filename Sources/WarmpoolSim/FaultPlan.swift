@@ -1,0 +1,72 @@
+/// Faults the emulator injects, set by flags at start and replaced by `POST /admin/faults`
+/// (fields left out take their defaults, so `{}` clears every fault). JSON keys are snake_case.
+public struct FaultPlan: Codable, Hashable, Sendable {
+    /// Share of API calls (0...1) answered with `failure_status` instead of being served.
+    public var failureRate: Double = 0
+    /// The next N API calls fail, whatever the rate: deterministic drills.
+    public var failNext: Int = 0
+    public var failureStatus: Int = 503
+    /// Share of API calls answered 429 with `Retry-After: retry_after_seconds`.
+    public var rateLimitRate: Double = 0
+    public var rateLimitNext: Int = 0
+    public var retryAfterSeconds: Int = 1
+    /// Added to every API call before it is served.
+    public var latencyMs: Int = 0
+    /// Overrides the configured delay between "start" and the instance running.
+    public var bootDelayMs: Int?
+    /// Instances that run but never get sshd (the onstart still runs).
+    public var noSSHInstances: [Int] = []
+    /// Instances whose start is refused: `200 {"success": false}`.
+    public var failStartInstances: [Int] = []
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case failureRate = "failure_rate", failNext = "fail_next", failureStatus = "failure_status"
+        case rateLimitRate = "rate_limit_rate", rateLimitNext = "rate_limit_next", retryAfterSeconds = "retry_after_seconds"
+        case latencyMs = "latency_ms", bootDelayMs = "boot_delay_ms", noSSHInstances = "no_ssh_instances"
+        case failStartInstances = "fail_start_instances"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let defaults = FaultPlan()
+        failureRate = try c.decodeIfPresent(Double.self, forKey: .failureRate) ?? defaults.failureRate
+        failNext = try c.decodeIfPresent(Int.self, forKey: .failNext) ?? defaults.failNext
+        failureStatus = try c.decodeIfPresent(Int.self, forKey: .failureStatus) ?? defaults.failureStatus
+        rateLimitRate = try c.decodeIfPresent(Double.self, forKey: .rateLimitRate) ?? defaults.rateLimitRate
+        rateLimitNext = try c.decodeIfPresent(Int.self, forKey: .rateLimitNext) ?? defaults.rateLimitNext
+        retryAfterSeconds = try c.decodeIfPresent(Int.self, forKey: .retryAfterSeconds) ?? defaults.retryAfterSeconds
+        latencyMs = try c.decodeIfPresent(Int.self, forKey: .latencyMs) ?? defaults.latencyMs
+        bootDelayMs = try c.decodeIfPresent(Int.self, forKey: .bootDelayMs)
+        noSSHInstances = try c.decodeIfPresent([Int].self, forKey: .noSSHInstances) ?? []
+        failStartInstances = try c.decodeIfPresent([Int].self, forKey: .failStartInstances) ?? []
+        guard (0...1).contains(failureRate), (0...1).contains(rateLimitRate), (400...599).contains(failureStatus),
+            failNext >= 0, rateLimitNext >= 0, retryAfterSeconds >= 0, latencyMs >= 0, (bootDelayMs ?? 0) >= 0
+        else {
+            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription:
+                "rates must be 0...1, failure_status 400...599, counts and delays >= 0"))
+        }
+    }
+
+    /// What happens to the next API call; consumes the one-shot counts.
+    enum Verdict: Equatable {
+        case serve
+        case fail(status: Int)
+        case rateLimit(retryAfterSeconds: Int)
+    }
+
+    mutating func nextVerdict(random: () -> Double) -> Verdict {
+        if rateLimitNext > 0 {
+            rateLimitNext -= 1
+            return .rateLimit(retryAfterSeconds: retryAfterSeconds)
+        }
+        if failNext > 0 {
+            failNext -= 1
+            return .fail(status: failureStatus)
+        }
+        if rateLimitRate > 0, random() < rateLimitRate { return .rateLimit(retryAfterSeconds: retryAfterSeconds) }
+        if failureRate > 0, random() < failureRate { return .fail(status: failureStatus) }
+        return .serve
+    }
+}

@@ -1,0 +1,453 @@
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The emulator's state and logic: hosts, offers, instances (with their real processes),
+/// volumes, faults and counters. HTTP-free: `handle(_:)` takes a `SimRequest` and answers a
+/// `SimResponse`, so it is tested without a socket; `SimServer` only carries bytes to it.
+public actor Simulator {
+    public let configuration: SimConfiguration
+    private let logger: Logger
+    private var faults: FaultPlan
+    public private(set) var counters = SimCounters()
+    private var instances: [Int: SimInstance] = [:]
+    private var volumes: [Int: SimVolume] = [:]
+    private var nextInstanceID = 1001
+    private var nextVolumeID = 5001
+    private let authorizedKeysPath: String
+
+    public init(configuration: SimConfiguration, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        faults = configuration.faults
+        let state = configuration.stateDirectory
+        for directory in [state + "/volumes", state + "/instances"] {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        if let path = configuration.authorizedKeysPath {
+            authorizedKeysPath = URL(fileURLWithPath: path).standardizedFileURL.path
+        } else {
+            // No keys given: sshd still runs (readiness checks see a banner) but nobody can log in.
+            authorizedKeysPath = state + "/authorized_keys"
+            if !FileManager.default.fileExists(atPath: authorizedKeysPath) {
+                _ = FileManager.default.createFile(atPath: authorizedKeysPath, contents: Data())
+            }
+        }
+        // sshd refuses to start without its privilege-separation directory.
+        try? FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
+        let machines = Set(configuration.hosts.map(\.machineID))
+        guard machines.count == configuration.hosts.count else {
+            throw InstanceFiles.SetupError(description: "two hosts share a machine id")
+        }
+    }
+
+    // MARK: Requests
+
+    public func handle(_ request: SimRequest) async -> SimResponse {
+        reapExitedInstances()
+        let route: Route
+        do {
+            route = try Route(request)
+        } catch let error as Route.BadRequest {
+            return .error(error.status, error.kind, error.message)
+        } catch {
+            return .error(400, "invalid_request", "\(error)")
+        }
+        // The CLI's import-time GET carries no key (reference §1, hidden requests).
+        if case .gpuNames = route { return .ok(["gpu_names": .array(Set(configuration.hosts.map(\.gpuName)).sorted().map { .string($0) })]) }
+        guard isAuthorized(request) else { return .error(401, "auth_error", "Invalid user key") }
+        if case .admin(let action) = route { return await admin(action) }
+
+        if let operation = route.operation {
+            if faults.latencyMs > 0 { try? await Task.sleep(for: .milliseconds(faults.latencyMs)) }
+            switch faults.nextVerdict(random: { Double.random(in: 0..<1) }) {
+            case .serve:
+                break
+            case .fail(let status):
+                counters.injectedFailures[operation, default: 0] += 1
+                return .error(status, "simulated_failure", "warmpool-sim injected a failure")
+            case .rateLimit(let seconds):
+                counters.rateLimited[operation, default: 0] += 1
+                var response = SimResponse.error(429, "rate_limited", "warmpool-sim: too many requests")
+                response.retryAfterSeconds = seconds
+                return response
+            }
+            counters.calls[operation, default: 0] += 1
+        }
+        return await serve(route)
+    }
+
+    private func isAuthorized(_ request: SimRequest) -> Bool {
+        if request.authorization == "Bearer \(configuration.apiKey)" { return true }
+        // Old CLIs (0.3.x) send the key as a query parameter as well.
+        return request.query["api_key"] == configuration.apiKey
+    }
+
+    private func serve(_ route: Route) async -> SimResponse {
+        switch route {
+        case .currentUser:
+            return .ok(["id": 1, "username": "warmpool-sim", "email": "sim@localhost", "host_agreement_accepted": false,
+                        "balance": 1000, "credit": 1000, "ssh_key": nil])
+        case .instanceFilters:
+            return .ok(["filters": .array(instances.values.map {
+                ["actual_status": JSON($0.actualStatus), "verification": "verified", "gpu_name": .string($0.host.gpuName)]
+            })])
+        case .searchOffers(let body):
+            do {
+                return .ok(["offers": .array(try RowQuery(body: body).apply(offerRows()).map { .object($0) })])
+            } catch {
+                return .error(400, "invalid_query", "\(error)")
+            }
+        case .searchVolumeOffers(let body):
+            do {
+                let rows = try RowQuery(body: body).apply(configuration.hosts.map { $0.volumeOfferRow() })
+                return .ok(["offers": .array(rows.map { .object($0) })])
+            } catch {
+                return .error(400, "invalid_query", "\(error)")
+            }
+        case .listInstances(let query):
+            return listInstances(query)
+        case .listInstancesV0:
+            return .ok(["instances": .array(sortedInstances().map { .object(row($0)) })])
+        case .showInstance(let id):
+            return .ok(["instances": instances[id].map { .object(row($0)) } ?? .null])
+        case .createInstance(let offerID, let body):
+            return createInstance(offerID: offerID, body: body)
+        case .startInstance(let id):
+            return startInstance(id)
+        case .stopInstance(let id):
+            return await stopInstance(id)
+        case .rebootInstance(let id):
+            guard instances[id] != nil else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
+            _ = await stopInstance(id)
+            return startInstance(id)
+        case .labelInstance(let id, let label):
+            guard instances[id] != nil else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
+            instances[id]?.label = label
+            return .ok(["success": true])
+        case .destroyInstance(let id):
+            return await destroyInstance(id)
+        case .createVolume(let body):
+            return createVolume(body)
+        case .listVolumes:
+            return .ok(["volumes": .array(volumes.keys.sorted().compactMap { id in
+                volumes[id].map { volume in .object(volume.row(instances: instanceIDs(linkedTo: volume.id))) }
+            })])
+        case .deleteVolume(let id):
+            return deleteVolume(id)
+        case .gpuNames, .admin:
+            return .error(500, "internal", "unreachable route")
+        }
+    }
+
+    // MARK: Offers
+
+    private func offerRows() -> [[String: JSON]] {
+        let held = Set(instances.values.map { [$0.host.machineID, $0.gpuSlot] })
+        return configuration.hosts.flatMap { host in
+            (1...host.gpuCount).filter { !held.contains([host.machineID, $0]) }.map { host.offerRow(slot: $0) }
+        }
+    }
+
+    // MARK: Instances
+
+    private func sortedInstances() -> [SimInstance] { instances.keys.sorted().compactMap { instances[$0] } }
+
+    private func row(_ instance: SimInstance) -> [String: JSON] {
+        instance.row(sshAddress: configuration.sshAddress, volume: instance.volumeID.flatMap { volumes[$0] })
+    }
+
+    private func instanceIDs(linkedTo volumeID: Int) -> [Int] {
+        instances.values.filter { $0.volumeID == volumeID }.map(\.id).sorted()
+    }
+
+    /// `GET /api/v1/instances/`: pages of `limit` rows (1-25) in id order; `next_token` is the
+    /// last id of the page while rows remain, sent back as `after_token`.
+    private func listInstances(_ query: [String: String]) -> SimResponse {
+        let limit = min(25, max(1, query["limit"].flatMap { Int($0) } ?? 25))
+        var rows = sortedInstances().map(row)
+        if let text = query["select_filters"], let filters = try? JSON.parse(Data(text.utf8)).objectValue {
+            guard let filter = try? RowQuery(body: filters) else {
+                return .error(400, "invalid_query", "select_filters: expected {field: {op: value}}")
+            }
+            rows = filter.apply(rows)
+        }
+        let total = rows.count
+        if let token = query["after_token"], !token.isEmpty {
+            guard let after = Int(token) else { return .error(400, "invalid_token", "after_token \(token) is not one of ours") }
+            rows = rows.filter { ($0["id"]?.intValue ?? 0) > after }
+        }
+        let page = Array(rows.prefix(limit))
+        let next: JSON = rows.count > limit ? .string(String(page.last?["id"]?.intValue ?? 0)) : .null
+        var labels: [String: JSON] = [:]
+        for instance in instances.values { if let label = instance.label { labels[label] = .number((labels[label]?.numberValue ?? 0) + 1) } }
+        return .ok(["instances": .array(page.map { .object($0) }), "next_token": next, "total_instances": JSON(total),
+                    "label_counts": .object(labels)])
+    }
+
+    private func createInstance(offerID: Int, body: [String: JSON]) -> SimResponse {
+        guard let host = configuration.hosts.first(where: { offerID / 100 == $0.machineID }),
+            case let slot = offerID % 100, (1...host.gpuCount).contains(slot),
+            !instances.values.contains(where: { $0.host.machineID == host.machineID && $0.gpuSlot == slot })
+        else {
+            return .error(404, "no_such_ask", "Instance type by id \(offerID) is not available.")
+        }
+        guard let image = body["image"]?.stringValue, !image.isEmpty else {
+            return .error(400, "invalid_args", "image is required")
+        }
+        var volumeID: Int?
+        var mountPath = "/data"
+        if let info = body["volume_info"]?.objectValue {
+            guard info["create_new"]?.boolValue != true else {
+                return .error(400, "invalid_args", "warmpool-sim links existing volumes only (create_new: false)")
+            }
+            guard let id = info["volume_id"]?.intValue, let volume = volumes[id] else {
+                return .error(404, "no_such_volume", "volume_info.volume_id names no volume of yours")
+            }
+            guard volume.host.machineID == host.machineID else {
+                return .error(400, "invalid_args", "volume \(id) is on machine \(volume.host.machineID), the offer on \(host.machineID)")
+            }
+            mountPath = info["mount_path"]?.stringValue ?? ""
+            guard InstanceFiles.isValidMountPath(mountPath) else {
+                return .error(400, "invalid_args", "volume_info.mount_path must be an absolute path")
+            }
+            volumeID = id
+        }
+        var env: [(String, String)] = []
+        for (key, value) in (body["env"]?.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) {
+            env.append((key, value.stringValue ?? RowQuery.text(value)))
+        }
+        let id = nextInstanceID
+        let directory = configuration.stateDirectory + "/instances/\(id)"
+        let port: Int
+        do {
+            port = try InstanceFiles.freePort()
+            try InstanceFiles.create(directory: directory, sshPort: port, address: configuration.sshAddress,
+                                     authorizedKeys: authorizedKeysPath, onstart: body["onstart"]?.stringValue,
+                                     keygen: configuration.sshKeygenPath)
+        } catch {
+            return .error(500, "host_error", "cannot prepare instance: \(error)")
+        }
+        nextInstanceID += 1
+        instances[id] = SimInstance(
+            id: id, host: host, gpuSlot: slot, offerID: offerID, label: body["label"]?.stringValue, image: image, env: env,
+            onstart: body["onstart"]?.stringValue, volumeID: volumeID, mountPath: mountPath,
+            diskGB: body["disk"]?.numberValue ?? 10, runtype: body["runtype"]?.stringValue ?? "ssh",
+            sshPort: port, directory: directory, startDate: Date().timeIntervalSince1970)
+        counters.creates += 1
+        logger.info("instance created", metadata: [
+            "sim.instance_id": "\(id)", "sim.machine_id": "\(host.machineID)", "sim.ssh_port": "\(port)",
+            "sim.volume_id": "\(volumeID.map(String.init) ?? "-")", "sim.env_keys": "\(env.map(\.0).joined(separator: ","))",
+        ])
+        scheduleBoot(id)
+        return .ok(["success": true, "new_contract": JSON(id)])
+    }
+
+    private func startInstance(_ id: Int) -> SimResponse {
+        guard let instance = instances[id] else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
+        if faults.failStartInstances.contains(id) {
+            counters.failedStarts[String(id), default: 0] += 1
+            return .refused("warmpool-sim: simulated start failure for instance \(id)")
+        }
+        counters.starts[String(id), default: 0] += 1
+        // Already running with its processes alive: nothing to do, as the provider answers.
+        if !instance.isStopped, instance.processes?.isAlive == true || instance.actualStatus == "loading" {
+            return .ok(["success": true, "msg": .string("instance \(id) is already running")])
+        }
+        instances[id]?.intendedStatus = "running"
+        instances[id]?.actualStatus = "loading"
+        instances[id]?.statusMessage = "Starting instance"
+        scheduleBoot(id)
+        return .ok(["success": true])
+    }
+
+    private func stopInstance(_ id: Int) async -> SimResponse {
+        guard instances[id] != nil else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
+        counters.stops[String(id), default: 0] += 1
+        instances[id]?.generation += 1
+        instances[id]?.intendedStatus = "stopped"
+        let generation = instances[id]?.generation
+        await terminateProcesses(id)
+        if instances[id]?.generation == generation {
+            instances[id]?.actualStatus = "exited"
+            instances[id]?.statusMessage = "Instance stopped"
+        }
+        return .ok(["success": true])
+    }
+
+    private func destroyInstance(_ id: Int) async -> SimResponse {
+        guard instances[id] != nil else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
+        instances[id]?.generation += 1
+        await terminateProcesses(id)
+        instances[id] = nil
+        counters.destroys += 1
+        logger.info("instance destroyed", metadata: ["sim.instance_id": "\(id)"])
+        return .ok(["success": true])
+    }
+
+    /// Stops an instance's processes; a boot scheduled meanwhile waits for this to finish.
+    private func terminateProcesses(_ id: Int) async {
+        guard let processes = instances[id]?.processes else {
+            await instances[id]?.termination?.value
+            return
+        }
+        instances[id]?.processes = nil
+        instances[id]?.frozen = false
+        let grace = configuration.stopGracePeriod
+        let termination = Task { await processes.terminate(grace: grace) }
+        instances[id]?.termination = termination
+        await termination.value
+    }
+
+    private func scheduleBoot(_ id: Int) {
+        guard instances[id] != nil else { return }
+        instances[id]?.generation += 1
+        let generation = instances[id]!.generation
+        let delay = faults.bootDelayMs.map { Duration.milliseconds($0) } ?? configuration.bootDelay
+        Task {
+            try? await Task.sleep(for: delay)
+            await self.boot(id, generation: generation)
+        }
+    }
+
+    /// Launches the instance's processes, unless a stop, start or destroy came in meanwhile.
+    private func boot(_ id: Int, generation: Int) async {
+        if let pending = instances[id]?.termination { await pending.value }
+        guard let instance = instances[id], instance.generation == generation, !instance.isStopped,
+            instance.processes == nil
+        else { return }
+        let volume = instance.volumeID.flatMap { volumes[$0] }
+        let mount = configuration.mountVolumes && volume != nil
+        var environment = [
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": instance.directory + "/home",
+        ]
+        for (key, value) in instance.env where InstanceFiles.isEnvironmentName(key) { environment[key] = value }
+        environment["WARMPOOL_INSTANCE_ID"] = String(id)
+        environment["WARMPOOL_MACHINE_ID"] = String(instance.host.machineID)
+        if let volume { environment["WARMPOOL_VOLUME_PATH"] = mount ? instance.mountPath : volume.directory }
+        let ssh = !faults.noSSHInstances.contains(id)
+        do {
+            // The bind needs a mount point; a real host has /data in its image.
+            if mount { try FileManager.default.createDirectory(atPath: instance.mountPath, withIntermediateDirectories: true) }
+            let processes = try InstanceProcesses(
+                launcher: instance.directory + "/launcher.sh",
+                arguments: [instance.directory, volume?.directory ?? "", mount ? "1" : "0", instance.mountPath,
+                            ssh ? "1" : "0", configuration.sshdPath],
+                environment: environment, logPath: instance.directory + "/launcher.log", mountNamespace: mount)
+            instances[id]?.processes = processes
+            instances[id]?.termination = nil
+            instances[id]?.actualStatus = "running"
+            instances[id]?.statusMessage = "success, running \(instance.image)"
+            counters.boots[String(id), default: 0] += 1
+            logger.info("instance running", metadata: [
+                "sim.instance_id": "\(id)", "sim.pid": "\(processes.launcherPID)", "sim.ssh": "\(ssh)", "sim.mount": "\(mount)",
+            ])
+        } catch {
+            instances[id]?.actualStatus = "exited"
+            instances[id]?.statusMessage = "launch failed: \(error)"
+            logger.error("instance launch failed", metadata: ["sim.instance_id": "\(id)", "sim.error": "\(error)"])
+        }
+    }
+
+    /// An instance whose launcher exited by itself (a failed mount, say) has exited, as a
+    /// container whose main process ends does.
+    private func reapExitedInstances() {
+        for (id, instance) in instances {
+            guard let processes = instance.processes, !processes.isAlive else { continue }
+            instances[id]?.processes = nil
+            instances[id]?.actualStatus = "exited"
+            instances[id]?.statusMessage = "container exited; see \(instance.directory)/launcher.log"
+        }
+    }
+
+    // MARK: Volumes
+
+    private func createVolume(_ body: [String: JSON]) -> SimResponse {
+        guard let offerID = body["id"]?.intValue, let host = configuration.hosts.first(where: { $0.volumeOfferID == offerID }) else {
+            return .error(404, "no_such_ask", "volume offer \(body["id"].map(RowQuery.text) ?? "(none)") is not available")
+        }
+        let size = body["size"]?.numberValue ?? 15
+        guard size > 0 else { return .error(400, "invalid_args", "size must be positive") }
+        let id = nextVolumeID
+        let directory = configuration.stateDirectory + "/volumes/\(id)"
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            // The marker the agent and the SSH verifier read to know which volume they see.
+            try "\(id)\n".write(toFile: directory + "/.warmpool-volume-id", atomically: true, encoding: .utf8)
+        } catch {
+            return .error(500, "host_error", "cannot create the volume directory: \(error)")
+        }
+        nextVolumeID += 1
+        volumes[id] = SimVolume(id: id, host: host, name: body["name"]?.stringValue, sizeGB: size, directory: directory,
+                                startDate: Date().timeIntervalSince1970)
+        counters.volumeCreates += 1
+        return .ok(["success": true, "volume_id": JSON(id)])
+    }
+
+    private func deleteVolume(_ id: Int) -> SimResponse {
+        guard let volume = volumes[id] else { return .error(404, "no_such_volume", "Volume \(id) not found.") }
+        let users = instanceIDs(linkedTo: id)
+        guard users.isEmpty else { return .refused("volume \(id) is linked to instances \(users); destroy them first") }
+        volumes[id] = nil
+        try? FileManager.default.removeItem(atPath: volume.directory)
+        counters.volumeDeletes += 1
+        return .ok(["success": true])
+    }
+
+    // MARK: Admin
+
+    private func admin(_ action: Route.AdminAction) async -> SimResponse {
+        switch action {
+        case .counters:
+            return .ok((try? JSON.parse(JSONEncoder().encode(counters))) ?? nil)
+        case .resetCounters:
+            counters = SimCounters()
+            return .ok(["success": true])
+        case .faults:
+            return .ok((try? JSON.parse(JSONEncoder().encode(faults))) ?? nil)
+        case .setFaults(let plan):
+            faults = plan
+            logger.notice("faults set", metadata: ["sim.faults": "\(plan)"])
+            return .ok((try? JSON.parse(JSONEncoder().encode(faults))) ?? nil)
+        case .instance(let id):
+            guard let instance = instances[id] else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
+            return .ok(["id": JSON(id), "directory": .string(instance.directory), "frozen": .bool(instance.frozen),
+                        "launcher_pid": JSON(instance.processes.map { Int($0.launcherPID) }),
+                        "processes_alive": .bool(instance.processes?.isAlive == true),
+                        "volume_directory": JSON(instance.volumeID.flatMap { volumes[$0]?.directory })])
+        case .crash(let id), .freeze(let id), .thaw(let id):
+            guard let processes = instances[id]?.processes, processes.isAlive else {
+                return .error(409, "not_running", "instance \(id) has no running processes")
+            }
+            switch action {
+            case .crash:
+                // The processes die; the provider still reports "running", as it would for a
+                // container whose host is up: only our own heartbeats can tell.
+                instances[id]?.processes = nil
+                await processes.crash()
+            case .freeze:
+                processes.signalAll(SIGSTOP)
+                instances[id]?.frozen = true
+            default:
+                processes.signalAll(SIGCONT)
+                instances[id]?.frozen = false
+            }
+            return .ok(["success": true])
+        }
+    }
+
+    // MARK: Shutdown
+
+    /// Stops every instance's processes (their mount namespaces, and so their mounts, go with
+    /// them). The state directory is left for inspection.
+    public func shutdown() async {
+        for id in instances.keys.sorted() {
+            instances[id]?.generation += 1
+            await terminateProcesses(id)
+        }
+        logger.info("all instances stopped")
+    }
+}

@@ -1,0 +1,108 @@
+import ArgumentParser
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import WarmpoolSim
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A local Vast.ai stand-in that runs real instances: see README "warmpool-sim".
+@main
+struct WarmpoolSimCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "warmpool-sim",
+        abstract: "A local Vast.ai API emulator whose instances are real sshd + onstart processes.")
+
+    @Option(help: "HOST:PORT to serve the API on (port 0 picks one).")
+    var listen = "127.0.0.1:0"
+
+    @Option(help: "The Bearer key clients must send (env WARMPOOL_SIM_API_KEY).")
+    var apiKey = ProcessInfo.processInfo.environment["WARMPOOL_SIM_API_KEY"] ?? ""
+
+    @Option(name: .customLong("host"), help: "A machine: MACHINE_ID:GPUS:GPU_NAME:PRICE[:GEO], repeatable (default 77:4:RTX_4090:0.45).")
+    var hosts: [String] = []
+
+    @Option(help: "Directory for volumes and instance files (default: a new temporary directory).")
+    var stateDir: String?
+
+    @Option(help: "authorized_keys file every instance's sshd accepts for root.")
+    var authorizedKeys: String?
+
+    @Option(help: "Milliseconds from create/start to running.")
+    var bootDelayMs = 500
+
+    @Option(help: "Milliseconds between SIGTERM and SIGKILL when stopping an instance.")
+    var stopGraceMs = 1000
+
+    @Flag(help: "Never bind-mount volumes (the default as non-root): instances get WARMPOOL_VOLUME_PATH.")
+    var noMounts = false
+
+    @Option(help: "Share of API calls (0-1) failed with a 503.")
+    var failureRate = 0.0
+
+    @Option(help: "Share of API calls (0-1) answered 429.")
+    var rateLimitRate = 0.0
+
+    @Option(help: "Retry-After seconds sent with injected 429s.")
+    var retryAfter = 1
+
+    @Option(help: "Milliseconds added to every API call.")
+    var latencyMs = 0
+
+    @Option(help: "An instance id that never gets sshd (repeatable).")
+    var noSshInstance: [Int] = []
+
+    @Option(help: "An instance id whose start is refused (repeatable).")
+    var failStartInstance: [Int] = []
+
+    @Option(help: "Write the bound HOST:PORT here once listening.")
+    var readyFile: String?
+
+    @Option(help: "trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    func run() async throws {
+        guard !apiKey.isEmpty else { throw ValidationError("--api-key (or WARMPOOL_SIM_API_KEY) is required") }
+        let (host, port) = try Self.parseListen(listen)
+        var faults = FaultPlan()
+        faults.failureRate = failureRate
+        faults.rateLimitRate = rateLimitRate
+        faults.retryAfterSeconds = retryAfter
+        faults.latencyMs = latencyMs
+        faults.noSSHInstances = noSshInstance
+        faults.failStartInstances = failStartInstance
+        let state = stateDir ?? FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-sim-\(UUID().uuidString)").path
+        let configuration = SimConfiguration(
+            apiKey: apiKey, hosts: try hosts.isEmpty ? [.defaultHost] : hosts.map(HostSpec.init(parsing:)),
+            stateDirectory: state, authorizedKeysPath: authorizedKeys, bootDelay: .milliseconds(bootDelayMs),
+            stopGracePeriod: .milliseconds(stopGraceMs), mountVolumes: getuid() == 0 && !noMounts, faults: faults)
+
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+            return handler
+        }
+        let logger = Logger(label: "warmpool.sim")
+        let simulator = try Simulator(configuration: configuration, logger: logger)
+        let readyFile = self.readyFile
+        let app = SimServer.application(simulator: simulator, host: host, port: port, logger: logger) { bound in
+            logger.notice("warmpool-sim listening", metadata: [
+                "sim.address": "\(host):\(bound)", "sim.state_dir": "\(state)", "sim.mounts": "\(configuration.mountVolumes)",
+            ])
+            if let readyFile { try? "\(host):\(bound)\n".write(toFile: readyFile, atomically: true, encoding: .utf8) }
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: SimulatorService(simulator: simulator)), .init(service: app)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+
+    static func parseListen(_ text: String) throws -> (String, Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port)
+        else { throw ValidationError("--listen must be HOST:PORT") }
+        return (String(text[..<colon]), port)
+    }
+}

@@ -1,0 +1,192 @@
+import Foundation
+import Logging
+import Testing
+import WarmpoolProvider
+import WarmpoolSSH
+@testable import WarmpoolSim
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// VastClient against the real emulator over HTTP, and the project's SSHVerifier against the
+/// instances it runs: a warm pool's whole life on one simulated machine (as root).
+@Suite(.serialized) struct LifecycleTests {
+    static let ms: Int64 = 1_000_000
+
+    func verifier(_ fixture: SimFixture, pins: any HostKeyPinStore) -> SSHVerifier {
+        SSHVerifier(credentials: SSHCredentials(privateKey: .file(path: fixture.clientKeyPath)), pins: pins, logger: SimFixture.logger)
+    }
+
+    func target(_ instance: Instance, volumeID: Int) throws -> SSHTarget {
+        try SSHTarget(instanceID: String(instance.id), host: try #require(instance.sshHost), port: try #require(instance.sshPort),
+                      volume: VolumeSpec(path: "/data", expectedID: String(volumeID)))
+    }
+
+    @Test func primaryAndStandbyShareAVolumeAndTheStandbyStartsVerified() async throws {
+        try SimFixture.requireRoot()
+        let fixture = try await SimFixture(bootDelay: .milliseconds(200))
+        let client = fixture.client()
+        let pins = InMemoryHostKeyPinStore()
+        let verifier = verifier(fixture, pins: pins)
+
+        let hosts = WarmPoolHosts.group(offers: try await client.searchOffers(OfferQuery(gpuName: "RTX_4090")))
+        let host = try #require(hosts.first)
+        #expect(host.machineID == 77 && host.availableGPUs == 4 && host.canCreateWarmPool)
+        let volumeOffer = try #require(try await client.searchVolumeOffers(machineID: host.machineID).first)
+        let volumeID = try await client.createVolume(offerID: volumeOffer.id, sizeGB: 20, name: "wp-77")
+        let request = CreateInstanceRequest(image: "warmpool/agent", label: "wp-77", env: ["WARMPOOL_ROLE": "primary"],
+                                            onstart: "echo \"$WARMPOOL_INSTANCE_ID $WARMPOOL_MACHINE_ID $WARMPOOL_VOLUME_PATH $WARMPOOL_ROLE\" > /data/onstart-$WARMPOOL_INSTANCE_ID",
+                                            volume: .init(volumeID: volumeID))
+        let primaryID = try await client.createInstance(offerID: host.offers[0].offerID, request)
+        let standbyID = try await client.createInstance(offerID: host.offers[1].offerID, request)
+        #expect(primaryID != standbyID)
+
+        // Both boot; the standby is then stopped, as a warm pool keeps it.
+        #expect(try await SimFixture.eventually { try await client.instance(id: standbyID)?.isRunning == true })
+        let policy = ReadinessPolicy(deadline: 20_000 * Self.ms, attemptTimeout: 5_000 * Self.ms)
+        let primary = try #require(try await client.instance(id: primaryID))
+        let primaryReady = try await verifier.waitUntilReady(try target(primary, volumeID: volumeID), policy: policy)
+        #expect(primaryReady.isVerified, "\(String(describing: primaryReady.failure))")
+        try await client.stopInstance(id: standbyID)
+        let stopped = try #require(try await client.instance(id: standbyID))
+        #expect(stopped.isStopped && stopped.intendedStatus == "stopped" && stopped.volumeIDs == [volumeID])
+        let standbyTarget = try target(stopped, volumeID: volumeID)
+        let refused = try await verifier.verify(standbyTarget, timeout: 2_000 * Self.ms)
+        #expect(refused.failure?.reason == .refused, "a stopped instance has no sshd")
+
+        // Failover: start the standby and time it to "SSH verified, right volume, writable".
+        let started = ContinuousClock.now
+        try await client.startInstance(id: standbyID)
+        let ready = try await verifier.waitUntilReady(standbyTarget, policy: policy)
+        let startToVerified = ContinuousClock.now - started
+        #expect(ready.isVerified, "\(String(describing: ready.failure))")
+        #expect(ready.last.volume?.mounted == true && ready.last.volume?.writable == true)
+        #expect(ready.last.volume?.marker == .present(String(volumeID)))
+        #expect(try await client.instance(id: standbyID)?.isRunning == true)
+        print("warmpool-sim: start request to SSH-verified standby in \(startToVerified) (boot delay 200 ms, \(ready.attempts) attempts)")
+
+        // One API round trip through libcurl, a kept-alive connection and the emulator.
+        let timed = ContinuousClock.now
+        for _ in 0..<50 { _ = try await client.instance(id: standbyID) }
+        print("warmpool-sim: show_instance round trip \((ContinuousClock.now - timed) / 50) on average over 50 calls")
+
+        // The host key pinned on first contact survived the stop and the start.
+        let pinnedAfter = await pins.pinnedFingerprint(for: String(standbyID))
+        #expect(pinnedAfter != nil && pinnedAfter == ready.last.hostKeyFingerprint)
+
+        // Both onstarts ran with the instance env, and wrote through /data into the one volume.
+        let volumeDirectory = fixture.directory + "/state/volumes/\(volumeID)"
+        for id in [primaryID, standbyID] {
+            let line = try String(contentsOfFile: volumeDirectory + "/onstart-\(id)", encoding: .utf8)
+            #expect(line == "\(id) 77 /data primary\n")
+        }
+
+        // Exactly one start of the standby, one stop, and no third instance.
+        let counters = await fixture.counters()
+        #expect(counters.starts == [String(standbyID): 1] && counters.stops == [String(standbyID): 1])
+        #expect(counters.creates == 2 && counters.boots[String(standbyID)] == 2)
+
+        // A volume in use cannot be deleted; after the instances are destroyed it can.
+        await #expect(throws: ProviderError.rejected(message: "volume \(volumeID) is linked to instances [\(primaryID), \(standbyID)]; destroy them first")) {
+            try await client.deleteVolume(id: volumeID)
+        }
+        for id in [primaryID, standbyID] { try await client.destroyInstance(id: id) }
+        #expect(try await client.listInstances().isEmpty)
+        #expect(SimFixture.processes(mentioning: fixture.directory).isEmpty, "destroy ends every instance process")
+        try await client.deleteVolume(id: volumeID)
+        #expect(try await client.listVolumes().isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: volumeDirectory))
+        #expect(try await client.searchOffers(OfferQuery()).count == 4, "every GPU is free again")
+        await fixture.stop()
+    }
+
+    @Test func theInstanceListIsPaged() async throws {
+        let fixture = try await SimFixture(hosts: [try HostSpec(parsing: "90:30:RTX_3090:0.2")], bootDelay: .seconds(3600))
+        let client = fixture.client(pageSize: 7)
+        var created: [Int] = []
+        for offer in try await client.searchOffers(OfferQuery()).prefix(23) {
+            created.append(try await client.createInstance(offerID: offer.id, CreateInstanceRequest(image: "img", label: "batch")))
+        }
+        let listed = try await client.listInstances()
+        #expect(listed.map(\.id) == created.sorted())
+        #expect(await fixture.counters().calls["list_instances"] == 4, "23 rows at 7 a page")
+        let (_, page) = await fixture.raw("GET", "/api/v1/instances/?limit=25&after_token=\(created[20])")
+        #expect(page["instances"]?.arrayValue?.count == 2 && page["next_token"] == .null && page["total_instances"] == 23)
+        await fixture.stop()
+    }
+
+    @Test func crashFreezeAndAnInstanceThatNeverGetsSSH() async throws {
+        try SimFixture.requireRoot()
+        let fixture = try await SimFixture(bootDelay: .milliseconds(50))
+        let client = fixture.client()
+        let volumeID = try await client.createVolume(offerID: HostSpec.defaultHost.volumeOfferID, sizeGB: 10, name: nil)
+        let request = CreateInstanceRequest(image: "img", onstart: "sleep 600", volume: .init(volumeID: volumeID))
+        let id = try await client.createInstance(offerID: 7701, request)
+        #expect(await SimFixture.eventually { await fixture.processes(of: id).alive })
+        let pid = try #require(await fixture.processes(of: id).pid)
+
+        #expect(await fixture.raw("POST", "/admin/instances/\(id)/freeze").0 == 200)
+        // SIGSTOP lands asynchronously.
+        #expect(await SimFixture.eventually(.seconds(2)) {
+            let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+            return stat.split(separator: ")").last?.trimmingCharacters(in: .whitespaces).first == "T"
+        }, "frozen processes are stopped")
+        #expect(await fixture.raw("POST", "/admin/instances/\(id)/thaw").0 == 200)
+
+        #expect(await fixture.raw("POST", "/admin/instances/\(id)/crash").0 == 200)
+        #expect(kill(pid_t(pid), 0) != 0, "the launcher is gone")
+        #expect(SimFixture.processes(mentioning: "instances/\(id)/").isEmpty)
+        // The provider still says running: only heartbeats can tell.
+        #expect(try await client.instance(id: id)?.isRunning == true)
+        #expect(await fixture.raw("POST", "/admin/instances/\(id)/crash").0 == 409)
+        // Starting the crashed instance launches it again.
+        try await client.startInstance(id: id)
+        #expect(await SimFixture.eventually { await fixture.processes(of: id).alive })
+
+        #expect(await fixture.raw("POST", "/admin/faults", body: #"{"no_ssh_instances": [1002]}"#).0 == 200)
+        let silent = try await client.createInstance(offerID: 7702, request)
+        #expect(silent == 1002)
+        #expect(try await SimFixture.eventually { try await client.instance(id: silent)?.isRunning == true })
+        let instance = try #require(try await client.instance(id: silent))
+        let result = try await verifier(fixture, pins: InMemoryHostKeyPinStore()).verify(
+            try target(instance, volumeID: volumeID), timeout: 2_000 * Self.ms)
+        #expect(result.failure?.reason == .refused, "running, but no sshd")
+        await fixture.stop()
+        #expect(SimFixture.processes(mentioning: fixture.directory).isEmpty, "shutdown ends every instance")
+    }
+
+    @Test func withoutMountsTheVolumeIsAPathInTheEnvironment() async throws {
+        let fixture = try await SimFixture(bootDelay: .milliseconds(20), mountVolumes: false)
+        let client = fixture.client()
+        let volumeID = try await client.createVolume(offerID: HostSpec.defaultHost.volumeOfferID, sizeGB: 1, name: "plain")
+        let id = try await client.createInstance(offerID: 7704, CreateInstanceRequest(
+            image: "img", env: ["GREETING": "hello from 7704"], onstart: #"echo "$GREETING" > "$WARMPOOL_VOLUME_PATH/greeting""#,
+            volume: .init(volumeID: volumeID)))
+        let volumeDirectory = fixture.directory + "/state/volumes/\(volumeID)"
+        #expect(try String(contentsOfFile: volumeDirectory + "/.warmpool-volume-id", encoding: .utf8) == "\(volumeID)\n")
+        #expect(await SimFixture.eventually { FileManager.default.fileExists(atPath: volumeDirectory + "/greeting") })
+        #expect(try String(contentsOfFile: volumeDirectory + "/greeting", encoding: .utf8) == "hello from 7704\n")
+        try await client.destroyInstance(id: id)
+        await fixture.stop()
+    }
+
+    @Test func aFrozenInstanceStillStops() async throws {
+        // Fencing stops a primary that may be frozen: SIGTERM waits on a stopped process, so the
+        // stop sends SIGCONT with it, and SIGKILL after the grace period.
+        try SimFixture.requireRoot()
+        let fixture = try await SimFixture(bootDelay: .milliseconds(20))
+        let client = fixture.client()
+        let id = try await client.createInstance(offerID: 7701, CreateInstanceRequest(image: "img", onstart: "sleep 600"))
+        #expect(await SimFixture.eventually { await fixture.processes(of: id).alive })
+        let directory = try #require(await fixture.processes(of: id).directory)
+        #expect(await fixture.raw("POST", "/admin/instances/\(id)/freeze").0 == 200)
+        let started = ContinuousClock.now
+        try await client.stopInstance(id: id)
+        #expect(ContinuousClock.now - started < .seconds(2))
+        #expect(SimFixture.processes(mentioning: directory).isEmpty)
+        let stopped = try #require(try await client.instance(id: id))
+        #expect(stopped.actualStatus == "exited" && stopped.intendedStatus == "stopped")
+        await fixture.stop()
+    }
+}
