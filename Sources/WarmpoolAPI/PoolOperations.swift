@@ -1,13 +1,16 @@
 import Foundation
+import WarmpoolProvider
 import WarmpoolStore
 
 /// What the API asks of the failover engine and the provider. The API validates input and shapes
 /// answers; everything that changes a pool's instances goes through an implementation of this.
 public protocol PoolOperations: Sendable {
-    func hosts(_ query: HostQuery) async throws -> [HostSummary]
+    func hosts(_ filter: WarmPoolHosts.Filter) async throws -> [WarmPoolHosts.Host]
     func provision(_ request: ProvisionRequest) async throws -> PoolRecord
     func enable(machineID: Int64) async throws -> PoolRecord
     func disable(machineID: Int64) async throws -> PoolRecord
+    /// Settings changes; a machine without a pool gets a row (disabled) to hold them.
+    func updateSettings(machineID: Int64, _ change: SettingsChange) async throws -> PoolRecord
     func failoverTest(machineID: Int64) async throws -> FailoverTestOutcome
     func cleanup(machineID: Int64) async throws
 }
@@ -30,76 +33,6 @@ public enum PoolOperationError: Error, CustomStringConvertible, Sendable {
         case .providerNotConfigured:
             "this controller has no provider configured (start it with --provider-url and a provider API key)"
         }
-    }
-}
-
-public struct HostQuery: Sendable, Equatable {
-    /// Underscores stand for spaces: `RTX_4090` is "RTX 4090".
-    public var gpuName: String?
-    public var minGPUs: Int
-    public var maxPricePerHour: Double?
-    public var verified: Bool
-
-    public init(gpuName: String? = nil, minGPUs: Int = 2, maxPricePerHour: Double? = nil, verified: Bool = true) {
-        self.gpuName = gpuName
-        self.minGPUs = minGPUs
-        self.maxPricePerHour = maxPricePerHour
-        self.verified = verified
-    }
-}
-
-public struct HostOffer: Sendable, Equatable {
-    public var offerID: Int64
-    public var machineID: Int64
-    public var gpuName: String
-    public var numGPUs: Int
-    public var pricePerHour: Double
-    public var reliability: Double
-    public var verified: Bool
-    public var geolocation: String?
-
-    public init(
-        offerID: Int64, machineID: Int64, gpuName: String, numGPUs: Int, pricePerHour: Double, reliability: Double,
-        verified: Bool, geolocation: String?
-    ) {
-        self.offerID = offerID
-        self.machineID = machineID
-        self.gpuName = gpuName
-        self.numGPUs = numGPUs
-        self.pricePerHour = pricePerHour
-        self.reliability = reliability
-        self.verified = verified
-        self.geolocation = geolocation
-    }
-}
-
-/// A physical machine that could carry a warm pool: the provider's offers that share a machine_id.
-public struct HostSummary: Sendable, Equatable {
-    public var machineID: Int64
-    public var totalGPUs: Int
-    public var availableGPUs: Int
-    public var gpuName: String
-    public var averagePricePerHour: Double
-    public var reliability: Double
-    public var verified: Bool
-    public var geolocation: String?
-    public var canCreateWarmPool: Bool
-    public var offers: [HostOffer]
-
-    public init(
-        machineID: Int64, totalGPUs: Int, availableGPUs: Int, gpuName: String, averagePricePerHour: Double,
-        reliability: Double, verified: Bool, geolocation: String?, canCreateWarmPool: Bool, offers: [HostOffer]
-    ) {
-        self.machineID = machineID
-        self.totalGPUs = totalGPUs
-        self.availableGPUs = availableGPUs
-        self.gpuName = gpuName
-        self.averagePricePerHour = averagePricePerHour
-        self.reliability = reliability
-        self.verified = verified
-        self.geolocation = geolocation
-        self.canCreateWarmPool = canCreateWarmPool
-        self.offers = offers
     }
 }
 
@@ -127,6 +60,18 @@ public struct ProvisionRequest: Sendable, Equatable {
     }
 }
 
+public struct SettingsChange: Sendable, Equatable {
+    public var strategy: FailoverStrategy?
+    public var gpuPreferences: [String]?
+    public var volumeSizeGB: Int?
+
+    public init(strategy: FailoverStrategy? = nil, gpuPreferences: [String]? = nil, volumeSizeGB: Int? = nil) {
+        self.strategy = strategy
+        self.gpuPreferences = gpuPreferences
+        self.volumeSizeGB = volumeSizeGB
+    }
+}
+
 public struct FailoverTestOutcome: Sendable, Equatable {
     public var success: Bool
     public var message: String
@@ -148,7 +93,7 @@ public struct ProviderlessPoolOperations: PoolOperations {
 
     public init(store: any WarmpoolStore) { self.store = store }
 
-    public func hosts(_ query: HostQuery) async throws -> [HostSummary] { throw PoolOperationError.providerNotConfigured }
+    public func hosts(_ filter: WarmPoolHosts.Filter) async throws -> [WarmPoolHosts.Host] { throw PoolOperationError.providerNotConfigured }
     public func provision(_ request: ProvisionRequest) async throws -> PoolRecord { throw PoolOperationError.providerNotConfigured }
     public func failoverTest(machineID: Int64) async throws -> FailoverTestOutcome {
         try await requirePool(machineID)
@@ -170,6 +115,19 @@ public struct ProviderlessPoolOperations: PoolOperations {
 
     public func disable(machineID: Int64) async throws -> PoolRecord {
         try await setStrategy(.cpuStandby, machineID: machineID)
+    }
+
+    public func updateSettings(machineID: Int64, _ change: SettingsChange) async throws -> PoolRecord {
+        var pool = try await store.pool(machineID: machineID) ?? PoolRecord(machineID: machineID)
+        if let strategy = change.strategy {
+            pool.strategy = strategy
+            pool.state = PoolStrategySwitch.state(after: strategy, pool: pool)
+        }
+        if let preferences = change.gpuPreferences { pool.gpuPreferences = preferences }
+        if let size = change.volumeSizeGB { pool.volumeSizeGB = size }
+        pool.updatedAt = Date()
+        try await store.savePool(pool)
+        return pool
     }
 
     private func setStrategy(_ strategy: FailoverStrategy, machineID: Int64) async throws -> PoolRecord {

@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import WarmpoolProvider
 import WarmpoolStore
 
 /// The seven routes existing clients call, plus what operators need: the pool list, settings,
@@ -22,7 +23,7 @@ struct PoolRoutes {
             ]))
         }
         group.get("hosts") { request, _ in
-            let hosts = try await operations.hosts(try Self.hostQuery(request))
+            let hosts = try await operations.hosts(try Self.hostFilter(request))
             return JSONResponse.ok(.object([("hosts", .array(hosts.map(Present.host))), ("count", .int(Int64(hosts.count)))]))
         }
         group.post("provision") { request, _ in
@@ -79,16 +80,11 @@ struct PoolRoutes {
             let machineID = try RequestInput.machineID(context)
             let body = try await RequestInput.jsonObject(request)
             try Self.refuseUnknownFields(body, allowed: ["strategy", "gpu_preferences", "volume_size_gb"])
+            let change = SettingsChange(
+                strategy: try body.oneOf("strategy", FailoverStrategy.self), gpuPreferences: try body.stringArray("gpu_preferences"),
+                volumeSizeGB: try body.positiveInt("volume_size_gb", maximum: 65_536).map { Int($0) })
             // A machine can be configured before its pool is provisioned: the row starts disabled.
-            var pool = try await store.pool(machineID: machineID) ?? PoolRecord(machineID: machineID)
-            if let strategy = try body.oneOf("strategy", FailoverStrategy.self) {
-                pool.strategy = strategy
-                pool.state = PoolStrategySwitch.state(after: strategy, pool: pool)
-            }
-            if let preferences = try body.stringArray("gpu_preferences") { pool.gpuPreferences = preferences }
-            if let size = try body.positiveInt("volume_size_gb", maximum: 65_536) { pool.volumeSizeGB = Int(size) }
-            pool.updatedAt = Date()
-            try await store.savePool(pool)
+            let pool = try await operations.updateSettings(machineID: machineID, change)
             return JSONResponse.ok(Present.settings(pool))
         }
         group.get("history/:machine_id") { request, context in
@@ -125,9 +121,9 @@ struct PoolRoutes {
             .max()
     }
 
-    static func hostQuery(_ request: Request) throws -> HostQuery {
+    static func hostFilter(_ request: Request) throws -> WarmPoolHosts.Filter {
         let parameters = request.uri.queryParameters
-        var query = HostQuery()
+        var query = WarmPoolHosts.Filter()
         if let name = parameters.get("gpu_name") {
             guard !name.isEmpty, name.utf8.count <= 64 else { throw APIError.badRequest("gpu_name must be 1-64 characters") }
             query.gpuName = name
@@ -142,7 +138,7 @@ struct PoolRoutes {
             guard let value = Double(text), value.isFinite, value > 0 else {
                 throw APIError.badRequest("max_price must be a positive number, got \"\(text)\"")
             }
-            query.maxPricePerHour = value
+            query.maxPrice = value
         }
         if let text = parameters.get("verified") {
             switch text.lowercased() {

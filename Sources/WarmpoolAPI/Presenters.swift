@@ -1,5 +1,6 @@
 import Foundation
 import WarmpoolController
+import WarmpoolProvider
 import WarmpoolStore
 import WarmpoolWire
 
@@ -46,13 +47,13 @@ enum Present {
         ])
     }
 
-    static func host(_ host: HostSummary) -> JSONValue {
+    static func host(_ host: WarmPoolHosts.Host) -> JSONValue {
         .object([
-            ("machine_id", .int(host.machineID)),
+            ("machine_id", .int(Int64(host.machineID))),
             ("total_gpus", .int(Int64(host.totalGPUs))),
             ("available_gpus", .int(Int64(host.availableGPUs))),
             ("gpu_name", .string(host.gpuName)),
-            ("avg_price_per_hour", .double(host.averagePricePerHour)),
+            ("avg_price_per_hour", .double(host.avgPricePerHour)),
             ("reliability", .double(host.reliability)),
             ("verified", .bool(host.verified)),
             ("geolocation", .string(host.geolocation)),
@@ -61,10 +62,10 @@ enum Present {
         ])
     }
 
-    static func offer(_ offer: HostOffer) -> JSONValue {
+    static func offer(_ offer: WarmPoolHosts.HostOffer) -> JSONValue {
         .object([
-            ("offer_id", .int(offer.offerID)),
-            ("machine_id", .int(offer.machineID)),
+            ("offer_id", .int(Int64(offer.offerID))),
+            ("machine_id", .int(Int64(offer.machineID))),
             ("gpu_name", .string(offer.gpuName)),
             ("num_gpus", .int(Int64(offer.numGPUs))),
             ("price_per_hour", .double(offer.pricePerHour)),

@@ -34,10 +34,21 @@ public final class LivenessHub: Sendable {
         var leaseRenewalNanoseconds: Int64 { Int64(leaseMilliseconds) * 1_000_000 / 4 }
     }
 
+    /// The failover engine's word on one instance's lease.
+    public enum LeasePosture: Sendable, Equatable {
+        /// No grant, whatever the detector thinks: the instance is being fenced or replaced.
+        case revoked
+        /// Grants carry this epoch (the pool's fencing token), not the controller-wide default.
+        case granted(epoch: UInt64)
+    }
+
     private struct Shared: Sendable {
         var tracker: LivenessTracker
         var keyring: Keyring
         var epoch: UInt64
+        /// By provider instance id; kept for instances whose agent is not connected (yet), so an
+        /// old primary that comes back after a controller restart is refused at once.
+        var postures: [UInt64: LeasePosture] = [:]
         var nextSession: SessionID = 1
         var heartbeatsReceived: UInt64 = 0
     }
@@ -93,8 +104,14 @@ public final class LivenessHub: Sendable {
             shared.heartbeatsReceived += 1
             eventLog.publish(shared.tracker.heartbeat(session, agentID: agentID, status: status, now: now))
             let due = lastGrantAt.map { now - $0 >= configuration.leaseRenewalNanoseconds } ?? true
-            let allowed = due && shared.tracker.mayGrantLease(agentID: agentID)
-            return (now, allowed ? shared.epoch : nil)
+            guard due, shared.tracker.mayGrantLease(agentID: agentID) else { return (now, nil) }
+            guard let instanceID = shared.tracker.instanceID(agentID: agentID), let posture = shared.postures[instanceID] else {
+                return (now, shared.epoch)
+            }
+            switch posture {
+            case .revoked: return (now, nil)
+            case .granted(let epoch): return (now, epoch)
+            }
         }
     }
 
@@ -103,6 +120,24 @@ public final class LivenessHub: Sendable {
         shared.withLockedValue { shared in
             eventLog.publish(shared.tracker.sessionClosed(session, agentID: agentID, graceful: graceful, now: now))
         }
+    }
+
+    /// Stops every further grant to the instance's agents; they fence themselves when the lease
+    /// in hand runs out. Takes effect before the next grant on any connection.
+    public func revokeLease(instanceID: UInt64) {
+        shared.withLockedValue { $0.postures[instanceID] = .revoked }
+    }
+
+    /// The instance's agents may hold leases again, at `epoch`.
+    public func grantLease(instanceID: UInt64, epoch: UInt64) {
+        shared.withLockedValue { shared in
+            shared.postures[instanceID] = .granted(epoch: epoch)
+            for agentID in shared.tracker.agentIDs(instanceID: instanceID) { shared.tracker.restoreLease(agentID: agentID) }
+        }
+    }
+
+    public func leasePosture(instanceID: UInt64) -> LeasePosture? {
+        shared.withLockedValue { $0.postures[instanceID] }
     }
 
     /// See `LivenessTracker.restoreLease`.

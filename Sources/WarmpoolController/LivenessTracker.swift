@@ -265,6 +265,12 @@ public struct LivenessTracker: Sendable {
         agents[agentID].map { silenceTimeout($0, now: now) }
     }
 
+    public func instanceID(agentID: String) -> UInt64? { agents[agentID]?.identity.instanceID }
+
+    public func agentIDs(instanceID: UInt64) -> [String] {
+        agents.values.filter { $0.identity.instanceID == instanceID }.map(\.identity.agentID)
+    }
+
     /// The summary from the agent's latest heartbeat (for the control plane's agent listing).
     public func status(agentID: String) -> AgentStatus? { agents[agentID]?.status }
 

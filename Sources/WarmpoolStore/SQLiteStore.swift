@@ -130,6 +130,10 @@ public final class SQLiteStore: WarmpoolStore {
         }
     }
 
+    public func saveAgent(_ agent: AgentRecord) async throws {
+        try await database.write { db in try agent.save(db) }
+    }
+
     public func agent(id: String) async throws -> AgentRecord? {
         try await database.read { db in try AgentRecord.fetchOne(db, key: id) }
     }
@@ -155,11 +159,12 @@ public final class SQLiteStore: WarmpoolStore {
         }
     }
 
-    public func pinHostKey(instanceID: String, key: String) async throws {
+    public func pinHostKeyIfAbsent(instanceID: String, key: String) async throws -> String {
         try await database.write { db in
             try db.execute(
-                sql: "INSERT INTO host_key_pin (instance_id, key, pinned_at) VALUES (?, ?, ?) ON CONFLICT(instance_id) DO UPDATE SET key = excluded.key, pinned_at = excluded.pinned_at",
+                sql: "INSERT INTO host_key_pin (instance_id, key, pinned_at) VALUES (?, ?, ?) ON CONFLICT(instance_id) DO NOTHING",
                 arguments: [instanceID, key, Date()])
+            return try String.fetchOne(db, sql: "SELECT key FROM host_key_pin WHERE instance_id = ?", arguments: [instanceID]) ?? key
         }
     }
 

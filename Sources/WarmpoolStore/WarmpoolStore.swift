@@ -24,13 +24,16 @@ public protocol WarmpoolStore: Sendable {
 
     // Agents and their keys.
     func addAgent(_ agent: AgentRecord) async throws
+    /// Replaces an agent's row (e.g. to record the instance it was created for).
+    func saveAgent(_ agent: AgentRecord) async throws
     func agent(id: String) async throws -> AgentRecord?
     func agents() async throws -> [AgentRecord]
     func revokeAgent(id: String, at: Date) async throws -> Bool
 
     // Pinned SSH host keys, by provider instance id.
     func pinnedHostKey(instanceID: String) async throws -> String?
-    func pinHostKey(instanceID: String, key: String) async throws
+    /// Pins `key` when the instance has none, atomically; returns the pin in force afterwards.
+    func pinHostKeyIfAbsent(instanceID: String, key: String) async throws -> String
     func unpinHostKey(instanceID: String) async throws
 
     // The notification outbox.

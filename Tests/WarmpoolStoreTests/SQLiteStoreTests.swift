@@ -140,12 +140,12 @@ private let logger = Logger(label: "test.store")
         #expect(try await store.agent(id: "gpu-1")?.revokedAt != nil)
     }
 
-    @Test func hostKeyPinsReplaceAndRemove() async throws {
+    @Test func theFirstPinStaysAndCanBeRemoved() async throws {
         let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
         #expect(try await store.pinnedHostKey(instanceID: "101") == nil)
-        try await store.pinHostKey(instanceID: "101", key: "ssh-ed25519 AAAA1")
-        try await store.pinHostKey(instanceID: "101", key: "ssh-ed25519 AAAA2")
-        #expect(try await store.pinnedHostKey(instanceID: "101") == "ssh-ed25519 AAAA2")
+        #expect(try await store.pinHostKeyIfAbsent(instanceID: "101", key: "SHA256:first") == "SHA256:first")
+        #expect(try await store.pinHostKeyIfAbsent(instanceID: "101", key: "SHA256:second") == "SHA256:first")
+        #expect(try await store.pinnedHostKey(instanceID: "101") == "SHA256:first")
         try await store.unpinHostKey(instanceID: "101")
         #expect(try await store.pinnedHostKey(instanceID: "101") == nil)
     }

@@ -1,0 +1,37 @@
+import Foundation
+import WarmpoolEngine
+
+/// How an instance the controller creates starts its agent: the onstart script and the
+/// environment handed to it. The agent's secret travels only in the instance's environment.
+public struct AgentLaunch: Sendable {
+    /// The controller's agent listeners as the instances reach them, `HOST:PORT[,HOST:PORT]`.
+    public var controllers: String
+    /// The instance's onstart script; it runs with the environment below.
+    public var onstart: String
+    /// Added to every instance's environment (e.g. a fence command for the workload).
+    public var extraEnvironment: [String: String]
+    /// Where instances see the shared volume.
+    public var volumePath: String
+
+    public static let defaultOnstart = "exec warmpool-agent"
+
+    public init(controllers: String, onstart: String = AgentLaunch.defaultOnstart, extraEnvironment: [String: String] = [:],
+                volumePath: String = "/data") {
+        self.controllers = controllers
+        self.onstart = onstart
+        self.extraEnvironment = extraEnvironment
+        self.volumePath = volumePath
+    }
+
+    func environment(agentID: String, secretHex: String, request: InstanceRequest, poolID: PoolID) -> [String: String] {
+        var environment = extraEnvironment
+        environment["WARMPOOL_CONTROLLERS"] = controllers
+        environment["WARMPOOL_AGENT_ID"] = agentID
+        environment["WARMPOOL_AGENT_SECRET"] = secretHex
+        environment["WARMPOOL_ROLE"] = request.role.rawValue
+        environment["WARMPOOL_VOLUME_ID"] = "\(request.volume)"
+        environment["WARMPOOL_VOLUME_PATH"] = volumePath
+        environment["WARMPOOL_POOL_ID"] = "\(poolID)"
+        return environment
+    }
+}

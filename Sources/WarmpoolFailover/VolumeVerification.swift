@@ -1,0 +1,51 @@
+import Foundation
+import WarmpoolEngine
+import WarmpoolSSH
+
+/// Carries out the engine's `verify`: SSH answers with the pinned host key, and the expected
+/// volume is mounted at the volume path and writable. Polls briefly while the instance boots;
+/// what will not fix itself (a wrong host key or volume) is a verdict at once.
+struct VolumeVerification: Sendable {
+    let verifier: SSHVerifier
+    let volumePath: String
+    /// How long one `verify` keeps trying before it reports "not ready" to the engine, which
+    /// decides whether to ask again.
+    let attemptWindow: Duration
+
+    func run(instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID) async -> VerificationOutcome {
+        guard let ssh else { return .notReady(message: "the provider shows no SSH address for instance \(instance) yet") }
+        let target: SSHTarget
+        do {
+            target = try SSHTarget(
+                instanceID: "\(instance)", host: ssh.host, port: ssh.port, username: "root",
+                volume: VolumeSpec(path: volumePath, expectedID: "\(volume)"))
+        } catch {
+            return .failed(message: "cannot verify instance \(instance): \(error)")
+        }
+        let policy = ReadinessPolicy(deadline: Int64(attemptWindow.components.seconds) * 1_000_000_000, pollInterval: 20_000_000)
+        do {
+            let result = try await verifier.waitUntilReady(target, policy: policy)
+            guard let failure = result.failure else { return .passed(sshReadyAt: Instant.now()) }
+            if failure.reason == .deadlineExceeded || policy.retryable.contains(failure.reason) {
+                return .notReady(message: failure.description)
+            }
+            return .failed(message: failure.description)
+        } catch {
+            return .notReady(message: "verification could not run: \(error)")
+        }
+    }
+}
+
+extension Instant {
+    static func now() -> Instant {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        return Instant(nanosecondsSinceEpoch: Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec))
+    }
+
+    var date: Date { Date(timeIntervalSince1970: Double(nanosecondsSinceEpoch) / 1e9) }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
