@@ -26,10 +26,16 @@ public struct LivenessEventRecorder: Service {
     public func run() async throws {
         let pending = NIOLockedValueBox<[PoolEvent]>([])
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { [events, metrics] in
+            group.addTask { [events, metrics, store] in
+                // Agents the controller created are filed under their pool; others under the
+                // machine id they report.
+                var pools: [String: Int64?] = [:]
                 for await event in events.cancelOnGracefulShutdown() {
                     metrics.record(event)
-                    pending.withLockedValue { $0.append(Self.poolEvent(event)) }
+                    let agentID = event.agent.agentID
+                    if pools[agentID] == nil { pools[agentID] = .some(try? await store.agent(id: agentID)?.machineID) }
+                    let pool = pools[agentID] ?? nil
+                    pending.withLockedValue { $0.append(Self.poolEvent(event, pool: pool)) }
                 }
             }
             group.addTask {
@@ -53,11 +59,11 @@ public struct LivenessEventRecorder: Service {
         }
     }
 
-    static func poolEvent(_ event: LivenessEvent) -> PoolEvent {
+    static func poolEvent(_ event: LivenessEvent, pool: Int64?) -> PoolEvent {
         var detail = "\(event.agent.role) instance \(event.agent.instanceID): \(event.reason)"
         if let fenced = event.fencedAtEpoch { detail += " (fenced at epoch \(fenced))" }
         return PoolEvent(
-            machineID: Int64(event.agent.machineID), agentID: event.agent.agentID, kind: event.kind.rawValue, at: Date(),
+            machineID: pool ?? Int64(event.agent.machineID), agentID: event.agent.agentID, kind: event.kind.rawValue, at: Date(),
             detail: detail)
     }
 }

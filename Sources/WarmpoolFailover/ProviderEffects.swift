@@ -26,9 +26,16 @@ struct ProviderEffects: Sendable {
             case .ensureInstance(_, let request):
                 return .success(.instance(try await ensureInstance(request, poolID: poolID)))
             case .startInstance(_, let id):
+                // A start re-sent after a restart finds the first one taken: nothing is sent twice.
+                if let instance = try await provider.instance(id: id), instance.intendedStatus == "running" || instance.isRunning {
+                    return .success(.accepted)
+                }
                 try await provider.startInstance(id: id)
                 return .success(.accepted)
             case .stopInstance(_, let id):
+                if let instance = try await provider.instance(id: id), instance.intendedStatus == "stopped" && instance.isStopped {
+                    return .success(.accepted)
+                }
                 do { try await provider.stopInstance(id: id) } catch ProviderError.notFound {}
                 return .success(.accepted)
             case .pollInstance(_, let id):

@@ -115,7 +115,8 @@ public final class SQLiteStore: WarmpoolStore {
 
     public func events(machineID: Int64?, limit: Int) async throws -> [PoolEvent] {
         try await database.read { db in
-            var request = PoolEvent.order(Column("id").desc).limit(limit)
+            // By time, not by id: liveness events arrive in batches, after engine events of the same moment.
+            var request = PoolEvent.order(Column("at").desc, Column("id").desc).limit(limit)
             if let machineID { request = request.filter(Column("machine_id") == machineID) }
             return try request.fetchAll(db).reversed()
         }

@@ -7,6 +7,10 @@ import Hummingbird
 import ServiceLifecycle
 import WarmpoolAPI
 import WarmpoolController
+import WarmpoolEngine
+import WarmpoolFailover
+import WarmpoolProvider
+import WarmpoolSSH
 import WarmpoolStore
 import WarmpoolWire
 
@@ -37,6 +41,8 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Once the API listens, write its bound HOST:PORT to this file. Env: WARMPOOL_API_READY_FILE.")
     var apiReadyFile: String?
+
+    @OptionGroup(title: "Provider and failover") var failover: FailoverOptions
 
     @Option(help: "Heartbeat interval agents are told to use, in ms. Env: WARMPOOL_HEARTBEAT_INTERVAL_MS.")
     var heartbeatIntervalMs: Int = envInt("WARMPOOL_HEARTBEAT_INTERVAL_MS") ?? 100
@@ -139,9 +145,23 @@ struct Serve: AsyncParsableCommand {
             writeReadyFile(readyFile, bound)
         }
         let metrics = ControllerMetrics()
+        var services: [any Service] = [service]
+        let operations: any PoolOperations
+        if let provider = try failover.provider(logger: logger) {
+            let coordinator = try failover.coordinator(
+                provider: provider, store: store, hub: service.hub, listen: listen, metrics: metrics, logger: logger,
+                agentKeysChanged: { await service.reloadKeys() })
+            services.append(coordinator)
+            operations = EnginePoolOperations(
+                coordinator: coordinator, provider: provider, timeout: .seconds(failover.operationTimeoutS))
+            logger.info("failover engine on", metadata: ["provider.url": "\(failover.providerUrl)"])
+        } else {
+            operations = ProviderlessPoolOperations(store: store)
+            logger.notice("no provider API key: the failover engine is off (see --provider-api-key-file)")
+        }
         let router = APIRouter.build(
             APIDependencies(
-                store: store, operations: ProviderlessPoolOperations(store: store), hub: service.hub, metrics: metrics,
+                store: store, operations: operations, hub: service.hub, metrics: metrics,
                 agentKeysChanged: { await service.reloadKeys() }))
         let apiAddress = ControllerAddress(apiListen, allowingPortZero: true)!
         let api = Application(
@@ -163,7 +183,7 @@ struct Serve: AsyncParsableCommand {
                 "lossy_silence_timeout_ms": "\(detector.lossySilenceTimeout / 1_000_000)", "lease_ms": "\(leaseMs)",
             ])
         let serviceGroup = ServiceGroup(
-            configuration: .init(services: [service, api, recorder], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: services + [api, recorder], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await serviceGroup.run()
         eventLog.finish()
         try await group.shutdownGracefully()

@@ -30,6 +30,8 @@ enum Output {
         // An exact type test: `as Bool` would also take the numbers 0 and 1.
         case let bool as Bool where type(of: value!) == Bool.self: return bool ? "yes" : "no"
         case let integer as Int where type(of: value!) == Int.self: return String(integer)
+        // Foundation on Linux hands JSON booleans over as NSNumbers of type "c".
+        case let number as NSNumber where String(cString: number.objCType) == "c": return number.boolValue ? "yes" : "no"
         case let number as NSNumber: return number.stringValue
         default: return "\(value!)"
         }

@@ -1,0 +1,101 @@
+import ArgumentParser
+import Foundation
+import Logging
+import WarmpoolAPI
+import WarmpoolController
+import WarmpoolEngine
+import WarmpoolFailover
+import WarmpoolProvider
+import WarmpoolSSH
+import WarmpoolStore
+import WarmpoolWire
+
+/// The provider, the SSH verifier and the engine's timing. Without a provider API key the
+/// controller still detects failures and serves the API, but does not fail over.
+struct FailoverOptions: ParsableArguments {
+    private static let environment = ProcessInfo.processInfo.environment
+
+    @Option(help: "The provider's API. Env: WARMPOOL_PROVIDER_URL.")
+    var providerUrl: String = environment["WARMPOOL_PROVIDER_URL"] ?? "https://console.vast.ai"
+
+    @Option(help: "File holding the provider API key; turns the failover engine on. Env: WARMPOOL_PROVIDER_API_KEY_FILE, or the key itself in VAST_API_KEY.")
+    var providerApiKeyFile: String?
+
+    @Option(help: "Private key (ed25519) the controller logs in to instances with, to verify SSH and the volume. Env: WARMPOOL_SSH_KEY.")
+    var sshKey: String?
+
+    @Option(help: "HOST:PORT[,HOST:PORT] the instances' agents reach this controller at (default: --listen, which then needs a fixed port). Env: WARMPOOL_AGENT_CONTROLLERS.")
+    var agentControllers: String?
+
+    @Option(help: "Onstart script of the instances the controller creates; it runs with the agent's WARMPOOL_* environment. Env: WARMPOOL_AGENT_ONSTART.")
+    var agentOnstart: String = environment["WARMPOOL_AGENT_ONSTART"] ?? AgentLaunch.defaultOnstart
+
+    @Option(help: "Extra KEY=VALUE for every created instance's environment (repeatable), e.g. WARMPOOL_FENCE_COMMAND=...")
+    var agentEnv: [String] = []
+
+    @Option(help: "How often the engine polls the provider while it waits (ms). Env: WARMPOOL_PROVIDER_POLL_MS.")
+    var providerPollMs: Int = Int(environment["WARMPOOL_PROVIDER_POLL_MS"] ?? "") ?? 500
+
+    @Option(help: "After a restart, fail over primaries whose agent has not reconnected within this many ms. Env: WARMPOOL_RESTART_GRACE_MS.")
+    var restartGraceMs: Int = Int(environment["WARMPOOL_RESTART_GRACE_MS"] ?? "") ?? 10_000
+
+    @Option(help: "How long provision, failover test and cleanup requests wait for the engine, in seconds.")
+    var operationTimeoutS: Int = 600
+
+    @Option(help: "Provider request timeout in seconds.")
+    var providerTimeoutS: Int = 30
+
+    mutating func validate() throws {
+        for variable in ["WARMPOOL_PROVIDER_POLL_MS", "WARMPOOL_RESTART_GRACE_MS"] {
+            if let text = Self.environment[variable], Int(text) == nil { throw ValidationError("\(variable) must be an integer, got \(text)") }
+        }
+        guard providerPollMs >= 10 else { throw ValidationError("--provider-poll-ms must be at least 10") }
+        for pair in agentEnv where !pair.contains("=") { throw ValidationError("--agent-env expects KEY=VALUE, got \(pair)") }
+        providerApiKeyFile = providerApiKeyFile ?? Self.environment["WARMPOOL_PROVIDER_API_KEY_FILE"]
+        sshKey = sshKey ?? Self.environment["WARMPOOL_SSH_KEY"]
+        agentControllers = agentControllers ?? Self.environment["WARMPOOL_AGENT_CONTROLLERS"]
+    }
+
+    /// The provider client, or nil when no key is configured.
+    func provider(logger: Logger) throws -> (any ProviderClient)? {
+        var key = Self.environment["VAST_API_KEY"]
+        if let providerApiKeyFile {
+            guard let text = try? String(contentsOfFile: providerApiKeyFile, encoding: .utf8) else {
+                throw ValidationError("cannot read --provider-api-key-file \(providerApiKeyFile)")
+            }
+            key = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        guard let key, !key.isEmpty else { return nil }
+        var configuration = VastClient.Configuration(apiKey: key)
+        configuration.baseURL = providerUrl
+        configuration.timeout = .seconds(providerTimeoutS)
+        return VastClient(configuration: configuration, logger: logger)
+    }
+
+    func coordinator(
+        provider: any ProviderClient, store: any WarmpoolStore, hub: LivenessHub, listen: String, metrics: ControllerMetrics,
+        logger: Logger, agentKeysChanged: @escaping @Sendable () async -> Void
+    ) throws -> FailoverCoordinator {
+        guard let sshKey else { throw ValidationError("the failover engine needs --ssh-key (the key instances accept for root)") }
+        guard FileManager.default.isReadableFile(atPath: sshKey) else { throw ValidationError("cannot read --ssh-key \(sshKey)") }
+        let controllers = agentControllers ?? listen
+        if agentControllers == nil, ControllerAddress(listen, allowingPortZero: true)?.port == 0 {
+            throw ValidationError("with a provider, agents need a fixed address: give --listen a port, or pass --agent-controllers")
+        }
+        var environment: [String: String] = [:]
+        for pair in agentEnv {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            environment[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
+        }
+        var engine = EngineSettings()
+        engine.pollInterval = .milliseconds(providerPollMs)
+        engine.leaseDuration = .milliseconds(Int(hub.leaseMilliseconds))
+        let verifier = SSHVerifier(
+            credentials: SSHCredentials(privateKey: .file(path: sshKey)), pins: StoreHostKeyPins(store: store), logger: logger)
+        return FailoverCoordinator(
+            configuration: .init(engine: engine, restartGrace: .milliseconds(restartGraceMs)), store: store, provider: provider,
+            verifier: verifier, launch: AgentLaunch(controllers: controllers, onstart: agentOnstart, extraEnvironment: environment),
+            hub: hub, logger: logger, agentKeysChanged: agentKeysChanged,
+            onFailoverFinished: { result, seconds in metrics.failoverFinished(result: result, durationSeconds: seconds) })
+    }
+}

@@ -1,0 +1,198 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The whole warm pool on one machine: warmpool-sim runs real instances (sshd + the real agent,
+/// the volume bind-mounted at /data), the real controller drives the real failover engine.
+final class WarmPoolLab {
+    let harness: Harness
+    let simKey = "sim-test-key"
+    var simAddress = ""
+    private var sim: Process?
+    var agentListen = ""
+
+    init(bootDelayMilliseconds: Int = 200, simExtra: [String] = []) throws {
+        harness = try Harness()
+        let directory = harness.directory
+        try Command.runChecked("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", directory + "/ssh_key"])
+        try Data(simKey.utf8).write(to: URL(fileURLWithPath: directory + "/sim-key"))
+        let ready = directory + "/sim.addr"
+        sim = try harness.spawn("warmpool-sim", [
+            "--api-key", simKey, "--authorized-keys", directory + "/ssh_key.pub", "--host", "77:4:RTX_4090:0.45",
+            "--ready-file", ready, "--boot-delay-ms", "\(bootDelayMilliseconds)", "--state-dir", directory + "/sim",
+        ] + simExtra, log: harness.logPath("sim"))
+        try harness.waitUntil("the emulator listens", timeout: 20) { FileManager.default.fileExists(atPath: ready) }
+        simAddress = try String(contentsOfFile: ready, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        agentListen = "127.0.0.1:\(try Self.freePort())"
+    }
+
+    deinit {
+        if let sim, sim.isRunning {
+            // SIGTERM: the emulator stops its instances and unmounts their volumes.
+            sim.terminate()
+            sim.waitUntilExit()
+        }
+    }
+
+    func startController(extra: [String] = []) throws {
+        try harness.startController(intervalMilliseconds: 100, listen: agentListen, extra: [
+            "--provider-url", "http://\(simAddress)", "--provider-api-key-file", harness.directory + "/sim-key",
+            "--ssh-key", harness.directory + "/ssh_key", "--provider-poll-ms", "100",
+            "--agent-onstart", "exec \(harness.binaries)/warmpool-agent --nvml-library none",
+        ] + extra)
+    }
+
+    var api: String { "http://\(harness.apiAddress)/api/v1/warmpool" }
+
+    func adminKey() throws -> String { try harness.adminAPIKey() }
+
+    func sim(_ method: String, _ path: String, body: String? = nil) throws -> HTTPAnswer {
+        try http(method, "http://\(simAddress)\(path)", key: simKey, body: body)
+    }
+
+    func status(_ machine: Int = 12) throws -> [String: Any] {
+        try http("GET", "\(api)/status/\(machine)", key: try adminKey()).json
+    }
+
+    func provision(_ machine: Int = 12) throws -> [String: Any] {
+        let answer = try http("POST", "\(api)/provision", key: try adminKey(), body: #"{"machine_id": \#(machine), "host_machine_id": 77}"#)
+        #expect(answer.status == 200, "\(answer.text)")
+        return answer.json
+    }
+
+    func history(_ machine: Int = 12) throws -> [[String: Any]] {
+        try http("GET", "\(api)/history/\(machine)", key: try adminKey()).json["failovers"] as? [[String: Any]] ?? []
+    }
+
+    /// Runs `command` as root on an instance over the real ssh client.
+    func ssh(port: Int, _ command: String) throws -> String {
+        try Command.runChecked("/usr/bin/ssh", [
+            "-i", harness.directory + "/ssh_key", "-p", "\(port)", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "root@127.0.0.1", command,
+        ])
+    }
+
+    func waitForFailover(_ number: Int, timeout: Double = 60) throws -> [String: Any] {
+        try harness.waitUntil("failover \(number) to finish", timeout: timeout) {
+            let failovers = (try? history()) ?? []
+            return failovers.count >= number && (failovers.first?["result"] as? String) != "in_progress"
+                && (try? status()["state"] as? String) == "active"
+        }
+        return try history().first!
+    }
+
+    static func freePort() throws -> Int {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(socket) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
+        }
+        guard bound else { throw HarnessError("cannot find a free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+@Suite(.serialized) struct WarmPoolFailoverTests {
+    /// Provisioning, then a failover of the given kind; checks what a user would.
+    private func failOver(_ fault: String, expectDetection reason: String) throws {
+        let lab = try WarmPoolLab()
+        try lab.startController()
+        let provisioned = try lab.provision()
+        let status = provisioned["status"] as? [String: Any] ?? [:]
+        #expect(status["state"] as? String == "active")
+        let primary = status["primary_gpu_id"] as? Int ?? -1
+        let standby = status["standby_gpu_id"] as? Int ?? -1
+        let before = try lab.status()
+        let primaryPort = before["primary_ssh_port"] as? Int ?? 0
+        #expect(before["standby_state"] as? String == "stopped")
+        #expect(before["epoch"] as? Int == 1)
+
+        // A checkpoint on the shared volume, written by the primary.
+        _ = try lab.ssh(port: primaryPort, "head -c 1048576 /dev/urandom > /data/checkpoint.bin && sha256sum /data/checkpoint.bin > /data/checkpoint.sha256")
+        try lab.harness.waitUntil("the primary's agent is alive", timeout: 20) {
+            let agents = (try? http("GET", "\(lab.api)/agents", key: try lab.adminKey()).json["agents"]) as? [[String: Any]] ?? []
+            return agents.contains { $0["instance_id"] as? Int == primary && $0["state"] as? String == "alive" }
+        }
+
+        #expect(try lab.sim("POST", "/admin/instances/\(primary)/\(fault)").status == 200)
+        let failover = try lab.waitForFailover(1)
+        #expect(failover["result"] as? String == "succeeded")
+        #expect(failover["new_primary_gpu_id"] as? Int == standby)
+        let steps = (failover["timeline"] as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
+        for step in ["detected", "fencing", "fenced", "epoch_increased", "standby_starting", "standby_running", "ssh_ready", "volume_verified", "promoted", "standby_provisioning", "standby_ready"] {
+            #expect(steps.contains(step), "timeline lacks \(step): \(steps)")
+        }
+        #expect(steps.firstIndex(of: "fenced")! < steps.firstIndex(of: "standby_starting")!, "fenced before the standby starts")
+        #expect((failover["reason"] as? String ?? "").contains("failed"))
+
+        let after = try lab.status()
+        #expect(after["primary_gpu_id"] as? Int == standby)
+        #expect(after["epoch"] as? Int == 2)
+        #expect(after["failover_count"] as? Int == 1)
+        #expect(after["standby_state"] as? String == "stopped")
+        let newStandby = after["standby_gpu_id"] as? Int ?? -1
+        #expect(newStandby != standby && newStandby != primary)
+
+        // Exactly one start of the standby, no duplicate instance: primary, standby, new standby.
+        let counters = try lab.sim("GET", "/admin/counters").json
+        #expect((counters["starts"] as? [String: Int])?["\(standby)"] == 1, "\(counters)")
+        #expect(counters["creates"] as? Int == 3, "\(counters)")
+        // The checkpoint is intact on the new primary.
+        let check = try lab.ssh(port: after["primary_ssh_port"] as? Int ?? 0, "cd /data && sha256sum -c checkpoint.sha256")
+        #expect(check.contains("OK"))
+        let events = try http("GET", "\(lab.api)/events/12", key: try lab.adminKey()).json["events"] as? [[String: Any]] ?? []
+        #expect(events.contains { $0["kind"] as? String == "failed" && ($0["detail"] as? String ?? "").contains(reason) })
+    }
+
+    @Test func aCrashedPrimaryIsReplacedByItsStandbyWithTheCheckpointIntact() throws {
+        try failOver("crash", expectDetection: "closed without a goodbye")
+    }
+
+    @Test func aFrozenPrimaryIsFencedAndReplaced() throws {
+        try failOver("freeze", expectDetection: "silent")
+    }
+
+    @Test func aControllerKilledWhileActiveRestartsWithoutFailingOver() throws {
+        let lab = try WarmPoolLab()
+        try lab.startController(extra: ["--restart-grace-ms", "3000"])
+        _ = try lab.provision()
+        lab.harness.killController()
+        try lab.startController(extra: ["--restart-grace-ms", "3000"])
+        #expect(try lab.status()["state"] as? String == "active")
+        Thread.sleep(forTimeInterval: 4)
+        let status = try lab.status()
+        #expect(status["state"] as? String == "active")
+        #expect(status["failover_count"] as? Int == 0)
+        #expect(try lab.history().isEmpty)
+        #expect(status["last_health_check"] is String, "the primary's agent reconnected: \(status)")
+    }
+
+    @Test func aFailoverInterruptedBySIGKILLFinishesAfterRestartWithOneStartAndNoDuplicate() throws {
+        // Slow provider calls stretch the failover so the kill lands in its middle.
+        let lab = try WarmPoolLab(simExtra: ["--latency-ms", "300"])
+        try lab.startController()
+        let provisioned = try lab.provision()["status"] as? [String: Any] ?? [:]
+        let primary = provisioned["primary_gpu_id"] as? Int ?? -1
+        let standby = provisioned["standby_gpu_id"] as? Int ?? -1
+        #expect(try lab.sim("POST", "/admin/instances/\(primary)/crash").status == 200)
+        try lab.harness.waitUntil("the standby is starting", timeout: 30) {
+            let steps = ((try? lab.history().first?["timeline"]) as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
+            return steps.contains("standby_starting")
+        }
+        lab.harness.killController()
+        try lab.startController()
+        let failover = try lab.waitForFailover(1, timeout: 90)
+        #expect(failover["result"] as? String == "succeeded")
+        #expect(try lab.status()["primary_gpu_id"] as? Int == standby)
+        let counters = try lab.sim("GET", "/admin/counters").json
+        #expect((counters["starts"] as? [String: Int])?["\(standby)"] == 1, "one start of the standby: \(counters)")
+        #expect(counters["creates"] as? Int == 3, "no duplicate instance: \(counters)")
+    }
+}
