@@ -147,3 +147,4 @@ import Glibc
         #expect(!FileManager.default.fileExists(atPath: harness.directory + "/db/admin-api-key.partial"))
     }
 }
+

@@ -1,5 +1,7 @@
 import Foundation
+import Logging
 import Testing
+import WarmpoolStore
 
 #if canImport(Glibc)
 import Glibc
@@ -14,14 +16,14 @@ final class WarmPoolLab {
     private var sim: Process?
     var agentListen = ""
 
-    init(bootDelayMilliseconds: Int = 200, simExtra: [String] = []) throws {
+    init(bootDelayMilliseconds: Int = 200, host: String = "77:4:RTX_4090:0.45", simExtra: [String] = []) throws {
         harness = try Harness()
         let directory = harness.directory
         try Command.runChecked("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", directory + "/ssh_key"])
         try Data(simKey.utf8).write(to: URL(fileURLWithPath: directory + "/sim-key"))
         let ready = directory + "/sim.addr"
         sim = try harness.spawn("warmpool-sim", [
-            "--api-key", simKey, "--authorized-keys", directory + "/ssh_key.pub", "--host", "77:4:RTX_4090:0.45",
+            "--api-key", simKey, "--authorized-keys", directory + "/ssh_key.pub", "--host", host,
             "--ready-file", ready, "--boot-delay-ms", "\(bootDelayMilliseconds)", "--state-dir", directory + "/sim",
         ] + simExtra, log: harness.logPath("sim"))
         try harness.waitUntil("the emulator listens", timeout: 20) { FileManager.default.fileExists(atPath: ready) }
@@ -194,5 +196,60 @@ final class WarmPoolLab {
         let counters = try lab.sim("GET", "/admin/counters").json
         #expect((counters["starts"] as? [String: Int])?["\(standby)"] == 1, "one start of the standby: \(counters)")
         #expect(counters["creates"] as? Int == 3, "no duplicate instance: \(counters)")
+    }
+}
+
+@Suite(.serialized) struct WarmPoolOperationsTests {
+    @Test func aStandbyThatWillNotStartGivesWayToTheNextFreeGPU() throws {
+        // Instance 1002 is the pool's first standby; the emulator refuses to start it.
+        let lab = try WarmPoolLab(simExtra: ["--fail-start-instance", "1002"])
+        try lab.startController()
+        _ = try lab.provision()
+        let test = try http("POST", "\(lab.api)/failover/test/12", key: try lab.adminKey())
+        #expect(test.status == 200, "\(test.text)")
+        #expect(test.json["success"] as? Bool == true, "\(test.text)")
+        let newPrimary = test.json["new_primary_gpu_id"] as? Int ?? -1
+        #expect(newPrimary != 1001 && newPrimary != 1002, "a replacement on another GPU: \(test.text)")
+        #expect((test.json["recovery_time_seconds"] as? Double ?? -1) > 0)
+        let failover = try lab.waitForFailover(1)
+        let steps = (failover["timeline"] as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
+        #expect(steps.contains("standby_abandoned"), "\(steps)")
+        #expect(steps.contains("promoted"))
+        #expect(try lab.status()["primary_gpu_id"] as? Int == newPrimary)
+    }
+
+    @Test func aFailoversNotificationsWaitInTheOutboxWithStableIDs() async throws {
+        let lab = try WarmPoolLab()
+        try lab.startController()
+        _ = try lab.provision()
+        let test = try http("POST", "\(lab.api)/failover/test/12", key: try lab.adminKey())
+        #expect(test.json["success"] as? Bool == true, "\(test.text)")
+        _ = try lab.waitForFailover(1)
+        let store = try SQLiteStore(path: lab.harness.databasePath, logger: Logger(label: "test.reader"))
+        let entries = try await store.notifications(limit: 100)
+        let kinds = Set(entries.map(\.kind))
+        #expect(kinds.isSuperset(of: ["standby_starting", "failover_complete", "standby_provisioned"]), "\(kinds)")
+        #expect(!kinds.contains("failure_detected"), "a test failover detects nothing")
+        let complete = entries.first { $0.kind == "failover_complete" }
+        #expect(complete?.id == "wp-12-failover_complete-1")
+        let payload = (try? JSONSerialization.jsonObject(with: Data((complete?.payload ?? "").utf8))) as? [String: Any] ?? [:]
+        #expect(payload["id"] as? String == complete?.id)
+        #expect(payload["machine_id"] as? Int == 12)
+        #expect(payload["failover"] as? String == "fo-12-1")
+    }
+
+    @Test func cleanupDestroysPrimaryStandbyAndVolume() throws {
+        let lab = try WarmPoolLab()
+        try lab.startController()
+        _ = try lab.provision()
+        let answer = try http("DELETE", "\(lab.api)/cleanup/12", key: try lab.adminKey())
+        #expect(answer.status == 200, "\(answer.text)")
+        #expect(answer.json["success"] as? Bool == true)
+        #expect(try http("GET", "\(lab.api)/status/12", key: try lab.adminKey()).status == 404)
+        let counters = try lab.sim("GET", "/admin/counters").json
+        #expect(counters["destroys"] as? Int == 2, "\(counters)")
+        #expect(counters["volume_deletes"] as? Int == 1, "\(counters)")
+        let hosts = try http("GET", "\(lab.api)/hosts", key: try lab.adminKey()).json["hosts"] as? [[String: Any]] ?? []
+        #expect(hosts.first?["available_gpus"] as? Int == 4, "every GPU is free again: \(hosts)")
     }
 }

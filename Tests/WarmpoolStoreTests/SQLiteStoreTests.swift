@@ -184,8 +184,8 @@ private let logger = Logger(label: "test.store")
         #expect(APIKeys.matches(minted.plaintext, minted.record))
         #expect(!minted.record.hashHex.contains(minted.plaintext))
         var other = minted.plaintext
-        other.removeLast()
-        other += other.hasSuffix("0") ? "1" : "0"
+        let last = other.removeLast()
+        other.append(last == "0" ? "1" : "0")
         #expect(!APIKeys.matches(other, minted.record))
         var revoked = minted.record
         revoked.revokedAt = Date()
