@@ -27,15 +27,10 @@ enum Present {
         ])
     }
 
+    /// The provision answer's `status`: the reference names the first six fields of a status.
     static func provisionStatus(_ pool: PoolRecord) -> JSONValue {
-        .object([
-            ("machine_id", .int(pool.machineID)),
-            ("state", .string(pool.state)),
-            ("host_machine_id", .int(pool.hostMachineID)),
-            ("volume_id", .int(pool.volumeID)),
-            ("primary_gpu_id", .int(pool.primaryInstanceID)),
-            ("standby_gpu_id", .int(pool.standbyInstanceID)),
-        ])
+        guard case .object(let members) = poolStatus(pool, lastHeartbeat: nil) else { return .null }
+        return .object(Array(members.prefix(6)))
     }
 
     static func settings(_ pool: PoolRecord) -> JSONValue {
