@@ -238,6 +238,23 @@ final class WarmPoolLab {
         #expect(payload["failover"] as? String == "fo-12-1")
     }
 
+    @Test func anUnreachableProviderIsAClearErrorAndThePoolCanBeCleanedUp() throws {
+        let lab = try WarmPoolLab()
+        lab.simAddress = "127.0.0.1:1"  // nothing listens there
+        try lab.startController()
+        let answer = try http("POST", "\(lab.api)/provision", key: try lab.adminKey(), body: #"{"machine_id": 5, "host_machine_id": 77}"#)
+        #expect(answer.status == 502, "\(answer.text)")
+        #expect(answer.json["error"] as? String == "provider_failed")
+        #expect((answer.json["message"] as? String ?? "").contains("curl 7"), "the reason names the transport error: \(answer.text)")
+        let status = try lab.status(5)
+        #expect(status["state"] as? String == "error")
+        #expect((status["error_message"] as? String ?? "").contains("Couldn't connect"), "\(status)")
+        let hosts = try http("GET", "\(lab.api)/hosts", key: try lab.adminKey())
+        #expect(hosts.status == 502)
+        #expect(try http("DELETE", "\(lab.api)/cleanup/5", key: try lab.adminKey()).status == 200)
+        #expect(try http("GET", "\(lab.api)/status/5", key: try lab.adminKey()).status == 404)
+    }
+
     @Test func cleanupDestroysPrimaryStandbyAndVolume() throws {
         let lab = try WarmPoolLab()
         try lab.startController()
