@@ -9,10 +9,10 @@ import WarmpoolWire
 @Suite struct ControllerConnectionHandlerTests {
     static let secret = try! AgentSecret(bytes: Array(0..<32))
 
-    func makeChannel() throws -> (EmbeddedChannel, LivenessHub, String) {
+    func makeChannel(leaseMilliseconds: UInt32 = 2_000) throws -> (EmbeddedChannel, LivenessHub, String) {
         let eventsPath = FileManager.default.temporaryDirectory.appendingPathComponent("events-\(UUID().uuidString)").path
         let hub = LivenessHub(
-            configuration: .init(detector: DetectorConfiguration(heartbeatInterval: 100_000_000)),
+            configuration: .init(detector: DetectorConfiguration(heartbeatInterval: 100_000_000), leaseMilliseconds: leaseMilliseconds),
             keyring: Keyring(["gpu-1": Self.secret]), epoch: 3, eventLog: try LivenessEventLog(path: eventsPath))
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandlers([
@@ -76,5 +76,39 @@ import WarmpoolWire
         #expect(reject.type == .reject)
         #expect(try Reject.decode(reject.payload).reason == "frame length 4294967295 exceeds the maximum of 65536 bytes")
         #expect(!channel.isActive)
+    }
+
+    /// The failover engine's word on an instance's lease: granted at the pool's epoch, or revoked
+    /// whatever the detector thinks; set before the agent connects, it holds from the first beat.
+    @Test func leasesFollowTheEnginesPosturePerInstance() throws {
+        // A 40 ms lease is renewed every 10 ms: beats 15 ms apart each get a grant when allowed.
+        let (channel, hub, eventsPath) = try makeChannel(leaseMilliseconds: 40)
+        defer { try? FileManager.default.removeItem(atPath: eventsPath) }
+        hub.grantLease(instanceID: 1, epoch: 7)
+        var agent = AgentSessionStateMachine(
+            hello: Hello(clientNonce: HandshakeCrypto.randomNonce(), role: .primary, instanceID: 1, machineID: 2,
+                         agentID: "gpu-1", softwareVersion: "t"),
+            secret: Self.secret)
+        try channel.writeInbound(bytes(agent.start()))
+        guard case .send(let proof) = agent.frameReceived(try #require(try readFrame(channel))) else { Issue.record("no challenge"); return }
+        try channel.writeInbound(bytes(proof))
+        guard case .established = agent.frameReceived(try #require(try readFrame(channel))) else { Issue.record("no welcome"); return }
+
+        func beat(_ sentAt: UInt64) throws -> LeaseGrant? {
+            Thread.sleep(forTimeInterval: 0.015)
+            let sealed = agent.sealHeartbeat(sentAtNanoseconds: sentAt, status: AgentStatus())
+            try channel.writeInbound(bytes(try #require(sealed).frame))
+            guard let frame = try readFrame(channel) else { return nil }
+            guard case .lease(let grant) = agent.frameReceived(frame) else { return nil }
+            return grant
+        }
+        #expect(try beat(1)?.epoch == 7, "granted at the pool's epoch, not the controller's 3")
+        hub.revokeLease(instanceID: 1)
+        #expect(try beat(2) == nil, "revoked: no grant, though the agent is alive")
+        #expect(try beat(3) == nil)
+        #expect(hub.leasePosture(instanceID: 1) == .revoked)
+        hub.grantLease(instanceID: 1, epoch: 8)
+        #expect(try beat(4)?.epoch == 8)
+        #expect(channel.isActive)
     }
 }
