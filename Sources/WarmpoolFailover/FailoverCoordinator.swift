@@ -24,15 +24,20 @@ public actor FailoverCoordinator: Service {
         /// "not ready" to the engine.
         public var verificationWindow: Duration
         public var volumePath: String
+        /// How often each active pool's stopped standby is looked up at the provider: a standby
+        /// destroyed or reclaimed behind our back is replaced before it is needed. Its agent is
+        /// silent by design, so only the provider can tell.
+        public var standbyCheckInterval: Duration
 
         public init(
             engine: EngineSettings = EngineSettings(), restartGrace: Duration = .seconds(10),
-            verificationWindow: Duration = .seconds(15), volumePath: String = "/data"
+            verificationWindow: Duration = .seconds(15), volumePath: String = "/data", standbyCheckInterval: Duration = .seconds(30)
         ) {
             self.engine = engine
             self.restartGrace = restartGrace
             self.verificationWindow = verificationWindow
             self.volumePath = volumePath
+            self.standbyCheckInterval = standbyCheckInterval
         }
     }
 
@@ -98,6 +103,7 @@ public actor FailoverCoordinator: Service {
                 }
             }
             group.addTask { await self.checkPrimariesAfterGrace() }
+            group.addTask { await self.watchStandbys() }
             try? await gracefulShutdown()
             workContinuation.finish()
             group.cancelAll()
@@ -164,6 +170,28 @@ public actor FailoverCoordinator: Service {
             else { continue }
             logger.warning("primary did not reconnect after the controller restarted", metadata: ["pool": "\(poolID)", "instance": "\(primary)"])
             apply(poolID) { machine, now in machine.livenessFailed(instance: primary, epoch: nil, now: now) }
+        }
+    }
+
+    private func watchStandbys() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.standbyCheckInterval)
+            guard !Task.isCancelled else { return }
+            let watched = pools.compactMap { poolID, pool -> (PoolID, InstanceID)? in
+                guard let snapshot = pool.machine?.snapshot, snapshot.state == .active, let standby = snapshot.standbyInstanceID else { return nil }
+                return (poolID, standby)
+            }
+            for (poolID, standby) in watched {
+                do {
+                    guard try await effects.provider.instance(id: standby) == nil else { continue }
+                } catch {
+                    continue  // an unreachable provider says nothing about the standby
+                }
+                logger.warning("standby gone at the provider", metadata: ["pool": "\(poolID)", "instance": "\(standby)"])
+                apply(poolID) { machine, now in
+                    machine.standbyLost(instance: standby, reason: "the provider no longer lists instance \(standby)", now: now)
+                }
+            }
         }
     }
 

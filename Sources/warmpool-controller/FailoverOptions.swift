@@ -39,6 +39,9 @@ struct FailoverOptions: ParsableArguments {
     @Option(help: "After a restart, fail over primaries whose agent has not reconnected within this many ms. Env: WARMPOOL_RESTART_GRACE_MS.")
     var restartGraceMs: Int = Int(environment["WARMPOOL_RESTART_GRACE_MS"] ?? "") ?? 10_000
 
+    @Option(help: "How often each active pool's standby is looked up at the provider, in seconds; a vanished one is replaced.")
+    var standbyCheckS: Int = 30
+
     @Option(help: "How long provision, failover test and cleanup requests wait for the engine, in seconds.")
     var operationTimeoutS: Int = 600
 
@@ -50,6 +53,7 @@ struct FailoverOptions: ParsableArguments {
             if let text = Self.environment[variable], Int(text) == nil { throw ValidationError("\(variable) must be an integer, got \(text)") }
         }
         guard providerPollMs >= 10 else { throw ValidationError("--provider-poll-ms must be at least 10") }
+        guard standbyCheckS >= 1 else { throw ValidationError("--standby-check-s must be at least 1") }
         for pair in agentEnv where !pair.contains("=") { throw ValidationError("--agent-env expects KEY=VALUE, got \(pair)") }
         providerApiKeyFile = providerApiKeyFile ?? Self.environment["WARMPOOL_PROVIDER_API_KEY_FILE"]
         sshKey = sshKey ?? Self.environment["WARMPOOL_SSH_KEY"]
@@ -93,7 +97,8 @@ struct FailoverOptions: ParsableArguments {
         let verifier = SSHVerifier(
             credentials: SSHCredentials(privateKey: .file(path: sshKey)), pins: StoreHostKeyPins(store: store), logger: logger)
         return FailoverCoordinator(
-            configuration: .init(engine: engine, restartGrace: .milliseconds(restartGraceMs)), store: store, provider: provider,
+            configuration: .init(engine: engine, restartGrace: .milliseconds(restartGraceMs), standbyCheckInterval: .seconds(standbyCheckS)),
+            store: store, provider: provider,
             verifier: verifier, launch: AgentLaunch(controllers: controllers, onstart: agentOnstart, extraEnvironment: environment),
             hub: hub, logger: logger, agentKeysChanged: agentKeysChanged,
             onFailoverFinished: { result, seconds in metrics.failoverFinished(result: result, durationSeconds: seconds) })

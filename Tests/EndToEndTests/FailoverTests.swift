@@ -255,6 +255,20 @@ final class WarmPoolLab {
         #expect(try http("GET", "\(lab.api)/status/5", key: try lab.adminKey()).status == 404)
     }
 
+    @Test func aStandbyDestroyedBehindOurBackIsReplaced() throws {
+        let lab = try WarmPoolLab()
+        try lab.startController(extra: ["--standby-check-s", "1"])
+        let provisioned = try lab.provision()["status"] as? [String: Any] ?? [:]
+        let standby = provisioned["standby_gpu_id"] as? Int ?? -1
+        #expect(try lab.sim("DELETE", "/api/v0/instances/\(standby)/", body: "{}").status == 200)
+        try lab.harness.waitUntil("a new standby", timeout: 30) {
+            let status = (try? lab.status()) ?? [:]
+            return status["state"] as? String == "active" && (status["standby_gpu_id"] as? Int).map { $0 != standby } == true
+                && status["standby_state"] as? String == "stopped"
+        }
+        #expect(try lab.status()["failover_count"] as? Int == 0, "the primary was never touched")
+    }
+
     @Test func cleanupDestroysPrimaryStandbyAndVolume() throws {
         let lab = try WarmPoolLab()
         try lab.startController()
