@@ -80,7 +80,7 @@ final class ControllerConnectionHandler: ChannelInboundHandler {
                     "agent.role": "\(identity.role)", "agent.version": "\(identity.softwareVersion)",
                 ])
             context.writeAndFlush(wrapOutboundOut(welcome), promise: nil)
-            hub.sessionEstablished(session, agent: identity, fencedAtEpoch: fencedAtEpoch)
+            hub.sessionEstablished(session, agent: identity, fencedAtEpoch: fencedAtEpoch, channel: context.channel)
         case .heartbeat(let heartbeat):
             guard let identity = machine.identity else { return }
             let (now, leaseEpoch) = hub.heartbeat(

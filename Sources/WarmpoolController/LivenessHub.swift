@@ -1,4 +1,5 @@
 import Logging
+import NIOCore
 import NIOConcurrencyHelpers
 import WarmpoolWire
 
@@ -49,6 +50,8 @@ public final class LivenessHub: Sendable {
         /// By provider instance id; kept for instances whose agent is not connected (yet), so an
         /// old primary that comes back after a controller restart is refused at once.
         var postures: [UInt64: LeasePosture] = [:]
+        /// Authenticated sessions, so that a revoked key ends them at once.
+        var channels: [SessionID: (agentID: String, channel: any Channel)] = [:]
         var nextSession: SessionID = 1
         var heartbeatsReceived: UInt64 = 0
     }
@@ -72,8 +75,17 @@ public final class LivenessHub: Sendable {
         }
     }
 
+    /// New handshakes use `keyring`; live sessions of agents whose secret is gone or changed are
+    /// closed: a revoked key must not keep beating on a session it opened before.
     public func replaceKeyring(_ keyring: Keyring) {
-        shared.withLockedValue { $0.keyring = keyring }
+        let revoked = shared.withLockedValue { shared -> [any Channel] in
+            let previous = shared.keyring
+            shared.keyring = keyring
+            return shared.channels.values.filter { entry in
+                keyring.secret(for: entry.agentID) != previous.secret(for: entry.agentID)
+            }.map(\.channel)
+        }
+        for channel in revoked { channel.close(promise: nil) }
     }
 
     public var epoch: UInt64 { shared.withLockedValue { $0.epoch } }
@@ -89,9 +101,10 @@ public final class LivenessHub: Sendable {
 
     public var leaseMilliseconds: UInt32 { configuration.leaseMilliseconds }
 
-    func sessionEstablished(_ session: SessionID, agent: AgentIdentity, fencedAtEpoch: UInt64?) {
+    func sessionEstablished(_ session: SessionID, agent: AgentIdentity, fencedAtEpoch: UInt64?, channel: any Channel) {
         let now = MonotonicClock.now()
         shared.withLockedValue { shared in
+            shared.channels[session] = (agent.agentID, channel)
             eventLog.publish(
                 shared.tracker.sessionEstablished(session, agent: agent, fencedAtEpoch: fencedAtEpoch, now: now))
         }
@@ -118,6 +131,7 @@ public final class LivenessHub: Sendable {
     func sessionClosed(_ session: SessionID, agentID: String, graceful: Bool) {
         let now = MonotonicClock.now()
         shared.withLockedValue { shared in
+            shared.channels[session] = nil
             eventLog.publish(shared.tracker.sessionClosed(session, agentID: agentID, graceful: graceful, now: now))
         }
     }

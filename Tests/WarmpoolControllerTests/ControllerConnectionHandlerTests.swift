@@ -111,4 +111,23 @@ import WarmpoolWire
         #expect(try beat(4)?.epoch == 8)
         #expect(channel.isActive)
     }
+
+    @Test func revokingAnAgentsKeyClosesItsLiveSession() throws {
+        let (channel, hub, eventsPath) = try makeChannel()
+        defer { try? FileManager.default.removeItem(atPath: eventsPath) }
+        var agent = AgentSessionStateMachine(
+            hello: Hello(clientNonce: HandshakeCrypto.randomNonce(), role: .primary, instanceID: 1, machineID: 2,
+                         agentID: "gpu-1", softwareVersion: "t"),
+            secret: Self.secret)
+        try channel.writeInbound(bytes(agent.start()))
+        guard case .send(let proof) = agent.frameReceived(try #require(try readFrame(channel))) else { Issue.record("no challenge"); return }
+        try channel.writeInbound(bytes(proof))
+        guard case .established = agent.frameReceived(try #require(try readFrame(channel))) else { Issue.record("no welcome"); return }
+        hub.replaceKeyring(Keyring(["gpu-1": Self.secret, "gpu-2": try AgentSecret(bytes: Array(repeating: 7, count: 32))]))
+        channel.embeddedEventLoop.run()
+        #expect(channel.isActive, "an unrelated key change leaves the session alone")
+        hub.replaceKeyring(Keyring())
+        channel.embeddedEventLoop.run()
+        #expect(!channel.isActive, "the revoked agent's session is closed")
+    }
 }
