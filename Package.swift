@@ -195,8 +195,7 @@ let package = Package(
         .target(
             name: "WarmpoolProvider",
             dependencies: [
-                "CCurl",
-                "CCurlShim",
+                "WarmpoolHTTP",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -253,5 +252,17 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+
+        // MARK: Webhook notifications (branch notify) ------------------------------------------
+        // The generic libcurl HTTP client: the provider client and the webhook notifier share it.
+        .target(
+            name: "WarmpoolHTTP",
+            dependencies: [
+                "CCurl",
+                "CCurlShim",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        // MARK: end of webhook notifications ----------------------------------------------------
     ]
 )
