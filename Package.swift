@@ -263,6 +263,30 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // Delivers the store's outbox as signed webhooks, with backoff, from a ServiceLifecycle service.
+        .target(
+            name: "WarmpoolNotify",
+            dependencies: [
+                "WarmpoolHTTP",
+                "WarmpoolStore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The pure parts alone, and the notifier against real receivers on loopback and a real SQLite file.
+        .testTarget(
+            name: "WarmpoolNotifyTests",
+            dependencies: [
+                "WarmpoolNotify",
+                "WarmpoolHTTP",
+                "WarmpoolStore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // MARK: end of webhook notifications ----------------------------------------------------
     ]
 )
