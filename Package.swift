@@ -87,6 +87,7 @@ let package = Package(
                 "WarmpoolController",
                 "WarmpoolAPI",
                 "WarmpoolStore",
+                "WarmpoolNotify",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

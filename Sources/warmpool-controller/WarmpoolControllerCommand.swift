@@ -38,6 +38,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Once the API listens, write its bound HOST:PORT to this file. Env: WARMPOOL_API_READY_FILE.")
     var apiReadyFile: String?
 
+    // Webhook notifications (--notify-url, --notify-secret-file): NotifyOptions.swift.
+    @OptionGroup var notify: NotifyOptions
+
     @Option(help: "Heartbeat interval agents are told to use, in ms. Env: WARMPOOL_HEARTBEAT_INTERVAL_MS.")
     var heartbeatIntervalMs: Int = envInt("WARMPOOL_HEARTBEAT_INTERVAL_MS") ?? 100
 
@@ -162,8 +165,11 @@ struct Serve: AsyncParsableCommand {
                 "interval_ms": "\(heartbeatIntervalMs)", "silence_timeout_ms": "\(detector.silenceTimeout / 1_000_000)",
                 "lossy_silence_timeout_ms": "\(detector.lossySilenceTimeout / 1_000_000)", "lease_ms": "\(leaseMs)",
             ])
+        // MARK: Webhook notifications: the outbox delivered as signed webhooks when --notify-url is set.
+        let notifyServices = try notify.services(store: store, logger: logger)
+        // MARK: end of webhook notifications
         let serviceGroup = ServiceGroup(
-            configuration: .init(services: [service, api, recorder], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: [service, api, recorder] + notifyServices, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await serviceGroup.run()
         eventLog.finish()
         try await group.shutdownGracefully()
