@@ -91,6 +91,7 @@ let package = Package(
                 "WarmpoolEngine",
                 "WarmpoolProvider",
                 "WarmpoolSSH",
+                "WarmpoolNotify",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -199,8 +200,7 @@ let package = Package(
         .target(
             name: "WarmpoolProvider",
             dependencies: [
-                "CCurl",
-                "CCurlShim",
+                "WarmpoolHTTP",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -257,5 +257,41 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+
+        // MARK: Webhook notifications (branch notify) ------------------------------------------
+        // The generic libcurl HTTP client: the provider client and the webhook notifier share it.
+        .target(
+            name: "WarmpoolHTTP",
+            dependencies: [
+                "CCurl",
+                "CCurlShim",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        // Delivers the store's outbox as signed webhooks, with backoff, from a ServiceLifecycle service.
+        .target(
+            name: "WarmpoolNotify",
+            dependencies: [
+                "WarmpoolHTTP",
+                "WarmpoolStore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The pure parts alone, and the notifier against real receivers on loopback and a real SQLite file.
+        .testTarget(
+            name: "WarmpoolNotifyTests",
+            dependencies: [
+                "WarmpoolNotify",
+                "WarmpoolHTTP",
+                "WarmpoolStore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // MARK: end of webhook notifications ----------------------------------------------------
     ]
 )

@@ -1,19 +1,20 @@
 import Foundation
 import Logging
 import NIOPosix
+import WarmpoolHTTP
 
 /// Sends one API call with the CLI's retry rules and turns every outcome into either the
 /// response's JSON object or a precise `ProviderError`. The blocking libcurl transfer runs on a
-/// `NIOThreadPool` thread; the waits between attempts are `Task.sleep`, which holds no thread.
+/// `NIOThreadPool` thread (`HTTPClient`); the waits between attempts are `Task.sleep`, which holds
+/// no thread.
 final class VastTransport: Sendable {
     let configuration: VastClient.Configuration
-    private let threadPool: NIOThreadPool
-    private let handles = CurlHandlePool()
+    private let client: HTTPClient
     private let logger: Logger
 
     init(configuration: VastClient.Configuration, threadPool: NIOThreadPool, logger: Logger) {
         self.configuration = configuration
-        self.threadPool = threadPool
+        client = HTTPClient(threadPool: threadPool)
         self.logger = logger
     }
 
@@ -24,29 +25,26 @@ final class VastTransport: Sendable {
               body: JSONValue? = nil, idempotent: Bool = true) async throws -> Data
     {
         let url = configuration.baseURL + path + (query.isEmpty ? "" : "?" + QueryEncoding.encode(query))
-        var headers = ["Authorization: Bearer \(configuration.apiKey)", "Accept: application/json",
-                       "User-Agent: \(configuration.userAgent)"]
+        var headers: [(name: String, value: String)] = [
+            ("Authorization", "Bearer \(configuration.apiKey)"), ("Accept", "application/json"),
+            ("User-Agent", configuration.userAgent),
+        ]
         // The CLI sends a JSON body (default `{}`) with every method but GET.
         let payload: Data? = method == "GET" ? nil : (body ?? [:]).encoded()
-        if payload != nil { headers.append("Content-Type: application/json") }
+        if payload != nil { headers.append(("Content-Type", "application/json")) }
         let requestHeaders = headers
-        let timeout = Self.milliseconds(configuration.timeout)
-        let connectTimeout = Self.milliseconds(configuration.connectTimeout)
 
         var attempt = 0
         while true {
             attempt += 1
             let started = ContinuousClock.now
-            let result: Result<HTTPResponse, CurlFailure>
+            let result: Result<HTTPResponse, HTTPTransportError>
             do {
-                let response = try await threadPool.runIfActive { [handles] in
-                    try handles.withHandle { (handle) throws(CurlFailure) in
-                        try handle.perform(method: method, url: url, headers: requestHeaders, body: payload,
-                                           timeoutMilliseconds: timeout, connectTimeoutMilliseconds: connectTimeout)
-                    }
-                }
+                let response = try await client.send(method: method, url: url, headers: requestHeaders, body: payload,
+                                                     timeout: configuration.timeout,
+                                                     connectTimeout: configuration.connectTimeout)
                 result = .success(response)
-            } catch let failure as CurlFailure {
+            } catch let failure as HTTPTransportError {
                 result = .failure(failure)
             }
             let elapsed = ContinuousClock.now - started
@@ -70,17 +68,17 @@ final class VastTransport: Sendable {
                 }
                 throw Self.httpError(response)
             case .failure(let failure):
-                outcome = .transportFailure(curlCode: failure.code)
+                outcome = .transportFailure(curlCode: failure.curlCode)
                 if case .retry(let wait) = configuration.retry.decide(after: attempt, outcome: outcome, idempotent: idempotent) {
                     logger.warning("provider call will be retried", metadata: [
-                        "provider.operation": "\(operation)", "provider.curl_code": "\(failure.code)",
+                        "provider.operation": "\(operation)", "provider.curl_code": "\(failure.curlCode)",
                         "provider.error": "\(failure.message)", "provider.attempt": "\(attempt)",
                         "provider.wait_ms": "\(Self.milliseconds(wait))",
                     ])
                     try await Task.sleep(for: wait)
                     continue
                 }
-                throw ProviderError.transport(curlCode: failure.code, message: failure.message)
+                throw ProviderError.transport(curlCode: failure.curlCode, message: failure.message)
             }
         }
     }

@@ -44,6 +44,9 @@ struct Serve: AsyncParsableCommand {
 
     @OptionGroup(title: "Provider and failover") var failover: FailoverOptions
 
+    // Webhook notifications (--notify-url, --notify-secret-file): NotifyOptions.swift.
+    @OptionGroup var notify: NotifyOptions
+
     @Option(help: "Heartbeat interval agents are told to use, in ms. Env: WARMPOOL_HEARTBEAT_INTERVAL_MS.")
     var heartbeatIntervalMs: Int = envInt("WARMPOOL_HEARTBEAT_INTERVAL_MS") ?? 100
 
@@ -182,8 +185,11 @@ struct Serve: AsyncParsableCommand {
                 "interval_ms": "\(heartbeatIntervalMs)", "silence_timeout_ms": "\(detector.silenceTimeout / 1_000_000)",
                 "lossy_silence_timeout_ms": "\(detector.lossySilenceTimeout / 1_000_000)", "lease_ms": "\(leaseMs)",
             ])
+        // MARK: Webhook notifications: the outbox delivered as signed webhooks when --notify-url is set.
+        let notifyServices = try notify.services(store: store, logger: logger)
+        // MARK: end of webhook notifications
         let serviceGroup = ServiceGroup(
-            configuration: .init(services: services + [api, recorder], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: services + [api, recorder] + notifyServices, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await serviceGroup.run()
         eventLog.finish()
         try await group.shutdownGracefully()

@@ -2,20 +2,6 @@ import CCurl
 import CCurlShim
 import Foundation
 
-/// One HTTP response as libcurl received it.
-struct HTTPResponse: Sendable {
-    var status: Int
-    /// Header names lowercased; the last value wins.
-    var headers: [String: String]
-    var body: Data
-}
-
-/// A failed transfer: libcurl's code and its error-buffer text.
-struct CurlFailure: Error {
-    var code: Int
-    var message: String
-}
-
 /// Owns one CURL easy handle. Not thread-safe: one transfer at a time, on a thread-pool thread
 /// (`curl_easy_perform` blocks). Reusing the handle keeps its connection alive between calls.
 final class CurlEasy {
@@ -24,9 +10,9 @@ final class CurlEasy {
     /// curl_global_init is not thread-safe: run it once, before the first handle.
     private static let globalInit: Void = { _ = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) }()
 
-    init() throws(CurlFailure) {
+    init() throws(HTTPTransportError) {
         _ = Self.globalInit
-        guard let handle = curl_easy_init() else { throw CurlFailure(code: -1, message: "curl_easy_init failed") }
+        guard let handle = curl_easy_init() else { throw HTTPTransportError(curlCode: -1, message: "curl_easy_init failed") }
         self.handle = handle
     }
 
@@ -35,7 +21,7 @@ final class CurlEasy {
     /// Runs one transfer to completion. `body` is sent for every method but GET (the reference's
     /// DELETE carries `{}` too).
     func perform(method: String, url: String, headers: [String], body: Data?, timeoutMilliseconds: Int,
-                 connectTimeoutMilliseconds: Int) throws(CurlFailure) -> HTTPResponse
+                 connectTimeoutMilliseconds: Int) throws(HTTPTransportError) -> HTTPResponse
     {
         // Reset clears the previous transfer's options but keeps the connection cache.
         curl_easy_reset(handle)
@@ -82,7 +68,7 @@ final class CurlEasy {
         }
         guard code == CURLE_OK else {
             let detail = String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            throw CurlFailure(code: Int(code.rawValue), message: detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail)
+            throw HTTPTransportError(curlCode: Int(code.rawValue), message: detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail)
         }
         var status = 0
         _ = warmpool_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
@@ -123,28 +109,4 @@ private let curlWriteHeader: @convention(c) (UnsafeMutablePointer<CChar>?, Int, 
     let bytes = UnsafeRawBufferPointer(start: data, count: size * count)
     sink.headerLine(String(decoding: bytes, as: UTF8.self))
     return size * count
-}
-
-/// Idle handles kept for reuse, so consecutive calls share a kept-alive connection. A handle is
-/// checked out for exactly one transfer, so no two threads ever touch one handle.
-final class CurlHandlePool: @unchecked Sendable {
-    private let lock = NSLock()
-    private var idle: [CurlEasy] = []
-    private let maximumIdle: Int
-
-    init(maximumIdle: Int = 4) { self.maximumIdle = maximumIdle }
-
-    func withHandle<T>(_ body: (CurlEasy) throws(CurlFailure) -> T) throws(CurlFailure) -> T {
-        let handle: CurlEasy
-        if let reused = lock.withLock({ idle.popLast() }) {
-            handle = reused
-        } else {
-            handle = try CurlEasy()
-        }
-        let result = try body(handle)
-        // Only a handle whose transfer completed goes back: after a failure its connection state
-        // is unknown, so it is freed with its connection.
-        lock.withLock { if idle.count < maximumIdle { idle.append(handle) } }
-        return result
-    }
 }
