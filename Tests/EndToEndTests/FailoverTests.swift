@@ -284,3 +284,60 @@ final class WarmPoolLab {
         #expect(hosts.first?["available_gpus"] as? Int == 4, "every GPU is free again: \(hosts)")
     }
 }
+
+/// The real controller's webhooks during a real failover, received and verified by a separate
+/// process (Python's http.server), as a customer's receiver would.
+@Suite(.serialized) struct WebhookDeliveryTests {
+    static let receiver = #"""
+        import hashlib, hmac, http.server, json, sys
+        secret, log, ready = open(sys.argv[1]).read().rstrip().encode(), sys.argv[2], sys.argv[3]
+        class Hook(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                stamp = self.headers["X-Warmpool-Timestamp"]
+                expected = "sha256=" + hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+                valid = hmac.compare_digest(expected, self.headers["X-Warmpool-Signature"])
+                with open(log, "a") as f:
+                    f.write(json.dumps({"event": self.headers["X-Warmpool-Event"], "delivery": self.headers["X-Warmpool-Delivery"],
+                                        "valid": valid, "body": json.loads(body)}) + "\n")
+                self.send_response(200); self.end_headers()
+            def log_message(self, *_): pass
+        server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+        open(ready + ".partial", "w").write(str(server.server_port)); __import__("os").rename(ready + ".partial", ready)
+        server.serve_forever()
+        """#
+
+    @Test func aFailoversNotificationsReachTheReceiverSigned() throws {
+        let lab = try WarmPoolLab()
+        let directory = lab.harness.directory
+        try Data("whsec-e2e-\(UUID().uuidString)\n".utf8).write(to: URL(fileURLWithPath: directory + "/hook-secret"))
+        try Data(Self.receiver.utf8).write(to: URL(fileURLWithPath: directory + "/receiver.py"))
+        let receiver = Process()
+        receiver.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        receiver.arguments = [directory + "/receiver.py", directory + "/hook-secret", directory + "/hooks.jsonl", directory + "/hook.port"]
+        try receiver.run()
+        // SIGKILL: the test process may hand SIGTERM down ignored, and Python would never hear it.
+        defer { kill(receiver.processIdentifier, SIGKILL); receiver.waitUntilExit() }
+        try lab.harness.waitUntil("the receiver listens", timeout: 20) { FileManager.default.fileExists(atPath: directory + "/hook.port") }
+        let port = try String(contentsOfFile: directory + "/hook.port", encoding: .utf8)
+        try lab.startController(extra: ["--notify-url", "http://127.0.0.1:\(port)/hooks/warmpool", "--notify-secret-file", directory + "/hook-secret"])
+
+        let primary = (try lab.provision()["status"] as? [String: Any])?["primary_gpu_id"] as? Int ?? -1
+        #expect(try lab.sim("POST", "/admin/instances/\(primary)/crash").status == 200)
+        _ = try lab.waitForFailover(1)
+        let wanted: Set<String> = ["failure_detected", "standby_starting", "failover_complete", "standby_provisioned"]
+        var hooks: [[String: Any]] = []
+        try lab.harness.waitUntil("the four notifications arrive", timeout: 20) {
+            let text = (try? String(contentsOfFile: directory + "/hooks.jsonl", encoding: .utf8)) ?? ""
+            hooks = text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            return wanted.isSubset(of: Set(hooks.compactMap { $0["event"] as? String }))
+        }
+        #expect(hooks.allSatisfy { $0["valid"] as? Bool == true }, "every signature verifies: \(hooks)")
+        let deliveries = hooks.compactMap { $0["delivery"] as? String }
+        #expect(Set(deliveries).count == deliveries.count, "one delivery per notification: \(deliveries)")
+        #expect(deliveries.contains("wp-12-failover_complete-1"))
+        let complete = hooks.first { $0["event"] as? String == "failover_complete" }?["body"] as? [String: Any]
+        #expect(complete?["machine_id"] as? Int == 12)
+        #expect(complete?["failover"] as? String == "fo-12-1")
+    }
+}
