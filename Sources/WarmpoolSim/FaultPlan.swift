@@ -18,6 +18,8 @@ public struct FaultPlan: Codable, Hashable, Sendable {
     public var noSSHInstances: [Int] = []
     /// Instances whose start is refused: `200 {"success": false}`.
     public var failStartInstances: [Int] = []
+    /// Machines with no free GPU: they offer nothing and refuse creates (their instances run on).
+    public var fullHosts: [Int] = []
 
     public init() {}
 
@@ -25,7 +27,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         case failureRate = "failure_rate", failNext = "fail_next", failureStatus = "failure_status"
         case rateLimitRate = "rate_limit_rate", rateLimitNext = "rate_limit_next", retryAfterSeconds = "retry_after_seconds"
         case latencyMs = "latency_ms", bootDelayMs = "boot_delay_ms", noSSHInstances = "no_ssh_instances"
-        case failStartInstances = "fail_start_instances"
+        case failStartInstances = "fail_start_instances", fullHosts = "full_hosts"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -41,6 +43,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         bootDelayMs = try c.decodeIfPresent(Int.self, forKey: .bootDelayMs)
         noSSHInstances = try c.decodeIfPresent([Int].self, forKey: .noSSHInstances) ?? []
         failStartInstances = try c.decodeIfPresent([Int].self, forKey: .failStartInstances) ?? []
+        fullHosts = try c.decodeIfPresent([Int].self, forKey: .fullHosts) ?? []
         guard (0...1).contains(failureRate), (0...1).contains(rateLimitRate), (400...599).contains(failureStatus),
             failNext >= 0, rateLimitNext >= 0, retryAfterSeconds >= 0, latencyMs >= 0, (bootDelayMs ?? 0) >= 0
         else {

@@ -1,12 +1,12 @@
 import Foundation
 
-/// One rented instance. `gpuSlot` is the GPU it holds on its machine from create to destroy
+/// One rented instance. `gpuSlots` are the GPUs it holds on its machine from create to destroy
 /// (stopped too: the emulator keeps a stopped instance's GPU for it, which is what the warm pool
 /// counts on; a start that finds the GPU gone is modelled by the `fail_start_instances` fault).
 struct SimInstance {
     let id: Int
     let host: HostSpec
-    let gpuSlot: Int
+    let gpuSlots: [Int]
     let offerID: Int
     var label: String?
     let image: String
@@ -43,7 +43,7 @@ struct SimInstance {
             "cur_state": .string(actualStatus == "running" || actualStatus == "loading" ? "running" : "stopped"),
             "next_state": .string(intendedStatus), "status_msg": .string(statusMessage),
             "image_uuid": .string(image), "image_args": [], "image_runtype": .string(runtype),
-            "num_gpus": 1, "gpu_name": .string(host.gpuName), "gpu_util": 0, "gpu_arch": "nvidia", "gpu_temp": 40,
+            "num_gpus": JSON(gpuSlots.count), "gpu_name": .string(host.gpuName), "gpu_util": 0, "gpu_arch": "nvidia", "gpu_temp": 40,
             "gpu_ram": 24564, "gpu_totalram": 24564, "cuda_max_good": 12.4, "driver_version": "550.54.15",
             "cpu_cores_effective": 8, "cpu_util": 0, "cpu_ram": 64000, "disk_space": .number(diskGB), "disk_util": 0,
             "disk_usage": 0, "mem_usage": 0, "mem_limit": 64000, "vmem_usage": 0, "inet_up": 1000, "inet_down": 1000,
@@ -53,7 +53,7 @@ struct SimInstance {
             "extra_env": .array(env.map { [.string($0.0), .string($0.1)] }), "onstart": JSON(onstart),
             "uptime_mins": .number(max(0, (Date().timeIntervalSince1970 - startDate) / 60).rounded()),
             "start_date": .number(startDate), "end_date": nil, "reliability2": .number(host.reliability),
-            "dph_total": .number(host.pricePerGPUHour), "verification": host.verified ? "verified" : "unverified",
+            "dph_total": .number(host.pricePerGPUHour * Double(gpuSlots.count)), "verification": host.verified ? "verified" : "unverified",
             "geolocation": .string(host.geolocation), "template_id": nil, "template_hash_id": nil, "template_name": nil,
             "volume_info": volume.map { [["id": JSON($0.id), "mount_path": .string(mountPath),
                                            "avail_space": .number($0.sizeGB), "total_space": .number($0.sizeGB)]] } ?? [],
@@ -83,6 +83,21 @@ struct SimVolume {
 }
 
 extension HostSpec {
+    /// The offer for all `gpus` free GPUs of this machine at once, as Vast.ai lists multi-GPU
+    /// chunks beside the single GPUs (so `num_gpus>=2` finds the host). Its slot is 0.
+    func bundleOfferRow(gpus: Int) -> [String: JSON] {
+        var row = offerRow(slot: 0)
+        let price = pricePerGPUHour * Double(gpus)
+        row["num_gpus"] = JSON(gpus)
+        row["gpu_frac"] = .number(Double(gpus) / Double(gpuCount))
+        row["gpu_total_ram"] = JSON(24564 * gpus)
+        row["cpu_cores_effective"] = .number(32 * Double(gpus) / Double(gpuCount))
+        row["dph_base"] = .number(price)
+        row["dph_total"] = .number(price)
+        row["min_bid"] = .number(price / 2)
+        return row
+    }
+
     /// The offer row for one free GPU: a 1-GPU slice of this machine.
     func offerRow(slot: Int) -> [String: JSON] {
         [

@@ -145,11 +145,18 @@ public actor Simulator {
 
     // MARK: Offers
 
+    /// One 1-GPU offer per free GPU, and one offer of all of a machine's free GPUs when it has two
+    /// or more; a host made full by the `full_hosts` fault offers nothing.
     private func offerRows() -> [[String: JSON]] {
-        let held = Set(instances.values.map { [$0.host.machineID, $0.gpuSlot] })
-        return configuration.hosts.flatMap { host in
-            (1...host.gpuCount).filter { !held.contains([host.machineID, $0]) }.map { host.offerRow(slot: $0) }
+        configuration.hosts.filter { !faults.fullHosts.contains($0.machineID) }.flatMap { host in
+            let free = freeSlots(host)
+            return free.map { host.offerRow(slot: $0) } + (free.count >= 2 ? [host.bundleOfferRow(gpus: free.count)] : [])
         }
+    }
+
+    private func freeSlots(_ host: HostSpec) -> [Int] {
+        let held = Set(instances.values.filter { $0.host.machineID == host.machineID }.flatMap(\.gpuSlots))
+        return (1...host.gpuCount).filter { !held.contains($0) }
     }
 
     // MARK: Instances
@@ -190,11 +197,12 @@ public actor Simulator {
 
     private func createInstance(offerID: Int, body: [String: JSON]) -> SimResponse {
         guard let host = configuration.hosts.first(where: { offerID / 100 == $0.machineID }),
-            case let slot = offerID % 100, (1...host.gpuCount).contains(slot),
-            !instances.values.contains(where: { $0.host.machineID == host.machineID && $0.gpuSlot == slot })
+            !faults.fullHosts.contains(host.machineID), case let free = freeSlots(host), case let slot = offerID % 100,
+            slot == 0 ? free.count >= 2 : free.contains(slot)
         else {
             return .error(404, "no_such_ask", "Instance type by id \(offerID) is not available.")
         }
+        let slots = slot == 0 ? free : [slot]
         guard let image = body["image"]?.stringValue, !image.isEmpty else {
             return .error(400, "invalid_args", "image is required")
         }
@@ -233,7 +241,7 @@ public actor Simulator {
         }
         nextInstanceID += 1
         instances[id] = SimInstance(
-            id: id, host: host, gpuSlot: slot, offerID: offerID, label: body["label"]?.stringValue, image: image, env: env,
+            id: id, host: host, gpuSlots: slots, offerID: offerID, label: body["label"]?.stringValue, image: image, env: env,
             onstart: body["onstart"]?.stringValue, volumeID: volumeID, mountPath: mountPath,
             diskGB: body["disk"]?.numberValue ?? 10, runtype: body["runtype"]?.stringValue ?? "ssh",
             sshPort: port, directory: directory, startDate: Date().timeIntervalSince1970)

@@ -58,6 +58,9 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
     @Option(help: "An instance id whose start is refused (repeatable).")
     var failStartInstance: [Int] = []
 
+    @Option(help: "A machine id with no free GPU: it offers nothing and refuses creates (repeatable).")
+    var fullHost: [Int] = []
+
     @Option(help: "Write the bound HOST:PORT here once listening.")
     var readyFile: String?
 
@@ -74,6 +77,7 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
         faults.latencyMs = latencyMs
         faults.noSSHInstances = noSshInstance
         faults.failStartInstances = failStartInstance
+        faults.fullHosts = fullHost
         let state = stateDir ?? FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-sim-\(UUID().uuidString)").path
         let configuration = SimConfiguration(
             apiKey: apiKey, hosts: try hosts.isEmpty ? [.defaultHost] : hosts.map(HostSpec.init(parsing:)),

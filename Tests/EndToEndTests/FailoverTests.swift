@@ -269,6 +269,22 @@ final class WarmPoolLab {
         #expect(try lab.status()["failover_count"] as? Int == 0, "the primary was never touched")
     }
 
+    @Test func withNoFreeGPUOnTheHostThePoolIsDegradedAndSaysSo() async throws {
+        let lab = try WarmPoolLab()
+        try lab.startController(extra: ["--standby-check-s", "1"])
+        let standby = (try lab.provision()["status"] as? [String: Any])?["standby_gpu_id"] as? Int ?? -1
+        // The host fills up (other tenants), then the standby is reclaimed: no GPU to replace it.
+        #expect(try lab.sim("POST", "/admin/faults", body: #"{"full_hosts": [77]}"#).status == 200)
+        #expect(try lab.sim("DELETE", "/api/v0/instances/\(standby)/", body: "{}").status == 200)
+        try lab.harness.waitUntil("the pool is degraded", timeout: 30) { (try? lab.status()["state"] as? String) == "degraded" }
+        let status = try lab.status()
+        #expect(status["standby_gpu_id"] is NSNull, "\(status)")
+        #expect(status["primary_gpu_id"] as? Int == 1001, "the primary runs on")
+        let store = try SQLiteStore(path: lab.harness.databasePath, logger: Logger(label: "test.reader"))
+        let kinds = try await store.notifications(limit: 100).map(\.kind)
+        #expect(kinds.contains("pool_degraded"), "\(kinds)")
+    }
+
     @Test func cleanupDestroysPrimaryStandbyAndVolume() throws {
         let lab = try WarmPoolLab()
         try lab.startController()

@@ -42,7 +42,7 @@ import Glibc
         let address = try String(contentsOfFile: directory + "/ready", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         let client = VastClient(configuration: .init(baseURL: "http://\(address)", apiKey: "k"), logger: SimFixture.logger)
 
-        let offers = try await client.searchOffers(OfferQuery(gpuName: "RTX 3090"))
+        let offers = try await client.searchOffers(OfferQuery(gpuName: "RTX 3090")).filter { $0.numGPUs == 1 }
         #expect(offers.map(\.id) == [5501, 5502] && offers.allSatisfy { $0.geolocation == "CA" && $0.pricePerHour == 0.25 })
         // A sleep no other process on this machine runs, to find the onstarts by.
         let sleep = "sleep \(Int.random(in: 600_000...699_999))"

@@ -27,18 +27,22 @@ import Testing
             {"verified": {"eq": true}, "external": {"eq": false}, "rentable": {"eq": true}, "num_gpus": {"gte": "1"},
              "order": [["dph_total", "desc"], ["id", "asc"]], "type": "on-demand", "allocated_storage": 5.0}
             """#)
-        #expect(all["offers"]?.arrayValue?.compactMap { $0["id"]?.intValue } == [8801, 8802, 7701, 7702, 7703, 7704])
+        // Each free GPU, and each machine's free GPUs together (slot 0), as Vast.ai lists chunks.
+        #expect(all["offers"]?.arrayValue?.compactMap { $0["id"]?.intValue } == [8800, 7700, 8801, 8802, 7701, 7702, 7703, 7704])
+        let (_, multi) = await fixture.raw("POST", "/api/v0/bundles/", body: #"{"num_gpus": {"gte": "2"}, "order": [["id", "asc"]]}"#)
+        #expect(multi["offers"]?.arrayValue?.compactMap { $0["num_gpus"]?.intValue } == [4, 2])
         let (_, cheap) = await fixture.raw("POST", "/api/v0/bundles/", body: #"{"dph_total": {"lte": "0.5"}, "machine_id": {"in": ["77"]}, "limit": 2}"#)
         #expect(cheap["offers"]?.arrayValue?.compactMap { $0["id"]?.intValue } == [7701, 7702])
         let (status, _) = await fixture.raw("PUT", "/api/v0/asks/7702/", body: #"{"image": "img"}"#)
         #expect(status == 200)
         let (_, after) = await fixture.raw("POST", "/api/v0/bundles/", body: #"{"gpu_name": {"eq": "RTX 4090"}}"#)
-        #expect(after["offers"]?.arrayValue?.compactMap { $0["id"]?.intValue } == [7701, 7703, 7704])
+        #expect(after["offers"]?.arrayValue?.compactMap { $0["id"]?.intValue } == [7701, 7703, 7704, 7700])
+        #expect(after["offers"]?.arrayValue?.last?["num_gpus"] == 3, "the chunk shrinks with the rented GPU")
         let (again, body) = await fixture.raw("PUT", "/api/v0/asks/7702/", body: #"{"image": "img"}"#)
         #expect(again == 404 && body["error"] == "no_such_ask", "an offer rents once")
         #expect(await fixture.raw("DELETE", "/api/v0/instances/1001/").0 == 200)
         let (_, freed) = await fixture.raw("POST", "/api/v0/bundles/", body: #"{"gpu_name": {"eq": "RTX 4090"}}"#)
-        #expect(freed["offers"]?.arrayValue?.count == 4)
+        #expect(freed["offers"]?.arrayValue?.count == 5)
         await fixture.stop()
     }
 

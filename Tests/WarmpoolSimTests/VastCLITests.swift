@@ -87,7 +87,27 @@ struct VastCLITests {
         faults.retryAfterSeconds = 0
         #expect(await fixture.raw("POST", "/admin/faults", body: String(decoding: try JSONEncoder().encode(faults), as: UTF8.self)).0 == 200)
         let search = try Self.vastai(fixture, ["search", "offers", "--raw"])
-        #expect(try Self.json(search.output).arrayValue?.count == 4, "\(search.output)")
+        // Four single GPUs and the four-GPU chunk.
+        #expect(try Self.json(search.output).arrayValue?.count == 5, "\(search.output)")
         #expect(await fixture.counters().rateLimited == ["search_offers": 2])
+    }
+
+    /// What the warm pool needs of the CLI besides the lifecycle above: finding hosts with two or
+    /// more GPUs, and the shared volume.
+    @Test func multiGPUSearchAndVolumes() async throws {
+        let fixture = try await SimFixture()
+        defer { Task { await fixture.stop() } }
+        let search = try Self.vastai(fixture, ["search", "offers", "num_gpus>=2", "--raw"])
+        let offers = try Self.json(search.output).arrayValue ?? []
+        #expect(offers.compactMap { $0["machine_id"]?.intValue } == [77], "\(search.output)")
+        #expect(offers.first?["num_gpus"] == 4)
+        let volumes = try Self.vastai(fixture, ["search", "volumes", "--raw"])
+        let volumeOffer = try #require(try Self.json(volumes.output).arrayValue?.first?["id"]?.intValue, "\(volumes.output)")
+        let create = try Self.vastai(fixture, ["create", "volume", "\(volumeOffer)", "-s", "100", "-n", "wp-12-data", "--raw"])
+        #expect(create.output.contains("\"success\": true") || create.output.contains("\"success\":true"), "\(create.output)")
+        let shown = try Self.vastai(fixture, ["show", "volumes", "--raw"])
+        let rows = try Self.json(shown.output).arrayValue ?? []
+        #expect(rows.count == 1 && rows.first?["disk_space"] == 100, "\(shown.output)")
+        #expect(await fixture.counters().volumeCreates == 1)
     }
 }
