@@ -128,7 +128,9 @@ public actor FailoverCoordinator: Service {
                     ])
                 }
             }
-            if let latest = try await store.failovers(machineID: record.machineID, limit: 1).first, latest.result == .inProgress {
+            // The latest failover, finished or not: its recovery steps (a new standby) come after
+            // the promotion that finished it, and must go on its timeline, after the steps written.
+            if let latest = try await store.failovers(machineID: record.machineID, limit: 1).first {
                 pool.failover = latest
                 pool.stepsWritten = try await store.timeline(failoverID: latest.id).count
             }
@@ -459,7 +461,7 @@ public actor FailoverCoordinator: Service {
                     let delay = at - Instant.now()
                     if delay > .zero { try? await Task.sleep(for: delay) }
                     guard !Task.isCancelled else { return }
-                    await self.timerFired(poolID, timer)
+                    self.timerFired(poolID, timer)
                 }
             case .cancelTimer(let timer):
                 timers[poolID]?[timer]?.cancel()
@@ -470,7 +472,7 @@ public actor FailoverCoordinator: Service {
                 let verification = self.verification
                 Task {
                     let outcome = await verification.run(instance: instance, ssh: ssh, volume: volume)
-                    await self.verificationAnswered(poolID, operation, outcome)
+                    self.verificationAnswered(poolID, operation, outcome)
                 }
             case .findFreeOffers(let operation, _, _), .ensureVolume(let operation, _, _, _), .ensureInstance(let operation, _),
                 .startInstance(let operation, _), .stopInstance(let operation, _), .pollInstance(let operation, _),
@@ -478,7 +480,7 @@ public actor FailoverCoordinator: Service {
                 let effects = self.effects
                 Task {
                     let outcome = await effects.run(action, poolID: poolID)
-                    await self.providerAnswered(poolID, operation, outcome)
+                    self.providerAnswered(poolID, operation, outcome)
                 }
             }
         }

@@ -25,7 +25,11 @@ struct VolumeVerification: Sendable {
         let policy = ReadinessPolicy(deadline: Int64(attemptWindow.components.seconds) * 1_000_000_000, pollInterval: 20_000_000)
         do {
             let result = try await verifier.waitUntilReady(target, policy: policy)
-            guard let failure = result.failure else { return .passed(sshReadyAt: Instant.now()) }
+            guard let failure = result.failure else {
+                // SSH was ready when the login finished; the volume check (the command) came after.
+                let command = Duration.nanoseconds(result.last.timings.command ?? 0)
+                return .passed(sshReadyAt: Instant.now() + (.zero - command))
+            }
             if failure.reason == .deadlineExceeded || policy.retryable.contains(failure.reason) {
                 return .notReady(message: failure.description)
             }

@@ -95,7 +95,7 @@ public struct FrameAuthenticator: @unchecked Sendable {
         let code = authenticationCode(
             type: type, flags: flags, payloadSize: body.readableBytes + Self.macSize, body: body)
         var payload = body
-        code.withUnsafeBytes { payload.writeBytes(UnsafeRawBufferPointer(rebasing: $0.prefix(Self.macSize))) }
+        _ = code.withUnsafeBytes { payload.writeBytes(UnsafeRawBufferPointer(rebasing: $0.prefix(Self.macSize))) }
         return Frame(type: type, flags: flags, payload: payload)
     }
 

@@ -71,7 +71,7 @@ import WarmpoolWire
     @Test func garbageIsRejectedAndTheChannelClosed() throws {
         let (channel, _, eventsPath) = try makeChannel()
         defer { try? FileManager.default.removeItem(atPath: eventsPath) }
-        try? channel.writeInbound(ByteBuffer(bytes: [0xFF, 0xFF, 0xFF, 0xFF]))
+        _ = try? channel.writeInbound(ByteBuffer(bytes: [0xFF, 0xFF, 0xFF, 0xFF]))
         let reject = try #require(try readFrame(channel))
         #expect(reject.type == .reject)
         #expect(try Reject.decode(reject.payload).reason == "frame length 4294967295 exceeds the maximum of 65536 bytes")
