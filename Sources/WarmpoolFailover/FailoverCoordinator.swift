@@ -122,7 +122,9 @@ public actor FailoverCoordinator: Service {
                     ])
                 }
             }
-            if let latest = try await store.failovers(machineID: record.machineID, limit: 1).first, latest.result == .inProgress {
+            // The latest failover, finished or not: after promotion its steps go on (re-provisioning
+            // the standby) under the same number, and a fresh row would overwrite the finished one.
+            if let latest = try await store.failovers(machineID: record.machineID, limit: 1).first {
                 pool.failover = latest
                 pool.stepsWritten = try await store.timeline(failoverID: latest.id).count
             }
