@@ -274,4 +274,14 @@ final class WarmPoolLab {
         #expect(failover["id"] as? String == record["id"] as? String)
         #expect(try lab.sim("GET", "/admin/counters").json["creates"] as? Int == 3)
     }
+    @Test func provisioningOnAHostWithoutTwoFreeGPUsIsAConflictNotAProviderFailure() throws {
+        // Found by `Scripts/drill api-fuzz` (schemathesis): it answered 502 provider_failed.
+        let lab = try WarmPoolLab(host: "77:1:RTX_4090:0.45")
+        try lab.startController()
+        for host in [77, 99] {
+            let answer = try http("POST", "\(lab.api)/provision", key: try lab.adminKey(), body: #"{"machine_id": \#(host), "host_machine_id": \#(host)}"#)
+            #expect(answer.status == 409, "\(answer.text)")
+            #expect((answer.json["message"] as? String ?? "").contains("free GPU"), "\(answer.text)")
+        }
+    }
 }
