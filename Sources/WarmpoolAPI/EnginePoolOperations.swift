@@ -32,9 +32,24 @@ public struct EnginePoolOperations: PoolOperations {
             image: request.image, diskGB: request.diskSizeGB, volumeGB: request.volumeSizeGB)
         let record = try await mapped { try await coordinator.provision(engineRequest, timeout: timeout) }
         if record.state == "error" {
-            throw PoolOperationError.providerFailed(record.errorMessage ?? "provisioning failed")
+            let message = record.errorMessage ?? "provisioning failed"
+            // A host without two free GPUs (or no such host) is the request's problem, not the
+            // provider's: 409, as schemathesis found (it was a 502).
+            if try await freeGPUs(host: request.hostMachineID, gpuNames: names) < 2 { throw PoolOperationError.conflict(message) }
+            throw PoolOperationError.providerFailed(message)
         }
         return record
+    }
+
+    /// Single-GPU offers on `host`, as the engine counts them when it provisions.
+    private func freeGPUs(host: Int64, gpuNames: [String]) async throws -> Int {
+        var count = 0
+        for name in gpuNames.isEmpty ? [nil] : gpuNames.map(Optional.some) {
+            let query = OfferQuery(gpuName: name, verified: nil, rentable: true, machineID: MachineID(host))
+            count += try await provided { try await provider.searchOffers(query) }
+                .filter { $0.machineID == MachineID(host) && $0.numGPUs == 1 }.count
+        }
+        return count
     }
 
     public func enable(machineID: Int64) async throws -> PoolRecord {

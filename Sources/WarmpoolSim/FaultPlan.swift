@@ -12,6 +12,10 @@ public struct FaultPlan: Codable, Hashable, Sendable {
     public var retryAfterSeconds: Int = 1
     /// Added to every API call before it is served.
     public var latencyMs: Int = 0
+    /// Share of API calls served only after `timeout_ms`: a client with a shorter timeout has
+    /// given up by then, not knowing that the call took effect.
+    public var timeoutRate: Double = 0
+    public var timeoutMs: Int = 3000
     /// Overrides the configured delay between "start" and the instance running.
     public var bootDelayMs: Int?
     /// Instances that run but never get sshd (the onstart still runs).
@@ -20,14 +24,19 @@ public struct FaultPlan: Codable, Hashable, Sendable {
     public var failStartInstances: [Int] = []
     /// Machines with no free GPU: they offer nothing and refuse creates (their instances run on).
     public var fullHosts: [Int] = []
+    /// Instances the provider cannot reach (their host is cut off): a stop is accepted but the
+    /// instance keeps running; a destroy drops it from the API while its processes live on.
+    /// Lifting the fault lets those destroys take effect. Drills use it so that only the lease
+    /// keeps a partitioned primary off the volume.
+    public var unreachableInstances: [Int] = []
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case failureRate = "failure_rate", failNext = "fail_next", failureStatus = "failure_status"
         case rateLimitRate = "rate_limit_rate", rateLimitNext = "rate_limit_next", retryAfterSeconds = "retry_after_seconds"
-        case latencyMs = "latency_ms", bootDelayMs = "boot_delay_ms", noSSHInstances = "no_ssh_instances"
-        case failStartInstances = "fail_start_instances", fullHosts = "full_hosts"
+        case latencyMs = "latency_ms", timeoutRate = "timeout_rate", timeoutMs = "timeout_ms", bootDelayMs = "boot_delay_ms", noSSHInstances = "no_ssh_instances"
+        case failStartInstances = "fail_start_instances", fullHosts = "full_hosts", unreachableInstances = "unreachable_instances"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -40,11 +49,14 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         rateLimitNext = try c.decodeIfPresent(Int.self, forKey: .rateLimitNext) ?? defaults.rateLimitNext
         retryAfterSeconds = try c.decodeIfPresent(Int.self, forKey: .retryAfterSeconds) ?? defaults.retryAfterSeconds
         latencyMs = try c.decodeIfPresent(Int.self, forKey: .latencyMs) ?? defaults.latencyMs
+        timeoutRate = try c.decodeIfPresent(Double.self, forKey: .timeoutRate) ?? defaults.timeoutRate
+        timeoutMs = try c.decodeIfPresent(Int.self, forKey: .timeoutMs) ?? defaults.timeoutMs
         bootDelayMs = try c.decodeIfPresent(Int.self, forKey: .bootDelayMs)
         noSSHInstances = try c.decodeIfPresent([Int].self, forKey: .noSSHInstances) ?? []
         failStartInstances = try c.decodeIfPresent([Int].self, forKey: .failStartInstances) ?? []
         fullHosts = try c.decodeIfPresent([Int].self, forKey: .fullHosts) ?? []
-        guard (0...1).contains(failureRate), (0...1).contains(rateLimitRate), (400...599).contains(failureStatus),
+        unreachableInstances = try c.decodeIfPresent([Int].self, forKey: .unreachableInstances) ?? []
+        guard (0...1).contains(failureRate), (0...1).contains(rateLimitRate), (0...1).contains(timeoutRate), timeoutMs >= 0, (400...599).contains(failureStatus),
             failNext >= 0, rateLimitNext >= 0, retryAfterSeconds >= 0, latencyMs >= 0, (bootDelayMs ?? 0) >= 0
         else {
             throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription:

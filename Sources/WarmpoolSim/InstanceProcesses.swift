@@ -21,11 +21,14 @@ final class InstanceProcesses: @unchecked Sendable {
         var description: String
     }
 
-    /// Starts `/bin/sh launcher ARGS` with `environment`, output appended to `logPath`.
-    init(launcher: String, arguments: [String], environment: [String: String], logPath: String, mountNamespace: Bool) throws {
-        let executable = mountNamespace ? "/usr/bin/unshare" : "/bin/sh"
-        let argv = (mountNamespace ? [executable, "--mount", "--propagation", "private", "/bin/sh"] : [executable])
-            + [launcher] + arguments
+    /// Starts `PREFIX... /bin/sh launcher ARGS` with `environment`, output appended to `logPath`.
+    /// The prefix execs its command in the same process (`ip netns exec NS`, `unshare --mount`),
+    /// so the launcher keeps the pid spawned here; any `unshare --mount` makes it a mount namespace.
+    init(launcher: String, arguments: [String], environment: [String: String], logPath: String, prefix: [String] = []) throws {
+        let argv = prefix + ["/bin/sh", launcher] + arguments
+        let executable = argv[0]
+        // `ip netns exec` makes a mount namespace of its own too (it remounts /sys).
+        let mountNamespace = !prefix.isEmpty
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }

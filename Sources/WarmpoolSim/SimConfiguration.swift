@@ -23,11 +23,14 @@ public struct SimConfiguration: Sendable {
     public var sshKeygenPath: String
     /// Host address reported as ssh_host / public_ipaddr, and where every sshd listens.
     public var sshAddress: String
+    /// Where instances get a network of their own (as a container does): each runs in the
+    /// network namespace this names and reports this address, where its sshd listens on port 22.
+    public var instanceNetwork: InstanceNetwork?
 
     public init(apiKey: String, hosts: [HostSpec] = [.defaultHost], stateDirectory: String, authorizedKeysPath: String? = nil,
                 bootDelay: Duration = .milliseconds(500), stopGracePeriod: Duration = .seconds(1),
                 mountVolumes: Bool = getuid() == 0, faults: FaultPlan = FaultPlan(), sshdPath: String = "/usr/sbin/sshd",
-                sshKeygenPath: String = "/usr/bin/ssh-keygen", sshAddress: String = "127.0.0.1")
+                sshKeygenPath: String = "/usr/bin/ssh-keygen", sshAddress: String = "127.0.0.1", instanceNetwork: InstanceNetwork? = nil)
     {
         self.apiKey = apiKey
         self.hosts = hosts
@@ -40,5 +43,26 @@ public struct SimConfiguration: Sendable {
         self.sshdPath = sshdPath
         self.sshKeygenPath = sshKeygenPath
         self.sshAddress = sshAddress
+        self.instanceNetwork = instanceNetwork
+    }
+}
+
+/// Per-instance network namespaces, made beforehand (Scripts/lab): one per GPU slot, since an
+/// instance holds its slot from create to destroy. Both patterns take `{machine}` and `{slot}`,
+/// e.g. namespace `wplab-{machine}-{slot}`, address `10.214.{slot}.{machine}`.
+public struct InstanceNetwork: Hashable, Sendable {
+    public var namespacePattern: String
+    public var addressPattern: String
+
+    public init(namespacePattern: String, addressPattern: String) {
+        self.namespacePattern = namespacePattern
+        self.addressPattern = addressPattern
+    }
+
+    public func namespace(machine: Int, slot: Int) -> String { Self.fill(namespacePattern, machine: machine, slot: slot) }
+    public func address(machine: Int, slot: Int) -> String { Self.fill(addressPattern, machine: machine, slot: slot) }
+
+    private static func fill(_ pattern: String, machine: Int, slot: Int) -> String {
+        pattern.replacingOccurrences(of: "{machine}", with: String(machine)).replacingOccurrences(of: "{slot}", with: String(slot))
     }
 }

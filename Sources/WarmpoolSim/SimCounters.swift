@@ -8,6 +8,8 @@ public struct SimCounters: Codable, Hashable, Sendable {
     public var injectedFailures: [String: Int] = [:]
     /// Calls answered with an injected 429, per operation.
     public var rateLimited: [String: Int] = [:]
+    /// Calls held back by the `timeout_rate` fault (then served), per operation.
+    public var timedOut: [String: Int] = [:]
     /// Accepted start requests per instance.
     public var starts: [String: Int] = [:]
     /// Start requests refused by the `fail_start_instances` fault, per instance.
@@ -23,7 +25,7 @@ public struct SimCounters: Codable, Hashable, Sendable {
     public init() {}
 
     enum CodingKeys: String, CodingKey {
-        case calls, injectedFailures = "injected_failures", rateLimited = "rate_limited", starts
+        case calls, injectedFailures = "injected_failures", rateLimited = "rate_limited", timedOut = "timed_out", starts
         case failedStarts = "failed_starts", stops, boots, creates, destroys, volumeCreates = "volume_creates"
         case volumeDeletes = "volume_deletes"
     }

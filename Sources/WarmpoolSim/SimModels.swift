@@ -18,6 +18,10 @@ struct SimInstance {
     let diskGB: Double
     let runtype: String
     let sshPort: Int
+    /// Where its sshd listens and what the API reports as its address.
+    let sshAddress: String
+    /// The network namespace its processes run in; nil for the emulator's own.
+    let netns: String?
     let directory: String
     let startDate: Double
 
@@ -35,7 +39,7 @@ struct SimInstance {
 
     var isStopped: Bool { intendedStatus == "stopped" }
 
-    func row(sshAddress: String, volume: SimVolume?) -> [String: JSON] {
+    func row(volume: SimVolume?) -> [String: JSON] {
         let hostPort = JSON.string(String(sshPort))
         return [
             "id": JSON(id), "machine_id": JSON(host.machineID), "host_id": JSON(host.machineID), "label": JSON(label),

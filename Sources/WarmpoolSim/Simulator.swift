@@ -14,6 +14,10 @@ public actor Simulator {
     private var faults: FaultPlan
     public private(set) var counters = SimCounters()
     private var instances: [Int: SimInstance] = [:]
+    /// Destroyed while unreachable: gone from the API, their processes still running on the
+    /// cut-off host until `unreachable_instances` no longer names them.
+    /// The GPU stays busy meanwhile.
+    private var orphans: [Int: (processes: InstanceProcesses, machineID: Int, gpuSlots: [Int])] = [:]
     private var volumes: [Int: SimVolume] = [:]
     private var nextInstanceID = 1001
     private var nextVolumeID = 5001
@@ -74,6 +78,10 @@ public actor Simulator {
                 var response = SimResponse.error(429, "rate_limited", "warmpool-sim: too many requests")
                 response.retryAfterSeconds = seconds
                 return response
+            }
+            if faults.timeoutRate > 0, Double.random(in: 0..<1) < faults.timeoutRate {
+                counters.timedOut[operation, default: 0] += 1
+                try? await Task.sleep(for: .milliseconds(faults.timeoutMs))
             }
             counters.calls[operation, default: 0] += 1
         }
@@ -155,7 +163,9 @@ public actor Simulator {
     }
 
     private func freeSlots(_ host: HostSpec) -> [Int] {
-        let held = Set(instances.values.filter { $0.host.machineID == host.machineID }.flatMap(\.gpuSlots))
+        // An orphan (destroyed while unreachable) keeps its GPUs until its processes are gone.
+        let held = Set(instances.values.filter { $0.host.machineID == host.machineID }.flatMap(\.gpuSlots)
+            + orphans.values.filter { $0.machineID == host.machineID }.flatMap(\.gpuSlots))
         return (1...host.gpuCount).filter { !held.contains($0) }
     }
 
@@ -164,7 +174,7 @@ public actor Simulator {
     private func sortedInstances() -> [SimInstance] { instances.keys.sorted().compactMap { instances[$0] } }
 
     private func row(_ instance: SimInstance) -> [String: JSON] {
-        instance.row(sshAddress: configuration.sshAddress, volume: instance.volumeID.flatMap { volumes[$0] })
+        instance.row(volume: instance.volumeID.flatMap { volumes[$0] })
     }
 
     private func instanceIDs(linkedTo volumeID: Int) -> [Int] {
@@ -230,10 +240,13 @@ public actor Simulator {
         }
         let id = nextInstanceID
         let directory = configuration.stateDirectory + "/instances/\(id)"
+        // With a network of its own the instance's sshd has port 22 on its own address, as on a host.
+        let network = configuration.instanceNetwork
+        let address = network?.address(machine: host.machineID, slot: slot) ?? configuration.sshAddress
         let port: Int
         do {
-            port = try InstanceFiles.freePort()
-            try InstanceFiles.create(directory: directory, sshPort: port, address: configuration.sshAddress,
+            port = network == nil ? try InstanceFiles.freePort() : 22
+            try InstanceFiles.create(directory: directory, sshPort: port, address: address,
                                      authorizedKeys: authorizedKeysPath, onstart: body["onstart"]?.stringValue,
                                      keygen: configuration.sshKeygenPath)
         } catch {
@@ -244,7 +257,8 @@ public actor Simulator {
             id: id, host: host, gpuSlots: slots, offerID: offerID, label: body["label"]?.stringValue, image: image, env: env,
             onstart: body["onstart"]?.stringValue, volumeID: volumeID, mountPath: mountPath,
             diskGB: body["disk"]?.numberValue ?? 10, runtype: body["runtype"]?.stringValue ?? "ssh",
-            sshPort: port, directory: directory, startDate: Date().timeIntervalSince1970)
+            sshPort: port, sshAddress: address, netns: network?.namespace(machine: host.machineID, slot: slot),
+            directory: directory, startDate: Date().timeIntervalSince1970)
         counters.creates += 1
         logger.info("instance created", metadata: [
             "sim.instance_id": "\(id)", "sim.machine_id": "\(host.machineID)", "sim.ssh_port": "\(port)",
@@ -275,6 +289,8 @@ public actor Simulator {
     private func stopInstance(_ id: Int) async -> SimResponse {
         guard instances[id] != nil else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
         counters.stops[String(id), default: 0] += 1
+        // Accepted, but the command never reaches the host: it goes on running.
+        if faults.unreachableInstances.contains(id) { return .ok(["success": true]) }
         instances[id]?.generation += 1
         instances[id]?.intendedStatus = "stopped"
         let generation = instances[id]?.generation
@@ -289,7 +305,11 @@ public actor Simulator {
     private func destroyInstance(_ id: Int) async -> SimResponse {
         guard instances[id] != nil else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
         instances[id]?.generation += 1
-        await terminateProcesses(id)
+        if faults.unreachableInstances.contains(id), let instance = instances[id], let processes = instance.processes {
+            orphans[id] = (processes, instance.host.machineID, instance.gpuSlots)
+        } else {
+            await terminateProcesses(id)
+        }
         instances[id] = nil
         counters.destroys += 1
         logger.info("instance destroyed", metadata: ["sim.instance_id": "\(id)"])
@@ -337,6 +357,8 @@ public actor Simulator {
         environment["WARMPOOL_MACHINE_ID"] = String(instance.host.machineID)
         if let volume { environment["WARMPOOL_VOLUME_PATH"] = mount ? instance.mountPath : volume.directory }
         let ssh = !faults.noSSHInstances.contains(id)
+        var prefix = instance.netns.map { ["/bin/ip", "netns", "exec", $0] } ?? []
+        if mount { prefix += ["/usr/bin/unshare", "--mount", "--propagation", "private"] }
         do {
             // The bind needs a mount point; a real host has /data in its image.
             if mount { try FileManager.default.createDirectory(atPath: instance.mountPath, withIntermediateDirectories: true) }
@@ -344,7 +366,7 @@ public actor Simulator {
                 launcher: instance.directory + "/launcher.sh",
                 arguments: [instance.directory, volume?.directory ?? "", mount ? "1" : "0", instance.mountPath,
                             ssh ? "1" : "0", configuration.sshdPath],
-                environment: environment, logPath: instance.directory + "/launcher.log", mountNamespace: mount)
+                environment: environment, logPath: instance.directory + "/launcher.log", prefix: prefix)
             instances[id]?.processes = processes
             instances[id]?.termination = nil
             instances[id]?.actualStatus = "running"
@@ -418,6 +440,11 @@ public actor Simulator {
             return .ok((try? JSON.parse(JSONEncoder().encode(faults))) ?? nil)
         case .setFaults(let plan):
             faults = plan
+            // The host is back: the destroys it missed take effect.
+            for (id, orphan) in orphans where !plan.unreachableInstances.contains(id) {
+                orphans[id] = nil
+                await orphan.processes.terminate(grace: configuration.stopGracePeriod)
+            }
             logger.notice("faults set", metadata: ["sim.faults": "\(plan)"])
             return .ok((try? JSON.parse(JSONEncoder().encode(faults))) ?? nil)
         case .instance(let id):
@@ -455,6 +482,10 @@ public actor Simulator {
         for id in instances.keys.sorted() {
             instances[id]?.generation += 1
             await terminateProcesses(id)
+        }
+        for (id, orphan) in orphans {
+            orphans[id] = nil
+            await orphan.processes.terminate(grace: configuration.stopGracePeriod)
         }
         logger.info("all instances stopped")
     }

@@ -42,6 +42,9 @@ struct FailoverOptions: ParsableArguments {
     @Option(help: "How often each active pool's standby is looked up at the provider, in seconds; a vanished one is replaced.")
     var standbyCheckS: Int = 30
 
+    @Option(help: "How long the engine waits for the provider to confirm the old primary stopped before it relies on the lease alone (ms). Env: WARMPOOL_FENCE_TIMEOUT_MS.")
+    var fenceTimeoutMs: Int = Int(environment["WARMPOOL_FENCE_TIMEOUT_MS"] ?? "") ?? 30_000
+
     @Option(help: "How long provision, failover test and cleanup requests wait for the engine, in seconds.")
     var operationTimeoutS: Int = 600
 
@@ -49,11 +52,12 @@ struct FailoverOptions: ParsableArguments {
     var providerTimeoutS: Int = 30
 
     mutating func validate() throws {
-        for variable in ["WARMPOOL_PROVIDER_POLL_MS", "WARMPOOL_RESTART_GRACE_MS"] {
+        for variable in ["WARMPOOL_PROVIDER_POLL_MS", "WARMPOOL_RESTART_GRACE_MS", "WARMPOOL_FENCE_TIMEOUT_MS"] {
             if let text = Self.environment[variable], Int(text) == nil { throw ValidationError("\(variable) must be an integer, got \(text)") }
         }
         guard providerPollMs >= 10 else { throw ValidationError("--provider-poll-ms must be at least 10") }
         guard standbyCheckS >= 1 else { throw ValidationError("--standby-check-s must be at least 1") }
+        guard fenceTimeoutMs >= 100 else { throw ValidationError("--fence-timeout-ms must be at least 100") }
         for pair in agentEnv where !pair.contains("=") { throw ValidationError("--agent-env expects KEY=VALUE, got \(pair)") }
         providerApiKeyFile = providerApiKeyFile ?? Self.environment["WARMPOOL_PROVIDER_API_KEY_FILE"]
         sshKey = sshKey ?? Self.environment["WARMPOOL_SSH_KEY"]
@@ -93,6 +97,7 @@ struct FailoverOptions: ParsableArguments {
         }
         var engine = EngineSettings()
         engine.pollInterval = .milliseconds(providerPollMs)
+        engine.fenceTimeout = .milliseconds(fenceTimeoutMs)
         engine.leaseDuration = .milliseconds(Int(hub.leaseMilliseconds))
         let verifier = SSHVerifier(
             credentials: SSHCredentials(privateKey: .file(path: sshKey)), pins: StoreHostKeyPins(store: store), logger: logger)

@@ -61,6 +61,12 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
     @Option(help: "A machine id with no free GPU: it offers nothing and refuses creates (repeatable).")
     var fullHost: [Int] = []
 
+    @Option(help: "Run each instance in its own network namespace, named by this pattern of {machine} and {slot} (its GPU), e.g. wplab-{machine}-{slot}; made beforehand (Scripts/lab). Needs --instance-address.")
+    var instanceNetns: String?
+
+    @Option(help: "The address of each instance in its namespace, a pattern of {machine} and {slot}, e.g. 10.214.{slot}.{machine}: reported as ssh_host, where its sshd listens on port 22.")
+    var instanceAddress: String?
+
     @Option(help: "Write the bound HOST:PORT here once listening.")
     var readyFile: String?
 
@@ -70,6 +76,9 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
     func run() async throws {
         guard !apiKey.isEmpty else { throw ValidationError("--api-key (or WARMPOOL_SIM_API_KEY) is required") }
         let (host, port) = try Self.parseListen(listen)
+        guard (instanceNetns == nil) == (instanceAddress == nil) else {
+            throw ValidationError("--instance-netns and --instance-address go together")
+        }
         var faults = FaultPlan()
         faults.failureRate = failureRate
         faults.rateLimitRate = rateLimitRate
@@ -82,7 +91,8 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
         let configuration = SimConfiguration(
             apiKey: apiKey, hosts: try hosts.isEmpty ? [.defaultHost] : hosts.map(HostSpec.init(parsing:)),
             stateDirectory: state, authorizedKeysPath: authorizedKeys, bootDelay: .milliseconds(bootDelayMs),
-            stopGracePeriod: .milliseconds(stopGraceMs), mountVolumes: getuid() == 0 && !noMounts, faults: faults)
+            stopGracePeriod: .milliseconds(stopGraceMs), mountVolumes: getuid() == 0 && !noMounts, faults: faults,
+            instanceNetwork: instanceNetns.map { InstanceNetwork(namespacePattern: $0, addressPattern: instanceAddress ?? "") })
 
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

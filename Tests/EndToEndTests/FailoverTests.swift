@@ -299,6 +299,38 @@ final class WarmPoolLab {
         let hosts = try http("GET", "\(lab.api)/hosts", key: try lab.adminKey()).json["hosts"] as? [[String: Any]] ?? []
         #expect(hosts.first?["available_gpus"] as? Int == 4, "every GPU is free again: \(hosts)")
     }
+    @Test func aControllerKilledWhileReprovisioningKeepsTheFailoverWhole() throws {
+        // Found by `Scripts/drill controller-crash`: after a restart between promotion and the new
+        // standby, the re-provisioning steps overwrote the finished failover's row and first step.
+        let lab = try WarmPoolLab(bootDelayMilliseconds: 1000, simExtra: ["--latency-ms", "200"])
+        try lab.startController()
+        let primary = (try lab.provision()["status"] as? [String: Any] ?? [:])["primary_gpu_id"] as? Int ?? -1
+        #expect(try lab.sim("POST", "/admin/instances/\(primary)/crash").status == 200)
+        try lab.harness.waitUntil("the new standby is being made", timeout: 30) {
+            let steps = ((try? lab.history().first?["timeline"]) as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
+            return steps.contains("standby_provisioning")
+        }
+        lab.harness.killController()
+        try lab.startController()
+        let failover = try lab.waitForFailover(1, timeout: 60)
+        try lab.harness.waitUntil("the standby is ready", timeout: 30) { (try? lab.status()["standby_state"] as? String) == "stopped" }
+        let record = try lab.history().first ?? [:]
+        let steps = (record["timeline"] as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
+        #expect(steps.first == "detected" && steps.last == "standby_ready", "\(steps)")
+        #expect(record["result"] as? String == "succeeded" && record["old_primary_gpu_id"] as? Int == primary, "\(record)")
+        #expect(failover["id"] as? String == record["id"] as? String)
+        #expect(try lab.sim("GET", "/admin/counters").json["creates"] as? Int == 3)
+    }
+    @Test func provisioningOnAHostWithoutTwoFreeGPUsIsAConflictNotAProviderFailure() throws {
+        // Found by `Scripts/drill api-fuzz` (schemathesis): it answered 502 provider_failed.
+        let lab = try WarmPoolLab(host: "77:1:RTX_4090:0.45")
+        try lab.startController()
+        for host in [77, 99] {
+            let answer = try http("POST", "\(lab.api)/provision", key: try lab.adminKey(), body: #"{"machine_id": \#(host), "host_machine_id": \#(host)}"#)
+            #expect(answer.status == 409, "\(answer.text)")
+            #expect((answer.json["message"] as? String ?? "").contains("free GPU"), "\(answer.text)")
+        }
+    }
 }
 
 /// The real controller's webhooks during a real failover, received and verified by a separate

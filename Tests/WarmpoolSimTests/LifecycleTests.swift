@@ -190,4 +190,27 @@ import Glibc
         #expect(stopped.actualStatus == "exited" && stopped.intendedStatus == "stopped")
         await fixture.stop()
     }
+    @Test func anUnreachableInstanceIgnoresStopAndOutlivesItsDestroyUntilTheHostIsBack() async throws {
+        // The partition drill: the provider cannot reach a cut-off host, so only the lease fences it.
+        try SimFixture.requireRoot()
+        let fixture = try await SimFixture(bootDelay: .milliseconds(20))
+        let client = fixture.client()
+        let id = try await client.createInstance(offerID: 7701, CreateInstanceRequest(image: "img", onstart: "sleep 600"))
+        #expect(await SimFixture.eventually { await fixture.processes(of: id).alive })
+        let directory = try #require(await fixture.processes(of: id).directory)
+        #expect(await fixture.raw("POST", "/admin/faults", body: #"{"unreachable_instances": [\#(id)]}"#).0 == 200)
+
+        try await client.stopInstance(id: id)
+        #expect(try await client.instance(id: id)?.isRunning == true, "the stop never reached the host")
+        #expect(!SimFixture.processes(mentioning: directory).isEmpty)
+
+        try await client.destroyInstance(id: id)
+        #expect(try await client.instance(id: id) == nil, "gone from the API")
+        #expect(!SimFixture.processes(mentioning: directory).isEmpty, "still running on the cut-off host")
+        #expect(try await client.searchOffers(OfferQuery()).count == 3, "its GPU is still busy")
+
+        #expect(await fixture.raw("POST", "/admin/faults", body: "{}").0 == 200)
+        #expect(SimFixture.processes(mentioning: directory).isEmpty, "the host is back: the destroy took effect")
+        await fixture.stop()
+    }
 }

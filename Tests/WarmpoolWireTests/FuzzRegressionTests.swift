@@ -1,0 +1,62 @@
+import Foundation
+import NIOCore
+import Testing
+@testable import WarmpoolWire
+
+/// Inputs the fuzzer (Scripts/fuzz, `Scripts/drill fuzz`) found crashing, kept as regression
+/// tests in Protocol/vectors/fuzz/ (plus hand-made malicious seeds). Each file is a fuzzer input:
+/// two control bytes, then the stream a peer sent. Fed whole and byte at a time, the parser must
+/// give the same frames and the same verdict, and every body decoder must return or throw.
+@Suite struct FuzzRegressionTests {
+    static let directory = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Protocol/vectors/fuzz")
+
+    static var inputs: [URL] {
+        ((try? FileManager.default.contentsOfDirectory(at: directory, includingPropertiesForKeys: nil)) ?? [])
+            .filter { !$0.lastPathComponent.hasPrefix(".") && $0.lastPathComponent != "README.md" }
+            .sorted { $0.path < $1.path }
+    }
+
+    /// Frames parsed from `chunks` fed in turn, and whether the stream was refused.
+    static func parse(_ chunks: [[UInt8]]) -> (frames: [[UInt8]], refused: Bool) {
+        let parser = FrameParser()
+        var buffer = ByteBuffer()
+        var frames: [[UInt8]] = []
+        for chunk in chunks {
+            buffer.writeBytes(chunk)
+            do {
+                while let frame = try parser.parse(&buffer) {
+                    var bytes = ByteBuffer()
+                    frame.write(into: &bytes)
+                    frames.append(Array(buffer: bytes))
+                    let payload = frame.payload
+                    _ = try? Hello.decode(payload)
+                    _ = try? Challenge.decode(payload)
+                    _ = try? Proof.decode(payload)
+                    _ = try? Welcome.decode(payload)
+                    _ = try? Reject.decode(payload)
+                    _ = try? Heartbeat.decode(payload)
+                    _ = try? LeaseGrant.decode(payload)
+                    _ = try? Goodbye.decode(payload)
+                }
+            } catch {
+                return (frames, true)
+            }
+        }
+        return (frames, false)
+    }
+
+    @Test func thereAreInputs() {
+        #expect(!Self.inputs.isEmpty, "no inputs in \(Self.directory.path)")
+    }
+
+    @Test(arguments: inputs)
+    func replays(_ file: URL) throws {
+        let stream = Array(try Data(contentsOf: file).dropFirst(2))
+        let whole = Self.parse([stream])
+        let byteAtATime = Self.parse(stream.map { [$0] })
+        #expect(whole.frames == byteAtATime.frames, "\(file.lastPathComponent)")
+        #expect(whole.refused == byteAtATime.refused, "\(file.lastPathComponent)")
+    }
+}
