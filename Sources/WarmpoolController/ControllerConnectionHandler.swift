@@ -3,10 +3,24 @@ import NIOCore
 import WarmpoolWire
 
 /// Carries out what one connection's `ControllerSessionStateMachine` decides. It owns no protocol
-/// logic: decode, feed the machine, run the action.
+/// logic: split frames, feed the machine, run the action.
+///
+/// The whole pipeline of an agent connection, bytes in and bytes out: it splits frames with
+/// `FrameParser` itself and writes encoded frames, rather than sitting behind
+/// `ByteToMessageHandler` and `MessageToByteHandler`. Every heartbeat the controller receives
+/// crosses this handler, and the two extra pipeline hops cost a boxed `Frame` and a dynamic cast
+/// per frame, and a buffer per grant.
 final class ControllerConnectionHandler: ChannelInboundHandler {
-    typealias InboundIn = Frame
-    typealias OutboundOut = Frame
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let parser = FrameParser()
+    /// The start of a frame whose bytes have not all arrived; nil when the last read ended on a
+    /// frame boundary, as beats almost always do.
+    private var partial: ByteBuffer?
+    /// Set once the stream is unusable (a framing violation) or the connection is closing: later
+    /// bytes are dropped.
+    private var stopped = false
 
     private let hub: LivenessHub
     private let session: SessionID
@@ -39,7 +53,23 @@ final class ControllerConnectionHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        run(machine.frameReceived(unwrapInboundIn(data)), context: context)
+        guard !stopped else { return }
+        var buffer = unwrapInboundIn(data)
+        if var partial = self.partial {
+            self.partial = nil
+            partial.writeBuffer(&buffer)
+            buffer = partial
+        }
+        do throws(ProtocolViolation) {
+            while !stopped, let frame = try parser.parse(&buffer) {
+                run(machine.frameReceived(frame), context: context)
+            }
+        } catch {
+            stopped = true
+            run(machine.decodeFailed(error), context: context)
+            return
+        }
+        if !stopped, buffer.readableBytes > 0 { partial = buffer }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -69,7 +99,7 @@ final class ControllerConnectionHandler: ChannelInboundHandler {
             // Authenticated and decompressed; the store that keeps it comes with the control plane.
             logger.debug("telemetry received", metadata: ["telemetry.bytes": "\(telemetry.document.count)"])
         case .send(let frame):
-            context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
+            context.writeAndFlush(encode(frame, context: context), promise: nil)
         case .established(let identity, let fencedAtEpoch, let welcome):
             handshakeTimer?.cancel()
             logger[metadataKey: "agent.id"] = "\(identity.agentID)"
@@ -79,7 +109,7 @@ final class ControllerConnectionHandler: ChannelInboundHandler {
                     "agent.instance_id": "\(identity.instanceID)", "agent.machine_id": "\(identity.machineID)",
                     "agent.role": "\(identity.role)", "agent.version": "\(identity.softwareVersion)",
                 ])
-            context.writeAndFlush(wrapOutboundOut(welcome), promise: nil)
+            context.writeAndFlush(encode(welcome, context: context), promise: nil)
             hub.sessionEstablished(session, agent: identity, fencedAtEpoch: fencedAtEpoch, channel: context.channel)
         case .heartbeat(let heartbeat):
             guard let identity = machine.identity else { return }
@@ -91,21 +121,28 @@ final class ControllerConnectionHandler: ChannelInboundHandler {
                     epoch: leaseEpoch)
             {
                 lastLeaseGrantAt = now
-                context.writeAndFlush(wrapOutboundOut(grant), promise: nil)
+                context.writeAndFlush(encode(grant, context: context), promise: nil)
             }
         case .goodbye(let goodbye):
             saidGoodbye = true
             logger.info("agent said goodbye", metadata: ["reason": "\(goodbye.reason)"])
         case .close(let reason, let reject):
+            stopped = true
             logger.warning("closing connection: \(reason)")
             if let reject {
                 let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-                context.writeAndFlush(wrapOutboundOut(reject)).whenComplete { _ in
+                context.writeAndFlush(encode(reject, context: context)).whenComplete { _ in
                     loopBoundContext.value.close(promise: nil)
                 }
             } else {
                 context.close(promise: nil)
             }
         }
+    }
+
+    private func encode(_ frame: Frame, context: ChannelHandlerContext) -> NIOAny {
+        var buffer = context.channel.allocator.buffer(capacity: Frame.headerSize + frame.payload.readableBytes)
+        frame.write(into: &buffer)
+        return wrapOutboundOut(buffer)
     }
 }

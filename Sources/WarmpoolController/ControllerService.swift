@@ -75,11 +75,7 @@ public final class ControllerService: Service {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers([
-                        ByteToMessageHandler(FrameDecoder()),
-                        MessageToByteHandler(FrameEncoder()),
-                        ControllerConnectionHandler(hub: hub, logger: logger),
-                    ])
+                    try channel.pipeline.syncOperations.addHandler(ControllerConnectionHandler(hub: hub, logger: logger))
                 }
             }
             .bind(host: configuration.host, port: configuration.port)

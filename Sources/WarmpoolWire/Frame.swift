@@ -44,11 +44,12 @@ public struct Frame: Hashable, Sendable {
         ]
     }
 
-    /// Appends the encoded frame to `buffer`.
+    /// Appends the encoded frame to `buffer` (the header written in place: no array per frame).
     public func write(into buffer: inout ByteBuffer) {
-        buffer.writeBytes(headerBytes())
-        var payload = payload
-        buffer.writeBuffer(&payload)
+        buffer.writeMultipleIntegers(
+            UInt32(Frame.headerRemainderSize + payload.readableBytes), warmpoolProtocolVersion, type.rawValue,
+            flags.rawValue)
+        buffer.writeImmutableBuffer(payload)
     }
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Crypto
 import Foundation
 import Logging
+import NIOCore
 import NIOPosix
 import UnixSignals
 import WarmpoolAgent
@@ -76,6 +77,9 @@ struct LoadGenerator: AsyncParsableCommand {
         @Option(help: "New agents started per second, so the controller is not hit by a thundering herd.")
         var rampPerSecond: Int = 2_000
 
+        @Option(help: "Heartbeat interval, ms: the controller's (--heartbeat-interval-ms) for a faithful load.")
+        var intervalMs: Int64 = 100
+
         func run() async throws {
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)
@@ -86,6 +90,14 @@ struct LoadGenerator: AsyncParsableCommand {
             let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
             let logger = Logger(label: "warmpool.loadgen")
             var runtimes: [AgentRuntime] = []
+            // One beat timer per loop, not one per agent: every millisecond it beats the agents of
+            // one phase, so each agent still beats once an interval and the beats stay spread
+            // over it as independent agents' would be. A per-agent timer spent a third of this
+            // process's CPU in NIO's timer heap, on the cores the controller under test needs.
+            let phases = Int(max(1, intervalMs))
+            let loops = Array(group.makeIterator())
+            let clocks = loops.map { LoopClock(loop: $0, phases: phases) }
+            for clock in clocks { clock.start(tick: .nanoseconds(intervalMs * 1_000_000 / Int64(phases))) }
             let batch = max(1, rampPerSecond / 10)
             for (index, id) in options.agentIDs().enumerated() {
                 var configuration = AgentConfiguration(
@@ -93,7 +105,10 @@ struct LoadGenerator: AsyncParsableCommand {
                     role: index % 2 == 0 ? .primary : .standby, secret: options.secret(for: id),
                     connections: connections, nvmlLibrary: nil)
                 configuration.probesEnabled = false
-                let runtime = AgentRuntime(configuration: configuration, loop: group.next(), logger: logger)
+                configuration.externalHeartbeatClock = true
+                let clock = clocks[index % clocks.count]
+                let runtime = AgentRuntime(configuration: configuration, loop: clock.loop, logger: logger)
+                clock.add(runtime, phase: (index / clocks.count) % phases)
                 runtime.start()
                 runtimes.append(runtime)
                 if (index + 1) % batch == 0 { try await Task.sleep(for: .milliseconds(100)) }
@@ -104,8 +119,61 @@ struct LoadGenerator: AsyncParsableCommand {
             } else {
                 for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
             }
+            for clock in clocks { clock.stop() }
             for runtime in runtimes { try? await runtime.shutdown().get() }
             try await group.shutdownGracefully()
         }
+    }
+}
+
+/// The beat timer of one event loop's simulated agents, split into phases. Fixed rate: each tick
+/// is scheduled at an absolute deadline and a late loop catches up, so every agent beats once an
+/// interval (NIO's repeated tasks wait their delay after each run, which drifts).
+final class LoopClock: @unchecked Sendable {
+    let loop: EventLoop
+    private var phases: [[AgentRuntime]]
+    private var next = 0
+    private var deadline = NIODeadline.now()
+    private var tick = TimeAmount.milliseconds(1)
+    private var scheduled: Scheduled<Void>?
+    private var stopped = false
+
+    init(loop: EventLoop, phases: Int) {
+        self.loop = loop
+        self.phases = Array(repeating: [], count: phases)
+    }
+
+    func add(_ runtime: AgentRuntime, phase: Int) {
+        loop.execute { self.phases[phase].append(runtime) }
+    }
+
+    func start(tick: TimeAmount) {
+        loop.execute {
+            self.tick = tick
+            self.deadline = .now() + tick
+            self.schedule()
+        }
+    }
+
+    func stop() {
+        loop.execute {
+            self.stopped = true
+            self.scheduled?.cancel()
+        }
+    }
+
+    private func schedule() {
+        guard !stopped else { return }
+        scheduled = loop.scheduleTask(deadline: deadline) { self.fire() }
+    }
+
+    private func fire() {
+        let now = NIODeadline.now()
+        while deadline <= now, !stopped {
+            for runtime in phases[next] { runtime.heartbeatTick() }
+            next = (next + 1) % phases.count
+            deadline = deadline + tick
+        }
+        schedule()
     }
 }

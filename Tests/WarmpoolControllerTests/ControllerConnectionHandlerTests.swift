@@ -15,10 +15,7 @@ import WarmpoolWire
             configuration: .init(detector: DetectorConfiguration(heartbeatInterval: 100_000_000), leaseMilliseconds: leaseMilliseconds),
             keyring: Keyring(["gpu-1": Self.secret]), epoch: 3, eventLog: try LivenessEventLog(path: eventsPath))
         let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandlers([
-            ByteToMessageHandler(FrameDecoder()), MessageToByteHandler(FrameEncoder()),
-            ControllerConnectionHandler(hub: hub, logger: .init(label: "test")),
-        ])
+        try channel.pipeline.syncOperations.addHandler(ControllerConnectionHandler(hub: hub, logger: .init(label: "test")))
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         return (channel, hub, eventsPath)
     }

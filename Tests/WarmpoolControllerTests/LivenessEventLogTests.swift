@@ -1,0 +1,47 @@
+import Foundation
+import Testing
+import WarmpoolWire
+@testable import WarmpoolController
+
+/// The event line is written by hand (it is on the hot path during an event storm): it must stay
+/// the JSON object the harnesses and the failover tooling parse.
+@Suite struct LivenessEventLogTests {
+    let agent = AgentIdentity(agentID: "gpu-1", instanceID: 11, machineID: 7, role: .standby, softwareVersion: "t")
+
+    func parse(_ data: Data) throws -> [String: Any] {
+        #expect(data.last == 0x0A)
+        return try #require(try JSONSerialization.jsonObject(with: data.dropLast()) as? [String: Any])
+    }
+
+    @Test func everyFieldRoundTrips() throws {
+        let event = LivenessEvent(
+            kind: .failed, agent: agent, atNanoseconds: 9_300_000_123_456, reason: "silent 361 ms, timeout 350 ms",
+            silenceNanoseconds: 361_234_567, fencedAtEpoch: 4)
+        let object = try parse(LivenessEventLog.jsonLine(event, wallClock: Date(timeIntervalSince1970: 1_795_930_315.1234)))
+        #expect(object["event"] as? String == "failed")
+        #expect(object["agent_id"] as? String == "gpu-1")
+        #expect((object["instance_id"] as? NSNumber)?.uint64Value == 11)
+        #expect((object["machine_id"] as? NSNumber)?.uint64Value == 7)
+        #expect(object["role"] as? String == "standby")
+        #expect((object["monotonic_ns"] as? NSNumber)?.int64Value == 9_300_000_123_456)
+        #expect(object["reason"] as? String == "silent 361 ms, timeout 350 ms")
+        #expect((object["silence_ms"] as? NSNumber)?.doubleValue == 361.234567)
+        #expect((object["fenced_at_epoch"] as? NSNumber)?.uint64Value == 4)
+        #expect(object["time"] as? String == "2026-11-29T05:31:55.123Z")
+        #expect(object.count == 10)
+    }
+
+    @Test func optionalFieldsAreLeftOut() throws {
+        let event = LivenessEvent(kind: .connected, agent: agent, atNanoseconds: 1, reason: "session opened")
+        let object = try parse(LivenessEventLog.jsonLine(event, wallClock: Date(timeIntervalSince1970: 0)))
+        #expect(object["silence_ms"] == nil && object["fenced_at_epoch"] == nil)
+        #expect(object["time"] as? String == "1970-01-01T00:00:00.000Z")
+    }
+
+    @Test func stringsAreEscaped() throws {
+        let reason = "quote \" backslash \\ newline \n tab \t bell \u{07} é ✓"
+        let event = LivenessEvent(kind: .suspected, agent: agent, atNanoseconds: 1, reason: reason)
+        let object = try parse(LivenessEventLog.jsonLine(event, wallClock: Date()))
+        #expect(object["reason"] as? String == reason)
+    }
+}
