@@ -75,6 +75,28 @@ import WarmpoolWire
         #expect(!channel.isActive)
     }
 
+    /// Runs the handshake of agent gpu-1 (instance 1) on `channel` and returns its side, established.
+    func establishedAgent(on channel: EmbeddedChannel) throws -> AgentSessionStateMachine {
+        var agent = AgentSessionStateMachine(
+            hello: Hello(clientNonce: HandshakeCrypto.randomNonce(), role: .primary, instanceID: 1, machineID: 2,
+                         agentID: "gpu-1", softwareVersion: "t"),
+            secret: Self.secret)
+        try channel.writeInbound(bytes(agent.start()))
+        guard case .send(let proof) = agent.frameReceived(try #require(try readFrame(channel))) else {
+            throw TestFailure("no challenge")
+        }
+        try channel.writeInbound(bytes(proof))
+        guard case .established = agent.frameReceived(try #require(try readFrame(channel))) else {
+            throw TestFailure("no welcome")
+        }
+        return agent
+    }
+
+    struct TestFailure: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
+    }
+
     /// The failover engine's word on an instance's lease: granted at the pool's epoch, or revoked
     /// whatever the detector thinks; set before the agent connects, it holds from the first beat.
     @Test func leasesFollowTheEnginesPosturePerInstance() throws {
@@ -82,14 +104,7 @@ import WarmpoolWire
         let (channel, hub, eventsPath) = try makeChannel(leaseMilliseconds: 40)
         defer { try? FileManager.default.removeItem(atPath: eventsPath) }
         hub.grantLease(instanceID: 1, epoch: 7)
-        var agent = AgentSessionStateMachine(
-            hello: Hello(clientNonce: HandshakeCrypto.randomNonce(), role: .primary, instanceID: 1, machineID: 2,
-                         agentID: "gpu-1", softwareVersion: "t"),
-            secret: Self.secret)
-        try channel.writeInbound(bytes(agent.start()))
-        guard case .send(let proof) = agent.frameReceived(try #require(try readFrame(channel))) else { Issue.record("no challenge"); return }
-        try channel.writeInbound(bytes(proof))
-        guard case .established = agent.frameReceived(try #require(try readFrame(channel))) else { Issue.record("no welcome"); return }
+        var agent = try establishedAgent(on: channel)
 
         func beat(_ sentAt: UInt64) throws -> LeaseGrant? {
             Thread.sleep(forTimeInterval: 0.015)
@@ -112,14 +127,7 @@ import WarmpoolWire
     @Test func revokingAnAgentsKeyClosesItsLiveSession() throws {
         let (channel, hub, eventsPath) = try makeChannel()
         defer { try? FileManager.default.removeItem(atPath: eventsPath) }
-        var agent = AgentSessionStateMachine(
-            hello: Hello(clientNonce: HandshakeCrypto.randomNonce(), role: .primary, instanceID: 1, machineID: 2,
-                         agentID: "gpu-1", softwareVersion: "t"),
-            secret: Self.secret)
-        try channel.writeInbound(bytes(agent.start()))
-        guard case .send(let proof) = agent.frameReceived(try #require(try readFrame(channel))) else { Issue.record("no challenge"); return }
-        try channel.writeInbound(bytes(proof))
-        guard case .established = agent.frameReceived(try #require(try readFrame(channel))) else { Issue.record("no welcome"); return }
+        _ = try establishedAgent(on: channel)
         hub.replaceKeyring(Keyring(["gpu-1": Self.secret, "gpu-2": try AgentSecret(bytes: Array(repeating: 7, count: 32))]))
         channel.embeddedEventLoop.run()
         #expect(channel.isActive, "an unrelated key change leaves the session alone")
