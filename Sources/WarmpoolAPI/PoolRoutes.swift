@@ -13,12 +13,13 @@ struct PoolRoutes {
     func register(on group: RouterGroup<APIRequestContext>) {
         group.get("status/:machine_id") { _, context in
             let pool = try await requirePool(try RequestInput.machineID(context))
-            return JSONResponse.ok(Present.poolStatus(pool, lastHeartbeat: lastHeartbeat(of: pool)))
+            return JSONResponse.ok(Present.poolStatus(pool, lastHeartbeat: lastHeartbeats()[pool.primaryInstanceID ?? -1]))
         }
         group.get("pools") { _, _ in
             let pools = try await store.pools()
+            let heartbeats = lastHeartbeats()
             return JSONResponse.ok(.object([
-                ("pools", .array(pools.map { Present.poolStatus($0, lastHeartbeat: lastHeartbeat(of: $0)) })),
+                ("pools", .array(pools.map { Present.poolStatus($0, lastHeartbeat: heartbeats[$0.primaryInstanceID ?? -1]) })),
                 ("count", .int(Int64(pools.count))),
             ]))
         }
@@ -111,14 +112,17 @@ struct PoolRoutes {
         return pool
     }
 
-    /// The primary agent's newest heartbeat, when this controller hears it.
-    private func lastHeartbeat(of pool: PoolRecord) -> Date? {
-        guard let primary = pool.primaryInstanceID, let hub = dependencies.hub else { return nil }
+    /// The newest heartbeat this controller heard from each instance's agents, read once per
+    /// request: the pool list must not take a snapshot of every agent for every pool.
+    private func lastHeartbeats() -> [Int64: Date] {
+        guard let hub = dependencies.hub else { return [:] }
         let now = Date()
-        return hub.agentSnapshots()
-            .filter { Int64($0.identity.instanceID) == primary }
-            .map { now.addingTimeInterval(-Double($0.silenceNanoseconds) / 1e9) }
-            .max()
+        var newest: [Int64: Date] = [:]
+        for snapshot in hub.agentSnapshots() {
+            let heard = now.addingTimeInterval(-Double(snapshot.silenceNanoseconds) / 1e9)
+            newest[Int64(snapshot.identity.instanceID)] = max(newest[Int64(snapshot.identity.instanceID)] ?? heard, heard)
+        }
+        return newest
     }
 
     static func hostFilter(_ request: Request) throws -> WarmPoolHosts.Filter {
