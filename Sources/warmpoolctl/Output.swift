@@ -7,6 +7,12 @@ enum Output {
         print(String(decoding: data, as: UTF8.self))
     }
 
+    /// The API's JSON with `--json`; otherwise the one field of it a person wants.
+    static func field(_ name: String, of answer: Any, json: Bool) {
+        if json { return Output.json(answer) }
+        print(cell((answer as? [String: Any])?[name]))
+    }
+
     static func table(_ header: [String], _ rows: [[String]]) {
         var widths = header.map(\.count)
         for row in rows {

@@ -208,8 +208,7 @@ struct Cleanup: ParsableCommand {
         guard yes else { throw ValidationError("cleanup destroys the volume and its data: add --yes to confirm") }
         try WarmpoolCtl.run {
             let answer = try connection.client().send("DELETE", "\(warmpool)/cleanup/\(machineID)", body: nil)
-            if connection.json { return Output.json(answer) }
-            print(Output.cell((answer as? [String: Any])?["message"]))
+            Output.field("message", of: answer, json: connection.json)
         }
     }
 }
@@ -314,8 +313,7 @@ struct Keys: ParsableCommand {
         func run() throws {
             try WarmpoolCtl.run {
                 let answer = try connection.client().send("POST", "api/v1/keys", body: ["name": name])
-                if connection.json { return Output.json(answer) }
-                print(Output.cell((answer as? [String: Any])?["key"]))
+                Output.field("key", of: answer, json: connection.json)
             }
         }
     }
@@ -327,8 +325,7 @@ struct Keys: ParsableCommand {
         func run() throws {
             try WarmpoolCtl.run {
                 let answer = try connection.client().send("DELETE", "api/v1/keys/\(id)", body: nil)
-                if connection.json { return Output.json(answer) }
-                print(Output.cell((answer as? [String: Any])?["message"]))
+                Output.field("message", of: answer, json: connection.json)
             }
         }
     }
@@ -347,8 +344,7 @@ struct Keys: ParsableCommand {
                 if let instanceId { body["instance_id"] = instanceId }
                 if let role { body["role"] = role }
                 let answer = try connection.client().send("POST", "\(warmpool)/agents", body: body)
-                if connection.json { return Output.json(answer) }
-                print(Output.cell((answer as? [String: Any])?["secret"]))
+                Output.field("secret", of: answer, json: connection.json)
             }
         }
     }
@@ -360,8 +356,7 @@ struct Keys: ParsableCommand {
         func run() throws {
             try WarmpoolCtl.run {
                 let answer = try connection.client().send("DELETE", "\(warmpool)/agents/\(agentID)", body: nil)
-                if connection.json { return Output.json(answer) }
-                print(Output.cell((answer as? [String: Any])?["message"]))
+                Output.field("message", of: answer, json: connection.json)
             }
         }
     }
