@@ -25,7 +25,7 @@ public struct EnginePoolOperations: PoolOperations {
     }
 
     public func provision(_ request: ProvisionRequest) async throws -> PoolRecord {
-        let preferences = try await coordinator.record(PoolID(request.machineID))?.gpuPreferences ?? []
+        let preferences = await coordinator.record(PoolID(request.machineID))?.gpuPreferences ?? []
         let names = request.gpuName.map { [$0.replacingOccurrences(of: "_", with: " ")] } ?? preferences
         let engineRequest = WarmpoolEngine.ProvisionRequest(
             poolID: PoolID(request.machineID), hostMachineID: MachineID(request.hostMachineID), gpuNames: names,
@@ -61,7 +61,7 @@ public struct EnginePoolOperations: PoolOperations {
     }
 
     public func updateSettings(machineID: Int64, _ change: SettingsChange) async throws -> PoolRecord {
-        if let strategy = change.strategy, try await coordinator.record(PoolID(machineID)) != nil {
+        if let strategy = change.strategy, await coordinator.record(PoolID(machineID)) != nil {
             _ = try await mapped { try await coordinator.setStrategy(strategy, poolID: PoolID(machineID)) }
         }
         return try await coordinator.updateSettings(poolID: PoolID(machineID), gpuPreferences: change.gpuPreferences, volumeSizeGB: change.volumeSizeGB)

@@ -309,15 +309,13 @@ public actor FailoverCoordinator: Service {
     /// Runs one engine event on a pool, queues its commit and its actions, and returns the actions.
     @discardableResult
     private func apply(_ poolID: PoolID, _ event: (inout PoolMachine, Instant) -> [EngineAction]) -> [EngineAction] {
-        guard let pool = pools[poolID], var machine = pool.machine else { return [] }
-        let now = Instant.now()
-        let previous = machine.snapshot
-        let actions = event(&machine, now)
-        install(poolID, machine: machine, actions: actions, previous: previous, now: now)
-        return actions
+        // A pool gone meanwhile (cleaned up) has nothing to apply an event to.
+        (try? applyThrowing(poolID, event)) ?? []
     }
 
-    private func applyThrowing(_ poolID: PoolID, _ event: (inout PoolMachine, Instant) throws -> [EngineAction]) throws {
+    /// As `apply`, for the operators' events, which the engine may refuse in the pool's state.
+    @discardableResult
+    private func applyThrowing(_ poolID: PoolID, _ event: (inout PoolMachine, Instant) throws -> [EngineAction]) throws -> [EngineAction] {
         guard let pool = pools[poolID], var machine = pool.machine else { throw OperationError.unknownPool(poolID) }
         let now = Instant.now()
         let previous = machine.snapshot
@@ -328,6 +326,7 @@ public actor FailoverCoordinator: Service {
             throw OperationError.refused("\(error)")
         }
         install(poolID, machine: machine, actions: actions, previous: previous, now: now)
+        return actions
     }
 
     private func install(_ poolID: PoolID, machine: PoolMachine, actions: [EngineAction], previous: PoolSnapshot?, now: Instant) {
