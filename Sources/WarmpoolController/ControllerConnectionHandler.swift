@@ -114,7 +114,8 @@ final class ControllerConnectionHandler: ChannelInboundHandler {
         case .heartbeat(let heartbeat):
             guard let identity = machine.identity else { return }
             let (now, leaseEpoch) = hub.heartbeat(
-                session, agentID: identity.agentID, status: heartbeat.status, lastGrantAt: lastLeaseGrantAt)
+                session, agentID: identity.agentID, sentAt: heartbeat.sentAtNanoseconds, status: heartbeat.status,
+                lastGrantAt: lastLeaseGrantAt)
             if let leaseEpoch,
                 let grant = machine.sealLease(
                     acknowledgedSequence: heartbeat.sequence, leaseMilliseconds: hub.configuration.leaseMilliseconds,

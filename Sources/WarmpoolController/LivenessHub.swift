@@ -111,11 +111,13 @@ public final class LivenessHub: Sendable {
     }
 
     /// Records a heartbeat; returns the epoch to grant a lease under, when one is due and allowed.
-    func heartbeat(_ session: SessionID, agentID: String, status: AgentStatus, lastGrantAt: Int64?) -> (now: Int64, leaseEpoch: UInt64?) {
+    func heartbeat(
+        _ session: SessionID, agentID: String, sentAt: UInt64, status: AgentStatus, lastGrantAt: Int64?
+    ) -> (now: Int64, leaseEpoch: UInt64?) {
         let now = MonotonicClock.now()
         return shared.withLockedValue { shared in
             shared.heartbeatsReceived += 1
-            eventLog.publish(shared.tracker.heartbeat(session, agentID: agentID, status: status, now: now))
+            eventLog.publish(shared.tracker.heartbeat(session, agentID: agentID, sentAt: sentAt, status: status, now: now))
             let due = lastGrantAt.map { now - $0 >= configuration.leaseRenewalNanoseconds } ?? true
             guard due, shared.tracker.mayGrantLease(agentID: agentID) else { return (now, nil) }
             guard let instanceID = shared.tracker.instanceID(agentID: agentID), let posture = shared.postures[instanceID] else {

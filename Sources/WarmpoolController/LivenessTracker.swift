@@ -114,6 +114,9 @@ public struct LivenessTracker: Sendable {
         /// Last accepted frame per open session.
         var sessions: [SessionID: Int64]
         var lastHeard: Int64
+        /// The agent's send time (`sent_at_ns`, its own clock) of the newest beat accepted since the
+        /// latest session opened: a copy no newer than this is one the agent already got through.
+        var newestBeatSentAt: UInt64?
         /// When a session last stalled while the agent lived (retransmission evidence).
         var lastStallAt: Int64?
         var lastFailedAt: Int64?
@@ -146,6 +149,9 @@ public struct LivenessTracker: Sendable {
         if !hadSessions, fencedAtEpoch == nil { agent.reportedFence = nil }
         agent.identity = identity
         agent.sessions[session] = now
+        // A new session may be a new process with a clock of its own: its beats are compared
+        // afresh.
+        agent.newestBeatSentAt = nil
         let silence = now - agent.lastHeard
         agent.lastHeard = now
         switch agent.state {
@@ -165,21 +171,23 @@ public struct LivenessTracker: Sendable {
         return events
     }
 
+    /// `sentAt` is the beat's `sent_at_ns`: the same beat carries the same value on every session.
     public mutating func heartbeat(
-        _ session: SessionID, agentID: String, status: AgentStatus, now: Int64
+        _ session: SessionID, agentID: String, sentAt: UInt64, status: AgentStatus, now: Int64
     ) -> [LivenessEvent] {
         // The hot path: mutate the agent where it lies. Copying it out and back would copy its
         // sessions dictionary on every beat.
         guard let index = agents.index(forKey: agentID) else { return [] }
-        let events = Self.recordHeartbeat(&agents.values[index], session: session, status: status, now: now,
-                                          configuration: configuration)
+        let events = Self.recordHeartbeat(&agents.values[index], session: session, sentAt: sentAt, status: status,
+                                          now: now, configuration: configuration)
         // A recovery makes the agent alive again, with a deadline the scan has not seen.
         if !events.isEmpty { nextScanAt = min(nextScanAt, now + suspicionThreshold(configuration.silenceTimeout)) }
         return events
     }
 
     private static func recordHeartbeat(
-        _ agent: inout Agent, session: SessionID, status: AgentStatus, now: Int64, configuration: DetectorConfiguration
+        _ agent: inout Agent, session: SessionID, sentAt: UInt64, status: AgentStatus, now: Int64,
+        configuration: DetectorConfiguration
     ) -> [LivenessEvent] {
         guard let previous = agent.sessions[session] else { return [] }
         var events: [LivenessEvent] = []
@@ -192,6 +200,14 @@ public struct LivenessTracker: Sendable {
             agent.lastStallAt = now
         }
         agent.sessions[session] = now
+        // Only the first copy of a beat is news. A copy that a stall held back on one session,
+        // arriving after the other session delivered the same beat, proves nothing about the
+        // agent now: it may have stopped since, and counting the late arrival as hearing from it
+        // would put its failure off by the length of the stall (PROTOCOL.md §6).
+        if let newest = agent.newestBeatSentAt, sentAt <= newest {
+            return events
+        }
+        agent.newestBeatSentAt = sentAt
         let silence = now - agent.lastHeard
         agent.lastHeard = max(agent.lastHeard, now)
         if agent.state == .suspected || agent.state == .failed {

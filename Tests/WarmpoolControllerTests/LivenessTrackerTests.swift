@@ -21,7 +21,7 @@ import WarmpoolWire
         while now < end {
             if (now - start) % interval == 0 {
                 for session in sessions where !skip(session, now) {
-                    events += tracker.heartbeat(session, agentID: "gpu-1", status: AgentStatus(), now: now)
+                    events += tracker.heartbeat(session, agentID: "gpu-1", sentAt: UInt64(now), status: AgentStatus(), now: now)
                 }
             }
             events += tracker.tick(now: now)
@@ -60,7 +60,7 @@ import WarmpoolWire
         var tracker = tracker()
         _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
         _ = tracker.tick(now: 400 * Self.ms)
-        let events = tracker.heartbeat(1, agentID: "gpu-1", status: AgentStatus(), now: 900 * Self.ms)
+        let events = tracker.heartbeat(1, agentID: "gpu-1", sentAt: UInt64(900 * Self.ms), status: AgentStatus(), now: 900 * Self.ms)
         #expect(kinds(events) == [.recovered])
         #expect(events.first?.silenceNanoseconds == 900 * Self.ms)
         #expect(!tracker.mayGrantLease(agentID: "gpu-1"), "recovery alone does not restore the lease")
@@ -153,6 +153,54 @@ import WarmpoolWire
         #expect(!kinds(events).contains(.failed))
     }
 
+    /// The drill's case: a stopped agent whose last beats were held back on one session was failed
+    /// a stall's length late, because the late copies counted as hearing from it.
+    @Test func aLateCopyOfABeatAlreadyHeardDoesNotPutOffTheFailure() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 0)
+        // An early stall on session 1 puts the agent on the 900 ms timeout; from 4,800 ms session 1
+        // is held back again. The agent stops right after its beat at 5,000 ms.
+        var events = run(&tracker, sessions: [1, 2], from: 0, to: 5_000 * Self.ms) { session, now in
+            session == 1 && ((now >= 1_000 * Self.ms && now < 1_400 * Self.ms) || now >= 4_800 * Self.ms)
+        }
+        events += tracker.heartbeat(2, agentID: "gpu-1", sentAt: UInt64(5_000 * Self.ms), status: AgentStatus(),
+                                    now: 5_000 * Self.ms)
+        var now = 5_000 * Self.ms
+        while now < 7_000 * Self.ms {
+            now += 10 * Self.ms
+            if now == 5_250 * Self.ms {
+                // Session 1's retransmission delivers the copies session 2 already brought.
+                for sent: Int64 in [4_800, 4_900, 5_000] {
+                    events += tracker.heartbeat(1, agentID: "gpu-1", sentAt: UInt64(sent * Self.ms),
+                                                status: AgentStatus(), now: now)
+                }
+            }
+            events += tracker.tick(now: now)
+        }
+        #expect(tracker.currentSilenceTimeout(agentID: "gpu-1", now: now) == 900 * Self.ms)
+        let failed = events.filter { $0.kind == .failed }
+        #expect(failed.count == 1)
+        #expect(failed.first?.atNanoseconds == 5_910 * Self.ms, "900 ms after the last beat, not after its late copy")
+    }
+
+    @Test func aNewSessionComparesBeatsAfresh() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = tracker.heartbeat(1, agentID: "gpu-1", sentAt: 9_000_000 * UInt64(Self.ms), status: AgentStatus(),
+                              now: 100 * Self.ms)
+        _ = tracker.sessionClosed(1, agentID: "gpu-1", graceful: true, now: 150 * Self.ms)
+        // A restarted agent on another host: its clock reads less than the old one's did.
+        _ = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 200 * Self.ms)
+        var events: [LivenessEvent] = []
+        for step: Int64 in 3...20 {
+            events += tracker.heartbeat(2, agentID: "gpu-1", sentAt: UInt64(step * 100 * Self.ms), status: AgentStatus(),
+                                        now: step * 100 * Self.ms)
+            events += tracker.tick(now: step * 100 * Self.ms + 50 * Self.ms)
+        }
+        #expect(events.isEmpty, "its beats count although they look older than the old process's")
+    }
+
     @Test func aHangThatFailedTheAgentDoesNotRaiseTheTimeout() {
         var tracker = tracker()
         _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
@@ -169,10 +217,10 @@ import WarmpoolWire
         var fenced = AgentStatus()
         fenced.flags.insert(.fenced)
         _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
-        let fromBeat = tracker.heartbeat(1, agentID: "gpu-1", status: fenced, now: 100 * Self.ms)
+        let fromBeat = tracker.heartbeat(1, agentID: "gpu-1", sentAt: UInt64(100 * Self.ms), status: fenced, now: 100 * Self.ms)
         #expect(kinds(fromBeat) == [.fenced])
         #expect(fromBeat.first?.fencedAtEpoch == nil)
-        #expect(tracker.heartbeat(1, agentID: "gpu-1", status: fenced, now: 200 * Self.ms).isEmpty)
+        #expect(tracker.heartbeat(1, agentID: "gpu-1", sentAt: UInt64(200 * Self.ms), status: fenced, now: 200 * Self.ms).isEmpty)
         let fromHello = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: 9, now: 300 * Self.ms)
         #expect(kinds(fromHello) == [.fenced])
         #expect(fromHello.first?.fencedAtEpoch == 9)
@@ -180,7 +228,7 @@ import WarmpoolWire
         _ = tracker.sessionClosed(1, agentID: "gpu-1", graceful: false, now: 400 * Self.ms)
         _ = tracker.sessionClosed(2, agentID: "gpu-1", graceful: false, now: 400 * Self.ms)
         _ = tracker.sessionEstablished(3, agent: agent, fencedAtEpoch: nil, now: 500 * Self.ms)
-        #expect(kinds(tracker.heartbeat(3, agentID: "gpu-1", status: fenced, now: 600 * Self.ms)) == [.fenced])
+        #expect(kinds(tracker.heartbeat(3, agentID: "gpu-1", sentAt: UInt64(600 * Self.ms), status: fenced, now: 600 * Self.ms)) == [.fenced])
     }
 
     @Test func theLatestHeartbeatSummaryIsKept() {
@@ -188,15 +236,15 @@ import WarmpoolWire
         _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
         #expect(tracker.status(agentID: "gpu-1") == nil)
         var status = AgentStatus(flags: [.volumeMounted], gpuCount: 4, gpuHealthyCount: 3)
-        _ = tracker.heartbeat(1, agentID: "gpu-1", status: status, now: 100 * Self.ms)
+        _ = tracker.heartbeat(1, agentID: "gpu-1", sentAt: UInt64(100 * Self.ms), status: status, now: 100 * Self.ms)
         status.gpuHealthyCount = 4
-        _ = tracker.heartbeat(1, agentID: "gpu-1", status: status, now: 200 * Self.ms)
+        _ = tracker.heartbeat(1, agentID: "gpu-1", sentAt: UInt64(200 * Self.ms), status: status, now: 200 * Self.ms)
         #expect(tracker.status(agentID: "gpu-1") == status)
     }
 
     @Test func beatsFromAnUnknownSessionAreIgnored() {
         var tracker = tracker()
-        #expect(tracker.heartbeat(99, agentID: "ghost", status: AgentStatus(), now: 0).isEmpty)
+        #expect(tracker.heartbeat(99, agentID: "ghost", sentAt: UInt64(0), status: AgentStatus(), now: 0).isEmpty)
         #expect(tracker.sessionClosed(99, agentID: "ghost", graceful: false, now: 0).isEmpty)
         #expect(!tracker.mayGrantLease(agentID: "ghost"))
     }
@@ -208,7 +256,7 @@ import WarmpoolWire
         _ = tracker.sessionEstablished(2, agent: other, fencedAtEpoch: nil, now: 0)
         var events: [LivenessEvent] = []
         for step in Int64(1)...20 {
-            events += tracker.heartbeat(2, agentID: "gpu-2", status: AgentStatus(), now: step * 100 * Self.ms)
+            events += tracker.heartbeat(2, agentID: "gpu-2", sentAt: UInt64(step * 100 * Self.ms), status: AgentStatus(), now: step * 100 * Self.ms)
             events += tracker.tick(now: step * 100 * Self.ms)
         }
         #expect(events.map(\.agent.agentID) == ["gpu-1", "gpu-1"])
