@@ -112,9 +112,9 @@ final class ControllerConnectionHandler: ChannelInboundHandler {
             context.writeAndFlush(encode(welcome, context: context), promise: nil)
             hub.sessionEstablished(session, agent: identity, fencedAtEpoch: fencedAtEpoch, channel: context.channel)
         case .heartbeat(let heartbeat):
-            guard let identity = machine.identity else { return }
+            guard let agentID = machine.agentID else { return }
             let (now, leaseEpoch) = hub.heartbeat(
-                session, agentID: identity.agentID, sentAt: heartbeat.sentAtNanoseconds, status: heartbeat.status,
+                session, agentID: agentID, sentAt: heartbeat.sentAtNanoseconds, status: heartbeat.status,
                 lastGrantAt: lastLeaseGrantAt)
             if let leaseEpoch,
                 let grant = machine.sealLease(

@@ -85,11 +85,29 @@ public struct SessionKeys: Sendable {
 /// the first 16 bytes of HMAC-SHA256(direction key, 7 header bytes || body).
 /// `@unchecked` because this version of Crypto does not mark `SymmetricKey` Sendable; the key is
 /// immutable once made.
-public struct FrameAuthenticator: @unchecked Sendable {
+public struct FrameAuthenticator: Sendable {
     public static let macSize = 16
-    private let key: SymmetricKey
+    /// HMAC-SHA256 (RFC 2104) with the padded key blocks absorbed once per session: setting the
+    /// key up per frame cost as much as the MAC itself, on every frame of every agent. Each frame
+    /// hashes on copies. Written against SHA256 directly because `HMAC.update(data:)` goes
+    /// through the generic `DataProtocol` path, whose metadata lookups showed in the controller's
+    /// profile; the result is HMAC all the same (the vectors check it).
+    private let inner: SHA256
+    private let outer: SHA256
 
-    public init(key: SymmetricKey) { self.key = key }
+    public init(key: SymmetricKey) {
+        let blockSize = SHA256.blockByteCount
+        var block = key.withUnsafeBytes { bytes -> [UInt8] in
+            bytes.count > blockSize ? Array(SHA256.hash(data: bytes)) : Array(bytes)
+        }
+        block += [UInt8](repeating: 0, count: blockSize - block.count)
+        var inner = SHA256()
+        inner.update(data: block.map { $0 ^ 0x36 })
+        var outer = SHA256()
+        outer.update(data: block.map { $0 ^ 0x5c })
+        self.inner = inner
+        self.outer = outer
+    }
 
     public func seal(type: MessageType, flags: FrameFlags = [], body: ByteBuffer) -> Frame {
         let code = authenticationCode(
@@ -121,17 +139,19 @@ public struct FrameAuthenticator: @unchecked Sendable {
     /// HMAC-SHA256(direction key, the 7 header bytes || body), the header built on the stack.
     private func authenticationCode(
         type: MessageType, flags: FrameFlags, payloadSize: Int, body: ByteBuffer
-    ) -> HashedAuthenticationCode<SHA256> {
+    ) -> SHA256.Digest {
         let length = UInt32(Frame.headerRemainderSize + payloadSize)
         var header: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (
             UInt8(truncatingIfNeeded: length >> 24), UInt8(truncatingIfNeeded: length >> 16),
             UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length),
             warmpoolProtocolVersion, type.rawValue, flags.rawValue
         )
-        var hmac = HMAC<SHA256>(key: key)
-        withUnsafeBytes(of: &header) { hmac.update(data: $0) }
-        body.withUnsafeReadableBytes { hmac.update(data: $0) }
-        return hmac.finalize()
+        var innerHasher = inner
+        withUnsafeBytes(of: &header) { innerHasher.update(bufferPointer: $0) }
+        body.withUnsafeReadableBytes { innerHasher.update(bufferPointer: $0) }
+        var outerHasher = outer
+        innerHasher.finalize().withUnsafeBytes { outerHasher.update(bufferPointer: $0) }
+        return outerHasher.finalize()
     }
 }
 

@@ -46,8 +46,11 @@ public struct ControllerSessionStateMachine {
         /// Challenge sent; waiting for the HMAC of the transcript. `secret` is nil for an unknown
         /// agent: it is challenged all the same, so that a peer cannot tell known ids from unknown.
         case awaitingProof(hello: Hello, helloBody: [UInt8], secret: AgentSecret?)
-        /// Frames in both directions are MACed and numbered.
-        case established(Established)
+        /// Frames in both directions are MACed and numbered. The session itself is in `session`:
+        /// kept out of the enum so that a frame mutates it in place. As an enum payload, every
+        /// frame copied it out and back, retaining and releasing its identity and keys each time,
+        /// on the controller's hottest path.
+        case established
         case closed
     }
 
@@ -73,6 +76,8 @@ public struct ControllerSessionStateMachine {
     private static let decoySecret = AgentSecret.random()
 
     private var state: State = .awaitingHello
+    /// Set exactly while `state` is `.established`.
+    private var session: Established?
     private let keyring: Keyring
     private let serverNonce: [UInt8]
     private let terms: SessionTerms
@@ -86,12 +91,12 @@ public struct ControllerSessionStateMachine {
         self.epoch = epoch
     }
 
-    public var identity: AgentIdentity? {
-        if case .established(let established) = state { return established.identity }
-        return nil
-    }
+    public var identity: AgentIdentity? { session?.identity }
 
-    public var isEstablished: Bool { identity != nil }
+    /// The established session's agent id, for the per-frame path.
+    public var agentID: String? { session?.identity.agentID }
+
+    public var isEstablished: Bool { session != nil }
 
     public mutating func frameReceived(_ frame: Frame) -> Action {
         switch state {
@@ -125,16 +130,15 @@ public struct ControllerSessionStateMachine {
             var body = ByteBuffer()
             welcome.encode(into: &body)
             let identity = AgentIdentity(hello)
-            state = .established(Established(identity: identity, keys: keys, nextInbound: 1, nextOutbound: 2))
+            state = .established
+            session = Established(identity: identity, keys: keys, nextInbound: 1, nextOutbound: 2)
             return .established(
                 identity, fencedAtEpoch: hello.fencedAtEpoch,
                 welcome: keys.controllerToAgent.seal(type: .welcome, body: body))
 
-        case .established(var established):
+        case .established:
             do {
-                let action = try receiveEstablished(frame, &established)
-                state = .established(established)
-                return action
+                return try receiveEstablished(frame)
             } catch {
                 return fail(error)
             }
@@ -144,16 +148,17 @@ public struct ControllerSessionStateMachine {
         }
     }
 
-    private func receiveEstablished(_ frame: Frame, _ established: inout Established) throws(ProtocolViolation) -> Action {
+    private mutating func receiveEstablished(_ frame: Frame) throws(ProtocolViolation) -> Action {
         guard frame.type == .heartbeat || frame.type == .telemetry || frame.type == .goodbye else {
             throw .unexpectedMessage(frame.type, state: "established")
         }
-        let body = try established.keys.agentToController.open(frame)
+        let body = try session!.keys.agentToController.open(frame)
         guard let sequence = body.getInteger(at: body.readerIndex, as: UInt32.self) else {
             throw .malformedBody(type: frame.type, detail: "body ends before the sequence number")
         }
-        guard sequence == established.nextInbound else {
-            throw .badSequence(frame.type, expected: established.nextInbound, received: sequence)
+        let expected = session!.nextInbound
+        guard sequence == expected else {
+            throw .badSequence(frame.type, expected: expected, received: sequence)
         }
         let action: Action
         switch frame.type {
@@ -168,7 +173,7 @@ public struct ControllerSessionStateMachine {
             let document = frame.flags.contains(.compressed) ? try Zstd.decompress(bytes) : bytes
             action = .telemetry(Telemetry(sequence: sequence, document: document))
         }
-        established.nextInbound &+= 1
+        session!.nextInbound &+= 1
         return action
     }
 
@@ -190,18 +195,20 @@ public struct ControllerSessionStateMachine {
 
     /// A MACed lease grant for heartbeat `acknowledgedSequence`, or nil when not established.
     public mutating func sealLease(acknowledgedSequence: UInt32, leaseMilliseconds: UInt32, epoch: UInt64) -> Frame? {
-        guard case .established(var established) = state else { return nil }
+        guard session != nil else { return nil }
         let grant = LeaseGrant(
-            sequence: established.nextOutbound, acknowledgedSequence: acknowledgedSequence,
+            sequence: session!.nextOutbound, acknowledgedSequence: acknowledgedSequence,
             leaseMilliseconds: leaseMilliseconds, epoch: epoch)
-        established.nextOutbound &+= 1
-        state = .established(established)
+        session!.nextOutbound &+= 1
         var body = ByteBuffer()
         grant.encode(into: &body)
-        return established.keys.controllerToAgent.seal(type: .lease, body: body)
+        return session!.keys.controllerToAgent.seal(type: .lease, body: body)
     }
 
-    public mutating func closed() { state = .closed }
+    public mutating func closed() {
+        state = .closed
+        session = nil
+    }
 
     /// Before authentication the peer is told why (a generic reason for authentication failures,
     /// so ids cannot be probed); after it, the connection just closes: the agent's MACs failed and
@@ -209,6 +216,7 @@ public struct ControllerSessionStateMachine {
     private mutating func fail(_ violation: ProtocolViolation, code: Reject.Code = .protocolViolation) -> Action {
         let wasEstablished = isEstablished
         state = .closed
+        session = nil
         if wasEstablished { return .close(reason: violation, reject: nil) }
         let text = code == .authenticationFailed ? "authentication failed" : violation.description
         var body = ByteBuffer()
