@@ -79,6 +79,14 @@ let package = Package(
             dependencies: [
                 "WarmpoolAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            // --static-swift-stdlib links with -export-dynamic, which puts every public symbol of the
+            // package modules (~17,000) in the dynamic symbol table of an executable nothing links
+            // against, and keeps them from --gc-sections. Safe identical code folding (no function
+            // whose address is taken) merges identical specialisations. 2.2 MiB off the stripped
+            // binary; fewer pages of symbol tables and code resident (Scripts/bench agent footprint).
+            linkerSettings: [
+                .unsafeFlags(["-Xlinker", "--no-export-dynamic", "-Xlinker", "--icf=safe"], .when(platforms: [.linux], configuration: .release))
             ]
         ),
         .executableTarget(

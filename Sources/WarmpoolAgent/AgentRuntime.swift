@@ -1,8 +1,3 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Dispatch
 import Logging
 import NIOCore
@@ -299,31 +294,14 @@ public final class AgentRuntime: @unchecked Sendable {
         probeReport = report
     }
 
-    /// Keys become snake_case on the wire (agent_id, free_bytes, ...).
-    private struct TelemetryDocument: Encodable {
-        var agentId: String
-        var instanceId: UInt64
-        var machineId: UInt64
-        var role: String
-        var version: String
-        var epoch: UInt64
-        var fencedAtEpoch: UInt64?
-        var workload: String
-        var volume: VolumeReport?
-        var gpu: GPUReport?
-    }
-
     private func telemetryDocument() -> [UInt8]? {
-        let document = TelemetryDocument(
-            agentId: configuration.agentID, instanceId: configuration.instanceID, machineId: configuration.machineID,
+        TelemetryDocument(
+            agentID: configuration.agentID, instanceID: configuration.instanceID, machineID: configuration.machineID,
             role: configuration.role.description, version: warmpoolAgentVersion, epoch: knownEpoch,
             fencedAtEpoch: lease.fencedAtEpoch,
             workload: "\(lease.fencedAtEpoch != nil ? .fenced : probeReport?.workload ?? .unknown)",
-            volume: probeReport?.volume, gpu: probeReport?.gpu)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        return try? Array(encoder.encode(document))
+            volume: probeReport?.volume, gpu: probeReport?.gpu
+        ).json()
     }
 }
 

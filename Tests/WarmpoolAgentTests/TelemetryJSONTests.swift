@@ -1,0 +1,116 @@
+import Foundation
+import Testing
+
+@testable import WarmpoolAgent
+
+/// The hand-written Telemetry JSON against what the agent used to send: Foundation's JSONEncoder
+/// with sorted keys and snake_case keys, over the same fields.
+@Suite struct TelemetryJSONTests {
+    /// The document as it was encoded before: the Encodable struct the agent used to carry.
+    private struct EncodableDocument: Encodable {
+        var agentId: String
+        var instanceId: UInt64
+        var machineId: UInt64
+        var role: String
+        var version: String
+        var epoch: UInt64
+        var fencedAtEpoch: UInt64?
+        var workload: String
+        var volume: VolumeReport?
+        var gpu: GPUReport?
+
+        init(_ d: TelemetryDocument) {
+            agentId = d.agentID
+            instanceId = d.instanceID
+            machineId = d.machineID
+            role = d.role
+            version = d.version
+            epoch = d.epoch
+            fencedAtEpoch = d.fencedAtEpoch
+            workload = d.workload
+            volume = d.volume
+            gpu = d.gpu
+        }
+    }
+
+    private func foundationBytes(_ document: TelemetryDocument) throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        return Array(try encoder.encode(EncodableDocument(document)))
+    }
+
+    private static let volume = VolumeReport(
+        path: "/data", mounted: true, volumeID: "vol-123", idMatches: true, writable: true,
+        freeBytes: 1_234_567_890_123, problem: nil)
+
+    private static let gpu = GPUInfo(
+        index: 0, name: "NVIDIA H100 80GB HBM3", uuid: "GPU-6c0e3a0f-1b2c-4d5e-8f90-a1b2c3d4e5f6",
+        temperatureCelsius: 41, utilizationPercent: 97, memoryTotalBytes: 85_520_809_984,
+        memoryUsedBytes: 81_000_000_000, eccUncorrectedVolatile: 0, xidCriticalErrors: 2, lastXid: 79, healthy: false)
+
+    private static let sparseGPU = GPUInfo(
+        index: 3, name: nil, uuid: nil, temperatureCelsius: nil, utilizationPercent: nil, memoryTotalBytes: nil,
+        memoryUsedBytes: nil, eccUncorrectedVolatile: nil, xidCriticalErrors: 0, lastXid: nil, healthy: true)
+
+    static let documents: [TelemetryDocument] = [
+        // Probes not in yet.
+        TelemetryDocument(
+            agentID: "gpu-77-a", instanceID: 456_789, machineID: 77, role: "primary", version: "0.1.0", epoch: 0,
+            fencedAtEpoch: nil, workload: "unknown", volume: nil, gpu: nil),
+        // A healthy GPU host.
+        TelemetryDocument(
+            agentID: "gpu-77-a", instanceID: 456_789, machineID: 77, role: "primary", version: "0.1.0", epoch: 12,
+            fencedAtEpoch: nil, workload: "running", volume: volume,
+            gpu: GPUReport(available: true, problem: nil, driverVersion: "550.54.15", gpus: [gpu, sparseGPU])),
+        // Fenced, no NVML, a sick volume, extreme numbers.
+        TelemetryDocument(
+            agentID: "A.b_c-9", instanceID: .max, machineID: 0, role: "standby", version: "0.1.0", epoch: .max,
+            fencedAtEpoch: .max - 1, workload: "fenced",
+            volume: VolumeReport(
+                path: "/mnt/shared volume/", mounted: false, volumeID: nil, idMatches: false, writable: false,
+                freeBytes: 0, problem: "not a mount point: /mnt/shared volume/"),
+            gpu: .unavailable("libnvidia-ml.so.1: cannot open shared object file: No such file or directory")),
+        // No GPUs at all.
+        TelemetryDocument(
+            agentID: "x", instanceID: 1, machineID: 2, role: "primary", version: "0.1.0", epoch: 3, fencedAtEpoch: 0,
+            workload: "stopped", volume: volume, gpu: GPUReport(available: true, problem: nil, driverVersion: nil, gpus: [])),
+    ]
+
+    @Test(arguments: documents)
+    func matchesJSONEncoder(_ document: TelemetryDocument) throws {
+        let ours = document.json()
+        #expect(String(decoding: ours, as: UTF8.self) == String(decoding: try foundationBytes(document), as: UTF8.self))
+    }
+
+    /// Every ASCII character, and some beyond, in every string field position that takes free text.
+    @Test func escapesStringsAsJSONEncoderDoes() throws {
+        let ascii = String(decoding: (0..<128).map { UInt8($0) }, as: UTF8.self)
+        let samples = [
+            ascii, "", "\"quoted\" \\ back/slash", "tab\there\nnewline\r\u{0C}\u{08}", "é ü ß 日本語 🎉 \u{2028}\u{2029}",
+            "\u{7F}\u{80}\u{FEFF}", "e\u{301}",
+        ]
+        for sample in samples {
+            let document = TelemetryDocument(
+                agentID: sample, instanceID: 1, machineID: 2, role: sample, version: sample, epoch: 3, fencedAtEpoch: nil,
+                workload: sample,
+                volume: VolumeReport(
+                    path: sample, mounted: true, volumeID: sample, idMatches: true, writable: true, freeBytes: 5,
+                    problem: sample),
+                gpu: GPUReport(
+                    available: false, problem: sample, driverVersion: sample,
+                    gpus: [GPUInfo(
+                        index: -1, name: sample, uuid: sample, temperatureCelsius: -40, utilizationPercent: 0,
+                        memoryTotalBytes: 0, memoryUsedBytes: .max, eccUncorrectedVolatile: nil, xidCriticalErrors: .min,
+                        lastXid: nil, healthy: true)]))
+            #expect(document.json() == (try foundationBytes(document)), "\(sample.debugDescription)")
+        }
+    }
+
+    @Test func isValidJSON() throws {
+        for document in Self.documents {
+            let parsed = try JSONSerialization.jsonObject(with: Data(document.json())) as? [String: Any]
+            #expect(parsed?["agent_id"] as? String == document.agentID)
+        }
+    }
+}
