@@ -30,6 +30,7 @@ let package = Package(
     targets: [
         // System libraries. The Debian -dev packages provide the pkg-config files (Scripts/setup installs them).
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CEpoll"),
         .systemLibrary(name: "CLibSSH2", pkgConfig: "libssh2", providers: [.apt(["libssh2-1-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // curl_easy_setopt is variadic, which Swift cannot call: this shim gives it typed entry points.
@@ -110,6 +111,7 @@ let package = Package(
             name: "warmpool-loadgen",
             dependencies: [
                 "WarmpoolAgent",
+                "CEpoll",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

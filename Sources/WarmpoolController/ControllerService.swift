@@ -87,9 +87,13 @@ public final class ControllerService: Service {
 
         // The tick bounds how late a failure is noticed: a fifth of an interval, at most 10 ms.
         let tickNanoseconds = min(10_000_000, configuration.hub.detector.heartbeatInterval / 5)
+        let lateness = TickLateness(logger: logger, period: tickNanoseconds)
         let ticker = group.next().scheduleRepeatedTask(
             initialDelay: .nanoseconds(tickNanoseconds), delay: .nanoseconds(tickNanoseconds)
-        ) { _ in hub.tick() }
+        ) { _ in
+            lateness.ticked()
+            hub.tick()
+        }
 
         await withGracefulShutdownHandler {
             await watchKeysFile()
@@ -120,5 +124,34 @@ public final class ControllerService: Service {
 
     private static func modificationDate(_ path: String) -> Date? {
         (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
+    }
+}
+
+/// Notices when the detector's tick runs late: an overloaded event loop delays heartbeats and the
+/// verdicts on them alike, and a false failure under load is then the controller's own doing.
+/// Logs the worst delay of each 5-second window that had one over 50 ms. Used on the ticker's
+/// event loop only.
+private final class TickLateness: @unchecked Sendable {
+    private let logger: Logger
+    private let period: Int64
+    private var previous = MonotonicClock.now()
+    private var worst: Int64 = 0
+    private var windowEndsAt = MonotonicClock.now() + 5_000_000_000
+
+    init(logger: Logger, period: Int64) {
+        self.logger = logger
+        self.period = period
+    }
+
+    func ticked() {
+        let now = MonotonicClock.now()
+        worst = max(worst, now - previous - period)
+        previous = now
+        guard now >= windowEndsAt else { return }
+        if worst > 50_000_000 {
+            logger.warning("detector tick ran late: the event loop is overloaded", metadata: ["late_ms": "\(worst / 1_000_000)"])
+        }
+        worst = 0
+        windowEndsAt = now + 5_000_000_000
     }
 }

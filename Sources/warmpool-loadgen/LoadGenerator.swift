@@ -16,7 +16,7 @@ struct LoadGenerator: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warmpool-loadgen",
         abstract: "Simulated agents for benchmarks: writes their keys, then runs them.",
-        subcommands: [Keys.self, Run.self])
+        subcommands: [Keys.self, Run.self, Beats.self])
 
     struct Options: ParsableArguments {
         @Option(help: "How many agents.")
@@ -96,7 +96,11 @@ struct LoadGenerator: AsyncParsableCommand {
             // process's CPU in NIO's timer heap, on the cores the controller under test needs.
             let phases = Int(max(1, intervalMs))
             let loops = Array(group.makeIterator())
-            let clocks = loops.map { LoopClock(loop: $0, phases: phases) }
+            let clocks = loops.enumerated().map { index, loop in
+                let clock = LoopClock(loop: loop, phases: phases)
+                clock.name = "loop \(index)"
+                return clock
+            }
             for clock in clocks { clock.start(tick: .nanoseconds(intervalMs * 1_000_000 / Int64(phases))) }
             let batch = max(1, rampPerSecond / 10)
             for (index, id) in options.agentIDs().enumerated() {
@@ -122,6 +126,60 @@ struct LoadGenerator: AsyncParsableCommand {
             for clock in clocks { clock.stop() }
             for runtime in runtimes { try? await runtime.shutdown().get() }
             try await group.shutdownGracefully()
+        }
+    }
+}
+
+extension LoadGenerator {
+    struct Beats: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Lean agents for capacity runs: real handshakes and frames, one session each, no reconnection.",
+            discussion: """
+                Each thread handshakes its share of the agents at the ramp rate and beats them straight to \
+                their sockets. Costs a fraction of `run`'s CPU per beat, so that on a small machine the \
+                controller, not the load generator, is what a capacity run measures. Every 5 s each thread prints \
+                one line: agents, beats sent and in how many seconds, worst lateness, sessions closed.
+                """)
+        @OptionGroup var options: Options
+
+        @Option(name: .customLong("controller"), help: "Controller IPv4:PORT.")
+        var controller: String = "127.0.0.1:7070"
+
+        @Option(help: "Beat threads.")
+        var threads: Int = 2
+
+        @Option(help: "Stop after this many seconds (0: run until signalled).")
+        var seconds: Int = 0
+
+        @Option(help: "New agents per second, over all threads.")
+        var rampPerSecond: Int = 2_000
+
+        @Option(help: "Heartbeat interval, ms.")
+        var intervalMs: Int64 = 100
+
+        func run() async throws {
+            guard let address = ControllerAddress(controller) else { throw ValidationError("bad --controller") }
+            let threads = max(1, self.threads)
+            let stop = StopFlag()
+            let ids = options.agentIDs()
+            var workers: [Thread] = []
+            for thread in 0..<threads {
+                let share = stride(from: thread, to: ids.count, by: threads).map { (id: ids[$0], secret: options.secret(for: ids[$0]), index: $0) }
+                let engine = BeatEngine(
+                    name: "thread \(thread)", address: address, agents: share, interval: intervalMs * 1_000_000,
+                    rampPerSecond: max(1, rampPerSecond / threads), stop: stop)
+                let worker = Thread { engine.run() }
+                worker.start()
+                workers.append(worker)
+            }
+            FileHandle.standardError.write(Data("loadgen: \(ids.count) lean agents on \(threads) threads\n".utf8))
+            if seconds > 0 {
+                try? await Task.sleep(for: .seconds(seconds))
+            } else {
+                for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
+            }
+            stop.set()
+            try? await Task.sleep(for: .milliseconds(200))
         }
     }
 }
@@ -167,8 +225,24 @@ final class LoopClock: @unchecked Sendable {
         scheduled = loop.scheduleTask(deadline: deadline) { self.fire() }
     }
 
+    /// The latest the clock fired in the current report window: a loop that fires late beats its
+    /// agents late, so the controller's suspicions are the load generator's, not the controller's.
+    private var worstLateness = TimeAmount.zero
+    private var windowEndsAt = NIODeadline.now() + .seconds(5)
+    var name = "loop"
+
     private func fire() {
         let now = NIODeadline.now()
+        worstLateness = max(worstLateness, now - deadline)
+        if now >= windowEndsAt {
+            if worstLateness > .milliseconds(50) {
+                let agents = phases.reduce(0) { $0 + $1.count }
+                FileHandle.standardError.write(Data(
+                    "loadgen: \(name) (\(agents) agents) beat up to \(worstLateness.nanoseconds / 1_000_000) ms late in the last 5 s\n".utf8))
+            }
+            worstLateness = .zero
+            windowEndsAt = now + .seconds(5)
+        }
         while deadline <= now, !stopped {
             for runtime in phases[next] { runtime.heartbeatTick() }
             next = (next + 1) % phases.count
