@@ -88,9 +88,6 @@ final class BeatEngine: @unchecked Sendable {
                     live.append(agent)
                 } else {
                     failedHandshakes += 1
-                    live.append(Agent(fd: -1, machine: AgentSessionStateMachine(
-                        hello: Hello(clientNonce: HandshakeCrypto.randomNonce(), role: .primary, instanceID: 0,
-                                     machineID: 0, agentID: "x", softwareVersion: ""), secret: agents[next].secret)))
                 }
                 next += 1
             }

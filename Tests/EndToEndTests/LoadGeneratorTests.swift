@@ -1,0 +1,54 @@
+import Foundation
+import Testing
+
+/// The capacity benchmark's lean agents against the real controller: real handshakes (the
+/// controller's `connected` events), beats at the nominal rate (no suspicion while they run, and
+/// their own reports say 10 Hz), and keys that do not match refused like any agent's.
+@Suite(.serialized) struct LoadGeneratorTests {
+    @Test func leanAgentsHandshakeAndBeatAtTheirRate() throws {
+        let harness = try Harness()
+        try harness.run("warmpool-loadgen", ["keys", "--count", "40", "--keys-file", harness.keysPath])
+        try harness.startController(intervalMilliseconds: 100)
+        let log = harness.logPath("loadgen")
+        let loadgen = try harness.spawn("warmpool-loadgen", [
+            "beats", "--count", "40", "--controller", harness.controllerAddress, "--threads", "2", "--seconds", "12",
+        ], log: log)
+        defer { harness.stop(loadgen) }
+        try harness.waitUntil("40 agents connected", timeout: 10) {
+            Set(harness.events().filter { $0.kind == "connected" }.map(\.agentID)).count == 40
+        }
+        try harness.waitUntil("two reports from each thread", timeout: 20) {
+            harness.log("loadgen").components(separatedBy: "loadgen: thread ").count - 1 >= 4
+        }
+        #expect(harness.events().filter { $0.kind == "suspected" || $0.kind == "failed" }.isEmpty)
+        // Each report: agents, beats and the seconds they took. 20 agents a thread at 10 Hz.
+        let reports = harness.log("loadgen").split(separator: "\n").filter { $0.hasPrefix("loadgen: thread ") }
+        for report in reports.dropFirst(2) {
+            let fields = Dictionary(uniqueKeysWithValues: report.split(separator: " ").compactMap { part -> (String, String)? in
+                let pair = part.split(separator: "=", maxSplits: 1)
+                return pair.count == 2 ? (String(pair[0]), String(pair[1])) : nil
+            })
+            let agents = try #require(fields["agents"].flatMap(Double.init))
+            let beats = try #require(fields["beats"].flatMap(Double.init))
+            let seconds = try #require(fields["seconds"].flatMap(Double.init))
+            #expect(agents == 20)
+            #expect(fields["closed"] == "0")
+            // Generous bounds: a shared machine; the bench itself checks within 5 %.
+            #expect(abs(beats / seconds / agents - 10) < 2, "\(report)")
+        }
+    }
+
+    @Test func agentsTheControllerDoesNotKnowAreRefused() throws {
+        let harness = try Harness()
+        try harness.run("warmpool-loadgen", ["keys", "--count", "3", "--keys-file", harness.keysPath, "--seed", "other"])
+        try harness.startController(intervalMilliseconds: 100)
+        let loadgen = try harness.spawn("warmpool-loadgen", [
+            "beats", "--count", "3", "--controller", harness.controllerAddress, "--seconds", "7",
+        ], log: harness.logPath("loadgen"))
+        defer { harness.stop(loadgen) }
+        try harness.waitUntil("a report", timeout: 15) { harness.log("loadgen").contains("failed_handshakes=") }
+        #expect(harness.log("loadgen").contains("failed_handshakes=") && !harness.log("loadgen").contains("failed_handshakes=0"))
+        #expect(harness.events().isEmpty)
+        #expect(harness.log("controller").contains("failed the challenge (wrong secret)"))
+    }
+}
