@@ -255,6 +255,11 @@ public struct PoolMachine: Sendable, Codable {
         case .failure(let message, let retryable):
             return failedAttempt(message, retryable: retryable, now: now)
         case .success(let data):
+            // The budget is for failures in a row: a step that polls (a standby booting, a
+            // primary stopping) gets many answers, and three scattered errors among fifty good
+            // polls are a flaky provider, not a failed step. Counted over the whole step, they
+            // had a good standby destroyed and replaced (the provider-faults drill, at 30 %).
+            progress.failures = 0
             return advance(with: data, now: now)
         }
     }
@@ -760,12 +765,14 @@ public struct PoolMachine: Sendable, Codable {
         if retryable, progress.failures < settings.retryLimit {
             return wake(at: now + settings.retryDelay)
         }
-        return stepFailed(message, now: now)
+        return stepFailed(message, transient: retryable, now: now)
     }
 
     /// The in-flight step cannot finish (deadline, retries used up, a refusal): what that leads
     /// to depends on the step.
-    private mutating func stepFailed(_ message: String, now: Instant) -> [EngineAction] {
+    /// `transient`: the provider kept answering with retryable errors (5xx, 429, lost connections)
+    /// until the budget ran out.
+    private mutating func stepFailed(_ message: String, transient: Bool = false, now: Instant) -> [EngineAction] {
         switch state {
         case .provisioning:
             let actions = [record(.failed, now: now, detail: message)]
@@ -779,7 +786,13 @@ public struct PoolMachine: Sendable, Codable {
                 actions += retire(standby)
                 clearStandby()
             }
-            return actions + becomeDegraded(message, now: now)
+            actions += becomeDegraded(message, now: now)
+            // A provider that failed a few attempts in a row is having a bad minute, not running
+            // out of GPUs: waiting the degraded interval (5 min) would leave the pool without a
+            // standby that long (the provider-faults drill saw it at 30 % failed calls). Ten
+            // retry delays instead; each further failure comes back here.
+            if transient { actions += wake(at: now + settings.retryDelay * 10) }
+            return actions
 
         case .failover(let failover, let step):
             switch step {

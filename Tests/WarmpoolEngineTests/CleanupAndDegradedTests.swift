@@ -104,6 +104,26 @@ import WarmpoolEngine
         #expect(harness.notificationKinds.last == .standbyProvisioned)
     }
 
+    /// The provider-faults drill's case: after a failover, the new standby's create failed three
+    /// times with 503s. A flaky provider is retried after ten retry delays, not the 5 minutes a
+    /// GPU shortage waits.
+    @Test func aStandbyLostToProviderErrorsIsRetriedSoonerThanAShortage() {
+        let settings = EngineSettings(retryDelay: .seconds(2), degradedRetryInterval: .seconds(300))
+        var harness = Harness.active(freeGPUs: 3, settings: settings)
+        harness.provider.failures["create"] = Array(repeating: .failure(message: "HTTP 503", retryable: true), count: 3)
+        harness.failPrimary()
+        harness.settle()
+        #expect(harness.snapshot.state == .degraded)
+        #expect(harness.snapshot.errorMessage == "HTTP 503")
+        let degradedAt = harness.now
+        harness.step()
+        harness.settle()
+        #expect(harness.now < degradedAt + .seconds(60), "retried after ten retry delays")
+        #expect(harness.snapshot.state == .active)
+        #expect(harness.snapshot.standbyState == .stopped)
+        #expect(harness.provider.liveInstances.count == 2)
+    }
+
     @Test func aDegradedPoolWithAPrimaryStillFailsOverToAFreeGPU() {
         var harness = Harness.active(freeGPUs: 2)
         harness.failPrimary()

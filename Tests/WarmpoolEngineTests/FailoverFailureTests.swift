@@ -112,6 +112,34 @@ import WarmpoolEngine
         #expect(!harness.steps.contains(.standbyAbandoned))
     }
 
+    /// The provider-faults drill's case: a standby booting while about one provider call in
+    /// three fails. Scattered errors among good polls are a flaky provider, not a failed step.
+    @Test func scatteredPollErrorsWhileTheStandbyBootsDoNotAbandonIt() {
+        var harness = Harness.active()
+        let standby = harness.snapshot.standbyInstanceID!
+        harness.provider.slowBoots[standby] = 8
+        let timeout = ProviderOutcome.failure(message: "timeout", retryable: true)
+        // Five errors, never three in a row.
+        harness.provider.failures["poll"] = [nil, timeout, nil, timeout, nil, nil, timeout, nil, timeout, nil, timeout]
+        harness.failPrimary()
+        harness.settle()
+        #expect(!harness.steps.contains(.standbyAbandoned))
+        #expect(harness.snapshot.state == .active)
+        #expect(harness.snapshot.primaryInstanceID == standby)
+        #expect(harness.provider.failures["poll"]?.isEmpty == true, "every injected answer was used")
+    }
+
+    @Test func threeErrorsInARowStillFailTheStep() {
+        var harness = Harness.active()
+        let standby = harness.snapshot.standbyInstanceID!
+        harness.provider.slowBoots[standby] = 4
+        let timeout = ProviderOutcome.failure(message: "timeout", retryable: true)
+        harness.provider.failures["poll"] = [nil, nil, timeout, timeout, timeout]
+        harness.failPrimary()
+        harness.settle()
+        #expect(harness.steps.contains(.standbyAbandoned))
+    }
+
     @Test func replacementsStopAtTheLimit() {
         let settings = EngineSettings(standbyStartTimeout: .seconds(10), createTimeout: .seconds(10), replacementLimit: 2)
         var harness = Harness.active(freeGPUs: 6, settings: settings)

@@ -25,7 +25,9 @@ struct FakeProvider {
     var effectiveStarts: [InstanceID: Int] = [:]
     /// Each command name (`stop`, `start`, `create`, `offers`, `volume`, `poll`, `destroy`,
     /// `deleteVolume`) answers with these failures first, in order.
-    var failures: [String: [ProviderOutcome]] = [:]
+    var failures: [String: [ProviderOutcome?]] = [:]
+    /// Polls that still show a started instance loading before it runs.
+    var slowBoots: [InstanceID: Int] = [:]
     /// Stop is accepted but the instance keeps running (a provider that cannot reach the host).
     var ignoresStop: Set<InstanceID> = []
     /// Start is accepted but the instance never gets past `loading`.
@@ -91,6 +93,10 @@ struct FakeProvider {
             if let failure = injected("poll") { return failure }
             guard var instance = instances[id], !instance.destroyed else { return .success(.instance(nil)) }
             let shown = snapshot(instance)
+            if instance.next == .running, let polls = slowBoots[id], polls > 0 {
+                slowBoots[id] = polls - 1
+                return .success(.instance(shown))
+            }
             instance.status = instance.next
             instances[id] = instance
             return .success(.instance(shown))
