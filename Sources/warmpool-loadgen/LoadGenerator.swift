@@ -16,7 +16,7 @@ struct LoadGenerator: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warmpool-loadgen",
         abstract: "Simulated agents for benchmarks: writes their keys, then runs them.",
-        subcommands: [Keys.self, Run.self, Beats.self])
+        subcommands: [Keys.self, Run.self, Beats.self, Floor.self])
 
     struct Options: ParsableArguments {
         @Option(help: "How many agents.")
@@ -182,6 +182,49 @@ extension LoadGenerator {
             await pace.waitForTheEnd()
             stop.set()
             try? await Task.sleep(for: .milliseconds(200))
+        }
+    }
+}
+
+extension LoadGenerator {
+    struct Floor: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "What loopback TCP alone costs at a heartbeat load: 46-byte writes, epoll reads, no protocol.",
+            discussion: """
+                Opens COUNT socket pairs on 127.0.0.1, writes one 46-byte frame per socket every interval from \
+                the sender threads and reads them in one epoll thread that discards them. Prints the CPU each \
+                side spent per frame and in all: the floor under any protocol that sends a beat as a segment.
+                """)
+        @Option(help: "Socket pairs.")
+        var count: Int = 10_000
+
+        @Option(help: "Sender threads.")
+        var senders: Int = 1
+
+        @Option(help: "Interval per socket, ms.")
+        var intervalMs: Int64 = 100
+
+        @Option(help: "Seconds to measure.")
+        var seconds: Double = 20
+
+        @Flag(help: "One JSON object instead of the line.")
+        var json = false
+
+        func run() throws {
+            let result = try TransportFloor.measure(
+                count: count, senders: max(1, senders), interval: intervalMs * 1_000_000, seconds: seconds)
+            let frames = Double(max(1, result.framesSent))
+            let fields: [(String, String)] = [
+                ("sockets", "\(count)"), ("frames_per_second", String(format: "%.0f", frames / result.seconds)),
+                ("sender_us_per_frame", String(format: "%.2f", result.senderCPUSeconds * 1e6 / frames)),
+                ("receiver_us_per_frame", String(format: "%.2f", result.receiverCPUSeconds * 1e6 / frames)),
+                ("cpu_pct_of_a_core", String(format: "%.1f", 100 * (result.senderCPUSeconds + result.receiverCPUSeconds) / result.seconds)),
+            ]
+            if json {
+                print("{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}")
+            } else {
+                print(fields.map { "\($0.0)=\($0.1)" }.joined(separator: " "))
+            }
         }
     }
 }

@@ -38,6 +38,16 @@ import Testing
         }
     }
 
+    @Test func theTransportFloorWritesAndReadsAtTheRate() throws {
+        let harness = try Harness()
+        let output = try harness.run("warmpool-loadgen", ["floor", "--count", "50", "--seconds", "2", "--json"])
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Double])
+        #expect(object["sockets"] == 50)
+        // 50 sockets at 10 Hz; generous bounds on a shared machine.
+        #expect((400...600).contains(try #require(object["frames_per_second"])))
+        #expect(try #require(object["receiver_us_per_frame"]) > 0)
+    }
+
     @Test func agentsTheControllerDoesNotKnowAreRefused() throws {
         let harness = try Harness()
         try harness.run("warmpool-loadgen", ["keys", "--count", "3", "--keys-file", harness.keysPath, "--seed", "other"])
