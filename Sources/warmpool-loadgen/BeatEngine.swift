@@ -51,9 +51,8 @@ final class BeatEngine: @unchecked Sendable {
         defer { close(epoll) }
         var live: [Agent] = []
         live.reserveCapacity(agents.count)
-        let phases = Int(max(1, interval / 1_000_000))
         let start = MonotonicClock.now()
-        var nextTick = start
+        var clock = PhasedClock(interval: interval, now: start)
         var next = 0  // the next agent to connect
         var closed = 0
         var failedHandshakes = 0
@@ -67,16 +66,10 @@ final class BeatEngine: @unchecked Sendable {
             flags: [.volumeMounted, .volumeIDMatches, .volumeWritable, .leaseHeld], gpuCount: 1, gpuHealthyCount: 1,
             gpuMaxTemperatureCelsius: 61, gpuMaxUtilizationPercent: 97, volumeFreeMebibytes: 512_000,
             workload: .running)
-        var tick = 0
         while !stop.isSet {
+            let (phase, lateness) = clock.next()
+            worstLateness = max(worstLateness, lateness)
             let now = MonotonicClock.now()
-            if now < nextTick {
-                var pause = timespec(tv_sec: 0, tv_nsec: Int(nextTick - now))
-                nanosleep(&pause, nil)
-                continue
-            }
-            worstLateness = max(worstLateness, now - nextTick)
-            nextTick += interval / Int64(phases)
 
             // New agents, at the ramp rate: the controller sees a stream of handshakes, not a herd.
             let due = min(agents.count, Int((now - start) / 1_000_000 * Int64(rampPerSecond) / 1_000) + 1)
@@ -95,7 +88,7 @@ final class BeatEngine: @unchecked Sendable {
 
             // This phase's beats.
             let sentAt = UInt64(MonotonicClock.now())
-            var index = tick % phases
+            var index = phase
             while index < live.count {
                 if live[index].fd >= 0, let sealed = live[index].machine.sealHeartbeat(sentAtNanoseconds: sentAt, status: status) {
                     scratch.clear()
@@ -108,9 +101,8 @@ final class BeatEngine: @unchecked Sendable {
                         live[index].fd = -1
                     }
                 }
-                index += phases
+                index += clock.phases
             }
-            tick += 1
 
             // Grants (and closes) that have arrived.
             let ready = epoll_wait(epoll, &events, Int32(events.count), 0)

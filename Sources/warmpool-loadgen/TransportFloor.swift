@@ -55,9 +55,13 @@ enum TransportFloor {
         }
 
         let accepted = servers
+        let receiverCPU = Handed(0.0)
         let deadline = MonotonicClock.now() + Int64(seconds * 1e9)
-        let receiverCPU = ThreadCPU()
-        let receiver = Thread {
+        // The sender threads hand back their CPU seconds and the frames they wrote.
+        let results = Handed<[(cpu: Double, frames: Int)]>([])
+        let finished = DispatchGroup()
+        finished.enter()
+        Thread {
             let epoll = epoll_create1(0)
             for (index, fd) in accepted.enumerated() {
                 var event = epoll_event()
@@ -67,7 +71,7 @@ enum TransportFloor {
             }
             var events = [epoll_event](repeating: epoll_event(), count: 256)
             var buffer = [UInt8](repeating: 0, count: 4096)
-            let start = ThreadCPU.now()
+            let start = threadCPUSeconds()
             while MonotonicClock.now() < deadline {
                 let ready = epoll_wait(epoll, &events, Int32(events.count), 10)
                 guard ready > 0 else { continue }
@@ -75,68 +79,58 @@ enum TransportFloor {
                     _ = read(accepted[Int(event.data.u64)], &buffer, buffer.count)
                 }
             }
-            receiverCPU.set(ThreadCPU.now() - start)
+            let cpu = threadCPUSeconds() - start
             close(epoll)
-        }
-        receiver.start()
+            receiverCPU.set(cpu)
+            finished.leave()
+        }.start()
 
         let frame = [UInt8](repeating: 0x2a, count: 46)
-        let phases = Int(max(1, interval / 1_000_000))
-        let senderCPU = (0..<senders).map { _ in ThreadCPU() }
-        let sent = (0..<senders).map { _ in ThreadCPU() }
-        let finished = DispatchGroup()
         let started = MonotonicClock.now()
         for thread in 0..<senders {
             finished.enter()
             let mine = stride(from: thread, to: clients.count, by: senders).map { clients[$0] }
             Thread {
-                let start = ThreadCPU.now()
-                var nextTick = MonotonicClock.now()
-                var tick = 0
+                let start = threadCPUSeconds()
+                var clock = PhasedClock(interval: interval)
                 var frames = 0
                 while MonotonicClock.now() < deadline {
-                    let now = MonotonicClock.now()
-                    if now < nextTick {
-                        var pause = timespec(tv_sec: 0, tv_nsec: Int(nextTick - now))
-                        nanosleep(&pause, nil)
-                        continue
-                    }
-                    nextTick += interval / Int64(phases)
-                    var index = tick % phases
+                    var index = clock.next().phase
                     while index < mine.count {
                         _ = frame.withUnsafeBytes { write(mine[index], $0.baseAddress, $0.count) }
                         frames += 1
-                        index += phases
+                        index += clock.phases
                     }
-                    tick += 1
                 }
-                senderCPU[thread].set(ThreadCPU.now() - start)
-                sent[thread].set(Double(frames))
+                let cpu = threadCPUSeconds() - start
+                results.update { $0.append((cpu, frames)) }
                 finished.leave()
             }.start()
         }
         finished.wait()
-        while receiverCPU.value < 0 { usleep(10_000) }
+        let sent = results.value
         return Result(
-            senderCPUSeconds: senderCPU.reduce(0) { $0 + $1.value }, receiverCPUSeconds: receiverCPU.value,
-            seconds: Double(MonotonicClock.now() - started) / 1e9, framesSent: Int(sent.reduce(0) { $0 + $1.value }))
+            senderCPUSeconds: sent.reduce(0) { $0 + $1.cpu }, receiverCPUSeconds: receiverCPU.value,
+            seconds: Double(MonotonicClock.now() - started) / 1e9, framesSent: sent.reduce(0) { $0 + $1.frames })
     }
 }
 
-/// One thread's CPU time, handed across threads once.
-final class ThreadCPU: @unchecked Sendable {
+/// A value threads hand back to the one that waits for them.
+final class Handed<Value>: @unchecked Sendable {
     private let lock = NSLock()
-    private var stored = -1.0
+    private var stored: Value
 
-    var value: Double { lock.withLock { stored } }
-    func set(_ value: Double) { lock.withLock { stored = value } }
+    init(_ value: Value) { stored = value }
+    var value: Value { lock.withLock { stored } }
+    func set(_ value: Value) { lock.withLock { stored = value } }
+    func update(_ change: (inout Value) -> Void) { lock.withLock { change(&stored) } }
+}
 
-    /// CPU seconds of the calling thread, user and system.
-    static func now() -> Double {
-        var spec = timespec()
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &spec)
-        return Double(spec.tv_sec) + Double(spec.tv_nsec) / 1e9
-    }
+/// CPU seconds of the calling thread, user and system.
+func threadCPUSeconds() -> Double {
+    var spec = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &spec)
+    return Double(spec.tv_sec) + Double(spec.tv_nsec) / 1e9
 }
 
 struct ValidationErrorText: Error, CustomStringConvertible {
