@@ -114,7 +114,7 @@ final class ControllerConnectionHandler: ChannelInboundHandler {
         case .heartbeat(let heartbeat):
             guard let agentID = machine.agentID else { return }
             let (now, leaseEpoch) = hub.heartbeat(
-                session, agentID: agentID, sentAt: heartbeat.sentAtNanoseconds, status: heartbeat.status,
+                session, agentID: agentID, sentAt: heartbeat.sentAtMilliseconds, status: heartbeat.status,
                 lastGrantAt: lastLeaseGrantAt)
             if let leaseEpoch,
                 let grant = machine.sealLease(
@@ -132,7 +132,9 @@ final class ControllerConnectionHandler: ChannelInboundHandler {
             logger.warning("closing connection: \(reason)")
             if let reject {
                 let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-                context.writeAndFlush(encode(reject, context: context)).whenComplete { _ in
+                var buffer = context.channel.allocator.buffer(capacity: 64)
+                reject.write(into: &buffer)
+                context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in
                     loopBoundContext.value.close(promise: nil)
                 }
             } else {
@@ -142,7 +144,7 @@ final class ControllerConnectionHandler: ChannelInboundHandler {
     }
 
     private func encode(_ frame: Frame, context: ChannelHandlerContext) -> NIOAny {
-        var buffer = context.channel.allocator.buffer(capacity: Frame.headerSize + frame.payload.readableBytes)
+        var buffer = context.channel.allocator.buffer(capacity: Frame.maximumHeaderSize + frame.payload.readableBytes)
         frame.write(into: &buffer)
         return wrapOutboundOut(buffer)
     }

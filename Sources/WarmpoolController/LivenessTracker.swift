@@ -114,7 +114,7 @@ public struct LivenessTracker: Sendable {
         /// Last accepted frame per open session.
         var sessions: [SessionID: Int64]
         var lastHeard: Int64
-        /// The agent's send time (`sent_at_ns`, its own clock) of the newest beat accepted since the
+        /// The agent's send time (`sent_at_ms`, its own clock) of the newest beat accepted since the
         /// latest session opened: a copy no newer than this is one the agent already got through.
         var newestBeatSentAt: UInt64?
         /// When a session last stalled while the agent lived (retransmission evidence).
@@ -171,7 +171,7 @@ public struct LivenessTracker: Sendable {
         return events
     }
 
-    /// `sentAt` is the beat's `sent_at_ns`: the same beat carries the same value on every session.
+    /// `sentAt` is the beat's `sent_at_ms`: the same beat carries the same value on every session.
     public mutating func heartbeat(
         _ session: SessionID, agentID: String, sentAt: UInt64, status: AgentStatus, now: Int64
     ) -> [LivenessEvent] {

@@ -19,6 +19,8 @@ public struct AgentSessionStateMachine {
         var welcome: Welcome
         var nextInbound: UInt32
         var nextOutbound: UInt32
+        /// The beat sent before on this session: the next one is written relative to it.
+        var lastHeartbeat: Heartbeat?
     }
 
     public enum Action {
@@ -89,10 +91,7 @@ public struct AgentSessionStateMachine {
             }
             do throws(ProtocolViolation) {
                 // A valid MAC here is the controller's proof that it holds our secret too.
-                let welcome = try Welcome.decode(try keys.controllerToAgent.open(frame))
-                guard welcome.sequence == 1 else {
-                    throw ProtocolViolation.badSequence(.welcome, expected: 1, received: welcome.sequence)
-                }
+                let welcome = try Welcome.decode(try keys.controllerToAgent.open(frame, sequence: 1))
                 state = .established(Established(keys: keys, welcome: welcome, nextInbound: 2, nextOutbound: 1))
                 return .established(welcome)
             } catch {
@@ -102,10 +101,10 @@ public struct AgentSessionStateMachine {
         case .established(var established):
             guard frame.type == .lease else { return fail(.unexpectedMessage(frame.type, state: "established")) }
             do throws(ProtocolViolation) {
-                let grant = try LeaseGrant.decode(try established.keys.controllerToAgent.open(frame))
-                guard grant.sequence == established.nextInbound else {
-                    throw ProtocolViolation.badSequence(.lease, expected: established.nextInbound, received: grant.sequence)
-                }
+                let sequence = established.nextInbound
+                let grant = try LeaseGrant.decode(
+                    try established.keys.controllerToAgent.open(frame, sequence: sequence), sequence: sequence,
+                    lastSent: established.nextOutbound &- 1)
                 established.nextInbound &+= 1
                 state = .established(established)
                 return .lease(grant)
@@ -117,17 +116,21 @@ public struct AgentSessionStateMachine {
 
     public mutating func decodeFailed(_ violation: ProtocolViolation) -> Action { fail(violation) }
 
+    /// The beat for this session, at `sentAtNanoseconds` of the agent's monotonic clock (sent as
+    /// whole milliseconds: every session of a tick gets the same value).
     public mutating func sealHeartbeat(sentAtNanoseconds: UInt64, status: AgentStatus) -> (sequence: UInt32, frame: Frame)? {
-        sealNext(.heartbeat) { sequence, body in
-            Heartbeat(sequence: sequence, sentAtNanoseconds: sentAtNanoseconds, status: status).encode(into: &body)
-            return []
-        }
+        guard case .established(var established) = state else { return nil }
+        let heartbeat = Heartbeat(
+            sequence: established.nextOutbound, sentAtMilliseconds: sentAtNanoseconds / 1_000_000, status: status)
+        let previous = established.lastHeartbeat
+        established.lastHeartbeat = heartbeat
+        state = .established(established)
+        return sealNext(.heartbeat) { _, body in heartbeat.encode(into: &body, after: previous) }
     }
 
     /// Compresses the document when it is large enough and zstd saves at least a tenth.
     public mutating func sealTelemetry(document: [UInt8]) -> Frame? {
-        sealNext(.telemetry) { sequence, body in
-            body.writeInteger(sequence)
+        sealNext(.telemetry) { _, body in
             if document.count >= Self.compressionThreshold {
                 let compressed = Zstd.compress(document)
                 if compressed.count * 10 < document.count * 9 {
@@ -158,7 +161,7 @@ public struct AgentSessionStateMachine {
         state = .established(established)
         var body = ByteBuffer()
         let flags = write(sequence, &body)
-        return (sequence, established.keys.agentToController.seal(type: type, flags: flags, body: body))
+        return (sequence, established.keys.agentToController.seal(sequence: sequence, type: type, flags: flags, body: body))
     }
 
     private var isEstablishedState: Bool {

@@ -41,12 +41,12 @@ public struct AgentSecret: Hashable, Sendable {
 
 /// The handshake's cryptography, in one place so that PROTOCOL.md §4 can be checked against it.
 public enum HandshakeCrypto {
-    static let proofLabel = Array("warmpool/1 proof".utf8)
-    static let sessionLabel = Array("warmpool/1 session".utf8)
-    static let agentToControllerLabel = Array("warmpool/1 agent->controller".utf8)
-    static let controllerToAgentLabel = Array("warmpool/1 controller->agent".utf8)
+    static let proofLabel = Array("warmpool/2 proof".utf8)
+    static let sessionLabel = Array("warmpool/2 session".utf8)
+    static let agentToControllerLabel = Array("warmpool/2 agent->controller".utf8)
+    static let controllerToAgentLabel = Array("warmpool/2 controller->agent".utf8)
 
-    /// HMAC-SHA256(secret, "warmpool/1 proof" || Hello body || server nonce).
+    /// HMAC-SHA256(secret, "warmpool/2 proof" || Hello body || server nonce).
     public static func proof(secret: AgentSecret, helloBody: [UInt8], serverNonce: [UInt8]) -> [UInt8] {
         var hmac = HMAC<SHA256>(key: SymmetricKey(data: secret.bytes))
         hmac.update(data: proofLabel)
@@ -81,12 +81,16 @@ public struct SessionKeys: Sendable {
     public let controllerToAgent: FrameAuthenticator
 }
 
-/// Appends and checks the 16-byte MAC of authenticated frames:
-/// the first 16 bytes of HMAC-SHA256(direction key, 7 header bytes || body).
-/// `@unchecked` because this version of Crypto does not mark `SymmetricKey` Sendable; the key is
-/// immutable once made.
+/// Appends and checks the 8-byte MAC of authenticated frames: the first 8 bytes of
+/// HMAC-SHA256(direction key, u32 sequence || frame header || body).
+///
+/// The sequence number is the frame's place in its direction of the session. It is never sent: both
+/// ends count, so a replayed, reordered or dropped frame fails the MAC and closes the session. Eight
+/// bytes are enough because a wrong MAC ends the session: a forger gets one 2⁻⁶⁴ guess per
+/// handshake (NIST SP 800-107 §5.3.3), and a beat carrying 16 would spend more on its MAC than on
+/// everything else together.
 public struct FrameAuthenticator: Sendable {
-    public static let macSize = 16
+    public static let macSize = 8
     /// HMAC-SHA256 (RFC 2104) with the padded key blocks absorbed once per session: setting the
     /// key up per frame cost as much as the MAC itself, on every frame of every agent. Each frame
     /// hashes on copies. Written against SHA256 directly because `HMAC.update(data:)` goes
@@ -109,22 +113,25 @@ public struct FrameAuthenticator: Sendable {
         self.outer = outer
     }
 
-    public func seal(type: MessageType, flags: FrameFlags = [], body: ByteBuffer) -> Frame {
+    /// The frame carrying `body` as the `sequence`-th frame of its direction.
+    public func seal(sequence: UInt32, type: MessageType, flags: FrameFlags = [], body: ByteBuffer) -> Frame {
         let code = authenticationCode(
-            type: type, flags: flags, payloadSize: body.readableBytes + Self.macSize, body: body)
+            sequence: sequence, type: type, flags: flags, payloadSize: body.readableBytes + Self.macSize, body: body)
         var payload = body
         _ = code.withUnsafeBytes { payload.writeBytes(UnsafeRawBufferPointer(rebasing: $0.prefix(Self.macSize))) }
         return Frame(type: type, flags: flags, payload: payload)
     }
 
-    /// The body of an authenticated frame, MAC removed, or `badMAC`. Allocation-free: it runs
-    /// for every heartbeat the controller receives.
-    public func open(_ frame: Frame) throws(ProtocolViolation) -> ByteBuffer {
+    /// The body of an authenticated frame, MAC removed, or `badMAC` if it is not the
+    /// `sequence`-th frame of its direction. Allocation-free: it runs for every heartbeat the
+    /// controller receives.
+    public func open(_ frame: Frame, sequence: UInt32) throws(ProtocolViolation) -> ByteBuffer {
         let bodySize = frame.payload.readableBytes - Self.macSize
         guard bodySize >= 0 else { throw .badMAC(frame.type) }
         let body = frame.payload.getSlice(at: frame.payload.readerIndex, length: bodySize)!
         let code = authenticationCode(
-            type: frame.type, flags: frame.flags, payloadSize: frame.payload.readableBytes, body: body)
+            sequence: sequence, type: frame.type, flags: frame.flags, payloadSize: frame.payload.readableBytes,
+            body: body)
         let matches = code.withUnsafeBytes { expected in
             frame.payload.withUnsafeReadableBytes { payload in
                 var difference: UInt8 = 0
@@ -136,18 +143,15 @@ public struct FrameAuthenticator: Sendable {
         return body
     }
 
-    /// HMAC-SHA256(direction key, the 7 header bytes || body), the header built on the stack.
+    /// HMAC-SHA256(direction key, sequence || header || body), sequence and header on the stack.
     private func authenticationCode(
-        type: MessageType, flags: FrameFlags, payloadSize: Int, body: ByteBuffer
+        sequence: UInt32, type: MessageType, flags: FrameFlags, payloadSize: Int, body: ByteBuffer
     ) -> SHA256.Digest {
-        let length = UInt32(Frame.headerRemainderSize + payloadSize)
-        var header: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (
-            UInt8(truncatingIfNeeded: length >> 24), UInt8(truncatingIfNeeded: length >> 16),
-            UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length),
-            warmpoolProtocolVersion, type.rawValue, flags.rawValue
-        )
+        var header = Frame.header(type: type, flags: flags, payloadSize: payloadSize)
+        var sequenceBytes = sequence.bigEndian
         var innerHasher = inner
-        withUnsafeBytes(of: &header) { innerHasher.update(bufferPointer: $0) }
+        withUnsafeBytes(of: &sequenceBytes) { innerHasher.update(bufferPointer: $0) }
+        withUnsafeBytes(of: &header.bytes) { innerHasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0.prefix(header.count))) }
         body.withUnsafeReadableBytes { innerHasher.update(bufferPointer: $0) }
         var outerHasher = outer
         innerHasher.finalize().withUnsafeBytes { outerHasher.update(bufferPointer: $0) }

@@ -59,6 +59,9 @@ public struct ControllerSessionStateMachine {
         var keys: SessionKeys
         var nextInbound: UInt32
         var nextOutbound: UInt32
+        /// The session's previous beat: the next one's time and, unless it carries one, status
+        /// are relative to it.
+        var lastHeartbeat: Heartbeat?
     }
 
     public enum Action {
@@ -70,7 +73,27 @@ public struct ControllerSessionStateMachine {
         case telemetry(Telemetry)
         case goodbye(Goodbye)
         /// Send `reject` if present, then close. `reason` is what to log.
-        case close(reason: ProtocolViolation, reject: Frame?)
+        case close(reason: ProtocolViolation, reject: RejectBytes?)
+    }
+
+    /// A Reject as it goes out: a frame of this version, or the bytes of a version-1 frame for a
+    /// peer that spoke version 1.
+    public enum RejectBytes: Hashable, Sendable {
+        case frame(Frame)
+        case versionOne(ByteBuffer)
+
+        /// The frame, unless this is the version-1 Reject.
+        public var frame: Frame? {
+            if case .frame(let frame) = self { return frame }
+            return nil
+        }
+
+        public func write(into buffer: inout ByteBuffer) {
+            switch self {
+            case .frame(let frame): frame.write(into: &buffer)
+            case .versionOne(let bytes): buffer.writeImmutableBuffer(bytes)
+            }
+        }
     }
 
     private static let decoySecret = AgentSecret.random()
@@ -123,7 +146,7 @@ public struct ControllerSessionStateMachine {
             let keys = HandshakeCrypto.sessionKeys(
                 secret: secret, clientNonce: hello.clientNonce, serverNonce: serverNonce)
             let welcome = Welcome(
-                sequence: 1, heartbeatIntervalMilliseconds: terms.heartbeatIntervalMilliseconds,
+                heartbeatIntervalMilliseconds: terms.heartbeatIntervalMilliseconds,
                 silenceTimeoutMilliseconds: terms.silenceTimeoutMilliseconds,
                 leaseMilliseconds: terms.leaseMilliseconds,
                 telemetryIntervalMilliseconds: terms.telemetryIntervalMilliseconds, epoch: epoch)
@@ -134,7 +157,7 @@ public struct ControllerSessionStateMachine {
             session = Established(identity: identity, keys: keys, nextInbound: 1, nextOutbound: 2)
             return .established(
                 identity, fencedAtEpoch: hello.fencedAtEpoch,
-                welcome: keys.controllerToAgent.seal(type: .welcome, body: body))
+                welcome: keys.controllerToAgent.seal(sequence: 1, type: .welcome, body: body))
 
         case .established:
             do {
@@ -152,24 +175,19 @@ public struct ControllerSessionStateMachine {
         guard frame.type == .heartbeat || frame.type == .telemetry || frame.type == .goodbye else {
             throw .unexpectedMessage(frame.type, state: "established")
         }
-        let body = try session!.keys.agentToController.open(frame)
-        guard let sequence = body.getInteger(at: body.readerIndex, as: UInt32.self) else {
-            throw .malformedBody(type: frame.type, detail: "body ends before the sequence number")
-        }
-        let expected = session!.nextInbound
-        guard sequence == expected else {
-            throw .badSequence(frame.type, expected: expected, received: sequence)
-        }
+        let sequence = session!.nextInbound
+        let body = try session!.keys.agentToController.open(frame, sequence: sequence)
         let action: Action
         switch frame.type {
         case .heartbeat:
-            action = .heartbeat(try Heartbeat.decode(body))
+            let heartbeat = try Heartbeat.decode(
+                body, flags: frame.flags, sequence: sequence, after: session!.lastHeartbeat)
+            session!.lastHeartbeat = heartbeat
+            action = .heartbeat(heartbeat)
         case .goodbye:
-            action = .goodbye(try Goodbye.decode(body))
+            action = .goodbye(try Goodbye.decode(body, sequence: sequence))
         default:
-            var rest = body
-            rest.moveReaderIndex(forwardBy: 4)
-            let bytes = Array(buffer: rest)
+            let bytes = Array(buffer: body)
             let document = frame.flags.contains(.compressed) ? try Zstd.decompress(bytes) : bytes
             action = .telemetry(Telemetry(sequence: sequence, document: document))
         }
@@ -179,8 +197,7 @@ public struct ControllerSessionStateMachine {
 
     /// The parser refused the byte stream (oversized length, unknown version, ...).
     public mutating func decodeFailed(_ violation: ProtocolViolation) -> Action {
-        if case .unsupportedVersion = violation { return fail(violation, code: .unsupportedVersion) }
-        return fail(violation)
+        fail(violation)
     }
 
     /// The handshake timer, scheduled by the handler when the connection opened, fired.
@@ -196,13 +213,14 @@ public struct ControllerSessionStateMachine {
     /// A MACed lease grant for heartbeat `acknowledgedSequence`, or nil when not established.
     public mutating func sealLease(acknowledgedSequence: UInt32, leaseMilliseconds: UInt32, epoch: UInt64) -> Frame? {
         guard session != nil else { return nil }
+        let sequence = session!.nextOutbound
         let grant = LeaseGrant(
-            sequence: session!.nextOutbound, acknowledgedSequence: acknowledgedSequence,
-            leaseMilliseconds: leaseMilliseconds, epoch: epoch)
+            sequence: sequence, acknowledgedSequence: acknowledgedSequence, leaseMilliseconds: leaseMilliseconds,
+            epoch: epoch)
         session!.nextOutbound &+= 1
         var body = ByteBuffer()
         grant.encode(into: &body)
-        return session!.keys.controllerToAgent.seal(type: .lease, body: body)
+        return session!.keys.controllerToAgent.seal(sequence: sequence, type: .lease, body: body)
     }
 
     public mutating func closed() {
@@ -218,9 +236,23 @@ public struct ControllerSessionStateMachine {
         state = .closed
         session = nil
         if wasEstablished { return .close(reason: violation, reject: nil) }
+        switch violation {
+        case .versionOneFrame:
+            // Told in its own framing, so that an agent from before version 2 logs why.
+            return .close(
+                reason: violation,
+                reject: .versionOne(Reject(code: .unsupportedVersion, reason: violation.description).versionOneFrame()))
+        case .unsupportedVersion:
+            return .close(reason: violation, reject: .frame(rejectFrame(code: .unsupportedVersion, violation)))
+        default:
+            return .close(reason: violation, reject: .frame(rejectFrame(code: code, violation)))
+        }
+    }
+
+    private func rejectFrame(code: Reject.Code, _ violation: ProtocolViolation) -> Frame {
         let text = code == .authenticationFailed ? "authentication failed" : violation.description
         var body = ByteBuffer()
         Reject(code: code, reason: text).encode(into: &body)
-        return .close(reason: violation, reject: Frame(type: .reject, payload: body))
+        return Frame(type: .reject, payload: body)
     }
 }

@@ -1,13 +1,15 @@
 import NIOCore
 
-/// Protocol version 1. Every frame carries it; PROTOCOL.md §2 says what a peer does with another.
-public let warmpoolProtocolVersion: UInt8 = 1
+/// Protocol version 2. Hello and Challenge carry it; PROTOCOL.md §9 says what a peer does with another.
+public let warmpoolProtocolVersion: UInt8 = 2
 
 /// One frame as it crosses the wire:
 ///
-///     u32 length | u8 version | u8 type | u8 flags | body ... | [16-byte MAC]
+///     varint length | u8 type+flags | body ... | [8-byte MAC]
 ///
-/// `length` counts every byte after itself (header remainder, body and MAC). The MAC, where the
+/// `length` (LEB128, 1–3 bytes, minimal) counts every byte after itself: the type byte, body and
+/// MAC. A steady-state heartbeat is 11 bytes, so the header is kept to two: a beat's cost on the
+/// wire is mostly its header, and ten of them a second from every agent add up. The MAC, where the
 /// message type carries one, stays inside `payload`: only the session layer, which holds the keys,
 /// can split and check it.
 public struct Frame: Hashable, Sendable {
@@ -22,37 +24,42 @@ public struct Frame: Hashable, Sendable {
         self.payload = payload
     }
 
-    /// Bytes between the length field and the payload: version, type, flags.
-    public static let headerRemainderSize = 3
-    /// Bytes of the whole header, length field included.
-    public static let headerSize = 4 + headerRemainderSize
     /// The largest value the length field may hold. Checked before any body byte is buffered.
     public static let maximumLength = 65_536
+    /// 65,536 needs 17 bits: three 7-bit groups.
+    public static let maximumLengthFieldSize = 3
+    /// The most bytes a header takes: the length field and the type byte.
+    public static let maximumHeaderSize = maximumLengthFieldSize + 1
 
-    /// The seven header bytes for a payload of `payloadSize` bytes. MACs are computed over these
-    /// bytes and the body, so a peer cannot change the type, flags or length without detection.
-    public func headerBytes() -> [UInt8] {
-        Frame.headerBytes(type: type, flags: flags, payloadSize: payload.readableBytes)
-    }
-
-    public static func headerBytes(type: MessageType, flags: FrameFlags, payloadSize: Int) -> [UInt8] {
-        let length = UInt32(headerRemainderSize + payloadSize)
-        return [
-            UInt8(truncatingIfNeeded: length >> 24), UInt8(truncatingIfNeeded: length >> 16),
-            UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length),
-            warmpoolProtocolVersion, type.rawValue, flags.rawValue,
-        ]
-    }
-
-    /// Appends the encoded frame to `buffer` (the header written in place: no array per frame).
+    /// Appends the encoded frame to `buffer`.
     public func write(into buffer: inout ByteBuffer) {
-        buffer.writeMultipleIntegers(
-            UInt32(Frame.headerRemainderSize + payload.readableBytes), warmpoolProtocolVersion, type.rawValue,
-            flags.rawValue)
+        buffer.writeVarint(UInt64(1 + payload.readableBytes))
+        buffer.writeInteger(type.rawValue | flags.rawValue)
         buffer.writeImmutableBuffer(payload)
+    }
+
+    /// The header of a frame with `payloadSize` bytes after its type byte, on the stack: MACs
+    /// cover it, so a peer cannot change the type, flags or length without detection.
+    static func header(
+        type: MessageType, flags: FrameFlags, payloadSize: Int
+    ) -> (bytes: (UInt8, UInt8, UInt8, UInt8), count: Int) {
+        var length = UInt32(1 + payloadSize)
+        var bytes: (UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0)
+        var count = 0
+        withUnsafeMutableBytes(of: &bytes) { out in
+            repeat {
+                let low = UInt8(truncatingIfNeeded: length & 0x7F)
+                length >>= 7
+                out[count] = length == 0 ? low : low | 0x80
+                count += 1
+            } while length != 0
+            out[count] = type.rawValue | flags.rawValue
+        }
+        return (bytes, count + 1)
     }
 }
 
+/// The low six bits of a frame's type byte; the top two are its flags.
 public enum MessageType: UInt8, Sendable, CaseIterable {
     case hello = 0x01
     case challenge = 0x02
@@ -64,6 +71,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable {
     case telemetry = 0x12
     case goodbye = 0x13
 
+    public static let mask: UInt8 = 0x3F
+
     /// Types whose payload ends in a MAC under the session's direction key.
     public var isAuthenticated: Bool {
         switch self {
@@ -74,14 +83,38 @@ public enum MessageType: UInt8, Sendable, CaseIterable {
 
     /// The flags each type may carry; any other bit set is a protocol violation.
     public var allowedFlags: FrameFlags {
-        self == .telemetry ? .compressed : []
+        switch self {
+        case .telemetry: .compressed
+        case .heartbeat: .status
+        default: []
+        }
     }
 }
 
+/// The top two bits of the type byte.
 public struct FrameFlags: OptionSet, Hashable, Sendable {
     public let rawValue: UInt8
     public init(rawValue: UInt8) { self.rawValue = rawValue }
 
-    /// The body after the sequence number is one zstd frame (telemetry only).
-    public static let compressed = FrameFlags(rawValue: 0x01)
+    public static let mask: UInt8 = 0xC0
+
+    /// The document is one zstd frame (telemetry only).
+    public static let compressed = FrameFlags(rawValue: 0x80)
+    /// The heartbeat carries the status summary; without it the summary is the session's previous
+    /// one (heartbeat only).
+    public static let status = FrameFlags(rawValue: 0x40)
+}
+
+extension ByteBuffer {
+    /// Unsigned LEB128: seven bits a byte, least significant group first, the high bit set on
+    /// every byte but the last.
+    @inlinable
+    public mutating func writeVarint(_ value: UInt64) {
+        var rest = value
+        while rest >= 0x80 {
+            writeInteger(UInt8(truncatingIfNeeded: rest) | 0x80)
+            rest >>= 7
+        }
+        writeInteger(UInt8(truncatingIfNeeded: rest))
+    }
 }

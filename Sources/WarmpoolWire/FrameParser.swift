@@ -3,8 +3,8 @@ import NIOCore
 /// Splits a byte stream into frames. Pure: feed it bytes, take frames out.
 ///
 /// The header is validated as soon as its bytes arrive, before the body is waited for: a claimed
-/// length over the maximum, an unknown version, type or flag fails at once, so a hostile peer can
-/// never make us hold more than one maximum-size frame in memory.
+/// length over the maximum, an unknown type or flag fails at once, so a hostile peer can never
+/// make us hold more than one maximum-size frame in memory.
 public struct FrameParser: Sendable {
     public let maximumLength: Int
 
@@ -16,30 +16,35 @@ public struct FrameParser: Sendable {
     /// more bytes are needed.
     public func parse(_ buffer: inout ByteBuffer) throws(ProtocolViolation) -> Frame? {
         let start = buffer.readerIndex
-        guard let length = buffer.getInteger(at: start, as: UInt32.self) else { return nil }
-        guard length <= maximumLength else {
-            throw .frameTooLarge(claimed: Int(length), maximum: maximumLength)
+        var length = 0
+        var fieldSize = 0
+        while true {
+            guard let byte = buffer.getInteger(at: start + fieldSize, as: UInt8.self) else { return nil }
+            length |= Int(byte & 0x7F) << (7 * fieldSize)
+            fieldSize += 1
+            if byte & 0x80 == 0 {
+                // A length field is 1-3 bytes and minimal, so every frame has exactly one encoding:
+                // a trailing zero group would be a second one.
+                if fieldSize > 1, byte == 0 { throw .nonMinimalLength }
+                break
+            }
+            guard fieldSize < Frame.maximumLengthFieldSize else { throw .lengthFieldTooLong }
         }
-        guard length >= Frame.headerRemainderSize else { throw .frameTooShort(claimed: Int(length)) }
+        guard length <= maximumLength else { throw .frameTooLarge(claimed: length, maximum: maximumLength) }
+        // Version 1's u32 length field always starts with a zero byte; no version-2 frame does.
+        guard length > 0 else { throw fieldSize == 1 ? .versionOneFrame : .frameTooShort(claimed: 0) }
 
-        if let version = buffer.getInteger(at: start + 4, as: UInt8.self), version != warmpoolProtocolVersion {
-            throw .unsupportedVersion(version)
+        guard let typeByte = buffer.getInteger(at: start + fieldSize, as: UInt8.self) else { return nil }
+        guard let type = MessageType(rawValue: typeByte & MessageType.mask) else {
+            throw .unknownMessageType(typeByte & MessageType.mask)
         }
-        var type: MessageType?
-        if let rawType = buffer.getInteger(at: start + 5, as: UInt8.self) {
-            guard let known = MessageType(rawValue: rawType) else { throw .unknownMessageType(rawType) }
-            type = known
-        }
-        if let rawFlags = buffer.getInteger(at: start + 6, as: UInt8.self), let type {
-            let flags = FrameFlags(rawValue: rawFlags)
-            guard type.allowedFlags.isSuperset(of: flags) else { throw .unknownFlags(type: type, flags: rawFlags) }
-        }
+        let flags = FrameFlags(rawValue: typeByte & FrameFlags.mask)
+        guard type.allowedFlags.isSuperset(of: flags) else { throw .unknownFlags(type: type, flags: flags.rawValue) }
 
-        let total = 4 + Int(length)
-        guard buffer.readableBytes >= total, let type else { return nil }
-        let flags = FrameFlags(rawValue: buffer.getInteger(at: start + 6, as: UInt8.self)!)
-        buffer.moveReaderIndex(forwardBy: Frame.headerSize)
-        let payload = buffer.readSlice(length: total - Frame.headerSize)!
+        let total = fieldSize + length
+        guard buffer.readableBytes >= total else { return nil }
+        buffer.moveReaderIndex(forwardBy: fieldSize + 1)
+        let payload = buffer.readSlice(length: length - 1)!
         return Frame(type: type, flags: flags, payload: payload)
     }
 }

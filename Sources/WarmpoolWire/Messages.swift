@@ -39,6 +39,7 @@ public struct Hello: Hashable, Sendable {
     }
 
     public func encode(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(warmpoolProtocolVersion)
         buffer.writeBytes(clientNonce)
         buffer.writeInteger(role.rawValue)
         buffer.writeInteger(instanceID)
@@ -52,6 +53,7 @@ public struct Hello: Hashable, Sendable {
 
     public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Hello {
         var reader = BodyReader(body, type: .hello)
+        try reader.version()
         let nonce = try reader.bytes(nonceSize)
         let rawRole = try reader.integer(UInt8.self)
         guard let role = AgentRole(rawValue: rawRole) else { throw reader.malformed("unknown role \(rawRole)") }
@@ -81,10 +83,14 @@ public struct Challenge: Hashable, Sendable {
     public var serverNonce: [UInt8]
     public init(serverNonce: [UInt8]) { self.serverNonce = serverNonce }
 
-    public func encode(into buffer: inout ByteBuffer) { buffer.writeBytes(serverNonce) }
+    public func encode(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(warmpoolProtocolVersion)
+        buffer.writeBytes(serverNonce)
+    }
 
     public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Challenge {
         var reader = BodyReader(body, type: .challenge)
+        try reader.version()
         let nonce = try reader.bytes(Hello.nonceSize)
         try reader.finish()
         return Challenge(serverNonce: nonce)
@@ -107,9 +113,8 @@ public struct Proof: Hashable, Sendable {
     }
 }
 
-/// Controller -> agent, authenticated, sequence 1 of the controller's direction: the session's terms.
+/// Controller -> agent, authenticated, frame 1 of the controller's direction: the session's terms.
 public struct Welcome: Hashable, Sendable {
-    public var sequence: UInt32
     public var heartbeatIntervalMilliseconds: UInt32
     public var silenceTimeoutMilliseconds: UInt32
     public var leaseMilliseconds: UInt32
@@ -117,10 +122,9 @@ public struct Welcome: Hashable, Sendable {
     public var epoch: UInt64
 
     public init(
-        sequence: UInt32 = 1, heartbeatIntervalMilliseconds: UInt32, silenceTimeoutMilliseconds: UInt32,
-        leaseMilliseconds: UInt32, telemetryIntervalMilliseconds: UInt32, epoch: UInt64
+        heartbeatIntervalMilliseconds: UInt32, silenceTimeoutMilliseconds: UInt32, leaseMilliseconds: UInt32,
+        telemetryIntervalMilliseconds: UInt32, epoch: UInt64
     ) {
-        self.sequence = sequence
         self.heartbeatIntervalMilliseconds = heartbeatIntervalMilliseconds
         self.silenceTimeoutMilliseconds = silenceTimeoutMilliseconds
         self.leaseMilliseconds = leaseMilliseconds
@@ -129,23 +133,21 @@ public struct Welcome: Hashable, Sendable {
     }
 
     public func encode(into buffer: inout ByteBuffer) {
-        buffer.writeInteger(sequence)
-        buffer.writeInteger(heartbeatIntervalMilliseconds)
-        buffer.writeInteger(silenceTimeoutMilliseconds)
-        buffer.writeInteger(leaseMilliseconds)
-        buffer.writeInteger(telemetryIntervalMilliseconds)
-        buffer.writeInteger(epoch)
+        buffer.writeVarint(UInt64(heartbeatIntervalMilliseconds))
+        buffer.writeVarint(UInt64(silenceTimeoutMilliseconds))
+        buffer.writeVarint(UInt64(leaseMilliseconds))
+        buffer.writeVarint(UInt64(telemetryIntervalMilliseconds))
+        buffer.writeVarint(epoch)
     }
 
     public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Welcome {
         var reader = BodyReader(body, type: .welcome)
         let welcome = Welcome(
-            sequence: try reader.integer(UInt32.self),
-            heartbeatIntervalMilliseconds: try reader.integer(UInt32.self),
-            silenceTimeoutMilliseconds: try reader.integer(UInt32.self),
-            leaseMilliseconds: try reader.integer(UInt32.self),
-            telemetryIntervalMilliseconds: try reader.integer(UInt32.self),
-            epoch: try reader.integer(UInt64.self))
+            heartbeatIntervalMilliseconds: try reader.varint(UInt32.self),
+            silenceTimeoutMilliseconds: try reader.varint(UInt32.self),
+            leaseMilliseconds: try reader.varint(UInt32.self),
+            telemetryIntervalMilliseconds: try reader.varint(UInt32.self),
+            epoch: try reader.varint(UInt64.self))
         guard welcome.heartbeatIntervalMilliseconds > 0, welcome.leaseMilliseconds > 0 else {
             throw reader.malformed("heartbeat interval and lease must be positive")
         }
@@ -188,6 +190,17 @@ public struct Reject: Hashable, Sendable {
         buffer.writeBytes(bytes)
     }
 
+    /// This Reject framed as version 1 framed it (u32 length, version 1, type, flags, body), the
+    /// one frame a version-2 controller still writes in the old framing (§9).
+    public func versionOneFrame() -> ByteBuffer {
+        var body = ByteBuffer()
+        encode(into: &body)
+        var frame = ByteBuffer()
+        frame.writeMultipleIntegers(UInt32(3 + body.readableBytes), UInt8(1), MessageType.reject.rawValue, UInt8(0))
+        frame.writeBuffer(&body)
+        return frame
+    }
+
     public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Reject {
         var reader = BodyReader(body, type: .reject)
         let rawCode = try reader.integer(UInt16.self)
@@ -200,44 +213,59 @@ public struct Reject: Hashable, Sendable {
     }
 }
 
-/// Agent -> controller, authenticated. 23 body bytes; 46 on the wire with header and MAC.
+/// Agent -> controller, authenticated. In the steady state 11 bytes on the wire: header, the time
+/// since the session's previous beat, MAC. The status summary rides along (flag `status`) only when
+/// it differs from the one the session last carried, and always on a session's first beat.
 public struct Heartbeat: Hashable, Sendable {
-    public static let bodySize = 23
-
+    /// The frame's place in the agent's direction of its session (never on the wire: §5).
     public var sequence: UInt32
-    /// The agent's monotonic clock when it sent this beat, in nanoseconds.
-    public var sentAtNanoseconds: UInt64
+    /// The agent's monotonic clock when it sent this beat, in milliseconds. The same beat carries
+    /// the same value on every session, which is how the controller tells a late copy (§6).
+    public var sentAtMilliseconds: UInt64
     public var status: AgentStatus
 
-    public init(sequence: UInt32, sentAtNanoseconds: UInt64, status: AgentStatus) {
+    public init(sequence: UInt32, sentAtMilliseconds: UInt64, status: AgentStatus) {
         self.sequence = sequence
-        self.sentAtNanoseconds = sentAtNanoseconds
+        self.sentAtMilliseconds = sentAtMilliseconds
         self.status = status
     }
 
-    public func encode(into buffer: inout ByteBuffer) {
-        buffer.writeInteger(sequence)
-        buffer.writeInteger(sentAtNanoseconds)
-        buffer.writeInteger(status.flags.rawValue)
-        buffer.writeInteger(status.gpuCount)
-        buffer.writeInteger(status.gpuHealthyCount)
-        buffer.writeInteger(status.gpuMaxTemperatureCelsius)
-        buffer.writeInteger(status.gpuMaxUtilizationPercent)
-        buffer.writeInteger(status.volumeFreeMebibytes)
+    /// Writes the body after `previous`, the beat sent before on the same session (nil for its
+    /// first), and returns the frame's flags.
+    public func encode(into buffer: inout ByteBuffer, after previous: Heartbeat?) -> FrameFlags {
+        let previousSentAt = previous?.sentAtMilliseconds ?? 0
+        precondition(sentAtMilliseconds >= previousSentAt, "a monotonic clock went back")
+        buffer.writeVarint(sentAtMilliseconds - previousSentAt)
+        guard status != previous?.status else { return [] }
+        buffer.writeVarint(UInt64(status.flags.rawValue))
+        buffer.writeMultipleIntegers(
+            status.gpuCount, status.gpuHealthyCount, status.gpuMaxTemperatureCelsius, status.gpuMaxUtilizationPercent)
+        buffer.writeVarint(UInt64(status.volumeFreeMebibytes))
         buffer.writeInteger(status.workload.rawValue)
+        return .status
     }
 
-    public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Heartbeat {
+    /// Reads the body of the `sequence`-th frame, after `previous` on the same session.
+    public static func decode(
+        _ body: ByteBuffer, flags: FrameFlags, sequence: UInt32, after previous: Heartbeat?
+    ) throws(ProtocolViolation) -> Heartbeat {
         var reader = BodyReader(body, type: .heartbeat)
-        let sequence = try reader.integer(UInt32.self)
-        let sentAt = try reader.integer(UInt64.self)
+        let elapsed = try reader.varint(UInt64.self)
+        let (sentAt, overflow) = (previous?.sentAtMilliseconds ?? 0).addingReportingOverflow(elapsed)
+        guard !overflow else { throw reader.malformed("sent-at time overflows 64 bits") }
+        guard flags.contains(.status) else {
+            guard let previous else { throw reader.malformed("a session's first heartbeat must carry the status") }
+            try reader.finish()
+            return Heartbeat(sequence: sequence, sentAtMilliseconds: sentAt, status: previous.status)
+        }
         // Reserved status bits are ignored on receipt so that later agents can add bits.
-        let flags = AgentStatus.Flags(rawValue: try reader.integer(UInt16.self)).intersection(.all)
+        let rawFlags = try reader.varint(UInt64.self)
+        let flags = AgentStatus.Flags(rawValue: UInt16(truncatingIfNeeded: rawFlags)).intersection(.all)
         let gpuCount = try reader.integer(UInt8.self)
         let gpuHealthy = try reader.integer(UInt8.self)
         let temperature = try reader.integer(UInt8.self)
         let utilization = try reader.integer(UInt8.self)
-        let freeMiB = try reader.integer(UInt32.self)
+        let freeMiB = try reader.varint(UInt32.self)
         let rawWorkload = try reader.integer(UInt8.self)
         try reader.finish()
         guard gpuHealthy <= gpuCount else { throw reader.malformed("\(gpuHealthy) healthy GPUs of \(gpuCount)") }
@@ -245,7 +273,7 @@ public struct Heartbeat: Hashable, Sendable {
             throw reader.malformed("GPU utilisation \(utilization)% is over 100")
         }
         return Heartbeat(
-            sequence: sequence, sentAtNanoseconds: sentAt,
+            sequence: sequence, sentAtMilliseconds: sentAt,
             status: AgentStatus(
                 flags: flags, gpuCount: gpuCount, gpuHealthyCount: gpuHealthy, gpuMaxTemperatureCelsius: temperature,
                 gpuMaxUtilizationPercent: utilization, volumeFreeMebibytes: freeMiB,
@@ -310,7 +338,10 @@ public enum WorkloadState: UInt8, Sendable, Hashable, CaseIterable {
 /// Controller -> agent, authenticated: the agent may act as its role until
 /// (its own send time of heartbeat `acknowledgedSequence`) + `leaseMilliseconds`.
 public struct LeaseGrant: Hashable, Sendable {
+    /// The frame's place in the controller's direction of its session (never on the wire: §5).
     public var sequence: UInt32
+    /// The heartbeat this grant answers. Only its low 16 bits cross the wire; the agent takes the
+    /// latest frame it sent with those bits, since the controller answers beats as they arrive.
     public var acknowledgedSequence: UInt32
     public var leaseMilliseconds: UInt32
     public var epoch: UInt64
@@ -323,26 +354,33 @@ public struct LeaseGrant: Hashable, Sendable {
     }
 
     public func encode(into buffer: inout ByteBuffer) {
-        buffer.writeInteger(sequence)
-        buffer.writeInteger(acknowledgedSequence)
-        buffer.writeInteger(leaseMilliseconds)
-        buffer.writeInteger(epoch)
+        buffer.writeInteger(UInt16(truncatingIfNeeded: acknowledgedSequence))
+        buffer.writeVarint(UInt64(leaseMilliseconds))
+        buffer.writeVarint(epoch)
     }
 
-    public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> LeaseGrant {
+    /// Reads the body of the `sequence`-th frame; `lastSent` is the agent's latest outbound
+    /// sequence on the session, against which the acknowledged one is widened back to 32 bits.
+    public static func decode(
+        _ body: ByteBuffer, sequence: UInt32, lastSent: UInt32
+    ) throws(ProtocolViolation) -> LeaseGrant {
         var reader = BodyReader(body, type: .lease)
-        let grant = LeaseGrant(
-            sequence: try reader.integer(UInt32.self), acknowledgedSequence: try reader.integer(UInt32.self),
-            leaseMilliseconds: try reader.integer(UInt32.self), epoch: try reader.integer(UInt64.self))
-        guard grant.leaseMilliseconds > 0 else { throw reader.malformed("lease must be positive") }
+        let acknowledgedLow = try reader.integer(UInt16.self)
+        let lease = try reader.varint(UInt32.self)
+        let epoch = try reader.varint(UInt64.self)
+        guard lease > 0 else { throw reader.malformed("lease must be positive") }
         try reader.finish()
-        return grant
+        let behind = UInt16(truncatingIfNeeded: lastSent) &- acknowledgedLow
+        return LeaseGrant(
+            sequence: sequence, acknowledgedSequence: lastSent &- UInt32(behind), leaseMilliseconds: lease,
+            epoch: epoch)
     }
 }
 
 /// Agent -> controller, authenticated: the full inventory as JSON, zstd-compressed when that pays
 /// (the frame's `compressed` flag says which).
 public struct Telemetry: Hashable, Sendable {
+    /// The frame's place in the agent's direction of its session (never on the wire: §5).
     public var sequence: UInt32
     /// The JSON document, always uncompressed here: compression is a property of the frame.
     public var document: [UInt8]
@@ -369,13 +407,11 @@ public struct Goodbye: Hashable, Sendable {
     }
 
     public func encode(into buffer: inout ByteBuffer) {
-        buffer.writeInteger(sequence)
         buffer.writeInteger(reason.rawValue)
     }
 
-    public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Goodbye {
+    public static func decode(_ body: ByteBuffer, sequence: UInt32) throws(ProtocolViolation) -> Goodbye {
         var reader = BodyReader(body, type: .goodbye)
-        let sequence = try reader.integer(UInt32.self)
         let rawReason = try reader.integer(UInt8.self)
         guard let reason = Reason(rawValue: rawReason) else { throw reader.malformed("unknown reason \(rawReason)") }
         try reader.finish()
@@ -435,6 +471,32 @@ struct BodyReader {
             throw malformed("body ends before a \(MemoryLayout<T>.size)-byte field")
         }
         return value
+    }
+
+    /// An unsigned LEB128 value that must fit `T` and be minimally encoded (one encoding per
+    /// value, so a MACed body has exactly one form).
+    mutating func varint<T: FixedWidthInteger & UnsignedInteger>(_: T.Type) throws(ProtocolViolation) -> T {
+        var value: UInt64 = 0
+        var shift: UInt64 = 0
+        while true {
+            guard let byte = buffer.readInteger(as: UInt8.self) else { throw malformed("body ends inside a varint") }
+            let group = UInt64(byte & 0x7F)
+            guard shift < 64, (group << shift) >> shift == group else { throw malformed("varint overflows 64 bits") }
+            value |= group << shift
+            if byte & 0x80 == 0 {
+                guard shift == 0 || byte != 0 else { throw malformed("varint is not minimally encoded") }
+                break
+            }
+            shift += 7
+        }
+        guard let fitting = T(exactly: value) else { throw malformed("varint \(value) exceeds \(T.max)") }
+        return fitting
+    }
+
+    /// The protocol version that opens Hello and Challenge.
+    mutating func version() throws(ProtocolViolation) {
+        let version = try integer(UInt8.self)
+        guard version == warmpoolProtocolVersion else { throw .unsupportedVersion(version) }
     }
 
     mutating func bytes(_ count: Int) throws(ProtocolViolation) -> [UInt8] {

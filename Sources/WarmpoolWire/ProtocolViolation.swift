@@ -3,13 +3,15 @@
 public enum ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertible {
     case frameTooLarge(claimed: Int, maximum: Int)
     case frameTooShort(claimed: Int)
+    case lengthFieldTooLong
+    case nonMinimalLength
+    case versionOneFrame
     case unsupportedVersion(UInt8)
     case unknownMessageType(UInt8)
     case unknownFlags(type: MessageType, flags: UInt8)
     case malformedBody(type: MessageType, detail: String)
     case unexpectedMessage(MessageType, state: String)
     case badMAC(MessageType)
-    case badSequence(MessageType, expected: UInt32, received: UInt32)
     case unknownAgent(String)
     case badProof(agentID: String)
     case handshakeTimeout(milliseconds: Int64)
@@ -20,7 +22,13 @@ public enum ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertibl
         case .frameTooLarge(let claimed, let maximum):
             "frame length \(claimed) exceeds the maximum of \(maximum) bytes"
         case .frameTooShort(let claimed):
-            "frame length \(claimed) is shorter than the 3-byte header remainder"
+            "frame length \(claimed) is shorter than the 1-byte type"
+        case .lengthFieldTooLong:
+            "frame length field runs past \(Frame.maximumLengthFieldSize) bytes (more than the \(Frame.maximumLength)-byte maximum)"
+        case .nonMinimalLength:
+            "frame length field is not minimally encoded (ends in a zero group)"
+        case .versionOneFrame:
+            "a protocol version 1 frame (its length field starts with a zero byte); this side speaks \(warmpoolProtocolVersion)"
         case .unsupportedVersion(let version):
             "unsupported protocol version \(version) (this side speaks \(warmpoolProtocolVersion))"
         case .unknownMessageType(let type):
@@ -32,9 +40,7 @@ public enum ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertibl
         case .unexpectedMessage(let type, let state):
             "\(type) is not allowed while \(state)"
         case .badMAC(let type):
-            "\(type) failed MAC verification"
-        case .badSequence(let type, let expected, let received):
-            "\(type) carries sequence \(received), expected \(expected) (replayed, reordered or dropped)"
+            "\(type) failed MAC verification (forged, replayed, reordered or after a dropped frame)"
         case .unknownAgent(let id):
             "unknown agent id \"\(id)\""
         case .badProof(let id):

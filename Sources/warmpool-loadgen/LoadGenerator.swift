@@ -189,9 +189,9 @@ extension LoadGenerator {
 extension LoadGenerator {
     struct Floor: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "What loopback TCP alone costs at a heartbeat load: 46-byte writes, epoll reads, no protocol.",
+            abstract: "What loopback TCP alone costs at a heartbeat load: 11-byte writes (a steady heartbeat), epoll reads, no protocol.",
             discussion: """
-                Opens COUNT socket pairs on 127.0.0.1, writes one 46-byte frame per socket every interval from \
+                Opens COUNT socket pairs on 127.0.0.1, writes one 11-byte frame per socket every interval from \
                 the sender threads and reads them in one epoll thread that discards them. Prints the CPU each \
                 side spent per frame and in all: the floor under any protocol that sends a beat as a segment.
                 """)

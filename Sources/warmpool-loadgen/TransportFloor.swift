@@ -7,7 +7,7 @@ import Glibc
 #endif
 
 /// What loopback TCP alone costs at a heartbeat load, with no protocol at all: `count` sockets,
-/// each written a 46-byte frame (a heartbeat's size) every interval by sender threads and read by
+/// each written an 11-byte frame (a steady heartbeat's size) every interval by sender threads and read by
 /// one epoll receiver thread that discards the bytes. No MAC, no parsing, no detector: the floor
 /// under any one-segment-per-beat protocol on this machine, to read the capacity figures against.
 enum TransportFloor {
@@ -85,7 +85,7 @@ enum TransportFloor {
             finished.leave()
         }.start()
 
-        let frame = [UInt8](repeating: 0x2a, count: 46)
+        let frame = [UInt8](repeating: 0x2a, count: 11)
         let started = MonotonicClock.now()
         for thread in 0..<senders {
             finished.enter()

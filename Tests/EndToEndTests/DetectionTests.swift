@@ -133,8 +133,17 @@ import Glibc
     @Test func oversizedLengthPrefix() throws {
         try withHealthyAgent { harness in
             let client = try RawClient(harness.controllerAddress)
+            // 0x81 0x80 0x04 is 65,537: one over, refused before any body byte.
+            client.send([0x81, 0x80, 0x04])
+            try expectClosed(client, harness: harness, logged: "frame length 65537 exceeds the maximum of 65536 bytes")
+        }
+    }
+
+    @Test func lengthFieldRunningOn() throws {
+        try withHealthyAgent { harness in
+            let client = try RawClient(harness.controllerAddress)
             client.send([0xFF, 0xFF, 0xFF, 0xF0])
-            try expectClosed(client, harness: harness, logged: "frame length 4294967280 exceeds the maximum of 65536 bytes")
+            try expectClosed(client, harness: harness, logged: "frame length field runs past 3 bytes")
         }
     }
 
@@ -142,14 +151,20 @@ import Glibc
         try withHealthyAgent { harness in
             let client = try RawClient(harness.controllerAddress)
             client.send(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
-            try expectClosed(client, harness: harness, logged: "exceeds the maximum")
+            // "G" claims a 71-byte frame; "E" (0x45) is type 0x05, Reject, with a flag bit it cannot carry.
+            try expectClosed(client, harness: harness, logged: "flags 0x40 are not allowed on reject")
         }
     }
 
     @Test func wrongVersion() throws {
         try withHealthyAgent { harness in
+            // A Hello that names version 9 in version-2 framing: Reject 1, in version-2 framing.
             let client = try RawClient(harness.controllerAddress)
-            client.send([0, 0, 0, 3, 9, 1, 0])
+            var hello = ByteBuffer()
+            Hello(clientNonce: HandshakeCrypto.randomNonce(), role: .primary, instanceID: 1, machineID: 1,
+                  agentID: "gpu-9", softwareVersion: "x").encode(into: &hello)
+            hello.setInteger(UInt8(9), at: hello.readerIndex)
+            client.send(Frame(type: .hello, payload: hello))
             let (bytes, closed) = client.readUntilClosed()
             #expect(closed)
             // The reject still goes out, so the peer learns why.
@@ -162,10 +177,29 @@ import Glibc
         }
     }
 
+    @Test func aVersionOneAgentIsToldInItsOwnFraming() throws {
+        try withHealthyAgent { harness in
+            // The first bytes of a version-1 Hello: u32 length, version 1, type 1, flags 0.
+            let client = try RawClient(harness.controllerAddress)
+            client.send([0, 0, 0, 0x45, 1, 1, 0])
+            let (bytes, closed) = client.readUntilClosed()
+            #expect(closed)
+            var buffer = ByteBuffer(bytes: bytes)
+            let read = buffer.readInteger(as: UInt32.self)
+            let length = try #require(read)
+            #expect(Int(length) == buffer.readableBytes)
+            #expect(buffer.readBytes(length: 3) == [1, MessageType.reject.rawValue, 0])
+            #expect(try Reject.decode(buffer).code == .unsupportedVersion)
+            try harness.waitUntil("logged", timeout: 5) {
+                harness.log("controller").contains("a protocol version 1 frame")
+            }
+        }
+    }
+
     @Test func truncatedFrameThenEOF() throws {
         try withHealthyAgent { harness in
             let client = try RawClient(harness.controllerAddress)
-            client.send([0, 0, 0, 60, 1, 1, 0, 1, 2, 3])
+            client.send([60, MessageType.hello.rawValue, warmpoolProtocolVersion, 1, 2, 3])
             shutdown(client.fd, Int32(SHUT_WR))
             let (_, closed) = client.readUntilClosed()
             #expect(closed)
@@ -223,7 +257,8 @@ import Glibc
             let beat = try #require(sealed).frame
             client.send(beat)
             client.send(beat)
-            try expectClosed(client, harness: harness, logged: "heartbeat carries sequence 1, expected 2")
+            // The copy is MACed as frame 1; the controller counts it as frame 2.
+            try expectClosed(client, harness: harness, logged: "heartbeat failed MAC verification")
             _ = try harness.waitForEvent("failed", for: "gpu-2", timeout: 5)
         }
     }

@@ -192,10 +192,9 @@ final class RawClient {
     }
 
     func send(_ frame: Frame) {
-        var buffer = [UInt8]()
-        buffer += frame.headerBytes()
-        buffer += frame.payload.readableBytesView
-        send(buffer)
+        var buffer = ByteBuffer()
+        frame.write(into: &buffer)
+        send(Array(buffer: buffer))
     }
 
     /// Reads until EOF (or the 5 s timeout); returns what came and whether the peer closed.

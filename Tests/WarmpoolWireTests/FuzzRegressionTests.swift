@@ -36,9 +36,9 @@ import Testing
                     _ = try? Proof.decode(payload)
                     _ = try? Welcome.decode(payload)
                     _ = try? Reject.decode(payload)
-                    _ = try? Heartbeat.decode(payload)
-                    _ = try? LeaseGrant.decode(payload)
-                    _ = try? Goodbye.decode(payload)
+                    _ = try? Heartbeat.decode(payload, flags: frame.flags, sequence: 1, after: nil)
+                    _ = try? LeaseGrant.decode(payload, sequence: 1, lastSent: 1)
+                    _ = try? Goodbye.decode(payload, sequence: 1)
                 }
             } catch {
                 return (frames, true)

@@ -54,25 +54,28 @@ struct SessionPair {
         #expect(welcome.leaseMilliseconds == 2_000)
     }
 
-    @Test func heartbeatsAndLeasesFlowAndAHeartbeatIs46BytesOnTheWire() throws {
+    @Test func heartbeatsAndLeasesFlowAndASteadyHeartbeatIs11BytesOnTheWire() throws {
         var pair = SessionPair()
         _ = pair.handshake()
         let status = AgentStatus(flags: [.volumeMounted, .volumeWritable], gpuCount: 2, gpuHealthyCount: 2,
                                  gpuMaxTemperatureCelsius: 61, gpuMaxUtilizationPercent: 97, volumeFreeMebibytes: 123_456,
                                  workload: .running)
         for expected in UInt32(1)...3 {
-            let sealed1 = pair.agent.sealHeartbeat(sentAtNanoseconds: 99, status: status)
+            let sentAt = 5_000_000_000 + UInt64(expected) * 100_000_000
+            let sealed1 = pair.agent.sealHeartbeat(sentAtNanoseconds: sentAt + 999_999, status: status)
             let (sequence, frame) = try #require(sealed1)
             #expect(sequence == expected)
             var wire = ByteBuffer()
             frame.write(into: &wire)
-            #expect(wire.readableBytes == 46)
+            // The first beat of a session carries the status and its absolute time; later ones
+            // with the same status only the 100 ms since.
+            #expect(wire.readableBytes == (expected == 1 ? 21 : 11))
             guard case .heartbeat(let beat) = pair.controller.frameReceived(frame) else {
                 Issue.record("heartbeat refused")
                 return
             }
             #expect(beat.status == status)
-            #expect(beat.sentAtNanoseconds == 99)
+            #expect(beat.sentAtMilliseconds == sentAt / 1_000_000)
             let sealed2 = pair.controller.sealLease(acknowledgedSequence: sequence, leaseMilliseconds: 2_000, epoch: 5)
             let grant = try #require(sealed2)
             guard case .lease(let lease) = pair.agent.frameReceived(grant) else {
@@ -96,7 +99,8 @@ struct SessionPair {
             Issue.record("replay accepted")
             return
         }
-        #expect(reason == .badSequence(.heartbeat, expected: 2, received: 1))
+        // Sequence numbers are never sent, but the MAC covers the receiver's count: a copy fails it.
+        #expect(reason == .badMAC(.heartbeat))
         #expect(reject == nil)
     }
 
@@ -112,7 +116,58 @@ struct SessionPair {
             Issue.record("out-of-order beat accepted")
             return
         }
-        #expect(reason == .badSequence(.heartbeat, expected: 1, received: 2))
+        #expect(reason == .badMAC(.heartbeat))
+    }
+
+    @Test func theControllerSeesEveryBeatWhole() throws {
+        // Beats without the status flag inherit the session's previous status; times add up.
+        var pair = SessionPair()
+        _ = pair.handshake()
+        var status = AgentStatus(flags: [.volumeMounted], gpuCount: 1, gpuHealthyCount: 1, volumeFreeMebibytes: 10)
+        for tick in UInt64(0)..<20 {
+            if tick % 7 == 6 { status.volumeFreeMebibytes += 1 }
+            if tick == 15 { status.flags.insert(.fenced) }
+            let sentAt = 86_400_000_000_000 + tick * 100_000_000 + tick % 3 * 400_000
+            let sealed = pair.agent.sealHeartbeat(sentAtNanoseconds: sentAt, status: status)
+            let (_, frame) = try #require(sealed)
+            guard case .heartbeat(let beat) = pair.controller.frameReceived(frame) else {
+                Issue.record("beat \(tick) refused")
+                return
+            }
+            #expect(beat == Heartbeat(sequence: UInt32(tick) + 1, sentAtMilliseconds: sentAt / 1_000_000, status: status))
+        }
+    }
+
+    @Test func aHelloOfAnotherVersionGetsRejectOne() throws {
+        var pair = SessionPair()
+        let hello = pair.agent.start()
+        var payload = hello.payload
+        payload.setInteger(UInt8(3), at: payload.readerIndex)
+        guard case .close(let reason, let reject?) = pair.controller.frameReceived(Frame(type: .hello, payload: payload)) else {
+            Issue.record("another version accepted")
+            return
+        }
+        #expect(reason == .unsupportedVersion(3))
+        #expect(try Reject.decode(try #require(reject.frame).payload).code == .unsupportedVersion)
+    }
+
+    @Test func aVersionOneAgentIsToldInVersionOneFraming() throws {
+        var pair = SessionPair()
+        guard case .close(let reason, let reject?) = pair.controller.decodeFailed(.versionOneFrame) else {
+            Issue.record("no reject")
+            return
+        }
+        #expect(reason == .versionOneFrame)
+        var bytes = ByteBuffer()
+        reject.write(into: &bytes)
+        // u32 length | version 1 | type Reject | flags 0 | body, as a version-1 agent reads it.
+        let read = bytes.readInteger(as: UInt32.self)
+        let length = try #require(read)
+        #expect(Int(length) == bytes.readableBytes)
+        #expect(bytes.readBytes(length: 3) == [1, MessageType.reject.rawValue, 0])
+        let decoded = try Reject.decode(bytes)
+        #expect(decoded.code == .unsupportedVersion)
+        #expect(decoded.reason.contains("version 1"))
     }
 
     @Test func aFlippedBitFailsTheMAC() throws {
@@ -120,8 +175,8 @@ struct SessionPair {
         _ = pair.handshake()
         let sealed6 = pair.agent.sealHeartbeat(sentAtNanoseconds: 1, status: AgentStatus())
         var frame = try #require(sealed6).frame
-        // Claim a healthy GPU count the agent never sent.
-        let offset = frame.payload.readerIndex + 14
+        // Claim a healthy GPU count the agent never sent (after the time and status varints).
+        let offset = frame.payload.readerIndex + 3
         frame.payload.setInteger(frame.payload.getInteger(at: offset, as: UInt8.self)! ^ 0x01, at: offset)
         guard case .close(let reason, _) = pair.controller.frameReceived(frame) else {
             Issue.record("tampered beat accepted")
@@ -137,8 +192,8 @@ struct SessionPair {
             secret: AgentSecret.random(), clientNonce: Array(repeating: 0xA0, count: 16),
             serverNonce: Array(repeating: 0xB0, count: 16))
         var body = ByteBuffer()
-        Heartbeat(sequence: 1, sentAtNanoseconds: 1, status: AgentStatus()).encode(into: &body)
-        let forged = forger.agentToController.seal(type: .heartbeat, body: body)
+        let flags = Heartbeat(sequence: 1, sentAtMilliseconds: 1, status: AgentStatus()).encode(into: &body, after: nil)
+        let forged = forger.agentToController.seal(sequence: 1, type: .heartbeat, flags: flags, body: body)
         guard case .close(let reason, _) = pair.controller.frameReceived(forged) else {
             Issue.record("forged beat accepted")
             return
@@ -167,7 +222,7 @@ struct SessionPair {
             return
         }
         #expect(reason == .unknownAgent("stranger"))
-        let reject = try Reject.decode(rejectFrame.payload)
+        let reject = try Reject.decode(try #require(rejectFrame.frame).payload)
         #expect(reject == Reject(code: .authenticationFailed, reason: "authentication failed"))
     }
 
@@ -226,7 +281,7 @@ struct SessionPair {
         var body = ByteBuffer()
         Welcome(heartbeatIntervalMilliseconds: 100, silenceTimeoutMilliseconds: 350, leaseMilliseconds: 60_000,
                 telemetryIntervalMilliseconds: 1, epoch: 1).encode(into: &body)
-        guard case .close(let reason) = pair.agent.frameReceived(impostor.controllerToAgent.seal(type: .welcome, body: body))
+        guard case .close(let reason) = pair.agent.frameReceived(impostor.controllerToAgent.seal(sequence: 1, type: .welcome, body: body))
         else {
             Issue.record("impostor welcome accepted")
             return
@@ -248,7 +303,7 @@ struct SessionPair {
         var pair = SessionPair(agentID: "stranger")
         guard case .send(let challenge) = pair.controller.frameReceived(pair.agent.start()),
             case .send(let proof) = pair.agent.frameReceived(challenge),
-            case .close(_, let reject?) = pair.controller.frameReceived(proof)
+            case .close(_, let reject?) = pair.controller.frameReceived(proof), let reject = reject.frame
         else {
             Issue.record("not rejected")
             return

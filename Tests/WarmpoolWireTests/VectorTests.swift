@@ -58,8 +58,9 @@ import Testing
         // Drive a real agent session so its sealing code (sequence numbers, compression) makes the frames.
         _ = agent.start()
         _ = agent.frameReceived(Frame(type: .challenge, payload: body { Challenge(serverNonce: serverNonce).encode(into: &$0) }))
-        _ = agent.frameReceived(keys.controllerToAgent.seal(type: .welcome, body: body { welcome.encode(into: &$0) }))
+        _ = agent.frameReceived(keys.controllerToAgent.seal(sequence: 1, type: .welcome, body: body { welcome.encode(into: &$0) }))
         let heartbeat = agent.sealHeartbeat(sentAtNanoseconds: 123_456_789_000, status: status)!.frame
+        let steadyHeartbeat = agent.sealHeartbeat(sentAtNanoseconds: 123_556_789_000, status: status)!.frame
         let smallTelemetry = agent.sealTelemetry(document: Array(smallDocument.utf8))!
         let largeTelemetry = agent.sealTelemetry(document: Array(largeDocument.utf8))!
         let goodbye = agent.sealGoodbye(reason: .shutdown)!
@@ -82,29 +83,33 @@ import Testing
             Vector(name: "welcome", inputs: common.merging([
                 "sequence": "1", "heartbeat_interval_ms": "100", "silence_timeout_ms": "350", "lease_ms": "2000",
                 "telemetry_interval_ms": "30000", "epoch": "3", "mac_key": "controller->agent",
-            ]) { $1 }, frame: keys.controllerToAgent.seal(type: .welcome, body: body { welcome.encode(into: &$0) })),
+            ]) { $1 }, frame: keys.controllerToAgent.seal(sequence: 1, type: .welcome, body: body { welcome.encode(into: &$0) })),
             Vector(name: "reject", inputs: ["code": "2", "reason": "authentication failed"],
                    frame: Frame(type: .reject, payload: body {
                        Reject(code: .authenticationFailed, reason: "authentication failed").encode(into: &$0)
                    })),
             Vector(name: "heartbeat", inputs: common.merging([
-                "sequence": "1", "sent_at_ns": "123456789000", "status_flags": "0x004f", "gpu_count": "4",
+                "sequence": "1", "sent_at_ms": "123456", "status_flags": "0x004f", "gpu_count": "4",
                 "gpu_healthy": "4", "gpu_max_temp_c": "64", "gpu_max_util_pct": "93", "volume_free_mib": "81920",
                 "workload": "2", "mac_key": "agent->controller",
             ]) { $1 }, frame: heartbeat),
+            Vector(name: "heartbeat_steady", inputs: common.merging([
+                "sequence": "2", "sent_at_ms": "123556", "previous_sent_at_ms": "123456", "status": "as heartbeat",
+                "mac_key": "agent->controller",
+            ]) { $1 }, frame: steadyHeartbeat),
             Vector(name: "lease", inputs: common.merging([
-                "sequence": "2", "acknowledged_sequence": "1", "lease_ms": "2000", "epoch": "3", "mac_key": "controller->agent",
-            ]) { $1 }, frame: keys.controllerToAgent.seal(type: .lease, body: body {
-                LeaseGrant(sequence: 2, acknowledgedSequence: 1, leaseMilliseconds: 2_000, epoch: 3).encode(into: &$0)
+                "sequence": "2", "acknowledged_sequence": "2", "lease_ms": "2000", "epoch": "3", "mac_key": "controller->agent",
+            ]) { $1 }, frame: keys.controllerToAgent.seal(sequence: 2, type: .lease, body: body {
+                LeaseGrant(sequence: 2, acknowledgedSequence: 2, leaseMilliseconds: 2_000, epoch: 3).encode(into: &$0)
             })),
             Vector(name: "telemetry", inputs: common.merging([
-                "sequence": "2", "compressed": "false", "document": smallDocument, "mac_key": "agent->controller",
+                "sequence": "3", "compressed": "false", "document": smallDocument, "mac_key": "agent->controller",
             ]) { $1 }, frame: smallTelemetry),
             Vector(name: "telemetry_compressed", inputs: common.merging([
-                "sequence": "3", "compressed": "true", "document": largeDocument, "zstd_level": "3", "mac_key": "agent->controller",
+                "sequence": "4", "compressed": "true", "document": largeDocument, "zstd_level": "3", "mac_key": "agent->controller",
             ]) { $1 }, frame: largeTelemetry),
             Vector(name: "goodbye", inputs: common.merging([
-                "sequence": "4", "reason": "0", "mac_key": "agent->controller",
+                "sequence": "5", "reason": "0", "mac_key": "agent->controller",
             ]) { $1 }, frame: goodbye),
         ]
     }
@@ -165,28 +170,35 @@ import Testing
                 #expect(try Proof.decode(frame.payload).mac
                     == HandshakeCrypto.proof(secret: Self.secret, helloBody: helloBody, serverNonce: Self.serverNonce))
             case .welcome:
-                let welcome = try Welcome.decode(try Self.keys.controllerToAgent.open(frame))
-                #expect(welcome.epoch == 3 && welcome.leaseMilliseconds == 2_000 && welcome.sequence == 1)
+                let welcome = try Welcome.decode(try Self.keys.controllerToAgent.open(frame, sequence: 1))
+                #expect(welcome.epoch == 3 && welcome.leaseMilliseconds == 2_000 && welcome.heartbeatIntervalMilliseconds == 100)
             case .reject:
                 #expect(try Reject.decode(frame.payload) == Reject(code: .authenticationFailed, reason: "authentication failed"))
             case .heartbeat:
-                let beat = try Heartbeat.decode(try Self.keys.agentToController.open(frame))
-                #expect(beat == Heartbeat(sequence: 1, sentAtNanoseconds: 123_456_789_000, status: Self.status))
-                #expect(bytes.count == 46)
+                let first = Heartbeat(sequence: 1, sentAtMilliseconds: 123_456, status: Self.status)
+                if name == "heartbeat" {
+                    let body = try Self.keys.agentToController.open(frame, sequence: 1)
+                    #expect(try Heartbeat.decode(body, flags: frame.flags, sequence: 1, after: nil) == first)
+                    #expect(bytes.count == 22)
+                } else {
+                    let body = try Self.keys.agentToController.open(frame, sequence: 2)
+                    #expect(try Heartbeat.decode(body, flags: frame.flags, sequence: 2, after: first)
+                        == Heartbeat(sequence: 2, sentAtMilliseconds: 123_556, status: Self.status))
+                    #expect(bytes.count == 11)
+                }
             case .lease:
-                let grant = try LeaseGrant.decode(try Self.keys.controllerToAgent.open(frame))
-                #expect(grant == LeaseGrant(sequence: 2, acknowledgedSequence: 1, leaseMilliseconds: 2_000, epoch: 3))
+                let body = try Self.keys.controllerToAgent.open(frame, sequence: 2)
+                let grant = try LeaseGrant.decode(body, sequence: 2, lastSent: 2)
+                #expect(grant == LeaseGrant(sequence: 2, acknowledgedSequence: 2, leaseMilliseconds: 2_000, epoch: 3))
             case .telemetry:
-                var body = try Self.keys.agentToController.open(frame)
-                let read = body.readInteger(as: UInt32.self)
-                let sequence = try #require(read)
-                let rest = Array(buffer: body)
-                let document = frame.flags.contains(.compressed) ? try Zstd.decompress(rest) : rest
+                let sequence: UInt32 = frame.flags.contains(.compressed) ? 4 : 3
+                let body = Array(buffer: try Self.keys.agentToController.open(frame, sequence: sequence))
+                let document = frame.flags.contains(.compressed) ? try Zstd.decompress(body) : body
                 let expected = frame.flags.contains(.compressed) ? Self.largeDocument : Self.smallDocument
                 #expect(String(decoding: document, as: UTF8.self) == expected)
-                #expect(sequence == (frame.flags.contains(.compressed) ? 3 : 2))
             case .goodbye:
-                #expect(try Goodbye.decode(try Self.keys.agentToController.open(frame)) == Goodbye(sequence: 4, reason: .shutdown))
+                let body = try Self.keys.agentToController.open(frame, sequence: 5)
+                #expect(try Goodbye.decode(body, sequence: 5) == Goodbye(sequence: 5, reason: .shutdown))
             }
         }
     }

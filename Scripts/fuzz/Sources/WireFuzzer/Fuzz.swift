@@ -60,12 +60,12 @@ private func check(_ condition: Bool, _ what: @autoclosure () -> String) {
 /// Every decoder on one body. Exact formats must re-encode to the same bytes (Hello up to its
 /// ignored field); the two that normalise (reserved heartbeat bits, reject reasons) must be stable
 /// after one round.
-private func fuzzDecoders(_ body: ByteBuffer) {
+private func fuzzDecoders(_ body: ByteBuffer, flags: FrameFlags = .status) {
     let bytes = Array(buffer: body)
     if let hello = try? Hello.decode(body) {
         // fenced_at_epoch is ignored (re-encoded as 0) when the fenced flag is 0: PROTOCOL.md §3.1.
         var expected = bytes
-        if hello.fencedAtEpoch == nil { expected.replaceSubrange(42..<50, with: repeatElement(0, count: 8)) }
+        if hello.fencedAtEpoch == nil { expected.replaceSubrange(43..<51, with: repeatElement(0, count: 8)) }
         check(encoded { hello.encode(into: &$0) } == expected, "Hello round trip")
     }
     if let challenge = try? Challenge.decode(body) {
@@ -77,15 +77,20 @@ private func fuzzDecoders(_ body: ByteBuffer) {
     if let welcome = try? Welcome.decode(body) {
         check(encoded { welcome.encode(into: &$0) } == bytes, "Welcome round trip")
     }
-    if let grant = try? LeaseGrant.decode(body) {
+    if let grant = try? LeaseGrant.decode(body, sequence: 2, lastSent: 70_000) {
         check(encoded { grant.encode(into: &$0) } == bytes, "LeaseGrant round trip")
+        check(grant.acknowledgedSequence <= 70_000 && 70_000 - grant.acknowledgedSequence < 65_536, "LeaseGrant widening")
     }
-    if let goodbye = try? Goodbye.decode(body) {
+    if let goodbye = try? Goodbye.decode(body, sequence: 1) {
         check(encoded { goodbye.encode(into: &$0) } == bytes, "Goodbye round trip")
     }
-    if let beat = try? Heartbeat.decode(body) {
-        let again = try? Heartbeat.decode(ByteBuffer(bytes: encoded { beat.encode(into: &$0) }))
-        check(again == beat, "Heartbeat re-decode")
+    let previous = Heartbeat(sequence: 1, sentAtMilliseconds: 1_000, status: AgentStatus(gpuCount: 1))
+    for after in [nil, previous] {
+        if let beat = try? Heartbeat.decode(body, flags: flags, sequence: 2, after: after) {
+            var again = ByteBuffer()
+            let againFlags = beat.encode(into: &again, after: after)
+            check((try? Heartbeat.decode(again, flags: againFlags, sequence: 2, after: after)) == beat, "Heartbeat re-decode")
+        }
     }
     if let reject = try? Reject.decode(body) {
         let again = try? Reject.decode(ByteBuffer(bytes: encoded { reject.encode(into: &$0) }))
@@ -98,7 +103,11 @@ private func fuzzDecoders(_ body: ByteBuffer) {
 
 /// PROTOCOL.md §2 and §3.5: the Reject the controller sends is well formed and carries the code
 /// the violation calls for.
-private func checkReject(_ frame: Frame, for reason: ProtocolViolation) {
+private func checkReject(_ bytes: ControllerSessionStateMachine.RejectBytes, for reason: ProtocolViolation) {
+    guard let frame = bytes.frame else {
+        // Only a version-1 peer is answered in version-1 framing.
+        return check(reason == .versionOneFrame, "version-1 Reject for \(reason)")
+    }
     check(frame.type == .reject && frame.flags.isEmpty, "reject frame header")
     guard let reject = try? Reject.decode(frame.payload) else { return check(false, "unparseable Reject") }
     switch reason {
@@ -153,7 +162,7 @@ private struct Harness {
         case .close(let reason, let reject):
             check(!controller.isEstablished, "closed but still established")
             if let reject { checkReject(reject, for: reason) }
-            if crossWire, let reject { toAgent.append(reject) }
+            if crossWire, let reject = reject?.frame { toAgent.append(reject) }
         }
     }
 
@@ -258,8 +267,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             var rewritten = ByteBuffer()
             frame.write(into: &rewritten)
             check(rewritten.readableBytes == before - buffer.readableBytes, "frame size changed")
-            check(rewritten.readableBytes <= 4 + Frame.maximumLength, "frame over the maximum")
-            fuzzDecoders(frame.payload)
+            check(rewritten.readableBytes <= Frame.maximumLengthFieldSize + Frame.maximumLength, "frame over the maximum")
+            fuzzDecoders(frame.payload, flags: frame.flags)
             harness.received(frame)
         }
         if !timerFired, offset * 2 >= stream.count {
