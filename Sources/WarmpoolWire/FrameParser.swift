@@ -8,6 +8,23 @@ import NIOCore
 public struct FrameParser: Sendable {
     public let maximumLength: Int
 
+    private enum LengthField {
+        case incomplete
+        case runsOn
+        case notMinimal
+        case value(Int, size: Int)
+    }
+
+    private static func lengthField(in buffer: ByteBuffer, at start: Int) -> LengthField {
+        var length = 0
+        for size in 1...Frame.maximumLengthFieldSize {
+            guard let byte = buffer.getInteger(at: start + size - 1, as: UInt8.self) else { return .incomplete }
+            length |= Int(byte & 0x7F) << (7 * (size - 1))
+            if byte & 0x80 == 0 { return size > 1 && byte == 0 ? .notMinimal : .value(length, size: size) }
+        }
+        return .runsOn
+    }
+
     public init(maximumLength: Int = Frame.maximumLength) {
         self.maximumLength = maximumLength
     }
@@ -16,23 +33,21 @@ public struct FrameParser: Sendable {
     /// more bytes are needed.
     public func parse(_ buffer: inout ByteBuffer) throws(ProtocolViolation) -> Frame? {
         let start = buffer.readerIndex
-        var length = 0
-        var fieldSize = 0
-        while true {
-            guard let byte = buffer.getInteger(at: start + fieldSize, as: UInt8.self) else { return nil }
-            length |= Int(byte & 0x7F) << (7 * fieldSize)
-            fieldSize += 1
-            if byte & 0x80 == 0 {
-                // A length field is 1-3 bytes and minimal, so every frame has exactly one encoding:
-                // a trailing zero group would be a second one.
-                if fieldSize > 1, byte == 0 { throw .nonMinimalLength }
-                break
-            }
-            guard fieldSize < Frame.maximumLengthFieldSize else { throw .lengthFieldTooLong }
+        let length: Int
+        let fieldSize: Int
+        switch Self.lengthField(in: buffer, at: start) {
+        case .incomplete: return nil
+        case .runsOn: throw .lengthFieldTooLong
+        // A length field is minimal, so every frame has exactly one encoding: a trailing zero
+        // group would be a second one.
+        case .notMinimal: throw .nonMinimalLength
+        case .value(let value, let size):
+            length = value
+            fieldSize = size
         }
         guard length <= maximumLength else { throw .frameTooLarge(claimed: length, maximum: maximumLength) }
         // Version 1's u32 length field always starts with a zero byte; no version-2 frame does.
-        guard length > 0 else { throw fieldSize == 1 ? .versionOneFrame : .frameTooShort(claimed: 0) }
+        guard length > 0 else { throw .versionOneFrame }
 
         guard let typeByte = buffer.getInteger(at: start + fieldSize, as: UInt8.self) else { return nil }
         guard let type = MessageType(rawValue: typeByte & MessageType.mask) else {

@@ -2,7 +2,6 @@
 /// so each names the problem precisely.
 public enum ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertible {
     case frameTooLarge(claimed: Int, maximum: Int)
-    case frameTooShort(claimed: Int)
     case lengthFieldTooLong
     case nonMinimalLength
     case versionOneFrame
@@ -21,8 +20,6 @@ public enum ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertibl
         switch self {
         case .frameTooLarge(let claimed, let maximum):
             "frame length \(claimed) exceeds the maximum of \(maximum) bytes"
-        case .frameTooShort(let claimed):
-            "frame length \(claimed) is shorter than the 1-byte type"
         case .lengthFieldTooLong:
             "frame length field runs past \(Frame.maximumLengthFieldSize) bytes (more than the \(Frame.maximumLength)-byte maximum)"
         case .nonMinimalLength:
