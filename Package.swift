@@ -59,6 +59,7 @@ let package = Package(
             name: "WarmpoolController",
             dependencies: [
                 "WarmpoolWire",
+                "CEpoll",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

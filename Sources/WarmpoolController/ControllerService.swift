@@ -69,21 +69,11 @@ public final class ControllerService: Service {
         await reloadKeys()
         let hub = self.hub
         let logger = self.logger
-        let channel = try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 4096)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ControllerConnectionHandler(hub: hub, logger: logger))
-                }
-            }
-            .bind(host: configuration.host, port: configuration.port)
-            .get()
-        if let address = channel.localAddress {
-            logger.info("listening for agents", metadata: ["address": "\(address)"])
-            onListening(address)
-        }
+        let listener = try AgentListener(
+            host: configuration.host, port: configuration.port, hub: hub, logger: logger)
+        listener.start()
+        logger.info("listening for agents", metadata: ["address": "\(listener.localAddress)"])
+        onListening(listener.localAddress)
 
         // The tick bounds how late a failure is noticed: a fifth of an interval, at most 10 ms.
         let tickNanoseconds = min(10_000_000, configuration.hub.detector.heartbeatInterval / 5)
@@ -96,13 +86,17 @@ public final class ControllerService: Service {
         }
 
         await withGracefulShutdownHandler {
-            await watchKeysFile()
+            await withTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { await listener.stopped() }
+                tasks.addTask { await self.watchKeysFile() }
+                await tasks.next()
+                listener.stop()
+            }
         } onGracefulShutdown: {
             logger.info("shutting down: closing the agent listener")
             ticker.cancel()
-            channel.close(promise: nil)
+            listener.stop()
         }
-        try? await channel.closeFuture.get()
         hub.eventLog.flush()
     }
 

@@ -51,7 +51,7 @@ public final class LivenessHub: Sendable {
         /// old primary that comes back after a controller restart is refused at once.
         var postures: [UInt64: LeasePosture] = [:]
         /// Authenticated sessions, so that a revoked key ends them at once.
-        var channels: [SessionID: (agentID: String, channel: any Channel)] = [:]
+        var connections: [SessionID: (agentID: String, closer: any AgentConnectionCloser)] = [:]
         var nextSession: SessionID = 1
         var heartbeatsReceived: UInt64 = 0
     }
@@ -78,14 +78,14 @@ public final class LivenessHub: Sendable {
     /// New handshakes use `keyring`; live sessions of agents whose secret is gone or changed are
     /// closed: a revoked key must not keep beating on a session it opened before.
     public func replaceKeyring(_ keyring: Keyring) {
-        let revoked = shared.withLockedValue { shared -> [any Channel] in
+        let revoked = shared.withLockedValue { shared -> [any AgentConnectionCloser] in
             let previous = shared.keyring
             shared.keyring = keyring
-            return shared.channels.values.filter { entry in
+            return shared.connections.values.filter { entry in
                 keyring.secret(for: entry.agentID) != previous.secret(for: entry.agentID)
-            }.map(\.channel)
+            }.map(\.closer)
         }
-        for channel in revoked { channel.close(promise: nil) }
+        for connection in revoked { connection.close() }
     }
 
     public var epoch: UInt64 { shared.withLockedValue { $0.epoch } }
@@ -101,10 +101,12 @@ public final class LivenessHub: Sendable {
 
     public var leaseMilliseconds: UInt32 { configuration.leaseMilliseconds }
 
-    func sessionEstablished(_ session: SessionID, agent: AgentIdentity, fencedAtEpoch: UInt64?, channel: any Channel) {
+    func sessionEstablished(
+        _ session: SessionID, agent: AgentIdentity, fencedAtEpoch: UInt64?, closer: any AgentConnectionCloser
+    ) {
         let now = MonotonicClock.now()
         shared.withLockedValue { shared in
-            shared.channels[session] = (agent.agentID, channel)
+            shared.connections[session] = (agent.agentID, closer)
             eventLog.publish(
                 shared.tracker.sessionEstablished(session, agent: agent, fencedAtEpoch: fencedAtEpoch, now: now))
         }
@@ -133,7 +135,7 @@ public final class LivenessHub: Sendable {
     func sessionClosed(_ session: SessionID, agentID: String, graceful: Bool) {
         let now = MonotonicClock.now()
         shared.withLockedValue { shared in
-            shared.channels[session] = nil
+            shared.connections[session] = nil
             eventLog.publish(shared.tracker.sessionClosed(session, agentID: agentID, graceful: graceful, now: now))
         }
     }

@@ -198,6 +198,9 @@ import Glibc
         let id = try await client.createInstance(offerID: 7701, CreateInstanceRequest(image: "img", onstart: "sleep 600"))
         #expect(await SimFixture.eventually { await fixture.processes(of: id).alive })
         let directory = try #require(await fixture.processes(of: id).directory)
+        // "alive" is the launcher; under load its children (the ones naming the directory) can
+        // take a moment more to appear.
+        #expect(await SimFixture.eventually { !SimFixture.processes(mentioning: directory).isEmpty })
         #expect(await fixture.raw("POST", "/admin/faults", body: #"{"unreachable_instances": [\#(id)]}"#).0 == 200)
 
         try await client.stopInstance(id: id)
