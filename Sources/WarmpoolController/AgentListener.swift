@@ -51,6 +51,7 @@ final class AgentListener: @unchecked Sendable {
     private static let listenTag: UInt64 = .max
     private static let wakeTag: UInt64 = .max - 1
     private static let readSize = 65_536
+    private static let maximumPending = 65_536
 
     /// Binds and listens at once, so a port in use fails the start, not the first agent.
     init(host: String, port: Int, hub: LivenessHub, logger: Logger) throws {
@@ -347,6 +348,11 @@ final class AgentListener: @unchecked Sendable {
             watch(connection.fd, tag: UInt64(connection.fd), events: EPOLLIN.rawValue | EPOLLOUT.rawValue, modify: true)
         } else {
             connection.pending!.writeBuffer(&bytes)
+            // A grant is 15 bytes twice a second: a peer that lets this much pile up is not reading.
+            if connection.pending!.readableBytes > Self.maximumPending {
+                connection.logger.warning("closing connection: the agent is not reading (\(connection.pending!.readableBytes) bytes unsent)")
+                closeConnection(connection)
+            }
         }
     }
 
