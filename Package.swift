@@ -41,7 +41,6 @@ let package = Package(
             dependencies: [
                 "CZstd",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .target(
@@ -165,7 +164,8 @@ let package = Package(
         // Shared by the test targets: running commands, tmpfs volumes.
         .target(name: "WarmpoolTestSupport", path: "Tests/WarmpoolTestSupport"),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CZstd", "CLibSSH2", "CCurl", "CCurlShim"]),
-        .testTarget(name: "WarmpoolWireTests", dependencies: ["WarmpoolWire"]),
+        // Crypto only to check the wire's own SHA-256 and HMAC against swift-crypto.
+        .testTarget(name: "WarmpoolWireTests", dependencies: ["WarmpoolWire", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "WarmpoolAgentTests", dependencies: ["WarmpoolAgent", "WarmpoolTestSupport"]),
         // Unit tests of the pure parts, and the verifier against a real sshd on loopback (as root).
         .testTarget(

@@ -1,4 +1,3 @@
-import Crypto
 import NIOCore
 
 /// An agent's 32-byte shared secret. It never crosses the wire: the handshake proves it with an
@@ -48,22 +47,22 @@ public enum HandshakeCrypto {
 
     /// HMAC-SHA256(secret, "warmpool/2 proof" || Hello body || server nonce).
     public static func proof(secret: AgentSecret, helloBody: [UInt8], serverNonce: [UInt8]) -> [UInt8] {
-        var hmac = HMAC<SHA256>(key: SymmetricKey(data: secret.bytes))
-        hmac.update(data: proofLabel)
-        hmac.update(data: helloBody)
-        hmac.update(data: serverNonce)
-        return Array(hmac.finalize())
+        var hmac = HMACSHA256(key: secret.bytes)
+        hmac.update(proofLabel)
+        hmac.update(helloBody)
+        hmac.update(serverNonce)
+        return hmac.finalize().bytes
     }
 
     /// One key per direction, so a frame can never be reflected back at its sender.
     public static func sessionKeys(secret: AgentSecret, clientNonce: [UInt8], serverNonce: [UInt8]) -> SessionKeys {
-        var hmac = HMAC<SHA256>(key: SymmetricKey(data: secret.bytes))
-        hmac.update(data: sessionLabel)
-        hmac.update(data: clientNonce)
-        hmac.update(data: serverNonce)
-        let sessionKey = SymmetricKey(data: Array(hmac.finalize()))
-        func derive(_ label: [UInt8]) -> SymmetricKey {
-            SymmetricKey(data: Array(HMAC<SHA256>.authenticationCode(for: label, using: sessionKey)))
+        var hmac = HMACSHA256(key: secret.bytes)
+        hmac.update(sessionLabel)
+        hmac.update(clientNonce)
+        hmac.update(serverNonce)
+        let sessionKey = hmac.finalize().bytes
+        func derive(_ label: [UInt8]) -> [UInt8] {
+            HMACSHA256.authenticationCode(for: label, key: sessionKey).bytes
         }
         return SessionKeys(
             agentToController: FrameAuthenticator(key: derive(agentToControllerLabel)),
@@ -96,19 +95,17 @@ public struct FrameAuthenticator: Sendable {
     /// hashes on copies. Written against SHA256 directly because `HMAC.update(data:)` goes
     /// through the generic `DataProtocol` path, whose metadata lookups showed in the controller's
     /// profile; the result is HMAC all the same (the vectors check it).
-    private let inner: SHA256
-    private let outer: SHA256
+    private let inner: SHA256Hasher
+    private let outer: SHA256Hasher
 
-    public init(key: SymmetricKey) {
-        let blockSize = SHA256.blockByteCount
-        var block = key.withUnsafeBytes { bytes -> [UInt8] in
-            bytes.count > blockSize ? Array(SHA256.hash(data: bytes)) : Array(bytes)
-        }
+    public init(key: [UInt8]) {
+        let blockSize = SHA256Hasher.blockSize
+        var block = key.count > blockSize ? SHA256Hasher.hash(key).bytes : key
         block += [UInt8](repeating: 0, count: blockSize - block.count)
-        var inner = SHA256()
-        inner.update(data: block.map { $0 ^ 0x36 })
-        var outer = SHA256()
-        outer.update(data: block.map { $0 ^ 0x5c })
+        var inner = SHA256Hasher()
+        inner.update(block.map { $0 ^ 0x36 })
+        var outer = SHA256Hasher()
+        outer.update(block.map { $0 ^ 0x5c })
         self.inner = inner
         self.outer = outer
     }
@@ -146,15 +143,15 @@ public struct FrameAuthenticator: Sendable {
     /// HMAC-SHA256(direction key, sequence || header || body), sequence and header on the stack.
     private func authenticationCode(
         sequence: UInt32, type: MessageType, flags: FrameFlags, payloadSize: Int, body: ByteBuffer
-    ) -> SHA256.Digest {
+    ) -> SHA256Hasher.Digest {
         var header = Frame.header(type: type, flags: flags, payloadSize: payloadSize)
         var sequenceBytes = sequence.bigEndian
         var innerHasher = inner
-        withUnsafeBytes(of: &sequenceBytes) { innerHasher.update(bufferPointer: $0) }
-        withUnsafeBytes(of: &header.bytes) { innerHasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0.prefix(header.count))) }
-        body.withUnsafeReadableBytes { innerHasher.update(bufferPointer: $0) }
+        withUnsafeBytes(of: &sequenceBytes) { innerHasher.update($0) }
+        withUnsafeBytes(of: &header.bytes) { innerHasher.update(UnsafeRawBufferPointer(rebasing: $0.prefix(header.count))) }
+        body.withUnsafeReadableBytes { innerHasher.update($0) }
         var outerHasher = outer
-        innerHasher.finalize().withUnsafeBytes { outerHasher.update(bufferPointer: $0) }
+        innerHasher.finalize().withUnsafeBytes { outerHasher.update($0) }
         return outerHasher.finalize()
     }
 }
