@@ -1,9 +1,4 @@
 import ArgumentParser
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import Logging
 import NIOPosix
 import ServiceLifecycle
@@ -69,7 +64,7 @@ struct WarmpoolAgentCommand: AsyncParsableCommand {
     @Flag(help: "Run the volume and GPU probes once, print them as JSON and exit.")
     var probeOnce = false
 
-    private static let environment = ProcessInfo.processInfo.environment
+    private static let environment = ProcessEnvironment.current()
 
     private func value(_ flag: String?, _ variable: String) -> String? { flag ?? Self.environment[variable] }
 
@@ -105,12 +100,7 @@ struct WarmpoolAgentCommand: AsyncParsableCommand {
 
         if probeOnce {
             let report = HostProbes(volume: volumeProbe, nvmlLibrary: nvml, workloadPIDFile: value(workloadPidfile, "WARMPOOL_WORKLOAD_PIDFILE")).probe()
-            struct Output: Encodable { var volume: VolumeReport; var gpu: GPUReport; var workload: String }
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            encoder.keyEncodingStrategy = .convertToSnakeCase
-            let data = try encoder.encode(Output(volume: report.volume, gpu: report.gpu, workload: "\(report.workload)"))
-            print(String(decoding: data, as: UTF8.self))
+            print(report.json())
             return
         }
 
@@ -149,7 +139,10 @@ struct WarmpoolAgentCommand: AsyncParsableCommand {
         let secret: AgentSecret
         do {
             if let path = value(secretFile, "WARMPOOL_AGENT_SECRET_FILE") {
-                secret = try AgentSecret(hex: String(contentsOfFile: path, encoding: .utf8))
+                guard let contents = ProcessEnvironment.readTextFile(path) else {
+                    throw ValidationError("cannot read the secret file \(path)")
+                }
+                secret = try AgentSecret(hex: contents)
             } else if let hex = Self.environment["WARMPOOL_AGENT_SECRET"] {
                 secret = try AgentSecret(hex: hex)
             } else {
