@@ -77,10 +77,8 @@ let package = Package(
         ),
         .executableTarget(
             name: "warmpool-agent",
-            dependencies: [
-                "WarmpoolAgent",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
+            // No swift-argument-parser: it imports FoundationEssentials (CommandLineOptions.swift).
+            dependencies: ["WarmpoolAgent"],
             // --static-swift-stdlib links with -export-dynamic, which puts every public symbol of the
             // package modules (~17,000) in the dynamic symbol table of an executable nothing links
             // against, and keeps them from --gc-sections. Safe identical code folding (no function

@@ -1,4 +1,8 @@
-import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Logging
 import NIOPosix
 import ServiceLifecycle
@@ -6,63 +10,84 @@ import WarmpoolAgent
 import WarmpoolWire
 
 @main
-struct WarmpoolAgentCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "warmpool-agent",
-        abstract: "Heartbeats this GPU instance to the Warmpool controller and fences it when its lease runs out.",
-        discussion: """
-            Every option can also come from the environment variable named in its help; a flag wins.
-            The heartbeat interval, silence timeout and lease are set by the controller.
-            """)
+struct WarmpoolAgentCommand {
+    static let abstract = "Heartbeats this GPU instance to the Warmpool controller and fences it when its lease runs out."
+    static let discussion = """
+        Every option can also come from the environment variable named in its help; a flag wins.
+        The heartbeat interval, silence timeout and lease are set by the controller.
+        """
 
-    @Option(name: .customLong("controller"),
-            help: "Controller address HOST:PORT; repeat for several. Env: WARMPOOL_CONTROLLERS (comma-separated).")
+    static let options: [CommandLineOption] = [
+        CommandLineOption(name: "controller", valueName: "controller", help: "Controller address HOST:PORT; repeat for several. Env: WARMPOOL_CONTROLLERS (comma-separated).", repeatable: true),
+        CommandLineOption(name: "agent-id", valueName: "agent-id", help: "This agent's id, as in the controller's keys file. Env: WARMPOOL_AGENT_ID."),
+        CommandLineOption(name: "secret-file", valueName: "secret-file", help: "File holding the agent's 64-hex-character secret. Env: WARMPOOL_AGENT_SECRET_FILE, or the secret itself in WARMPOOL_AGENT_SECRET."),
+        CommandLineOption(name: "instance-id", valueName: "instance-id", help: "The provider's instance id for this machine. Env: WARMPOOL_INSTANCE_ID."),
+        CommandLineOption(name: "machine-id", valueName: "machine-id", help: "The provider's physical machine id. Env: WARMPOOL_MACHINE_ID."),
+        CommandLineOption(name: "role", valueName: "role", help: "primary or standby. Env: WARMPOOL_ROLE. Default: primary."),
+        CommandLineOption(name: "connections", valueName: "connections", help: "Parallel sessions to the controller; each carries every beat. Env: WARMPOOL_CONNECTIONS. Default: 2."),
+        CommandLineOption(name: "volume-path", valueName: "volume-path", help: "The shared volume's mount point. Env: WARMPOOL_VOLUME_PATH. Default: /data."),
+        CommandLineOption(name: "volume-id", valueName: "volume-id", help: "The volume id its marker file must hold (any id if unset). Env: WARMPOOL_VOLUME_ID."),
+        CommandLineOption(name: "volume-marker", valueName: "volume-marker", help: "Name of the volume-id marker file in the volume's root. Env: WARMPOOL_VOLUME_MARKER. Default: .warmpool-volume-id."),
+        CommandLineOption(name: "nvml-library", valueName: "nvml-library", help: "NVML library to dlopen, or `none` to skip the GPU probe. Env: WARMPOOL_NVML_LIBRARY. Default: libnvidia-ml.so.1."),
+        CommandLineOption(name: "workload-pidfile", valueName: "workload-pidfile", help: "Pid file of the workload, to report whether it runs. Env: WARMPOOL_WORKLOAD_PIDFILE."),
+        CommandLineOption(name: "fence-command", valueName: "fence-command", help: "Shell command run when the lease expires (it gets WARMPOOL_FENCED_EPOCH). Env: WARMPOOL_FENCE_COMMAND."),
+        CommandLineOption(name: "probe-interval-ms", valueName: "probe-interval-ms", help: "How often the volume, GPU and workload are probed, in ms. Env: WARMPOOL_PROBE_INTERVAL_MS. Default: 1000."),
+        CommandLineOption(name: "log-level", valueName: "log-level", help: "trace, debug, info, notice, warning, error or critical. Env: WARMPOOL_LOG_LEVEL. Default: info."),
+        CommandLineOption(name: "probe-once", help: "Run the volume and GPU probes once, print them as JSON and exit."),
+    ]
+
     var controllers: [String] = []
-
-    @Option(help: "This agent's id, as in the controller's keys file. Env: WARMPOOL_AGENT_ID.")
     var agentId: String?
-
-    @Option(help: "File holding the agent's 64-hex-character secret. Env: WARMPOOL_AGENT_SECRET_FILE, or the secret itself in WARMPOOL_AGENT_SECRET.")
     var secretFile: String?
-
-    @Option(help: "The provider's instance id for this machine. Env: WARMPOOL_INSTANCE_ID.")
     var instanceId: UInt64?
-
-    @Option(help: "The provider's physical machine id. Env: WARMPOOL_MACHINE_ID.")
     var machineId: UInt64?
-
-    @Option(help: "primary or standby. Env: WARMPOOL_ROLE. Default: primary.")
     var role: String?
-
-    @Option(help: "Parallel sessions to the controller; each carries every beat. Env: WARMPOOL_CONNECTIONS. Default: 2.")
     var connections: Int?
-
-    @Option(help: "The shared volume's mount point. Env: WARMPOOL_VOLUME_PATH. Default: /data.")
     var volumePath: String?
-
-    @Option(help: "The volume id its marker file must hold (any id if unset). Env: WARMPOOL_VOLUME_ID.")
     var volumeId: String?
-
-    @Option(help: "Name of the volume-id marker file in the volume's root. Env: WARMPOOL_VOLUME_MARKER. Default: .warmpool-volume-id.")
     var volumeMarker: String?
-
-    @Option(help: "NVML library to dlopen, or `none` to skip the GPU probe. Env: WARMPOOL_NVML_LIBRARY. Default: libnvidia-ml.so.1.")
     var nvmlLibrary: String?
-
-    @Option(help: "Pid file of the workload, to report whether it runs. Env: WARMPOOL_WORKLOAD_PIDFILE.")
     var workloadPidfile: String?
-
-    @Option(help: "Shell command run when the lease expires (it gets WARMPOOL_FENCED_EPOCH). Env: WARMPOOL_FENCE_COMMAND.")
     var fenceCommand: String?
-
-    @Option(help: "How often the volume, GPU and workload are probed, in ms. Env: WARMPOOL_PROBE_INTERVAL_MS. Default: 1000.")
     var probeIntervalMs: Int?
-
-    @Option(help: "trace, debug, info, notice, warning, error or critical. Env: WARMPOOL_LOG_LEVEL. Default: info.")
     var logLevel: String?
-
-    @Flag(help: "Run the volume and GPU probes once, print them as JSON and exit.")
     var probeOnce = false
+
+    init(_ parsed: ParsedCommandLine) throws(UsageError) {
+        controllers = parsed.strings("controller")
+        agentId = parsed.string("agent-id")
+        secretFile = parsed.string("secret-file")
+        instanceId = try parsed.integer("instance-id")
+        machineId = try parsed.integer("machine-id")
+        role = parsed.string("role")
+        connections = try parsed.integer("connections")
+        volumePath = parsed.string("volume-path")
+        volumeId = parsed.string("volume-id")
+        volumeMarker = parsed.string("volume-marker")
+        nvmlLibrary = parsed.string("nvml-library")
+        workloadPidfile = parsed.string("workload-pidfile")
+        fenceCommand = parsed.string("fence-command")
+        probeIntervalMs = try parsed.integer("probe-interval-ms")
+        logLevel = parsed.string("log-level")
+        probeOnce = parsed.flag("probe-once")
+    }
+
+    static func main() async {
+        do {
+            let parsed = try ParsedCommandLine(Array(CommandLine.arguments.dropFirst()), options: options)
+            if parsed.wantsHelp {
+                print(ParsedCommandLine.help(command: "warmpool-agent", abstract: abstract, discussion: discussion, options: options))
+                return
+            }
+            try await WarmpoolAgentCommand(parsed).run()
+        } catch let error as UsageError {
+            printToStandardError("Error: \(error)\nUsage: warmpool-agent <options>\n  See 'warmpool-agent --help' for more information.")
+            exit(64)
+        } catch {
+            printToStandardError("Error: \(error)")
+            exit(1)
+        }
+    }
 
     private static let environment = ProcessEnvironment.current()
 
@@ -71,7 +96,7 @@ struct WarmpoolAgentCommand: AsyncParsableCommand {
     private func integer(_ flag: Int?, _ variable: String, default fallback: Int) throws -> Int {
         if let flag { return flag }
         guard let text = Self.environment[variable] else { return fallback }
-        guard let parsed = Int(text) else { throw ValidationError("\(variable) must be an integer, got \(text)") }
+        guard let parsed = Int(text) else { throw UsageError("\(variable) must be an integer, got \(text)") }
         return parsed
     }
 
@@ -89,14 +114,14 @@ struct WarmpoolAgentCommand: AsyncParsableCommand {
 
     func run() async throws {
         let levelName = value(logLevel, "WARMPOOL_LOG_LEVEL") ?? "info"
-        guard let level = Logger.Level(rawValue: levelName) else { throw ValidationError("unknown log level \(levelName)") }
+        guard let level = Logger.Level(rawValue: levelName) else { throw UsageError("unknown log level \(levelName)") }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }
         let probeInterval = try integer(probeIntervalMs, "WARMPOOL_PROBE_INTERVAL_MS", default: 1_000)
-        guard probeInterval >= 10 else { throw ValidationError("the probe interval must be at least 10 ms") }
+        guard probeInterval >= 10 else { throw UsageError("the probe interval must be at least 10 ms") }
 
         if probeOnce {
             let report = HostProbes(volume: volumeProbe, nvmlLibrary: nvml, workloadPIDFile: value(workloadPidfile, "WARMPOOL_WORKLOAD_PIDFILE")).probe()
@@ -130,37 +155,37 @@ struct WarmpoolAgentCommand: AsyncParsableCommand {
         }
         if addresses.isEmpty { addresses = ["127.0.0.1:7070"] }
         let parsed = try addresses.map { text in
-            guard let address = ControllerAddress(text) else { throw ValidationError("bad controller address \(text), expected HOST:PORT") }
+            guard let address = ControllerAddress(text) else { throw UsageError("bad controller address \(text), expected HOST:PORT") }
             return address
         }
         guard let agentID = value(agentId, "WARMPOOL_AGENT_ID"), AgentIdentity.isValidAgentID(agentID) else {
-            throw ValidationError("--agent-id (or WARMPOOL_AGENT_ID) is required: 1-64 characters of A-Z a-z 0-9 . _ -")
+            throw UsageError("--agent-id (or WARMPOOL_AGENT_ID) is required: 1-64 characters of A-Z a-z 0-9 . _ -")
         }
         let secret: AgentSecret
         do {
             if let path = value(secretFile, "WARMPOOL_AGENT_SECRET_FILE") {
                 guard let contents = ProcessEnvironment.readTextFile(path) else {
-                    throw ValidationError("cannot read the secret file \(path)")
+                    throw UsageError("cannot read the secret file \(path)")
                 }
                 secret = try AgentSecret(hex: contents)
             } else if let hex = Self.environment["WARMPOOL_AGENT_SECRET"] {
                 secret = try AgentSecret(hex: hex)
             } else {
-                throw ValidationError("--secret-file (or WARMPOOL_AGENT_SECRET_FILE / WARMPOOL_AGENT_SECRET) is required")
+                throw UsageError("--secret-file (or WARMPOOL_AGENT_SECRET_FILE / WARMPOOL_AGENT_SECRET) is required")
             }
         } catch let error as AgentSecret.SecretError {
-            throw ValidationError("agent secret: \(error)")
+            throw UsageError("agent secret: \(error)")
         }
         let roleName = value(role, "WARMPOOL_ROLE") ?? "primary"
         guard let parsedRole = AgentRole.allCases.first(where: { $0.description == roleName }) else {
-            throw ValidationError("--role must be primary or standby, got \(roleName)")
+            throw UsageError("--role must be primary or standby, got \(roleName)")
         }
         let connectionCount = try integer(connections, "WARMPOOL_CONNECTIONS", default: 2)
-        guard (1...8).contains(connectionCount) else { throw ValidationError("--connections must be 1 to 8") }
+        guard (1...8).contains(connectionCount) else { throw UsageError("--connections must be 1 to 8") }
         func id(_ flag: UInt64?, _ variable: String) throws -> UInt64 {
             if let flag { return flag }
             guard let text = Self.environment[variable] else { return 0 }
-            guard let parsed = UInt64(text) else { throw ValidationError("\(variable) must be an unsigned integer") }
+            guard let parsed = UInt64(text) else { throw UsageError("\(variable) must be an unsigned integer") }
             return parsed
         }
         return AgentConfiguration(
