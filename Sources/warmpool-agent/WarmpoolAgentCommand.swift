@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Dispatch
 import Logging
 import NIOPosix
 import ServiceLifecycle
@@ -72,20 +73,43 @@ struct WarmpoolAgentCommand {
         probeOnce = parsed.flag("probe-once")
     }
 
-    static func main() async {
+    /// A synchronous main that waits for the command on a semaphore. An `async` main ends in
+    /// dispatch_main(), which pthread_exit()s the main thread, and glibc unwinds its stack through
+    /// the unwind tables: half a megabyte of .eh_frame and .eh_frame_hdr (and libgcc_s's
+    /// unwinder) was paged in for that and stayed resident. Nothing in the agent runs on the
+    /// main actor, so nothing needs the main queue drained.
+    static func main() {
+        let finished = DispatchSemaphore(value: 0)
+        let status = ExitStatus()
+        Task.detached {
+            status.value = await runCommandLine()
+            finished.signal()
+        }
+        finished.wait()
+        exit(status.value)
+    }
+
+    /// Written before the semaphore is signalled and read after it is waited for.
+    private final class ExitStatus: @unchecked Sendable {
+        var value: Int32 = 0
+    }
+
+    /// The command's exit status: 0, 64 for a usage error, 1 for any other error.
+    private static func runCommandLine() async -> Int32 {
         do {
             let parsed = try ParsedCommandLine(Array(CommandLine.arguments.dropFirst()), options: options)
             if parsed.wantsHelp {
                 print(ParsedCommandLine.help(command: "warmpool-agent", abstract: abstract, discussion: discussion, options: options))
-                return
+                return 0
             }
             try await WarmpoolAgentCommand(parsed).run()
+            return 0
         } catch let error as UsageError {
             printToStandardError("Error: \(error)\nUsage: warmpool-agent <options>\n  See 'warmpool-agent --help' for more information.")
-            exit(64)
+            return 64
         } catch {
             printToStandardError("Error: \(error)")
-            exit(1)
+            return 1
         }
     }
 
