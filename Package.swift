@@ -160,7 +160,10 @@ let package = Package(
         ),
 
         // Shared by the test targets: running commands, tmpfs volumes.
-        .target(name: "WarmpoolTestSupport", path: "Tests/WarmpoolTestSupport"),
+        .target(
+            name: "WarmpoolTestSupport",
+            dependencies: ["WarmpoolWire", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Tests/WarmpoolTestSupport"),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CZstd", "CLibSSH2", "CCurl", "CCurlShim"]),
         // Crypto only to check the wire's own SHA-256 and HMAC against swift-crypto.
         .testTarget(name: "WarmpoolWireTests", dependencies: ["WarmpoolWire", .product(name: "Crypto", package: "swift-crypto")]),
@@ -177,10 +180,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WarmpoolControllerTests",
-            dependencies: [
-                "WarmpoolController",
-                .product(name: "NIOEmbedded", package: "swift-nio"),
-            ]
+            dependencies: ["WarmpoolController", "WarmpoolTestSupport"]
         ),
         .testTarget(name: "WarmpoolStoreTests", dependencies: ["WarmpoolStore", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import NIOCore
 import Testing
+import WarmpoolTestSupport
 import WarmpoolWire
 @testable import WarmpoolController
 
@@ -26,73 +27,23 @@ import WarmpoolWire
         await listener.stopped()
     }
 
-    /// A blocking client socket with a short receive timeout, so "nothing came" is an answer.
-    final class Client {
-        let fd: Int32
-        init(port: Int) throws {
-            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var timeout = timeval(tv_sec: 0, tv_usec: 300_000)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = in_port_t(UInt16(port).bigEndian)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            guard connected == 0 else { throw TestFailure("connect: errno \(errno)") }
-        }
-        deinit { close(fd) }
-
-        func send(_ bytes: [UInt8]) {
-            _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        }
-
-        func send(_ frame: Frame) {
-            var buffer = ByteBuffer()
-            frame.write(into: &buffer)
-            send(Array(buffer: buffer))
-        }
-
-        /// The next frame, or nil when none came within the timeout or the peer closed.
-        func readFrame() throws -> Frame? {
-            var pending = ByteBuffer()
-            var byte: UInt8 = 0
-            while true {
-                if let frame = try FrameParser().parse(&pending) { return frame }
-                guard recv(fd, &byte, 1, 0) == 1 else { return nil }
-                pending.writeInteger(byte)
-            }
-        }
-
-        /// Whether the peer has closed (a read returns end of stream within a second).
-        func closedByPeer() -> Bool {
-            var byte: UInt8 = 0
-            for _ in 0..<4 {
-                let count = recv(fd, &byte, 1, 0)
-                if count == 0 || (count < 0 && errno == ECONNRESET) { return true }
-            }
-            return false
-        }
-    }
-
     struct TestFailure: Error, CustomStringConvertible {
         var description: String
         init(_ description: String) { self.description = description }
     }
 
     /// Runs the handshake of agent gpu-1 (instance 1) and returns its side, established.
-    func establishedAgent(_ client: Client) throws -> (AgentSessionStateMachine, Welcome) {
+    func establishedAgent(_ client: RawClient) throws -> (AgentSessionStateMachine, Welcome) {
         var agent = AgentSessionStateMachine(
             hello: Hello(clientNonce: HandshakeCrypto.randomNonce(), role: .primary, instanceID: 1, machineID: 2,
                          agentID: "gpu-1", softwareVersion: "t"),
             secret: Self.secret)
         client.send(agent.start())
-        guard case .send(let proof) = agent.frameReceived(try #require(try client.readFrame())) else {
+        guard case .send(let proof) = agent.frameReceived(try client.readFrame()) else {
             throw TestFailure("no challenge")
         }
         client.send(proof)
-        guard case .established(let welcome) = agent.frameReceived(try #require(try client.readFrame())) else {
+        guard case .established(let welcome) = agent.frameReceived(try client.readFrame()) else {
             throw TestFailure("no welcome")
         }
         return (agent, welcome)
@@ -100,12 +51,12 @@ import WarmpoolWire
 
     @Test func aFullSessionAuthenticatesBeatsAndGetsALease() async throws {
         try await withListener { hub, port in
-            let client = try Client(port: port)
+            let client = try RawClient("127.0.0.1:\(port)", receiveTimeout: 0.3)
             var (agent, welcome) = try establishedAgent(client)
             #expect(welcome.epoch == 3)
             let sealed = agent.sealHeartbeat(sentAtNanoseconds: 1_000_000, status: AgentStatus())
             client.send(try #require(sealed).frame)
-            guard case .lease(let grant) = agent.frameReceived(try #require(try client.readFrame())) else {
+            guard case .lease(let grant) = agent.frameReceived(try client.readFrame()) else {
                 Issue.record("no lease for the first beat")
                 return
             }
@@ -115,28 +66,28 @@ import WarmpoolWire
             // The second beat comes well inside a quarter lease: no new grant yet, and the session stays.
             let second = agent.sealHeartbeat(sentAtNanoseconds: 2_000_000, status: AgentStatus())
             client.send(try #require(second).frame)
-            #expect(try client.readFrame() == nil)
+            #expect(throws: HarnessError.self) { try client.readFrame() }
             #expect(hub.heartbeatsReceived == 2)
-            #expect(!client.closedByPeer())
+            #expect(!client.readUntilClosed().closed)
         }
     }
 
     @Test func garbageIsRejectedAndTheConnectionClosed() async throws {
         try await withListener { _, port in
-            let client = try Client(port: port)
+            let client = try RawClient("127.0.0.1:\(port)", receiveTimeout: 0.3)
             client.send([0xFF, 0xFF, 0xFF, 0xFF])
-            let reject = try #require(try client.readFrame())
+            let reject = try client.readFrame()
             #expect(reject.type == .reject)
             #expect(try Reject.decode(reject.payload).reason
                 == "frame length field runs past 3 bytes (more than the 65536-byte maximum)")
-            #expect(client.closedByPeer())
+            #expect(client.readUntilClosed().closed)
         }
     }
 
     @Test func aFrameSplitAcrossReadsIsReassembled() async throws {
         // The Hello in three pieces, the last two 50 ms apart: the listener must keep the start.
         try await withListener { _, port in
-            let client = try Client(port: port)
+            let client = try RawClient("127.0.0.1:\(port)", receiveTimeout: 0.3)
             var agent = AgentSessionStateMachine(
                 hello: Hello(clientNonce: HandshakeCrypto.randomNonce(), role: .primary, instanceID: 1, machineID: 2,
                              agentID: "gpu-1", softwareVersion: "t"),
@@ -148,7 +99,7 @@ import WarmpoolWire
                 client.send(Array(piece))
                 usleep(50_000)
             }
-            #expect(try client.readFrame()?.type == .challenge)
+            #expect(try client.readFrame().type == .challenge)
         }
     }
 
@@ -158,7 +109,7 @@ import WarmpoolWire
         // A 40 ms lease is renewed every 10 ms: beats 15 ms apart each get a grant when allowed.
         try await withListener(leaseMilliseconds: 40) { hub, port in
             hub.grantLease(instanceID: 1, epoch: 7)
-            let client = try Client(port: port)
+            let client = try RawClient("127.0.0.1:\(port)", receiveTimeout: 0.3)
             var (agent, _) = try establishedAgent(client)
             var sentAt: UInt64 = 0
             func beat() throws -> LeaseGrant? {
@@ -166,7 +117,7 @@ import WarmpoolWire
                 sentAt += 15_000_000
                 let sealed = agent.sealHeartbeat(sentAtNanoseconds: sentAt, status: AgentStatus())
                 client.send(try #require(sealed).frame)
-                guard let frame = try client.readFrame() else { return nil }
+                guard let frame = try? client.readFrame() else { return nil }
                 guard case .lease(let grant) = agent.frameReceived(frame) else { return nil }
                 return grant
             }
@@ -177,18 +128,18 @@ import WarmpoolWire
             #expect(hub.leasePosture(instanceID: 1) == .revoked)
             hub.grantLease(instanceID: 1, epoch: 8)
             #expect(try beat()?.epoch == 8)
-            #expect(!client.closedByPeer())
+            #expect(!client.readUntilClosed().closed)
         }
     }
 
     @Test func revokingAnAgentsKeyClosesItsLiveSession() async throws {
         try await withListener { hub, port in
-            let client = try Client(port: port)
+            let client = try RawClient("127.0.0.1:\(port)", receiveTimeout: 0.3)
             _ = try establishedAgent(client)
             hub.replaceKeyring(Keyring(["gpu-1": Self.secret, "gpu-2": try AgentSecret(bytes: Array(repeating: 7, count: 32))]))
-            #expect(!client.closedByPeer(), "an unrelated key change leaves the session alone")
+            #expect(!client.readUntilClosed().closed, "an unrelated key change leaves the session alone")
             hub.replaceKeyring(Keyring())
-            #expect(client.closedByPeer(), "the revoked agent's session is closed")
+            #expect(client.readUntilClosed().closed, "the revoked agent's session is closed")
         }
     }
 }

@@ -1,4 +1,6 @@
 import Foundation
+import NIOCore
+import WarmpoolWire
 
 #if canImport(Glibc)
 import Glibc
@@ -75,4 +77,63 @@ public final class PlainDirectory {
     }
 
     deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// A raw, blocking TCP client for sending the controller bytes no agent would, and reading what
+/// it answers.
+public final class RawClient {
+    public let fd: Int32
+
+    /// `address` is HOST:PORT; reads give up after `receiveTimeout` seconds.
+    public init(_ address: String, receiveTimeout: Double = 5) throws {
+        let colon = address.lastIndex(of: ":")!
+        let port = UInt16(address[address.index(after: colon)...])!
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        addr.sin_addr.s_addr = inet_addr(String(address[..<colon]))
+        var timeout = timeval(tv_sec: Int(receiveTimeout), tv_usec: Int((receiveTimeout - receiveTimeout.rounded(.down)) * 1_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let result = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else { throw HarnessError("connect failed: errno \(errno)") }
+    }
+
+    deinit { close(fd) }
+
+    public func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    public func send(_ frame: Frame) {
+        var buffer = ByteBuffer()
+        frame.write(into: &buffer)
+        send(Array(buffer: buffer))
+    }
+
+    /// Reads until EOF (or the receive timeout); returns what came and whether the peer closed.
+    public func readUntilClosed() -> (bytes: [UInt8], closed: Bool) {
+        var all: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count > 0 { all += chunk[0..<count]; continue }
+            return (all, count == 0 || errno == ECONNRESET)
+        }
+    }
+
+    /// Reads exactly one frame (blocking up to the timeout).
+    public func readFrame() throws -> Frame {
+        var pending = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 1)
+        while true {
+            var buffer = ByteBuffer(bytes: pending)
+            if let frame = try FrameParser().parse(&buffer) { return frame }
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard count > 0 else { throw HarnessError("connection closed while reading a frame") }
+            pending += chunk[0..<count]
+        }
+    }
 }
