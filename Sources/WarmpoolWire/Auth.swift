@@ -90,24 +90,12 @@ public struct SessionKeys: Sendable {
 /// everything else together.
 public struct FrameAuthenticator: Sendable {
     public static let macSize = 8
-    /// HMAC-SHA256 (RFC 2104) with the padded key blocks absorbed once per session: setting the
-    /// key up per frame cost as much as the MAC itself, on every frame of every agent. Each frame
-    /// hashes on copies. Written against SHA256 directly because `HMAC.update(data:)` goes
-    /// through the generic `DataProtocol` path, whose metadata lookups showed in the controller's
-    /// profile; the result is HMAC all the same (the vectors check it).
-    private let inner: SHA256Hasher
-    private let outer: SHA256Hasher
+    /// Keyed once per session (the padded key blocks absorbed); each frame hashes on a copy, so the
+    /// key is not set up again on every frame of every agent.
+    private let keyed: HMACSHA256
 
     public init(key: [UInt8]) {
-        let blockSize = SHA256Hasher.blockSize
-        var block = key.count > blockSize ? SHA256Hasher.hash(key).bytes : key
-        block += [UInt8](repeating: 0, count: blockSize - block.count)
-        var inner = SHA256Hasher()
-        inner.update(block.map { $0 ^ 0x36 })
-        var outer = SHA256Hasher()
-        outer.update(block.map { $0 ^ 0x5c })
-        self.inner = inner
-        self.outer = outer
+        keyed = HMACSHA256(key: key)
     }
 
     /// The frame carrying `body` as the `sequence`-th frame of its direction.
@@ -146,13 +134,11 @@ public struct FrameAuthenticator: Sendable {
     ) -> SHA256Hasher.Digest {
         var header = Frame.header(type: type, flags: flags, payloadSize: payloadSize)
         var sequenceBytes = sequence.bigEndian
-        var innerHasher = inner
-        withUnsafeBytes(of: &sequenceBytes) { innerHasher.update($0) }
-        withUnsafeBytes(of: &header.bytes) { innerHasher.update(UnsafeRawBufferPointer(rebasing: $0.prefix(header.count))) }
-        body.withUnsafeReadableBytes { innerHasher.update($0) }
-        var outerHasher = outer
-        innerHasher.finalize().withUnsafeBytes { outerHasher.update($0) }
-        return outerHasher.finalize()
+        var hmac = keyed
+        withUnsafeBytes(of: &sequenceBytes) { hmac.update($0) }
+        withUnsafeBytes(of: &header.bytes) { hmac.update(UnsafeRawBufferPointer(rebasing: $0.prefix(header.count))) }
+        body.withUnsafeReadableBytes { hmac.update($0) }
+        return hmac.finalize()
     }
 }
 
