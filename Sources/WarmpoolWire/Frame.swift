@@ -28,8 +28,6 @@ public struct Frame: Hashable, Sendable {
     public static let maximumLength = 65_536
     /// 65,536 needs 17 bits: three 7-bit groups.
     public static let maximumLengthFieldSize = 3
-    /// The most bytes a header takes: the length field and the type byte.
-    public static let maximumHeaderSize = maximumLengthFieldSize + 1
 
     /// Appends the encoded frame to `buffer`.
     public func write(into buffer: inout ByteBuffer) {
