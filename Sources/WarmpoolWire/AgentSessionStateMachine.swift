@@ -119,18 +119,17 @@ public struct AgentSessionStateMachine {
     /// The beat for this session, at `sentAtNanoseconds` of the agent's monotonic clock (sent as
     /// whole milliseconds: every session of a tick gets the same value).
     public mutating func sealHeartbeat(sentAtNanoseconds: UInt64, status: AgentStatus) -> (sequence: UInt32, frame: Frame)? {
-        guard case .established(var established) = state else { return nil }
-        let heartbeat = Heartbeat(
-            sequence: established.nextOutbound, sentAtMilliseconds: sentAtNanoseconds / 1_000_000, status: status)
-        let previous = established.lastHeartbeat
-        established.lastHeartbeat = heartbeat
-        state = .established(established)
-        return sealNext(.heartbeat) { _, body in heartbeat.encode(into: &body, after: previous) }
+        sealNext(.heartbeat) { sequence, body, established in
+            let heartbeat = Heartbeat(
+                sequence: sequence, sentAtMilliseconds: sentAtNanoseconds / 1_000_000, status: status)
+            defer { established.lastHeartbeat = heartbeat }
+            return heartbeat.encode(into: &body, after: established.lastHeartbeat)
+        }
     }
 
     /// Compresses the document when it is large enough and zstd saves at least a tenth.
     public mutating func sealTelemetry(document: [UInt8]) -> Frame? {
-        sealNext(.telemetry) { _, body in
+        sealNext(.telemetry) { _, body, _ in
             if document.count >= Self.compressionThreshold {
                 let compressed = Zstd.compress(document)
                 if compressed.count * 10 < document.count * 9 {
@@ -144,7 +143,7 @@ public struct AgentSessionStateMachine {
     }
 
     public mutating func sealGoodbye(reason: Goodbye.Reason) -> Frame? {
-        sealNext(.goodbye) { sequence, body in
+        sealNext(.goodbye) { sequence, body, _ in
             Goodbye(sequence: sequence, reason: reason).encode(into: &body)
             return []
         }?.frame
@@ -152,15 +151,17 @@ public struct AgentSessionStateMachine {
 
     public mutating func closed() { state = .closed }
 
+    /// Numbers, writes and seals the session's next outbound frame; `write` may also update the
+    /// session (a heartbeat records itself for the next one to be relative to).
     private mutating func sealNext(
-        _ type: MessageType, _ write: (UInt32, inout ByteBuffer) -> FrameFlags
+        _ type: MessageType, _ write: (UInt32, inout ByteBuffer, inout Established) -> FrameFlags
     ) -> (sequence: UInt32, frame: Frame)? {
         guard case .established(var established) = state else { return nil }
         let sequence = established.nextOutbound
+        var body = ByteBuffer()
+        let flags = write(sequence, &body, &established)
         established.nextOutbound &+= 1
         state = .established(established)
-        var body = ByteBuffer()
-        let flags = write(sequence, &body)
         return (sequence, established.keys.agentToController.seal(sequence: sequence, type: type, flags: flags, body: body))
     }
 
