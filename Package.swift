@@ -55,7 +55,7 @@ let package = Package(
             ]
         ),
         .target(
-            name: "WarmpoolController",
+            name: "WarmpoolLiveness",
             dependencies: [
                 "WarmpoolWire",
                 "CEpoll",
@@ -91,7 +91,7 @@ let package = Package(
         .executableTarget(
             name: "warmpool-controller",
             dependencies: [
-                "WarmpoolController",
+                "WarmpoolLiveness",
                 "WarmpoolAPI",
                 "WarmpoolStore",
                 "WarmpoolFailover",
@@ -131,7 +131,7 @@ let package = Package(
             name: "WarmpoolAPI",
             dependencies: [
                 "WarmpoolStore",
-                "WarmpoolController",
+                "WarmpoolLiveness",
                 "WarmpoolFailover",
                 "WarmpoolEngine",
                 "WarmpoolProvider",
@@ -179,8 +179,8 @@ let package = Package(
             ]
         ),
         .testTarget(
-            name: "WarmpoolControllerTests",
-            dependencies: ["WarmpoolController", "WarmpoolTestSupport"]
+            name: "WarmpoolLivenessTests",
+            dependencies: ["WarmpoolLiveness", "WarmpoolTestSupport"]
         ),
         .testTarget(name: "WarmpoolStoreTests", dependencies: ["WarmpoolStore", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(
@@ -188,7 +188,7 @@ let package = Package(
             dependencies: [
                 "WarmpoolAPI",
                 "WarmpoolStore",
-                "WarmpoolController",
+                "WarmpoolLiveness",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
@@ -262,7 +262,7 @@ let package = Package(
         .target(
             name: "WarmpoolFailover",
             dependencies: [
-                "WarmpoolEngine", "WarmpoolProvider", "WarmpoolSSH", "WarmpoolStore", "WarmpoolController", "WarmpoolWire",
+                "WarmpoolEngine", "WarmpoolProvider", "WarmpoolSSH", "WarmpoolStore", "WarmpoolLiveness", "WarmpoolWire",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

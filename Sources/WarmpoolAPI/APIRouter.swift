@@ -1,7 +1,7 @@
 import Foundation
 import Hummingbird
 import Logging
-import WarmpoolController
+import WarmpoolLiveness
 import WarmpoolStore
 
 public struct APIRequestContext: RequestContext {

@@ -1,6 +1,6 @@
 import Foundation
 import Hummingbird
-import WarmpoolController
+import WarmpoolLiveness
 import WarmpoolStore
 import WarmpoolWire
 

@@ -2,7 +2,7 @@ import CoreMetrics
 import Foundation
 import NIOConcurrencyHelpers
 import Prometheus
-import WarmpoolController
+import WarmpoolLiveness
 
 /// The controller's metrics, made once through swift-metrics and exposed by swift-prometheus.
 /// None is labelled by agent: ten thousand agents must not mean ten thousand series.

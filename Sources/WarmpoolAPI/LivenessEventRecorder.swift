@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import ServiceLifecycle
-import WarmpoolController
+import WarmpoolLiveness
 import WarmpoolStore
 
 /// Feeds liveness events to the metrics and to the store's event log (for `warmpoolctl events`),

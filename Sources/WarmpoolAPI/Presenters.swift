@@ -1,5 +1,5 @@
 import Foundation
-import WarmpoolController
+import WarmpoolLiveness
 import WarmpoolProvider
 import WarmpoolStore
 import WarmpoolWire

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import ServiceLifecycle
-import WarmpoolController
+import WarmpoolLiveness
 import WarmpoolEngine
 import WarmpoolProvider
 import WarmpoolSSH

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import WarmpoolAPI
-import WarmpoolController
+import WarmpoolLiveness
 import WarmpoolEngine
 import WarmpoolFailover
 import WarmpoolProvider

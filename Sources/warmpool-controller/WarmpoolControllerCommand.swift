@@ -6,7 +6,7 @@ import NIOPosix
 import Hummingbird
 import ServiceLifecycle
 import WarmpoolAPI
-import WarmpoolController
+import WarmpoolLiveness
 import WarmpoolEngine
 import WarmpoolFailover
 import WarmpoolProvider
@@ -135,7 +135,7 @@ struct Serve: AsyncParsableCommand {
         let eventLog = try LivenessEventLog(path: events)
         let store = try SQLiteStore(path: db, logger: logger)
         try await AdminKey.ensure(store: store, databasePath: db, logger: logger)
-        let service = try ControllerService(
+        let service = try LivenessService(
             configuration: .init(
                 host: address.host, port: address.port, keysFile: keysFile,
                 hub: .init(

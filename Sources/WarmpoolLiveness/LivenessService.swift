@@ -8,7 +8,7 @@ import WarmpoolWire
 /// The agent-facing listener and the detector's clock, as one service: binds, ticks the detector,
 /// re-reads the agent keys (keys file and store) when they change, and on graceful shutdown stops
 /// accepting and closes.
-public final class ControllerService: Service {
+public final class LivenessService: Service {
     public struct Configuration: Sendable {
         public var host: String
         public var port: Int

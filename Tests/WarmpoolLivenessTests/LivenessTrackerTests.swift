@@ -1,6 +1,6 @@
 import Testing
 import WarmpoolWire
-@testable import WarmpoolController
+@testable import WarmpoolLiveness
 
 /// The detector with time passed in: every test is exact, nothing sleeps.
 @Suite struct LivenessTrackerTests {

@@ -4,7 +4,7 @@ import NIOCore
 import Testing
 import WarmpoolTestSupport
 import WarmpoolWire
-@testable import WarmpoolController
+@testable import WarmpoolLiveness
 
 /// The controller's agent listener on a real loopback socket: bytes in, frames and closes out.
 @Suite struct AgentListenerTests {

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import WarmpoolWire
-@testable import WarmpoolController
+@testable import WarmpoolLiveness
 
 /// The event line is written by hand (it is on the hot path during an event storm): it must stay
 /// the JSON object the harnesses and the failover tooling parse.
