@@ -36,6 +36,11 @@ let package = Package(
         // curl_easy_setopt is variadic, which Swift cannot call: this shim gives it typed entry points.
         .target(name: "CCurlShim", dependencies: ["CCurl"]),
 
+        // The leaf: typed identifiers, the shared enums and the one vocabulary for time. No
+        // dependencies, no Foundation: the agent links it.
+        .target(name: "WarmpoolModel"),
+        .testTarget(name: "WarmpoolModelTests", dependencies: ["WarmpoolModel"]),
+
         .target(
             name: "WarmpoolWire",
             dependencies: [
