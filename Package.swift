@@ -44,6 +44,7 @@ let package = Package(
         .target(
             name: "WarmpoolWire",
             dependencies: [
+                "WarmpoolModel",
                 "CZstd",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -51,6 +52,7 @@ let package = Package(
         .target(
             name: "WarmpoolAgent",
             dependencies: [
+                "WarmpoolModel",
                 "WarmpoolWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -62,6 +64,7 @@ let package = Package(
         .target(
             name: "WarmpoolLiveness",
             dependencies: [
+                "WarmpoolModel",
                 "WarmpoolWire",
                 "CEpoll",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -75,6 +78,7 @@ let package = Package(
         .target(
             name: "WarmpoolSSH",
             dependencies: [
+                "WarmpoolModel",
                 "CLibSSH2",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -96,6 +100,8 @@ let package = Package(
         .executableTarget(
             name: "warmpool-controller",
             dependencies: [
+                "WarmpoolModel",
+                "WarmpoolWire",
                 "WarmpoolLiveness",
                 "WarmpoolAPI",
                 "WarmpoolStore",
@@ -104,8 +110,12 @@ let package = Package(
                 "WarmpoolProvider",
                 "WarmpoolSSH",
                 "WarmpoolNotify",
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -113,6 +123,7 @@ let package = Package(
         .executableTarget(
             name: "warmpool-loadgen",
             dependencies: [
+                "WarmpoolModel",
                 "WarmpoolAgent",
                 "CEpoll",
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -126,6 +137,7 @@ let package = Package(
         .target(
             name: "WarmpoolStore",
             dependencies: [
+                "WarmpoolModel",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -135,11 +147,11 @@ let package = Package(
         .target(
             name: "WarmpoolAPI",
             dependencies: [
+                "WarmpoolModel",
                 "WarmpoolStore",
                 "WarmpoolLiveness",
-                "WarmpoolFailover",
-                "WarmpoolEngine",
                 "WarmpoolProvider",
+                "WarmpoolWire",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -158,6 +170,7 @@ let package = Package(
         .executableTarget(
             name: "warmpool-sshcheck",
             dependencies: [
+                "WarmpoolModel",
                 "WarmpoolSSH",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -177,6 +190,7 @@ let package = Package(
         .testTarget(
             name: "WarmpoolSSHTests",
             dependencies: [
+                "WarmpoolModel",
                 "WarmpoolSSH",
                 "WarmpoolTestSupport",
                 .product(name: "Logging", package: "swift-log"),
@@ -187,7 +201,7 @@ let package = Package(
             name: "WarmpoolLivenessTests",
             dependencies: ["WarmpoolLiveness", "WarmpoolTestSupport"]
         ),
-        .testTarget(name: "WarmpoolStoreTests", dependencies: ["WarmpoolStore", .product(name: "GRDB", package: "GRDB.swift")]),
+        .testTarget(name: "WarmpoolStoreTests", dependencies: ["WarmpoolStore", "WarmpoolModel", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(
             name: "WarmpoolAPITests",
             dependencies: [
@@ -215,6 +229,7 @@ let package = Package(
         .target(
             name: "WarmpoolProvider",
             dependencies: [
+                "WarmpoolModel",
                 "WarmpoolHTTP",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -241,6 +256,7 @@ let package = Package(
         .testTarget(
             name: "WarmpoolProviderTests",
             dependencies: [
+                "WarmpoolModel",
                 "WarmpoolProvider",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -250,6 +266,7 @@ let package = Package(
         .testTarget(
             name: "WarmpoolSimTests",
             dependencies: [
+                "WarmpoolModel",
                 "WarmpoolSim",
                 "WarmpoolProvider",
                 "WarmpoolSSH",
@@ -260,14 +277,15 @@ let package = Package(
         ),
 
         // The failover engine (pure): the per-pool state machine, no I/O, no clock, no dependencies.
-        .target(name: "WarmpoolEngine"),
-        .testTarget(name: "WarmpoolEngineTests", dependencies: ["WarmpoolEngine"]),
+        .target(name: "WarmpoolEngine", dependencies: ["WarmpoolModel"]),
+        .testTarget(name: "WarmpoolEngineTests", dependencies: ["WarmpoolEngine", "WarmpoolModel"]),
         // Its shell: liveness events, provider answers, SSH verdicts and timers in; store commits,
         // provider commands, verifications and lease decisions out.
         .target(
             name: "WarmpoolFailover",
             dependencies: [
-                "WarmpoolEngine", "WarmpoolProvider", "WarmpoolSSH", "WarmpoolStore", "WarmpoolLiveness", "WarmpoolWire",
+                "WarmpoolModel", "WarmpoolEngine", "WarmpoolProvider", "WarmpoolSSH", "WarmpoolStore", "WarmpoolNotify",
+                "WarmpoolLiveness", "WarmpoolWire",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -287,6 +305,7 @@ let package = Package(
         .target(
             name: "WarmpoolNotify",
             dependencies: [
+                "WarmpoolModel",
                 "WarmpoolHTTP",
                 "WarmpoolStore",
                 .product(name: "Crypto", package: "swift-crypto"),

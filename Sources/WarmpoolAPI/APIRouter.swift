@@ -23,18 +23,12 @@ public struct APIDependencies: Sendable {
     public var operations: any PoolOperations
     public var hub: LivenessHub?
     public var metrics: ControllerMetrics
-    /// Called after an agent key is added or revoked, so the listener's keyring follows the store.
-    public var agentKeysChanged: @Sendable () async -> Void
 
-    public init(
-        store: any WarmpoolStore, operations: any PoolOperations, hub: LivenessHub?, metrics: ControllerMetrics,
-        agentKeysChanged: @escaping @Sendable () async -> Void = {}
-    ) {
+    public init(store: any WarmpoolStore, operations: any PoolOperations, hub: LivenessHub?, metrics: ControllerMetrics) {
         self.store = store
         self.operations = operations
         self.hub = hub
         self.metrics = metrics
-        self.agentKeysChanged = agentKeysChanged
     }
 }
 
@@ -90,7 +84,7 @@ struct JSONErrorMiddleware: RouterMiddleware {
 
     static func apiError(_ error: PoolOperationError) -> APIError {
         switch error {
-        case .unknownMachine: APIError.notFound(error.description)
+        case .unknownPool: APIError.notFound(error.description)
         case .conflict: APIError.conflict(error.description)
         case .providerFailed: APIError(.badGateway, "provider_failed", error.description)
         case .providerNotConfigured: APIError(.serviceUnavailable, "provider_not_configured", error.description)

@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import WarmpoolLiveness
+import WarmpoolModel
 import WarmpoolStore
 import WarmpoolWire
 
@@ -18,7 +19,7 @@ struct AgentRoutes {
             let lease = dependencies.hub?.leaseMilliseconds
             let hub = dependencies.hub
             // The epoch an agent's grants carry: its pool's, once the engine has granted one.
-            func epoch(_ snapshot: AgentLivenessSnapshot?) -> UInt64? {
+            func epoch(_ snapshot: AgentLivenessSnapshot?) -> Epoch? {
                 guard let hub else { return nil }
                 if let snapshot, case .granted(let epoch)? = hub.leasePosture(instanceID: snapshot.identity.instanceID) { return epoch }
                 return hub.epoch
@@ -45,28 +46,26 @@ struct AgentRoutes {
             }
             let secret = AgentSecret.random()
             let record = AgentRecord(
-                agentID: agentID, secretHex: secret.hex, machineID: try body.int("machine_id"),
-                instanceID: try body.int("instance_id"), role: role)
+                agentID: AgentID(agentID), secretHex: secret.hex, poolID: try body.int("machine_id").map(PoolID.init(rawValue:)),
+                instanceID: try body.int("instance_id").map(InstanceID.init(rawValue:)), role: role)
             do {
                 try await dependencies.store.addAgent(record)
             } catch StoreError.duplicate {
                 throw APIError.conflict("agent \(agentID) already has a key; revoke it first")
             }
-            await dependencies.agentKeysChanged()
             return JSONResponse.make(.created, .object([
                 ("agent_id", .string(agentID)),
                 ("secret", .string(secret.hex)),
-                ("machine_id", .int(record.machineID)),
-                ("instance_id", .int(record.instanceID)),
+                ("machine_id", .id(record.poolID)),
+                ("instance_id", .id(record.instanceID)),
                 ("role", .string(role)),
             ]))
         }
         group.delete("agents/:agent_id") { _, context in
-            let agentID = context.parameters.get("agent_id") ?? ""
+            let agentID = AgentID(context.parameters.get("agent_id") ?? "")
             guard try await dependencies.store.revokeAgent(id: agentID, at: Date()) else {
                 throw APIError.notFound("no active agent key \(agentID)")
             }
-            await dependencies.agentKeysChanged()
             return JSONResponse.ok(.object([("success", .bool(true)), ("message", .string("agent \(agentID) revoked"))]))
         }
     }

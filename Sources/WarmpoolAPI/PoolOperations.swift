@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolModel
 import WarmpoolProvider
 import WarmpoolStore
 
@@ -7,17 +8,17 @@ import WarmpoolStore
 public protocol PoolOperations: Sendable {
     func hosts(_ filter: WarmPoolHosts.Filter) async throws -> [WarmPoolHosts.Host]
     func provision(_ request: ProvisionRequest) async throws -> PoolRecord
-    func enable(machineID: Int64) async throws -> PoolRecord
-    func disable(machineID: Int64) async throws -> PoolRecord
+    func enable(_ poolID: PoolID) async throws -> PoolRecord
+    func disable(_ poolID: PoolID) async throws -> PoolRecord
     /// Settings changes; a machine without a pool gets a row (disabled) to hold them.
-    func updateSettings(machineID: Int64, _ change: SettingsChange) async throws -> PoolRecord
-    func failoverTest(machineID: Int64) async throws -> FailoverTestOutcome
-    func cleanup(machineID: Int64) async throws
+    func updateSettings(_ poolID: PoolID, _ change: SettingsChange) async throws -> PoolRecord
+    func failoverTest(_ poolID: PoolID) async throws -> FailoverTestOutcome
+    func cleanup(_ poolID: PoolID) async throws
 }
 
 /// Errors an implementation reports; the API maps each to its status.
 public enum PoolOperationError: Error, CustomStringConvertible, Sendable {
-    case unknownMachine(Int64)
+    case unknownPool(PoolID)
     /// The pool is not in a state that allows this (e.g. a failover already running).
     case conflict(String)
     /// The provider cannot be reached or refused; the message names why.
@@ -27,7 +28,7 @@ public enum PoolOperationError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         switch self {
-        case .unknownMachine(let id): "no warm pool for machine \(id)"
+        case .unknownPool(let id): "no warm pool for machine \(id)"
         case .conflict(let reason): reason
         case .providerFailed(let reason): "the provider failed: \(reason)"
         case .providerNotConfigured:
@@ -40,18 +41,18 @@ public struct ProvisionRequest: Sendable, Equatable {
     public static let defaultImage = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime"
     public static let defaultDiskSizeGB = 50
 
-    public var machineID: Int64
-    public var hostMachineID: Int64
+    public var poolID: PoolID
+    public var hostMachineID: HostMachineID
     public var gpuName: String?
     public var image: String
     public var diskSizeGB: Int
     public var volumeSizeGB: Int
 
     public init(
-        machineID: Int64, hostMachineID: Int64, gpuName: String? = nil, image: String = ProvisionRequest.defaultImage,
+        poolID: PoolID, hostMachineID: HostMachineID, gpuName: String? = nil, image: String = ProvisionRequest.defaultImage,
         diskSizeGB: Int = ProvisionRequest.defaultDiskSizeGB, volumeSizeGB: Int = PoolRecord.defaultVolumeSizeGB
     ) {
-        self.machineID = machineID
+        self.poolID = poolID
         self.hostMachineID = hostMachineID
         self.gpuName = gpuName
         self.image = image
@@ -76,9 +77,9 @@ public struct FailoverTestOutcome: Sendable, Equatable {
     public var success: Bool
     public var message: String
     public var recoverySeconds: Double?
-    public var newPrimaryInstanceID: Int64?
+    public var newPrimaryInstanceID: InstanceID?
 
-    public init(success: Bool, message: String, recoverySeconds: Double?, newPrimaryInstanceID: Int64?) {
+    public init(success: Bool, message: String, recoverySeconds: Double?, newPrimaryInstanceID: InstanceID?) {
         self.success = success
         self.message = message
         self.recoverySeconds = recoverySeconds
@@ -95,30 +96,30 @@ public struct ProviderlessPoolOperations: PoolOperations {
 
     public func hosts(_ filter: WarmPoolHosts.Filter) async throws -> [WarmPoolHosts.Host] { throw PoolOperationError.providerNotConfigured }
     public func provision(_ request: ProvisionRequest) async throws -> PoolRecord { throw PoolOperationError.providerNotConfigured }
-    public func failoverTest(machineID: Int64) async throws -> FailoverTestOutcome {
-        try await requirePool(machineID)
+    public func failoverTest(_ poolID: PoolID) async throws -> FailoverTestOutcome {
+        try await requirePool(poolID)
         throw PoolOperationError.providerNotConfigured
     }
 
-    public func cleanup(machineID: Int64) async throws {
-        try await requirePool(machineID)
+    public func cleanup(_ poolID: PoolID) async throws {
+        try await requirePool(poolID)
         throw PoolOperationError.providerNotConfigured
     }
 
-    private func requirePool(_ machineID: Int64) async throws {
-        guard try await store.pool(machineID: machineID) != nil else { throw PoolOperationError.unknownMachine(machineID) }
+    private func requirePool(_ poolID: PoolID) async throws {
+        guard try await store.pool(id: poolID) != nil else { throw PoolOperationError.unknownPool(poolID) }
     }
 
-    public func enable(machineID: Int64) async throws -> PoolRecord {
-        try await setStrategy(.gpuWarmPool, machineID: machineID)
+    public func enable(_ poolID: PoolID) async throws -> PoolRecord {
+        try await setStrategy(.gpuWarmPool, poolID: poolID)
     }
 
-    public func disable(machineID: Int64) async throws -> PoolRecord {
-        try await setStrategy(.cpuStandby, machineID: machineID)
+    public func disable(_ poolID: PoolID) async throws -> PoolRecord {
+        try await setStrategy(.cpuStandby, poolID: poolID)
     }
 
-    public func updateSettings(machineID: Int64, _ change: SettingsChange) async throws -> PoolRecord {
-        var pool = try await store.pool(machineID: machineID) ?? PoolRecord(machineID: machineID)
+    public func updateSettings(_ poolID: PoolID, _ change: SettingsChange) async throws -> PoolRecord {
+        var pool = try await store.pool(id: poolID) ?? PoolRecord(poolID: poolID)
         if let strategy = change.strategy {
             pool.strategy = strategy
             pool.state = PoolStrategySwitch.state(after: strategy, pool: pool)
@@ -130,8 +131,8 @@ public struct ProviderlessPoolOperations: PoolOperations {
         return pool
     }
 
-    private func setStrategy(_ strategy: FailoverStrategy, machineID: Int64) async throws -> PoolRecord {
-        guard var pool = try await store.pool(machineID: machineID) else { throw PoolOperationError.unknownMachine(machineID) }
+    private func setStrategy(_ strategy: FailoverStrategy, poolID: PoolID) async throws -> PoolRecord {
+        guard var pool = try await store.pool(id: poolID) else { throw PoolOperationError.unknownPool(poolID) }
         pool.strategy = strategy
         pool.state = PoolStrategySwitch.state(after: strategy, pool: pool)
         pool.updatedAt = Date()
@@ -142,13 +143,13 @@ public struct ProviderlessPoolOperations: PoolOperations {
 
 /// The pool state a strategy switch leaves when no failover is running.
 public enum PoolStrategySwitch {
-    public static func state(after strategy: FailoverStrategy, pool: PoolRecord) -> String {
+    public static func state(after strategy: FailoverStrategy, pool: PoolRecord) -> PoolState {
         switch strategy {
-        case .cpuStandby, .disabled: return "disabled"
+        case .cpuStandby, .disabled: return .disabled
         case .gpuWarmPool:
-            guard pool.state == "disabled" else { return pool.state }
-            if pool.primaryInstanceID != nil, pool.standbyInstanceID != nil { return "active" }
-            return pool.primaryInstanceID == nil ? "searching" : "degraded"
+            guard pool.state == .disabled else { return pool.state }
+            if pool.primaryInstanceID != nil, pool.standbyInstanceID != nil { return .active }
+            return pool.primaryInstanceID == nil ? .searching : .degraded
         }
     }
 }

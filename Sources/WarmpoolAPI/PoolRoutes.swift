@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import WarmpoolModel
 import WarmpoolProvider
 import WarmpoolStore
 
@@ -12,14 +13,14 @@ struct PoolRoutes {
 
     func register(on group: RouterGroup<APIRequestContext>) {
         group.get("status/:machine_id") { _, context in
-            let pool = try await requirePool(try RequestInput.machineID(context))
-            return JSONResponse.ok(Present.poolStatus(pool, lastHeartbeat: lastHeartbeats()[pool.primaryInstanceID ?? -1]))
+            let pool = try await requirePool(try RequestInput.poolID(context))
+            return JSONResponse.ok(Present.poolStatus(pool, lastHeartbeat: pool.primaryInstanceID.flatMap { lastHeartbeats()[$0] }))
         }
         group.get("pools") { _, _ in
             let pools = try await store.pools()
             let heartbeats = lastHeartbeats()
             return JSONResponse.ok(.object([
-                ("pools", .array(pools.map { Present.poolStatus($0, lastHeartbeat: heartbeats[$0.primaryInstanceID ?? -1]) })),
+                ("pools", .array(pools.map { Present.poolStatus($0, lastHeartbeat: $0.primaryInstanceID.flatMap { heartbeats[$0] }) })),
                 ("count", .int(Int64(pools.count))),
             ]))
         }
@@ -37,90 +38,90 @@ struct PoolRoutes {
             ]))
         }
         group.post("enable/:machine_id") { request, context in
-            let machineID = try RequestInput.machineID(context)
+            let poolID = try RequestInput.poolID(context)
             _ = try await RequestInput.jsonObject(request)
-            let pool = try await operations.enable(machineID: machineID)
+            let pool = try await operations.enable(poolID)
             return JSONResponse.ok(.object([
                 ("status", .string("enabled")),
-                ("message", .string("warm pool enabled for machine \(machineID); state \(pool.state)")),
+                ("message", .string("warm pool enabled for machine \(poolID); state \(pool.state.rawValue)")),
             ]))
         }
         group.post("disable/:machine_id") { request, context in
-            let machineID = try RequestInput.machineID(context)
+            let poolID = try RequestInput.poolID(context)
             _ = try await RequestInput.jsonObject(request)
-            _ = try await operations.disable(machineID: machineID)
+            _ = try await operations.disable(poolID)
             return JSONResponse.ok(.object([
                 ("status", .string("disabled")),
-                ("message", .string("warm pool disabled for machine \(machineID); CPU standby in force")),
+                ("message", .string("warm pool disabled for machine \(poolID); CPU standby in force")),
                 ("fallback", .string("cpu_standby")),
             ]))
         }
         group.post("failover/test/:machine_id") { request, context in
-            let machineID = try RequestInput.machineID(context)
+            let poolID = try RequestInput.poolID(context)
             _ = try await RequestInput.jsonObject(request)
-            let outcome = try await operations.failoverTest(machineID: machineID)
+            let outcome = try await operations.failoverTest(poolID)
             return JSONResponse.ok(.object([
                 ("success", .bool(outcome.success)),
                 ("message", .string(outcome.message)),
                 ("recovery_time_seconds", outcome.recoverySeconds.map { .double(($0 * 10).rounded() / 10) } ?? .null),
-                ("new_primary_gpu_id", .int(outcome.newPrimaryInstanceID)),
+                ("new_primary_gpu_id", .id(outcome.newPrimaryInstanceID)),
             ]))
         }
         group.delete("cleanup/:machine_id") { _, context in
-            let machineID = try RequestInput.machineID(context)
-            try await operations.cleanup(machineID: machineID)
+            let poolID = try RequestInput.poolID(context)
+            try await operations.cleanup(poolID)
             return JSONResponse.ok(.object([
                 ("success", .bool(true)),
-                ("message", .string("primary, standby and volume of machine \(machineID) destroyed")),
+                ("message", .string("primary, standby and volume of machine \(poolID) destroyed")),
             ]))
         }
         group.get("settings/:machine_id") { _, context in
-            JSONResponse.ok(Present.settings(try await requirePool(try RequestInput.machineID(context))))
+            JSONResponse.ok(Present.settings(try await requirePool(try RequestInput.poolID(context))))
         }
         group.put("settings/:machine_id") { request, context in
-            let machineID = try RequestInput.machineID(context)
+            let poolID = try RequestInput.poolID(context)
             let body = try await RequestInput.jsonObject(request)
             try Self.refuseUnknownFields(body, allowed: ["strategy", "gpu_preferences", "volume_size_gb"])
             let change = SettingsChange(
                 strategy: try body.oneOf("strategy", FailoverStrategy.self), gpuPreferences: try body.stringArray("gpu_preferences"),
                 volumeSizeGB: try body.positiveInt("volume_size_gb", maximum: 65_536).map { Int($0) })
             // A machine can be configured before its pool is provisioned: the row starts disabled.
-            let pool = try await operations.updateSettings(machineID: machineID, change)
+            let pool = try await operations.updateSettings(poolID, change)
             return JSONResponse.ok(Present.settings(pool))
         }
         group.get("history/:machine_id") { request, context in
-            let machineID = try RequestInput.machineID(context)
-            _ = try await requirePool(machineID)
+            let poolID = try RequestInput.poolID(context)
+            _ = try await requirePool(poolID)
             var failovers: [JSONValue] = []
-            for failover in try await store.failovers(machineID: machineID, limit: try RequestInput.limit(request, default: 20)) {
+            for failover in try await store.failovers(poolID: poolID, limit: try RequestInput.limit(request, default: 20)) {
                 failovers.append(Present.failover(failover, timeline: try await store.timeline(failoverID: failover.id)))
             }
-            return JSONResponse.ok(.object([("machine_id", .int(machineID)), ("failovers", .array(failovers))]))
+            return JSONResponse.ok(.object([("machine_id", .id(poolID)), ("failovers", .array(failovers))]))
         }
         group.get("events/:machine_id") { request, context in
-            let machineID = try RequestInput.machineID(context)
-            _ = try await requirePool(machineID)
-            let events = try await store.events(machineID: machineID, limit: try RequestInput.limit(request, default: 100))
-            return JSONResponse.ok(.object([("machine_id", .int(machineID)), ("events", .array(events.map(Present.event)))]))
+            let poolID = try RequestInput.poolID(context)
+            _ = try await requirePool(poolID)
+            let events = try await store.events(poolID: poolID, limit: try RequestInput.limit(request, default: 100))
+            return JSONResponse.ok(.object([("machine_id", .id(poolID)), ("events", .array(events.map(Present.event)))]))
         }
     }
 
-    private func requirePool(_ machineID: Int64) async throws -> PoolRecord {
-        guard let pool = try await store.pool(machineID: machineID) else {
-            throw APIError.notFound("no warm pool for machine \(machineID)")
+    private func requirePool(_ poolID: PoolID) async throws -> PoolRecord {
+        guard let pool = try await store.pool(id: poolID) else {
+            throw APIError.notFound("no warm pool for machine \(poolID)")
         }
         return pool
     }
 
     /// The newest heartbeat this controller heard from each instance's agents, read once per
     /// request: the pool list must not take a snapshot of every agent for every pool.
-    private func lastHeartbeats() -> [Int64: Date] {
+    private func lastHeartbeats() -> [InstanceID: Date] {
         guard let hub = dependencies.hub else { return [:] }
         let now = Date()
-        var newest: [Int64: Date] = [:]
+        var newest: [InstanceID: Date] = [:]
         for snapshot in hub.agentSnapshots() {
             let heard = now.addingTimeInterval(-Double(snapshot.silenceNanoseconds) / 1e9)
-            newest[Int64(snapshot.identity.instanceID)] = max(newest[Int64(snapshot.identity.instanceID)] ?? heard, heard)
+            newest[snapshot.identity.instanceID] = max(newest[snapshot.identity.instanceID] ?? heard, heard)
         }
         return newest
     }
@@ -156,10 +157,11 @@ struct PoolRoutes {
 
     static func provisionRequest(_ body: JSONObjectReader) throws -> ProvisionRequest {
         // Unknown fields are tolerated here: existing clients of this route must keep working.
-        var request = ProvisionRequest(machineID: try body.requiredInt("machine_id"), hostMachineID: try body.requiredInt("host_machine_id"))
-        guard request.machineID >= 0, request.hostMachineID >= 0 else {
+        let poolID = try body.requiredInt("machine_id"), host = try body.requiredInt("host_machine_id")
+        guard poolID >= 0, host >= 0 else {
             throw APIError.badRequest("machine_id and host_machine_id must be non-negative")
         }
+        var request = ProvisionRequest(poolID: PoolID(poolID), hostMachineID: HostMachineID(host))
         request.gpuName = try body.string("gpu_name", maximumLength: 64)
         if let image = try body.string("image", maximumLength: 512) {
             guard !image.isEmpty, !image.contains(where: { $0.isWhitespace }) else {

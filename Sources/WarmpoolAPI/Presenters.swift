@@ -1,5 +1,6 @@
 import Foundation
 import WarmpoolLiveness
+import WarmpoolModel
 import WarmpoolProvider
 import WarmpoolStore
 import WarmpoolWire
@@ -9,13 +10,13 @@ import WarmpoolWire
 enum Present {
     static func poolStatus(_ pool: PoolRecord, lastHeartbeat: Date?) -> JSONValue {
         .object([
-            ("machine_id", .int(pool.machineID)),
-            ("state", .string(pool.state)),
-            ("host_machine_id", .int(pool.hostMachineID)),
-            ("volume_id", .int(pool.volumeID)),
-            ("primary_gpu_id", .int(pool.primaryInstanceID)),
-            ("standby_gpu_id", .int(pool.standbyInstanceID)),
-            ("standby_state", .string(pool.standbyState)),
+            ("machine_id", .id(pool.poolID)),
+            ("state", .string(pool.state.rawValue)),
+            ("host_machine_id", .id(pool.hostMachineID)),
+            ("volume_id", .id(pool.volumeID)),
+            ("primary_gpu_id", .id(pool.primaryInstanceID)),
+            ("standby_gpu_id", .id(pool.standbyInstanceID)),
+            ("standby_state", .string(pool.standbyState.rawValue)),
             ("primary_ssh_host", .string(pool.primarySSHHost)),
             ("primary_ssh_port", .int(pool.primarySSHPort)),
             ("last_health_check", .date(lastHeartbeat ?? pool.lastHealthCheck)),
@@ -23,7 +24,7 @@ enum Present {
             ("last_failover_at", .date(pool.lastFailoverAt)),
             ("error_message", .string(pool.errorMessage)),
             ("strategy", .string(pool.strategy.rawValue)),
-            ("epoch", .int(pool.epoch)),
+            ("epoch", .epoch(pool.epoch)),
         ])
     }
 
@@ -35,7 +36,7 @@ enum Present {
 
     static func settings(_ pool: PoolRecord) -> JSONValue {
         .object([
-            ("machine_id", .int(pool.machineID)),
+            ("machine_id", .id(pool.poolID)),
             ("strategy", .string(pool.strategy.rawValue)),
             ("gpu_preferences", .array(pool.gpuPreferences.map { .string($0) })),
             ("volume_size_gb", .int(Int64(pool.volumeSizeGB))),
@@ -44,7 +45,7 @@ enum Present {
 
     static func host(_ host: WarmPoolHosts.Host) -> JSONValue {
         .object([
-            ("machine_id", .int(Int64(host.machineID))),
+            ("machine_id", .id(host.machineID)),
             ("total_gpus", .int(Int64(host.totalGPUs))),
             ("available_gpus", .int(Int64(host.availableGPUs))),
             ("gpu_name", .string(host.gpuName)),
@@ -59,8 +60,8 @@ enum Present {
 
     static func offer(_ offer: WarmPoolHosts.HostOffer) -> JSONValue {
         .object([
-            ("offer_id", .int(Int64(offer.offerID))),
-            ("machine_id", .int(Int64(offer.machineID))),
+            ("offer_id", .id(offer.offerID)),
+            ("machine_id", .id(offer.machineID)),
             ("gpu_name", .string(offer.gpuName)),
             ("num_gpus", .int(Int64(offer.numGPUs))),
             ("price_per_hour", .double(offer.pricePerHour)),
@@ -84,12 +85,12 @@ enum Present {
         }
         return .object([
             ("id", .string(failover.id)),
-            ("machine_id", .int(failover.machineID)),
+            ("machine_id", .id(failover.poolID)),
             ("reason", .string(failover.reason)),
             ("result", .string(failover.result.rawValue)),
-            ("epoch", .int(failover.epoch)),
-            ("old_primary_gpu_id", .int(failover.oldPrimaryInstanceID)),
-            ("new_primary_gpu_id", .int(failover.newPrimaryInstanceID)),
+            ("epoch", .epoch(failover.epoch)),
+            ("old_primary_gpu_id", .id(failover.oldPrimaryInstanceID)),
+            ("new_primary_gpu_id", .id(failover.newPrimaryInstanceID)),
             ("started_at", .date(failover.startedAt)),
             ("finished_at", .date(failover.finishedAt)),
             ("duration_seconds", failover.durationSeconds.map { .double(($0 * 1000).rounded() / 1000) } ?? .null),
@@ -101,8 +102,8 @@ enum Present {
     static func event(_ event: PoolEvent) -> JSONValue {
         .object([
             ("id", .int(event.id)),
-            ("machine_id", .int(event.machineID)),
-            ("agent_id", .string(event.agentID)),
+            ("machine_id", .id(event.poolID)),
+            ("agent_id", .agentID(event.agentID)),
             ("kind", .string(event.kind)),
             ("at", .date(event.at)),
             ("detail", .string(event.detail)),
@@ -110,15 +111,15 @@ enum Present {
     }
 
     /// An agent as registered, joined with what the detector sees of it right now.
-    static func agent(_ record: AgentRecord?, liveness: AgentLivenessSnapshot?, now: Date, leaseMilliseconds: UInt32?, epoch: UInt64?) -> JSONValue {
-        let agentID = record?.agentID ?? liveness?.identity.agentID ?? ""
+    static func agent(_ record: AgentRecord?, liveness: AgentLivenessSnapshot?, now: Date, leaseMilliseconds: UInt32?, epoch: Epoch?) -> JSONValue {
+        let agentID = record?.agentID ?? liveness?.identity.agentID ?? AgentID("")
         let lastHeartbeat = liveness.map { now.addingTimeInterval(-Double($0.silenceNanoseconds) / 1e9) }
         let status = liveness?.status
         let holdsLease = liveness.map { !$0.leaseRevoked && ($0.state == "alive" || $0.state == "suspected") } ?? false
         var members: [(String, JSONValue)] = [
-            ("agent_id", .string(agentID)),
-            ("machine_id", .int(record?.machineID ?? liveness.map { Int64($0.identity.machineID) })),
-            ("instance_id", .int(record?.instanceID ?? liveness.map { Int64($0.identity.instanceID) })),
+            ("agent_id", .agentID(agentID)),
+            ("machine_id", .int(record?.poolID?.rawValue ?? liveness.map { $0.identity.machineID.rawValue })),
+            ("instance_id", .id(record?.instanceID ?? liveness?.identity.instanceID)),
             ("role", .string(liveness.map { "\($0.identity.role)" } ?? record?.role)),
             ("registered", .bool(record != nil)),
             ("revoked", .bool(record?.revokedAt != nil)),
@@ -130,7 +131,7 @@ enum Present {
                 ("held", .bool(holdsLease)),
                 ("revoked", .bool(liveness?.leaseRevoked ?? false)),
                 ("duration_ms", holdsLease ? .int(leaseMilliseconds.map { Int64($0) }) : .null),
-                ("epoch", holdsLease ? .int(epoch.map { Int64($0) }) : .null),
+                ("epoch", holdsLease ? .epoch(epoch) : .null),
             ])),
             ("software_version", .string(liveness?.identity.softwareVersion)),
         ]

@@ -1,4 +1,5 @@
 import Hummingbird
+import WarmpoolModel
 
 /// Reads a request's JSON body and its parameters, turning each kind of bad input into a 4xx that
 /// names the field and the problem.
@@ -27,8 +28,9 @@ struct RequestInput {
         return JSONObjectReader(members: members)
     }
 
-    static func machineID(_ context: some RequestContext) throws -> Int64 {
-        try integerParameter("machine_id", context)
+    /// The path's `machine_id`: a pool's id.
+    static func poolID(_ context: some RequestContext) throws -> PoolID {
+        PoolID(try integerParameter("machine_id", context))
     }
 
     static func integerParameter(_ name: String, _ context: some RequestContext) throws -> Int64 {

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import WarmpoolModel
 import WarmpoolWire
 
 /// One connection to a controller. Carries out what its `AgentSessionStateMachine` decides and

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import WarmpoolModel
 import WarmpoolWire
 
 /// Everything the probes learned in one pass, stamped with when (agent monotonic clock).

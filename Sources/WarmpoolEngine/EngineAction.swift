@@ -1,3 +1,5 @@
+import WarmpoolModel
+
 /// What the shell must do for the engine. The shell saves the machine's new state first (with the
 /// `timeline` and `notify` records, in one transaction), then carries the actions out in order.
 ///
@@ -7,10 +9,10 @@
 public enum EngineAction: Hashable, Sendable, Codable {
     /// Free single-GPU offers on `hostMachineID`, matching `gpuNames` (any if empty), best first.
     /// Answer: `.offers`.
-    case findFreeOffers(OperationID, hostMachineID: MachineID, gpuNames: [String])
+    case findFreeOffers(OperationID, hostMachineID: HostMachineID, gpuNames: [String])
     /// Make sure a volume named `name` exists on the host: look it up by name and adopt it, or
     /// create it. Answer: `.volume`.
-    case ensureVolume(OperationID, name: String, hostMachineID: MachineID, sizeGB: Int)
+    case ensureVolume(OperationID, name: String, hostMachineID: HostMachineID, sizeGB: Int)
     /// Make sure an instance labelled `request.label` exists: look the label up in the instance
     /// list and adopt it, or create it from the offer. Never creates a second one. Answer: `.instance`.
     case ensureInstance(OperationID, InstanceRequest)
@@ -36,7 +38,7 @@ public enum EngineAction: Hashable, Sendable, Codable {
     /// Must take effect before the shell sends any other grant.
     case revokeLease(InstanceID)
     /// This instance's agent may hold a lease again, at `epoch` (the tracker's `restoreLease`).
-    case grantLease(InstanceID, epoch: UInt64)
+    case grantLease(InstanceID, epoch: Epoch)
 
     /// Deliver once per `id`: a redelivery after a restart carries the same id.
     case notify(EngineNotification)

@@ -1,3 +1,5 @@
+import WarmpoolModel
+
 /// Deadlines, retry budgets and the lease length the engine works with.
 ///
 /// A step that is not finished by its deadline fails, and so does a command whose retryable
@@ -70,7 +72,7 @@ public struct EngineSettings: Hashable, Sendable, Codable {
 /// made the same way on the same host.
 public struct ProvisionRequest: Hashable, Sendable, Codable {
     public var poolID: PoolID
-    public var hostMachineID: MachineID
+    public var hostMachineID: HostMachineID
     /// Acceptable GPU names, best first (e.g. `["RTX 4090"]`); empty means any.
     public var gpuNames: [String]
     public var image: String
@@ -78,7 +80,7 @@ public struct ProvisionRequest: Hashable, Sendable, Codable {
     public var volumeGB: Int
 
     public init(
-        poolID: PoolID, hostMachineID: MachineID, gpuNames: [String] = [],
+        poolID: PoolID, hostMachineID: HostMachineID, gpuNames: [String] = [],
         image: String = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", diskGB: Int = 50, volumeGB: Int = 100
     ) {
         self.poolID = poolID

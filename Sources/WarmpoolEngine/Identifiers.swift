@@ -1,13 +1,4 @@
-/// The API's `machine_id`: the logical machine this warm pool serves.
-public typealias PoolID = Int
-/// A provider instance id (`primary_gpu_id`, `standby_gpu_id`; Vast.ai's `new_contract`).
-public typealias InstanceID = Int
-/// A provider physical machine id (`host_machine_id`).
-public typealias MachineID = Int
-/// A provider volume id (`volume_id`).
-public typealias VolumeID = Int
-/// A provider offer (ask) id: what an instance is created from.
-public typealias OfferID = Int
+import WarmpoolModel
 
 // Both ids are RawRepresentable over UInt64, so the standard library codes them as a bare number.
 

@@ -1,3 +1,5 @@
+import WarmpoolModel
+
 /// The failover engine for one warm pool. Pure: the caller passes the time in, carries out the
 /// actions it returns, and answers the commands among them with `providerResult` or
 /// `verificationResult`. No I/O, clock or timer lives in here.
@@ -161,7 +163,7 @@ public struct PoolMachine: Sendable, Codable {
     private var standby: InstanceID?
     private var standbySSH: SSHEndpoint?
     private var standbyState = StandbyState.none
-    private var epoch: UInt64 = 1
+    private var epoch: Epoch = 1
     private var retiring: [Retirement] = []
     private var run: TimelineRun?
     private var failoversStarted = 0
@@ -202,7 +204,7 @@ public struct PoolMachine: Sendable, Codable {
     /// standby's agent is silent by design, and a failover already under way ignores repeats.
     /// `epoch` is the epoch that agent was last granted (nil if unknown); an older one than the
     /// pool's is a report about a primary that has since been replaced.
-    public mutating func livenessFailed(instance: InstanceID, epoch: UInt64?, now: Instant) -> [EngineAction] {
+    public mutating func livenessFailed(instance: InstanceID, epoch: Epoch?, now: Instant) -> [EngineAction] {
         guard enabled, instance == primary, (epoch ?? self.epoch) >= self.epoch else { return [] }
         switch state {
         case .active, .recovering, .degraded, .provisioning(.standby):
@@ -631,10 +633,10 @@ public struct PoolMachine: Sendable, Codable {
     /// The old primary cannot write any more: a new epoch, then bring up the standby.
     private mutating func fenced(_ failover: Failover, how: String, now: Instant) -> [EngineAction] {
         var failover = failover
-        epoch += 1
+        epoch = epoch.next
         var actions = [
             record(.fenced, now: now, detail: how),
-            record(.epochIncreased, now: now, detail: "epoch \(epoch - 1) -> \(epoch)"),
+            record(.epochIncreased, now: now, detail: "epoch \(epoch.rawValue - 1) -> \(epoch)"),
         ]
         if let standby {
             actions += announceStandbyStarting(&failover, detail: "instance \(standby)", now: now)

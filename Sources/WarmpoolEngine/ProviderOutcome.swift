@@ -1,3 +1,5 @@
+import WarmpoolModel
+
 /// The provider's `actual_status` of an instance (Vast.ai's values). `nil` in a snapshot means the
 /// provider has not reported one yet (still provisioning).
 public enum InstanceStatus: String, Hashable, Sendable, Codable {
@@ -25,10 +27,10 @@ public struct InstanceSnapshot: Hashable, Sendable, Codable {
 /// A free GPU on offer: one offer is one GPU (the shell searches for `num_gpus = 1`).
 public struct GPUOffer: Hashable, Sendable, Codable {
     public var id: OfferID
-    public var machineID: MachineID
+    public var machineID: HostMachineID
     public var gpuName: String
 
-    public init(id: OfferID, machineID: MachineID, gpuName: String) {
+    public init(id: OfferID, machineID: HostMachineID, gpuName: String) {
         self.id = id
         self.machineID = machineID
         self.gpuName = gpuName

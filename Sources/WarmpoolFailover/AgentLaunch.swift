@@ -1,5 +1,6 @@
 import Foundation
 import WarmpoolEngine
+import WarmpoolModel
 
 /// How an instance the controller creates starts its agent: the onstart script and the
 /// environment handed to it. The agent's secret travels only in the instance's environment.
@@ -23,10 +24,10 @@ public struct AgentLaunch: Sendable {
         self.volumePath = volumePath
     }
 
-    func environment(agentID: String, secretHex: String, request: InstanceRequest, poolID: PoolID) -> [String: String] {
+    func environment(agentID: AgentID, secretHex: String, request: InstanceRequest, poolID: PoolID) -> [String: String] {
         var environment = extraEnvironment
         environment["WARMPOOL_CONTROLLERS"] = controllers
-        environment["WARMPOOL_AGENT_ID"] = agentID
+        environment["WARMPOOL_AGENT_ID"] = agentID.rawValue
         environment["WARMPOOL_AGENT_SECRET"] = secretHex
         environment["WARMPOOL_ROLE"] = request.role.rawValue
         environment["WARMPOOL_VOLUME_ID"] = "\(request.volume)"

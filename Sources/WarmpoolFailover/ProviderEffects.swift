@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import WarmpoolEngine
+import WarmpoolModel
 import WarmpoolProvider
 import WarmpoolStore
 import WarmpoolWire
@@ -13,8 +14,6 @@ struct ProviderEffects: Sendable {
     let store: any WarmpoolStore
     let launch: AgentLaunch
     let logger: Logger
-    /// Called after an agent key is minted or revoked, so the listener's keyring follows.
-    let agentKeysChanged: @Sendable () async -> Void
 
     func run(_ action: EngineAction, poolID: PoolID) async -> ProviderOutcome {
         do {
@@ -59,21 +58,15 @@ struct ProviderEffects: Sendable {
         }
     }
 
-    /// One engine offer is one GPU: multi-GPU offers are split, so the engine can place the
-    /// primary and the standby on two GPUs of one host.
-    private func freeOffers(host: MachineID, gpuNames: [String]) async throws -> [GPUOffer] {
-        let names: [String?] = gpuNames.isEmpty ? [nil] : gpuNames
-        var offers: [GPUOffer] = []
-        for name in names {
-            let query = OfferQuery(gpuName: name, verified: nil, rentable: true, machineID: host)
-            for offer in try await provider.searchOffers(query) where offer.machineID == host && offer.numGPUs == 1 {
-                offers.append(GPUOffer(id: offer.id, machineID: offer.machineID, gpuName: offer.gpuName))
-            }
+    /// One engine offer is one GPU: the engine places the primary and the standby on two GPUs
+    /// of one host.
+    private func freeOffers(host: HostMachineID, gpuNames: [String]) async throws -> [GPUOffer] {
+        try await provider.freeSingleGPUOffers(host: host, gpuNames: gpuNames).map {
+            GPUOffer(id: $0.id, machineID: $0.machineID, gpuName: $0.gpuName)
         }
-        return offers
     }
 
-    private func ensureVolume(name: String, host: MachineID, sizeGB: Int) async throws -> VolumeID {
+    private func ensureVolume(name: String, host: HostMachineID, sizeGB: Int) async throws -> VolumeID {
         if let existing = try await provider.listVolumes().first(where: { $0.label == name }) {
             logger.info("adopted volume", metadata: ["volume.id": "\(existing.id)", "volume.name": "\(name)"])
             return existing.id
@@ -91,10 +84,10 @@ struct ProviderEffects: Sendable {
         }
         // The agent's key is minted (and stored) before the create, so an instance adopted after a
         // crash finds its key in place.
-        let agentID = request.label
+        let agentID = AgentID(request.label)
         var agent = try await store.agent(id: agentID)
         if agent == nil {
-            let minted = AgentRecord(agentID: agentID, secretHex: AgentSecret.random().hex, machineID: Int64(poolID), role: request.role.rawValue)
+            let minted = AgentRecord(agentID: agentID, secretHex: AgentSecret.random().hex, poolID: poolID, role: request.role.rawValue)
             try await store.addAgent(minted)
             agent = minted
         }
@@ -104,9 +97,9 @@ struct ProviderEffects: Sendable {
             CreateInstanceRequest(
                 image: request.image, diskGB: Double(request.diskGB), label: request.label, env: environment,
                 onstart: launch.onstart, volume: .init(volumeID: request.volume, mountPath: launch.volumePath)))
-        agent!.instanceID = Int64(id)
+        agent!.instanceID = id
+        // The store tells the listener, whose keyring follows before this returns.
         try await store.saveAgent(agent!)
-        await agentKeysChanged()
         logger.info("created instance", metadata: ["instance.id": "\(id)", "instance.label": "\(request.label)", "role": "\(request.role.rawValue)"])
         return try await provider.instance(id: id).map(Self.snapshot) ?? InstanceSnapshot(id: id, status: nil)
     }
@@ -115,11 +108,10 @@ struct ProviderEffects: Sendable {
     /// reused, and a leftover agent must not authenticate.
     private func forgetInstance(_ id: InstanceID) async {
         do {
-            for agent in try await store.agents() where agent.instanceID == Int64(id) && agent.revokedAt == nil {
+            for agent in try await store.agents() where agent.instanceID == id && agent.revokedAt == nil {
                 _ = try await store.revokeAgent(id: agent.agentID, at: Date())
             }
-            try await store.unpinHostKey(instanceID: "\(id)")
-            await agentKeysChanged()
+            try await store.unpinHostKey(instanceID: id)
         } catch {
             logger.error("cannot revoke a destroyed instance's keys", metadata: ["instance.id": "\(id)", "error": "\(error)"])
         }

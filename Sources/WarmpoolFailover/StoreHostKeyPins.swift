@@ -1,3 +1,4 @@
+import WarmpoolModel
 import WarmpoolSSH
 import WarmpoolStore
 
@@ -7,15 +8,15 @@ public struct StoreHostKeyPins: HostKeyPinStore {
 
     public init(store: any WarmpoolStore) { self.store = store }
 
-    public func pinnedFingerprint(for instanceID: String) async throws -> String? {
+    public func pinnedFingerprint(for instanceID: InstanceID) async throws -> String? {
         try await store.pinnedHostKey(instanceID: instanceID)
     }
 
-    public func pinIfAbsent(_ fingerprint: String, for instanceID: String) async throws -> String {
+    public func pinIfAbsent(_ fingerprint: String, for instanceID: InstanceID) async throws -> String {
         try await store.pinHostKeyIfAbsent(instanceID: instanceID, key: fingerprint)
     }
 
-    public func removePin(for instanceID: String) async throws {
+    public func removePin(for instanceID: InstanceID) async throws {
         try await store.unpinHostKey(instanceID: instanceID)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import WarmpoolEngine
+import WarmpoolModel
 import WarmpoolSSH
 
 /// Carries out the engine's `verify`: SSH answers with the pinned host key, and the expected
@@ -11,24 +12,25 @@ struct VolumeVerification: Sendable {
     /// How long one `verify` keeps trying before it reports "not ready" to the engine, which
     /// decides whether to ask again.
     let attemptWindow: Duration
+    let clock: any WallClock
 
     func run(instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID) async -> VerificationOutcome {
         guard let ssh else { return .notReady(message: "the provider shows no SSH address for instance \(instance) yet") }
         let target: SSHTarget
         do {
             target = try SSHTarget(
-                instanceID: "\(instance)", host: ssh.host, port: ssh.port, username: "root",
+                instanceID: instance, host: ssh.host, port: ssh.port, username: "root",
                 volume: VolumeSpec(path: volumePath, expectedID: "\(volume)"))
         } catch {
             return .failed(message: "cannot verify instance \(instance): \(error)")
         }
-        let policy = ReadinessPolicy(deadline: Int64(attemptWindow.components.seconds) * 1_000_000_000, pollInterval: 20_000_000)
+        let policy = ReadinessPolicy(deadline: attemptWindow.nanoseconds, pollInterval: 20_000_000)
         do {
             let result = try await verifier.waitUntilReady(target, policy: policy)
             guard let failure = result.failure else {
                 // SSH was ready when the login finished; the volume check (the command) came after.
                 let command = Duration.nanoseconds(result.last.timings.command ?? 0)
-                return .passed(sshReadyAt: Instant.now() + (.zero - command))
+                return .passed(sshReadyAt: clock.now() - command)
             }
             if failure.reason == .deadlineExceeded || policy.retryable.contains(failure.reason) {
                 return .notReady(message: failure.description)
@@ -38,18 +40,4 @@ struct VolumeVerification: Sendable {
             return .notReady(message: "verification could not run: \(error)")
         }
     }
-}
-
-extension Instant {
-    static func now() -> Instant {
-        var time = timespec()
-        clock_gettime(CLOCK_REALTIME, &time)
-        return Instant(nanosecondsSinceEpoch: Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec))
-    }
-
-    var date: Date { Date(timeIntervalSince1970: Double(nanosecondsSinceEpoch) / 1e9) }
-}
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

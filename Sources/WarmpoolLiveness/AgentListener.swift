@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import WarmpoolModel
 import WarmpoolWire
 
 /// What the hub needs of a live agent connection: a way to end it from any thread.
@@ -222,7 +223,7 @@ final class AgentListener: @unchecked Sendable {
                 fd: fd, session: session,
                 machine: ControllerSessionStateMachine(
                     keyring: keyring, serverNonce: HandshakeCrypto.randomNonce(), terms: hub.configuration.terms,
-                    epoch: epoch),
+                    epoch: epoch.rawValue),
                 handshakeDeadline: MonotonicClock.now() + hub.configuration.handshakeTimeoutMilliseconds * 1_000_000,
                 logger: connectionLogger)
             connections[fd] = connection
@@ -299,7 +300,7 @@ final class AgentListener: @unchecked Sendable {
             if let leaseEpoch,
                 let grant = connection.machine.sealLease(
                     acknowledgedSequence: heartbeat.sequence, leaseMilliseconds: hub.configuration.leaseMilliseconds,
-                    epoch: leaseEpoch)
+                    epoch: leaseEpoch.rawValue)
             {
                 connection.lastLeaseGrantAt = now
                 send(grant, on: connection)

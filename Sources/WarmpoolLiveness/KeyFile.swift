@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolModel
 import WarmpoolWire
 
 /// The agent keys file: one `agent-id 64-hex-secret` pair per line; `#` starts a comment.
@@ -11,7 +12,7 @@ public enum KeyFile {
     }
 
     public static func parse(_ text: String) throws -> Keyring {
-        var secrets: [String: AgentSecret] = [:]
+        var secrets: [AgentID: AgentSecret] = [:]
         for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = rawLine.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
@@ -19,8 +20,8 @@ public enum KeyFile {
             guard fields.count == 2 else {
                 throw ParseError(line: index + 1, problem: "expected `agent-id secret`, found \(fields.count) fields")
             }
-            let id = String(fields[0])
-            guard AgentIdentity.isValidAgentID(id) else {
+            let id = AgentID(String(fields[0]))
+            guard AgentIdentity.isValidAgentID(id.rawValue) else {
                 throw ParseError(line: index + 1, problem: "agent id must be 1-64 characters of A-Z a-z 0-9 . _ -")
             }
             guard secrets[id] == nil else { throw ParseError(line: index + 1, problem: "agent \(id) appears twice") }
@@ -45,7 +46,7 @@ public enum KeyFile {
         guard AgentIdentity.isValidAgentID(agentID) else {
             throw ParseError(line: 0, problem: "agent id must be 1-64 characters of A-Z a-z 0-9 . _ -")
         }
-        guard keyring.secret(for: agentID) == nil else {
+        guard keyring.secret(for: AgentID(agentID)) == nil else {
             throw ParseError(line: 0, problem: "agent \(agentID) already has a key in \(path)")
         }
         let secret = AgentSecret.random()

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import WarmpoolModel
 import WarmpoolWire
 
 /// Writes every liveness event as one JSON line, so an outside harness can time detection, and
@@ -73,7 +74,7 @@ public final class LivenessEventLog: Sendable {
     /// cores that must keep reading heartbeats.
     static func jsonLine(_ event: LivenessEvent, wallClock: Date) -> Data {
         var line = "{\"agent_id\":"
-        appendJSONString(event.agent.agentID, to: &line)
+        appendJSONString(event.agent.agentID.rawValue, to: &line)
         line += ",\"event\":\"\(event.kind.rawValue)\""
         if let epoch = event.fencedAtEpoch { line += ",\"fenced_at_epoch\":\(epoch)" }
         line += ",\"instance_id\":\(event.agent.instanceID),\"machine_id\":\(event.agent.machineID)"

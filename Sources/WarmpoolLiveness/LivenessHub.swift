@@ -1,5 +1,6 @@
 import Logging
 import NIOConcurrencyHelpers
+import WarmpoolModel
 import WarmpoolWire
 
 /// The state every controller connection shares: the failure detector, the keyring, the epoch and
@@ -39,18 +40,18 @@ public final class LivenessHub: Sendable {
         /// No grant, whatever the detector thinks: the instance is being fenced or replaced.
         case revoked
         /// Grants carry this epoch (the pool's fencing token), not the controller-wide default.
-        case granted(epoch: UInt64)
+        case granted(epoch: Epoch)
     }
 
     private struct Shared: Sendable {
         var tracker: LivenessTracker
         var keyring: Keyring
-        var epoch: UInt64
+        var epoch: Epoch
         /// By provider instance id; kept for instances whose agent is not connected (yet), so an
         /// old primary that comes back after a controller restart is refused at once.
-        var postures: [UInt64: LeasePosture] = [:]
+        var postures: [InstanceID: LeasePosture] = [:]
         /// Authenticated sessions, so that a revoked key ends them at once.
-        var connections: [SessionID: (agentID: String, closer: any AgentConnectionCloser)] = [:]
+        var connections: [SessionID: (agentID: AgentID, closer: any AgentConnectionCloser)] = [:]
         var nextSession: SessionID = 1
         var heartbeatsReceived: UInt64 = 0
     }
@@ -59,7 +60,7 @@ public final class LivenessHub: Sendable {
     public let eventLog: LivenessEventLog
     private let shared: NIOLockedValueBox<Shared>
 
-    public init(configuration: Configuration, keyring: Keyring, epoch: UInt64, eventLog: LivenessEventLog) {
+    public init(configuration: Configuration, keyring: Keyring, epoch: Epoch, eventLog: LivenessEventLog) {
         self.configuration = configuration
         self.eventLog = eventLog
         self.shared = NIOLockedValueBox(
@@ -67,7 +68,7 @@ public final class LivenessHub: Sendable {
     }
 
     /// A snapshot for a new connection: its keyring, epoch and session id.
-    func openSession() -> (SessionID, Keyring, UInt64) {
+    func openSession() -> (SessionID, Keyring, Epoch) {
         shared.withLockedValue { shared in
             defer { shared.nextSession += 1 }
             return (shared.nextSession, shared.keyring, shared.epoch)
@@ -87,7 +88,7 @@ public final class LivenessHub: Sendable {
         for connection in revoked { connection.close() }
     }
 
-    public var epoch: UInt64 { shared.withLockedValue { $0.epoch } }
+    public var epoch: Epoch { shared.withLockedValue { $0.epoch } }
 
     public var heartbeatsReceived: UInt64 { shared.withLockedValue { $0.heartbeatsReceived } }
 
@@ -113,8 +114,8 @@ public final class LivenessHub: Sendable {
 
     /// Records a heartbeat; returns the epoch to grant a lease under, when one is due and allowed.
     func heartbeat(
-        _ session: SessionID, agentID: String, sentAt: UInt64, status: AgentStatus, lastGrantAt: Int64?
-    ) -> (now: Int64, leaseEpoch: UInt64?) {
+        _ session: SessionID, agentID: AgentID, sentAt: UInt64, status: AgentStatus, lastGrantAt: Int64?
+    ) -> (now: Int64, leaseEpoch: Epoch?) {
         let now = MonotonicClock.now()
         return shared.withLockedValue { shared in
             shared.heartbeatsReceived += 1
@@ -131,7 +132,7 @@ public final class LivenessHub: Sendable {
         }
     }
 
-    func sessionClosed(_ session: SessionID, agentID: String, graceful: Bool) {
+    func sessionClosed(_ session: SessionID, agentID: AgentID, graceful: Bool) {
         let now = MonotonicClock.now()
         shared.withLockedValue { shared in
             shared.connections[session] = nil
@@ -141,25 +142,25 @@ public final class LivenessHub: Sendable {
 
     /// Stops every further grant to the instance's agents; they fence themselves when the lease
     /// in hand runs out. Takes effect before the next grant on any connection.
-    public func revokeLease(instanceID: UInt64) {
+    public func revokeLease(instanceID: InstanceID) {
         shared.withLockedValue { $0.postures[instanceID] = .revoked }
     }
 
     /// The instance's agents may hold leases again, at `epoch`.
-    public func grantLease(instanceID: UInt64, epoch: UInt64) {
+    public func grantLease(instanceID: InstanceID, epoch: Epoch) {
         shared.withLockedValue { shared in
             shared.postures[instanceID] = .granted(epoch: epoch)
             for agentID in shared.tracker.agentIDs(instanceID: instanceID) { shared.tracker.restoreLease(agentID: agentID) }
         }
     }
 
-    public func leasePosture(instanceID: UInt64) -> LeasePosture? {
+    public func leasePosture(instanceID: InstanceID) -> LeasePosture? {
         shared.withLockedValue { $0.postures[instanceID] }
     }
 
     /// See `LivenessTracker.restoreLease`.
     @discardableResult
-    public func restoreLease(agentID: String) -> Bool {
+    public func restoreLease(agentID: AgentID) -> Bool {
         shared.withLockedValue { $0.tracker.restoreLease(agentID: agentID) }
     }
 

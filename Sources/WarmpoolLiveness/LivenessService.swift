@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import WarmpoolModel
 import WarmpoolWire
 
 /// The agent-facing listener and the detector's clock, as one service: binds, ticks the detector,
@@ -33,7 +34,7 @@ public final class LivenessService: Service {
 
     /// `storedKeys` reads the agents registered in the store; they are merged with the keys file.
     public init(
-        configuration: Configuration, epoch: UInt64, eventLog: LivenessEventLog, group: MultiThreadedEventLoopGroup,
+        configuration: Configuration, epoch: Epoch, eventLog: LivenessEventLog, group: MultiThreadedEventLoopGroup,
         logger: Logger, storedKeys: @escaping @Sendable () async throws -> Keyring = { Keyring() },
         onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }
     ) throws {

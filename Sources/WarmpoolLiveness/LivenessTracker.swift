@@ -1,3 +1,4 @@
+import WarmpoolModel
 import WarmpoolWire
 
 /// Identifies one TCP session; an agent may hold several at once (see PROTOCOL.md §6).
@@ -127,7 +128,7 @@ public struct LivenessTracker: Sendable {
     }
 
     public let configuration: DetectorConfiguration
-    private var agents: [String: Agent] = [:]
+    private var agents: [AgentID: Agent] = [:]
     /// No alive or suspected agent can cross a threshold before this time, so `tick` skips its
     /// scan until then: with 10,000 agents at 10 Hz the scan ran 100 times a second for nothing.
     /// Computed with the base timeout, the shortest, so it is never late; beats only move
@@ -173,7 +174,7 @@ public struct LivenessTracker: Sendable {
 
     /// `sentAt` is the beat's `sent_at_ms`: the same beat carries the same value on every session.
     public mutating func heartbeat(
-        _ session: SessionID, agentID: String, sentAt: UInt64, status: AgentStatus, now: Int64
+        _ session: SessionID, agentID: AgentID, sentAt: UInt64, status: AgentStatus, now: Int64
     ) -> [LivenessEvent] {
         // The hot path: mutate the agent where it lies. Copying it out and back would copy its
         // sessions dictionary on every beat.
@@ -225,7 +226,7 @@ public struct LivenessTracker: Sendable {
     }
 
     /// A session ended. `graceful` means the agent said Goodbye on it first.
-    public mutating func sessionClosed(_ session: SessionID, agentID: String, graceful: Bool, now: Int64) -> [LivenessEvent] {
+    public mutating func sessionClosed(_ session: SessionID, agentID: AgentID, graceful: Bool, now: Int64) -> [LivenessEvent] {
         guard var agent = agents[agentID], agent.sessions.removeValue(forKey: session) != nil else { return [] }
         var events: [LivenessEvent] = []
         if agent.sessions.isEmpty {
@@ -254,8 +255,8 @@ public struct LivenessTracker: Sendable {
         let baseSuspicion = suspicionThreshold(baseTimeout)
         // Fields are read in place, not copied out (a copy of an agent retains its identity,
         // sessions and status); the rare transitions are applied after the scan, by key.
-        var failed: [String] = []
-        var suspected: [String] = []
+        var failed: [AgentID] = []
+        var suspected: [AgentID] = []
         var index = agents.startIndex
         while index != agents.endIndex {
             defer { index = agents.index(after: index) }
@@ -293,7 +294,7 @@ public struct LivenessTracker: Sendable {
     /// Once failed, a failover may be under way: a renewed lease would let the old primary go on
     /// writing beside its replacement, so the lease stays revoked through a recovery until the
     /// failover engine decides (`restoreLease`).
-    public func mayGrantLease(agentID: String) -> Bool {
+    public func mayGrantLease(agentID: AgentID) -> Bool {
         guard let agent = agents[agentID], !agent.leaseRevoked else { return false }
         return agent.state == .alive || agent.state == .suspected
     }
@@ -301,25 +302,25 @@ public struct LivenessTracker: Sendable {
     /// The failover engine's word that a failed agent may hold a lease again (no failover, or it
     /// is the new primary). Returns false for an unknown agent.
     @discardableResult
-    public mutating func restoreLease(agentID: String) -> Bool {
+    public mutating func restoreLease(agentID: AgentID) -> Bool {
         guard agents[agentID] != nil else { return false }
         agents[agentID]!.leaseRevoked = false
         return true
     }
 
     /// The timeout in force for an agent now: the base, or the lossy timeout after a recent stall.
-    public func currentSilenceTimeout(agentID: String, now: Int64) -> Int64? {
+    public func currentSilenceTimeout(agentID: AgentID, now: Int64) -> Int64? {
         agents[agentID].map { silenceTimeout($0, now: now) }
     }
 
-    public func instanceID(agentID: String) -> UInt64? { agents[agentID]?.identity.instanceID }
+    public func instanceID(agentID: AgentID) -> InstanceID? { agents[agentID]?.identity.instanceID }
 
-    public func agentIDs(instanceID: UInt64) -> [String] {
+    public func agentIDs(instanceID: InstanceID) -> [AgentID] {
         agents.values.filter { $0.identity.instanceID == instanceID }.map(\.identity.agentID)
     }
 
     /// The summary from the agent's latest heartbeat (for the control plane's agent listing).
-    public func status(agentID: String) -> AgentStatus? { agents[agentID]?.status }
+    public func status(agentID: AgentID) -> AgentStatus? { agents[agentID]?.status }
 
     /// What the control plane lists for each agent seen since the controller started.
     public func snapshots(now: Int64) -> [AgentLivenessSnapshot] {

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import WarmpoolHTTP
+import WarmpoolModel
 import WarmpoolStore
 
 /// Delivers the store's notification outbox to webhook receivers, as a ServiceLifecycle service.
@@ -57,13 +58,21 @@ public final class WebhookNotifier: Service, Sendable {
     private let store: any WarmpoolStore
     private let client: HTTPClient
     private let logger: Logger
+    private let clock: any WallClock
 
-    public init(configuration: Configuration, store: any WarmpoolStore, client: HTTPClient = HTTPClient(), logger: Logger) {
+    public init(
+        configuration: Configuration, store: any WarmpoolStore, client: HTTPClient = HTTPClient(), logger: Logger,
+        clock: any WallClock = SystemWallClock()
+    ) {
         self.configuration = configuration
         self.store = store
         self.client = client
         self.logger = logger
+        self.clock = clock
     }
+
+    /// The wall clock as the outbox and the signature read it.
+    private func now() -> Date { Date(timeIntervalSince1970: clock.now().secondsSinceEpoch) }
 
     /// Polls until graceful shutdown or cancellation. A round in progress is finished first, so
     /// its outcome is recorded rather than repeated after the restart.
@@ -91,7 +100,7 @@ public final class WebhookNotifier: Service, Sendable {
 
     /// One poll: every due entry gets one delivery round. Returns how many entries were due.
     private func deliverDueEntries(_ accepted: inout Acceptances) async throws -> Int {
-        let entries = try await store.dueNotifications(now: Date(), limit: configuration.batchSize)
+        let entries = try await store.dueNotifications(now: now(), limit: configuration.batchSize)
         for entry in entries {
             if Task.isCancelled || Task.isShuttingDownGracefully { break }
             try await deliver(entry, &accepted)
@@ -101,7 +110,7 @@ public final class WebhookNotifier: Service, Sendable {
 
     private func deliver(_ entry: OutboxEntry, _ accepted: inout Acceptances) async throws {
         let body = Data(entry.payload.utf8)
-        let timestamp = Int64(Date().timeIntervalSince1970)
+        let timestamp = Int64(now().timeIntervalSince1970)
         let headers: [(name: String, value: String)] = [
             ("Content-Type", "application/json"),
             ("User-Agent", configuration.userAgent),
@@ -122,7 +131,7 @@ public final class WebhookNotifier: Service, Sendable {
             return failures.sorted { $0.receiver < $1.receiver }
         }
 
-        let now = Date()
+        let now = now()
         var metadata: Logger.Metadata = [
             "notify.delivery": "\(entry.id)", "notify.event": "\(entry.kind)", "notify.attempt": "\(entry.attempts + 1)",
         ]

@@ -1,7 +1,9 @@
+import WarmpoolModel
+
 /// A rented instance, as `GET /api/v1/instances/` and `GET /api/v0/instances/{id}/` return it.
 public struct Instance: Hashable, Sendable, Decodable {
-    public var id: Int
-    public var machineID: Int?
+    public var id: InstanceID
+    public var machineID: HostMachineID?
     public var hostID: Int?
     /// What the instance is doing now: nil while provisioning, then `created`, `loading`,
     /// `running`, `stopped`, `exited`, `frozen`, `offline`, ... (see the reference's §4).
@@ -17,7 +19,7 @@ public struct Instance: Hashable, Sendable, Decodable {
     public var sshPort: Int?
     public var publicIPAddress: String?
     /// Ids of the volumes linked to the instance (from `volume_info`).
-    public var volumeIDs: [Int]
+    public var volumeIDs: [VolumeID]
     /// Seconds since the epoch.
     public var startDate: Double?
     public var pricePerHour: Double?
@@ -35,17 +37,17 @@ public struct Instance: Hashable, Sendable, Decodable {
     }
 
     struct LinkedVolume: Decodable {
-        var id: Int
+        var id: VolumeID
         enum CodingKeys: String, CodingKey { case id }
         init(from decoder: any Decoder) throws {
-            id = try decoder.container(keyedBy: CodingKeys.self).requiredInt(.id)
+            id = VolumeID(Int64(try decoder.container(keyedBy: CodingKeys.self).requiredInt(.id)))
         }
     }
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        id = try c.requiredInt(.id)
-        machineID = try c.lenientInt(.machineID)
+        id = InstanceID(Int64(try c.requiredInt(.id)))
+        machineID = try c.lenientInt(.machineID).map { HostMachineID(Int64($0)) }
         hostID = try c.lenientInt(.hostID)
         actualStatus = try c.lenientString(.actualStatus)
         intendedStatus = try c.lenientString(.intendedStatus)
@@ -65,14 +67,14 @@ public struct Instance: Hashable, Sendable, Decodable {
 
 /// A storage volume (`GET /api/v0/volumes?owner=me`).
 public struct Volume: Hashable, Sendable, Decodable {
-    public var id: Int
-    public var machineID: Int?
+    public var id: VolumeID
+    public var machineID: HostMachineID?
     public var label: String?
     public var status: String?
     public var diskSpaceGB: Double?
     public var startDate: Double?
     /// Instances the volume is linked to.
-    public var instanceIDs: [Int]
+    public var instanceIDs: [InstanceID]
 
     enum CodingKeys: String, CodingKey {
         case id, machineID = "machine_id", label, status, diskSpace = "disk_space", startDate = "start_date", instances
@@ -80,12 +82,12 @@ public struct Volume: Hashable, Sendable, Decodable {
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        id = try c.requiredInt(.id)
-        machineID = try c.lenientInt(.machineID)
+        id = VolumeID(Int64(try c.requiredInt(.id)))
+        machineID = try c.lenientInt(.machineID).map { HostMachineID(Int64($0)) }
         label = try c.lenientString(.label)
         status = try c.lenientString(.status)
         diskSpaceGB = try c.lenientDouble(.diskSpace)
         startDate = try c.lenientDouble(.startDate)
-        instanceIDs = (try? c.decodeIfPresent([Int].self, forKey: .instances)) ?? []
+        instanceIDs = (try? c.decodeIfPresent([InstanceID].self, forKey: .instances)) ?? []
     }
 }

@@ -1,8 +1,10 @@
+import WarmpoolModel
+
 /// One rentable slice of a physical machine, as `POST /api/v0/bundles/` returns it. `id` is the
 /// ask id that `PUT /api/v0/asks/{id}/` rents; several offers share a `machineID`.
 public struct Offer: Hashable, Sendable, Decodable {
-    public var id: Int
-    public var machineID: Int
+    public var id: OfferID
+    public var machineID: HostMachineID
     public var hostID: Int?
     public var gpuName: String
     /// GPUs in this offer (not in the machine).
@@ -20,7 +22,7 @@ public struct Offer: Hashable, Sendable, Decodable {
     public var diskSpaceGB: Double?
     public var gpuRAMMB: Double?
 
-    public init(id: Int, machineID: Int, hostID: Int? = nil, gpuName: String, numGPUs: Int, gpuFraction: Double? = nil,
+    public init(id: OfferID, machineID: HostMachineID, hostID: Int? = nil, gpuName: String, numGPUs: Int, gpuFraction: Double? = nil,
                 pricePerHour: Double, reliability: Double? = nil, verified: Bool = true, rentable: Bool? = true,
                 rented: Bool? = false, geolocation: String? = nil, diskSpaceGB: Double? = nil, gpuRAMMB: Double? = nil)
     {
@@ -48,8 +50,8 @@ public struct Offer: Hashable, Sendable, Decodable {
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        id = try c.requiredInt(.id)
-        machineID = try c.requiredInt(.machineID)
+        id = OfferID(Int64(try c.requiredInt(.id)))
+        machineID = HostMachineID(Int64(try c.requiredInt(.machineID)))
         hostID = try c.lenientInt(.hostID)
         gpuName = try c.lenientString(.gpuName) ?? ""
         numGPUs = try c.lenientInt(.numGPUs) ?? 0
@@ -69,8 +71,8 @@ public struct Offer: Hashable, Sendable, Decodable {
 /// A storage offer on one machine (`POST /api/v0/volumes/search/`): its id goes into
 /// `PUT /api/v0/volumes/` to create a volume there.
 public struct VolumeOffer: Hashable, Sendable, Decodable {
-    public var id: Int
-    public var machineID: Int
+    public var id: OfferID
+    public var machineID: HostMachineID
     public var diskSpaceGB: Double?
     public var storageCost: Double?
     public var geolocation: String?
@@ -81,8 +83,8 @@ public struct VolumeOffer: Hashable, Sendable, Decodable {
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        id = try c.requiredInt(.id)
-        machineID = try c.requiredInt(.machineID)
+        id = OfferID(Int64(try c.requiredInt(.id)))
+        machineID = HostMachineID(Int64(try c.requiredInt(.machineID)))
         diskSpaceGB = try c.lenientDouble(.diskSpace)
         storageCost = try c.lenientDouble(.storageCost)
         geolocation = try c.lenientString(.geolocation)

@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolModel
 
 /// What the failover engine needs from a GPU marketplace. `VastClient` speaks Vast.ai's REST
 /// API; tests and drills point it at `warmpool-sim`.
@@ -6,22 +7,22 @@ public protocol ProviderClient: Sendable {
     /// Offers matching `query`, in the order the provider ranks them.
     func searchOffers(_ query: OfferQuery) async throws -> [Offer]
     /// Storage offers, optionally on one machine only.
-    func searchVolumeOffers(machineID: Int?) async throws -> [VolumeOffer]
+    func searchVolumeOffers(machineID: HostMachineID?) async throws -> [VolumeOffer]
 
     /// Every instance of this account (all pages).
     func listInstances() async throws -> [Instance]
     /// One instance, or nil when the provider does not know it.
-    func instance(id: Int) async throws -> Instance?
+    func instance(id: InstanceID) async throws -> Instance?
     /// Rents `offerID` and returns the new instance's id.
-    func createInstance(offerID: Int, _ request: CreateInstanceRequest) async throws -> Int
-    func startInstance(id: Int) async throws
-    func stopInstance(id: Int) async throws
-    func destroyInstance(id: Int) async throws
+    func createInstance(offerID: OfferID, _ request: CreateInstanceRequest) async throws -> InstanceID
+    func startInstance(id: InstanceID) async throws
+    func stopInstance(id: InstanceID) async throws
+    func destroyInstance(id: InstanceID) async throws
 
     /// Creates a volume from a storage offer and returns its id.
-    func createVolume(offerID: Int, sizeGB: Int, name: String?) async throws -> Int
+    func createVolume(offerID: OfferID, sizeGB: Int, name: String?) async throws -> VolumeID
     func listVolumes() async throws -> [Volume]
-    func deleteVolume(id: Int) async throws
+    func deleteVolume(id: VolumeID) async throws
 }
 
 /// A search for GPU offers; it becomes the `{field: {op: value}}` dict of the reference's §3.
@@ -36,7 +37,7 @@ public struct OfferQuery: Hashable, Sendable {
     public var verified: Bool?
     /// true: only offers that can be rented now.
     public var rentable: Bool?
-    public var machineID: Int?
+    public var machineID: HostMachineID?
     /// `[[field, "asc"|"desc"]]`; the provider ranks by score when empty.
     public var order: [(field: String, ascending: Bool)]
     /// "on-demand", "reserved" or "bid".
@@ -46,7 +47,7 @@ public struct OfferQuery: Hashable, Sendable {
     public var allocatedStorageGB: Double
 
     public init(gpuName: String? = nil, minGPUs: Int? = nil, maxPricePerHour: Double? = nil, verified: Bool? = true,
-                rentable: Bool? = true, machineID: Int? = nil, order: [(field: String, ascending: Bool)] = [("dph_total", true)],
+                rentable: Bool? = true, machineID: HostMachineID? = nil, order: [(field: String, ascending: Bool)] = [("dph_total", true)],
                 type: String = "on-demand", limit: Int? = nil, allocatedStorageGB: Double = 5)
     {
         self.gpuName = gpuName
@@ -69,7 +70,7 @@ public struct OfferQuery: Hashable, Sendable {
         if let gpuName { body["gpu_name"] = ["eq": .string(gpuName.replacingOccurrences(of: "_", with: " "))] }
         if let minGPUs { body["num_gpus"] = ["gte": .int(minGPUs)] }
         if let maxPricePerHour { body["dph_total"] = ["lte": .double(maxPricePerHour)] }
-        if let machineID { body["machine_id"] = ["eq": .int(machineID)] }
+        if let machineID { body["machine_id"] = ["eq": .int(Int(machineID.rawValue))] }
         body["order"] = .array(order.map { [.string($0.field), .string($0.ascending ? "asc" : "desc")] })
         body["type"] = .string(type)
         if let limit { body["limit"] = .int(limit) }
@@ -98,9 +99,9 @@ public struct CreateInstanceRequest: Hashable, Sendable, CustomStringConvertible
     public var cancelUnavailable: Bool
 
     public struct VolumeLink: Hashable, Sendable {
-        public var volumeID: Int
+        public var volumeID: VolumeID
         public var mountPath: String
-        public init(volumeID: Int, mountPath: String = "/data") {
+        public init(volumeID: VolumeID, mountPath: String = "/data") {
             self.volumeID = volumeID
             self.mountPath = mountPath
         }
@@ -136,9 +137,23 @@ public struct CreateInstanceRequest: Hashable, Sendable, CustomStringConvertible
         ]
         if let volume {
             body["volume_info"] = [
-                "mount_path": .string(volume.mountPath), "create_new": false, "volume_id": .int(volume.volumeID),
+                "mount_path": .string(volume.mountPath), "create_new": false, "volume_id": .int(Int(volume.volumeID.rawValue)),
             ]
         }
         return .object(body)
+    }
+}
+
+extension ProviderClient {
+    /// The rentable single-GPU offers on `host`, for any of `gpuNames` (any GPU when empty): what
+    /// a warm pool places its primary and standby on, one GPU each. The provisioning engine and the
+    /// API's "not enough free GPUs" answer both count with this one query.
+    public func freeSingleGPUOffers(host: HostMachineID, gpuNames: [String]) async throws -> [Offer] {
+        var offers: [Offer] = []
+        for name in gpuNames.isEmpty ? [nil] : gpuNames.map(Optional.some) {
+            let query = OfferQuery(gpuName: name, verified: nil, rentable: true, machineID: host)
+            offers += try await searchOffers(query).filter { $0.machineID == host && $0.numGPUs == 1 }
+        }
+        return offers
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOPosix
+import WarmpoolModel
 
 /// `ProviderClient` over Vast.ai's REST API, with the exact requests of the `vastai` 1.9.1 CLI
 /// (see /work/shared/reference/vastai-api.md). Every call goes through `VastTransport`:
@@ -49,12 +50,12 @@ public final class VastClient: ProviderClient {
         return try decode(OffersEnvelope<Offer>.self, from: body, what: "offers").offers
     }
 
-    public func searchVolumeOffers(machineID: Int?) async throws -> [VolumeOffer] {
+    public func searchVolumeOffers(machineID: HostMachineID?) async throws -> [VolumeOffer] {
         var query: [String: JSONValue] = [
             "verified": ["eq": true], "external": ["eq": false], "disk_space": ["gte": 1],
             "order": [["score", "desc"]], "allocated_storage": 1.0,
         ]
-        if let machineID { query["machine_id"] = ["eq": .int(machineID)] }
+        if let machineID { query["machine_id"] = ["eq": .int(Int(machineID.rawValue))] }
         let body = try await transport.call("search_volume_offers", method: "POST", path: "/api/v0/volumes/search/",
                                             body: .object(query))
         return try decode(OffersEnvelope<VolumeOffer>.self, from: body, what: "volume offers").offers
@@ -84,7 +85,7 @@ public final class VastClient: ProviderClient {
         return instances
     }
 
-    public func instance(id: Int) async throws -> Instance? {
+    public func instance(id: InstanceID) async throws -> Instance? {
         let body: Data
         do {
             body = try await transport.call("show_instance", method: "GET", path: "/api/v0/instances/\(id)/",
@@ -95,38 +96,38 @@ public final class VastClient: ProviderClient {
         return try decode(ShowEnvelope.self, from: body, what: "instance \(id)").instances
     }
 
-    public func createInstance(offerID: Int, _ request: CreateInstanceRequest) async throws -> Int {
+    public func createInstance(offerID: OfferID, _ request: CreateInstanceRequest) async throws -> InstanceID {
         logger.info("creating instance", metadata: [
             "provider.offer_id": "\(offerID)", "provider.image": "\(request.image)",
             "provider.env_keys": "\(request.env.keys.sorted().joined(separator: ","))",
-            "provider.volume_id": "\(request.volume.map { String($0.volumeID) } ?? "-")",
+            "provider.volume_id": "\(request.volume.map { $0.volumeID.description } ?? "-")",
         ])
         let body = try await transport.call("create_instance", method: "PUT", path: "/api/v0/asks/\(offerID)/",
                                             body: request.body, idempotent: false)
         let created = try decode(CreatedInstance.self, from: body, what: "create instance answer")
-        return created.newContract
+        return InstanceID(Int64(created.newContract))
     }
 
-    public func startInstance(id: Int) async throws {
+    public func startInstance(id: InstanceID) async throws {
         _ = try await transport.call("start_instance", method: "PUT", path: "/api/v0/instances/\(id)/", body: ["state": "running"])
     }
 
-    public func stopInstance(id: Int) async throws {
+    public func stopInstance(id: InstanceID) async throws {
         _ = try await transport.call("stop_instance", method: "PUT", path: "/api/v0/instances/\(id)/", body: ["state": "stopped"])
     }
 
-    public func destroyInstance(id: Int) async throws {
+    public func destroyInstance(id: InstanceID) async throws {
         _ = try await transport.call("destroy_instance", method: "DELETE", path: "/api/v0/instances/\(id)/")
     }
 
     // MARK: Volumes
 
-    public func createVolume(offerID: Int, sizeGB: Int, name: String?) async throws -> Int {
-        var request: [String: JSONValue] = ["size": .int(sizeGB), "id": .int(offerID)]
+    public func createVolume(offerID: OfferID, sizeGB: Int, name: String?) async throws -> VolumeID {
+        var request: [String: JSONValue] = ["size": .int(sizeGB), "id": .int(Int(offerID.rawValue))]
         if let name { request["name"] = .string(name) }
         let body = try await transport.call("create_volume", method: "PUT", path: "/api/v0/volumes/", body: .object(request),
                                             idempotent: false)
-        return try decode(CreatedVolume.self, from: body, what: "create volume answer").id
+        return try decode(CreatedVolume.self, from: body, what: "create volume answer").volumeID
     }
 
     public func listVolumes() async throws -> [Volume] {
@@ -136,8 +137,8 @@ public final class VastClient: ProviderClient {
         return try decode(VolumesEnvelope.self, from: body, what: "volumes").volumes
     }
 
-    public func deleteVolume(id: Int) async throws {
-        _ = try await transport.call("delete_volume", method: "DELETE", path: "/api/v0/volumes/", query: [("id", .int(id))])
+    public func deleteVolume(id: VolumeID) async throws {
+        _ = try await transport.call("delete_volume", method: "DELETE", path: "/api/v0/volumes/", query: [("id", .int(Int(id.rawValue)))])
     }
 
     // MARK: Decoding
@@ -198,6 +199,7 @@ private struct CreatedInstance: Decodable {
 /// The reference does not pin this answer's shape; `volume_id`, then `id`, are accepted.
 private struct CreatedVolume: Decodable {
     var id: Int
+    var volumeID: VolumeID { VolumeID(Int64(id)) }
     enum CodingKeys: String, CodingKey { case volumeID = "volume_id", id }
     init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)

@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolModel
 
 /// Groups the provider's offers into physical hosts for `GET /warmpool/hosts`
 /// (reference/warmpool-api.md). Pure: offers in, hosts out; field names match the control API.
@@ -22,8 +23,8 @@ public enum WarmPoolHosts {
     }
 
     public struct HostOffer: Hashable, Sendable, Codable {
-        public var offerID: Int
-        public var machineID: Int
+        public var offerID: OfferID
+        public var machineID: HostMachineID
         public var gpuName: String
         public var numGPUs: Int
         public var pricePerHour: Double
@@ -38,7 +39,7 @@ public enum WarmPoolHosts {
     }
 
     public struct Host: Hashable, Sendable, Codable {
-        public var machineID: Int
+        public var machineID: HostMachineID
         public var totalGPUs: Int
         public var availableGPUs: Int
         public var gpuName: String
@@ -81,7 +82,7 @@ public enum WarmPoolHosts {
             .sorted { ($0.avgPricePerHour, $0.machineID) < ($1.avgPricePerHour, $1.machineID) }
     }
 
-    static func host(machineID: Int, offers: [Offer]) -> Host {
+    static func host(machineID: HostMachineID, offers: [Offer]) -> Host {
         let offered = offers.reduce(0) { $0 + $1.numGPUs }
         let declaredTotal = offers.compactMap { offer -> Int? in
             guard let fraction = offer.gpuFraction, fraction > 0 else { return nil }

@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import WarmpoolModel
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -15,34 +16,34 @@ import Darwin
 /// The durable store (the controller's database) comes later; it implements this protocol.
 public protocol HostKeyPinStore: Sendable {
     /// The pinned fingerprint (`SHA256:...`), or nil when the instance has none yet.
-    func pinnedFingerprint(for instanceID: String) async throws -> String?
+    func pinnedFingerprint(for instanceID: InstanceID) async throws -> String?
     /// Pins `fingerprint` when the instance has no pin, atomically. Returns the pin in force
     /// afterwards: `fingerprint` itself, or the one that was already there (the caller then
     /// treats a difference as a mismatch).
-    func pinIfAbsent(_ fingerprint: String, for instanceID: String) async throws -> String
+    func pinIfAbsent(_ fingerprint: String, for instanceID: InstanceID) async throws -> String
     /// Forgets the pin (an operator's decision after a legitimate host change).
-    func removePin(for instanceID: String) async throws
+    func removePin(for instanceID: InstanceID) async throws
 }
 
 /// Pins in memory: for tests and for one-off checks.
 public actor InMemoryHostKeyPinStore: HostKeyPinStore {
-    private var pins: [String: String]
+    private var pins: [InstanceID: String]
 
-    public init(_ pins: [String: String] = [:]) {
+    public init(_ pins: [InstanceID: String] = [:]) {
         self.pins = pins
     }
 
-    public func pinnedFingerprint(for instanceID: String) -> String? { pins[instanceID] }
+    public func pinnedFingerprint(for instanceID: InstanceID) -> String? { pins[instanceID] }
 
-    public func pinIfAbsent(_ fingerprint: String, for instanceID: String) -> String {
+    public func pinIfAbsent(_ fingerprint: String, for instanceID: InstanceID) -> String {
         if let existing = pins[instanceID] { return existing }
         pins[instanceID] = fingerprint
         return fingerprint
     }
 
-    public func removePin(for instanceID: String) { pins[instanceID] = nil }
+    public func removePin(for instanceID: InstanceID) { pins[instanceID] = nil }
 
-    public var all: [String: String] { pins }
+    public var all: [InstanceID: String] { pins }
 }
 
 /// Pins in a JSON file, `{"version":1,"pins":{"INSTANCE":{"fingerprint":"SHA256:...","pinned_at":"..."}}}`.
@@ -93,23 +94,23 @@ public actor FileHostKeyPinStore: HostKeyPinStore {
         entries = contents.pins
     }
 
-    public func pinnedFingerprint(for instanceID: String) -> String? { entries[instanceID]?.fingerprint }
+    public func pinnedFingerprint(for instanceID: InstanceID) -> String? { entries[instanceID.description]?.fingerprint }
 
-    public func entry(for instanceID: String) -> Entry? { entries[instanceID] }
+    public func entry(for instanceID: InstanceID) -> Entry? { entries[instanceID.description] }
 
-    public func pinIfAbsent(_ fingerprint: String, for instanceID: String) throws -> String {
-        if let existing = entries[instanceID] { return existing.fingerprint }
+    public func pinIfAbsent(_ fingerprint: String, for instanceID: InstanceID) throws -> String {
+        if let existing = entries[instanceID.description] { return existing.fingerprint }
         var updated = entries
-        updated[instanceID] = Entry(fingerprint: fingerprint, pinnedAt: Self.timestamp())
+        updated[instanceID.description] = Entry(fingerprint: fingerprint, pinnedAt: Self.timestamp())
         try write(updated)
         entries = updated
         return fingerprint
     }
 
-    public func removePin(for instanceID: String) throws {
-        guard entries[instanceID] != nil else { return }
+    public func removePin(for instanceID: InstanceID) throws {
+        guard entries[instanceID.description] != nil else { return }
         var updated = entries
-        updated[instanceID] = nil
+        updated[instanceID.description] = nil
         try write(updated)
         entries = updated
     }

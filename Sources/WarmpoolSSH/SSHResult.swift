@@ -1,3 +1,5 @@
+import WarmpoolModel
+
 /// The steps of one verification, in order.
 public enum SSHPhase: String, Hashable, Sendable, CaseIterable, Codable {
     case connect
@@ -136,7 +138,7 @@ public struct RemoteVolumeFacts: Hashable, Sendable {
 
 /// One verification attempt: timings for every phase reached, and a verdict.
 public struct SSHVerificationResult: Hashable, Sendable {
-    public var instanceID: String
+    public var instanceID: InstanceID
     public var host: String
     public var port: Int
     public var timings: SSHTimings
@@ -152,7 +154,7 @@ public struct SSHVerificationResult: Hashable, Sendable {
 
     public var isVerified: Bool { failure == nil }
 
-    public init(instanceID: String, host: String, port: Int, timings: SSHTimings = SSHTimings(),
+    public init(instanceID: InstanceID, host: String, port: Int, timings: SSHTimings = SSHTimings(),
                 hostKeyFingerprint: String? = nil, pinnedOnThisContact: Bool = false, volume: RemoteVolumeFacts? = nil,
                 failure: SSHFailure? = nil, verdictAtNanoseconds: Int64 = 0) {
         self.instanceID = instanceID
@@ -188,7 +190,7 @@ public struct SSHReadinessResult: Hashable, Sendable {
 
 /// Raised to the verifier's alert handler; a mismatch may mean a replaced host or an attack.
 public enum SSHAlert: Hashable, Sendable {
-    case hostKeyMismatch(instanceID: String, host: String, port: Int, pinned: String, presented: String)
+    case hostKeyMismatch(instanceID: InstanceID, host: String, port: Int, pinned: String, presented: String)
 }
 
 /// Remote text for messages and logs: printable ASCII only, at most 80 characters.

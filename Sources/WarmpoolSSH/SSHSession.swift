@@ -1,3 +1,4 @@
+import WarmpoolModel
 import CLibSSH2
 
 #if canImport(Glibc)
@@ -66,7 +67,7 @@ final class SSHSession {
         var error = result == 0 ? 0 : errno
         if result != 0 && (error == EINPROGRESS || error == EINTR) {
             while true {
-                let remaining = deadline - Monotonic.now()
+                let remaining = deadline - MonotonicClock.now()
                 if remaining <= 0 {
                     Glibc.close(fd)
                     return .failure(SSHFailure(.timeout, phase: .connect, "TCP connect did not complete in time"))
@@ -164,7 +165,7 @@ final class SSHSession {
         if directions & LIBSSH2_SESSION_BLOCK_OUTBOUND != 0 { events |= Int16(POLLOUT) }
         if events == 0 { events = Int16(POLLIN) }
         while true {
-            let remaining = deadline - Monotonic.now()
+            let remaining = deadline - MonotonicClock.now()
             if remaining <= 0 { return false }
             var pollFD = pollfd(fd: fd, events: events, revents: 0)
             let result = poll(&pollFD, 1, Int32(min((remaining + 999_999) / 1_000_000, 60_000)))
@@ -345,7 +346,7 @@ final class SSHSession {
     /// EOF), for at most 100 ms and never past `deadline`; if it does not come, the socket is shut
     /// down so that the free completes at once (the session is unusable afterwards).
     private func freeChannel(_ channel: OpaquePointer, deadline: Int64) {
-        let grace = min(deadline, Monotonic.now() + 100_000_000)
+        let grace = min(deadline, MonotonicClock.now() + 100_000_000)
         if drive(grace, { libssh2_channel_free(channel) }, isAgain: { $0 == LIBSSH2_ERROR_EAGAIN }) != nil { return }
         if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
         var rounds = 0

@@ -1,3 +1,5 @@
+import WarmpoolModel
+
 /// Why an input was refused before anything was sent anywhere.
 public struct SSHInputError: Error, Hashable, Sendable, CustomStringConvertible {
     public var field: String
@@ -93,18 +95,13 @@ public struct VolumeSpec: Hashable, Sendable {
 /// Where to reach an instance's sshd, as whom, and what to verify there.
 public struct SSHTarget: Hashable, Sendable {
     /// The key under which the host key is pinned (the provider's instance id).
-    public let instanceID: String
+    public let instanceID: InstanceID
     public let host: String
     public let port: Int
     public let username: String
     public let volume: VolumeSpec
 
-    public init(instanceID: String, host: String, port: Int = 22, username: String = "root", volume: VolumeSpec) throws {
-        guard (1...128).contains(instanceID.utf8.count),
-            instanceID.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F })
-        else {
-            throw SSHInputError(field: "instance id", problem: "must be 1-128 printable ASCII characters without spaces")
-        }
+    public init(instanceID: InstanceID, host: String, port: Int = 22, username: String = "root", volume: VolumeSpec) throws {
         guard (1...253).contains(host.utf8.count),
             host.utf8.allSatisfy({ isAlphanumeric($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-")
                 || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: "_") })

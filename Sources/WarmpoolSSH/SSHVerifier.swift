@@ -1,3 +1,4 @@
+import WarmpoolModel
 import Logging
 import NIOPosix
 
@@ -32,7 +33,7 @@ public final class SSHVerifier: Sendable {
     /// thread pool shut down).
     public func verify(_ target: SSHTarget, timeout: Int64 = 10_000_000_000) async throws -> SSHVerificationResult {
         let pinned = try await pins.pinnedFingerprint(for: target.instanceID)
-        let deadline = Monotonic.now() + timeout
+        let deadline = MonotonicClock.now() + timeout
         let raw = try await attempt(target, pinned: pinned, connectDeadline: deadline, deadline: deadline)
         let result = try await conclude(raw, target: target, pinned: pinned)
         log(result, target: target, level: result.isVerified ? .info : .warning)
@@ -44,7 +45,7 @@ public final class SSHVerifier: Sendable {
     /// they fail fast (refused), so the verdict follows sshd's first `accept` by at most one
     /// interval plus one verification. Throws on cancellation or a pin store error.
     public func waitUntilReady(_ target: SSHTarget, policy: ReadinessPolicy = ReadinessPolicy()) async throws -> SSHReadinessResult {
-        let origin = Monotonic.now()
+        let origin = MonotonicClock.now()
         var schedule = ReadinessSchedule(policy: policy)
         var logger = self.logger
         logger[metadataKey: "ssh.instance_id"] = "\(target.instanceID)"
@@ -53,15 +54,15 @@ public final class SSHVerifier: Sendable {
         var attempts = 0
         var lastReason: SSHFailure.Reason?
         while let planned = schedule.pending {
-            let delay = origin + planned.startAt - Monotonic.now()
+            let delay = origin + planned.startAt - MonotonicClock.now()
             if delay > 0 { try await Task.sleep(nanoseconds: UInt64(delay)) }
             try Task.checkCancellation()
             attempts += 1
-            let startedAt = Monotonic.now()
+            let startedAt = MonotonicClock.now()
             let raw = try await attempt(target, pinned: pinned, connectDeadline: startedAt + planned.connectTimeout,
                                         deadline: origin + planned.deadline)
             let result = try await conclude(raw, target: target, pinned: pinned)
-            let decision = schedule.attemptFinished(result.failure, now: Monotonic.now() - origin)
+            let decision = schedule.attemptFinished(result.failure, now: MonotonicClock.now() - origin)
             if let reason = result.failure?.reason, reason != lastReason {
                 logger.debug("not ready yet", metadata: [
                     "ssh.attempt": "\(attempts)", "ssh.reason": "\(reason.rawValue)", "ssh.detail": "\(result.failure!.detail)",
@@ -72,11 +73,11 @@ public final class SSHVerifier: Sendable {
             case .attempt:
                 continue
             case .verified:
-                let elapsed = Monotonic.now() - origin
+                let elapsed = MonotonicClock.now() - origin
                 log(result, target: target, level: .info, extra: ["ssh.attempts": "\(attempts)", "ssh.waited_ms": "\(elapsed / 1_000_000)"])
                 return SSHReadinessResult(attempts: attempts, elapsed: elapsed, last: result, failure: nil)
             case .giveUp(let failure):
-                let elapsed = Monotonic.now() - origin
+                let elapsed = MonotonicClock.now() - origin
                 logger.warning("instance did not become ready", metadata: [
                     "ssh.attempts": "\(attempts)", "ssh.reason": "\(failure.reason.rawValue)", "ssh.detail": "\(failure.detail)",
                 ])
@@ -153,17 +154,17 @@ public final class SSHVerifier: Sendable {
     /// One attempt, start to verdict. Blocking; frees every C resource before it returns.
     static func runAttempt(_ target: SSHTarget, credentials: SSHCredentials, pinned: String?, connectDeadline: Int64,
                            deadline: Int64) -> SSHVerificationResult {
-        let start = Monotonic.now()
+        let start = MonotonicClock.now()
         var result = SSHVerificationResult(instanceID: target.instanceID, host: target.host, port: target.port)
         var mark = start
         func lap() -> Int64 {
-            let now = Monotonic.now()
+            let now = MonotonicClock.now()
             defer { mark = now }
             return now - mark
         }
         func finish(_ failure: SSHFailure?) -> SSHVerificationResult {
             result.failure = failure
-            result.verdictAtNanoseconds = Monotonic.now()
+            result.verdictAtNanoseconds = MonotonicClock.now()
             result.timings.total = result.verdictAtNanoseconds - start
             return result
         }

@@ -1,34 +1,27 @@
 import Foundation
-
-/// How a machine is protected. `gpu_warm_pool` keeps a stopped GPU standby on the same host;
-/// `cpu_standby` is the fallback when the host has no second GPU; `disabled` does nothing.
-public enum FailoverStrategy: String, Codable, Sendable, CaseIterable {
-    case gpuWarmPool = "gpu_warm_pool"
-    case cpuStandby = "cpu_standby"
-    case disabled
-}
+import WarmpoolModel
 
 /// One warm pool, keyed by the product's machine id. The engine owns `engineState` (its whole
 /// state machine as JSON); the other columns are what the API shows, kept beside it so a status
 /// query never has to decode the engine.
 public struct PoolRecord: Codable, Sendable, Equatable {
-    public var machineID: Int64
-    public var hostMachineID: Int64?
+    public var poolID: PoolID
+    public var hostMachineID: HostMachineID?
     public var strategy: FailoverStrategy
     public var gpuPreferences: [String]
     public var volumeSizeGB: Int
-    public var state: String
-    public var volumeID: Int64?
-    public var primaryInstanceID: Int64?
-    public var standbyInstanceID: Int64?
-    public var standbyState: String
+    public var state: PoolState
+    public var volumeID: VolumeID?
+    public var primaryInstanceID: InstanceID?
+    public var standbyInstanceID: InstanceID?
+    public var standbyState: StandbyState
     public var primarySSHHost: String?
     public var primarySSHPort: Int?
     public var lastHealthCheck: Date?
     public var failoverCount: Int
     public var lastFailoverAt: Date?
     public var errorMessage: String?
-    public var epoch: Int64
+    public var epoch: Epoch
     public var engineState: Data?
     public var createdAt: Date
     public var updatedAt: Date
@@ -37,7 +30,7 @@ public struct PoolRecord: Codable, Sendable, Equatable {
 
     /// The database columns, spelled out: the Swift names keep their acronyms.
     enum CodingKeys: String, CodingKey {
-        case machineID = "machine_id"
+        case poolID = "machine_id"
         case hostMachineID = "host_machine_id"
         case strategy
         case gpuPreferences = "gpu_preferences"
@@ -60,14 +53,14 @@ public struct PoolRecord: Codable, Sendable, Equatable {
     }
 
     public init(
-        machineID: Int64, hostMachineID: Int64? = nil, strategy: FailoverStrategy = .gpuWarmPool,
-        gpuPreferences: [String] = [], volumeSizeGB: Int = PoolRecord.defaultVolumeSizeGB, state: String = "disabled",
-        volumeID: Int64? = nil, primaryInstanceID: Int64? = nil, standbyInstanceID: Int64? = nil,
-        standbyState: String = "none", primarySSHHost: String? = nil, primarySSHPort: Int? = nil,
+        poolID: PoolID, hostMachineID: HostMachineID? = nil, strategy: FailoverStrategy = .gpuWarmPool,
+        gpuPreferences: [String] = [], volumeSizeGB: Int = PoolRecord.defaultVolumeSizeGB, state: PoolState = .disabled,
+        volumeID: VolumeID? = nil, primaryInstanceID: InstanceID? = nil, standbyInstanceID: InstanceID? = nil,
+        standbyState: StandbyState = .none, primarySSHHost: String? = nil, primarySSHPort: Int? = nil,
         lastHealthCheck: Date? = nil, failoverCount: Int = 0, lastFailoverAt: Date? = nil, errorMessage: String? = nil,
-        epoch: Int64 = 0, engineState: Data? = nil, createdAt: Date = Date(), updatedAt: Date = Date()
+        epoch: Epoch = 0, engineState: Data? = nil, createdAt: Date = Date(), updatedAt: Date = Date()
     ) {
-        self.machineID = machineID
+        self.poolID = poolID
         self.hostMachineID = hostMachineID
         self.strategy = strategy
         self.gpuPreferences = gpuPreferences
@@ -100,12 +93,12 @@ public struct FailoverRecord: Codable, Sendable, Equatable {
     }
 
     public var id: String
-    public var machineID: Int64
+    public var poolID: PoolID
     public var reason: String
     public var result: Result
-    public var oldPrimaryInstanceID: Int64?
-    public var newPrimaryInstanceID: Int64?
-    public var epoch: Int64
+    public var oldPrimaryInstanceID: InstanceID?
+    public var newPrimaryInstanceID: InstanceID?
+    public var epoch: Epoch
     public var startedAt: Date
     public var finishedAt: Date?
     public var errorMessage: String?
@@ -113,7 +106,7 @@ public struct FailoverRecord: Codable, Sendable, Equatable {
     /// The database columns, spelled out: the Swift names keep their acronyms.
     enum CodingKeys: String, CodingKey {
         case id
-        case machineID = "machine_id"
+        case poolID = "machine_id"
         case reason
         case result
         case oldPrimaryInstanceID = "old_primary_instance_id"
@@ -125,11 +118,11 @@ public struct FailoverRecord: Codable, Sendable, Equatable {
     }
 
     public init(
-        id: String, machineID: Int64, reason: String, result: Result = .inProgress, oldPrimaryInstanceID: Int64? = nil,
-        newPrimaryInstanceID: Int64? = nil, epoch: Int64, startedAt: Date, finishedAt: Date? = nil, errorMessage: String? = nil
+        id: String, poolID: PoolID, reason: String, result: Result = .inProgress, oldPrimaryInstanceID: InstanceID? = nil,
+        newPrimaryInstanceID: InstanceID? = nil, epoch: Epoch, startedAt: Date, finishedAt: Date? = nil, errorMessage: String? = nil
     ) {
         self.id = id
-        self.machineID = machineID
+        self.poolID = poolID
         self.reason = reason
         self.result = result
         self.oldPrimaryInstanceID = oldPrimaryInstanceID
@@ -174,10 +167,10 @@ public struct TimelineStep: Codable, Sendable, Equatable {
 /// An agent the controller accepts, with the secret it proves. The secret is kept as is: the
 /// handshake needs it to compute an HMAC, so it cannot be stored hashed (the database is 0600).
 public struct AgentRecord: Codable, Sendable, Equatable {
-    public var agentID: String
+    public var agentID: AgentID
     public var secretHex: String
-    public var machineID: Int64?
-    public var instanceID: Int64?
+    public var poolID: PoolID?
+    public var instanceID: InstanceID?
     public var role: String?
     public var createdAt: Date
     public var revokedAt: Date?
@@ -186,7 +179,7 @@ public struct AgentRecord: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case agentID = "agent_id"
         case secretHex = "secret_hex"
-        case machineID = "machine_id"
+        case poolID = "machine_id"
         case instanceID = "instance_id"
         case role
         case createdAt = "created_at"
@@ -194,12 +187,12 @@ public struct AgentRecord: Codable, Sendable, Equatable {
     }
 
     public init(
-        agentID: String, secretHex: String, machineID: Int64? = nil, instanceID: Int64? = nil, role: String? = nil,
+        agentID: AgentID, secretHex: String, poolID: PoolID? = nil, instanceID: InstanceID? = nil, role: String? = nil,
         createdAt: Date = Date(), revokedAt: Date? = nil
     ) {
         self.agentID = agentID
         self.secretHex = secretHex
-        self.machineID = machineID
+        self.poolID = poolID
         self.instanceID = instanceID
         self.role = role
         self.createdAt = createdAt
@@ -241,7 +234,7 @@ public struct APIKeyRecord: Codable, Sendable, Equatable {
 public struct OutboxEntry: Codable, Sendable, Equatable {
     public var id: String
     public var kind: String
-    public var machineID: Int64?
+    public var poolID: PoolID?
     public var payload: String
     public var createdAt: Date
     public var attempts: Int
@@ -253,7 +246,7 @@ public struct OutboxEntry: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case id
         case kind
-        case machineID = "machine_id"
+        case poolID = "machine_id"
         case payload
         case createdAt = "created_at"
         case attempts
@@ -263,12 +256,12 @@ public struct OutboxEntry: Codable, Sendable, Equatable {
     }
 
     public init(
-        id: String, kind: String, machineID: Int64?, payload: String, createdAt: Date = Date(), attempts: Int = 0,
+        id: String, kind: String, poolID: PoolID?, payload: String, createdAt: Date = Date(), attempts: Int = 0,
         nextAttemptAt: Date = Date(), deliveredAt: Date? = nil, lastError: String? = nil
     ) {
         self.id = id
         self.kind = kind
-        self.machineID = machineID
+        self.poolID = poolID
         self.payload = payload
         self.createdAt = createdAt
         self.attempts = attempts
@@ -281,8 +274,8 @@ public struct OutboxEntry: Codable, Sendable, Equatable {
 /// Something that happened to a pool or one of its agents, for `warmpoolctl events`.
 public struct PoolEvent: Codable, Sendable, Equatable {
     public var id: Int64?
-    public var machineID: Int64?
-    public var agentID: String?
+    public var poolID: PoolID?
+    public var agentID: AgentID?
     public var kind: String
     public var at: Date
     public var detail: String?
@@ -290,16 +283,16 @@ public struct PoolEvent: Codable, Sendable, Equatable {
     /// The database columns, spelled out: the Swift names keep their acronyms.
     enum CodingKeys: String, CodingKey {
         case id
-        case machineID = "machine_id"
+        case poolID = "machine_id"
         case agentID = "agent_id"
         case kind
         case at
         case detail
     }
 
-    public init(id: Int64? = nil, machineID: Int64?, agentID: String?, kind: String, at: Date, detail: String? = nil) {
+    public init(id: Int64? = nil, poolID: PoolID?, agentID: AgentID?, kind: String, at: Date, detail: String? = nil) {
         self.id = id
-        self.machineID = machineID
+        self.poolID = poolID
         self.agentID = agentID
         self.kind = kind
         self.at = at

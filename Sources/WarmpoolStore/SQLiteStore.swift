@@ -1,6 +1,8 @@
 import Foundation
+import WarmpoolModel
 import GRDB
 import Logging
+import Synchronization
 
 /// The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a committed
 /// transition survives a SIGKILL or a power cut. GRDB runs every statement on its own queues,
@@ -8,6 +10,7 @@ import Logging
 public final class SQLiteStore: WarmpoolStore {
     private let database: DatabasePool
     public let path: String
+    private let agentKeyObservers = Mutex<[@Sendable () async -> Void]>([])
 
     public init(path: String, logger: Logger) throws {
         self.path = path
@@ -54,8 +57,8 @@ public final class SQLiteStore: WarmpoolStore {
 
     // MARK: Pools
 
-    public func pool(machineID: Int64) async throws -> PoolRecord? {
-        try await database.read { db in try PoolRecord.fetchOne(db, key: machineID) }
+    public func pool(id: PoolID) async throws -> PoolRecord? {
+        try await database.read { db in try PoolRecord.fetchOne(db, key: id.rawValue) }
     }
 
     public func pools() async throws -> [PoolRecord] {
@@ -66,8 +69,8 @@ public final class SQLiteStore: WarmpoolStore {
         try await database.write { db in try pool.save(db) }
     }
 
-    public func deletePool(machineID: Int64) async throws {
-        _ = try await database.write { db in try PoolRecord.deleteOne(db, key: machineID) }
+    public func deletePool(id: PoolID) async throws {
+        _ = try await database.write { db in try PoolRecord.deleteOne(db, key: id.rawValue) }
     }
 
     public func commit(_ transition: PoolTransition) async throws {
@@ -82,9 +85,9 @@ public final class SQLiteStore: WarmpoolStore {
 
     // MARK: Failovers
 
-    public func failovers(machineID: Int64, limit: Int) async throws -> [FailoverRecord] {
+    public func failovers(poolID: PoolID, limit: Int) async throws -> [FailoverRecord] {
         try await database.read { db in
-            try FailoverRecord.filter(Column("machine_id") == machineID)
+            try FailoverRecord.filter(Column("machine_id") == poolID.rawValue)
                 .order(Column("started_at").desc, Column("id").desc).limit(limit).fetchAll(db)
         }
     }
@@ -113,65 +116,80 @@ public final class SQLiteStore: WarmpoolStore {
 
     static let eventsKept = 100_000
 
-    public func events(machineID: Int64?, limit: Int) async throws -> [PoolEvent] {
+    public func events(poolID: PoolID?, limit: Int) async throws -> [PoolEvent] {
         try await database.read { db in
             // By time, not by id: liveness events arrive in batches, after engine events of the same moment.
             var request = PoolEvent.order(Column("at").desc, Column("id").desc).limit(limit)
-            if let machineID { request = request.filter(Column("machine_id") == machineID) }
+            if let poolID { request = request.filter(Column("machine_id") == poolID.rawValue) }
             return try request.fetchAll(db).reversed()
         }
     }
 
     // MARK: Agents
 
+    /// `observer` runs after every committed change to an agent's key or instance, and the change
+    /// returns only once it has: whoever authenticates agents (the listener's keyring) follows
+    /// the store before the writer goes on, without every writer having to know about it.
+    public func observeAgentKeys(_ observer: @escaping @Sendable () async -> Void) {
+        agentKeyObservers.withLock { $0.append(observer) }
+    }
+
+    private func agentKeysChanged() async {
+        for observer in agentKeyObservers.withLock({ $0 }) { await observer() }
+    }
+
     public func addAgent(_ agent: AgentRecord) async throws {
         try await database.write { db in
-            if try AgentRecord.exists(db, key: agent.agentID) { throw StoreError.duplicate(what: "agent", id: agent.agentID) }
+            if try AgentRecord.exists(db, key: agent.agentID.rawValue) { throw StoreError.duplicate(what: "agent", id: agent.agentID.rawValue) }
             try agent.insert(db)
         }
+        await agentKeysChanged()
     }
 
     public func saveAgent(_ agent: AgentRecord) async throws {
         try await database.write { db in try agent.save(db) }
+        await agentKeysChanged()
     }
 
-    public func agent(id: String) async throws -> AgentRecord? {
-        try await database.read { db in try AgentRecord.fetchOne(db, key: id) }
+    public func agent(id: AgentID) async throws -> AgentRecord? {
+        try await database.read { db in try AgentRecord.fetchOne(db, key: id.rawValue) }
     }
 
     public func agents() async throws -> [AgentRecord] {
         try await database.read { db in try AgentRecord.order(Column("agent_id")).fetchAll(db) }
     }
 
-    public func revokeAgent(id: String, at: Date) async throws -> Bool {
-        try await database.write { db in
-            guard var agent = try AgentRecord.fetchOne(db, key: id), agent.revokedAt == nil else { return false }
+    public func revokeAgent(id: AgentID, at: Date) async throws -> Bool {
+        let revoked = try await database.write { db in
+            guard var agent = try AgentRecord.fetchOne(db, key: id.rawValue), agent.revokedAt == nil else { return false }
             agent.revokedAt = at
             try agent.update(db)
             return true
         }
+        if revoked { await agentKeysChanged() }
+        return revoked
     }
 
     // MARK: Host key pins
 
-    public func pinnedHostKey(instanceID: String) async throws -> String? {
+    public func pinnedHostKey(instanceID: InstanceID) async throws -> String? {
         try await database.read { db in
-            try String.fetchOne(db, sql: "SELECT key FROM host_key_pin WHERE instance_id = ?", arguments: [instanceID])
+            try String.fetchOne(db, sql: "SELECT key FROM host_key_pin WHERE instance_id = ?", arguments: [instanceID.description])
         }
     }
 
-    public func pinHostKeyIfAbsent(instanceID: String, key: String) async throws -> String {
+    public func pinHostKeyIfAbsent(instanceID: InstanceID, key: String) async throws -> String {
         try await database.write { db in
             try db.execute(
                 sql: "INSERT INTO host_key_pin (instance_id, key, pinned_at) VALUES (?, ?, ?) ON CONFLICT(instance_id) DO NOTHING",
-                arguments: [instanceID, key, Date()])
-            return try String.fetchOne(db, sql: "SELECT key FROM host_key_pin WHERE instance_id = ?", arguments: [instanceID]) ?? key
+                arguments: [instanceID.description, key, Date()])
+            return try String.fetchOne(db, sql: "SELECT key FROM host_key_pin WHERE instance_id = ?", arguments: [instanceID.description]) ?? key
         }
     }
 
-    public func unpinHostKey(instanceID: String) async throws {
+    public func unpinHostKey(instanceID: InstanceID) async throws {
         try await database.write { db in
-            try db.execute(sql: "DELETE FROM host_key_pin WHERE instance_id = ?", arguments: [instanceID])
+            try db.execute(sql: "DELETE FROM host_key_pin WHERE instance_id = ?", arguments: [instanceID.description])
         }
     }
 

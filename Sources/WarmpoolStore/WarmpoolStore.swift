@@ -1,40 +1,41 @@
 import Foundation
+import WarmpoolModel
 
 /// The controller's durable state, behind the narrowest interface the engine, the API and the
 /// notifier need. `SQLiteStore` is the embedded default; a PostgreSQL store for several
 /// controllers implements the same protocol without touching its callers.
 public protocol WarmpoolStore: Sendable {
     // Pools and their settings.
-    func pool(machineID: Int64) async throws -> PoolRecord?
+    func pool(id: PoolID) async throws -> PoolRecord?
     func pools() async throws -> [PoolRecord]
     /// Inserts or replaces the pool row alone (settings changes, health-check stamps).
     func savePool(_ pool: PoolRecord) async throws
-    func deletePool(machineID: Int64) async throws
+    func deletePool(id: PoolID) async throws
     /// One engine transition, atomically: pool row, failover row, timeline steps, notifications, events.
     func commit(_ transition: PoolTransition) async throws
 
     // Failover history.
-    func failovers(machineID: Int64, limit: Int) async throws -> [FailoverRecord]
+    func failovers(poolID: PoolID, limit: Int) async throws -> [FailoverRecord]
     func failover(id: String) async throws -> FailoverRecord?
     func timeline(failoverID: String) async throws -> [TimelineStep]
 
     // Events.
     func recordEvents(_ events: [PoolEvent]) async throws
-    func events(machineID: Int64?, limit: Int) async throws -> [PoolEvent]
+    func events(poolID: PoolID?, limit: Int) async throws -> [PoolEvent]
 
     // Agents and their keys.
     func addAgent(_ agent: AgentRecord) async throws
     /// Replaces an agent's row (e.g. to record the instance it was created for).
     func saveAgent(_ agent: AgentRecord) async throws
-    func agent(id: String) async throws -> AgentRecord?
+    func agent(id: AgentID) async throws -> AgentRecord?
     func agents() async throws -> [AgentRecord]
-    func revokeAgent(id: String, at: Date) async throws -> Bool
+    func revokeAgent(id: AgentID, at: Date) async throws -> Bool
 
     // Pinned SSH host keys, by provider instance id.
-    func pinnedHostKey(instanceID: String) async throws -> String?
+    func pinnedHostKey(instanceID: InstanceID) async throws -> String?
     /// Pins `key` when the instance has none, atomically; returns the pin in force afterwards.
-    func pinHostKeyIfAbsent(instanceID: String, key: String) async throws -> String
-    func unpinHostKey(instanceID: String) async throws
+    func pinHostKeyIfAbsent(instanceID: InstanceID, key: String) async throws -> String
+    func unpinHostKey(instanceID: InstanceID) async throws
 
     // The notification outbox.
     /// Adds entries whose id is new; an id already present (a re-run after restart) is left alone.

@@ -1,14 +1,15 @@
 import NIOCore
+import WarmpoolModel
 
 /// The secrets the controller holds, by agent id. A value, so a connection works on a snapshot.
 public struct Keyring: Sendable {
-    private var secrets: [String: AgentSecret]
+    private var secrets: [AgentID: AgentSecret]
 
-    public init(_ secrets: [String: AgentSecret] = [:]) { self.secrets = secrets }
+    public init(_ secrets: [AgentID: AgentSecret] = [:]) { self.secrets = secrets }
 
-    public func secret(for agentID: String) -> AgentSecret? { secrets[agentID] }
+    public func secret(for agentID: AgentID) -> AgentSecret? { secrets[agentID] }
     public var count: Int { secrets.count }
-    public var agentIDs: Set<String> { Set(secrets.keys) }
+    public var agentIDs: Set<AgentID> { Set(secrets.keys) }
 
     /// Both keyrings in one; where both name an agent, `other`'s secret wins.
     public func merging(_ other: Keyring) -> Keyring {
@@ -117,7 +118,7 @@ public struct ControllerSessionStateMachine {
     public var identity: AgentIdentity? { session?.identity }
 
     /// The established session's agent id, for the per-frame path.
-    public var agentID: String? { session?.identity.agentID }
+    public var agentID: AgentID? { session?.identity.agentID }
 
     public var isEstablished: Bool { session != nil }
 
@@ -128,7 +129,7 @@ public struct ControllerSessionStateMachine {
             let hello: Hello
             do { hello = try Hello.decode(frame.payload) } catch { return fail(error) }
             state = .awaitingProof(
-                hello: hello, helloBody: Array(buffer: frame.payload), secret: keyring.secret(for: hello.agentID))
+                hello: hello, helloBody: Array(buffer: frame.payload), secret: keyring.secret(for: AgentID(hello.agentID)))
             var body = ByteBuffer()
             Challenge(serverNonce: serverNonce).encode(into: &body)
             return .send(Frame(type: .challenge, payload: body))

@@ -1,4 +1,5 @@
 import NIOCore
+import WarmpoolModel
 
 /// What an agent does on its host. Sent in Hello; the controller answers with the epoch.
 public enum AgentRole: UInt8, Sendable, Hashable, CaseIterable, CustomStringConvertible {
@@ -420,14 +421,17 @@ public struct Goodbye: Hashable, Sendable {
 }
 
 /// Who an established session belongs to.
+///
+/// The Hello's fields as the control plane names them: its u64 ids become the model's types here,
+/// once (0 stays 0: "unknown", as in the Hello).
 public struct AgentIdentity: Hashable, Sendable {
-    public var agentID: String
-    public var instanceID: UInt64
-    public var machineID: UInt64
+    public var agentID: AgentID
+    public var instanceID: InstanceID
+    public var machineID: HostMachineID
     public var role: AgentRole
     public var softwareVersion: String
 
-    public init(agentID: String, instanceID: UInt64, machineID: UInt64, role: AgentRole, softwareVersion: String) {
+    public init(agentID: AgentID, instanceID: InstanceID, machineID: HostMachineID, role: AgentRole, softwareVersion: String) {
         self.agentID = agentID
         self.instanceID = instanceID
         self.machineID = machineID
@@ -437,7 +441,8 @@ public struct AgentIdentity: Hashable, Sendable {
 
     public init(_ hello: Hello) {
         self.init(
-            agentID: hello.agentID, instanceID: hello.instanceID, machineID: hello.machineID, role: hello.role,
+            agentID: AgentID(hello.agentID), instanceID: InstanceID(Int64(truncatingIfNeeded: hello.instanceID)),
+            machineID: HostMachineID(Int64(truncatingIfNeeded: hello.machineID)), role: hello.role,
             softwareVersion: hello.softwareVersion)
     }
 

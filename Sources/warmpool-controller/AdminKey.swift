@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import WarmpoolModel
 import WarmpoolStore
 import WarmpoolWire
 
@@ -18,7 +19,7 @@ enum AdminKey {
 
     /// The agents registered in the store and not revoked.
     static func storedKeyring(_ store: SQLiteStore) async throws -> Keyring {
-        var secrets: [String: AgentSecret] = [:]
+        var secrets: [AgentID: AgentSecret] = [:]
         for agent in try await store.agents() where agent.revokedAt == nil {
             secrets[agent.agentID] = try AgentSecret(hex: agent.secretHex)
         }

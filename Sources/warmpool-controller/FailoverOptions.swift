@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import WarmpoolModel
 import WarmpoolAPI
 import WarmpoolLiveness
 import WarmpoolEngine
@@ -82,7 +83,7 @@ struct FailoverOptions: ParsableArguments {
 
     func coordinator(
         provider: any ProviderClient, store: any WarmpoolStore, hub: LivenessHub, listen: String, metrics: ControllerMetrics,
-        logger: Logger, agentKeysChanged: @escaping @Sendable () async -> Void
+        logger: Logger
     ) throws -> FailoverCoordinator {
         guard let sshKey else { throw ValidationError("the failover engine needs --ssh-key (the key instances accept for root)") }
         guard FileManager.default.isReadableFile(atPath: sshKey) else { throw ValidationError("cannot read --ssh-key \(sshKey)") }
@@ -105,7 +106,7 @@ struct FailoverOptions: ParsableArguments {
             configuration: .init(engine: engine, restartGrace: .milliseconds(restartGraceMs), standbyCheckInterval: .seconds(standbyCheckS)),
             store: store, provider: provider,
             verifier: verifier, launch: AgentLaunch(controllers: controllers, onstart: agentOnstart, extraEnvironment: environment),
-            hub: hub, logger: logger, agentKeysChanged: agentKeysChanged,
+            hub: hub, logger: logger,
             onFailoverFinished: { result, seconds in metrics.failoverFinished(result: result, durationSeconds: seconds) })
     }
 }

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import Hummingbird
 import ServiceLifecycle
+import WarmpoolModel
 import WarmpoolAPI
 import WarmpoolLiveness
 import WarmpoolEngine
@@ -142,18 +143,20 @@ struct Serve: AsyncParsableCommand {
                     detector: detector, leaseMilliseconds: UInt32(leaseMs),
                     telemetryIntervalMilliseconds: UInt32(telemetryIntervalMs),
                     handshakeTimeoutMilliseconds: Int64(handshakeTimeoutMs))),
-            epoch: epoch, eventLog: eventLog, group: group, logger: logger,
+            epoch: Epoch(epoch), eventLog: eventLog, group: group, logger: logger,
             storedKeys: { try await AdminKey.storedKeyring(store) }
         ) { [readyFile] bound in
             writeReadyFile(readyFile, bound)
         }
+        // Every committed change to an agent's key, from the API or the failover engine, reaches
+        // the listener's keyring before the change returns.
+        store.observeAgentKeys { await service.reloadKeys() }
         let metrics = ControllerMetrics()
         var services: [any Service] = [service]
         let operations: any PoolOperations
         if let provider = try failover.provider(logger: logger) {
             let coordinator = try failover.coordinator(
-                provider: provider, store: store, hub: service.hub, listen: listen, metrics: metrics, logger: logger,
-                agentKeysChanged: { await service.reloadKeys() })
+                provider: provider, store: store, hub: service.hub, listen: listen, metrics: metrics, logger: logger)
             services.append(coordinator)
             operations = EnginePoolOperations(
                 coordinator: coordinator, provider: provider, timeout: .seconds(failover.operationTimeoutS))
@@ -163,9 +166,7 @@ struct Serve: AsyncParsableCommand {
             logger.notice("no provider API key: the failover engine is off (see --provider-api-key-file)")
         }
         let router = APIRouter.build(
-            APIDependencies(
-                store: store, operations: operations, hub: service.hub, metrics: metrics,
-                agentKeysChanged: { await service.reloadKeys() }))
+            APIDependencies(store: store, operations: operations, hub: service.hub, metrics: metrics))
         let apiAddress = ControllerAddress(apiListen, allowingPortZero: true)!
         let api = Application(
             router: router,

@@ -2,6 +2,7 @@ import CEpoll
 import Foundation
 import NIOCore
 import Synchronization
+import WarmpoolModel
 import WarmpoolWire
 
 #if canImport(Glibc)

@@ -1,3 +1,4 @@
+import WarmpoolModel
 import WarmpoolWire
 
 #if canImport(Glibc)

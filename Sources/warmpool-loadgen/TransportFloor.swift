@@ -1,5 +1,6 @@
 import CEpoll
 import Foundation
+import WarmpoolModel
 import WarmpoolWire
 
 #if canImport(Glibc)

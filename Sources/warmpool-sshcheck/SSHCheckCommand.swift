@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import WarmpoolModel
 import WarmpoolSSH
 
 #if canImport(Glibc)
@@ -36,8 +37,8 @@ struct TargetOptions: ParsableArguments {
     @Flag(help: "Read the key file here and hand libssh2 its bytes instead of the path.")
     var keyInMemory = false
 
-    @Option(help: "Instance id: the key the host key is pinned under.")
-    var instanceID: String
+    @Option(help: "Instance id (the provider's, a number): the key the host key is pinned under.")
+    var instanceID: Int64
 
     @Option(help: "Volume mount point on the instance.")
     var volumePath: String = "/data"
@@ -60,7 +61,7 @@ struct TargetOptions: ParsableArguments {
     }
 
     func makeTarget() throws -> SSHTarget {
-        try SSHTarget(instanceID: instanceID, host: host, port: port, username: user,
+        try SSHTarget(instanceID: InstanceID(instanceID), host: host, port: port, username: user,
                       volume: VolumeSpec(path: volumePath, expectedID: volumeID))
     }
 
@@ -84,7 +85,7 @@ struct TargetOptions: ParsableArguments {
         if let pinsFile {
             pins = try FileHostKeyPinStore(path: pinsFile)
         } else {
-            pins = InMemoryHostKeyPinStore(pin.map { [instanceID: $0] } ?? [:])
+            pins = InMemoryHostKeyPinStore(pin.map { [InstanceID(instanceID): $0] } ?? [:])
         }
         return SSHVerifier(credentials: SSHCredentials(privateKey: key, passphrase: passphrase), pins: pins,
                            logger: Logger(label: "warmpool.sshcheck"))

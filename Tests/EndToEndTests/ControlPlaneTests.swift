@@ -15,20 +15,20 @@ import Glibc
     private func seedFailover(_ harness: Harness) async throws {
         let store = try SQLiteStore(path: harness.databasePath, logger: Logger(label: "test.seed"))
         let start = Date()
-        var failover = FailoverRecord(id: "fo-12-1", machineID: 12, reason: "primary failed: silent 355 ms", oldPrimaryInstanceID: 4242, epoch: 2, startedAt: start)
+        var failover = FailoverRecord(id: "fo-12-1", poolID: 12, reason: "primary failed: silent 355 ms", oldPrimaryInstanceID: 4242, epoch: 2, startedAt: start)
         failover.result = .succeeded
         failover.newPrimaryInstanceID = 4243
         failover.finishedAt = start.addingTimeInterval(11.5)
         try await store.commit(PoolTransition(
             pool: PoolRecord(
-                machineID: 12, hostMachineID: 77, state: "active", volumeID: 9, primaryInstanceID: 4242, standbyInstanceID: 4244,
-                standbyState: "stopped", primarySSHHost: "127.0.0.1", primarySSHPort: 2222, failoverCount: 1, lastFailoverAt: start, epoch: 2),
+                poolID: 12, hostMachineID: 77, state: .active, volumeID: 9, primaryInstanceID: 4242, standbyInstanceID: 4244,
+                standbyState: .stopped, primarySSHHost: "127.0.0.1", primarySSHPort: 2222, failoverCount: 1, lastFailoverAt: start, epoch: 2),
             failover: failover,
             steps: [
                 TimelineStep(failoverID: "fo-12-1", sequence: 1, step: "detected", at: start),
                 TimelineStep(failoverID: "fo-12-1", sequence: 2, step: "promoted", at: start.addingTimeInterval(11.5), detail: "epoch 2"),
             ],
-            events: [PoolEvent(machineID: 12, agentID: "gpu-12", kind: "failed", at: start, detail: "silent 355 ms")]))
+            events: [PoolEvent(poolID: 12, agentID: "gpu-12", kind: "failed", at: start, detail: "silent 355 ms")]))
     }
 
     @Test func everyAnswerOfTheLiveServerConformsToOpenAPI() async throws {

@@ -2,6 +2,7 @@ import Foundation
 @_exported import WarmpoolTestSupport
 import Testing
 import NIOCore
+import WarmpoolModel
 import WarmpoolWire
 
 #if canImport(Glibc)

@@ -65,8 +65,8 @@ import WarmpoolStore
         let fixture = try await APIFixture()
         let failedAt = Date(timeIntervalSince1970: 1_800_000_000)
         try await fixture.store.savePool(PoolRecord(
-            machineID: 12, hostMachineID: 77, state: "active", volumeID: 5, primaryInstanceID: 456790, standbyInstanceID: 456791,
-            standbyState: "stopped", primarySSHHost: "10.1.2.3", primarySSHPort: 22022, failoverCount: 1, lastFailoverAt: failedAt, epoch: 2))
+            poolID: 12, hostMachineID: 77, state: .active, volumeID: 5, primaryInstanceID: 456790, standbyInstanceID: 456791,
+            standbyState: .stopped, primarySSHHost: "10.1.2.3", primarySSHPort: 22022, failoverCount: 1, lastFailoverAt: failedAt, epoch: 2))
         try await fixture.application.test(.router) { client in
             try await client.execute(uri: "/api/v1/warmpool/status/12", method: .get, headers: fixture.auth) { response in
                 #expect(response.status == .ok)
@@ -119,7 +119,7 @@ import WarmpoolStore
 
     @Test func enableAndDisableAnswerTheReferenceShapesAndSwitchTheStrategy() async throws {
         let fixture = try await APIFixture()
-        try await fixture.store.savePool(PoolRecord(machineID: 3, state: "active", primaryInstanceID: 1, standbyInstanceID: 2, standbyState: "stopped"))
+        try await fixture.store.savePool(PoolRecord(poolID: 3, state: .active, primaryInstanceID: 1, standbyInstanceID: 2, standbyState: .stopped))
         try await fixture.application.test(.router) { client in
             try await client.execute(uri: "/api/v1/warmpool/disable/3", method: .post, headers: fixture.auth) { response in
                 #expect(response.status == .ok)
@@ -128,19 +128,19 @@ import WarmpoolStore
                 #expect(json["fallback"] == .string("cpu_standby"))
                 if case .string = json["message"] {} else { Issue.record("message missing") }
             }
-            #expect(try await fixture.store.pool(machineID: 3)?.strategy == .cpuStandby)
-            #expect(try await fixture.store.pool(machineID: 3)?.state == "disabled")
+            #expect(try await fixture.store.pool(id: 3)?.strategy == .cpuStandby)
+            #expect(try await fixture.store.pool(id: 3)?.state == .disabled)
             try await client.execute(uri: "/api/v1/warmpool/enable/3", method: .post, headers: fixture.auth) { response in
                 #expect(response.status == .ok)
                 #expect(response.json["status"] == .string("enabled"))
             }
-            #expect(try await fixture.store.pool(machineID: 3)?.state == "active")
+            #expect(try await fixture.store.pool(id: 3)?.state == .active)
         }
     }
 
     @Test func routesThatNeedTheProviderSayItIsNotConfigured() async throws {
         let fixture = try await APIFixture()
-        try await fixture.store.savePool(PoolRecord(machineID: 3, state: "active"))
+        try await fixture.store.savePool(PoolRecord(poolID: 3, state: .active))
         try await fixture.application.test(.router) { client in
             for (method, path, payload) in [
                 (HTTPRequest.Method.get, "hosts", ""), (.post, "provision", #"{"machine_id": 3, "host_machine_id": 77}"#),
@@ -224,12 +224,12 @@ import WarmpoolStore
     @Test func historyCarriesEachFailoverWithItsTimedSteps() async throws {
         let fixture = try await APIFixture()
         let start = Date(timeIntervalSince1970: 1_800_000_000)
-        var failover = FailoverRecord(id: "fo-12-1", machineID: 12, reason: "primary failed: silent 350 ms", oldPrimaryInstanceID: 1, epoch: 2, startedAt: start)
+        var failover = FailoverRecord(id: "fo-12-1", poolID: 12, reason: "primary failed: silent 350 ms", oldPrimaryInstanceID: 1, epoch: 2, startedAt: start)
         failover.result = .succeeded
         failover.newPrimaryInstanceID = 2
         failover.finishedAt = start.addingTimeInterval(14.2)
         try await fixture.store.commit(PoolTransition(
-            pool: PoolRecord(machineID: 12, state: "active"), failover: failover,
+            pool: PoolRecord(poolID: 12, state: .active), failover: failover,
             steps: [
                 TimelineStep(failoverID: "fo-12-1", sequence: 1, step: "detected", at: start),
                 TimelineStep(failoverID: "fo-12-1", sequence: 2, step: "fenced", at: start.addingTimeInterval(0.4)),
@@ -256,11 +256,11 @@ import WarmpoolStore
 
     @Test func eventsListThePoolsRecentEvents() async throws {
         let fixture = try await APIFixture()
-        try await fixture.store.savePool(PoolRecord(machineID: 4))
+        try await fixture.store.savePool(PoolRecord(poolID: 4))
         try await fixture.store.recordEvents([
-            PoolEvent(machineID: 4, agentID: "a", kind: "connected", at: Date()),
-            PoolEvent(machineID: 5, agentID: "b", kind: "connected", at: Date()),
-            PoolEvent(machineID: 4, agentID: "a", kind: "failed", at: Date(), detail: "silent 350 ms"),
+            PoolEvent(poolID: 4, agentID: "a", kind: "connected", at: Date()),
+            PoolEvent(poolID: 5, agentID: "b", kind: "connected", at: Date()),
+            PoolEvent(poolID: 4, agentID: "a", kind: "failed", at: Date(), detail: "silent 350 ms"),
         ])
         try await fixture.application.test(.router) { client in
             try await client.execute(uri: "/api/v1/warmpool/events/4", method: .get, headers: fixture.auth) { response in

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import WarmpoolEngine
+import WarmpoolModel
 
 /// The controller may die after any event. The shell saved the state (and the timeline and
 /// notifications) before carrying out the actions; after a restart it decodes the state and

@@ -1,5 +1,6 @@
 import Testing
 import WarmpoolEngine
+import WarmpoolModel
 
 @Suite struct FailoverTests {
     static let happySteps: [TimelineEntry.Step] = [
@@ -30,7 +31,7 @@ import WarmpoolEngine
         #expect(after.failoverCount == 1)
         #expect(after.currentFailover == nil)
         #expect(after.lastFailoverAt != nil)
-        #expect(after.primarySSH == SSHEndpoint(host: "10.0.0.\(standby % 250)", port: 22))
+        #expect(after.primarySSH == SSHEndpoint(host: "10.0.0.\(standby.rawValue % 250)", port: 22))
 
         #expect(harness.steps == Self.happySteps)
         let entries = harness.timeline

@@ -1,4 +1,5 @@
 import WarmpoolEngine
+import WarmpoolModel
 
 /// A provider in memory that behaves like Vast.ai where the engine cares: instances move between
 /// statuses one poll at a time, creates are adopted by label, stop/start/destroy are idempotent.
@@ -7,7 +8,7 @@ struct FakeProvider {
     struct Instance {
         var id: InstanceID
         var label: String
-        var machineID: MachineID
+        var machineID: HostMachineID
         /// What the next poll shows.
         var status: InstanceStatus?
         /// What it shows after that.
@@ -38,10 +39,10 @@ struct FakeProvider {
     var failsVerification: Set<InstanceID> = []
     /// SSH refuses connections on these (sshd not up yet).
     var refusesSSH: Set<InstanceID> = []
-    private var nextID = 100
+    private var nextID: Int64 = 100
 
-    init(host: MachineID, freeGPUs: Int) {
-        offers = (0..<freeGPUs).map { GPUOffer(id: 9000 + $0, machineID: host, gpuName: "RTX 4090") }
+    init(host: HostMachineID, freeGPUs: Int) {
+        offers = (0..<freeGPUs).map { GPUOffer(id: OfferID(Int64(9000 + $0)), machineID: host, gpuName: "RTX 4090") }
     }
 
     var liveInstances: [Instance] { instances.values.filter { !$0.destroyed }.sorted { $0.id < $1.id } }
@@ -53,7 +54,7 @@ struct FakeProvider {
         case .ensureVolume(_, let name, _, _):
             if let failure = injected("volume") { return failure }
             if let id = volumes[name] { return .success(.volume(id)) }
-            let id = take()
+            let id = VolumeID(take())
             volumes[name] = id
             creations[name, default: 0] += 1
             return .success(.volume(id))
@@ -66,7 +67,7 @@ struct FakeProvider {
                 return .failure(message: "offer \(request.offer.id) is no longer available", retryable: false)
             }
             offers.remove(at: index)
-            let id = take()
+            let id = InstanceID(take())
             let settles: InstanceStatus = brokenOffers.contains(request.offer.id) ? .loading : .running
             instances[id] = Instance(id: id, label: request.label, machineID: request.offer.machineID, status: nil, next: settles)
             creations[request.label, default: 0] += 1
@@ -128,12 +129,12 @@ struct FakeProvider {
         return first
     }
 
-    private mutating func take() -> Int {
+    private mutating func take() -> Int64 {
         defer { nextID += 1 }
         return nextID
     }
 
     private func snapshot(_ instance: Instance) -> InstanceSnapshot {
-        InstanceSnapshot(id: instance.id, status: instance.status, ssh: SSHEndpoint(host: "10.0.0.\(instance.id % 250)", port: 22))
+        InstanceSnapshot(id: instance.id, status: instance.status, ssh: SSHEndpoint(host: "10.0.0.\(instance.id.rawValue % 250)", port: 22))
     }
 }

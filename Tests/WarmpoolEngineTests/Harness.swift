@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import WarmpoolEngine
+import WarmpoolModel
 
 /// Plays the shell around one `PoolMachine`: carries out its actions against a `FakeProvider`,
 /// keeps its timers on a mock clock, and records what a real shell would persist. It can crash the
@@ -142,7 +143,7 @@ struct Harness {
         }
     }
 
-    mutating func failPrimary(epoch: UInt64? = nil) {
+    mutating func failPrimary(epoch: Epoch? = nil) {
         feed(machine.livenessFailed(instance: snapshot.primaryInstanceID!, epoch: epoch, now: now))
     }
 }

@@ -1,5 +1,6 @@
 import Testing
 import WarmpoolEngine
+import WarmpoolModel
 
 /// Which liveness reports start a failover, and which are ignored.
 @Suite struct LivenessTests {

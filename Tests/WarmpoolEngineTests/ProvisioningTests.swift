@@ -1,5 +1,6 @@
 import Testing
 import WarmpoolEngine
+import WarmpoolModel
 
 @Suite struct ProvisioningTests {
     @Test func provisionsVolumePrimaryAndStoppedStandby() {

@@ -3,6 +3,7 @@ import Glibc
 import NIOCore
 import Testing
 import WarmpoolTestSupport
+import WarmpoolModel
 import WarmpoolWire
 @testable import WarmpoolLiveness
 

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarmpoolModel
 import WarmpoolWire
 @testable import WarmpoolLiveness
 

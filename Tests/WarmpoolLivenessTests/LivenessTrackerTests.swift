@@ -1,4 +1,5 @@
 import Testing
+import WarmpoolModel
 import WarmpoolWire
 @testable import WarmpoolLiveness
 

@@ -27,7 +27,7 @@ import WarmpoolStore
                                 giveUp: GiveUpLimit(maxAttempts: 5, maxAge: .seconds(3600)))
 
     func entry(attempts: Int) -> OutboxEntry {
-        OutboxEntry(id: "n-1", kind: "failover_complete", machineID: 7, payload: "{}", createdAt: Self.created,
+        OutboxEntry(id: "n-1", kind: "failover_complete", poolID: 7, payload: "{}", createdAt: Self.created,
                     attempts: attempts, nextAttemptAt: Self.created)
     }
 

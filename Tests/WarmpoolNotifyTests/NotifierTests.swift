@@ -35,7 +35,7 @@ import WarmpoolStore
         let id = "ntf-77-\(number)"
         let payload = #"{"at":"2026-11-29T05:00:0\#(number).000Z","epoch":3,"event":"\#(kind)","failover":"fo-77-2","id":"\#(id)","machine_id":77,"message":"standby 9002 verified and serving","primary_gpu_id":"9002","standby_gpu_id":null,"state":"degraded"}"#
         let created = Date().addingTimeInterval(Double(number) / 1000 - 1)
-        return OutboxEntry(id: id, kind: kind, machineID: 77, payload: payload, createdAt: created, nextAttemptAt: created)
+        return OutboxEntry(id: id, kind: kind, poolID: 77, payload: payload, createdAt: created, nextAttemptAt: created)
     }
 
     /// Runs the notifier in a ServiceGroup while `body` runs, then shuts it down gracefully.

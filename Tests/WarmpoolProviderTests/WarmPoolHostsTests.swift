@@ -1,8 +1,9 @@
 import Testing
 @testable import WarmpoolProvider
+import WarmpoolModel
 
 @Suite struct WarmPoolHostsTests {
-    static func offer(_ id: Int, machine: Int, gpus: Int = 1, of total: Int? = 4, price: Double = 0.45, name: String = "RTX 4090",
+    static func offer(_ id: OfferID, machine: HostMachineID, gpus: Int = 1, of total: Int? = 4, price: Double = 0.45, name: String = "RTX 4090",
                       verified: Bool = true, reliability: Double = 0.99) -> Offer
     {
         Offer(id: id, machineID: machine, gpuName: name, numGPUs: gpus, gpuFraction: total.map { Double(gpus) / Double($0) },

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import WarmpoolSSH
+import WarmpoolModel
 
 #if canImport(Glibc)
 import Glibc
@@ -80,12 +81,11 @@ import Glibc
 
     @Test func refusesBadTargets() throws {
         let volume = try VolumeSpec(path: "/data", expectedID: "v")
-        #expect(throws: SSHInputError.self) { try SSHTarget(instanceID: "", host: "h", volume: volume) }
-        #expect(throws: SSHInputError.self) { try SSHTarget(instanceID: "i", host: "h;x", volume: volume) }
-        #expect(throws: SSHInputError.self) { try SSHTarget(instanceID: "i", host: "h", port: 0, volume: volume) }
-        #expect(throws: SSHInputError.self) { try SSHTarget(instanceID: "i", host: "h", username: "-oProxy", volume: volume) }
-        #expect(throws: SSHInputError.self) { try SSHTarget(instanceID: "i", host: "h", username: "a b", volume: volume) }
-        _ = try SSHTarget(instanceID: "4242", host: "::1", port: 2222, username: "root", volume: volume)
+        #expect(throws: SSHInputError.self) { try SSHTarget(instanceID: 1, host: "h;x", volume: volume) }
+        #expect(throws: SSHInputError.self) { try SSHTarget(instanceID: 1, host: "h", port: 0, volume: volume) }
+        #expect(throws: SSHInputError.self) { try SSHTarget(instanceID: 1, host: "h", username: "-oProxy", volume: volume) }
+        #expect(throws: SSHInputError.self) { try SSHTarget(instanceID: 1, host: "h", username: "a b", volume: volume) }
+        _ = try SSHTarget(instanceID: 4242, host: "::1", port: 2222, username: "root", volume: volume)
     }
 }
 

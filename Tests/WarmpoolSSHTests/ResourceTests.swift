@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Testing
 @testable import WarmpoolSSH
+import WarmpoolModel
 
 #if canImport(Glibc)
 import Glibc
@@ -22,14 +23,14 @@ private let ms: Int64 = 1_000_000
         let volume = try VolumeSpec(path: foreign.path, expectedID: "vol-42")
         let bogusPin = "SHA256:" + String(repeating: "A", count: 43)
 
-        let own = SSHVerifier(credentials: sshd.credentials(), pins: InMemoryHostKeyPinStore(["pinned": bogusPin]), logger: quiet)
+        let own = SSHVerifier(credentials: sshd.credentials(), pins: InMemoryHostKeyPinStore([3: bogusPin]), logger: quiet)
         let strangers = SSHVerifier(credentials: SSHCredentials(privateKey: .file(path: stranger)), pins: InMemoryHostKeyPinStore(),
                                     logger: quiet)
         let cases: [(SSHVerifier, SSHTarget, SSHFailure.Reason)] = [
-            (own, try SSHTarget(instanceID: "closed", host: "127.0.0.1", port: closedPort, volume: volume), .refused),
-            (own, try sshd.target(instanceID: "pinned", volume: volume), .hostKeyMismatch),
-            (strangers, try sshd.target(instanceID: "stranger", volume: volume), .authRefused),
-            (own, try sshd.target(instanceID: "foreign", volume: volume), .wrongVolume),
+            (own, try SSHTarget(instanceID: 2, host: "127.0.0.1", port: closedPort, volume: volume), .refused),
+            (own, try sshd.target(instanceID: 3, volume: volume), .hostKeyMismatch),
+            (strangers, try sshd.target(instanceID: 4, volume: volume), .authRefused),
+            (own, try sshd.target(instanceID: 5, volume: volume), .wrongVolume),
         ]
 
         func attempts(_ count: Int) async throws -> [SSHFailure.Reason: Int] {

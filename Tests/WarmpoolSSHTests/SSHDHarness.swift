@@ -2,6 +2,7 @@ import Foundation
 @_exported import WarmpoolTestSupport
 import Testing
 @testable import WarmpoolSSH
+import WarmpoolModel
 
 #if canImport(Glibc)
 import Glibc
@@ -154,7 +155,7 @@ final class SSHD: @unchecked Sendable {
     func credentials() -> SSHCredentials { SSHCredentials(privateKey: .file(path: clientKeyPath)) }
 
     /// A target for this sshd with `volume`.
-    func target(instanceID: String = "inst-\(UInt32.random(in: 0...UInt32.max))", volume: VolumeSpec) throws -> SSHTarget {
+    func target(instanceID: InstanceID = InstanceID(Int64.random(in: 1...Int64(UInt32.max))), volume: VolumeSpec) throws -> SSHTarget {
         try SSHTarget(instanceID: instanceID, host: "127.0.0.1", port: port, username: "root", volume: volume)
     }
 
@@ -214,7 +215,7 @@ final class SSHD: @unchecked Sendable {
     }
 }
 
-func monotonicNow() -> Int64 { Monotonic.now() }
+func monotonicNow() -> Int64 { MonotonicClock.now() }
 
 /// Resident set size of this process, from /proc/self/status, in KiB.
 func residentKiB() -> Int {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import WarmpoolSSH
+import WarmpoolModel
 
 #if canImport(Glibc)
 import Glibc
@@ -111,12 +112,12 @@ private let ms: Int64 = 1_000_000
 @Suite struct PinStoreTests {
     @Test func inMemoryPinsOnceAndNeverReplaces() async {
         let store = InMemoryHostKeyPinStore()
-        #expect(await store.pinnedFingerprint(for: "i") == nil)
-        #expect(await store.pinIfAbsent("SHA256:a", for: "i") == "SHA256:a")
-        #expect(await store.pinIfAbsent("SHA256:b", for: "i") == "SHA256:a")
-        #expect(await store.pinnedFingerprint(for: "i") == "SHA256:a")
-        await store.removePin(for: "i")
-        #expect(await store.pinnedFingerprint(for: "i") == nil)
+        #expect(await store.pinnedFingerprint(for: 1) == nil)
+        #expect(await store.pinIfAbsent("SHA256:a", for: 1) == "SHA256:a")
+        #expect(await store.pinIfAbsent("SHA256:b", for: 1) == "SHA256:a")
+        #expect(await store.pinnedFingerprint(for: 1) == "SHA256:a")
+        await store.removePin(for: 1)
+        #expect(await store.pinnedFingerprint(for: 1) == nil)
     }
 
     func temporaryPath() throws -> (directory: String, file: String) {
@@ -129,11 +130,11 @@ private let ms: Int64 = 1_000_000
         let (directory, path) = try temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try FileHostKeyPinStore(path: path)
-        #expect(await store.pinnedFingerprint(for: "4242") == nil)
+        #expect(await store.pinnedFingerprint(for: 4242) == nil)
         #expect(!FileManager.default.fileExists(atPath: path), "nothing written before the first pin")
-        #expect(try await store.pinIfAbsent("SHA256:first", for: "4242") == "SHA256:first")
-        #expect(try await store.pinIfAbsent("SHA256:second", for: "4242") == "SHA256:first")
-        _ = try await store.pinIfAbsent("SHA256:other", for: "77")
+        #expect(try await store.pinIfAbsent("SHA256:first", for: 4242) == "SHA256:first")
+        #expect(try await store.pinIfAbsent("SHA256:second", for: 4242) == "SHA256:first")
+        _ = try await store.pinIfAbsent("SHA256:other", for: 77)
 
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["pins.json"], "no temporary file left")
         var info = stat()
@@ -141,13 +142,13 @@ private let ms: Int64 = 1_000_000
         #expect(statted == 0 && info.st_mode & 0o777 == 0o600)
 
         let reloaded = try FileHostKeyPinStore(path: path)
-        #expect(await reloaded.pinnedFingerprint(for: "4242") == "SHA256:first")
-        #expect(await reloaded.pinnedFingerprint(for: "77") == "SHA256:other")
-        #expect(await reloaded.entry(for: "4242")?.pinnedAt.hasSuffix("Z") == true)
+        #expect(await reloaded.pinnedFingerprint(for: 4242) == "SHA256:first")
+        #expect(await reloaded.pinnedFingerprint(for: 77) == "SHA256:other")
+        #expect(await reloaded.entry(for: 4242)?.pinnedAt.hasSuffix("Z") == true)
 
-        try await reloaded.removePin(for: "77")
+        try await reloaded.removePin(for: 77)
         let again = try FileHostKeyPinStore(path: path)
-        #expect(await again.pinnedFingerprint(for: "77") == nil)
+        #expect(await again.pinnedFingerprint(for: 77) == nil)
         let json = try String(contentsOfFile: path, encoding: .utf8)
         #expect(json.contains("\"version\" : 1") && json.contains("\"pinned_at\""))
     }

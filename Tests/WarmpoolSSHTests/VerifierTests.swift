@@ -3,6 +3,7 @@ import Logging
 import NIOPosix
 import Testing
 @testable import WarmpoolSSH
+import WarmpoolModel
 
 #if canImport(Glibc)
 import Glibc
@@ -60,14 +61,14 @@ final class Recorder: @unchecked Sendable {
         let volume = try TmpfsVolume(markerID: "vol-42")
         let pins = InMemoryHostKeyPinStore()
         let verifier = verifier(sshd, pins: pins)
-        let target = try sshd.target(instanceID: "4242", volume: VolumeSpec(path: volume.path, expectedID: "vol-42"))
+        let target = try sshd.target(instanceID: 4242, volume: VolumeSpec(path: volume.path, expectedID: "vol-42"))
 
         let first = try await verifier.verify(target)
         #expect(first.isVerified, "\(String(describing: first.failure)) \(sshd.log().suffix(1_000))")
         let fingerprint = try sshd.hostKeyFingerprint()
         #expect(first.hostKeyFingerprint == fingerprint)
         #expect(first.pinnedOnThisContact)
-        #expect(await pins.pinnedFingerprint(for: "4242") == fingerprint)
+        #expect(await pins.pinnedFingerprint(for: 4242) == fingerprint)
         #expect(first.volume?.marker == .present("vol-42"))
         #expect(first.volume?.freeBytes.map { $0 > 7 << 20 && $0 <= 8 << 20 } == true)
         for phase in SSHPhase.allCases { #expect(first.timings[phase] != nil, "\(phase)") }
@@ -129,16 +130,16 @@ final class Recorder: @unchecked Sendable {
         let sshd = try SSHD()
         let volume = try TmpfsVolume(markerID: "vol-42")
         let other = try SSHD.fingerprint(ofKey: try sshd.makeKey("impostor") + ".pub")
-        let pins = InMemoryHostKeyPinStore(["4242": other])
-        let target = try sshd.target(instanceID: "4242", volume: VolumeSpec(path: volume.path, expectedID: "vol-42"))
+        let pins = InMemoryHostKeyPinStore([4242: other])
+        let target = try sshd.target(instanceID: 4242, volume: VolumeSpec(path: volume.path, expectedID: "vol-42"))
         let presented = try sshd.hostKeyFingerprint()
 
         let result = try await verifier(sshd, pins: pins).verify(target)
         #expect(result.failure?.reason == .hostKeyMismatch)
         #expect(result.failure?.detail == "host key \(presented) does not match the key pinned for instance 4242 (\(other)); not authenticating")
         #expect(result.timings.handshake != nil && result.timings.auth == nil, "no authentication to a host that fails its pin")
-        #expect(await pins.pinnedFingerprint(for: "4242") == other, "the pin is never replaced")
-        #expect(recorder.alerts == [.hostKeyMismatch(instanceID: "4242", host: "127.0.0.1", port: sshd.port, pinned: other,
+        #expect(await pins.pinnedFingerprint(for: 4242) == other, "the pin is never replaced")
+        #expect(recorder.alerts == [.hostKeyMismatch(instanceID: 4242, host: "127.0.0.1", port: sshd.port, pinned: other,
                                                       presented: presented)])
         #expect(recorder.entries.contains { $0.level == .critical && $0.metadata["ssh.presented"] == "\(presented)" })
 
@@ -246,12 +247,12 @@ final class Recorder: @unchecked Sendable {
         let sshd = try SSHD(start: false)
         let volume = try VolumeSpec(path: "/data", expectedID: "v")
         let closing = try SilentServer(closeAtOnce: true)
-        let closed = try await verifier(sshd).verify(try SSHTarget(instanceID: "i", host: "127.0.0.1", port: closing.port, volume: volume))
+        let closed = try await verifier(sshd).verify(try SSHTarget(instanceID: 1, host: "127.0.0.1", port: closing.port, volume: volume))
         #expect(closed.failure?.reason == .noBanner && closed.failure?.phase == .handshake, "\(String(describing: closed.failure))")
 
         let silent = try SilentServer(closeAtOnce: false)
         let started = monotonicNow()
-        let quiet = try await verifier(sshd).verify(try SSHTarget(instanceID: "i", host: "127.0.0.1", port: silent.port, volume: volume),
+        let quiet = try await verifier(sshd).verify(try SSHTarget(instanceID: 1, host: "127.0.0.1", port: silent.port, volume: volume),
                                                     timeout: 300 * ms)
         let took = monotonicNow() - started
         #expect(quiet.failure?.reason == .noBanner, "\(String(describing: quiet.failure))")

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Testing
+import WarmpoolModel
 import WarmpoolProvider
 import WarmpoolSSH
 @testable import WarmpoolSim
@@ -18,9 +19,9 @@ import Glibc
         SSHVerifier(credentials: SSHCredentials(privateKey: .file(path: fixture.clientKeyPath)), pins: pins, logger: SimFixture.logger)
     }
 
-    func target(_ instance: Instance, volumeID: Int) throws -> SSHTarget {
-        try SSHTarget(instanceID: String(instance.id), host: try #require(instance.sshHost), port: try #require(instance.sshPort),
-                      volume: VolumeSpec(path: "/data", expectedID: String(volumeID)))
+    func target(_ instance: Instance, volumeID: VolumeID) throws -> SSHTarget {
+        try SSHTarget(instanceID: instance.id, host: try #require(instance.sshHost), port: try #require(instance.sshPort),
+                      volume: VolumeSpec(path: "/data", expectedID: volumeID.description))
     }
 
     @Test func primaryAndStandbyShareAVolumeAndTheStandbyStartsVerified() async throws {
@@ -62,7 +63,7 @@ import Glibc
         let startToVerified = ContinuousClock.now - started
         #expect(ready.isVerified, "\(String(describing: ready.failure))")
         #expect(ready.last.volume?.mounted == true && ready.last.volume?.writable == true)
-        #expect(ready.last.volume?.marker == .present(String(volumeID)))
+        #expect(ready.last.volume?.marker == .present(volumeID.description))
         #expect(try await client.instance(id: standbyID)?.isRunning == true)
         print("warmpool-sim: start request to SSH-verified standby in \(startToVerified) (boot delay 200 ms, \(ready.attempts) attempts)")
 
@@ -72,7 +73,7 @@ import Glibc
         print("warmpool-sim: show_instance round trip \((ContinuousClock.now - timed) / 50) on average over 50 calls")
 
         // The host key pinned on first contact survived the stop and the start.
-        let pinnedAfter = await pins.pinnedFingerprint(for: String(standbyID))
+        let pinnedAfter = await pins.pinnedFingerprint(for: standbyID)
         #expect(pinnedAfter != nil && pinnedAfter == ready.last.hostKeyFingerprint)
 
         // Both onstarts ran with the instance env, and wrote through /data into the one volume.
@@ -84,8 +85,8 @@ import Glibc
 
         // Exactly one start of the standby, one stop, and no third instance.
         let counters = await fixture.counters()
-        #expect(counters.starts == [String(standbyID): 1] && counters.stops == [String(standbyID): 1])
-        #expect(counters.creates == 2 && counters.boots[String(standbyID)] == 2)
+        #expect(counters.starts == [standbyID.description: 1] && counters.stops == [standbyID.description: 1])
+        #expect(counters.creates == 2 && counters.boots[standbyID.description] == 2)
 
         // A volume in use cannot be deleted; after the instances are destroyed it can.
         await #expect(throws: ProviderError.rejected(message: "volume \(volumeID) is linked to instances [\(primaryID), \(standbyID)]; destroy them first")) {
@@ -104,7 +105,7 @@ import Glibc
     @Test func theInstanceListIsPaged() async throws {
         let fixture = try await SimFixture(hosts: [try HostSpec(parsing: "90:30:RTX_3090:0.2")], bootDelay: .seconds(3600))
         let client = fixture.client(pageSize: 7)
-        var created: [Int] = []
+        var created: [InstanceID] = []
         for offer in try await client.searchOffers(OfferQuery()).prefix(23) {
             created.append(try await client.createInstance(offerID: offer.id, CreateInstanceRequest(image: "img", label: "batch")))
         }
@@ -120,11 +121,11 @@ import Glibc
         try SimFixture.requireRoot()
         let fixture = try await SimFixture(bootDelay: .milliseconds(50))
         let client = fixture.client()
-        let volumeID = try await client.createVolume(offerID: HostSpec.defaultHost.volumeOfferID, sizeGB: 10, name: nil)
+        let volumeID = try await client.createVolume(offerID: OfferID(Int64(HostSpec.defaultHost.volumeOfferID)), sizeGB: 10, name: nil)
         let request = CreateInstanceRequest(image: "img", onstart: "sleep 600", volume: .init(volumeID: volumeID))
         let id = try await client.createInstance(offerID: 7701, request)
-        #expect(await SimFixture.eventually { await fixture.processes(of: id).alive })
-        let pid = try #require(await fixture.processes(of: id).pid)
+        #expect(await SimFixture.eventually { await fixture.processes(of: Int(id.rawValue)).alive })
+        let pid = try #require(await fixture.processes(of: Int(id.rawValue)).pid)
 
         #expect(await fixture.raw("POST", "/admin/instances/\(id)/freeze").0 == 200)
         // SIGSTOP lands asynchronously.
@@ -143,7 +144,7 @@ import Glibc
         #expect(await fixture.raw("POST", "/admin/instances/\(id)/crash").0 == 409)
         // Starting the crashed instance launches it again.
         try await client.startInstance(id: id)
-        #expect(await SimFixture.eventually { await fixture.processes(of: id).alive })
+        #expect(await SimFixture.eventually { await fixture.processes(of: Int(id.rawValue)).alive })
 
         #expect(await fixture.raw("POST", "/admin/faults", body: #"{"no_ssh_instances": [1002]}"#).0 == 200)
         let silent = try await client.createInstance(offerID: 7702, request)
@@ -160,7 +161,7 @@ import Glibc
     @Test func withoutMountsTheVolumeIsAPathInTheEnvironment() async throws {
         let fixture = try await SimFixture(bootDelay: .milliseconds(20), mountVolumes: false)
         let client = fixture.client()
-        let volumeID = try await client.createVolume(offerID: HostSpec.defaultHost.volumeOfferID, sizeGB: 1, name: "plain")
+        let volumeID = try await client.createVolume(offerID: OfferID(Int64(HostSpec.defaultHost.volumeOfferID)), sizeGB: 1, name: "plain")
         let id = try await client.createInstance(offerID: 7704, CreateInstanceRequest(
             image: "img", env: ["GREETING": "hello from 7704"], onstart: #"echo "$GREETING" > "$WARMPOOL_VOLUME_PATH/greeting""#,
             volume: .init(volumeID: volumeID)))
@@ -179,8 +180,8 @@ import Glibc
         let fixture = try await SimFixture(bootDelay: .milliseconds(20))
         let client = fixture.client()
         let id = try await client.createInstance(offerID: 7701, CreateInstanceRequest(image: "img", onstart: "sleep 600"))
-        #expect(await SimFixture.eventually { await fixture.processes(of: id).alive })
-        let directory = try #require(await fixture.processes(of: id).directory)
+        #expect(await SimFixture.eventually { await fixture.processes(of: Int(id.rawValue)).alive })
+        let directory = try #require(await fixture.processes(of: Int(id.rawValue)).directory)
         #expect(await fixture.raw("POST", "/admin/instances/\(id)/freeze").0 == 200)
         let started = ContinuousClock.now
         try await client.stopInstance(id: id)
@@ -196,8 +197,8 @@ import Glibc
         let fixture = try await SimFixture(bootDelay: .milliseconds(20))
         let client = fixture.client()
         let id = try await client.createInstance(offerID: 7701, CreateInstanceRequest(image: "img", onstart: "sleep 600"))
-        #expect(await SimFixture.eventually { await fixture.processes(of: id).alive })
-        let directory = try #require(await fixture.processes(of: id).directory)
+        #expect(await SimFixture.eventually { await fixture.processes(of: Int(id.rawValue)).alive })
+        let directory = try #require(await fixture.processes(of: Int(id.rawValue)).directory)
         // "alive" is the launcher; under load its children (the ones naming the directory) can
         // take a moment more to appear.
         #expect(await SimFixture.eventually { !SimFixture.processes(mentioning: directory).isEmpty })

@@ -4,6 +4,7 @@ import Logging
 import Testing
 
 @testable import WarmpoolStore
+import WarmpoolModel
 
 private func temporaryDatabasePath() -> String {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("wp-store-\(UUID().uuidString)")
@@ -29,11 +30,11 @@ private let logger = Logger(label: "test.store")
         let path = temporaryDatabasePath()
         do {
             let store = try SQLiteStore(path: path, logger: logger)
-            try await store.savePool(PoolRecord(machineID: 7, state: "active", volumeID: 3))
+            try await store.savePool(PoolRecord(poolID: 7, state: .active, volumeID: 3))
         }
         let reopened = try SQLiteStore(path: path, logger: logger)
         #expect(try await reopened.appliedMigrations() == ["v1-initial"])
-        #expect(try await reopened.pool(machineID: 7)?.volumeID == 3)
+        #expect(try await reopened.pool(id: 7)?.volumeID == 3)
     }
 
     @Test func aDatabaseFromANewerControllerIsRefusedUntouched() async throws {
@@ -65,47 +66,47 @@ private let logger = Logger(label: "test.store")
         let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
         let now = Date(timeIntervalSince1970: 1_800_000_000.25)
         let pool = PoolRecord(
-            machineID: 12, hostMachineID: 77, strategy: .cpuStandby, gpuPreferences: ["RTX 4090", "A100"], volumeSizeGB: 250,
-            state: "active", volumeID: 5, primaryInstanceID: 101, standbyInstanceID: 102, standbyState: "stopped",
+            poolID: 12, hostMachineID: 77, strategy: .cpuStandby, gpuPreferences: ["RTX 4090", "A100"], volumeSizeGB: 250,
+            state: .active, volumeID: 5, primaryInstanceID: 101, standbyInstanceID: 102, standbyState: .stopped,
             primarySSHHost: "10.0.0.1", primarySSHPort: 2222, lastHealthCheck: now, failoverCount: 3, lastFailoverAt: now,
             errorMessage: "none", epoch: 4, engineState: Data("{\"x\":1}".utf8), createdAt: now, updatedAt: now)
         try await store.savePool(pool)
-        #expect(try await store.pool(machineID: 12) == pool)
-        #expect(try await store.pools().map(\.machineID) == [12])
-        try await store.deletePool(machineID: 12)
-        #expect(try await store.pool(machineID: 12) == nil)
+        #expect(try await store.pool(id: 12) == pool)
+        #expect(try await store.pools().map(\.poolID) == [12])
+        try await store.deletePool(id: 12)
+        #expect(try await store.pool(id: 12) == nil)
     }
 
     @Test func aTransitionIsAllOrNothing() async throws {
         let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
         let start = Date()
-        let failover = FailoverRecord(id: "fo-12-1", machineID: 12, reason: "primary failed", epoch: 2, startedAt: start)
+        let failover = FailoverRecord(id: "fo-12-1", poolID: 12, reason: "primary failed", epoch: 2, startedAt: start)
         try await store.commit(PoolTransition(
-            pool: PoolRecord(machineID: 12, state: "failover"), failover: failover,
+            pool: PoolRecord(poolID: 12, state: .failover), failover: failover,
             steps: [TimelineStep(failoverID: "fo-12-1", sequence: 1, step: "detected", at: start)],
-            notifications: [OutboxEntry(id: "n-1", kind: "failure_detected", machineID: 12, payload: "{}")],
-            events: [PoolEvent(machineID: 12, agentID: "a", kind: "failover", at: start)]))
+            notifications: [OutboxEntry(id: "n-1", kind: "failure_detected", poolID: 12, payload: "{}")],
+            events: [PoolEvent(poolID: 12, agentID: "a", kind: "failover", at: start)]))
 
         // A transition whose timeline step names a failover that does not exist fails as a whole:
         // the pool row must not change either.
         await #expect(throws: (any Error).self) {
             try await store.commit(PoolTransition(
-                pool: PoolRecord(machineID: 12, state: "active"),
+                pool: PoolRecord(poolID: 12, state: .active),
                 steps: [TimelineStep(failoverID: "no-such-failover", sequence: 1, step: "promoted", at: start)]))
         }
-        #expect(try await store.pool(machineID: 12)?.state == "failover")
+        #expect(try await store.pool(id: 12)?.state == .failover)
         #expect(try await store.timeline(failoverID: "fo-12-1").map(\.step) == ["detected"])
-        #expect(try await store.events(machineID: 12, limit: 10).count == 1)
+        #expect(try await store.events(poolID: 12, limit: 10).count == 1)
     }
 
     @Test func reRecordingAStepOrNotificationAfterARestartIsHarmless() async throws {
         let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
         let start = Date()
-        let failover = FailoverRecord(id: "fo-1", machineID: 1, reason: "test", epoch: 1, startedAt: start)
+        let failover = FailoverRecord(id: "fo-1", poolID: 1, reason: "test", epoch: 1, startedAt: start)
         let transition = PoolTransition(
-            pool: PoolRecord(machineID: 1, state: "failover"), failover: failover,
+            pool: PoolRecord(poolID: 1, state: .failover), failover: failover,
             steps: [TimelineStep(failoverID: "fo-1", sequence: 1, step: "detected", at: start)],
-            notifications: [OutboxEntry(id: "fo-1/failure_detected", kind: "failure_detected", machineID: 1, payload: "{}")])
+            notifications: [OutboxEntry(id: "fo-1/failure_detected", kind: "failure_detected", poolID: 1, payload: "{}")])
         try await store.commit(transition)
         try await store.commit(transition)
         #expect(try await store.timeline(failoverID: "fo-1").count == 1)
@@ -114,15 +115,15 @@ private let logger = Logger(label: "test.store")
 
     @Test func failoverHistoryIsNewestFirst() async throws {
         let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
-        try await store.savePool(PoolRecord(machineID: 1))
+        try await store.savePool(PoolRecord(poolID: 1))
         for number in 1...3 {
             var record = FailoverRecord(
-                id: "fo-\(number)", machineID: 1, reason: "r", epoch: Int64(number), startedAt: Date(timeIntervalSince1970: Double(number) * 100))
+                id: "fo-\(number)", poolID: 1, reason: "r", epoch: Epoch(UInt64(number)), startedAt: Date(timeIntervalSince1970: Double(number) * 100))
             record.result = .succeeded
             record.finishedAt = record.startedAt.addingTimeInterval(12.5)
-            try await store.commit(PoolTransition(pool: PoolRecord(machineID: 1), failover: record))
+            try await store.commit(PoolTransition(pool: PoolRecord(poolID: 1), failover: record))
         }
-        let history = try await store.failovers(machineID: 1, limit: 2)
+        let history = try await store.failovers(poolID: 1, limit: 2)
         #expect(history.map(\.id) == ["fo-3", "fo-2"])
         #expect(history[0].durationSeconds == 12.5)
         #expect(try await store.failover(id: "fo-1")?.epoch == 1)
@@ -130,7 +131,7 @@ private let logger = Logger(label: "test.store")
 
     @Test func agentsAreUniqueAndRevocable() async throws {
         let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
-        try await store.addAgent(AgentRecord(agentID: "gpu-1", secretHex: String(repeating: "ab", count: 32), machineID: 1))
+        try await store.addAgent(AgentRecord(agentID: "gpu-1", secretHex: String(repeating: "ab", count: 32), poolID: 1))
         await #expect(throws: StoreError.duplicate(what: "agent", id: "gpu-1")) {
             try await store.addAgent(AgentRecord(agentID: "gpu-1", secretHex: String(repeating: "cd", count: 32)))
         }
@@ -142,22 +143,22 @@ private let logger = Logger(label: "test.store")
 
     @Test func theFirstPinStaysAndCanBeRemoved() async throws {
         let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
-        #expect(try await store.pinnedHostKey(instanceID: "101") == nil)
-        #expect(try await store.pinHostKeyIfAbsent(instanceID: "101", key: "SHA256:first") == "SHA256:first")
-        #expect(try await store.pinHostKeyIfAbsent(instanceID: "101", key: "SHA256:second") == "SHA256:first")
-        #expect(try await store.pinnedHostKey(instanceID: "101") == "SHA256:first")
-        try await store.unpinHostKey(instanceID: "101")
-        #expect(try await store.pinnedHostKey(instanceID: "101") == nil)
+        #expect(try await store.pinnedHostKey(instanceID: 101) == nil)
+        #expect(try await store.pinHostKeyIfAbsent(instanceID: 101, key: "SHA256:first") == "SHA256:first")
+        #expect(try await store.pinHostKeyIfAbsent(instanceID: 101, key: "SHA256:second") == "SHA256:first")
+        #expect(try await store.pinnedHostKey(instanceID: 101) == "SHA256:first")
+        try await store.unpinHostKey(instanceID: 101)
+        #expect(try await store.pinnedHostKey(instanceID: 101) == nil)
     }
 
     @Test func theOutboxHandsOutDueEntriesUntilDelivered() async throws {
         let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
         let now = Date()
         try await store.enqueue([
-            OutboxEntry(id: "a", kind: "failover_complete", machineID: 1, payload: "{}", createdAt: now, nextAttemptAt: now),
-            OutboxEntry(id: "b", kind: "pool_degraded", machineID: 1, payload: "{}", createdAt: now, nextAttemptAt: now.addingTimeInterval(60)),
+            OutboxEntry(id: "a", kind: "failover_complete", poolID: 1, payload: "{}", createdAt: now, nextAttemptAt: now),
+            OutboxEntry(id: "b", kind: "pool_degraded", poolID: 1, payload: "{}", createdAt: now, nextAttemptAt: now.addingTimeInterval(60)),
         ])
-        try await store.enqueue([OutboxEntry(id: "a", kind: "changed", machineID: 1, payload: "{\"dup\":1}")])
+        try await store.enqueue([OutboxEntry(id: "a", kind: "changed", poolID: 1, payload: "{\"dup\":1}")])
         #expect(try await store.dueNotifications(now: now, limit: 10).map(\.id) == ["a"])
         #expect(try await store.dueNotifications(now: now, limit: 10).first?.payload == "{}")
         try await store.markAttemptFailed(id: "a", error: "HTTP 503", nextAttemptAt: now.addingTimeInterval(5))
@@ -171,9 +172,9 @@ private let logger = Logger(label: "test.store")
 
     @Test func theEventLogKeepsTheNewestAndFiltersByMachine() async throws {
         let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
-        try await store.recordEvents((0..<5).map { PoolEvent(machineID: Int64($0 % 2), agentID: "a\($0)", kind: "connected", at: Date()) })
-        #expect(try await store.events(machineID: 1, limit: 10).map(\.agentID) == ["a1", "a3"])
-        #expect(try await store.events(machineID: nil, limit: 2).map(\.agentID) == ["a3", "a4"])
+        try await store.recordEvents((0..<5).map { PoolEvent(poolID: PoolID(Int64($0 % 2)), agentID: AgentID("a\($0)"), kind: "connected", at: Date()) })
+        #expect(try await store.events(poolID: 1, limit: 10).map(\.agentID) == ["a1", "a3"])
+        #expect(try await store.events(poolID: nil, limit: 2).map(\.agentID) == ["a3", "a4"])
     }
 }
 

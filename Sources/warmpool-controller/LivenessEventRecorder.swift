@@ -2,18 +2,20 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import ServiceLifecycle
+import WarmpoolAPI
 import WarmpoolLiveness
+import WarmpoolModel
 import WarmpoolStore
 
 /// Feeds liveness events to the metrics and to the store's event log (for `warmpoolctl events`),
 /// in batches: a reconnect storm of thousands of agents is a handful of transactions.
-public struct LivenessEventRecorder: Service {
+struct LivenessEventRecorder: Service {
     let events: AsyncStream<LivenessEvent>
     let store: any WarmpoolStore
     let metrics: ControllerMetrics
     let logger: Logger
 
-    public init(eventLog: LivenessEventLog, store: any WarmpoolStore, metrics: ControllerMetrics, logger: Logger) {
+    init(eventLog: LivenessEventLog, store: any WarmpoolStore, metrics: ControllerMetrics, logger: Logger) {
         self.events = eventLog.subscribe()
         self.store = store
         self.metrics = metrics
@@ -23,17 +25,17 @@ public struct LivenessEventRecorder: Service {
     /// Events wait at most this long before they are written.
     static let flushInterval = Duration.milliseconds(200)
 
-    public func run() async throws {
+    func run() async throws {
         let pending = NIOLockedValueBox<[PoolEvent]>([])
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [events, metrics, store] in
                 // Agents the controller created are filed under their pool; others under the
                 // machine id they report.
-                var pools: [String: Int64?] = [:]
+                var pools: [AgentID: PoolID?] = [:]
                 for await event in events.cancelOnGracefulShutdown() {
                     metrics.record(event)
                     let agentID = event.agent.agentID
-                    if pools[agentID] == nil { pools[agentID] = .some(try? await store.agent(id: agentID)?.machineID) }
+                    if pools[agentID] == nil { pools[agentID] = .some(try? await store.agent(id: agentID)?.poolID) }
                     let pool = pools[agentID] ?? nil
                     pending.withLockedValue { $0.append(Self.poolEvent(event, pool: pool)) }
                 }
@@ -59,11 +61,11 @@ public struct LivenessEventRecorder: Service {
         }
     }
 
-    static func poolEvent(_ event: LivenessEvent, pool: Int64?) -> PoolEvent {
+    static func poolEvent(_ event: LivenessEvent, pool: PoolID?) -> PoolEvent {
         var detail = "\(event.agent.role) instance \(event.agent.instanceID): \(event.reason)"
         if let fenced = event.fencedAtEpoch { detail += " (fenced at epoch \(fenced))" }
         return PoolEvent(
-            machineID: pool ?? Int64(event.agent.machineID), agentID: event.agent.agentID, kind: event.kind.rawValue, at: Date(),
+            poolID: pool ?? PoolID(event.agent.machineID.rawValue), agentID: event.agent.agentID, kind: event.kind.rawValue, at: Date(),
             detail: detail)
     }
 }

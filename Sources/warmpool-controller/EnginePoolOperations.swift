@@ -1,0 +1,102 @@
+import WarmpoolAPI
+import WarmpoolEngine
+import WarmpoolFailover
+import WarmpoolModel
+import WarmpoolProvider
+import WarmpoolStore
+
+/// Pool operations carried out by the failover engine and the provider: what a controller with a
+/// provider serves. Here, in the composition root, so the API depends on neither.
+struct EnginePoolOperations: PoolOperations {
+    let coordinator: FailoverCoordinator
+    let provider: any ProviderClient
+    /// How long provision, failover test and cleanup wait for the engine before answering with
+    /// the state reached so far.
+    let timeout: Duration
+
+    init(coordinator: FailoverCoordinator, provider: any ProviderClient, timeout: Duration = .seconds(600)) {
+        self.coordinator = coordinator
+        self.provider = provider
+        self.timeout = timeout
+    }
+
+    func hosts(_ filter: WarmPoolHosts.Filter) async throws -> [WarmPoolHosts.Host] {
+        let query = OfferQuery(gpuName: filter.gpuName, maxPricePerHour: filter.maxPrice, verified: filter.verified ? true : nil)
+        return WarmPoolHosts.group(offers: try await provided { try await provider.searchOffers(query) }, filter: filter)
+    }
+
+    func provision(_ request: WarmpoolAPI.ProvisionRequest) async throws -> PoolRecord {
+        let preferences = await coordinator.record(request.poolID)?.gpuPreferences ?? []
+        let names = request.gpuName.map { [$0.replacingOccurrences(of: "_", with: " ")] } ?? preferences
+        let engineRequest = WarmpoolEngine.ProvisionRequest(
+            poolID: request.poolID, hostMachineID: request.hostMachineID, gpuNames: names,
+            image: request.image, diskGB: request.diskSizeGB, volumeGB: request.volumeSizeGB)
+        let record = try await mapped { try await coordinator.provision(engineRequest, timeout: timeout) }
+        if record.state == .error {
+            let message = record.errorMessage ?? "provisioning failed"
+            // A host without two free GPUs (or no such host) is the request's problem, not the
+            // provider's: 409, as schemathesis found (it was a 502).
+            let free = try await provided { try await provider.freeSingleGPUOffers(host: request.hostMachineID, gpuNames: names) }
+            if free.count < 2 { throw PoolOperationError.conflict(message) }
+            throw PoolOperationError.providerFailed(message)
+        }
+        return record
+    }
+
+    func enable(_ poolID: PoolID) async throws -> PoolRecord {
+        try await mapped { try await coordinator.setStrategy(.gpuWarmPool, poolID: poolID) }
+    }
+
+    func disable(_ poolID: PoolID) async throws -> PoolRecord {
+        try await mapped { try await coordinator.setStrategy(.cpuStandby, poolID: poolID) }
+    }
+
+    func updateSettings(_ poolID: PoolID, _ change: SettingsChange) async throws -> PoolRecord {
+        if let strategy = change.strategy, await coordinator.record(poolID) != nil {
+            _ = try await mapped { try await coordinator.setStrategy(strategy, poolID: poolID) }
+        }
+        return try await coordinator.updateSettings(poolID: poolID, gpuPreferences: change.gpuPreferences, volumeSizeGB: change.volumeSizeGB)
+    }
+
+    func failoverTest(_ poolID: PoolID) async throws -> FailoverTestOutcome {
+        let before = await coordinator.snapshot(poolID)?.failoverCount ?? 0
+        let snapshot = try await mapped { try await coordinator.failoverTest(poolID: poolID, timeout: timeout) }
+        let promoted = snapshot.failoverCount > before
+        let message: String
+        if promoted {
+            message = "standby \(snapshot.primaryInstanceID.map(\.description) ?? "?") promoted at epoch \(snapshot.epoch); pool \(snapshot.state.rawValue)"
+        } else {
+            message = "failover did not promote a standby: pool \(snapshot.state.rawValue)\(snapshot.errorMessage.map { ": \($0)" } ?? "")"
+        }
+        return FailoverTestOutcome(
+            success: promoted, message: message, recoverySeconds: promoted ? snapshot.lastRecoveryDuration?.seconds : nil,
+            newPrimaryInstanceID: promoted ? snapshot.primaryInstanceID : nil)
+    }
+
+    func cleanup(_ poolID: PoolID) async throws {
+        let removed = try await mapped { try await coordinator.cleanup(poolID: poolID, timeout: timeout) }
+        if !removed {
+            let state = await coordinator.snapshot(poolID)
+            throw PoolOperationError.providerFailed("cleanup did not finish: \(state?.errorMessage ?? state?.state.rawValue ?? "unknown")")
+        }
+    }
+
+    private func mapped<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as FailoverCoordinator.OperationError {
+            switch error {
+            case .unknownPool(let id): throw PoolOperationError.unknownPool(id)
+            case .refused(let reason): throw PoolOperationError.conflict(reason)
+            }
+        }
+    }
+
+    private func provided<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as ProviderError {
+            throw PoolOperationError.providerFailed(error.description)
+        }
+    }
+}
