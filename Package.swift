@@ -291,6 +291,12 @@ let package = Package(
             ]
         ),
 
+        // The pure transition recorder and the effect runner's bookkeeping.
+        .testTarget(
+            name: "WarmpoolFailoverTests",
+            dependencies: ["WarmpoolFailover", "WarmpoolEngine", "WarmpoolModel", "WarmpoolStore"]
+        ),
+
         // MARK: Webhook notifications (branch notify) ------------------------------------------
         // The generic libcurl HTTP client: the provider client and the webhook notifier share it.
         .target(

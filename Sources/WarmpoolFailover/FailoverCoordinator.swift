@@ -74,7 +74,7 @@ public actor FailoverCoordinator: Service {
     let effects: ProviderEffects
     let verification: VolumeVerification
     let hub: LivenessHub?
-    let liveness: AsyncStream<LivenessEvent>?
+    let liveness: AsyncStream<[LivenessEvent]>?
     let logger: Logger
     let clock: any WallClock
     let runner = EffectRunner()
@@ -99,7 +99,7 @@ public actor FailoverCoordinator: Service {
             verifier: verifier, volumePath: configuration.volumePath, attemptWindow: configuration.verificationWindow, clock: clock)
         self.hub = hub
         // Subscribed now, not in run(): no failure may slip between construction and start.
-        self.liveness = hub?.eventLog.subscribe()
+        self.liveness = hub?.bus.subscribe()
         self.logger = logger
         self.clock = clock
         self.onFailoverFinished = onFailoverFinished
@@ -114,7 +114,9 @@ public actor FailoverCoordinator: Service {
             group.addTask { await self.drainWork() }
             if let liveness {
                 group.addTask {
-                    for await event in liveness.cancelOnGracefulShutdown() { await self.livenessEvent(event) }
+                    for await batch in liveness.cancelOnGracefulShutdown() {
+                        for event in batch { await self.livenessEvent(event) }
+                    }
                 }
             }
             group.addTask { await self.checkPrimariesAfterGrace() }

@@ -4,68 +4,51 @@ import NIOConcurrencyHelpers
 import WarmpoolModel
 import WarmpoolWire
 
-/// Writes every liveness event as one JSON line, so an outside harness can time detection, and
-/// hands it to in-process subscribers (the failover engine). Writes happen on a serial queue: a slow
-/// reader of stdout never stalls an event loop.
+/// Writes every liveness event as one JSON line, so an outside harness can time detection. One
+/// subscriber of the event bus among others: it writes from a task of its own, so a slow reader of
+/// stdout stalls neither the detector nor the other subscribers.
 public final class LivenessEventLog: Sendable {
-    private let handle: FileHandle
-    private let queue = DispatchQueue(label: "warmpool.liveness-events")
-    private let subscribers = NIOLockedValueBox<[AsyncStream<LivenessEvent>.Continuation]>([])
-    private let logger: Logger
+    private let writer: Task<Void, Never>
 
-    /// `path` nil means stdout. The file is appended to.
-    public init(path: String?, logger: Logger = Logger(label: "warmpool.events")) throws {
-        self.logger = logger
+    /// `path` nil means stdout. The file is appended to. Subscribes now: nothing published after
+    /// this returns is missed.
+    public init(path: String?, bus: LivenessEventBus, logger: Logger = Logger(label: "warmpool.events")) throws {
+        let handle: FileHandle
         if let path {
             if !FileManager.default.fileExists(atPath: path) {
                 _ = FileManager.default.createFile(atPath: path, contents: nil)
             }
-            guard let handle = FileHandle(forWritingAtPath: path) else {
+            guard let opened = FileHandle(forWritingAtPath: path) else {
                 throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
             }
-            handle.seekToEndOfFile()
-            self.handle = handle
+            opened.seekToEndOfFile()
+            handle = opened
         } else {
-            self.handle = FileHandle.standardOutput
+            handle = FileHandle.standardOutput
         }
-    }
-
-    /// Every event published from now on, in order. The subscriber must keep up: nothing is dropped.
-    public func subscribe() -> AsyncStream<LivenessEvent> {
-        let (stream, continuation) = AsyncStream.makeStream(of: LivenessEvent.self, bufferingPolicy: .unbounded)
-        subscribers.withLockedValue { $0.append(continuation) }
-        return stream
-    }
-
-    public func publish(_ batch: [LivenessEvent]) {
-        guard !batch.isEmpty else { return }
-        let wallClock = Date()
-        subscribers.withLockedValue { subscribers in
-            for continuation in subscribers { for event in batch { continuation.yield(event) } }
-        }
-        queue.async { [handle, logger] in
-            var lines = Data()
-            for event in batch { lines.append(Self.jsonLine(event, wallClock: wallClock)) }
-            do {
-                try handle.write(contentsOf: lines)
-            } catch {
-                // The detector goes on; the lost lines are named so the gap is explained.
-                logger.error("cannot write liveness events", metadata: ["error": "\(error)", "events.lost": "\(batch.count)"])
+        let batches = bus.subscribe()
+        writer = Task {
+            for await batch in batches {
+                // Each event's wall-clock time is when it happened: now, less the monotonic time since.
+                let wallNow = Date(), monotonicNow = MonotonicClock.now()
+                var lines = Data()
+                for event in batch {
+                    let age = Double(monotonicNow - event.atNanoseconds) / 1e9
+                    lines.append(Self.jsonLine(event, wallClock: wallNow.addingTimeInterval(-max(0, age))))
+                }
+                do {
+                    try handle.write(contentsOf: lines)
+                } catch {
+                    // The detector goes on; the lost lines are named so the gap is explained.
+                    logger.error("cannot write liveness events", metadata: ["error": "\(error)", "events.lost": "\(batch.count)"])
+                }
             }
         }
     }
 
-    /// Waits until everything published so far is written.
-    public func flush() {
-        queue.sync {}
-    }
-
-    public func finish() {
-        subscribers.withLockedValue { subscribers in
-            for continuation in subscribers { continuation.finish() }
-            subscribers.removeAll()
-        }
-        flush()
+    /// Returns once every event published before the bus finished is written.
+    public func close() async {
+        await writer.value
     }
 
     /// One event as a JSON object with sorted keys and a newline. Written by hand: under a storm

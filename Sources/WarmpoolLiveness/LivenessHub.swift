@@ -57,12 +57,12 @@ public final class LivenessHub: Sendable {
     }
 
     public let configuration: Configuration
-    public let eventLog: LivenessEventLog
+    public let bus: LivenessEventBus
     private let shared: NIOLockedValueBox<Shared>
 
-    public init(configuration: Configuration, keyring: Keyring, epoch: Epoch, eventLog: LivenessEventLog) {
+    public init(configuration: Configuration, keyring: Keyring, epoch: Epoch, bus: LivenessEventBus) {
         self.configuration = configuration
-        self.eventLog = eventLog
+        self.bus = bus
         self.shared = NIOLockedValueBox(
             Shared(tracker: LivenessTracker(configuration: configuration.detector), keyring: keyring, epoch: epoch))
     }
@@ -107,7 +107,7 @@ public final class LivenessHub: Sendable {
         let now = MonotonicClock.now()
         shared.withLockedValue { shared in
             shared.connections[session] = (agent.agentID, closer)
-            eventLog.publish(
+            bus.publish(
                 shared.tracker.sessionEstablished(session, agent: agent, fencedAtEpoch: fencedAtEpoch, now: now))
         }
     }
@@ -119,7 +119,7 @@ public final class LivenessHub: Sendable {
         let now = MonotonicClock.now()
         return shared.withLockedValue { shared in
             shared.heartbeatsReceived += 1
-            eventLog.publish(shared.tracker.heartbeat(session, agentID: agentID, sentAt: sentAt, status: status, now: now))
+            bus.publish(shared.tracker.heartbeat(session, agentID: agentID, sentAt: sentAt, status: status, now: now))
             let due = lastGrantAt.map { now - $0 >= configuration.leaseRenewalNanoseconds } ?? true
             guard due, shared.tracker.mayGrantLease(agentID: agentID) else { return (now, nil) }
             guard let instanceID = shared.tracker.instanceID(agentID: agentID), let posture = shared.postures[instanceID] else {
@@ -136,7 +136,7 @@ public final class LivenessHub: Sendable {
         let now = MonotonicClock.now()
         shared.withLockedValue { shared in
             shared.connections[session] = nil
-            eventLog.publish(shared.tracker.sessionClosed(session, agentID: agentID, graceful: graceful, now: now))
+            bus.publish(shared.tracker.sessionClosed(session, agentID: agentID, graceful: graceful, now: now))
         }
     }
 
@@ -166,6 +166,6 @@ public final class LivenessHub: Sendable {
 
     func tick() {
         let now = MonotonicClock.now()
-        shared.withLockedValue { shared in eventLog.publish(shared.tracker.tick(now: now)) }
+        shared.withLockedValue { shared in bus.publish(shared.tracker.tick(now: now)) }
     }
 }

@@ -34,7 +34,7 @@ public final class LivenessService: Service {
 
     /// `storedKeys` reads the agents registered in the store; they are merged with the keys file.
     public init(
-        configuration: Configuration, epoch: Epoch, eventLog: LivenessEventLog, group: MultiThreadedEventLoopGroup,
+        configuration: Configuration, epoch: Epoch, bus: LivenessEventBus, group: MultiThreadedEventLoopGroup,
         logger: Logger, storedKeys: @escaping @Sendable () async throws -> Keyring = { Keyring() },
         onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }
     ) throws {
@@ -44,7 +44,7 @@ public final class LivenessService: Service {
         self.onListening = onListening
         self.storedKeys = storedKeys
         let keyring = try configuration.keysFile.map { try KeyFile.load(path: $0) } ?? Keyring()
-        self.hub = LivenessHub(configuration: configuration.hub, keyring: keyring, epoch: epoch, eventLog: eventLog)
+        self.hub = LivenessHub(configuration: configuration.hub, keyring: keyring, epoch: epoch, bus: bus)
         logger.info("loaded agent keys", metadata: ["keys.file": "\(configuration.keysFile ?? "none")", "keys.count": "\(keyring.count)"])
     }
 
@@ -98,7 +98,6 @@ public final class LivenessService: Service {
             ticker.cancel()
             listener.stop()
         }
-        hub.eventLog.flush()
     }
 
     /// Agents can be added without a restart: the keys file is re-read when its mtime changes.

@@ -10,13 +10,13 @@ import WarmpoolStore
 /// Feeds liveness events to the metrics and to the store's event log (for `warmpoolctl events`),
 /// in batches: a reconnect storm of thousands of agents is a handful of transactions.
 struct LivenessEventRecorder: Service {
-    let events: AsyncStream<LivenessEvent>
+    let events: AsyncStream<[LivenessEvent]>
     let store: any WarmpoolStore
     let metrics: ControllerMetrics
     let logger: Logger
 
-    init(eventLog: LivenessEventLog, store: any WarmpoolStore, metrics: ControllerMetrics, logger: Logger) {
-        self.events = eventLog.subscribe()
+    init(bus: LivenessEventBus, store: any WarmpoolStore, metrics: ControllerMetrics, logger: Logger) {
+        self.events = bus.subscribe()
         self.store = store
         self.metrics = metrics
         self.logger = logger
@@ -32,12 +32,14 @@ struct LivenessEventRecorder: Service {
                 // Agents the controller created are filed under their pool; others under the
                 // machine id they report.
                 var pools: [AgentID: PoolID?] = [:]
-                for await event in events.cancelOnGracefulShutdown() {
-                    metrics.record(event)
-                    let agentID = event.agent.agentID
-                    if pools[agentID] == nil { pools[agentID] = .some(try? await store.agent(id: agentID)?.poolID) }
-                    let pool = pools[agentID] ?? nil
-                    pending.withLockedValue { $0.append(Self.poolEvent(event, pool: pool)) }
+                for await batch in events.cancelOnGracefulShutdown() {
+                    for event in batch {
+                        metrics.record(event)
+                        let agentID = event.agent.agentID
+                        if pools[agentID] == nil { pools[agentID] = .some(try? await store.agent(id: agentID)?.poolID) }
+                        let pool = pools[agentID] ?? nil
+                        pending.withLockedValue { $0.append(Self.poolEvent(event, pool: pool)) }
+                    }
                 }
             }
             group.addTask {

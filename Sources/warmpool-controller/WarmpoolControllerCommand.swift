@@ -133,7 +133,8 @@ struct Serve: AsyncParsableCommand {
             silenceTimeout: silenceTimeoutMs.map { Int64($0) * 1_000_000 },
             lossySilenceTimeout: lossySilenceTimeoutMs.map { Int64($0) * 1_000_000 })
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
-        let eventLog = try LivenessEventLog(path: events)
+        let bus = LivenessEventBus()
+        let eventLog = try LivenessEventLog(path: events, bus: bus)
         let store = try SQLiteStore(path: db, logger: logger)
         try await AdminKey.ensure(store: store, databasePath: db, logger: logger)
         let service = try LivenessService(
@@ -143,7 +144,7 @@ struct Serve: AsyncParsableCommand {
                     detector: detector, leaseMilliseconds: UInt32(leaseMs),
                     telemetryIntervalMilliseconds: UInt32(telemetryIntervalMs),
                     handshakeTimeoutMilliseconds: Int64(handshakeTimeoutMs))),
-            epoch: Epoch(epoch), eventLog: eventLog, group: group, logger: logger,
+            epoch: Epoch(epoch), bus: bus, group: group, logger: logger,
             storedKeys: { try await AdminKey.storedKeyring(store) }
         ) { [readyFile] bound in
             writeReadyFile(readyFile, bound)
@@ -179,7 +180,7 @@ struct Serve: AsyncParsableCommand {
             },
             eventLoopGroupProvider: .shared(group),
             logger: logger)
-        let recorder = LivenessEventRecorder(eventLog: eventLog, store: store, metrics: metrics, logger: logger)
+        let recorder = LivenessEventRecorder(bus: bus, store: store, metrics: metrics, logger: logger)
         logger.info(
             "detector configured",
             metadata: [
@@ -192,7 +193,8 @@ struct Serve: AsyncParsableCommand {
         let serviceGroup = ServiceGroup(
             configuration: .init(services: services + [api, recorder] + notifyServices, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await serviceGroup.run()
-        eventLog.finish()
+        bus.finish()
+        await eventLog.close()
         try await group.shutdownGracefully()
     }
 }

@@ -15,11 +15,11 @@ import WarmpoolWire
     func withListener(
         leaseMilliseconds: UInt32 = 2_000, _ body: (LivenessHub, Int) throws -> Void
     ) async throws {
-        let eventsPath = FileManager.default.temporaryDirectory.appendingPathComponent("events-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: eventsPath) }
+        let bus = LivenessEventBus()
+        defer { bus.finish() }
         let hub = LivenessHub(
             configuration: .init(detector: DetectorConfiguration(heartbeatInterval: 100_000_000), leaseMilliseconds: leaseMilliseconds),
-            keyring: Keyring(["gpu-1": Self.secret]), epoch: 3, eventLog: try LivenessEventLog(path: eventsPath))
+            keyring: Keyring(["gpu-1": Self.secret]), epoch: 3, bus: bus)
         let listener = try AgentListener(host: "127.0.0.1", port: 0, hub: hub, logger: .init(label: "test"))
         listener.start()
         defer { listener.stop() }

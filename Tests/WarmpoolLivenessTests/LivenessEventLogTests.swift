@@ -46,3 +46,42 @@ import WarmpoolWire
         #expect(object["reason"] as? String == reason)
     }
 }
+
+/// The bus hands batches to every subscriber in order; the log is one of them, writing from its own task.
+@Suite struct LivenessEventBusTests {
+    let agent = AgentIdentity(agentID: "gpu-1", instanceID: 11, machineID: 7, role: .primary, softwareVersion: "t")
+
+    func event(_ kind: LivenessEvent.Kind, at nanoseconds: Int64) -> LivenessEvent {
+        LivenessEvent(kind: kind, agent: agent, atNanoseconds: nanoseconds, reason: "r")
+    }
+
+    @Test func everySubscriberGetsEveryBatchInOrder() async {
+        let bus = LivenessEventBus()
+        let first = bus.subscribe(), second = bus.subscribe()
+        bus.publish([event(.connected, at: 1), event(.failed, at: 2)])
+        bus.publish([])
+        bus.publish([event(.recovered, at: 3)])
+        bus.finish()
+        for stream in [first, second] {
+            var seen: [[Int64]] = []
+            for await batch in stream { seen.append(batch.map(\.atNanoseconds)) }
+            #expect(seen == [[1, 2], [3]])
+        }
+    }
+
+    @Test func theLogWritesWhatWasPublishedBeforeTheBusFinished() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("events-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let bus = LivenessEventBus()
+        let log = try LivenessEventLog(path: path, bus: bus)
+        let now = MonotonicClock.now()
+        bus.publish([event(.connected, at: now), event(.failed, at: now)])
+        bus.publish([event(.recovered, at: now)])
+        bus.finish()
+        await log.close()
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 3)
+        #expect(lines.map { $0.contains("\"event\":\"connected\"") } == [true, false, false])
+        #expect(lines[2].contains("\"event\":\"recovered\""))
+    }
+}
