@@ -302,6 +302,7 @@ let package = Package(
         .target(
             name: "WarmpoolHTTP",
             dependencies: [
+                "WarmpoolModel",
                 "CCurl",
                 "CCurlShim",
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -24,7 +24,7 @@ struct VolumeVerification: Sendable {
         } catch {
             return .failed(message: "cannot verify instance \(instance): \(error)")
         }
-        let policy = ReadinessPolicy(deadline: attemptWindow.nanoseconds, pollInterval: 20_000_000)
+        let policy = ReadinessPolicy(deadline: attemptWindow, pollInterval: .milliseconds(20))
         do {
             let result = try await verifier.waitUntilReady(target, policy: policy)
             guard let failure = result.failure else {

@@ -1,5 +1,6 @@
 import Foundation
 import NIOPosix
+import WarmpoolModel
 
 /// A small async HTTP/1.1 client over libcurl. Each transfer blocks a `NIOThreadPool` thread
 /// (never an event loop); finished handles are kept, so consecutive calls to one host reuse a
@@ -26,19 +27,14 @@ public final class HTTPClient: Sendable {
                      timeout: Duration, connectTimeout: Duration? = nil) async throws -> HTTPResponse
     {
         let lines = headers.map { "\($0.name): \($0.value)" }
-        let timeoutMilliseconds = Self.milliseconds(timeout)
-        let connectMilliseconds = Self.milliseconds(connectTimeout ?? timeout)
+        // At least 1: curl reads 0 as "no limit".
+        let timeoutMilliseconds = max(1, Int(timeout.milliseconds))
+        let connectMilliseconds = max(1, Int((connectTimeout ?? timeout).milliseconds))
         return try await threadPool.runIfActive { [handles] in
             try handles.withHandle { (handle) throws(HTTPTransportError) in
                 try handle.perform(method: method, url: url, headers: lines, body: body,
                                    timeoutMilliseconds: timeoutMilliseconds, connectTimeoutMilliseconds: connectMilliseconds)
             }
         }
-    }
-
-    /// At least 1: curl reads 0 as "no limit".
-    static func milliseconds(_ duration: Duration) -> Int {
-        let (seconds, attoseconds) = duration.components
-        return max(1, Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000))
     }
 }

@@ -126,7 +126,7 @@ final class AgentListener: @unchecked Sendable {
 
     private func loop() {
         var events = [epoll_event](repeating: epoll_event(), count: 512)
-        let handshakeTimeout = hub.configuration.handshakeTimeoutMilliseconds
+        let handshakeTimeout = hub.configuration.handshakeTimeout.milliseconds
         while true {
             // Handshakes are timed to the nearest 100 ms at worst; established sessions need no timer.
             let ready = epoll_wait(epollFD, &events, Int32(events.count), handshaking.isEmpty ? -1 : 100)
@@ -224,7 +224,7 @@ final class AgentListener: @unchecked Sendable {
                 machine: ControllerSessionStateMachine(
                     keyring: keyring, serverNonce: HandshakeCrypto.randomNonce(), terms: hub.configuration.terms,
                     epoch: epoch.rawValue),
-                handshakeDeadline: MonotonicClock.now() + hub.configuration.handshakeTimeoutMilliseconds * 1_000_000,
+                handshakeDeadline: MonotonicClock.now() + hub.configuration.handshakeTimeout.nanoseconds,
                 logger: connectionLogger)
             connections[fd] = connection
             sessions[session] = fd

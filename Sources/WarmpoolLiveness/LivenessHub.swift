@@ -9,30 +9,35 @@ import WarmpoolWire
 public final class LivenessHub: Sendable {
     public struct Configuration: Sendable {
         public var detector: DetectorConfiguration
-        public var leaseMilliseconds: UInt32
-        public var telemetryIntervalMilliseconds: UInt32
-        public var handshakeTimeoutMilliseconds: Int64
+        /// How long a grant lets an agent's workload run without another.
+        public var lease: Duration
+        public var telemetryInterval: Duration
+        /// From accept to an established session: a peer that takes longer is closed.
+        public var handshakeTimeout: Duration
 
         public init(
-            detector: DetectorConfiguration, leaseMilliseconds: UInt32 = 2_000,
-            telemetryIntervalMilliseconds: UInt32 = 30_000, handshakeTimeoutMilliseconds: Int64 = 2_000
+            detector: DetectorConfiguration, lease: Duration = .seconds(2), telemetryInterval: Duration = .seconds(30),
+            handshakeTimeout: Duration = .seconds(2)
         ) {
             self.detector = detector
-            self.leaseMilliseconds = leaseMilliseconds
-            self.telemetryIntervalMilliseconds = telemetryIntervalMilliseconds
-            self.handshakeTimeoutMilliseconds = handshakeTimeoutMilliseconds
+            self.lease = lease
+            self.telemetryInterval = telemetryInterval
+            self.handshakeTimeout = handshakeTimeout
         }
+
+        /// The lease as the wire's grants carry it.
+        public var leaseMilliseconds: UInt32 { UInt32(clamping: lease.milliseconds) }
 
         public var terms: SessionTerms {
             SessionTerms(
-                heartbeatIntervalMilliseconds: UInt32(detector.heartbeatInterval / 1_000_000),
-                silenceTimeoutMilliseconds: UInt32(detector.silenceTimeout / 1_000_000),
-                leaseMilliseconds: leaseMilliseconds, telemetryIntervalMilliseconds: telemetryIntervalMilliseconds)
+                heartbeatIntervalMilliseconds: UInt32(clamping: detector.heartbeatInterval.milliseconds),
+                silenceTimeoutMilliseconds: UInt32(clamping: detector.silenceTimeout.milliseconds),
+                leaseMilliseconds: leaseMilliseconds, telemetryIntervalMilliseconds: UInt32(clamping: telemetryInterval.milliseconds))
         }
 
         /// Renew a session's lease once a quarter of it has passed: three grants can be lost in a
         /// row before the agent fences itself.
-        var leaseRenewalNanoseconds: Int64 { Int64(leaseMilliseconds) * 1_000_000 / 4 }
+        var leaseRenewalNanoseconds: Int64 { lease.nanoseconds / 4 }
     }
 
     /// The failover engine's word on one instance's lease.

@@ -77,7 +77,7 @@ public final class LivenessService: Service {
         onListening(listener.localAddress)
 
         // The tick bounds how late a failure is noticed: a fifth of an interval, at most 10 ms.
-        let tickNanoseconds = min(10_000_000, configuration.hub.detector.heartbeatInterval / 5)
+        let tickNanoseconds = min(10_000_000, configuration.hub.detector.heartbeatInterval.nanoseconds / 5)
         let lateness = TickLateness(logger: logger, period: tickNanoseconds)
         let ticker = group.next().scheduleRepeatedTask(
             initialDelay: .nanoseconds(tickNanoseconds), delay: .nanoseconds(tickNanoseconds)

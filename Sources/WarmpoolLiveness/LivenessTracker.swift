@@ -58,30 +58,46 @@ public struct AgentLivenessSnapshot: Sendable, Equatable {
 }
 
 public struct DetectorConfiguration: Hashable, Sendable {
-    public var heartbeatInterval: Int64
+    public var heartbeatInterval: Duration
     /// Silence that fails an agent on a link that has shown no retransmission stalls.
-    public var silenceTimeout: Int64
+    public var silenceTimeout: Duration
     /// Silence that fails an agent whose link has stalled within `stallMemory`: long enough to
     /// outlast TCP retransmission backoff on both sessions at once, short enough to keep
     /// detection under a second.
-    public var lossySilenceTimeout: Int64
+    public var lossySilenceTimeout: Duration
     /// How long one stall keeps an agent on the lossy timeout.
-    public var stallMemory: Int64
+    public var stallMemory: Duration
 
-    public init(heartbeatInterval: Int64, silenceTimeout: Int64? = nil, lossySilenceTimeout: Int64? = nil,
-                stallMemory: Int64 = 60_000_000_000) {
+    public init(heartbeatInterval: Duration, silenceTimeout: Duration? = nil, lossySilenceTimeout: Duration? = nil,
+                stallMemory: Duration = .seconds(60)) {
         self.heartbeatInterval = heartbeatInterval
         let base = silenceTimeout ?? DetectorConfiguration.defaultSilenceTimeout(interval: heartbeatInterval)
         self.silenceTimeout = base
-        self.lossySilenceTimeout = max(base, lossySilenceTimeout ?? 900_000_000)
+        self.lossySilenceTimeout = max(base, lossySilenceTimeout ?? .milliseconds(900))
         self.stallMemory = stallMemory
     }
 
     /// Three intervals plus 50 ms: two beats may go missing and a third be late without a failure.
-    public static func defaultSilenceTimeout(interval: Int64) -> Int64 { 3 * interval + 50_000_000 }
+    public static func defaultSilenceTimeout(interval: Duration) -> Duration { interval * 3 + .milliseconds(50) }
+}
 
+/// The configuration in nanoseconds of the monotonic clock, worked out once: the detector's
+/// arithmetic runs for every beat.
+struct DetectorLimits: Hashable, Sendable {
+    let heartbeatInterval: Int64
+    let silenceTimeout: Int64
+    let lossySilenceTimeout: Int64
+    let stallMemory: Int64
     /// A gap on one session longer than this is a retransmission stall, not scheduling jitter.
-    var stallThreshold: Int64 { 2 * heartbeatInterval + heartbeatInterval / 2 }
+    let stallThreshold: Int64
+
+    init(_ configuration: DetectorConfiguration) {
+        heartbeatInterval = configuration.heartbeatInterval.nanoseconds
+        silenceTimeout = configuration.silenceTimeout.nanoseconds
+        lossySilenceTimeout = configuration.lossySilenceTimeout.nanoseconds
+        stallMemory = configuration.stallMemory.nanoseconds
+        stallThreshold = 2 * heartbeatInterval + heartbeatInterval / 2
+    }
 }
 
 /// The failure detector for every agent. Pure: the caller passes the time in and publishes the
@@ -128,6 +144,7 @@ public struct LivenessTracker: Sendable {
     }
 
     public let configuration: DetectorConfiguration
+    private let limits: DetectorLimits
     private var agents: [AgentID: Agent] = [:]
     /// No alive or suspected agent can cross a threshold before this time, so `tick` skips its
     /// scan until then: with 10,000 agents at 10 Hz the scan ran 100 times a second for nothing.
@@ -138,6 +155,7 @@ public struct LivenessTracker: Sendable {
 
     public init(configuration: DetectorConfiguration) {
         self.configuration = configuration
+        self.limits = DetectorLimits(configuration)
     }
 
     public mutating func sessionEstablished(
@@ -166,7 +184,7 @@ public struct LivenessTracker: Sendable {
             break
         }
         agent.state = .alive
-        nextScanAt = min(nextScanAt, now + suspicionThreshold(configuration.silenceTimeout))
+        nextScanAt = min(nextScanAt, now + suspicionThreshold(limits.silenceTimeout))
         if let epoch = fencedAtEpoch { Self.noteFence(epoch, &agent, now: now, into: &events) }
         agents[identity.agentID] = agent
         return events
@@ -180,15 +198,15 @@ public struct LivenessTracker: Sendable {
         // sessions dictionary on every beat.
         guard let index = agents.index(forKey: agentID) else { return [] }
         let events = Self.recordHeartbeat(&agents.values[index], session: session, sentAt: sentAt, status: status,
-                                          now: now, configuration: configuration)
+                                          now: now, limits: limits)
         // A recovery makes the agent alive again, with a deadline the scan has not seen.
-        if !events.isEmpty { nextScanAt = min(nextScanAt, now + suspicionThreshold(configuration.silenceTimeout)) }
+        if !events.isEmpty { nextScanAt = min(nextScanAt, now + suspicionThreshold(limits.silenceTimeout)) }
         return events
     }
 
     private static func recordHeartbeat(
         _ agent: inout Agent, session: SessionID, sentAt: UInt64, status: AgentStatus, now: Int64,
-        configuration: DetectorConfiguration
+        limits: DetectorLimits
     ) -> [LivenessEvent] {
         guard let previous = agent.sessions[session] else { return [] }
         var events: [LivenessEvent] = []
@@ -197,7 +215,7 @@ public struct LivenessTracker: Sendable {
         // stall: the agent was alive (another session delivered, or the gap stayed under the
         // timeout). A gap that failed the agent is a hang or a partition and says nothing about the link.
         let failedDuringGap = agent.lastFailedAt.map { $0 >= previous } ?? false
-        if sessionGap > configuration.stallThreshold, !failedDuringGap {
+        if sessionGap > limits.stallThreshold, !failedDuringGap {
             agent.lastStallAt = now
         }
         agent.sessions[session] = now
@@ -251,7 +269,7 @@ public struct LivenessTracker: Sendable {
         guard now >= nextScanAt else { return [] }
         var events: [LivenessEvent] = []
         var earliest = Int64.max
-        let baseTimeout = configuration.silenceTimeout
+        let baseTimeout = limits.silenceTimeout
         let baseSuspicion = suspicionThreshold(baseTimeout)
         // Fields are read in place, not copied out (a copy of an agent retains its identity,
         // sessions and status); the rare transitions are applied after the scan, by key.
@@ -339,14 +357,14 @@ public struct LivenessTracker: Sendable {
     }
 
     private func silenceTimeout(lastStallAt: Int64?, now: Int64) -> Int64 {
-        guard let lastStall = lastStallAt, now - lastStall <= configuration.stallMemory else {
-            return configuration.silenceTimeout
+        guard let lastStall = lastStallAt, now - lastStall <= limits.stallMemory else {
+            return limits.silenceTimeout
         }
-        return configuration.lossySilenceTimeout
+        return limits.lossySilenceTimeout
     }
 
     private func suspicionThreshold(_ timeout: Int64) -> Int64 {
-        max(2 * configuration.heartbeatInterval, timeout / 2)
+        max(2 * limits.heartbeatInterval, timeout / 2)
     }
 
     private static func noteFence(_ epoch: UInt64, _ agent: inout Agent, now: Int64, into events: inout [LivenessEvent]) {

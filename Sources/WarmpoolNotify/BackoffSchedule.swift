@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolModel
 
 /// How long to wait before retrying a webhook: `initial × multiplier^(failures-1)`, capped at
 /// `maximum`, less a random share of up to `jitter` of it. The jitter spreads out the retries of
@@ -26,14 +27,9 @@ public struct BackoffSchedule: Sendable, Equatable {
     public func delay(afterFailures failures: Int, random: Double) -> Duration {
         let exponent = Double(max(0, failures - 1))
         // pow may overflow to infinity after many failures; min brings it back to the cap.
-        let uncapped = Self.seconds(initial) * Swift.max(1, pow(multiplier, exponent))
-        let capped = Swift.min(uncapped, Self.seconds(maximum))
+        let uncapped = initial.seconds * Swift.max(1, pow(multiplier, exponent))
+        let capped = Swift.min(uncapped, maximum.seconds)
         let jittered = capped * (1 - jitter * Swift.min(Swift.max(random, 0), 1))
         return .nanoseconds(Int64((jittered * 1e9).rounded()))
-    }
-
-    static func seconds(_ duration: Duration) -> Double {
-        let (seconds, attoseconds) = duration.components
-        return Double(seconds) + Double(attoseconds) / 1e18
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import WarmpoolStore
+import WarmpoolModel
 
 /// When an outbox entry stops being retried: after `maxAttempts` attempts or once it is
 /// `maxAge` old, whichever comes first (nil: no such limit). A given-up entry is never lost: it
@@ -44,10 +45,10 @@ public struct DeliveryPolicy: Sendable, Equatable {
             return .giveUp(reason: "gave up after \(attempts) attempts: \(reason)")
         }
         let age = now.timeIntervalSince(entry.createdAt)
-        if let maxAge = giveUp.maxAge, age >= BackoffSchedule.seconds(maxAge) {
+        if let maxAge = giveUp.maxAge, age >= maxAge.seconds {
             return .giveUp(reason: "gave up after \(attempts) attempts over \(Int(age)) s: \(reason)")
         }
         let wait = backoff.delay(afterFailures: attempts, random: random)
-        return .retry(at: now.addingTimeInterval(BackoffSchedule.seconds(wait)), reason: reason)
+        return .retry(at: now.addingTimeInterval(wait.seconds), reason: reason)
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOPosix
 import WarmpoolHTTP
+import WarmpoolModel
 
 /// Sends one API call with the CLI's retry rules and turns every outcome into either the
 /// response's JSON object or a precise `ProviderError`. The blocking libcurl transfer runs on a
@@ -53,7 +54,7 @@ final class VastTransport: Sendable {
             case .success(let response):
                 logger.debug("provider call", metadata: [
                     "provider.operation": "\(operation)", "provider.status": "\(response.status)",
-                    "provider.attempt": "\(attempt)", "provider.ms": "\(Self.milliseconds(elapsed))",
+                    "provider.attempt": "\(attempt)", "provider.ms": "\(elapsed.milliseconds)",
                 ])
                 if (200..<300).contains(response.status) { return try Self.successBody(response) }
                 outcome = .response(status: response.status, retryAfter: response.headers["retry-after"],
@@ -61,7 +62,7 @@ final class VastTransport: Sendable {
                 if case .retry(let wait) = configuration.retry.decide(after: attempt, outcome: outcome, idempotent: idempotent) {
                     logger.warning("provider call will be retried", metadata: [
                         "provider.operation": "\(operation)", "provider.status": "\(response.status)",
-                        "provider.attempt": "\(attempt)", "provider.wait_ms": "\(Self.milliseconds(wait))",
+                        "provider.attempt": "\(attempt)", "provider.wait_ms": "\(wait.milliseconds)",
                     ])
                     try await Task.sleep(for: wait)
                     continue
@@ -73,7 +74,7 @@ final class VastTransport: Sendable {
                     logger.warning("provider call will be retried", metadata: [
                         "provider.operation": "\(operation)", "provider.curl_code": "\(failure.curlCode)",
                         "provider.error": "\(failure.message)", "provider.attempt": "\(attempt)",
-                        "provider.wait_ms": "\(Self.milliseconds(wait))",
+                        "provider.wait_ms": "\(wait.milliseconds)",
                     ])
                     try await Task.sleep(for: wait)
                     continue
@@ -117,10 +118,5 @@ final class VastTransport: Sendable {
     static func preview(_ body: Data) -> String {
         let text = String(decoding: body.prefix(200), as: UTF8.self)
         return body.count > 200 ? text + "…" : text
-    }
-
-    static func milliseconds(_ duration: Duration) -> Int {
-        let (seconds, attoseconds) = duration.components
-        return Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
     }
 }

@@ -1,17 +1,19 @@
+import WarmpoolModel
+
 /// How readiness polling behaves. All durations in nanoseconds.
 public struct ReadinessPolicy: Hashable, Sendable {
     /// From the call to giving up.
-    public var deadline: Int64
+    public var deadline: Duration
     /// The least time between the starts of two attempts. A refused connection costs one SYN and
     /// one RST, so polling fast is cheap; the time between sshd's `listen()` and our verdict is at
     /// most this plus one verification.
-    public var pollInterval: Int64
+    public var pollInterval: Duration
     /// The connect timeout of a first attempt. It doubles after each connect that timed out (a
     /// far or slow host), up to `maximumConnectTimeout`, and is reset by any other outcome.
-    public var connectTimeout: Int64
-    public var maximumConnectTimeout: Int64
+    public var connectTimeout: Duration
+    public var maximumConnectTimeout: Duration
     /// The most one attempt may take, all phases together.
-    public var attemptTimeout: Int64
+    public var attemptTimeout: Duration
     /// Failures worth another attempt: the instance is still coming up. Anything else ends the
     /// polling at once: a host key mismatch, a refused key or a wrong volume will not fix itself.
     public var retryable: Set<SSHFailure.Reason>
@@ -20,14 +22,14 @@ public struct ReadinessPolicy: Hashable, Sendable {
         .refused, .timeout, .noBanner, .unreachable, .handshakeFailed, .commandFailed, .notMounted,
     ]
 
-    public init(deadline: Int64 = 300_000_000_000, pollInterval: Int64 = 10_000_000, connectTimeout: Int64 = 250_000_000,
-                maximumConnectTimeout: Int64 = 2_000_000_000, attemptTimeout: Int64 = 10_000_000_000,
+    public init(deadline: Duration = .seconds(300), pollInterval: Duration = .milliseconds(10), connectTimeout: Duration = .milliseconds(250),
+                maximumConnectTimeout: Duration = .seconds(2), attemptTimeout: Duration = .seconds(10),
                 retryable: Set<SSHFailure.Reason> = ReadinessPolicy.defaultRetryable) {
         self.deadline = deadline
-        self.pollInterval = max(0, pollInterval)
-        self.connectTimeout = max(1_000_000, connectTimeout)
+        self.pollInterval = max(.zero, pollInterval)
+        self.connectTimeout = max(.milliseconds(1), connectTimeout)
         self.maximumConnectTimeout = max(self.connectTimeout, maximumConnectTimeout)
-        self.attemptTimeout = max(1_000_000, attemptTimeout)
+        self.attemptTimeout = max(.milliseconds(1), attemptTimeout)
         self.retryable = retryable.subtracting([.hostKeyMismatch, .deadlineExceeded])
     }
 }
@@ -64,8 +66,8 @@ public struct ReadinessSchedule: Sendable {
 
     public init(policy: ReadinessPolicy) {
         self.policy = policy
-        let first = Attempt(number: 1, startAt: 0, connectTimeout: min(policy.connectTimeout, max(0, policy.deadline)),
-                            deadline: min(policy.attemptTimeout, policy.deadline))
+        let first = Attempt(number: 1, startAt: 0, connectTimeout: min(policy.connectTimeout.nanoseconds, max(0, policy.deadline.nanoseconds)),
+                            deadline: min(policy.attemptTimeout.nanoseconds, policy.deadline.nanoseconds))
         state = .waiting(first, consecutiveConnectTimeouts: 0)
     }
 
@@ -90,18 +92,18 @@ public struct ReadinessSchedule: Sendable {
         }
         let timedOutConnecting = failure.reason == .timeout && failure.phase == .connect
         let nextConnectTimeouts = timedOutConnecting ? connectTimeouts + 1 : 0
-        let startAt = max(now, attempt.startAt + policy.pollInterval)
-        guard startAt < policy.deadline else {
+        let startAt = max(now, attempt.startAt + policy.pollInterval.nanoseconds)
+        guard startAt < policy.deadline.nanoseconds else {
             state = .done
             return .giveUp(SSHFailure(
                 .deadlineExceeded,
-                "not verified within \(policy.deadline / 1_000_000) ms after \(attempt.number) attempt\(attempt.number == 1 ? "" : "s"); last: \(failure)"))
+                "not verified within \(policy.deadline.milliseconds) ms after \(attempt.number) attempt\(attempt.number == 1 ? "" : "s"); last: \(failure)"))
         }
-        var connectTimeout = policy.connectTimeout
-        for _ in 0..<min(nextConnectTimeouts, 30) where connectTimeout < policy.maximumConnectTimeout {
-            connectTimeout = min(connectTimeout * 2, policy.maximumConnectTimeout)
+        var connectTimeout = policy.connectTimeout.nanoseconds
+        for _ in 0..<min(nextConnectTimeouts, 30) where connectTimeout < policy.maximumConnectTimeout.nanoseconds {
+            connectTimeout = min(connectTimeout * 2, policy.maximumConnectTimeout.nanoseconds)
         }
-        let deadline = min(startAt + policy.attemptTimeout, policy.deadline)
+        let deadline = min(startAt + policy.attemptTimeout.nanoseconds, policy.deadline.nanoseconds)
         let next = Attempt(number: attempt.number + 1, startAt: startAt, connectTimeout: min(connectTimeout, deadline - startAt),
                            deadline: deadline)
         state = .waiting(next, consecutiveConnectTimeouts: nextConnectTimeouts)

@@ -129,9 +129,9 @@ struct Serve: AsyncParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         let address = ControllerAddress(listen, allowingPortZero: true)!
         let detector = DetectorConfiguration(
-            heartbeatInterval: Int64(heartbeatIntervalMs) * 1_000_000,
-            silenceTimeout: silenceTimeoutMs.map { Int64($0) * 1_000_000 },
-            lossySilenceTimeout: lossySilenceTimeoutMs.map { Int64($0) * 1_000_000 })
+            heartbeatInterval: .milliseconds(heartbeatIntervalMs),
+            silenceTimeout: silenceTimeoutMs.map { .milliseconds($0) },
+            lossySilenceTimeout: lossySilenceTimeoutMs.map { .milliseconds($0) })
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         let bus = LivenessEventBus()
         let eventLog = try LivenessEventLog(path: events, bus: bus)
@@ -141,9 +141,8 @@ struct Serve: AsyncParsableCommand {
             configuration: .init(
                 host: address.host, port: address.port, keysFile: keysFile,
                 hub: .init(
-                    detector: detector, leaseMilliseconds: UInt32(leaseMs),
-                    telemetryIntervalMilliseconds: UInt32(telemetryIntervalMs),
-                    handshakeTimeoutMilliseconds: Int64(handshakeTimeoutMs))),
+                    detector: detector, lease: .milliseconds(leaseMs), telemetryInterval: .milliseconds(telemetryIntervalMs),
+                    handshakeTimeout: .milliseconds(handshakeTimeoutMs))),
             epoch: Epoch(epoch), bus: bus, group: group, logger: logger,
             storedKeys: { try await AdminKey.storedKeyring(store) }
         ) { [readyFile] bound in
@@ -184,8 +183,8 @@ struct Serve: AsyncParsableCommand {
         logger.info(
             "detector configured",
             metadata: [
-                "interval_ms": "\(heartbeatIntervalMs)", "silence_timeout_ms": "\(detector.silenceTimeout / 1_000_000)",
-                "lossy_silence_timeout_ms": "\(detector.lossySilenceTimeout / 1_000_000)", "lease_ms": "\(leaseMs)",
+                "interval_ms": "\(heartbeatIntervalMs)", "silence_timeout_ms": "\(detector.silenceTimeout.milliseconds)",
+                "lossy_silence_timeout_ms": "\(detector.lossySilenceTimeout.milliseconds)", "lease_ms": "\(leaseMs)",
             ])
         // MARK: Webhook notifications: the outbox delivered as signed webhooks when --notify-url is set.
         let notifyServices = try notify.services(store: store, logger: logger)

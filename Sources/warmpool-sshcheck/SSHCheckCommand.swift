@@ -134,8 +134,8 @@ struct Wait: AsyncParsableCommand {
     func run() async throws {
         let verifier = try target.makeVerifier()
         let sshTarget = try target.makeTarget()
-        let policy = ReadinessPolicy(deadline: Int64(deadlineMs) * 1_000_000, pollInterval: Int64(pollIntervalMs) * 1_000_000,
-                                     connectTimeout: Int64(connectTimeoutMs) * 1_000_000)
+        let policy = ReadinessPolicy(deadline: .milliseconds(deadlineMs), pollInterval: .milliseconds(pollIntervalMs),
+                                     connectTimeout: .milliseconds(connectTimeoutMs))
         emitRaw(#"{"event":"polling","monotonic_ns":\#(monotonicNow())}"#)
         let readiness = try await verifier.waitUntilReady(sshTarget, policy: policy)
         var line = ResultLine(readiness.last, returnedAt: monotonicNow())

@@ -13,12 +13,12 @@ import WarmpoolWire
 
     /// A listener on an ephemeral port, serving until `body` returns.
     func withListener(
-        leaseMilliseconds: UInt32 = 2_000, _ body: (LivenessHub, Int) throws -> Void
+        lease: Duration = .seconds(2), _ body: (LivenessHub, Int) throws -> Void
     ) async throws {
         let bus = LivenessEventBus()
         defer { bus.finish() }
         let hub = LivenessHub(
-            configuration: .init(detector: DetectorConfiguration(heartbeatInterval: 100_000_000), leaseMilliseconds: leaseMilliseconds),
+            configuration: .init(detector: DetectorConfiguration(heartbeatInterval: .milliseconds(100)), lease: lease),
             keyring: Keyring(["gpu-1": Self.secret]), epoch: 3, bus: bus)
         let listener = try AgentListener(host: "127.0.0.1", port: 0, hub: hub, logger: .init(label: "test"))
         listener.start()
@@ -108,7 +108,7 @@ import WarmpoolWire
     /// whatever the detector thinks; set before the agent connects, it holds from the first beat.
     @Test func leasesFollowTheEnginesPosturePerInstance() async throws {
         // A 40 ms lease is renewed every 10 ms: beats 15 ms apart each get a grant when allowed.
-        try await withListener(leaseMilliseconds: 40) { hub, port in
+        try await withListener(lease: .milliseconds(40)) { hub, port in
             hub.grantLease(instanceID: 1, epoch: 7)
             let client = try RawClient("127.0.0.1:\(port)", receiveTimeout: 0.3)
             var (agent, _) = try establishedAgent(client)

@@ -9,7 +9,7 @@ import WarmpoolWire
     let agent = AgentIdentity(agentID: "gpu-1", instanceID: 11, machineID: 7, role: .primary, softwareVersion: "t")
 
     func tracker(interval: Int64 = 100 * ms) -> LivenessTracker {
-        LivenessTracker(configuration: DetectorConfiguration(heartbeatInterval: interval))
+        LivenessTracker(configuration: DetectorConfiguration(heartbeatInterval: .nanoseconds(interval)))
     }
 
     func kinds(_ events: [LivenessEvent]) -> [LivenessEvent.Kind] { events.map(\.kind) }
@@ -32,8 +32,8 @@ import WarmpoolWire
     }
 
     @Test func defaultTimeoutIsThreeIntervalsPlus50ms() {
-        #expect(DetectorConfiguration(heartbeatInterval: 100 * Self.ms).silenceTimeout == 350 * Self.ms)
-        #expect(DetectorConfiguration(heartbeatInterval: 50 * Self.ms).silenceTimeout == 200 * Self.ms)
+        #expect(DetectorConfiguration(heartbeatInterval: .milliseconds(100)).silenceTimeout == .milliseconds(350))
+        #expect(DetectorConfiguration(heartbeatInterval: .milliseconds(50)).silenceTimeout == .milliseconds(200))
     }
 
     @Test func steadyBeatsRaiseNothing() {

@@ -10,8 +10,8 @@ import Glibc
 private let ms: Int64 = 1_000_000
 
 @Suite struct ReadinessScheduleTests {
-    let policy = ReadinessPolicy(deadline: 1_000 * ms, pollInterval: 10 * ms, connectTimeout: 100 * ms,
-                                 maximumConnectTimeout: 400 * ms, attemptTimeout: 500 * ms)
+    let policy = ReadinessPolicy(deadline: .milliseconds(1_000), pollInterval: .milliseconds(10), connectTimeout: .milliseconds(100),
+                                 maximumConnectTimeout: .milliseconds(400), attemptTimeout: .milliseconds(500))
 
     func attempt(_ decision: ReadinessSchedule.Decision) -> ReadinessSchedule.Attempt? {
         if case .attempt(let attempt) = decision { return attempt }

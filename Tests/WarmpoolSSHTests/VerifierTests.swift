@@ -144,7 +144,7 @@ final class Recorder: @unchecked Sendable {
         #expect(recorder.entries.contains { $0.level == .critical && $0.metadata["ssh.presented"] == "\(presented)" })
 
         // Readiness polling stops at once on a mismatch rather than retrying until its deadline.
-        let readiness = try await verifier(sshd, pins: pins).waitUntilReady(target, policy: ReadinessPolicy(deadline: 10_000 * ms))
+        let readiness = try await verifier(sshd, pins: pins).waitUntilReady(target, policy: ReadinessPolicy(deadline: .milliseconds(10_000)))
         #expect(readiness.failure?.reason == .hostKeyMismatch && readiness.attempts == 1)
         withExtendedLifetime((sshd, volume)) {}
     }
@@ -264,7 +264,7 @@ final class Recorder: @unchecked Sendable {
         let sshd = try SSHD(start: false)
         let target = try sshd.target(volume: VolumeSpec(path: "/data", expectedID: "v"))
         let started = monotonicNow()
-        let result = try await verifier(sshd).waitUntilReady(target, policy: ReadinessPolicy(deadline: 300 * ms, pollInterval: 10 * ms))
+        let result = try await verifier(sshd).waitUntilReady(target, policy: ReadinessPolicy(deadline: .milliseconds(300), pollInterval: .milliseconds(10)))
         let took = monotonicNow() - started
         #expect(result.failure?.reason == .deadlineExceeded)
         #expect(result.failure?.detail.hasSuffix("last: refused: connection refused") == true, "\(String(describing: result.failure))")
@@ -276,7 +276,7 @@ final class Recorder: @unchecked Sendable {
         let sshd = try SSHD()
         let directory = try PlainDirectory()
         let target = try sshd.target(volume: VolumeSpec(path: directory.path, expectedID: "vol-42"))
-        async let readiness = verifier(sshd).waitUntilReady(target, policy: ReadinessPolicy(deadline: 20_000 * ms))
+        async let readiness = verifier(sshd).waitUntilReady(target, policy: ReadinessPolicy(deadline: .milliseconds(20_000)))
         // Mount once an attempt has been turned away for it.
         let waitUntil = monotonicNow() + 10_000 * ms
         while !recorder.entries.contains(where: { $0.message == "not ready yet" && $0.metadata["ssh.reason"] == "not_mounted" }),
@@ -301,7 +301,7 @@ final class Recorder: @unchecked Sendable {
         let volume = try TmpfsVolume(markerID: "vol-42")
         let target = try sshd.target(volume: VolumeSpec(path: volume.path, expectedID: "vol-42"))
         let verifier = verifier(sshd)
-        async let readiness = verifier.waitUntilReady(target, policy: ReadinessPolicy(deadline: 30_000 * ms))
+        async let readiness = verifier.waitUntilReady(target, policy: ReadinessPolicy(deadline: .milliseconds(30_000)))
         try await Task.sleep(for: .milliseconds(Int.random(in: 100...400)))
         let listeningAt = try await sshd.startWatchingListen()
         let result = try await readiness

@@ -45,7 +45,7 @@ import Glibc
 
         // Both boot; the standby is then stopped, as a warm pool keeps it.
         #expect(try await SimFixture.eventually { try await client.instance(id: standbyID)?.isRunning == true })
-        let policy = ReadinessPolicy(deadline: 20_000 * Self.ms, attemptTimeout: 5_000 * Self.ms)
+        let policy = ReadinessPolicy(deadline: .milliseconds(20_000), attemptTimeout: .milliseconds(5_000))
         let primary = try #require(try await client.instance(id: primaryID))
         let primaryReady = try await verifier.waitUntilReady(try target(primary, volumeID: volumeID), policy: policy)
         #expect(primaryReady.isVerified, "\(String(describing: primaryReady.failure))")
