@@ -3,7 +3,8 @@ import PackageDescription
 
 let package = Package(
     name: "warmpool",
-    platforms: [.macOS(.v14)],
+    // Linux only: the agent listener is epoll, the probes read /proc and mount tables, the tests
+    // start sshd in network namespaces. SwiftPM has no way to say so; nothing here builds on macOS.
     products: [
         .executable(name: "warmpool-agent", targets: ["warmpool-agent"]),
         .executable(name: "warmpool-controller", targets: ["warmpool-controller"]),
@@ -55,7 +56,6 @@ let package = Package(
                 "WarmpoolModel",
                 "WarmpoolWire",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -87,7 +87,13 @@ let package = Package(
         .executableTarget(
             name: "warmpool-agent",
             // No swift-argument-parser: it imports FoundationEssentials (CommandLineOptions.swift).
-            dependencies: ["WarmpoolAgent"],
+            dependencies: [
+                "WarmpoolAgent",
+                "WarmpoolWire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             // --static-swift-stdlib links with -export-dynamic, which puts every public symbol of the
             // package modules (~17,000) in the dynamic symbol table of an executable nothing links
             // against, and keeps them from --gc-sections. Safe identical code folding (no function
@@ -126,10 +132,13 @@ let package = Package(
                 "WarmpoolModel",
                 "WarmpoolAgent",
                 "CEpoll",
+                "WarmpoolWire",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
 
@@ -153,11 +162,10 @@ let package = Package(
                 "WarmpoolProvider",
                 "WarmpoolWire",
                 .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
         // The operator CLI: speaks only the REST API.
@@ -184,8 +192,15 @@ let package = Package(
             path: "Tests/WarmpoolTestSupport"),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CZstd", "CLibSSH2", "CCurl", "CCurlShim"]),
         // Crypto only to check the wire's own SHA-256 and HMAC against swift-crypto.
-        .testTarget(name: "WarmpoolWireTests", dependencies: ["WarmpoolWire", .product(name: "Crypto", package: "swift-crypto")]),
-        .testTarget(name: "WarmpoolAgentTests", dependencies: ["WarmpoolAgent", "WarmpoolTestSupport"]),
+        .testTarget(
+            name: "WarmpoolWireTests",
+            dependencies: [
+                "WarmpoolWire",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "WarmpoolAgentTests", dependencies: ["WarmpoolAgent", "WarmpoolTestSupport", "WarmpoolWire"]),
         // Unit tests of the pure parts, and the verifier against a real sshd on loopback (as root).
         .testTarget(
             name: "WarmpoolSSHTests",
@@ -199,28 +214,45 @@ let package = Package(
         ),
         .testTarget(
             name: "WarmpoolLivenessTests",
-            dependencies: ["WarmpoolLiveness", "WarmpoolTestSupport"]
+            dependencies: [
+                "WarmpoolLiveness",
+                "WarmpoolTestSupport",
+                "WarmpoolModel",
+                "WarmpoolWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
-        .testTarget(name: "WarmpoolStoreTests", dependencies: ["WarmpoolStore", "WarmpoolModel", .product(name: "GRDB", package: "GRDB.swift")]),
+        .testTarget(
+            name: "WarmpoolStoreTests",
+            dependencies: [
+                "WarmpoolStore",
+                "WarmpoolModel",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "WarmpoolAPITests",
             dependencies: [
                 "WarmpoolAPI",
                 "WarmpoolStore",
-                "WarmpoolLiveness",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Starts the real binaries; speaks the wire protocol and HTTP to them, and seeds or reads their store.
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "WarmpoolWire", "WarmpoolTestSupport", "WarmpoolStore",
-                // For its JSON parser only: the live API test checks answers against Protocol/openapi.yaml.
+                "WarmpoolWire",
+                "WarmpoolTestSupport",
+                "WarmpoolStore",
                 "WarmpoolAPI",
+                "WarmpoolModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
 
@@ -242,6 +274,7 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
         .executableTarget(
@@ -251,6 +284,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
@@ -260,6 +294,7 @@ let package = Package(
                 "WarmpoolProvider",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
         // The client, the project's SSH verifier and the official vastai CLI against the emulator.
@@ -297,7 +332,6 @@ let package = Package(
             dependencies: ["WarmpoolFailover", "WarmpoolEngine", "WarmpoolModel", "WarmpoolStore"]
         ),
 
-        // MARK: Webhook notifications (branch notify) ------------------------------------------
         // The generic libcurl HTTP client: the provider client and the webhook notifier share it.
         .target(
             name: "WarmpoolHTTP",
@@ -325,14 +359,12 @@ let package = Package(
             name: "WarmpoolNotifyTests",
             dependencies: [
                 "WarmpoolNotify",
-                "WarmpoolHTTP",
                 "WarmpoolStore",
-                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
-        // MARK: end of webhook notifications ----------------------------------------------------
     ]
 )

@@ -186,9 +186,8 @@ struct Serve: AsyncParsableCommand {
                 "interval_ms": "\(heartbeatIntervalMs)", "silence_timeout_ms": "\(detector.silenceTimeout.milliseconds)",
                 "lossy_silence_timeout_ms": "\(detector.lossySilenceTimeout.milliseconds)", "lease_ms": "\(leaseMs)",
             ])
-        // MARK: Webhook notifications: the outbox delivered as signed webhooks when --notify-url is set.
+        // The outbox delivered as signed webhooks, when --notify-url is set.
         let notifyServices = try notify.services(store: store, logger: logger)
-        // MARK: end of webhook notifications
         let serviceGroup = ServiceGroup(
             configuration: .init(services: services + [api, recorder] + notifyServices, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await serviceGroup.run()
