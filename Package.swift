@@ -360,6 +360,7 @@ let package = Package(
             dependencies: [
                 "WarmpoolNotify",
                 "WarmpoolStore",
+                "WarmpoolModel",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

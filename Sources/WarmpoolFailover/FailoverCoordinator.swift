@@ -55,16 +55,21 @@ public actor FailoverCoordinator: Service {
 
     /// A transition to commit, then carry out.
     struct Work: Sendable {
+        /// Counts the transitions installed, so a waiter knows which commits come after its request.
+        var sequence: UInt64
         var poolID: PoolID
         var transition: PoolTransition
         var actions: [EngineAction]
-        var removesPool: Bool
+        /// The engine's snapshot after the transition; nil for a change of the row alone.
+        var snapshot: PoolSnapshot?
     }
 
-    /// An operator's request waiting for its pool to reach a state; resumed by the transition that
-    /// gets it there (with the snapshot then), by the pool's removal or shutdown (nil), or by its
-    /// timeout (the snapshot then).
+    /// An operator's request waiting for its pool to reach a state. Resumed once a transition
+    /// installed at or after `from` that gets it there is committed (with the snapshot then): the
+    /// answer never runs ahead of the store. Resumed with nil by the pool's removal or shutdown, and
+    /// with the state reached so far by its timeout.
     struct Waiter {
+        var from: UInt64
         var isDone: @Sendable (PoolSnapshot) -> Bool
         var continuation: CheckedContinuation<PoolSnapshot?, Never>
     }
@@ -85,6 +90,7 @@ public actor FailoverCoordinator: Service {
     var pools: [PoolID: ManagedPool] = [:]
     private var waiters: [PoolID: [UInt64: Waiter]] = [:]
     private var nextWaiter: UInt64 = 0
+    private var installed: UInt64 = 0
     private var loaded = false
 
     public init(
@@ -126,7 +132,7 @@ public actor FailoverCoordinator: Service {
             group.cancelAll()
         }
         runner.shutdown()
-        for poolID in waiters.keys { wakeWaiters(poolID, snapshot: nil) }
+        for poolID in waiters.keys { wakeWaiters(poolID, after: .max, snapshot: nil) }
     }
 
     /// Loads every pool and resumes each engine where it stopped.
@@ -211,8 +217,7 @@ public actor FailoverCoordinator: Service {
         return actions
     }
 
-    /// Makes `machine` the pool's engine, records the transition and queues it; wakes the
-    /// operators' requests that waited for it.
+    /// Makes `machine` the pool's engine, records the transition and queues it.
     func install(_ poolID: PoolID, machine: PoolMachine, actions: [EngineAction], previous: PoolSnapshot?, now: Instant) {
         guard var pool = pools[poolID] else { return }
         pool.machine = machine
@@ -227,8 +232,9 @@ public actor FailoverCoordinator: Service {
         } else {
             pools[poolID] = pool
         }
-        workContinuation.yield(Work(poolID: poolID, transition: recorded.transition, actions: actions, removesPool: snapshot.removed))
-        wakeWaiters(poolID, snapshot: snapshot.removed ? nil : snapshot)
+        installed += 1
+        workContinuation.yield(Work(
+            sequence: installed, poolID: poolID, transition: recorded.transition, actions: actions, snapshot: snapshot))
     }
 
     /// Queues a change of the pool's row alone (settings; a strategy switch with no engine).
@@ -236,16 +242,18 @@ public actor FailoverCoordinator: Service {
         guard var pool = pools[poolID] else { return }
         let transition = TransitionRecorder.recordOnly(&pool.ledger, now: clock.now())
         pools[poolID] = pool
-        workContinuation.yield(Work(poolID: poolID, transition: transition, actions: [], removesPool: false))
+        installed += 1
+        workContinuation.yield(Work(sequence: installed, poolID: poolID, transition: transition, actions: [], snapshot: nil))
     }
 
     // MARK: - Waiting for a pool
 
-    /// Waits until the pool's snapshot satisfies `isDone`, or `timeout` passes. Returns the snapshot
+    /// Waits until a transition installed from now on (the caller's own included) that leaves the
+    /// pool's snapshot satisfying `isDone` is committed, or `timeout` passes. Returns the snapshot
     /// then; nil when the pool is gone (cleaned up) or the controller is shutting down.
     func waitUntil(_ poolID: PoolID, timeout: Duration, _ isDone: @escaping @Sendable (PoolSnapshot) -> Bool) async -> PoolSnapshot? {
-        guard let snapshot = pools[poolID]?.machine?.snapshot else { return nil }
-        if isDone(snapshot) { return snapshot }
+        guard pools[poolID]?.machine != nil else { return nil }
+        let from = installed
         let id = nextWaiter
         nextWaiter += 1
         let timer = Task { [weak self] in
@@ -255,7 +263,7 @@ public actor FailoverCoordinator: Service {
         }
         defer { timer.cancel() }
         return await withCheckedContinuation { continuation in
-            waiters[poolID, default: [:]][id] = Waiter(isDone: isDone, continuation: continuation)
+            waiters[poolID, default: [:]][id] = Waiter(from: from, isDone: isDone, continuation: continuation)
         }
     }
 
@@ -264,10 +272,11 @@ public actor FailoverCoordinator: Service {
         waiter.continuation.resume(returning: pools[poolID]?.machine?.snapshot)
     }
 
-    /// `snapshot` nil: the pool is gone, or the controller stops; every waiter is resumed.
-    private func wakeWaiters(_ poolID: PoolID, snapshot: PoolSnapshot?) {
+    /// After the commit of transition `sequence`. `snapshot` nil: the pool is gone, or the
+    /// controller stops; every waiter is resumed.
+    private func wakeWaiters(_ poolID: PoolID, after sequence: UInt64, snapshot: PoolSnapshot?) {
         guard let pending = waiters[poolID] else { return }
-        for (id, waiter) in pending where snapshot.map(waiter.isDone) ?? true {
+        for (id, waiter) in pending where sequence >= waiter.from && (snapshot.map(waiter.isDone) ?? true) {
             waiters[poolID]?[id] = nil
             waiter.continuation.resume(returning: snapshot)
         }
@@ -279,9 +288,10 @@ public actor FailoverCoordinator: Service {
     /// Commits each transition, then runs its actions: never a side effect before its commit.
     private func drainWork() async {
         for await work in workQueue {
+            let removesPool = work.snapshot?.removed == true
             do {
                 try await store.commit(work.transition)
-                if work.removesPool { try await store.deletePool(id: work.poolID) }
+                if removesPool { try await store.deletePool(id: work.poolID) }
             } catch {
                 // Without the commit the side effects must not run; the engine's deadlines and a
                 // restart's resume take it from the last state that was written.
@@ -289,6 +299,9 @@ public actor FailoverCoordinator: Service {
                     "pool": "\(work.poolID)", "error": "\(error)",
                 ])
                 continue
+            }
+            if let snapshot = work.snapshot {
+                wakeWaiters(work.poolID, after: work.sequence, snapshot: removesPool ? nil : snapshot)
             }
             carryOut(work.actions, poolID: work.poolID)
         }

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import Testing
+import WarmpoolModel
 import WarmpoolStore
 @testable import WarmpoolNotify
 
@@ -30,7 +31,7 @@ import WarmpoolStore
                                       connectTimeout: .seconds(2), policy: DeliveryPolicy(backoff: backoff, giveUp: giveUp))
     }
 
-    /// Shaped like `FailoverCoordinator.outboxEntry`'s payload.
+    /// Shaped like `WebhookPayload`'s JSON.
     static func entry(_ number: Int, kind: String = "failover_complete") -> OutboxEntry {
         let id = "ntf-77-\(number)"
         let payload = #"{"at":"2026-11-29T05:00:0\#(number).000Z","epoch":3,"event":"\#(kind)","failover":"fo-77-2","id":"\#(id)","machine_id":77,"message":"standby 9002 verified and serving","primary_gpu_id":"9002","standby_gpu_id":null,"state":"degraded"}"#
@@ -102,6 +103,36 @@ import WarmpoolStore
                                                 secret: Self.secret, now: Date()) == .valid)
                 #expect(WebhookSignature.verify(signature: signature, timestamp: String(timestamp), body: request.body,
                                                 secret: Array("another-secret".utf8), now: Date()) == .mismatch)
+            }
+        }
+    }
+
+    /// A wall clock that reads what the test set.
+    struct FixedClock: WallClock {
+        let instant: Instant
+        func now() -> Instant { instant }
+    }
+
+    @Test func theNotifierReadsItsInjectedWallClock() async throws {
+        try await Self.withDatabase { path in
+            let store = try Self.openStore(path)
+            // Due in half an hour by the machine's clock; the notifier's clock is an hour ahead.
+            let later = Date().addingTimeInterval(1_800)
+            var due = Self.entry(2)
+            due.nextAttemptAt = later
+            let entry = due
+            try await store.enqueue([entry])
+            let clock = FixedClock(instant: Instant(secondsSinceEpoch: Date().timeIntervalSince1970 + 3_600))
+            try await WebhookReceiver.with({ _, _ in ReceiverAnswer() }) { url, receiver in
+                let notifier = WebhookNotifier(configuration: Self.configuration([url]), store: store, logger: LogRecorder().logger,
+                                               clock: clock)
+                let delivered = try await Self.running(notifier) {
+                    try await Self.eventually(store, entry.id, "delivery") { $0.deliveredAt != nil }
+                }
+                let deliveredAt = try #require(delivered.deliveredAt)
+                #expect(abs(deliveredAt.timeIntervalSince1970 - clock.instant.secondsSinceEpoch) < 0.001)
+                let timestamp = try #require(receiver.received.first?.timestamp.flatMap { Int64($0) })
+                #expect(timestamp == Int64(clock.instant.secondsSinceEpoch))
             }
         }
     }
