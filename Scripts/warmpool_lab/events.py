@@ -64,7 +64,3 @@ class Events:
             connected = {e["agent_id"] for e in self.seen if e["event"] == "connected" and e["agent_id"].startswith(prefix)}
             time.sleep(0.2)
         return len(connected)
-
-    def count(self, kind, since=0, prefix=""):
-        """Events of `kind` from index `since` on, of agents whose id starts with `prefix`."""
-        return sum(1 for e in self.seen[since:] if e["event"] == kind and e["agent_id"].startswith(prefix))

@@ -8,10 +8,6 @@ def percentile(values, fraction):
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def median(values):
-    return percentile(values, 0.5)
-
-
 def print_rows(rows, width):
     for label, value in rows:
         print("%-*s %s" % (width, label, value))
