@@ -40,6 +40,11 @@ let package = Package(
         // dependencies, no Foundation: the agent links it.
         .target(name: "WarmpoolModel"),
         .testTarget(name: "WarmpoolModelTests", dependencies: ["WarmpoolModel"]),
+        // The one JSON toolkit: an ordered value, a strict parser, a streaming writer and the one string
+        // escaper. No dependencies, no Foundation: the agent links it. (The emulator keeps its own.)
+        .target(name: "WarmpoolJSON"),
+        // Foundation only to check it against JSONSerialization and JSONEncoder.
+        .testTarget(name: "WarmpoolJSONTests", dependencies: ["WarmpoolJSON"]),
 
         .target(
             name: "WarmpoolWire",
