@@ -57,6 +57,7 @@ let package = Package(
             name: "WarmpoolAgent",
             dependencies: [
                 "WarmpoolWire",
+                "WarmpoolJSON",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
