@@ -69,6 +69,7 @@ let package = Package(
             name: "WarmpoolLiveness",
             dependencies: [
                 "WarmpoolWire",
+                "WarmpoolJSON",
                 "CEpoll",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
