@@ -223,6 +223,7 @@ let package = Package(
             name: "WarmpoolProvider",
             dependencies: [
                 "WarmpoolHTTP",
+                "WarmpoolJSON",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolJSON
 
 /// What the failover engine needs from a GPU marketplace. `VastClient` speaks Vast.ai's REST
 /// API; tests and drills point it at `warmpool-sim`.

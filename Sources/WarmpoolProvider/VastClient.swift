@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOPosix
+import WarmpoolJSON
 
 /// `ProviderClient` over Vast.ai's REST API, with the exact requests of the `vastai` 1.9.1 CLI
 /// (see /work/shared/reference/vastai-api.md). Every call goes through `VastTransport`:

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOPosix
 import WarmpoolHTTP
+import WarmpoolJSON
 
 /// Sends one API call with the CLI's retry rules and turns every outcome into either the
 /// response's JSON object or a precise `ProviderError`. The blocking libcurl transfer runs on a
