@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolJSON
 import WarmpoolLiveness
 import WarmpoolProvider
 import WarmpoolStore

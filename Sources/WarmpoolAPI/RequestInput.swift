@@ -1,4 +1,5 @@
 import Hummingbird
+import WarmpoolJSON
 
 /// Reads a request's JSON body and its parameters, turning each kind of bad input into a 4xx that
 /// names the field and the problem.
