@@ -159,7 +159,7 @@ let package = Package(
         // The operator CLI: speaks only the REST API.
         .executableTarget(
             name: "warmpoolctl",
-            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["WarmpoolJSON", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // Thin command line over WarmpoolSSH, used by `Scripts/bench ssh`.
