@@ -42,7 +42,18 @@ let package = Package(
         .testTarget(name: "WarmpoolModelTests", dependencies: ["WarmpoolModel"]),
         // The one JSON toolkit: an ordered value, a strict parser, a streaming writer and the one string
         // escaper. No dependencies, no Foundation: the agent links it. (The emulator keeps its own.)
-        .target(name: "WarmpoolJSON"),
+        .target(
+            name: "WarmpoolJSON",
+            // Swift on ELF marks every public function SHF_GNU_RETAIN, so --gc-sections keeps all of the
+            // toolkit in every binary that links it: the parser, sorting, hashing. The agent uses the
+            // streaming writer only. Public functions in their own sections, without the retain flag,
+            // let the linker drop the rest (the stripped agent would otherwise grow by 60 KiB).
+            swiftSettings: [
+                .unsafeFlags(
+                    ["-Xfrontend", "-internalize-at-link", "-Xfrontend", "-function-sections"],
+                    .when(platforms: [.linux], configuration: .release))
+            ]
+        ),
         // Foundation only to check it against JSONSerialization and JSONEncoder.
         .testTarget(name: "WarmpoolJSONTests", dependencies: ["WarmpoolJSON"]),
 

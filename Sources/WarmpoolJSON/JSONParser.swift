@@ -1,3 +1,23 @@
+extension JSONValue {
+    // MARK: Parsing
+
+    public struct ParseError: Error, CustomStringConvertible, Sendable {
+        public var description: String
+    }
+
+    /// Parses a complete document (RFC 8259, strictly: no trailing bytes, no leading zeros, no lone
+    /// surrogates, no raw control characters, no duplicate keys, at most `JSONParser.maximumDepth`
+    /// levels). Numbers without a fraction or exponent that fit in 64 bits are integers; every other
+    /// number is a double.
+    public static func parse(_ bytes: [UInt8]) throws(ParseError) -> JSONValue {
+        try JSONParser.parse(bytes)
+    }
+
+    public static func parse(_ text: String) throws(ParseError) -> JSONValue {
+        try JSONParser.parse(Array(text.utf8))
+    }
+}
+
 /// A strict RFC 8259 parser with a nesting limit, so a hostile body cannot exhaust the stack.
 /// Every error names what was wrong and the byte offset where it was found.
 public struct JSONParser {

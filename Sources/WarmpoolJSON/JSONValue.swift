@@ -102,33 +102,6 @@ public enum JSONValue: Sendable, Hashable {
     public static func object(_ members: [String: JSONValue]) -> JSONValue {
         .object(members.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }.map { ($0.key, $0.value) })
     }
-
-    // MARK: Parsing
-
-    public struct ParseError: Error, CustomStringConvertible, Sendable {
-        public var description: String
-    }
-
-    /// Parses a complete document (RFC 8259, strictly: no trailing bytes, no leading zeros, no lone
-    /// surrogates, no raw control characters, no duplicate keys, at most `JSONParser.maximumDepth`
-    /// levels). Numbers without a fraction or exponent that fit in 64 bits are integers; every other
-    /// number is a double.
-    public static func parse(_ bytes: [UInt8]) throws(ParseError) -> JSONValue {
-        try JSONParser.parse(bytes)
-    }
-
-    public static func parse(_ text: String) throws(ParseError) -> JSONValue {
-        try JSONParser.parse(Array(text.utf8))
-    }
-
-    // MARK: Serialising
-
-    /// The document's text; compact, keys in the order given, unless `options` say otherwise.
-    public func serialized(options: JSONWriter.Options = []) -> [UInt8] {
-        var writer = JSONWriter(options: options)
-        writer.value(self)
-        return writer.bytes
-    }
 }
 
 extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByFloatLiteral,
