@@ -129,11 +129,11 @@ public struct CreateInstanceRequest: Hashable, Sendable, CustomStringConvertible
     /// The request body, with every key the CLI always sends.
     public var body: JSONValue {
         var body: [String: JSONValue] = [
-            "client_id": "me", "image": .string(image), "env": .object(env.mapValues { .string($0) }), "price": nil,
-            "disk": .double(diskGB), "label": label.map { .string($0) } ?? nil, "extra": nil,
-            "onstart": onstart.map { .string($0) } ?? nil, "image_login": nil, "python_utf8": false, "lang_utf8": false,
-            "use_jupyter_lab": false, "jupyter_dir": nil, "force": false, "cancel_unavail": .bool(cancelUnavailable),
-            "template_hash_id": nil, "user": nil, "runtype": .string(runtype),
+            "client_id": "me", "image": .string(image), "env": .object(env.mapValues { .string($0) }), "price": .null,
+            "disk": .double(diskGB), "label": .string(label), "extra": .null,
+            "onstart": .string(onstart), "image_login": .null, "python_utf8": false, "lang_utf8": false,
+            "use_jupyter_lab": false, "jupyter_dir": .null, "force": false, "cancel_unavail": .bool(cancelUnavailable),
+            "template_hash_id": .null, "user": .null, "runtype": .string(runtype),
         ]
         if let volume {
             body["volume_info"] = [

@@ -34,7 +34,7 @@ struct APIClient {
         }
         let (data, response) = try await perform(request)
         // An object or an array, as JSONSerialization read it without `.fragmentsAllowed`.
-        let json = data.isEmpty ? nil : (try? JSONValue.parse(Array(data))).flatMap { $0.isContainer ? $0 : nil }
+        let json = data.isEmpty ? nil : (try? JSONValue.parse(Array(data)))?.asContainer
         guard (200..<300).contains(response.statusCode) else {
             let message = json?["message"]?.stringValue ?? String(decoding: data.prefix(200), as: UTF8.self)
             let code = json?["error"]?.stringValue ?? "error"

@@ -70,6 +70,12 @@ extension JSONValue {
 
     var isObject: Bool { objectValue != nil }
 
+    /// `self` when it is an object (`as? [String: Any]`).
+    var asObject: JSONValue? { isObject ? self : nil }
+
+    /// `self` when it is an object or an array.
+    var asContainer: JSONValue? { isContainer ? self : nil }
+
     /// `self` when it is an object, else an empty one (`as? [String: Any] ?? [:]`).
     var objectOrEmpty: JSONValue { isObject ? self : .object([]) }
 

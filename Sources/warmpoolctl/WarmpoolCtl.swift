@@ -269,8 +269,8 @@ struct Agents: AsyncParsableCommand {
                 ["AGENT", "MACHINE", "INSTANCE", "ROLE", "STATE", "SESSIONS", "LAST HEARTBEAT", "LEASE", "EPOCH", "GPU", "VOLUME"],
                 agents.map { agent in
                     let lease = agent["lease"]?.objectOrEmpty ?? .object([])
-                    let gpu = agent["gpu"].flatMap { $0.isObject ? $0 : nil }
-                    let volume = agent["volume"].flatMap { $0.isObject ? $0 : nil }
+                    let gpu = agent["gpu"]?.asObject
+                    let volume = agent["volume"]?.asObject
                     let gpuText = gpu.map { "\(Output.cell($0["healthy"]))/\(Output.cell($0["count"])) ok" } ?? "-"
                     let volumeText = volume.map { v in
                         (v["mounted"] == .bool(true) && v["writable"] == .bool(true) && v["id_matches"] == .bool(true))

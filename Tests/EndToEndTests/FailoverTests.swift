@@ -378,7 +378,7 @@ final class WarmPoolLab {
         var hooks: [JSONValue] = []
         try lab.harness.waitUntil("the four notifications arrive", timeout: 20) {
             let text = (try? String(contentsOfFile: directory + "/hooks.jsonl", encoding: .utf8)) ?? ""
-            hooks = text.split(separator: "\n").compactMap { (try? JSONValue.parse(String($0))).flatMap { $0.objectValue != nil ? $0 : nil } }
+            hooks = text.split(separator: "\n").compactMap { line in (try? JSONValue.parse(String(line))).flatMap { value in value.objectValue.map { _ in value } } }
             return wanted.isSubset(of: Set(hooks.compactMap { $0["event"]?.stringValue }))
         }
         #expect(hooks.allSatisfy { $0["valid"]?.boolValue == true }, "every signature verifies: \(hooks)")

@@ -14,7 +14,7 @@ struct HTTPAnswer {
 
     /// The body as a JSON object; an empty one when it is not one.
     var json: JSONValue {
-        (try? JSONValue.parse(body)).flatMap { $0.objectValue != nil ? $0 : nil } ?? [:]
+        (try? JSONValue.parse(body)).flatMap { value in value.objectValue.map { _ in value } } ?? [:]
     }
 }
 

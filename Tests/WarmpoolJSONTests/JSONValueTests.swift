@@ -142,7 +142,7 @@ import WarmpoolJSON
     }
 
     @Test func prettyPrintsAsJSONSerializationDoes() {
-        let value: JSONValue = ["b": [], "a": ["x": 1, "y": [true, nil, "s/t"]], "c": [:]]
+        let value: JSONValue = ["b": [], "a": ["x": 1, "y": [true, .null, "s/t"]], "c": [:]]
         let expected = """
             {
               "a" : {
@@ -179,12 +179,12 @@ import WarmpoolJSON
     }
 
     @Test func equalValuesHashEqually() {
-        let a: JSONValue = ["x": [1, 2.5, "s"], "y": nil]
+        let a: JSONValue = ["x": [1, 2.5, "s"], "y": .null]
         let b = try? JSONValue.parse(a.serialized())
         #expect(a == b)
         #expect(a.hashValue == b?.hashValue)
         #expect(Set([a, b!]).count == 1)
-        #expect(a != ["y": nil, "x": [1, 2.5, "s"]])
+        #expect(a != ["y": .null, "x": [1, 2.5, "s"]])
     }
 
     @Test func convenience() {
