@@ -27,7 +27,7 @@ public struct JSONWriter: Sendable {
         public static let integralDoublesWithoutFraction = Options(rawValue: 1 << 4)
 
         /// Byte for byte what `JSONSerialization.data(withJSONObject:options: [.prettyPrinted,
-        /// .sortedKeys])` writes on Linux, for the documents `JSONValue` holds.
+        /// .sortedKeys])` writes on Linux, for documents whose keys are ASCII (`JSONKeyOrder`).
         public static let jsonSerializationPrettySorted: Options =
             [.prettyPrinted, .collatedKeys, .escapingSlashes, .integralDoublesWithoutFraction]
     }
@@ -140,7 +140,8 @@ public struct JSONWriter: Sendable {
         bool(value)
     }
 
-    /// Left out when nil.
+    /// Left out when nil. Inlinable, as `integer`: each caller gets it for its own integer types.
+    @inlinable
     public mutating func field<Value: BinaryInteger>(_ key: StaticString, _ value: Value?) {
         guard let value else { return }
         self.key(key)
@@ -174,17 +175,25 @@ public struct JSONWriter: Sendable {
         needsComma = true
     }
 
-    /// Any integer whose magnitude fits 64 bits, digit by digit.
+    /// Any integer whose magnitude fits 64 bits, digit by digit. Inlinable, so that a caller's
+    /// integer types are specialised where it calls (unspecialised, the generic sign and magnitude
+    /// cost more code than the digits); one concrete loop writes the digits.
+    @inlinable
     public mutating func integer<Value: BinaryInteger>(_ value: Value) {
+        integer(negative: value < 0, magnitude: UInt64(value.magnitude))
+    }
+
+    @usableFromInline
+    mutating func integer(negative: Bool, magnitude: UInt64) {
         beginValue()
         needsComma = true
-        if value == 0 {
+        if magnitude == 0 {
             bytes.append(UInt8(ascii: "0"))
             return
         }
-        if value < 0 { bytes.append(UInt8(ascii: "-")) }
+        if negative { bytes.append(UInt8(ascii: "-")) }
         // Digits least significant first, then reversed in place.
-        var magnitude = UInt64(value.magnitude)
+        var magnitude = magnitude
         let start = bytes.count
         while magnitude > 0 {
             bytes.append(UInt8(ascii: "0") + UInt8(magnitude % 10))
