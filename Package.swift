@@ -41,6 +41,22 @@ let package = Package(
         // dependencies, no Foundation: the agent links it.
         .target(name: "WarmpoolModel"),
         .testTarget(name: "WarmpoolModelTests", dependencies: ["WarmpoolModel"]),
+        // The one JSON toolkit: an ordered value, a strict parser, a streaming writer and the one string
+        // escaper. No dependencies, no Foundation: the agent links it. (The emulator keeps its own.)
+        .target(
+            name: "WarmpoolJSON",
+            // Swift on ELF marks every public function SHF_GNU_RETAIN, so --gc-sections keeps all of the
+            // toolkit in every binary that links it: the parser, sorting, hashing. The agent uses the
+            // streaming writer only. Public functions in their own sections, without the retain flag,
+            // let the linker drop the rest (the stripped agent would otherwise grow by 60 KiB).
+            swiftSettings: [
+                .unsafeFlags(
+                    ["-Xfrontend", "-internalize-at-link", "-Xfrontend", "-function-sections"],
+                    .when(platforms: [.linux], configuration: .release))
+            ]
+        ),
+        // Foundation only to check it against JSONSerialization and JSONEncoder.
+        .testTarget(name: "WarmpoolJSONTests", dependencies: ["WarmpoolJSON"]),
 
         .target(
             name: "WarmpoolWire",
@@ -55,6 +71,7 @@ let package = Package(
             dependencies: [
                 "WarmpoolModel",
                 "WarmpoolWire",
+                "WarmpoolJSON",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -66,6 +83,7 @@ let package = Package(
             dependencies: [
                 "WarmpoolModel",
                 "WarmpoolWire",
+                "WarmpoolJSON",
                 "CEpoll",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -157,6 +175,7 @@ let package = Package(
             name: "WarmpoolAPI",
             dependencies: [
                 "WarmpoolModel",
+                "WarmpoolJSON",
                 "WarmpoolStore",
                 "WarmpoolLiveness",
                 "WarmpoolProvider",
@@ -171,7 +190,7 @@ let package = Package(
         // The operator CLI: speaks only the REST API.
         .executableTarget(
             name: "warmpoolctl",
-            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["WarmpoolJSON", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // Thin command line over WarmpoolSSH, used by `Scripts/bench ssh`.
@@ -235,6 +254,7 @@ let package = Package(
             name: "WarmpoolAPITests",
             dependencies: [
                 "WarmpoolAPI",
+                "WarmpoolJSON",
                 "WarmpoolStore",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -248,8 +268,9 @@ let package = Package(
                 "WarmpoolWire",
                 "WarmpoolTestSupport",
                 "WarmpoolStore",
-                "WarmpoolAPI",
                 "WarmpoolModel",
+                // The live API test checks answers against Protocol/openapi.yaml; every test reads JSON with it.
+                "WarmpoolJSON",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
@@ -263,6 +284,7 @@ let package = Package(
             dependencies: [
                 "WarmpoolModel",
                 "WarmpoolHTTP",
+                "WarmpoolJSON",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -347,6 +369,7 @@ let package = Package(
             name: "WarmpoolNotify",
             dependencies: [
                 "WarmpoolModel",
+                "WarmpoolJSON",
                 "WarmpoolHTTP",
                 "WarmpoolStore",
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -1,4 +1,5 @@
 import Hummingbird
+import WarmpoolJSON
 
 /// Every failure the API reports: a status, a stable machine-readable code and a sentence naming
 /// the problem. The body is always `{"error": code, "message": sentence}`.

@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import WarmpoolJSON
 import WarmpoolLiveness
 import WarmpoolModel
 import WarmpoolStore

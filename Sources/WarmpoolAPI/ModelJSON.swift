@@ -1,3 +1,4 @@
+import WarmpoolJSON
 import WarmpoolModel
 
 // The model's ids in answers: numbers (or null), as the API reference shows them.

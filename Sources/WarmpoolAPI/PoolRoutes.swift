@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import WarmpoolJSON
 import WarmpoolModel
 import WarmpoolProvider
 import WarmpoolStore

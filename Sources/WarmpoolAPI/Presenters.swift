@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolJSON
 import WarmpoolLiveness
 import WarmpoolModel
 import WarmpoolProvider

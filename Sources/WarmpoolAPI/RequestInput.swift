@@ -1,4 +1,5 @@
 import Hummingbird
+import WarmpoolJSON
 import WarmpoolModel
 
 /// Reads a request's JSON body and its parameters, turning each kind of bad input into a 4xx that

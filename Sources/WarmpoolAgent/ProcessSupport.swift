@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import WarmpoolJSON
 
 /// What the agent's command line needs of the process without Foundation: the static agent
 /// linked FoundationEssentials for `ProcessInfo.environment`, one file read and the
@@ -34,7 +35,7 @@ extension ProbeReport {
     /// `--probe-once`'s output: the volume, GPU and workload as one JSON object, snake_case keys
     /// sorted, written by the same writer as the Telemetry document.
     public func json() -> String {
-        var out = JSONWriter()
+        var out = JSONWriter(options: .escapingSlashes)
         out.object { o in
             o.key("gpu"); gpu.write(to: &o)
             o.key("volume"); volume.write(to: &o)

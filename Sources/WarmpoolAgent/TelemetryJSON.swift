@@ -1,9 +1,12 @@
+import WarmpoolJSON
+
 /// The Telemetry document (PROTOCOL.md §3.8) written by hand, byte for byte what Foundation's
 /// `JSONEncoder` gave with `.sortedKeys` and `.convertToSnakeCase`: snake_case keys in sorted
 /// order, no whitespace, absent optionals left out, `/` escaped as `\/`. The agent sends it every
 /// telemetry interval; the encoder's generic Codable machinery and its key conversion kept about
 /// a megabyte of code and Unicode tables resident for a document of a dozen fields.
-/// `TelemetryJSONTests` checks the bytes against `JSONEncoder`.
+/// `TelemetryJSONTests` checks the bytes against `JSONEncoder`. The writer is the toolkit's, with
+/// JSONEncoder's `\/`.
 struct TelemetryDocument: Equatable, Sendable {
     var agentID: String
     var instanceID: UInt64
@@ -17,7 +20,7 @@ struct TelemetryDocument: Equatable, Sendable {
     var gpu: GPUReport?
 
     func json() -> [UInt8] {
-        var out = JSONWriter()
+        var out = JSONWriter(options: .escapingSlashes)
         out.object { o in
             o.field("agent_id", agentID)
             o.field("epoch", epoch)
@@ -75,108 +78,5 @@ extension GPUInfo {
             o.field("uuid", uuid)
             o.field("xid_critical_errors", xidCriticalErrors)
         }
-    }
-}
-
-/// Compact JSON into a byte array. Keys are written in the order given: callers pass them sorted.
-struct JSONWriter {
-    private(set) var bytes: [UInt8] = []
-    /// Whether the next key or element in the current container needs a comma before it.
-    private var needsComma = false
-
-    init() { bytes.reserveCapacity(512) }
-
-    mutating func object(_ body: (inout JSONWriter) -> Void) {
-        bytes.append(UInt8(ascii: "{"))
-        needsComma = false
-        body(&self)
-        bytes.append(UInt8(ascii: "}"))
-        needsComma = true
-    }
-
-    mutating func array<Element>(_ elements: [Element], _ write: (inout JSONWriter, Element) -> Void) {
-        bytes.append(UInt8(ascii: "["))
-        needsComma = false
-        for element in elements {
-            if needsComma { bytes.append(UInt8(ascii: ",")) }
-            write(&self, element)
-            needsComma = true
-        }
-        bytes.append(UInt8(ascii: "]"))
-        needsComma = true
-    }
-
-    mutating func key(_ key: StaticString) {
-        if needsComma { bytes.append(UInt8(ascii: ",")) }
-        bytes.append(UInt8(ascii: "\""))
-        key.withUTF8Buffer { bytes.append(contentsOf: $0) }
-        bytes.append(UInt8(ascii: "\""))
-        bytes.append(UInt8(ascii: ":"))
-        needsComma = false
-    }
-
-    mutating func field(_ key: StaticString, _ value: String?) {
-        guard let value else { return }
-        self.key(key)
-        string(value)
-        needsComma = true
-    }
-
-    mutating func field(_ key: StaticString, _ value: Bool) {
-        self.key(key)
-        bytes.append(contentsOf: value ? Self.trueBytes : Self.falseBytes)
-        needsComma = true
-    }
-
-    mutating func field<Value: BinaryInteger>(_ key: StaticString, _ value: Value?) {
-        guard let value else { return }
-        self.key(key)
-        integer(value)
-        needsComma = true
-    }
-
-    private static let trueBytes: [UInt8] = Array("true".utf8)
-    private static let falseBytes: [UInt8] = Array("false".utf8)
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
-
-    private mutating func integer<Value: BinaryInteger>(_ value: Value) {
-        if value == 0 {
-            bytes.append(UInt8(ascii: "0"))
-            return
-        }
-        if value < 0 { bytes.append(UInt8(ascii: "-")) }
-        // Digits least significant first, then reversed in place; the magnitude fits a UInt64.
-        var magnitude = UInt64(value.magnitude)
-        let start = bytes.count
-        while magnitude > 0 {
-            bytes.append(UInt8(ascii: "0") + UInt8(magnitude % 10))
-            magnitude /= 10
-        }
-        bytes[start...].reverse()
-    }
-
-    /// As JSONEncoder escapes: `"` `\` and `/` with a backslash, the C0 controls as \b \t \n \f \r
-    /// or \u00xx, everything else (UTF-8 included) as is.
-    private mutating func string(_ value: String) {
-        bytes.append(UInt8(ascii: "\""))
-        for byte in value.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"):
-                bytes.append(UInt8(ascii: "\\"))
-                bytes.append(byte)
-            case 0x08: bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "b"))
-            case 0x09: bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "t"))
-            case 0x0A: bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "n"))
-            case 0x0C: bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "f"))
-            case 0x0D: bytes.append(UInt8(ascii: "\\")); bytes.append(UInt8(ascii: "r"))
-            case 0x00..<0x20:
-                bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
-                bytes.append(Self.hexDigits[Int(byte >> 4)])
-                bytes.append(Self.hexDigits[Int(byte & 0xF)])
-            default:
-                bytes.append(byte)
-            }
-        }
-        bytes.append(UInt8(ascii: "\""))
     }
 }

@@ -1,10 +1,11 @@
 import Foundation
+import WarmpoolJSON
 import WarmpoolModel
 import WarmpoolStore
 
 /// The body of every webhook, in one place: its fields are what receivers parse, so they are
 /// spelled once here and written with sorted keys, `null` written rather than omitted.
-public struct WebhookPayload: Sendable, Equatable, Encodable {
+public struct WebhookPayload: Sendable, Equatable {
     /// Stable across redeliveries, so receivers can drop duplicates (also the delivery header).
     public var id: String
     /// The event's name (`failure_detected`, `failover_complete`, ...; also the event header).
@@ -35,33 +36,21 @@ public struct WebhookPayload: Sendable, Equatable, Encodable {
         self.standbyInstanceID = standbyInstanceID
     }
 
-    enum CodingKeys: String, CodingKey {
-        case id, event, at, message, state, epoch, failover
-        case poolID = "machine_id"
-        case primaryInstanceID = "primary_gpu_id"
-        case standbyInstanceID = "standby_gpu_id"
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(id, forKey: .id)
-        try container.encode(event, forKey: .event)
-        try container.encode(poolID, forKey: .poolID)
-        try container.encode(Self.timestamp(at), forKey: .at)
-        try container.encode(message, forKey: .message)
-        try container.encode(state, forKey: .state)
-        try container.encode(epoch, forKey: .epoch)
-        try container.encode(failover, forKey: .failover)
-        try container.encode(primaryInstanceID, forKey: .primaryInstanceID)
-        try container.encode(standbyInstanceID, forKey: .standbyInstanceID)
-    }
-
-    /// The JSON text the outbox stores and the notifier sends.
+    /// The JSON text the outbox stores and the notifier sends: keys in byte order, slashes as they are.
     public func json() -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        // Every field is a string, a number or null: encoding cannot fail.
-        return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self)
+        let body: [String: JSONValue] = [
+            "id": .string(id),
+            "event": .string(event),
+            "machine_id": .int(poolID.rawValue),
+            "at": .string(Self.timestamp(at)),
+            "message": .string(message),
+            "state": .string(state.rawValue),
+            "epoch": .int(Int64(clamping: epoch.rawValue)),
+            "failover": .string(failover),
+            "primary_gpu_id": .int(primaryInstanceID?.rawValue),
+            "standby_gpu_id": .int(standbyInstanceID?.rawValue),
+        ]
+        return String(decoding: JSONValue.object(body).serialized(options: .sortedKeys), as: UTF8.self)
     }
 
     /// The outbox row that carries it: due at once, keyed by the payload's id.

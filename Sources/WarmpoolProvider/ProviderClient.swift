@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolJSON
 import WarmpoolModel
 
 /// What the failover engine needs from a GPU marketplace. `VastClient` speaks Vast.ai's REST
@@ -70,7 +71,7 @@ public struct OfferQuery: Hashable, Sendable {
         if let gpuName { body["gpu_name"] = ["eq": .string(gpuName.replacingOccurrences(of: "_", with: " "))] }
         if let minGPUs { body["num_gpus"] = ["gte": .int(minGPUs)] }
         if let maxPricePerHour { body["dph_total"] = ["lte": .double(maxPricePerHour)] }
-        if let machineID { body["machine_id"] = ["eq": .int(Int(machineID.rawValue))] }
+        if let machineID { body["machine_id"] = ["eq": .int(machineID.rawValue)] }
         body["order"] = .array(order.map { [.string($0.field), .string($0.ascending ? "asc" : "desc")] })
         body["type"] = .string(type)
         if let limit { body["limit"] = .int(limit) }
@@ -129,15 +130,15 @@ public struct CreateInstanceRequest: Hashable, Sendable, CustomStringConvertible
     /// The request body, with every key the CLI always sends.
     public var body: JSONValue {
         var body: [String: JSONValue] = [
-            "client_id": "me", "image": .string(image), "env": .object(env.mapValues { .string($0) }), "price": nil,
-            "disk": .double(diskGB), "label": label.map { .string($0) } ?? nil, "extra": nil,
-            "onstart": onstart.map { .string($0) } ?? nil, "image_login": nil, "python_utf8": false, "lang_utf8": false,
-            "use_jupyter_lab": false, "jupyter_dir": nil, "force": false, "cancel_unavail": .bool(cancelUnavailable),
-            "template_hash_id": nil, "user": nil, "runtype": .string(runtype),
+            "client_id": "me", "image": .string(image), "env": .object(env.mapValues { .string($0) }), "price": .null,
+            "disk": .double(diskGB), "label": .string(label), "extra": .null,
+            "onstart": .string(onstart), "image_login": .null, "python_utf8": false, "lang_utf8": false,
+            "use_jupyter_lab": false, "jupyter_dir": .null, "force": false, "cancel_unavail": .bool(cancelUnavailable),
+            "template_hash_id": .null, "user": .null, "runtype": .string(runtype),
         ]
         if let volume {
             body["volume_info"] = [
-                "mount_path": .string(volume.mountPath), "create_new": false, "volume_id": .int(Int(volume.volumeID.rawValue)),
+                "mount_path": .string(volume.mountPath), "create_new": false, "volume_id": .int(volume.volumeID.rawValue),
             ]
         }
         return .object(body)

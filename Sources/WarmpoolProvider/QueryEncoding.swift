@@ -1,3 +1,5 @@
+import WarmpoolJSON
+
 /// Query strings as the `vastai` CLI builds them (reference §1): a string value is
 /// `quote_plus`-encoded as is, any other value as its JSON text; spaces become `+`.
 enum QueryEncoding {

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOPosix
+import WarmpoolJSON
 import WarmpoolModel
 
 /// `ProviderClient` over Vast.ai's REST API, with the exact requests of the `vastai` 1.9.1 CLI
@@ -55,7 +56,7 @@ public final class VastClient: ProviderClient {
             "verified": ["eq": true], "external": ["eq": false], "disk_space": ["gte": 1],
             "order": [["score", "desc"]], "allocated_storage": 1.0,
         ]
-        if let machineID { query["machine_id"] = ["eq": .int(Int(machineID.rawValue))] }
+        if let machineID { query["machine_id"] = ["eq": .int(machineID.rawValue)] }
         let body = try await transport.call("search_volume_offers", method: "POST", path: "/api/v0/volumes/search/",
                                             body: .object(query))
         return try decode(OffersEnvelope<VolumeOffer>.self, from: body, what: "volume offers").offers
@@ -123,7 +124,7 @@ public final class VastClient: ProviderClient {
     // MARK: Volumes
 
     public func createVolume(offerID: OfferID, sizeGB: Int, name: String?) async throws -> VolumeID {
-        var request: [String: JSONValue] = ["size": .int(sizeGB), "id": .int(Int(offerID.rawValue))]
+        var request: [String: JSONValue] = ["size": .int(sizeGB), "id": .int(offerID.rawValue)]
         if let name { request["name"] = .string(name) }
         let body = try await transport.call("create_volume", method: "PUT", path: "/api/v0/volumes/", body: .object(request),
                                             idempotent: false)
@@ -138,7 +139,7 @@ public final class VastClient: ProviderClient {
     }
 
     public func deleteVolume(id: VolumeID) async throws {
-        _ = try await transport.call("delete_volume", method: "DELETE", path: "/api/v0/volumes/", query: [("id", .int(Int(id.rawValue)))])
+        _ = try await transport.call("delete_volume", method: "DELETE", path: "/api/v0/volumes/", query: [("id", .int(id.rawValue))])
     }
 
     // MARK: Decoding

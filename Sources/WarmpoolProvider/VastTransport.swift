@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOPosix
 import WarmpoolHTTP
+import WarmpoolJSON
 import WarmpoolModel
 
 /// Sends one API call with the CLI's retry rules and turns every outcome into either the
@@ -86,31 +87,34 @@ final class VastTransport: Sendable {
 
     /// A 2xx body must be a JSON object; `success: false` in it is a refusal.
     static func successBody(_ response: HTTPResponse) throws -> Data {
-        guard let object = try? JSONSerialization.jsonObject(with: response.body) as? [String: Any] else {
+        guard let object = jsonObject(response.body) else {
             throw ProviderError.malformedResponse(what: "HTTP \(response.status) body is not a JSON object: \(preview(response.body))")
         }
-        if let success = object["success"] as? Bool, !success {
+        if object["success"]?.boolValue == false {
             throw ProviderError.rejected(message: message(in: object) ?? "(no detail message supplied)")
         }
         return response.body
     }
 
     static func httpError(_ response: HTTPResponse) -> ProviderError {
-        let object = try? JSONSerialization.jsonObject(with: response.body) as? [String: Any]
-        let text = object.flatMap(message(in:)) ?? (response.body.isEmpty ? "(no detail message supplied)" : preview(response.body))
+        let text = jsonObject(response.body).flatMap(message(in:)) ?? (response.body.isEmpty ? "(no detail message supplied)" : preview(response.body))
         return response.status == 404 ? .notFound(what: text) : .http(status: response.status, message: text)
     }
 
     static func isQuotaExceeded(_ response: HTTPResponse) -> Bool {
-        guard response.status == 429, let object = try? JSONSerialization.jsonObject(with: response.body) as? [String: Any]
-        else { return false }
-        return object["error"] as? String == "search_quota_exceeded"
+        response.status == 429 && jsonObject(response.body)?["error"]?.stringValue == "search_quota_exceeded"
+    }
+
+    /// The body when it is a JSON object, else nil.
+    static func jsonObject(_ body: Data) -> JSONValue? {
+        guard let value = try? JSONValue.parse([UInt8](body)), value.objectValue != nil else { return nil }
+        return value
     }
 
     /// The provider puts its explanation in `msg`, sometimes `error` or `detail`.
-    static func message(in object: [String: Any]) -> String? {
+    static func message(in object: JSONValue) -> String? {
         for key in ["msg", "message", "error", "detail"] {
-            if let text = object[key] as? String, !text.isEmpty { return text }
+            if let text = object[key]?.stringValue, !text.isEmpty { return text }
         }
         return nil
     }

@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolJSON
 
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -14,11 +15,11 @@ struct APIClient {
         var description: String
     }
 
-    func get(_ path: String, query: [String: String] = [:]) throws -> Any {
-        try send("GET", path, query: query, body: nil)
+    func get(_ path: String, query: [String: String] = [:]) async throws -> JSONValue {
+        try await send("GET", path, query: query, body: nil)
     }
 
-    func send(_ method: String, _ path: String, query: [String: String] = [:], body: [String: Any]?) throws -> Any {
+    func send(_ method: String, _ path: String, query: [String: String] = [:], body: JSONValue?) async throws -> JSONValue {
         guard var components = URLComponents(url: baseURL.appendingPathComponent(path), resolvingAgainstBaseURL: false) else {
             throw Failure(description: "invalid controller URL \(baseURL)")
         }
@@ -29,35 +30,31 @@ struct APIClient {
         request.setValue("Bearer \(apiKey)", forHTTPHeaderField: "Authorization")
         if let body {
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-            request.httpBody = try JSONSerialization.data(withJSONObject: body)
+            request.httpBody = Data(body.serialized(options: .escapingSlashes))
         }
-        let (data, response) = try perform(request)
-        let json = data.isEmpty ? nil : try? JSONSerialization.jsonObject(with: data)
+        let (data, response) = try await perform(request)
+        // An object or an array, as JSONSerialization read it without `.fragmentsAllowed`.
+        let json = data.isEmpty ? nil : (try? JSONValue.parse(Array(data)))?.asContainer
         guard (200..<300).contains(response.statusCode) else {
-            let object = json as? [String: Any]
-            let message = object?["message"] as? String ?? String(decoding: data.prefix(200), as: UTF8.self)
-            let code = object?["error"] as? String ?? "error"
+            let message = json?["message"]?.stringValue ?? String(decoding: data.prefix(200), as: UTF8.self)
+            let code = json?["error"]?.stringValue ?? "error"
             throw Failure(description: "\(message) (HTTP \(response.statusCode) \(code))")
         }
         guard let json else { throw Failure(description: "the controller answered \(method) \(path) with a body that is not JSON") }
         return json
     }
 
-    private func perform(_ request: URLRequest) throws -> (Data, HTTPURLResponse) {
-        let semaphore = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var outcome: Result<(Data, HTTPURLResponse), Error>?
-        let task = URLSession.shared.dataTask(with: request) { data, response, error in
-            if let error {
-                outcome = .failure(Failure(description: "cannot reach the controller at \(baseURL.absoluteString): \(error.localizedDescription)"))
-            } else if let response = response as? HTTPURLResponse {
-                outcome = .success((data ?? Data(), response))
-            } else {
-                outcome = .failure(Failure(description: "no HTTP response from \(baseURL.absoluteString)"))
-            }
-            semaphore.signal()
+    private func perform(_ request: URLRequest) async throws -> (Data, HTTPURLResponse) {
+        let data: Data
+        let response: URLResponse
+        do {
+            (data, response) = try await URLSession.shared.data(for: request)
+        } catch {
+            throw Failure(description: "cannot reach the controller at \(baseURL.absoluteString): \(error.localizedDescription)")
         }
-        task.resume()
-        semaphore.wait()
-        return try outcome!.get()
+        guard let response = response as? HTTPURLResponse else {
+            throw Failure(description: "no HTTP response from \(baseURL.absoluteString)")
+        }
+        return (data, response)
     }
 }

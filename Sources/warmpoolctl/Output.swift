@@ -1,16 +1,19 @@
 import Foundation
+import WarmpoolJSON
 
 /// Plain-text tables for people and `--json` for scripts.
 enum Output {
-    static func json(_ value: Any) {
-        guard let data = try? JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys]) else { return }
-        print(String(decoding: data, as: UTF8.self))
+    /// Pretty-printed with sorted keys, byte for byte as JSONSerialization's `[.prettyPrinted,
+    /// .sortedKeys]` wrote it (which took only an object or an array).
+    static func json(_ value: JSONValue) {
+        guard value.isContainer else { return }
+        print(String(decoding: value.serialized(options: .jsonSerializationPrettySorted), as: UTF8.self))
     }
 
     /// The API's JSON with `--json`; otherwise the one field of it a person wants.
-    static func field(_ name: String, of answer: Any, json: Bool) {
+    static func field(_ name: String, of answer: JSONValue, json: Bool) {
         if json { return Output.json(answer) }
-        print(cell((answer as? [String: Any])?[name]))
+        print(cell(answer[name]))
     }
 
     static func table(_ header: [String], _ rows: [[String]]) {
@@ -29,23 +32,22 @@ enum Output {
     }
 
     /// A cell: missing and null values show as a dash.
-    static func cell(_ value: Any?) -> String {
+    static func cell(_ value: JSONValue?) -> String {
         switch value {
-        case nil, is NSNull: return "-"
-        case let string as String: return string
-        // An exact type test: `as Bool` would also take the numbers 0 and 1.
-        case let bool as Bool where type(of: value!) == Bool.self: return bool ? "yes" : "no"
-        case let integer as Int where type(of: value!) == Int.self: return String(integer)
-        // Foundation on Linux hands JSON booleans over as NSNumbers of type "c".
-        case let number as NSNumber where String(cString: number.objCType) == "c": return number.boolValue ? "yes" : "no"
-        case let number as NSNumber: return number.stringValue
-        default: return "\(value!)"
+        case nil, .null?: "-"
+        case .string(let string)?: string
+        case .bool(let bool)?: bool ? "yes" : "no"
+        case .int(let integer)?: String(integer)
+        // What NSNumber's stringValue gave: 1.5, 3.0.
+        case .double(let number)?: number.description
+        // No answer puts a container in a cell; were one to, it shows as compact JSON.
+        case .array?, .object?: String(decoding: value!.serialized(), as: UTF8.self)
         }
     }
 
     /// "3.2s ago" from an ISO-8601 timestamp, or "-".
-    static func ago(_ value: Any?) -> String {
-        guard let text = value as? String, let date = parseDate(text) else { return "-" }
+    static func ago(_ value: JSONValue?) -> String {
+        guard let text = value?.stringValue, let date = parseDate(text) else { return "-" }
         let seconds = Date().timeIntervalSince(date)
         if seconds < 120 { return String(format: "%.1fs ago", seconds) }
         if seconds < 7200 { return "\(Int(seconds / 60))m ago" }
@@ -54,5 +56,48 @@ enum Output {
 
     static func parseDate(_ text: String) -> Date? {
         try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+}
+
+/// What the commands read of an answer, as the `as?` casts on JSONSerialization's objects did.
+extension JSONValue {
+    var isContainer: Bool {
+        switch self {
+        case .array, .object: true
+        default: false
+        }
+    }
+
+    var isObject: Bool { objectValue != nil }
+
+    /// `self` when it is an object (`as? [String: Any]`).
+    var asObject: JSONValue? { isObject ? self : nil }
+
+    /// `self` when it is an object or an array.
+    var asContainer: JSONValue? { isContainer ? self : nil }
+
+    /// `self` when it is an object, else an empty one (`as? [String: Any] ?? [:]`).
+    var objectOrEmpty: JSONValue { isObject ? self : .object([]) }
+
+    /// The elements of an array of objects; none when it is not one (`as? [[String: Any]] ?? []`).
+    var objects: [JSONValue] {
+        guard case .array(let values) = self, values.allSatisfy(\.isObject) else { return [] }
+        return values
+    }
+
+    /// The elements of an array of strings, or nil (`as? [String]`).
+    var strings: [String]? {
+        guard let values = arrayValue else { return nil }
+        let strings = values.compactMap(\.stringValue)
+        return strings.count == values.count ? strings : nil
+    }
+
+    /// A number as NSNumber's description wrote it, or nil for anything else (`as? NSNumber`).
+    var numberText: String? {
+        switch self {
+        case .int(let integer): String(integer)
+        case .double(let number): number.description
+        default: nil
+        }
     }
 }

@@ -1,8 +1,9 @@
 import ArgumentParser
 import Foundation
+import WarmpoolJSON
 
 @main
-struct WarmpoolCtl: ParsableCommand {
+struct WarmpoolCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warmpoolctl",
         abstract: "Operate Warmpool through the controller's REST API.",
@@ -13,9 +14,9 @@ struct WarmpoolCtl: ParsableCommand {
         ])
 
     /// Errors are one line on stderr and a non-zero exit, whatever the command.
-    static func run(_ body: () throws -> Void) throws {
+    static func run(_ body: () async throws -> Void) async throws {
         do {
-            try body()
+            try await body()
         } catch let failure as APIClient.Failure {
             FileHandle.standardError.write(Data("warmpoolctl: \(failure.description)\n".utf8))
             throw ExitCode(1)
@@ -58,22 +59,22 @@ struct Connection: ParsableArguments {
 
 private let warmpool = "api/v1/warmpool"
 
-struct Status: ParsableCommand {
+struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Pools with state, primary, standby, volume, last heartbeat, epoch and failovers.")
     @OptionGroup var connection: Connection
     @Argument(help: "One machine id; all pools when omitted.") var machineID: Int64?
 
-    func run() throws {
-        try WarmpoolCtl.run {
+    func run() async throws {
+        try await WarmpoolCtl.run {
             let client = try connection.client()
-            let pools: [[String: Any]]
-            let answer: Any
+            let pools: [JSONValue]
+            let answer: JSONValue
             if let machineID {
-                answer = try client.get("\(warmpool)/status/\(machineID)")
-                pools = [answer as? [String: Any] ?? [:]]
+                answer = try await client.get("\(warmpool)/status/\(machineID)")
+                pools = [answer.objectOrEmpty]
             } else {
-                answer = try client.get("\(warmpool)/pools")
-                pools = (answer as? [String: Any])?["pools"] as? [[String: Any]] ?? []
+                answer = try await client.get("\(warmpool)/pools")
+                pools = answer["pools"]?.objects ?? []
             }
             if connection.json { return Output.json(answer) }
             Output.table(
@@ -91,7 +92,7 @@ struct Status: ParsableCommand {
     }
 }
 
-struct Hosts: ParsableCommand {
+struct Hosts: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Physical hosts that can carry a warm pool.")
     @OptionGroup var connection: Connection
     @Option(help: "GPU model, underscores for spaces, e.g. RTX_4090.") var gpuName: String?
@@ -99,14 +100,14 @@ struct Hosts: ParsableCommand {
     @Option(help: "At most this price per GPU-hour, in $.") var maxPrice: Double?
     @Flag(help: "Include unverified hosts.") var includeUnverified = false
 
-    func run() throws {
-        try WarmpoolCtl.run {
+    func run() async throws {
+        try await WarmpoolCtl.run {
             var query = ["min_gpus": "\(minGpus)", "verified": includeUnverified ? "false" : "true"]
             if let gpuName { query["gpu_name"] = gpuName }
             if let maxPrice { query["max_price"] = "\(maxPrice)" }
-            let answer = try connection.client().get("\(warmpool)/hosts", query: query)
+            let answer = try await connection.client().get("\(warmpool)/hosts", query: query)
             if connection.json { return Output.json(answer) }
-            let hosts = (answer as? [String: Any])?["hosts"] as? [[String: Any]] ?? []
+            let hosts = answer["hosts"]?.objects ?? []
             Output.table(
                 ["HOST", "GPU", "TOTAL", "FREE", "$/H", "RELIABILITY", "WHERE", "WARM POOL"],
                 hosts.map { host in
@@ -120,7 +121,7 @@ struct Hosts: ParsableCommand {
     }
 }
 
-struct Provision: ParsableCommand {
+struct Provision: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create the volume, the primary and a stopped standby on one host.")
     @OptionGroup var connection: Connection
     @Option(help: "The machine id the pool is known by.") var machineID: Int64
@@ -130,18 +131,18 @@ struct Provision: ParsableCommand {
     @Option(help: "Instance disk in GB (default 50).") var diskSize: Int?
     @Option(help: "Shared volume in GB (default 100).") var volumeSize: Int?
 
-    func run() throws {
-        try WarmpoolCtl.run {
-            var body: [String: Any] = ["machine_id": machineID, "host_machine_id": hostMachineID]
-            if let gpuName { body["gpu_name"] = gpuName }
-            if let image { body["image"] = image }
-            if let diskSize { body["disk_size"] = diskSize }
-            if let volumeSize { body["volume_size"] = volumeSize }
-            let answer = try connection.client().send("POST", "\(warmpool)/provision", body: body)
+    func run() async throws {
+        try await WarmpoolCtl.run {
+            var body: [(String, JSONValue)] = [("machine_id", .int(machineID)), ("host_machine_id", .int(hostMachineID))]
+            if let gpuName { body.append(("gpu_name", .string(gpuName))) }
+            if let image { body.append(("image", .string(image))) }
+            if let diskSize { body.append(("disk_size", .int(diskSize))) }
+            if let volumeSize { body.append(("volume_size", .int(volumeSize))) }
+            let answer = try await connection.client().send("POST", "\(warmpool)/provision", body: .object(body))
             if connection.json { return Output.json(answer) }
-            let object = answer as? [String: Any] ?? [:]
+            let object = answer.objectOrEmpty
             print(Output.cell(object["message"]))
-            if let status = object["status"] as? [String: Any] {
+            if let status = object["status"], status.isObject {
                 print("state \(Output.cell(status["state"])), primary \(Output.cell(status["primary_gpu_id"])), standby \(Output.cell(status["standby_gpu_id"])), volume \(Output.cell(status["volume_id"]))")
             }
         }
@@ -149,7 +150,7 @@ struct Provision: ParsableCommand {
 }
 
 /// The routes that take a machine id, act, and answer a message.
-protocol MachineAction: ParsableCommand {
+protocol MachineAction: AsyncParsableCommand {
     var connection: Connection { get }
     var machineID: Int64 { get }
     var method: String { get }
@@ -157,13 +158,13 @@ protocol MachineAction: ParsableCommand {
 }
 
 extension MachineAction {
-    func run() throws {
-        try WarmpoolCtl.run {
-            let answer = try connection.client().send(method, "\(warmpool)/\(path)/\(machineID)", body: method == "DELETE" ? nil : [:])
+    func run() async throws {
+        try await WarmpoolCtl.run {
+            let answer = try await connection.client().send(method, "\(warmpool)/\(path)/\(machineID)", body: method == "DELETE" ? nil : [:])
             if connection.json { return Output.json(answer) }
-            let object = answer as? [String: Any] ?? [:]
+            let object = answer.objectOrEmpty
             print(Output.cell(object["message"]))
-            if let seconds = object["recovery_time_seconds"] as? NSNumber {
+            if let seconds = object["recovery_time_seconds"]?.numberText {
                 print("recovered in \(seconds) s; new primary \(Output.cell(object["new_primary_gpu_id"]))")
             }
         }
@@ -186,7 +187,7 @@ struct Disable: MachineAction {
     var path: String { "disable" }
 }
 
-struct Failover: ParsableCommand {
+struct Failover: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Failover drills.", subcommands: [Test.self])
 
     struct Test: MachineAction {
@@ -198,32 +199,32 @@ struct Failover: ParsableCommand {
     }
 }
 
-struct Cleanup: ParsableCommand {
+struct Cleanup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Destroy the primary, the standby and the shared volume.")
     @OptionGroup var connection: Connection
     @Argument var machineID: Int64
     @Flag(help: "Confirm: the volume and everything on it is destroyed.") var yes = false
 
-    func run() throws {
+    func run() async throws {
         guard yes else { throw ValidationError("cleanup destroys the volume and its data: add --yes to confirm") }
-        try WarmpoolCtl.run {
-            let answer = try connection.client().send("DELETE", "\(warmpool)/cleanup/\(machineID)", body: nil)
+        try await WarmpoolCtl.run {
+            let answer = try await connection.client().send("DELETE", "\(warmpool)/cleanup/\(machineID)", body: nil)
             Output.field("message", of: answer, json: connection.json)
         }
     }
 }
 
-struct Events: ParsableCommand {
+struct Events: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "A pool's recent events: agents connecting, suspected, failed, fenced.")
     @OptionGroup var connection: Connection
     @Argument var machineID: Int64
     @Option(help: "How many, newest last.") var limit: Int = 50
 
-    func run() throws {
-        try WarmpoolCtl.run {
-            let answer = try connection.client().get("\(warmpool)/events/\(machineID)", query: ["limit": "\(limit)"])
+    func run() async throws {
+        try await WarmpoolCtl.run {
+            let answer = try await connection.client().get("\(warmpool)/events/\(machineID)", query: ["limit": "\(limit)"])
             if connection.json { return Output.json(answer) }
-            let events = (answer as? [String: Any])?["events"] as? [[String: Any]] ?? []
+            let events = answer["events"]?.objects ?? []
             Output.table(
                 ["AT", "EVENT", "AGENT", "DETAIL"],
                 events.map { [Output.cell($0["at"]), Output.cell($0["kind"]), Output.cell($0["agent_id"]), Output.cell($0["detail"])] })
@@ -231,21 +232,21 @@ struct Events: ParsableCommand {
     }
 }
 
-struct Timeline: ParsableCommand {
+struct Timeline: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "A pool's failovers, each step with its time.")
     @OptionGroup var connection: Connection
     @Argument var machineID: Int64
     @Option(help: "How many failovers, newest first.") var limit: Int = 5
 
-    func run() throws {
-        try WarmpoolCtl.run {
-            let answer = try connection.client().get("\(warmpool)/history/\(machineID)", query: ["limit": "\(limit)"])
+    func run() async throws {
+        try await WarmpoolCtl.run {
+            let answer = try await connection.client().get("\(warmpool)/history/\(machineID)", query: ["limit": "\(limit)"])
             if connection.json { return Output.json(answer) }
-            let failovers = (answer as? [String: Any])?["failovers"] as? [[String: Any]] ?? []
+            let failovers = answer["failovers"]?.objects ?? []
             if failovers.isEmpty { print("no failovers for machine \(machineID)") }
             for failover in failovers {
                 print("\(Output.cell(failover["id"])): \(Output.cell(failover["result"])), \(Output.cell(failover["reason"])), epoch \(Output.cell(failover["epoch"])), primary \(Output.cell(failover["old_primary_gpu_id"])) -> \(Output.cell(failover["new_primary_gpu_id"])), \(Output.cell(failover["duration_seconds"])) s")
-                let steps = failover["timeline"] as? [[String: Any]] ?? []
+                let steps = failover["timeline"]?.objects ?? []
                 Output.table(
                     ["  +MS", "STEP", "TOOK MS", "DETAIL"],
                     steps.map { ["  +" + Output.cell($0["since_start_ms"]), Output.cell($0["step"]), Output.cell($0["duration_ms"]), Output.cell($0["detail"])] })
@@ -255,30 +256,30 @@ struct Timeline: ParsableCommand {
     }
 }
 
-struct Agents: ParsableCommand {
+struct Agents: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Agents and their liveness: last heartbeat, lease, epoch, GPU and volume.")
     @OptionGroup var connection: Connection
 
-    func run() throws {
-        try WarmpoolCtl.run {
-            let answer = try connection.client().get("\(warmpool)/agents")
+    func run() async throws {
+        try await WarmpoolCtl.run {
+            let answer = try await connection.client().get("\(warmpool)/agents")
             if connection.json { return Output.json(answer) }
-            let agents = (answer as? [String: Any])?["agents"] as? [[String: Any]] ?? []
+            let agents = answer["agents"]?.objects ?? []
             Output.table(
                 ["AGENT", "MACHINE", "INSTANCE", "ROLE", "STATE", "SESSIONS", "LAST HEARTBEAT", "LEASE", "EPOCH", "GPU", "VOLUME"],
                 agents.map { agent in
-                    let lease = agent["lease"] as? [String: Any] ?? [:]
-                    let gpu = agent["gpu"] as? [String: Any]
-                    let volume = agent["volume"] as? [String: Any]
+                    let lease = agent["lease"]?.objectOrEmpty ?? .object([])
+                    let gpu = agent["gpu"]?.asObject
+                    let volume = agent["volume"]?.asObject
                     let gpuText = gpu.map { "\(Output.cell($0["healthy"]))/\(Output.cell($0["count"])) ok" } ?? "-"
                     let volumeText = volume.map { v in
-                        (v["mounted"] as? Bool == true && v["writable"] as? Bool == true && v["id_matches"] as? Bool == true)
+                        (v["mounted"] == .bool(true) && v["writable"] == .bool(true) && v["id_matches"] == .bool(true))
                             ? "ok, \(Output.cell(v["free_mib"])) MiB free" : "PROBLEM"
                     } ?? "-"
                     return [
                         Output.cell(agent["agent_id"]), Output.cell(agent["machine_id"]), Output.cell(agent["instance_id"]),
                         Output.cell(agent["role"]), Output.cell(agent["state"]), Output.cell(agent["sessions"]),
-                        Output.ago(agent["last_heartbeat"]), (lease["held"] as? Bool == true) ? "held" : "none",
+                        Output.ago(agent["last_heartbeat"]), (lease["held"] == .bool(true)) ? "held" : "none",
                         Output.cell(lease["epoch"]), gpuText, volumeText,
                     ]
                 })
@@ -286,19 +287,19 @@ struct Agents: ParsableCommand {
     }
 }
 
-struct Keys: ParsableCommand {
+struct Keys: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "API keys and agent keys.",
         subcommands: [List.self, Create.self, Revoke.self, AddAgent.self, RevokeAgent.self])
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List API keys (never their secrets).")
         @OptionGroup var connection: Connection
-        func run() throws {
-            try WarmpoolCtl.run {
-                let answer = try connection.client().get("api/v1/keys")
+        func run() async throws {
+            try await WarmpoolCtl.run {
+                let answer = try await connection.client().get("api/v1/keys")
                 if connection.json { return Output.json(answer) }
-                let keys = (answer as? [String: Any])?["keys"] as? [[String: Any]] ?? []
+                let keys = answer["keys"]?.objects ?? []
                 Output.table(
                     ["ID", "NAME", "CREATED", "LAST USED", "REVOKED"],
                     keys.map { [Output.cell($0["id"]), Output.cell($0["name"]), Output.cell($0["created_at"]), Output.cell($0["last_used_at"]), Output.cell($0["revoked_at"])] })
@@ -306,63 +307,63 @@ struct Keys: ParsableCommand {
         }
     }
 
-    struct Create: ParsableCommand {
+    struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create an API key and print it once.")
         @OptionGroup var connection: Connection
         @Option(help: "Who or what uses it.") var name: String
-        func run() throws {
-            try WarmpoolCtl.run {
-                let answer = try connection.client().send("POST", "api/v1/keys", body: ["name": name])
+        func run() async throws {
+            try await WarmpoolCtl.run {
+                let answer = try await connection.client().send("POST", "api/v1/keys", body: ["name": .string(name)])
                 Output.field("key", of: answer, json: connection.json)
             }
         }
     }
 
-    struct Revoke: ParsableCommand {
+    struct Revoke: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Revoke an API key by its id.")
         @OptionGroup var connection: Connection
         @Argument var id: String
-        func run() throws {
-            try WarmpoolCtl.run {
-                let answer = try connection.client().send("DELETE", "api/v1/keys/\(id)", body: nil)
+        func run() async throws {
+            try await WarmpoolCtl.run {
+                let answer = try await connection.client().send("DELETE", "api/v1/keys/\(id)", body: nil)
                 Output.field("message", of: answer, json: connection.json)
             }
         }
     }
 
-    struct AddAgent: ParsableCommand {
+    struct AddAgent: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "add-agent", abstract: "Register an agent and print its secret once.")
         @OptionGroup var connection: Connection
         @Option(help: "1-64 characters of A-Z a-z 0-9 . _ -") var agentId: String
         @Option var machineId: Int64?
         @Option var instanceId: Int64?
         @Option(help: "primary or standby") var role: String?
-        func run() throws {
-            try WarmpoolCtl.run {
-                var body: [String: Any] = ["agent_id": agentId]
-                if let machineId { body["machine_id"] = machineId }
-                if let instanceId { body["instance_id"] = instanceId }
-                if let role { body["role"] = role }
-                let answer = try connection.client().send("POST", "\(warmpool)/agents", body: body)
+        func run() async throws {
+            try await WarmpoolCtl.run {
+                var body: [(String, JSONValue)] = [("agent_id", .string(agentId))]
+                if let machineId { body.append(("machine_id", .int(machineId))) }
+                if let instanceId { body.append(("instance_id", .int(instanceId))) }
+                if let role { body.append(("role", .string(role))) }
+                let answer = try await connection.client().send("POST", "\(warmpool)/agents", body: .object(body))
                 Output.field("secret", of: answer, json: connection.json)
             }
         }
     }
 
-    struct RevokeAgent: ParsableCommand {
+    struct RevokeAgent: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "revoke-agent", abstract: "Revoke an agent's key.")
         @OptionGroup var connection: Connection
         @Argument var agentID: String
-        func run() throws {
-            try WarmpoolCtl.run {
-                let answer = try connection.client().send("DELETE", "\(warmpool)/agents/\(agentID)", body: nil)
+        func run() async throws {
+            try await WarmpoolCtl.run {
+                let answer = try await connection.client().send("DELETE", "\(warmpool)/agents/\(agentID)", body: nil)
                 Output.field("message", of: answer, json: connection.json)
             }
         }
     }
 }
 
-struct Settings: ParsableCommand {
+struct Settings: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show or change a machine's failover settings.")
     @OptionGroup var connection: Connection
     @Argument var machineID: Int64
@@ -370,19 +371,19 @@ struct Settings: ParsableCommand {
     @Option(help: "Preferred GPU models, in order (repeatable).") var gpuPreference: [String] = []
     @Option(help: "Shared volume size in GB.") var volumeSizeGb: Int?
 
-    func run() throws {
-        try WarmpoolCtl.run {
+    func run() async throws {
+        try await WarmpoolCtl.run {
             let client = try connection.client()
-            var body: [String: Any] = [:]
-            if let strategy { body["strategy"] = strategy }
-            if !gpuPreference.isEmpty { body["gpu_preferences"] = gpuPreference }
-            if let volumeSizeGb { body["volume_size_gb"] = volumeSizeGb }
+            var body: [(String, JSONValue)] = []
+            if let strategy { body.append(("strategy", .string(strategy))) }
+            if !gpuPreference.isEmpty { body.append(("gpu_preferences", .array(gpuPreference.map { .string($0) }))) }
+            if let volumeSizeGb { body.append(("volume_size_gb", .int(volumeSizeGb))) }
             let answer = body.isEmpty
-                ? try client.get("\(warmpool)/settings/\(machineID)")
-                : try client.send("PUT", "\(warmpool)/settings/\(machineID)", body: body)
+                ? try await client.get("\(warmpool)/settings/\(machineID)")
+                : try await client.send("PUT", "\(warmpool)/settings/\(machineID)", body: .object(body))
             if connection.json { return Output.json(answer) }
-            let settings = answer as? [String: Any] ?? [:]
-            let preferences = (settings["gpu_preferences"] as? [String])?.joined(separator: ", ") ?? ""
+            let settings = answer.objectOrEmpty
+            let preferences = settings["gpu_preferences"]?.strings?.joined(separator: ", ") ?? ""
             print("machine \(Output.cell(settings["machine_id"])): strategy \(Output.cell(settings["strategy"])), GPU preferences [\(preferences)], volume \(Output.cell(settings["volume_size_gb"])) GB")
         }
     }

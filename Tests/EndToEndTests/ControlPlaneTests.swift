@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Testing
+import WarmpoolJSON
 import WarmpoolStore
 
 #if canImport(Glibc)
@@ -44,14 +45,14 @@ import Glibc
             body: #"{"agent_id": "gpu-12", "machine_id": 12, "instance_id": 4242, "role": "primary"}"#)
         #expect(registration.status == 201)
         let secretFile = harness.directory + "/gpu-12.secret"
-        try Data(((registration.json["secret"] as? String ?? "") + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
+        try Data(((registration.json["secret"]?.stringValue ?? "") + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
         _ = try harness.startAgent("gpu-12", secretFile: secretFile)
         try harness.waitUntil("the registered agent is alive", timeout: 20) {
-            let agents = (try? http("GET", "\(base)/api/v1/warmpool/agents", key: key).json["agents"]) as? [[String: Any]] ?? []
-            return agents.contains { $0["agent_id"] as? String == "gpu-12" && $0["state"] as? String == "alive" && $0["gpu"] is [String: Any] }
+            let agents = (try? http("GET", "\(base)/api/v1/warmpool/agents", key: key).json["agents"])?.arrayValue ?? []
+            return agents.contains { $0["agent_id"]?.stringValue == "gpu-12" && $0["state"]?.stringValue == "alive" && $0["gpu"]?.objectValue != nil }
         }
         let created = try http("POST", "\(base)/api/v1/keys", key: key, body: #"{"name": "second"}"#)
-        let secondID = created.json["id"] as? String ?? ""
+        let secondID = created.json["id"]?.stringValue ?? ""
 
         let big = "{\"name\": \"" + String(repeating: "x", count: 70_000) + "\"}"
         let calls: [(String, String, String, String?, String?, Int)] = [
@@ -99,8 +100,8 @@ import Glibc
         #expect(document.operations.subtracting(exercised).isEmpty, "never called: \(document.operations.subtracting(exercised).sorted())")
 
         let history = try http("GET", "\(base)/api/v1/warmpool/history/12", key: key).json
-        let failovers = history["failovers"] as? [[String: Any]] ?? []
-        #expect((failovers.first?["timeline"] as? [[String: Any]])?.count == 2)
+        let failovers = history["failovers"]?.arrayValue ?? []
+        #expect(failovers.first?["timeline"]?.arrayValue?.count == 2)
         let metrics = try http("GET", "\(base)/metrics", key: key).text
         #expect(metrics.contains("warmpool_agents_connected 1"))
         #expect(metrics.contains("warmpool_liveness_events_total{event=\"connected\"} 1"))
@@ -112,16 +113,16 @@ import Glibc
         var base = "http://\(harness.apiAddress)"
         let admin = try harness.adminAPIKey()
         #expect(try http("PUT", "\(base)/api/v1/warmpool/settings/5", key: admin, body: #"{"strategy": "cpu_standby", "volume_size_gb": 300}"#).status == 200)
-        let ops = try http("POST", "\(base)/api/v1/keys", key: admin, body: #"{"name": "ops"}"#).json["key"] as? String ?? ""
+        let ops = try http("POST", "\(base)/api/v1/keys", key: admin, body: #"{"name": "ops"}"#).json["key"]?.stringValue ?? ""
         let registration = try http("POST", "\(base)/api/v1/warmpool/agents", key: admin, body: #"{"agent_id": "gpu-5", "machine_id": 5}"#)
         let secretFile = harness.directory + "/gpu-5.secret"
-        try Data(((registration.json["secret"] as? String ?? "") + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
+        try Data(((registration.json["secret"]?.stringValue ?? "") + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
         _ = try harness.startAgent("gpu-5", secretFile: secretFile, extra: ["--machine-id", "5"])
         _ = try harness.waitForEvent("connected", for: "gpu-5", timeout: 20)
         // The event recorder batches for up to 200 ms; let it write before the kill.
         try harness.waitUntil("the connected event is stored", timeout: 10) {
-            let events = (try? http("GET", "\(base)/api/v1/warmpool/events/5", key: admin).json["events"]) as? [[String: Any]] ?? []
-            return events.contains { $0["kind"] as? String == "connected" }
+            let events = (try? http("GET", "\(base)/api/v1/warmpool/events/5", key: admin).json["events"])?.arrayValue ?? []
+            return events.contains { $0["kind"]?.stringValue == "connected" }
         }
 
         harness.killController()
@@ -131,11 +132,11 @@ import Glibc
 
         let settings = try http("GET", "\(base)/api/v1/warmpool/settings/5", key: ops)
         #expect(settings.status == 200, "the ops key survives")
-        #expect(settings.json["strategy"] as? String == "cpu_standby")
-        #expect(settings.json["volume_size_gb"] as? Int == 300)
+        #expect(settings.json["strategy"]?.stringValue == "cpu_standby")
+        #expect(settings.json["volume_size_gb"]?.intValue == 300)
         #expect(try http("GET", "\(base)/api/v1/warmpool/pools", key: admin).status == 200, "the admin key survives")
-        let events = (try http("GET", "\(base)/api/v1/warmpool/events/5", key: admin).json["events"]) as? [[String: Any]] ?? []
-        #expect(events.contains { $0["kind"] as? String == "connected" && $0["agent_id"] as? String == "gpu-5" })
+        let events = (try http("GET", "\(base)/api/v1/warmpool/events/5", key: admin).json["events"])?.arrayValue ?? []
+        #expect(events.contains { $0["kind"]?.stringValue == "connected" && $0["agent_id"]?.stringValue == "gpu-5" })
 
         // The agent's key lives only in the store: it reconnects with it, and the restarted
         // controller fails nobody over.

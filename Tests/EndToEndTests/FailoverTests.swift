@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Testing
+import WarmpoolJSON
 import WarmpoolStore
 
 #if canImport(Glibc)
@@ -55,18 +56,18 @@ final class WarmPoolLab {
         try http(method, "http://\(simAddress)\(path)", key: simKey, body: body)
     }
 
-    func status(_ machine: Int = 12) throws -> [String: Any] {
+    func status(_ machine: Int = 12) throws -> JSONValue {
         try http("GET", "\(api)/status/\(machine)", key: try adminKey()).json
     }
 
-    func provision(_ machine: Int = 12) throws -> [String: Any] {
+    func provision(_ machine: Int = 12) throws -> JSONValue {
         let answer = try http("POST", "\(api)/provision", key: try adminKey(), body: #"{"machine_id": \#(machine), "host_machine_id": 77}"#)
         #expect(answer.status == 200, "\(answer.text)")
         return answer.json
     }
 
-    func history(_ machine: Int = 12) throws -> [[String: Any]] {
-        try http("GET", "\(api)/history/\(machine)", key: try adminKey()).json["failovers"] as? [[String: Any]] ?? []
+    func history(_ machine: Int = 12) throws -> [JSONValue] {
+        try http("GET", "\(api)/history/\(machine)", key: try adminKey()).json["failovers"]?.arrayValue ?? []
     }
 
     /// Runs `command` as root on an instance over the real ssh client.
@@ -77,11 +78,11 @@ final class WarmPoolLab {
         ])
     }
 
-    func waitForFailover(_ number: Int, timeout: Double = 60) throws -> [String: Any] {
+    func waitForFailover(_ number: Int, timeout: Double = 60) throws -> JSONValue {
         try harness.waitUntil("failover \(number) to finish", timeout: timeout) {
             let failovers = (try? history()) ?? []
-            return failovers.count >= number && (failovers.first?["result"] as? String) != "in_progress"
-                && (try? status()["state"] as? String) == "active"
+            return failovers.count >= number && (failovers.first?["result"]?.stringValue) != "in_progress"
+                && (try? status()["state"]?.stringValue) == "active"
         }
         return try history().first!
     }
@@ -107,50 +108,50 @@ final class WarmPoolLab {
         let lab = try WarmPoolLab()
         try lab.startController()
         let provisioned = try lab.provision()
-        let status = provisioned["status"] as? [String: Any] ?? [:]
-        #expect(status["state"] as? String == "active")
-        let primary = status["primary_gpu_id"] as? Int ?? -1
-        let standby = status["standby_gpu_id"] as? Int ?? -1
+        let status = provisioned["status"] ?? [:]
+        #expect(status["state"]?.stringValue == "active")
+        let primary = status["primary_gpu_id"]?.intValue ?? -1
+        let standby = status["standby_gpu_id"]?.intValue ?? -1
         let before = try lab.status()
-        let primaryPort = before["primary_ssh_port"] as? Int ?? 0
-        #expect(before["standby_state"] as? String == "stopped")
-        #expect(before["epoch"] as? Int == 1)
+        let primaryPort = Int(before["primary_ssh_port"]?.intValue ?? 0)
+        #expect(before["standby_state"]?.stringValue == "stopped")
+        #expect(before["epoch"]?.intValue == 1)
 
         // A checkpoint on the shared volume, written by the primary.
         _ = try lab.ssh(port: primaryPort, "head -c 1048576 /dev/urandom > /data/checkpoint.bin && sha256sum /data/checkpoint.bin > /data/checkpoint.sha256")
         try lab.harness.waitUntil("the primary's agent is alive", timeout: 20) {
-            let agents = (try? http("GET", "\(lab.api)/agents", key: try lab.adminKey()).json["agents"]) as? [[String: Any]] ?? []
-            return agents.contains { $0["instance_id"] as? Int == primary && $0["state"] as? String == "alive" }
+            let agents = (try? http("GET", "\(lab.api)/agents", key: try lab.adminKey()).json["agents"])?.arrayValue ?? []
+            return agents.contains { $0["instance_id"]?.intValue == primary && $0["state"]?.stringValue == "alive" }
         }
 
         #expect(try lab.sim("POST", "/admin/instances/\(primary)/\(fault)").status == 200)
         let failover = try lab.waitForFailover(1)
-        #expect(failover["result"] as? String == "succeeded")
-        #expect(failover["new_primary_gpu_id"] as? Int == standby)
-        let steps = (failover["timeline"] as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
+        #expect(failover["result"]?.stringValue == "succeeded")
+        #expect(failover["new_primary_gpu_id"]?.intValue == standby)
+        let steps = (failover["timeline"]?.arrayValue ?? []).compactMap { $0["step"]?.stringValue }
         for step in ["detected", "fencing", "fenced", "epoch_increased", "standby_starting", "standby_running", "ssh_ready", "volume_verified", "promoted", "standby_provisioning", "standby_ready"] {
             #expect(steps.contains(step), "timeline lacks \(step): \(steps)")
         }
         #expect(steps.firstIndex(of: "fenced")! < steps.firstIndex(of: "standby_starting")!, "fenced before the standby starts")
-        #expect((failover["reason"] as? String ?? "").contains("failed"))
+        #expect((failover["reason"]?.stringValue ?? "").contains("failed"))
 
         let after = try lab.status()
-        #expect(after["primary_gpu_id"] as? Int == standby)
-        #expect(after["epoch"] as? Int == 2)
-        #expect(after["failover_count"] as? Int == 1)
-        #expect(after["standby_state"] as? String == "stopped")
-        let newStandby = after["standby_gpu_id"] as? Int ?? -1
+        #expect(after["primary_gpu_id"]?.intValue == standby)
+        #expect(after["epoch"]?.intValue == 2)
+        #expect(after["failover_count"]?.intValue == 1)
+        #expect(after["standby_state"]?.stringValue == "stopped")
+        let newStandby = after["standby_gpu_id"]?.intValue ?? -1
         #expect(newStandby != standby && newStandby != primary)
 
         // Exactly one start of the standby, no duplicate instance: primary, standby, new standby.
         let counters = try lab.sim("GET", "/admin/counters").json
-        #expect((counters["starts"] as? [String: Int])?["\(standby)"] == 1, "\(counters)")
-        #expect(counters["creates"] as? Int == 3, "\(counters)")
+        #expect(counters["starts"]?["\(standby)"]?.intValue == 1, "\(counters)")
+        #expect(counters["creates"]?.intValue == 3, "\(counters)")
         // The checkpoint is intact on the new primary.
-        let check = try lab.ssh(port: after["primary_ssh_port"] as? Int ?? 0, "cd /data && sha256sum -c checkpoint.sha256")
+        let check = try lab.ssh(port: Int(after["primary_ssh_port"]?.intValue ?? 0), "cd /data && sha256sum -c checkpoint.sha256")
         #expect(check.contains("OK"))
-        let events = try http("GET", "\(lab.api)/events/12", key: try lab.adminKey()).json["events"] as? [[String: Any]] ?? []
-        #expect(events.contains { $0["kind"] as? String == "failed" && ($0["detail"] as? String ?? "").contains(reason) })
+        let events = try http("GET", "\(lab.api)/events/12", key: try lab.adminKey()).json["events"]?.arrayValue ?? []
+        #expect(events.contains { $0["kind"]?.stringValue == "failed" && ($0["detail"]?.stringValue ?? "").contains(reason) })
     }
 
     @Test func aCrashedPrimaryIsReplacedByItsStandbyWithTheCheckpointIntact() throws {
@@ -167,35 +168,35 @@ final class WarmPoolLab {
         _ = try lab.provision()
         lab.harness.killController()
         try lab.startController(extra: ["--restart-grace-ms", "3000"])
-        #expect(try lab.status()["state"] as? String == "active")
+        #expect(try lab.status()["state"]?.stringValue == "active")
         Thread.sleep(forTimeInterval: 4)
         let status = try lab.status()
-        #expect(status["state"] as? String == "active")
-        #expect(status["failover_count"] as? Int == 0)
+        #expect(status["state"]?.stringValue == "active")
+        #expect(status["failover_count"]?.intValue == 0)
         #expect(try lab.history().isEmpty)
-        #expect(status["last_health_check"] is String, "the primary's agent reconnected: \(status)")
+        #expect(status["last_health_check"]?.stringValue != nil, "the primary's agent reconnected: \(status)")
     }
 
     @Test func aFailoverInterruptedBySIGKILLFinishesAfterRestartWithOneStartAndNoDuplicate() throws {
         // Slow provider calls stretch the failover so the kill lands in its middle.
         let lab = try WarmPoolLab(simExtra: ["--latency-ms", "300"])
         try lab.startController()
-        let provisioned = try lab.provision()["status"] as? [String: Any] ?? [:]
-        let primary = provisioned["primary_gpu_id"] as? Int ?? -1
-        let standby = provisioned["standby_gpu_id"] as? Int ?? -1
+        let provisioned = try lab.provision()["status"] ?? [:]
+        let primary = provisioned["primary_gpu_id"]?.intValue ?? -1
+        let standby = provisioned["standby_gpu_id"]?.intValue ?? -1
         #expect(try lab.sim("POST", "/admin/instances/\(primary)/crash").status == 200)
         try lab.harness.waitUntil("the standby is starting", timeout: 30) {
-            let steps = ((try? lab.history().first?["timeline"]) as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
+            let steps = ((try? lab.history().first?["timeline"])?.arrayValue ?? []).compactMap { $0["step"]?.stringValue }
             return steps.contains("standby_starting")
         }
         lab.harness.killController()
         try lab.startController()
         let failover = try lab.waitForFailover(1, timeout: 90)
-        #expect(failover["result"] as? String == "succeeded")
-        #expect(try lab.status()["primary_gpu_id"] as? Int == standby)
+        #expect(failover["result"]?.stringValue == "succeeded")
+        #expect(try lab.status()["primary_gpu_id"]?.intValue == standby)
         let counters = try lab.sim("GET", "/admin/counters").json
-        #expect((counters["starts"] as? [String: Int])?["\(standby)"] == 1, "one start of the standby: \(counters)")
-        #expect(counters["creates"] as? Int == 3, "no duplicate instance: \(counters)")
+        #expect(counters["starts"]?["\(standby)"]?.intValue == 1, "one start of the standby: \(counters)")
+        #expect(counters["creates"]?.intValue == 3, "no duplicate instance: \(counters)")
     }
 }
 
@@ -207,15 +208,15 @@ final class WarmPoolLab {
         _ = try lab.provision()
         let test = try http("POST", "\(lab.api)/failover/test/12", key: try lab.adminKey())
         #expect(test.status == 200, "\(test.text)")
-        #expect(test.json["success"] as? Bool == true, "\(test.text)")
-        let newPrimary = test.json["new_primary_gpu_id"] as? Int ?? -1
+        #expect(test.json["success"]?.boolValue == true, "\(test.text)")
+        let newPrimary = test.json["new_primary_gpu_id"]?.intValue ?? -1
         #expect(newPrimary != 1001 && newPrimary != 1002, "a replacement on another GPU: \(test.text)")
-        #expect((test.json["recovery_time_seconds"] as? Double ?? -1) > 0)
+        #expect((test.json["recovery_time_seconds"]?.doubleValue ?? -1) > 0)
         let failover = try lab.waitForFailover(1)
-        let steps = (failover["timeline"] as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
+        let steps = (failover["timeline"]?.arrayValue ?? []).compactMap { $0["step"]?.stringValue }
         #expect(steps.contains("standby_abandoned"), "\(steps)")
         #expect(steps.contains("promoted"))
-        #expect(try lab.status()["primary_gpu_id"] as? Int == newPrimary)
+        #expect(try lab.status()["primary_gpu_id"]?.intValue == newPrimary)
     }
 
     @Test func aFailoversNotificationsWaitInTheOutboxWithStableIDs() async throws {
@@ -223,7 +224,7 @@ final class WarmPoolLab {
         try lab.startController()
         _ = try lab.provision()
         let test = try http("POST", "\(lab.api)/failover/test/12", key: try lab.adminKey())
-        #expect(test.json["success"] as? Bool == true, "\(test.text)")
+        #expect(test.json["success"]?.boolValue == true, "\(test.text)")
         _ = try lab.waitForFailover(1)
         let store = try SQLiteStore(path: lab.harness.databasePath, logger: Logger(label: "test.reader"))
         let entries = try await store.notifications(limit: 100)
@@ -232,10 +233,10 @@ final class WarmPoolLab {
         #expect(!kinds.contains("failure_detected"), "a test failover detects nothing")
         let complete = entries.first { $0.kind == "failover_complete" }
         #expect(complete?.id == "wp-12-failover_complete-1")
-        let payload = (try? JSONSerialization.jsonObject(with: Data((complete?.payload ?? "").utf8))) as? [String: Any] ?? [:]
-        #expect(payload["id"] as? String == complete?.id)
-        #expect(payload["machine_id"] as? Int == 12)
-        #expect(payload["failover"] as? String == "fo-12-1")
+        let payload = (try? JSONValue.parse(complete?.payload ?? "")) ?? [:]
+        #expect(payload["id"]?.stringValue == complete?.id)
+        #expect(payload["machine_id"]?.intValue == 12)
+        #expect(payload["failover"]?.stringValue == "fo-12-1")
     }
 
     @Test func anUnreachableProviderIsAClearErrorAndThePoolCanBeCleanedUp() throws {
@@ -244,11 +245,11 @@ final class WarmPoolLab {
         try lab.startController()
         let answer = try http("POST", "\(lab.api)/provision", key: try lab.adminKey(), body: #"{"machine_id": 5, "host_machine_id": 77}"#)
         #expect(answer.status == 502, "\(answer.text)")
-        #expect(answer.json["error"] as? String == "provider_failed")
-        #expect((answer.json["message"] as? String ?? "").contains("curl 7"), "the reason names the transport error: \(answer.text)")
+        #expect(answer.json["error"]?.stringValue == "provider_failed")
+        #expect((answer.json["message"]?.stringValue ?? "").contains("curl 7"), "the reason names the transport error: \(answer.text)")
         let status = try lab.status(5)
-        #expect(status["state"] as? String == "error")
-        #expect((status["error_message"] as? String ?? "").contains("Couldn't connect"), "\(status)")
+        #expect(status["state"]?.stringValue == "error")
+        #expect((status["error_message"]?.stringValue ?? "").contains("Couldn't connect"), "\(status)")
         let hosts = try http("GET", "\(lab.api)/hosts", key: try lab.adminKey())
         #expect(hosts.status == 502)
         #expect(try http("DELETE", "\(lab.api)/cleanup/5", key: try lab.adminKey()).status == 200)
@@ -258,28 +259,28 @@ final class WarmPoolLab {
     @Test func aStandbyDestroyedBehindOurBackIsReplaced() throws {
         let lab = try WarmPoolLab()
         try lab.startController(extra: ["--standby-check-s", "1"])
-        let provisioned = try lab.provision()["status"] as? [String: Any] ?? [:]
-        let standby = provisioned["standby_gpu_id"] as? Int ?? -1
+        let provisioned = try lab.provision()["status"] ?? [:]
+        let standby = provisioned["standby_gpu_id"]?.intValue ?? -1
         #expect(try lab.sim("DELETE", "/api/v0/instances/\(standby)/", body: "{}").status == 200)
         try lab.harness.waitUntil("a new standby", timeout: 30) {
             let status = (try? lab.status()) ?? [:]
-            return status["state"] as? String == "active" && (status["standby_gpu_id"] as? Int).map { $0 != standby } == true
-                && status["standby_state"] as? String == "stopped"
+            return status["state"]?.stringValue == "active" && (status["standby_gpu_id"]?.intValue).map { $0 != standby } == true
+                && status["standby_state"]?.stringValue == "stopped"
         }
-        #expect(try lab.status()["failover_count"] as? Int == 0, "the primary was never touched")
+        #expect(try lab.status()["failover_count"]?.intValue == 0, "the primary was never touched")
     }
 
     @Test func withNoFreeGPUOnTheHostThePoolIsDegradedAndSaysSo() async throws {
         let lab = try WarmPoolLab()
         try lab.startController(extra: ["--standby-check-s", "1"])
-        let standby = (try lab.provision()["status"] as? [String: Any])?["standby_gpu_id"] as? Int ?? -1
+        let standby = (try lab.provision()["status"])?["standby_gpu_id"]?.intValue ?? -1
         // The host fills up (other tenants), then the standby is reclaimed: no GPU to replace it.
         #expect(try lab.sim("POST", "/admin/faults", body: #"{"full_hosts": [77]}"#).status == 200)
         #expect(try lab.sim("DELETE", "/api/v0/instances/\(standby)/", body: "{}").status == 200)
-        try lab.harness.waitUntil("the pool is degraded", timeout: 30) { (try? lab.status()["state"] as? String) == "degraded" }
+        try lab.harness.waitUntil("the pool is degraded", timeout: 30) { (try? lab.status()["state"]?.stringValue) == "degraded" }
         let status = try lab.status()
-        #expect(status["standby_gpu_id"] is NSNull, "\(status)")
-        #expect(status["primary_gpu_id"] as? Int == 1001, "the primary runs on")
+        #expect(status["standby_gpu_id"] == .null, "\(status)")
+        #expect(status["primary_gpu_id"]?.intValue == 1001, "the primary runs on")
         let store = try SQLiteStore(path: lab.harness.databasePath, logger: Logger(label: "test.reader"))
         let kinds = try await store.notifications(limit: 100).map(\.kind)
         #expect(kinds.contains("pool_degraded"), "\(kinds)")
@@ -291,35 +292,35 @@ final class WarmPoolLab {
         _ = try lab.provision()
         let answer = try http("DELETE", "\(lab.api)/cleanup/12", key: try lab.adminKey())
         #expect(answer.status == 200, "\(answer.text)")
-        #expect(answer.json["success"] as? Bool == true)
+        #expect(answer.json["success"]?.boolValue == true)
         #expect(try http("GET", "\(lab.api)/status/12", key: try lab.adminKey()).status == 404)
         let counters = try lab.sim("GET", "/admin/counters").json
-        #expect(counters["destroys"] as? Int == 2, "\(counters)")
-        #expect(counters["volume_deletes"] as? Int == 1, "\(counters)")
-        let hosts = try http("GET", "\(lab.api)/hosts", key: try lab.adminKey()).json["hosts"] as? [[String: Any]] ?? []
-        #expect(hosts.first?["available_gpus"] as? Int == 4, "every GPU is free again: \(hosts)")
+        #expect(counters["destroys"]?.intValue == 2, "\(counters)")
+        #expect(counters["volume_deletes"]?.intValue == 1, "\(counters)")
+        let hosts = try http("GET", "\(lab.api)/hosts", key: try lab.adminKey()).json["hosts"]?.arrayValue ?? []
+        #expect(hosts.first?["available_gpus"]?.intValue == 4, "every GPU is free again: \(hosts)")
     }
     @Test func aControllerKilledWhileReprovisioningKeepsTheFailoverWhole() throws {
         // Found by `Scripts/drill controller-crash`: after a restart between promotion and the new
         // standby, the re-provisioning steps overwrote the finished failover's row and first step.
         let lab = try WarmPoolLab(bootDelayMilliseconds: 1000, simExtra: ["--latency-ms", "200"])
         try lab.startController()
-        let primary = (try lab.provision()["status"] as? [String: Any] ?? [:])["primary_gpu_id"] as? Int ?? -1
+        let primary = (try lab.provision()["status"] ?? [:])["primary_gpu_id"]?.intValue ?? -1
         #expect(try lab.sim("POST", "/admin/instances/\(primary)/crash").status == 200)
         try lab.harness.waitUntil("the new standby is being made", timeout: 30) {
-            let steps = ((try? lab.history().first?["timeline"]) as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
+            let steps = ((try? lab.history().first?["timeline"])?.arrayValue ?? []).compactMap { $0["step"]?.stringValue }
             return steps.contains("standby_provisioning")
         }
         lab.harness.killController()
         try lab.startController()
         let failover = try lab.waitForFailover(1, timeout: 60)
-        try lab.harness.waitUntil("the standby is ready", timeout: 30) { (try? lab.status()["standby_state"] as? String) == "stopped" }
+        try lab.harness.waitUntil("the standby is ready", timeout: 30) { (try? lab.status()["standby_state"]?.stringValue) == "stopped" }
         let record = try lab.history().first ?? [:]
-        let steps = (record["timeline"] as? [[String: Any]] ?? []).compactMap { $0["step"] as? String }
+        let steps = (record["timeline"]?.arrayValue ?? []).compactMap { $0["step"]?.stringValue }
         #expect(steps.first == "detected" && steps.last == "standby_ready", "\(steps)")
-        #expect(record["result"] as? String == "succeeded" && record["old_primary_gpu_id"] as? Int == primary, "\(record)")
-        #expect(failover["id"] as? String == record["id"] as? String)
-        #expect(try lab.sim("GET", "/admin/counters").json["creates"] as? Int == 3)
+        #expect(record["result"]?.stringValue == "succeeded" && record["old_primary_gpu_id"]?.intValue == primary, "\(record)")
+        #expect(failover["id"]?.stringValue == record["id"]?.stringValue)
+        #expect(try lab.sim("GET", "/admin/counters").json["creates"]?.intValue == 3)
     }
     @Test func provisioningOnAHostWithoutTwoFreeGPUsIsAConflictNotAProviderFailure() throws {
         // Found by `Scripts/drill api-fuzz` (schemathesis): it answered 502 provider_failed.
@@ -328,7 +329,7 @@ final class WarmPoolLab {
         for host in [77, 99] {
             let answer = try http("POST", "\(lab.api)/provision", key: try lab.adminKey(), body: #"{"machine_id": \#(host), "host_machine_id": \#(host)}"#)
             #expect(answer.status == 409, "\(answer.text)")
-            #expect((answer.json["message"] as? String ?? "").contains("free GPU"), "\(answer.text)")
+            #expect((answer.json["message"]?.stringValue ?? "").contains("free GPU"), "\(answer.text)")
         }
     }
 }
@@ -370,22 +371,22 @@ final class WarmPoolLab {
         let port = try String(contentsOfFile: directory + "/hook.port", encoding: .utf8)
         try lab.startController(extra: ["--notify-url", "http://127.0.0.1:\(port)/hooks/warmpool", "--notify-secret-file", directory + "/hook-secret"])
 
-        let primary = (try lab.provision()["status"] as? [String: Any])?["primary_gpu_id"] as? Int ?? -1
+        let primary = (try lab.provision()["status"])?["primary_gpu_id"]?.intValue ?? -1
         #expect(try lab.sim("POST", "/admin/instances/\(primary)/crash").status == 200)
         _ = try lab.waitForFailover(1)
         let wanted: Set<String> = ["failure_detected", "standby_starting", "failover_complete", "standby_provisioned"]
-        var hooks: [[String: Any]] = []
+        var hooks: [JSONValue] = []
         try lab.harness.waitUntil("the four notifications arrive", timeout: 20) {
             let text = (try? String(contentsOfFile: directory + "/hooks.jsonl", encoding: .utf8)) ?? ""
-            hooks = text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-            return wanted.isSubset(of: Set(hooks.compactMap { $0["event"] as? String }))
+            hooks = text.split(separator: "\n").compactMap { line in (try? JSONValue.parse(String(line))).flatMap { value in value.objectValue.map { _ in value } } }
+            return wanted.isSubset(of: Set(hooks.compactMap { $0["event"]?.stringValue }))
         }
-        #expect(hooks.allSatisfy { $0["valid"] as? Bool == true }, "every signature verifies: \(hooks)")
-        let deliveries = hooks.compactMap { $0["delivery"] as? String }
+        #expect(hooks.allSatisfy { $0["valid"]?.boolValue == true }, "every signature verifies: \(hooks)")
+        let deliveries = hooks.compactMap { $0["delivery"]?.stringValue }
         #expect(Set(deliveries).count == deliveries.count, "one delivery per notification: \(deliveries)")
         #expect(deliveries.contains("wp-12-failover_complete-1"))
-        let complete = hooks.first { $0["event"] as? String == "failover_complete" }?["body"] as? [String: Any]
-        #expect(complete?["machine_id"] as? Int == 12)
-        #expect(complete?["failover"] as? String == "fo-12-1")
+        let complete = hooks.first { $0["event"]?.stringValue == "failover_complete" }?["body"]
+        #expect(complete?["machine_id"]?.intValue == 12)
+        #expect(complete?["failover"]?.stringValue == "fo-12-1")
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolJSON
 
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -11,8 +12,9 @@ struct HTTPAnswer {
     var body: [UInt8]
     var text: String { String(decoding: body, as: UTF8.self) }
 
-    var json: [String: Any] {
-        (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] ?? [:]
+    /// The body as a JSON object; an empty one when it is not one.
+    var json: JSONValue {
+        (try? JSONValue.parse(body)).flatMap { value in value.objectValue.map { _ in value } } ?? [:]
     }
 }
 

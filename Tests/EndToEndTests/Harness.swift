@@ -2,6 +2,7 @@ import Foundation
 @_exported import WarmpoolTestSupport
 import Testing
 import NIOCore
+import WarmpoolJSON
 import WarmpoolModel
 import WarmpoolWire
 
@@ -133,11 +134,11 @@ final class Harness {
     func events() -> [Event] {
         guard let text = try? String(contentsOfFile: eventsPath, encoding: .utf8) else { return [] }
         return text.split(separator: "\n").compactMap { line in
-            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                let kind = object["event"] as? String, let agent = object["agent_id"] as? String,
-                let monotonic = (object["monotonic_ns"] as? NSNumber)?.int64Value
+            guard let object = try? JSONValue.parse(String(line)),
+                let kind = object["event"]?.stringValue, let agent = object["agent_id"]?.stringValue,
+                let monotonic = object["monotonic_ns"]?.intValue
             else { return nil }
-            return Event(kind: kind, agentID: agent, monotonicNanoseconds: monotonic, reason: object["reason"] as? String ?? "")
+            return Event(kind: kind, agentID: agent, monotonicNanoseconds: monotonic, reason: object["reason"]?.stringValue ?? "")
         }
     }
 

@@ -1,5 +1,5 @@
 import Foundation
-import WarmpoolAPI
+import WarmpoolJSON
 import Yams
 
 /// Checks JSON answers against Protocol/openapi.yaml: the subset of OpenAPI 3.0 schemas the

@@ -4,6 +4,7 @@ import HummingbirdTesting
 import Logging
 import Testing
 import WarmpoolAPI
+import WarmpoolJSON
 import WarmpoolStore
 
 /// A router over a real SQLite store in a temporary directory, with one valid API key.

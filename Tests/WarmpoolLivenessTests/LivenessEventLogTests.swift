@@ -39,6 +39,20 @@ import WarmpoolWire
         #expect(object["time"] as? String == "1970-01-01T00:00:00.000Z")
     }
 
+    /// Byte for byte the line the hand-written writer produced before the JSON toolkit's writer took
+    /// over (harnesses grep these lines). Only U+0008 and U+000C are now written \b and \f, not \u0008.
+    @Test func theLineIsUnchanged() {
+        let event = LivenessEvent(
+            kind: .failed, agent: agent, atNanoseconds: 9_300_000_123_456,
+            reason: "silent 361 ms, timeout 350 ms \"x\" \\ / é ✓ \u{1}\u{1F}\t\n\r",
+            silenceNanoseconds: 361_234_567, fencedAtEpoch: 4)
+        let line = LivenessEventLog.jsonLine(event, wallClock: Date(timeIntervalSince1970: 1_795_930_315.1234))
+        let expected = #"{"agent_id":"gpu-1","event":"failed","fenced_at_epoch":4,"instance_id":11,"machine_id":7,"#
+            + #""monotonic_ns":9300000123456,"reason":"silent 361 ms, timeout 350 ms \"x\" \\ / é ✓ \u0001\u001f\t\n\r","#
+            + #""role":"standby","silence_ms":361.234567,"time":"2026-11-29T05:31:55.123Z"}"# + "\n"
+        #expect(String(decoding: line, as: UTF8.self) == expected)
+    }
+
     @Test func stringsAreEscaped() throws {
         let reason = "quote \" backslash \\ newline \n tab \t bell \u{07} é ✓"
         let event = LivenessEvent(kind: .suspected, agent: agent, atNanoseconds: 1, reason: reason)

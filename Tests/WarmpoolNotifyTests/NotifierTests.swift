@@ -76,6 +76,18 @@ import WarmpoolStore
         }
     }
 
+    /// The one shape receivers parse: every key present (null when unknown), keys in byte order,
+    /// ids as numbers, a slash in a message as it is, a quote escaped.
+    @Test func theWebhookPayloadIsWrittenInItsOneShape() {
+        let payload = WebhookPayload(
+            id: "ntf-77-3", event: "failover_complete", poolID: 77, at: Instant(nanosecondsSinceEpoch: 1_764_392_405_123_000_000),
+            message: #"standby 9002 verified on /data ("vol-1")"#, state: .degraded, epoch: 3,
+            failover: "fo-77-2", primaryInstanceID: 9002, standbyInstanceID: nil)
+        #expect(payload.json() == #"{"at":"2025-11-29T05:00:05.123Z","epoch":3,"event":"failover_complete","failover":"fo-77-2","id":"ntf-77-3","machine_id":77,"message":"standby 9002 verified on /data (\"vol-1\")","primary_gpu_id":9002,"standby_gpu_id":null,"state":"degraded"}"#)
+        let entry = payload.outboxEntry()
+        #expect(entry.id == "ntf-77-3" && entry.kind == "failover_complete" && entry.poolID == 77 && entry.payload == payload.json())
+    }
+
     @Test func deliversThePayloadSignedWithEveryHeader() async throws {
         try await Self.withDatabase { path in
             let store = try Self.openStore(path)
