@@ -215,6 +215,7 @@ let package = Package(
             name: "WarmpoolWireTests",
             dependencies: [
                 "WarmpoolWire",
+                "WarmpoolModel",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]

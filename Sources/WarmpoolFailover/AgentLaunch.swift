@@ -4,6 +4,9 @@ import WarmpoolModel
 
 /// How an instance the controller creates starts its agent: the onstart script and the
 /// environment handed to it. The agent's secret travels only in the instance's environment.
+/// Everything here is the request's own `env`, which Vast.ai hands the instance as it is; the
+/// instance id is not known before the create, so the agent reads it from Vast.ai's own
+/// `CONTAINER_ID`, and the controller checks it against the key's binding.
 public struct AgentLaunch: Sendable {
     /// The controller's agent listeners as the instances reach them, `HOST:PORT[,HOST:PORT]`.
     public var controllers: String
@@ -30,6 +33,7 @@ public struct AgentLaunch: Sendable {
         environment["WARMPOOL_AGENT_ID"] = agentID.rawValue
         environment["WARMPOOL_AGENT_SECRET"] = secretHex
         environment["WARMPOOL_ROLE"] = request.role.rawValue
+        environment["WARMPOOL_MACHINE_ID"] = "\(request.offer.machineID)"
         environment["WARMPOOL_VOLUME_ID"] = "\(request.volume)"
         environment["WARMPOOL_VOLUME_PATH"] = volumePath
         environment["WARMPOOL_POOL_ID"] = "\(poolID)"

@@ -80,6 +80,7 @@ struct ProviderEffects: Sendable {
     private func ensureInstance(_ request: InstanceRequest, poolID: PoolID) async throws -> InstanceSnapshot? {
         if let existing = try await provider.listInstances().first(where: { $0.label == request.label }) {
             logger.info("adopted instance", metadata: ["instance.id": "\(existing.id)", "instance.label": "\(request.label)"])
+            try await bindAgent(AgentID(request.label), to: existing.id)
             return Self.snapshot(existing)
         }
         // The agent's key is minted (and stored) before the create, so an instance adopted after a
@@ -102,6 +103,20 @@ struct ProviderEffects: Sendable {
         try await store.saveAgent(agent!)
         logger.info("created instance", metadata: ["instance.id": "\(id)", "instance.label": "\(request.label)", "role": "\(request.role.rawValue)"])
         return try await provider.instance(id: id).map(Self.snapshot) ?? InstanceSnapshot(id: id, status: nil)
+    }
+
+    /// A crash between the create and the save of its agent record leaves the key unbound: the
+    /// label (the agent id) names the instance, so the binding is recovered on adoption.
+    private func bindAgent(_ agentID: AgentID, to instance: InstanceID) async throws {
+        guard var agent = try await store.agent(id: agentID), agent.instanceID != instance else { return }
+        if let previous = agent.instanceID {
+            logger.warning("agent key rebound to the instance its label names", metadata: [
+                "agent.id": "\(agentID)", "instance.id": "\(instance)", "instance.previous": "\(previous)"])
+        } else {
+            logger.notice("agent key bound to its adopted instance", metadata: ["agent.id": "\(agentID)", "instance.id": "\(instance)"])
+        }
+        agent.instanceID = instance
+        try await store.saveAgent(agent)
     }
 
     /// A destroyed instance's agent key is revoked and its host key pin dropped: the id is never

@@ -56,7 +56,7 @@ public final class LivenessHub: Sendable {
         /// old primary that comes back after a controller restart is refused at once.
         var postures: [InstanceID: LeasePosture] = [:]
         /// Authenticated sessions, so that a revoked key ends them at once.
-        var connections: [SessionID: (agentID: AgentID, closer: any AgentConnectionCloser)] = [:]
+        var connections: [SessionID: (agentID: AgentID, instanceID: InstanceID, closer: any AgentConnectionCloser)] = [:]
         var nextSession: SessionID = 1
         var heartbeatsReceived: UInt64 = 0
     }
@@ -80,14 +80,16 @@ public final class LivenessHub: Sendable {
         }
     }
 
-    /// New handshakes use `keyring`; live sessions of agents whose secret is gone or changed are
-    /// closed: a revoked key must not keep beating on a session it opened before.
+    /// New handshakes use `keyring`; live sessions of agents whose secret is gone or changed, or
+    /// whose key is now bound to another instance than the session named, are closed: a revoked
+    /// key must not keep beating on a session it opened before.
     public func replaceKeyring(_ keyring: Keyring) {
         let revoked = shared.withLockedValue { shared -> [any AgentConnectionCloser] in
             let previous = shared.keyring
             shared.keyring = keyring
             return shared.connections.values.filter { entry in
                 keyring.secret(for: entry.agentID) != previous.secret(for: entry.agentID)
+                    || keyring.boundInstance(of: entry.agentID).map { $0 != entry.instanceID } == true
             }.map(\.closer)
         }
         for connection in revoked { connection.close() }
@@ -111,7 +113,7 @@ public final class LivenessHub: Sendable {
     ) {
         let now = MonotonicClock.now()
         shared.withLockedValue { shared in
-            shared.connections[session] = (agent.agentID, closer)
+            shared.connections[session] = (agent.agentID, agent.instanceID, closer)
             bus.publish(
                 shared.tracker.sessionEstablished(session, agent: agent, fencedAtEpoch: fencedAtEpoch, now: now))
         }

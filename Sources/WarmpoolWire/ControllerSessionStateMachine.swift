@@ -4,16 +4,27 @@ import WarmpoolModel
 /// The secrets the controller holds, by agent id. A value, so a connection works on a snapshot.
 public struct Keyring: Sendable {
     private var secrets: [AgentID: AgentSecret]
+    /// The instance each bound key was minted for: its Hello must name that instance and no other.
+    /// A key without a binding (an operator's keys file, an agent registered through the API)
+    /// may name any.
+    private var bindings: [AgentID: InstanceID]
 
-    public init(_ secrets: [AgentID: AgentSecret] = [:]) { self.secrets = secrets }
+    public init(_ secrets: [AgentID: AgentSecret] = [:], bindings: [AgentID: InstanceID] = [:]) {
+        self.secrets = secrets
+        self.bindings = bindings.filter { secrets[$0.key] != nil }
+    }
 
     public func secret(for agentID: AgentID) -> AgentSecret? { secrets[agentID] }
+    public func boundInstance(of agentID: AgentID) -> InstanceID? { bindings[agentID] }
     public var count: Int { secrets.count }
     public var agentIDs: Set<AgentID> { Set(secrets.keys) }
 
-    /// Both keyrings in one; where both name an agent, `other`'s secret wins.
+    /// Both keyrings in one; where both name an agent, `other`'s secret and binding (or lack of
+    /// one) win.
     public func merging(_ other: Keyring) -> Keyring {
-        Keyring(secrets.merging(other.secrets) { _, theirs in theirs })
+        Keyring(
+            secrets.merging(other.secrets) { _, theirs in theirs },
+            bindings: bindings.filter { other.secrets[$0.key] == nil }.merging(other.bindings) { _, theirs in theirs })
     }
 }
 
@@ -39,7 +50,7 @@ public struct SessionTerms: Hashable, Sendable {
 /// frames and timer expiries and carries out the returned action.
 ///
 ///     awaitingHello --Hello--> awaitingProof --Proof ok--> established --> closed
-///            \--timer / violation--> closed  \--unknown id, bad proof, timer--> closed
+///            \--timer / violation--> closed  \--unknown id, bad proof, another instance, timer--> closed
 public struct ControllerSessionStateMachine {
     private enum State {
         /// Nothing received yet; the handshake timer runs.
@@ -144,6 +155,12 @@ public struct ControllerSessionStateMachine {
             let matches = constantTimeEquals(proof.mac, expected)
             guard let secret else { return fail(.unknownAgent(hello.agentID), code: .authenticationFailed) }
             guard matches else { return fail(.badProof(agentID: hello.agentID), code: .authenticationFailed) }
+            let claimed = InstanceID(Int64(truncatingIfNeeded: hello.instanceID))
+            if let bound = keyring.boundInstance(of: AgentID(hello.agentID)), bound != claimed {
+                // A valid key for another instance: whatever this agent reports must not be
+                // attributed to an instance it does not run on.
+                return fail(.instanceNotBound(agentID: hello.agentID, claimed: claimed, bound: bound), code: .authenticationFailed)
+            }
             let keys = HandshakeCrypto.sessionKeys(
                 secret: secret, clientNonce: hello.clientNonce, serverNonce: serverNonce)
             let welcome = Welcome(

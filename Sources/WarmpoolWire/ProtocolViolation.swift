@@ -1,3 +1,5 @@
+import WarmpoolModel
+
 /// Why a peer's bytes were refused. Each case is logged as the reason its connection was closed,
 /// so each names the problem precisely.
 public enum ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertible {
@@ -13,6 +15,8 @@ public enum ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertibl
     case badMAC(MessageType)
     case unknownAgent(String)
     case badProof(agentID: String)
+    /// A correct Proof, but the Hello names an instance other than the one the key was minted for.
+    case instanceNotBound(agentID: String, claimed: InstanceID, bound: InstanceID)
     case handshakeTimeout(milliseconds: Int64)
     case decompressionFailed(String)
 
@@ -42,6 +46,8 @@ public enum ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertibl
             "unknown agent id \"\(id)\""
         case .badProof(let id):
             "agent \"\(id)\" failed the challenge (wrong secret)"
+        case .instanceNotBound(let id, let claimed, let bound):
+            "agent \"\(id)\" is bound to instance \(bound); its Hello claims instance \(claimed)"
         case .handshakeTimeout(let ms):
             "no completed handshake within \(ms) ms"
         case .decompressionFailed(let detail):

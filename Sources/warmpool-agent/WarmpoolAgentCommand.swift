@@ -22,7 +22,7 @@ struct WarmpoolAgentCommand {
         CommandLineOption(name: "controller", valueName: "controller", help: "Controller address HOST:PORT; repeat for several. Env: WARMPOOL_CONTROLLERS (comma-separated).", repeatable: true),
         CommandLineOption(name: "agent-id", valueName: "agent-id", help: "This agent's id, as in the controller's keys file. Env: WARMPOOL_AGENT_ID."),
         CommandLineOption(name: "secret-file", valueName: "secret-file", help: "File holding the agent's 64-hex-character secret. Env: WARMPOOL_AGENT_SECRET_FILE, or the secret itself in WARMPOOL_AGENT_SECRET."),
-        CommandLineOption(name: "instance-id", valueName: "instance-id", help: "The provider's instance id for this machine. Env: WARMPOOL_INSTANCE_ID."),
+        CommandLineOption(name: "instance-id", valueName: "instance-id", help: "The provider's instance id for this machine. Env: WARMPOOL_INSTANCE_ID, else Vast.ai's CONTAINER_ID."),
         CommandLineOption(name: "machine-id", valueName: "machine-id", help: "The provider's physical machine id. Env: WARMPOOL_MACHINE_ID."),
         CommandLineOption(name: "role", valueName: "role", help: "primary or standby. Env: WARMPOOL_ROLE. Default: primary."),
         CommandLineOption(name: "connections", valueName: "connections", help: "Parallel sessions to the controller; each carries every beat. Env: WARMPOOL_CONNECTIONS. Default: 2."),
@@ -206,14 +206,15 @@ struct WarmpoolAgentCommand {
         }
         let connectionCount = try integer(connections, "WARMPOOL_CONNECTIONS", default: 2)
         guard (1...8).contains(connectionCount) else { throw UsageError("--connections must be 1 to 8") }
-        func id(_ flag: UInt64?, _ variable: String) throws -> UInt64 {
+        func id(_ flag: UInt64?, _ variables: String...) throws -> UInt64 {
             if let flag { return flag }
-            guard let text = Self.environment[variable] else { return 0 }
-            guard let parsed = UInt64(text) else { throw UsageError("\(variable) must be an unsigned integer") }
+            guard let (variable, text) = variables.lazy.compactMap({ name in Self.environment[name].map { (name, $0) } }).first
+            else { return 0 }
+            guard let parsed = UInt64(text) else { throw UsageError("\(variable) must be an unsigned integer, got \(text)") }
             return parsed
         }
         return AgentConfiguration(
-            controllers: parsed, agentID: agentID, instanceID: try id(instanceId, "WARMPOOL_INSTANCE_ID"),
+            controllers: parsed, agentID: agentID, instanceID: try id(instanceId, "WARMPOOL_INSTANCE_ID", "CONTAINER_ID"),
             machineID: try id(machineId, "WARMPOOL_MACHINE_ID"), role: parsedRole, secret: secret,
             connections: connectionCount, volume: volumeProbe, nvmlLibrary: nvml,
             workloadPIDFile: value(workloadPidfile, "WARMPOOL_WORKLOAD_PIDFILE"),

@@ -17,12 +17,15 @@ enum AdminKey {
         logger.notice("minted the first API key", metadata: ["api_key.file": "\(path)", "api_key.id": "\(minted.record.id)"])
     }
 
-    /// The agents registered in the store and not revoked.
+    /// The agents registered in the store and not revoked, each bound to the instance it was
+    /// minted for (when the record names one).
     static func storedKeyring(_ store: SQLiteStore) async throws -> Keyring {
         var secrets: [AgentID: AgentSecret] = [:]
+        var bindings: [AgentID: InstanceID] = [:]
         for agent in try await store.agents() where agent.revokedAt == nil {
             secrets[agent.agentID] = try AgentSecret(hex: agent.secretHex)
+            bindings[agent.agentID] = agent.instanceID
         }
-        return Keyring(secrets)
+        return Keyring(secrets, bindings: bindings)
     }
 }

@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+import WarmpoolModel
 @testable import WarmpoolWire
 
 /// The two session machines wired back to back in memory: every frame one emits is fed to the other.
@@ -236,6 +237,38 @@ struct SessionPair {
         #expect(reason == .badProof(agentID: "gpu-1"))
         #expect(reject != nil)
         #expect(!pair.controller.isEstablished)
+    }
+
+    /// A key minted for one instance proves the agent's identity, not where it runs: a Hello that
+    /// names another instance is refused as an authentication failure, and the log line says why.
+    @Test func aValidKeyBoundToAnotherInstanceIsRefused() throws {
+        var pair = SessionPair(keyring: Keyring(["gpu-1": SessionPair.secret], bindings: ["gpu-1": 2002]))
+        let (action, _) = pair.handshake()
+        guard case .close(let reason, let rejectFrame?) = action else {
+            Issue.record("a Hello for another instance was accepted: \(action)")
+            return
+        }
+        #expect(reason == .instanceNotBound(agentID: "gpu-1", claimed: 1001, bound: 2002))
+        #expect(reason.description == "agent \"gpu-1\" is bound to instance 2002; its Hello claims instance 1001")
+        #expect(try Reject.decode(try #require(rejectFrame.frame).payload) == Reject(code: .authenticationFailed, reason: "authentication failed"))
+        #expect(!pair.controller.isEstablished)
+
+        var bound = SessionPair(keyring: Keyring(["gpu-1": SessionPair.secret], bindings: ["gpu-1": 1001]))
+        guard case .established(let identity, _, _) = bound.handshake().0 else {
+            Issue.record("the bound instance itself was refused")
+            return
+        }
+        #expect(identity.instanceID == 1001)
+    }
+
+    @Test func aMergedKeyringTakesTheOtherSidesBindingOrItsAbsence() {
+        let file = Keyring(["a": SessionPair.secret, "b": SessionPair.secret], bindings: ["a": 1, "b": 2])
+        let store = Keyring(["b": SessionPair.secret, "c": SessionPair.secret], bindings: ["c": 3])
+        let merged = file.merging(store)
+        #expect(merged.boundInstance(of: "a") == 1)
+        #expect(merged.boundInstance(of: "b") == nil, "the store names b without a binding: it wins")
+        #expect(merged.boundInstance(of: "c") == 3)
+        #expect(Keyring([:], bindings: ["ghost": 9]).boundInstance(of: "ghost") == nil, "a binding without a key is dropped")
     }
 
     @Test func aHeartbeatBeforeTheHandshakeIsAViolation() {
