@@ -27,8 +27,9 @@ public enum EngineAction: Hashable, Sendable, Codable {
     /// Answer: `.accepted` (also when it is already gone).
     case deleteVolume(OperationID, VolumeID)
     /// Over libssh2: SSH answers with the pinned host key, and `volume` is mounted at the mount
-    /// path, is the expected volume, and is writable. Answer: `verificationResult`.
-    case verify(OperationID, instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID)
+    /// path, is the expected volume (its identity marker holds its id), and is writable. With
+    /// `marker: .establish` a missing marker is written first. Answer: `verificationResult`.
+    case verify(OperationID, instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID, marker: VolumeMarkerCheck)
 
     /// Call `timerFired(id, now:)` at `at` (at once if it has passed). Replaces nothing: ids are unique.
     case scheduleTimer(TimerID, at: Instant)
@@ -77,6 +78,7 @@ public struct TimelineEntry: Hashable, Sendable, Codable {
         case detected, fencing, fenced
         case epochIncreased = "epoch_increased"
         case standbyStarting = "standby_starting", standbyRunning = "standby_running"
+        case volumeMarked = "volume_marked"
         case sshReady = "ssh_ready", volumeVerified = "volume_verified"
         case standbyAbandoned = "standby_abandoned"
         case promoted

@@ -30,7 +30,8 @@ import WarmpoolModel
 ///    itself), then go on.
 /// 3. epoch_increased.
 /// 4. standby_starting → standby_running: start the standby, poll until running.
-/// 5. ssh_ready, volume_verified: the shell verifies it over SSH.
+/// 5. ssh_ready, volume_verified: the shell verifies it over SSH, the volume's identity marker
+///    included (a marker gone since provisioning stops the failover in `error`, nothing destroyed).
 /// 6. promoted: it becomes the primary and is granted a lease at the new epoch.
 /// 7. recovering: a new stopped standby on the same host (find an offer, create, wait until it
 ///    exists, stop, poll until stopped) → active.
@@ -70,6 +71,9 @@ public struct PoolMachine: Sendable, Codable {
         case ensureVolume(primary: GPUOffer, standby: GPUOffer)
         case createPrimary(InstanceRequest, standby: GPUOffer)
         case awaitPrimaryRunning(InstanceID, standby: GPUOffer)
+        /// The marketplace writes nothing on a volume: its identity marker is written through the
+        /// primary, over SSH, before anything else relies on it.
+        case markVolume(InstanceID, ssh: SSHEndpoint?, standby: GPUOffer)
         /// Then the standby, exactly as `recovering` makes one.
         case standby(StandbyStep)
     }
@@ -94,7 +98,7 @@ public struct PoolMachine: Sendable, Codable {
         /// The standby gave way: a free GPU on the host for a replacement.
         case findReplacement
         case createReplacement(InstanceRequest)
-        case verify(InstanceID, ssh: SSHEndpoint?, volume: VolumeID)
+        case verify(InstanceID, ssh: SSHEndpoint?, volume: VolumeID, marker: VolumeMarkerCheck)
 
         /// Before the old primary is known to be unable to write.
         var isFencing: Bool {
@@ -158,6 +162,9 @@ public struct PoolMachine: Sendable, Codable {
     private var progress = Progress()
     private var enabled = true
     private var volume: VolumeID?
+    /// When the volume's identity marker was written or first found. nil for a pool saved before
+    /// the controller wrote markers: its next verification writes one if the volume has none.
+    private var volumeMarkedAt: Instant?
     private var primary: InstanceID?
     private var primarySSH: SSHEndpoint?
     private var standby: InstanceID?
@@ -270,21 +277,54 @@ public struct PoolMachine: Sendable, Codable {
     public mutating func verificationResult(
         _ operation: OperationID, _ outcome: VerificationOutcome, now: Instant
     ) -> [EngineAction] {
-        guard operation == progress.operation, case .failover(let failover, .verify(let candidate, let ssh, _)) = state else {
+        guard operation == progress.operation else { return [] }
+        switch state {
+        case .provisioning(.markVolume(let id, _, let standbyOffer)):
+            progress.operation = nil
+            switch outcome {
+            case .passed(_, let written):
+                guard let volume else { return stepFailed("the pool has no volume", now: now) }
+                volumeMarkedAt = now
+                let how = written ? "written" : "already there, holding its id"
+                let create = makeRequest(.standby, offer: standbyOffer, volume: volume)
+                return [record(.volumeMarked, now: now, detail: "volume \(volume): identity marker \(how), through instance \(id)"),
+                        record(.standbyProvisioning, now: now)]
+                    + enter(.provisioning(.standby(.create(create))), deadline: now + settings.createTimeout, now: now)
+            case .notReady(let message):
+                progress.lastError = message
+                return wake(at: now + settings.pollInterval)
+            case .failed(let message), .markerMissing(let message):
+                return stepFailed("cannot mark the volume: \(message)", now: now)
+            }
+
+        case .failover(let failover, .verify(let candidate, let ssh, let volume, let marker)):
+            progress.operation = nil
+            switch outcome {
+            case .passed(let sshReadyAt, let written):
+                let lastAt = run?.lastAt ?? sshReadyAt
+                let sshAt = min(max(sshReadyAt, lastAt), now)
+                var actions = [record(.sshReady, now: sshAt)]
+                if marker == .establish {
+                    // A pool from before markers: from now on a missing marker is an error.
+                    volumeMarkedAt = now
+                    if written {
+                        actions.append(record(.volumeMarked, now: now, detail: "volume \(volume): identity marker written, through instance \(candidate)"))
+                    }
+                }
+                actions.append(record(.volumeVerified, now: now,
+                                      detail: "volume \(volume) mounted, its identity marker holds its id, writable"))
+                return actions + promote(failover, candidate: candidate, ssh: ssh, now: now)
+            case .notReady(let message):
+                progress.lastError = message
+                return wake(at: now + settings.pollInterval)
+            case .failed(let message):
+                return stepFailed("verification failed: \(message)", now: now)
+            case .markerMissing(let message):
+                return volumeUnproven(failover, reason: message, now: now)
+            }
+
+        default:
             return []
-        }
-        progress.operation = nil
-        switch outcome {
-        case .passed(let sshReadyAt):
-            let lastAt = run?.lastAt ?? sshReadyAt
-            let sshAt = min(max(sshReadyAt, lastAt), now)
-            return [record(.sshReady, now: sshAt), record(.volumeVerified, now: now)]
-                + promote(failover, candidate: candidate, ssh: ssh, now: now)
-        case .notReady(let message):
-            progress.lastError = message
-            return wake(at: now + settings.pollInterval)
-        case .failed(let message):
-            return stepFailed("verification failed: \(message)", now: now)
         }
     }
 
@@ -432,6 +472,7 @@ public struct PoolMachine: Sendable, Codable {
         case .provisioning(.ensureVolume): "creating the volume"
         case .provisioning(.createPrimary): "creating the primary"
         case .provisioning(.awaitPrimaryRunning): "starting the primary"
+        case .provisioning(.markVolume): "marking the volume"
         case .provisioning(.standby(let step)), .recovering(let step):
             switch step {
             case .findOffer: "finding a free GPU for the standby"
@@ -479,12 +520,10 @@ public struct PoolMachine: Sendable, Codable {
         case (.provisioning(.awaitPrimaryRunning(let id, let standbyOffer)), .instance(let instance)):
             guard let instance else { return stepFailed("primary instance \(id) disappeared", now: now) }
             guard instance.status == .running else { return wake(at: now + settings.pollInterval) }
-            guard let volume else { return stepFailed("the pool has no volume", now: now) }
             primarySSH = instance.ssh
-            let create = makeRequest(.standby, offer: standbyOffer, volume: volume)
-            return [record(.primaryRunning, now: now, detail: "instance \(id)"), .grantLease(id, epoch: epoch),
-                    record(.standbyProvisioning, now: now)]
-                + enter(.provisioning(.standby(.create(create))), deadline: now + settings.createTimeout, now: now)
+            return [record(.primaryRunning, now: now, detail: "instance \(id)"), .grantLease(id, epoch: epoch)]
+                + enter(.provisioning(.markVolume(id, ssh: instance.ssh, standby: standbyOffer)),
+                        deadline: now + settings.verifyTimeout, now: now)
 
         case (.provisioning(.standby(let step)), _), (.recovering(let step), _):
             return advanceStandby(step, with: data, now: now)
@@ -575,7 +614,8 @@ public struct PoolMachine: Sendable, Codable {
             standbyState = .running
             standbySSH = instance.ssh
             return [record(.standbyRunning, now: now, detail: "instance \(id)")]
-                + enter(.failover(failover, .verify(id, ssh: instance.ssh, volume: volume)),
+                + enter(.failover(failover, .verify(id, ssh: instance.ssh, volume: volume,
+                                                    marker: volumeMarkedAt == nil ? .establish : .required)),
                         deadline: now + settings.verifyTimeout, now: now)
 
         case (.findReplacement, .offers(let offers)):
@@ -704,6 +744,18 @@ public struct PoolMachine: Sendable, Codable {
         run = nil
         if degraded { return actions + becomeDegraded(reason, now: now, recordStep: false) }
         return actions + enter(.error(message: "failover \(failover.number) failed: \(reason)"), deadline: nil, now: now)
+    }
+
+    /// The marker written at provisioning is gone from the volume: whatever is on it cannot be
+    /// vouched for, and every instance of the host mounts the same volume, so no replacement
+    /// helps. Nothing is promoted and nothing destroyed (the old primary stays fenced, the
+    /// standby stays as it is): people look, then clean up.
+    private mutating func volumeUnproven(_ failover: Failover, reason: String, now: Instant) -> [EngineAction] {
+        let message = "failover \(failover.number) stopped: \(reason); nothing was promoted or destroyed"
+        var actions = [record(.failed, now: now, detail: message)]
+        actions.append(notify(.failoverFailed, now: now, message: "pool \(poolID): \(message)"))
+        run = nil
+        return actions + enter(.error(message: message), deadline: nil, now: now)
     }
 
     // MARK: - Standby
@@ -869,6 +921,8 @@ public struct PoolMachine: Sendable, Codable {
             return .ensureInstance(operation, create)
         case .provisioning(.awaitPrimaryRunning(let id, _)):
             return .pollInstance(operation, id)
+        case .provisioning(.markVolume(let id, let ssh, _)):
+            return volume.map { .verify(operation, instance: id, ssh: ssh, volume: $0, marker: .establish) }
         case .provisioning(.standby(let step)), .recovering(let step):
             switch step {
             case .findOffer: return .findFreeOffers(operation, hostMachineID: host, gpuNames: request.gpuNames)
@@ -885,7 +939,8 @@ public struct PoolMachine: Sendable, Codable {
             case .awaitStandbyRunning(let id): return .pollInstance(operation, id)
             case .findReplacement: return .findFreeOffers(operation, hostMachineID: host, gpuNames: request.gpuNames)
             case .createReplacement(let create): return .ensureInstance(operation, create)
-            case .verify(let id, let ssh, let volume): return .verify(operation, instance: id, ssh: ssh, volume: volume)
+            case .verify(let id, let ssh, let volume, let marker):
+                return .verify(operation, instance: id, ssh: ssh, volume: volume, marker: marker)
             }
         case .cleaningUp(let remaining):
             if let instance = remaining.first { return .destroyInstance(operation, instance) }

@@ -57,13 +57,26 @@ public enum ProviderData: Hashable, Sendable, Codable {
     case offers([GPUOffer])
 }
 
+/// What a verification expects of the volume's identity marker. The marketplace writes nothing on
+/// a volume: the marker is ours, written once through the pool's first primary.
+public enum VolumeMarkerCheck: String, Hashable, Sendable, Codable {
+    /// The pool's volume was marked: the marker must be there and hold the volume's id.
+    case required
+    /// A fresh volume (provisioning), or a pool from before markers were written: write the
+    /// marker when it is missing, then check it as `required` does.
+    case establish
+}
+
 /// The answer to `EngineAction.verify`.
 public enum VerificationOutcome: Hashable, Sendable, Codable {
     /// SSH answered with the pinned host key at `sshReadyAt`, then the volume proved mounted, the
-    /// expected one, and writable.
-    case passed(sshReadyAt: Instant)
+    /// expected one, and writable. `markerWritten`: this verification wrote the marker.
+    case passed(sshReadyAt: Instant, markerWritten: Bool = false)
     /// SSH does not answer yet (refused, timed out): a booting instance; try again shortly.
     case notReady(message: String)
     /// A wrong host key, a missing or wrong volume, a read-only volume: this instance will not do.
     case failed(message: String)
+    /// The volume is mounted and writable but the marker written at provisioning is gone: the
+    /// data on it cannot be vouched for. Not a fault of the instance, so no replacement helps.
+    case markerMissing(message: String)
 }

@@ -320,9 +320,9 @@ public actor FailoverCoordinator: Service {
                 runner.cancel(.timer(poolID, timer))
             case .notify, .timeline:
                 break  // committed with the transition; the notifier delivers the outbox
-            case .verify(let operation, let instance, let ssh, let volume):
+            case .verify(let operation, let instance, let ssh, let volume, let marker):
                 runner.run { [verification] in
-                    await verification.run(instance: instance, ssh: ssh, volume: volume)
+                    await verification.run(instance: instance, ssh: ssh, volume: volume, marker: marker)
                 } deliver: { outcome in
                     await self.verificationAnswered(poolID, operation, outcome)
                 }

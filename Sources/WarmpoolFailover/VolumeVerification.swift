@@ -14,13 +14,13 @@ struct VolumeVerification: Sendable {
     let attemptWindow: Duration
     let clock: any WallClock
 
-    func run(instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID) async -> VerificationOutcome {
+    func run(instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID, marker: VolumeMarkerCheck) async -> VerificationOutcome {
         guard let ssh else { return .notReady(message: "the provider shows no SSH address for instance \(instance) yet") }
         let target: SSHTarget
         do {
             target = try SSHTarget(
                 instanceID: instance, host: ssh.host, port: ssh.port, username: "root",
-                volume: VolumeSpec(path: volumePath, expectedID: "\(volume)"))
+                volume: VolumeSpec(path: volumePath, expectedID: "\(volume)", establishMarker: marker == .establish))
         } catch {
             return .failed(message: "cannot verify instance \(instance): \(error)")
         }
@@ -30,8 +30,9 @@ struct VolumeVerification: Sendable {
             guard let failure = result.failure else {
                 // SSH was ready when the login finished; the volume check (the command) came after.
                 let command = Duration.nanoseconds(result.last.timings.command ?? 0)
-                return .passed(sshReadyAt: clock.now() - command)
+                return .passed(sshReadyAt: clock.now() - command, markerWritten: result.last.volume?.markerWritten == true)
             }
+            if failure.reason == .markerMissing { return .markerMissing(message: failure.description) }
             if failure.reason == .deadlineExceeded || policy.retryable.contains(failure.reason) {
                 return .notReady(message: failure.description)
             }

@@ -23,8 +23,11 @@ public struct SSHFailure: Error, Hashable, Sendable, CustomStringConvertible {
         case authRefused = "auth_refused"
         /// The volume path does not exist or is not a mount point.
         case notMounted = "not_mounted"
-        /// Mounted, but the marker is missing, empty, unreadable or holds another volume's id.
+        /// Mounted, but the marker is empty, unusable or holds another volume's id.
         case wrongVolume = "wrong_volume"
+        /// Mounted, but no marker at all: the volume lost the one written when the pool was made
+        /// (wiped, or not the pool's volume), or, when asked to establish it, it could not be written.
+        case markerMissing = "marker_missing"
         /// The write probe (create, write, fsync, remove) failed.
         case readOnly = "read_only"
         /// Readiness polling ran out of time; `detail` names the last attempt's failure.
@@ -95,6 +98,8 @@ public struct RemoteVolumeFacts: Hashable, Sendable {
     public var exists: Bool
     public var mounted: Bool
     public var marker: Marker
+    /// Whether the command wrote the marker; nil when it was not asked to or the marker was there.
+    public var markerWritten: Bool?
     /// nil when the probe was not run (the path is not a mount point).
     public var writable: Bool?
     /// The write probe's error message, sanitised, when it failed.
@@ -102,10 +107,12 @@ public struct RemoteVolumeFacts: Hashable, Sendable {
     /// nil when not measured (the path is not a mount point).
     public var freeBytes: UInt64?
 
-    public init(exists: Bool, mounted: Bool, marker: Marker, writable: Bool?, writeError: String? = nil, freeBytes: UInt64?) {
+    public init(exists: Bool, mounted: Bool, marker: Marker, markerWritten: Bool? = nil, writable: Bool?, writeError: String? = nil,
+                freeBytes: UInt64?) {
         self.exists = exists
         self.mounted = mounted
         self.marker = marker
+        self.markerWritten = markerWritten
         self.writable = writable
         self.writeError = writeError
         self.freeBytes = freeBytes
@@ -118,8 +125,11 @@ public struct RemoteVolumeFacts: Hashable, Sendable {
         guard mounted else { return SSHFailure(.notMounted, "\(volume.path) is not a mount point") }
         let markerPath = "\(volume.path)/\(volume.markerName)"
         switch marker {
+        case .missing where volume.establishMarker:
+            return SSHFailure(.markerMissing, "cannot write the volume-id marker at \(markerPath)"
+                + (writable == false ? " (\(volume.path) is not writable\(writeError.map { ": \($0)" } ?? ""))" : ""))
         case .missing:
-            return SSHFailure(.wrongVolume, "no volume-id marker at \(markerPath): an empty or foreign volume")
+            return SSHFailure(.markerMissing, "no volume-id marker at \(markerPath): the marker written when the pool was made is gone (a wiped volume, or not the pool's)")
         case .unusable(let why):
             return SSHFailure(.wrongVolume, "the marker at \(markerPath) is unusable: \(why)")
         case .present(let id) where id.isEmpty:

@@ -24,13 +24,19 @@ public struct VolumeSpec: Hashable, Sendable {
     public let path: String
     public let expectedID: String
     public let markerName: String
+    /// Write the marker (holding `expectedID`) when the volume is mounted and has none. The
+    /// marketplace writes nothing on a volume: the controller marks a fresh volume this way once,
+    /// and from then on a missing marker is `SSHFailure.Reason.markerMissing`.
+    public let establishMarker: Bool
 
     public static let defaultMarkerName = ".warmpool-volume-id"
 
-    public init(path: String, expectedID: String, markerName: String = VolumeSpec.defaultMarkerName) throws {
+    public init(path: String, expectedID: String, markerName: String = VolumeSpec.defaultMarkerName,
+                establishMarker: Bool = false) throws {
         self.path = try Self.validatePath(path)
         self.expectedID = try Self.validateVolumeID(expectedID)
         self.markerName = try Self.validateMarkerName(markerName)
+        self.establishMarker = establishMarker
     }
 
     /// Returns the path without a trailing slash, or throws.

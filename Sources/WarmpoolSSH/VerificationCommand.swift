@@ -2,10 +2,15 @@
 ///
 /// The script is fixed text. It never contains a single quote, so it travels whole inside one
 /// single-quoted word to `/bin/sh -c` (which works whatever the user's login shell is). The
-/// volume path, the marker's file name and a per-attempt nonce follow as single-quoted words and
-/// reach the script as `$1 $2 $3`: it only ever expands them inside double quotes, never evaluates
-/// them. The expected volume id never leaves this process: the script prints the marker's bytes
-/// in hex, and the comparison happens here.
+/// volume path, the marker's file name, a per-attempt nonce and (only when the marker is to be
+/// established) the volume id follow as single-quoted words and reach the script as `$1`-`$4`:
+/// it only ever expands them inside double quotes, never evaluates them. Otherwise the expected
+/// volume id never leaves this process: the script prints the marker's bytes in hex, and the
+/// comparison happens here.
+///
+/// Establishing writes the marker only on a mounted path that has none: into a temporary file,
+/// fsynced, then hard-linked into place (`ln` never replaces an existing marker, so a marker
+/// that appears meanwhile wins and is compared as usual).
 ///
 /// The answer is `key=value` lines between `warmpool-verify-begin=NONCE` and
 /// `warmpool-verify-end=NONCE`; anything a login script prints before the begin line is ignored,
@@ -15,7 +20,7 @@ public enum VerificationCommand {
     public static let markerLimit = 512
 
     public static let script = """
-        p="$1"; m="$2"; n="$3"
+        p="$1"; m="$2"; n="$3"; w="$4"
         echo "warmpool-verify-begin=$n"
         echo "version=1"
         if [ ! -d "$p" ]; then
@@ -35,6 +40,15 @@ public enum VerificationCommand {
         fi
         if [ "$rc" -eq 0 ]; then echo "mounted=1"; else echo "mounted=0"; fi
         f="$p/$m"
+        if [ "$rc" -eq 0 ] && [ -n "$w" ] && [ ! -e "$f" ] && [ ! -L "$f" ]; then
+          t="$p/.warmpool-marker-$n"
+          if printf "%s\\n" "$w" | dd of="$t" conv=fsync 2>/dev/null && ln "$t" "$f" 2>/dev/null; then
+            echo "marker_written=1"
+          else
+            echo "marker_written=0"
+          fi
+          rm -f "$t" 2>/dev/null
+        fi
         if [ -f "$f" ] && [ -r "$f" ]; then
           printf "marker_hex="
           od -An -tx1 -v -N \(markerLimit + 1) "$f" | tr -d " \\n"
@@ -66,8 +80,10 @@ public enum VerificationCommand {
     public static func commandLine(volume: VolumeSpec, nonce: String) -> String {
         precondition(!script.contains("'"), "the script must not contain a single quote")
         precondition(nonce.utf8.allSatisfy { isHexDigit($0) }, "the nonce is hex")
-        return "/bin/sh -c " + shellQuote(script) + " warmpool-verify " + shellQuote(volume.path) + " "
+        var line = "/bin/sh -c " + shellQuote(script) + " warmpool-verify " + shellQuote(volume.path) + " "
             + shellQuote(volume.markerName) + " " + shellQuote(nonce)
+        if volume.establishMarker { line += " " + shellQuote(volume.expectedID) }
+        return line
     }
 
     /// One POSIX shell word with exactly the bytes of `text`: single quotes, with any single quote
@@ -110,7 +126,9 @@ public enum VerificationCommand {
             throw ParseError("the command's output ends without its end line")
         }
         var fields: [String: String] = [:]
-        let known: Set<String> = ["version", "exists", "mounted", "marker", "marker_hex", "writable", "write_error", "free_kib"]
+        let known: Set<String> = [
+            "version", "exists", "mounted", "marker_written", "marker", "marker_hex", "writable", "write_error", "free_kib",
+        ]
         for line in lines[..<stop] {
             guard let equals = line.firstIndex(of: "=") else {
                 throw ParseError("not a key=value line: \(printable(line))")
@@ -153,7 +171,8 @@ public enum VerificationCommand {
             }
             freeBytes = value.multipliedReportingOverflow(by: 1024).overflow ? UInt64.max : value * 1024
         }
-        return RemoteVolumeFacts(exists: true, mounted: mounted, marker: marker, writable: writable,
+        let markerWritten = fields["marker_written"] == nil ? nil : try flag(fields, "marker_written")
+        return RemoteVolumeFacts(exists: true, mounted: mounted, marker: marker, markerWritten: markerWritten, writable: writable,
                                  writeError: fields["write_error"].map(printable), freeBytes: freeBytes)
     }
 

@@ -42,7 +42,7 @@ import WarmpoolModel
         #expect(harness.provider.instances[standby]!.destroyed)
         let abandoned = harness.timeline.first { $0.step == .standbyAbandoned }!
         #expect(abandoned.detail == "instance \(standby): verification failed: volume is not mounted at /data")
-        #expect(harness.commands { if case .verify = $0 { true } else { false } }.count == 2)
+        #expect(harness.commands { if case .verify(_, _, _, _, .required) = $0 { true } else { false } }.count == 2)
     }
 
     @Test func sshNotReadyYetIsRetriedUntilTheDeadline() {

@@ -39,6 +39,8 @@ struct FakeProvider {
     var failsVerification: Set<InstanceID> = []
     /// SSH refuses connections on these (sshd not up yet).
     var refusesSSH: Set<InstanceID> = []
+    /// Volumes whose identity marker is written; a test removes one to wipe it.
+    var markedVolumes: Set<VolumeID> = []
     private var nextID: Int64 = 100
 
     init(host: HostMachineID, freeGPUs: Int) {
@@ -114,12 +116,20 @@ struct FakeProvider {
         }
     }
 
-    func verify(_ id: InstanceID, now: Instant) -> VerificationOutcome {
+    /// As the shell's verification does, the volume's marker included: the marketplace writes
+    /// none, so a volume has one only once a verification with `.establish` wrote it.
+    mutating func verify(_ id: InstanceID, volume: VolumeID, marker: VolumeMarkerCheck, now: Instant) -> VerificationOutcome {
         if failsVerification.contains(id) { return .failed(message: "volume is not mounted at /data") }
         guard let instance = instances[id], !instance.destroyed, instance.status == .running, !refusesSSH.contains(id) else {
             return .notReady(message: "connection refused")
         }
-        return .passed(sshReadyAt: now + .milliseconds(-20))
+        var written = false
+        if !markedVolumes.contains(volume) {
+            guard marker == .establish else { return .markerMissing(message: "marker_missing: no volume-id marker at /data/.warmpool-volume-id") }
+            markedVolumes.insert(volume)
+            written = true
+        }
+        return .passed(sshReadyAt: now + .milliseconds(-20), markerWritten: written)
     }
 
     private mutating func injected(_ command: String) -> ProviderOutcome? {

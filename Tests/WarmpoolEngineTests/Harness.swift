@@ -95,9 +95,9 @@ struct Harness {
             case .timeline(let entry): timeline.append(entry)
             case .notify(let notification): notifications.append(notification)
             case .revokeLease, .grantLease: leaseLog.append(action)
-            case .verify(let operation, let instance, _, _):
+            case .verify(let operation, let instance, _, let volume, let marker):
                 commandLog.append((now, action))
-                inbox.append(.verification(operation, provider.verify(instance, now: now)))
+                inbox.append(.verification(operation, provider.verify(instance, volume: volume, marker: marker, now: now)))
             default:
                 commandLog.append((now, action))
                 if let outcome = provider.perform(action), let operation = action.operation {
@@ -160,7 +160,7 @@ extension EngineAction {
         switch self {
         case .findFreeOffers(let op, _, _), .ensureVolume(let op, _, _, _), .ensureInstance(let op, _),
              .startInstance(let op, _), .stopInstance(let op, _), .pollInstance(let op, _),
-             .destroyInstance(let op, _), .deleteVolume(let op, _), .verify(let op, _, _, _):
+             .destroyInstance(let op, _), .deleteVolume(let op, _), .verify(let op, _, _, _, _):
             op
         case .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
             nil

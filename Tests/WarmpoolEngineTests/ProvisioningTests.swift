@@ -25,7 +25,9 @@ import WarmpoolModel
         #expect(snapshot.volumeID == harness.provider.volumes["wp-7-volume"])
         #expect(snapshot.primarySSH != nil)
         #expect(harness.leaseLog == [.grantLease(snapshot.primaryInstanceID!, epoch: 1)])
-        #expect(harness.steps == [.provisioning, .volumeReady, .primaryCreated, .primaryRunning, .standbyProvisioning, .standbyReady])
+        #expect(harness.steps == [.provisioning, .volumeReady, .primaryCreated, .primaryRunning, .volumeMarked, .standbyProvisioning, .standbyReady])
+        #expect(harness.provider.markedVolumes == [snapshot.volumeID!], "the marketplace writes no marker: the pool does, through its primary")
+        #expect(harness.commands { if case .verify(_, snapshot.primaryInstanceID!, _, _, .establish) = $0 { true } else { false } }.count == 1)
         #expect(harness.notificationKinds == [.standbyProvisioned])
         #expect(harness.timers.isEmpty, "an active pool waits for nothing")
     }

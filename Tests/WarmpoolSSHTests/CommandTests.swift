@@ -222,7 +222,7 @@ import Glibc
         #expect(verdict(RemoteVolumeFacts(exists: true, mounted: false, marker: .present("vol-42"), writable: nil, freeBytes: nil))
             == .notMounted)
         #expect(verdict(RemoteVolumeFacts(exists: true, mounted: true, marker: .missing, writable: false, freeBytes: 1))
-            == .wrongVolume)
+            == .markerMissing)
         #expect(verdict(RemoteVolumeFacts(exists: true, mounted: true, marker: .present(""), writable: true, freeBytes: 1))
             == .wrongVolume)
         #expect(verdict(RemoteVolumeFacts(exists: true, mounted: true, marker: .unusable("x"), writable: true, freeBytes: 1))

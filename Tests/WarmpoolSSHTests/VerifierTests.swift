@@ -162,7 +162,7 @@ final class Recorder: @unchecked Sendable {
         withExtendedLifetime(sshd) {}
     }
 
-    @Test func aVolumeWithTheWrongIDOrNoMarkerIsTheWrongVolume() async throws {
+    @Test func aVolumeWithTheWrongIDIsTheWrongVolumeAndOneWithoutItsMarkerHasLostIt() async throws {
         let sshd = try SSHD()
         let verifier = verifier(sshd)
         let other = try TmpfsVolume(markerID: "vol-7")
@@ -170,9 +170,48 @@ final class Recorder: @unchecked Sendable {
         #expect(wrong.failure == SSHFailure(.wrongVolume, "volume id vol-7 does not match the expected vol-42"))
         let empty = try TmpfsVolume(markerID: nil)
         let blank = try await verifier.verify(try sshd.target(volume: VolumeSpec(path: empty.path, expectedID: "vol-42")))
-        #expect(blank.failure?.reason == .wrongVolume)
+        #expect(blank.failure?.reason == .markerMissing)
         #expect(blank.failure?.detail.hasPrefix("no volume-id marker at \(empty.path)/.warmpool-volume-id") == true)
         withExtendedLifetime((sshd, other, empty)) {}
+    }
+
+    /// The marketplace writes nothing on a volume: the controller marks a fresh one through its
+    /// first primary. Written once, never over another id, never on a path that is not a mount.
+    @Test func establishingTheMarkerWritesItOnceAndOnlyOnAMountedVolumeWithoutOne() async throws {
+        let sshd = try SSHD()
+        let verifier = verifier(sshd)
+        let fresh = try TmpfsVolume(markerID: nil)
+        let establish = try VolumeSpec(path: fresh.path, expectedID: "42", establishMarker: true)
+        let first = try await verifier.verify(try sshd.target(volume: establish))
+        #expect(first.failure == nil, "\(String(describing: first.failure))")
+        #expect(first.volume?.markerWritten == true)
+        #expect(try String(contentsOfFile: fresh.path + "/.warmpool-volume-id", encoding: .utf8) == "42\n")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fresh.path) == [".warmpool-volume-id"], "no temporary file is left")
+        let again = try await verifier.verify(try sshd.target(volume: establish))
+        #expect(again.failure == nil && again.volume?.markerWritten == nil, "a marker that is there is only read")
+        let checked = try await verifier.verify(try sshd.target(volume: VolumeSpec(path: fresh.path, expectedID: "42")))
+        #expect(checked.failure == nil)
+
+        let other = try TmpfsVolume(markerID: "7")
+        let foreign = try await verifier.verify(
+            try sshd.target(volume: VolumeSpec(path: other.path, expectedID: "42", establishMarker: true)))
+        #expect(foreign.failure == SSHFailure(.wrongVolume, "volume id 7 does not match the expected 42"))
+        #expect(try String(contentsOfFile: other.path + "/.warmpool-volume-id", encoding: .utf8) == "7\n", "another id is never overwritten")
+
+        let plain = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-unmounted-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: plain, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: plain) }
+        let unmounted = try await verifier.verify(
+            try sshd.target(volume: VolumeSpec(path: plain.path, expectedID: "42", establishMarker: true)))
+        #expect(unmounted.failure?.reason == .notMounted)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: plain.path).isEmpty, "nothing is written on a path that is not a mount")
+
+        let readOnly = try TmpfsVolume(markerID: nil, readOnly: true)
+        let locked = try await verifier.verify(
+            try sshd.target(volume: VolumeSpec(path: readOnly.path, expectedID: "42", establishMarker: true)))
+        #expect(locked.failure?.reason == .markerMissing)
+        #expect(locked.failure?.detail.hasPrefix("cannot write the volume-id marker at \(readOnly.path)/.warmpool-volume-id") == true)
+        withExtendedLifetime((sshd, fresh, other, readOnly)) {}
     }
 
     @Test func aReadOnlyVolume() async throws {
