@@ -147,5 +147,36 @@ import Glibc
         #expect(!harness.events().dropFirst(eventsBeforeRestart).contains { $0.kind == "failed" })
         #expect(!FileManager.default.fileExists(atPath: harness.directory + "/db/admin-api-key.partial"))
     }
-}
 
+    /// A key minted for one instance cannot speak for another: the real agent binary, with a
+    /// valid secret and another instance id, is refused at the handshake, the controller logs
+    /// both ids, and nothing is attributed to the instance it claimed.
+    @Test func aValidKeyClaimingAnotherInstanceIsRefusedAndNothingIsAttributedToIt() async throws {
+        let harness = try Harness()
+        try harness.startController()
+        let base = "http://\(harness.apiAddress)"
+        let admin = try harness.adminAPIKey()
+        let registration = try http("POST", "\(base)/api/v1/warmpool/agents", key: admin,
+            body: #"{"agent_id": "gpu-9", "machine_id": 9, "instance_id": 9001, "role": "primary"}"#)
+        #expect(registration.status == 201)
+        let secretFile = harness.directory + "/gpu-9.secret"
+        try Data(((registration.json["secret"]?.stringValue ?? "") + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
+
+        let impostor = try harness.startAgent("gpu-9", secretFile: secretFile, instanceID: 9002)
+        try harness.waitUntil("the controller refuses the Hello for instance 9002", timeout: 20) {
+            harness.log("controller").contains("agent \"gpu-9\" is bound to instance 9001; its Hello claims instance 9002")
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(harness.events().isEmpty, "no liveness event at all: \(harness.events().map { ($0.kind, $0.instanceID) })")
+        let agents = (try http("GET", "\(base)/api/v1/warmpool/agents", key: admin).json["agents"])?.arrayValue ?? []
+        #expect(!agents.contains { $0["instance_id"]?.intValue == 9002 })
+        #expect(agents.first { $0["agent_id"]?.stringValue == "gpu-9" }?["state"]?.stringValue != "alive")
+        harness.stop(impostor)
+
+        // The same key from the instance it is bound to is welcome.
+        _ = try harness.startAgent("gpu-9", secretFile: secretFile, instanceID: 9001)
+        let connected = try harness.waitForEvent("connected", for: "gpu-9", timeout: 20)
+        #expect(connected.instanceID == 9001)
+        #expect(!harness.events().contains { $0.instanceID == 9002 })
+    }
+}

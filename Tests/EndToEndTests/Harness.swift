@@ -96,10 +96,10 @@ final class Harness {
         controller = nil
     }
 
-    func startAgent(_ agentID: String, secretFile: String, extra: [String] = []) throws -> Process {
+    func startAgent(_ agentID: String, secretFile: String, instanceID: Int = 4242, extra: [String] = []) throws -> Process {
         let process = try spawn("warmpool-agent", [
             "--controller", controllerAddress, "--agent-id", agentID, "--secret-file", secretFile,
-            "--instance-id", "4242", "--machine-id", "77", "--nvml-library", "none", "--volume-path", directory,
+            "--instance-id", "\(instanceID)", "--machine-id", "77", "--nvml-library", "none", "--volume-path", directory,
         ] + extra, log: logPath(agentID))
         agents[agentID] = process
         return process
@@ -127,6 +127,7 @@ final class Harness {
     struct Event {
         var kind: String
         var agentID: String
+        var instanceID: Int64
         var monotonicNanoseconds: Int64
         var reason: String
     }
@@ -138,7 +139,8 @@ final class Harness {
                 let kind = object["event"]?.stringValue, let agent = object["agent_id"]?.stringValue,
                 let monotonic = object["monotonic_ns"]?.intValue
             else { return nil }
-            return Event(kind: kind, agentID: agent, monotonicNanoseconds: monotonic, reason: object["reason"]?.stringValue ?? "")
+            return Event(kind: kind, agentID: agent, instanceID: object["instance_id"]?.intValue ?? 0, monotonicNanoseconds: monotonic,
+                         reason: object["reason"]?.stringValue ?? "")
         }
     }
 
