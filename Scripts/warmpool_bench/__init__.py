@@ -1,0 +1,8 @@
+"""The benchmarks behind Scripts/bench, one module a command: detect, soak, ssh, capacity and
+failover; protocol (the same load over our protocol, gRPC and HTTP) and agent (its footprint) are
+what `bench all` adds. Scripts/bench parses the flags and prints `all`'s summary."""
+import warmpool_lab
+
+
+def build(args):
+    return warmpool_lab.build("release", "bench", args.no_build)

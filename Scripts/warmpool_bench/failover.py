@@ -1,0 +1,79 @@
+"""`bench failover`: the whole failover on warmpool-sim, each step of the timeline timed from the crash."""
+import json
+import shutil
+import sys
+import tempfile
+import time
+
+from warmpool_lab.events import first_steps
+from warmpool_lab.pool import POOL, WarmPool
+from warmpool_lab.stats import percentile
+
+from . import build
+
+
+def failover(args):
+    binaries = build(args)
+    workdir = tempfile.mkdtemp(prefix="warmpool-bench-failover-")
+    pool = None
+    trials = []
+    try:
+        pool = WarmPool(binaries, workdir, args.boot_delay_ms, poll_ms=args.poll_ms, log_level="warning",
+                        sim_log_level="warning")
+        pool.provision()
+        for trial in range(1, args.trials + 1):
+            status = pool.get("/status/%d" % POOL)
+            # The primary's agent must be connected before its crash means anything.
+            deadline = time.monotonic() + 30
+            while status["last_health_check"] is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                status = pool.get("/status/%d" % POOL)
+            time.sleep(0.3)
+            crashed_at = time.time()
+            pool.fault(status["primary_gpu_id"], "crash")
+            deadline = time.monotonic() + 120
+            while True:
+                failovers = pool.get("/history/%d?limit=1" % POOL)["failovers"]
+                state = pool.get("/status/%d" % POOL)["state"]
+                if failovers and failovers[0]["id"] == "fo-%d-%d" % (POOL, trial) \
+                        and failovers[0]["result"] != "in_progress" and state == "active":
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("failover %d did not finish: %s" % (trial, failovers[:1]))
+                time.sleep(0.05)
+            record = failovers[0]
+            if record["result"] != "succeeded":
+                raise RuntimeError("failover %d ended %s" % (trial, record["result"]))
+            at = first_steps(record)
+            row = {
+                "detect_ms": (at["detected"] - crashed_at) * 1000,
+                "fence_ms": (at["fenced"] - at["detected"]) * 1000,
+                "start_ms": (at["standby_running"] - at["standby_starting"]) * 1000,
+                "ssh_ready_ms": (at["ssh_ready"] - at["standby_running"]) * 1000,
+                "verify_ms": (at["volume_verified"] - at["ssh_ready"]) * 1000,
+                "total_ms": (at["promoted"] - crashed_at) * 1000,
+            }
+            row["controller_share_ms"] = row["total_ms"] - args.boot_delay_ms
+            trials.append(row)
+            if not args.json:
+                print("trial %d/%d: total %.0f ms" % (trial, args.trials, row["total_ms"]), file=sys.stderr)
+    finally:
+        if pool is not None:
+            pool.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    keys = ("detect_ms", "fence_ms", "start_ms", "ssh_ready_ms", "verify_ms", "total_ms", "controller_share_ms")
+    summary = {key: round(percentile([t[key] for t in trials], 0.50), 1) for key in keys}
+    summary["boot_ms"] = args.boot_delay_ms
+    summary["trials"] = args.trials
+    summary["p99"] = {key: round(percentile([t[key] for t in trials], 0.99), 1) for key in keys}
+    print("failover on warmpool-sim, crash of the primary, %d trials, boot delay %d ms, provider poll %d ms" % (
+        args.trials, args.boot_delay_ms, args.poll_ms))
+    print("%-22s %9s %9s" % ("step", "p50 ms", "p99 ms"))
+    for key in keys:
+        print("%-22s %9.1f %9.1f" % (key, summary[key], summary["p99"][key]))
+    print("(detect: crash -> detected; fence: detected -> old primary confirmed stopped; start: start sent -> running;"
+          " total: crash -> promoted; controller share: total minus the emulator's boot delay, target <= 1000 ms)")
+    if args.json:
+        print(json.dumps(summary))
+    return 1 if args.boot_delay_ms == 0 and summary["controller_share_ms"] > 1000 else 0
