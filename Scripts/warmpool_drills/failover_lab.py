@@ -15,10 +15,10 @@ FAILOVER_STEPS = ["detected", "fencing", "fenced", "epoch_increased", "standby_s
 
 # The workload next to the agent: appends "w INSTANCE NS" to the shared volume every 20 ms. The
 # agent's fence command (run when its lease runs out) kills it and logs "fenced INSTANCE EPOCH NS".
-WORKLOAD = ('(while :; do echo "w $WARMPOOL_INSTANCE_ID $(date +%s%N)" >>"$WARMPOOL_VOLUME_PATH/drill.log"; '
+WORKLOAD = ('(while :; do echo "w $CONTAINER_ID $(date +%s%N)" >>"$WARMPOOL_VOLUME_PATH/drill.log"; '
             'sleep 0.02; done) & echo $! >"$HOME/workload.pid"; ')
 FENCE = ('kill -KILL "$(cat "$HOME/workload.pid")"; sleep 0.1; '
-         'echo "fenced $WARMPOOL_INSTANCE_ID $WARMPOOL_FENCED_EPOCH $(date +%s%N)" >>"$WARMPOOL_VOLUME_PATH/drill.log"')
+         'echo "fenced $CONTAINER_ID $WARMPOOL_FENCED_EPOCH $(date +%s%N)" >>"$WARMPOOL_VOLUME_PATH/drill.log"')
 
 
 def lab_pool(binaries, workdir, lab, boot_delay_ms=300, sim_extra=(), controller_extra=(), workload=False):

@@ -66,6 +66,23 @@ final class WarmPoolLab {
         return answer.json
     }
 
+    /// The pool's events: liveness, and the steps outside a failover (provisioning among them).
+    func poolEvents(_ machine: Int = 12) throws -> [JSONValue] {
+        try http("GET", "\(api)/events/\(machine)", key: try adminKey()).json["events"]?.arrayValue ?? []
+    }
+
+    /// Vast.ai writes nothing on a volume: the controller wrote the marker through the primary,
+    /// and the marker holds the volume's id.
+    func expectVolumeMarkedByTheController(_ machine: Int = 12) throws {
+        let status = try status(machine)
+        let volume = status["volume_id"]?.intValue ?? -1
+        let marked = try poolEvents(machine).filter { $0["kind"]?.stringValue == "volume_marked" }
+        #expect(marked.count == 1, "\(marked)")
+        #expect(marked.first?["detail"]?.stringValue == "volume \(volume): identity marker written, through instance \(status["primary_gpu_id"]?.intValue ?? -1)")
+        let marker = try ssh(port: Int(status["primary_ssh_port"]?.intValue ?? 0), "cat /data/.warmpool-volume-id")
+        #expect(marker == "\(volume)\n")
+    }
+
     func history(_ machine: Int = 12) throws -> [JSONValue] {
         try http("GET", "\(api)/history/\(machine)", key: try adminKey()).json["failovers"]?.arrayValue ?? []
     }
@@ -116,6 +133,7 @@ final class WarmPoolLab {
         let primaryPort = Int(before["primary_ssh_port"]?.intValue ?? 0)
         #expect(before["standby_state"]?.stringValue == "stopped")
         #expect(before["epoch"]?.intValue == 1)
+        try lab.expectVolumeMarkedByTheController()
 
         // A checkpoint on the shared volume, written by the primary.
         _ = try lab.ssh(port: primaryPort, "head -c 1048576 /dev/urandom > /data/checkpoint.bin && sha256sum /data/checkpoint.bin > /data/checkpoint.sha256")
@@ -133,6 +151,8 @@ final class WarmPoolLab {
             #expect(steps.contains(step), "timeline lacks \(step): \(steps)")
         }
         #expect(steps.firstIndex(of: "fenced")! < steps.firstIndex(of: "standby_starting")!, "fenced before the standby starts")
+        let verified = (failover["timeline"]?.arrayValue ?? []).first { $0["step"]?.stringValue == "volume_verified" }
+        #expect(verified?["detail"]?.stringValue == "volume \(before["volume_id"]?.intValue ?? -1) mounted, its identity marker holds its id, writable")
         #expect((failover["reason"]?.stringValue ?? "").contains("failed"))
 
         let after = try lab.status()
@@ -162,19 +182,32 @@ final class WarmPoolLab {
         try failOver("freeze", expectDetection: "silent")
     }
 
+    /// Two healthy pools survive a controller restart untouched: their agents are known by the
+    /// instance ids Vast.ai gives them (CONTAINER_ID), checked against their keys' bindings, so
+    /// the restart check finds each primary alive.
     @Test func aControllerKilledWhileActiveRestartsWithoutFailingOver() throws {
         let lab = try WarmPoolLab()
         try lab.startController(extra: ["--restart-grace-ms", "3000"])
-        _ = try lab.provision()
+        let primaries = try [12, 13].map { pool in try lab.provision(pool)["status"]?["primary_gpu_id"]?.intValue ?? -1 }
+        try lab.harness.waitUntil("both primaries' agents are alive", timeout: 20) {
+            let agents = (try? http("GET", "\(lab.api)/agents", key: try lab.adminKey()).json["agents"])?.arrayValue ?? []
+            return primaries.allSatisfy { primary in agents.contains { $0["instance_id"]?.intValue == primary && $0["state"]?.stringValue == "alive" } }
+        }
         lab.harness.killController()
+        let eventsBefore = lab.harness.events().count
         try lab.startController(extra: ["--restart-grace-ms", "3000"])
-        #expect(try lab.status()["state"]?.stringValue == "active")
         Thread.sleep(forTimeInterval: 4)
-        let status = try lab.status()
-        #expect(status["state"]?.stringValue == "active")
-        #expect(status["failover_count"]?.intValue == 0)
-        #expect(try lab.history().isEmpty)
-        #expect(status["last_health_check"]?.stringValue != nil, "the primary's agent reconnected: \(status)")
+        for (pool, primary) in zip([12, 13], primaries) {
+            let status = try lab.status(pool)
+            #expect(status["state"]?.stringValue == "active", "\(status)")
+            #expect(status["failover_count"]?.intValue == 0)
+            #expect(status["primary_gpu_id"]?.intValue == primary)
+            #expect(try lab.history(pool).isEmpty)
+            #expect(status["last_health_check"]?.stringValue != nil, "the primary's agent reconnected: \(status)")
+        }
+        let reconnected = Set(lab.harness.events().dropFirst(eventsBefore).filter { $0.kind == "connected" }.map(\.instanceID))
+        #expect(reconnected.isSuperset(of: Set(primaries.map(Int64.init))), "\(reconnected)")
+        #expect(!lab.harness.events().dropFirst(eventsBefore).contains { $0.kind == "failed" })
     }
 
     @Test func aFailoverInterruptedBySIGKILLFinishesAfterRestartWithOneStartAndNoDuplicate() throws {
@@ -215,6 +248,7 @@ final class WarmPoolLab {
         let failover = try lab.waitForFailover(1)
         let steps = (failover["timeline"]?.arrayValue ?? []).compactMap { $0["step"]?.stringValue }
         #expect(steps.contains("standby_abandoned"), "\(steps)")
+        #expect(steps.contains("volume_verified"), "the replacement's volume is checked for the marker: \(steps)")
         #expect(steps.contains("promoted"))
         #expect(try lab.status()["primary_gpu_id"]?.intValue == newPrimary)
     }
