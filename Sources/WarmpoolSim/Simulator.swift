@@ -75,7 +75,8 @@ public actor Simulator {
                 return .error(status, "simulated_failure", "warmpool-sim injected a failure")
             case .rateLimit(let seconds):
                 counters.rateLimited[operation, default: 0] += 1
-                var response = SimResponse.error(429, "rate_limited", "warmpool-sim: too many requests")
+                // The documented text; the body is often plain text on Vast.ai, sometimes this JSON.
+                var response = SimResponse.error(429, "rate_limited", "API requests too frequent")
                 response.retryAfterSeconds = seconds
                 return response
             }

@@ -46,8 +46,8 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
     @Option(help: "Share of API calls (0-1) answered 429.")
     var rateLimitRate = 0.0
 
-    @Option(help: "Retry-After seconds sent with injected 429s.")
-    var retryAfter = 1
+    @Option(help: "Retry-After seconds sent with injected 429s (default: no Retry-After, as Vast.ai sends none).")
+    var retryAfter: Int?
 
     @Option(help: "Milliseconds added to every API call.")
     var latencyMs = 0
