@@ -30,8 +30,11 @@ struct SimInstance {
     /// nil, "loading", "running", "exited": what the instance does.
     var actualStatus: String? = "loading"
     var statusMessage = "Creating instance"
-    /// Bumped by every start and stop, so a boot scheduled before one of them does nothing.
-    var generation = 0
+    /// A boot is under way (scheduled, not yet landed). Nothing but a destroy cancels it: a stop
+    /// meanwhile takes effect once it has launched the processes (see `Simulator`, "Power").
+    var booting = false
+    /// A destroy is ending its processes: no start, stop or boot touches it any more.
+    var destroying = false
     var processes: InstanceProcesses?
     /// A stop in progress: the next boot waits for it, so two sshds never race for one port.
     var termination: Task<Void, Never>?

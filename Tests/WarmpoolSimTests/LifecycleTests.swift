@@ -173,6 +173,47 @@ import Glibc
         await fixture.stop()
     }
 
+    @Test func aStopDuringTheBootIsNotACancel() async throws {
+        // Vast.ai does not cancel a boot under way: the boot lands, the processes launch (onstart
+        // may run briefly), and then the stop takes effect. Only a destroy cancels it.
+        let fixture = try await SimFixture(bootDelay: .milliseconds(1_500))
+        let client = fixture.client()
+        let request = CreateInstanceRequest(image: "img", onstart: "sleep 600")
+        let stopped = try await client.createInstance(offerID: 7701, request)
+        try await client.stopInstance(id: stopped)
+        let accepted = try #require(try await client.instance(id: stopped))
+        #expect(accepted.intendedStatus == "stopped" && accepted.actualStatus == "loading", "accepted, the boot carries on")
+        #expect(await fixture.counters().boots[stopped.description] == nil)
+
+        // A stop then a start during the boot: one boot, and it stays up.
+        let resumed = try await client.createInstance(offerID: 7702, request)
+        try await client.stopInstance(id: resumed)
+        try await client.startInstance(id: resumed)
+        // A destroy during the boot: nothing launches.
+        let destroyed = try await client.createInstance(offerID: 7703, request)
+        try await client.destroyInstance(id: destroyed)
+
+        #expect(try await SimFixture.eventually { try await client.instance(id: stopped)?.actualStatus == "exited" })
+        let directory = fixture.directory + "/state/instances/"
+        #expect(await fixture.counters().boots[stopped.description] == 1, "the boot landed and launched")
+        #expect(SimFixture.processes(mentioning: directory + "\(stopped)/").isEmpty, "then the stop ended every process")
+        #expect(try await client.instance(id: stopped)?.intendedStatus == "stopped")
+
+        #expect(try await SimFixture.eventually { try await client.instance(id: resumed)?.isRunning == true })
+        #expect(await fixture.processes(of: Int(resumed.rawValue)).alive)
+        let counters = await fixture.counters()
+        #expect(counters.boots[resumed.description] == 1 && counters.starts[resumed.description] == 1)
+        #expect(counters.boots[destroyed.description] == nil)
+        #expect(SimFixture.processes(mentioning: directory + "\(destroyed)/").isEmpty)
+
+        // Started again after that stop, it boots as any stopped instance does.
+        try await client.startInstance(id: stopped)
+        #expect(try await SimFixture.eventually { try await client.instance(id: stopped)?.isRunning == true })
+        #expect(await fixture.counters().boots[stopped.description] == 2)
+        await fixture.stop()
+        #expect(SimFixture.processes(mentioning: fixture.directory).isEmpty, "shutdown ends every instance")
+    }
+
     @Test func aFrozenInstanceStillStops() async throws {
         // Fencing stops a primary that may be frozen: SIGTERM waits on a stopped process, so the
         // stop sends SIGCONT with it, and SIGKILL after the grace period.
