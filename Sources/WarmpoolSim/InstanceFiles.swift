@@ -16,8 +16,9 @@ enum InstanceFiles {
     static let launchedMarker = "launched"
 
     /// The instance's "container" entrypoint. Arguments: instance directory, volume directory
-    /// ('' for none), 1 to bind-mount it (in the private namespace unshare made), mount path,
-    /// 1 to start sshd, the sshd binary.
+    /// ('' for none: nothing is attached), 1 to bind-mount it (in the private namespace unshare
+    /// made), mount path, 1 to start sshd, the sshd binary. Its shell variables are not exported:
+    /// onstart sees the environment the emulator gave, nothing of the launcher's.
     static let launcher = """
         #!/bin/sh
         # warmpool-sim instance launcher: the instance's "container".

@@ -24,6 +24,8 @@ struct SimInstance {
     let netns: String?
     let directory: String
     let startDate: Double
+    /// CONTAINER_API_KEY: the instance's own key for the API, made at create.
+    let apiKey: String
 
     /// "running" or "stopped": what the user asked for last.
     var intendedStatus = "running"
@@ -41,6 +43,9 @@ struct SimInstance {
     var frozen = false
 
     var isStopped: Bool { intendedStatus == "stopped" }
+    /// HOME of its processes: a directory of its own, empty at create. (A container's HOME comes
+    /// from its image; the emulator has no image filesystem to take one from.)
+    var home: String { directory + "/home" }
 
     func row(volume: SimVolume?) -> [String: JSON] {
         let hostPort = JSON.string(String(sshPort))

@@ -64,8 +64,12 @@ public actor Simulator {
         }
         // The CLI's import-time GET carries no key (reference §1, hidden requests).
         if case .gpuNames = route { return .ok(["gpu_names": .array(Set(configuration.hosts.map(\.gpuName)).sorted().map { .string($0) })]) }
-        guard isAuthorized(request) else { return .error(401, "auth_error", "Invalid user key") }
-        if case .admin(let action) = route { return await admin(action) }
+        guard let caller = caller(of: request) else { return .error(401, "auth_error", "Invalid user key") }
+        if case .admin(let action) = route {
+            // Test controls: the account's key only, never an instance's CONTAINER_API_KEY.
+            guard case .account = caller else { return .error(401, "auth_error", "Invalid user key") }
+            return await admin(action)
+        }
 
         if let operation = route.operation {
             if faults.latencyMs > 0 { try? await Task.sleep(for: .milliseconds(faults.latencyMs)) }
@@ -91,10 +95,20 @@ public actor Simulator {
         return await serve(route)
     }
 
-    private func isAuthorized(_ request: SimRequest) -> Bool {
-        if request.authorization == "Bearer \(configuration.apiKey)" { return true }
+    private enum Caller {
+        case account
+        case instance(Int)
+    }
+
+    /// Whose key the request carries: the account's, or an instance's CONTAINER_API_KEY ("a
+    /// per-instance API key for CLI commands from inside the container", docs.vast.ai, Docker
+    /// Execution Environment). What an instance key may do is not documented; the guess here is
+    /// every API call the account may make, for as long as the instance exists.
+    private func caller(of request: SimRequest) -> Caller? {
         // Old CLIs (0.3.x) send the key as a query parameter as well.
-        return request.query["api_key"] == configuration.apiKey
+        func carries(_ key: String) -> Bool { request.authorization == "Bearer \(key)" || request.query["api_key"] == key }
+        if carries(configuration.apiKey) { return .account }
+        return instances.values.first { !$0.destroying && carries($0.apiKey) }.map { Caller.instance($0.id) }
     }
 
     private func serve(_ route: Route) async -> SimResponse {
@@ -261,12 +275,16 @@ public actor Simulator {
             onstart: body["onstart"]?.stringValue, volumeID: volumeID, mountPath: mountPath,
             diskGB: body["disk"]?.numberValue ?? 10, runtype: body["runtype"]?.stringValue ?? "ssh",
             sshPort: port, sshAddress: address, netns: network?.namespace(machine: host.machineID, slot: slot),
-            directory: directory, startDate: Date().timeIntervalSince1970)
+            directory: directory, startDate: Date().timeIntervalSince1970, apiKey: InstanceEnvironment.newAPIKey())
         counters.creates += 1
         logger.info("instance created", metadata: [
             "sim.instance_id": "\(id)", "sim.machine_id": "\(host.machineID)", "sim.ssh_port": "\(port)",
             "sim.volume_id": "\(volumeID.map(String.init) ?? "-")", "sim.env_keys": "\(env.map(\.0).joined(separator: ","))",
         ])
+        if volumeID != nil, !configuration.mountVolumes {
+            logger.warning("the linked volume will not be attached: this emulator cannot mount (not root, or --no-mounts)",
+                           metadata: ["sim.instance_id": "\(id)", "sim.volume_id": "\(volumeID.map(String.init) ?? "-")"])
+        }
         scheduleBoot(id)
         return .ok(["success": true, "new_contract": JSON(id)])
     }
@@ -399,14 +417,10 @@ public actor Simulator {
     private func launch(_ instance: SimInstance) -> Bool {
         let id = instance.id
         let volume = instance.volumeID.flatMap { volumes[$0] }
+        // Without mounts the linked volume is not attached at all: nothing at the mount path.
         let mount = configuration.mountVolumes && volume != nil
-        var environment = [
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": instance.directory + "/home",
-        ]
-        for (key, value) in instance.env where InstanceFiles.isEnvironmentName(key) { environment[key] = value }
-        environment["WARMPOOL_INSTANCE_ID"] = String(id)
-        environment["WARMPOOL_MACHINE_ID"] = String(instance.host.machineID)
-        if let volume { environment["WARMPOOL_VOLUME_PATH"] = mount ? instance.mountPath : volume.directory }
+        let environment = InstanceEnvironment.make(instance: instance,
+                                                   sshPublicKey: InstanceEnvironment.firstKey(inAuthorizedKeys: authorizedKeysPath))
         let ssh = !faults.noSSHInstances.contains(id)
         var prefix = instance.netns.map { ["/bin/ip", "netns", "exec", $0] } ?? []
         if mount { prefix += ["/usr/bin/unshare", "--mount", "--propagation", "private"] }
@@ -416,9 +430,10 @@ public actor Simulator {
             try? FileManager.default.removeItem(atPath: instance.directory + "/" + InstanceFiles.launchedMarker)
             let processes = try InstanceProcesses(
                 launcher: instance.directory + "/launcher.sh",
-                arguments: [instance.directory, volume?.directory ?? "", mount ? "1" : "0", instance.mountPath,
+                arguments: [instance.directory, mount ? volume?.directory ?? "" : "", mount ? "1" : "0", instance.mountPath,
                             ssh ? "1" : "0", configuration.sshdPath],
-                environment: environment, logPath: instance.directory + "/launcher.log", prefix: prefix)
+                environment: environment, workingDirectory: instance.home, logPath: instance.directory + "/launcher.log",
+                prefix: prefix)
             instances[id]?.processes = processes
             instances[id]?.termination = nil
             instances[id]?.actualStatus = "running"
@@ -470,9 +485,8 @@ public actor Simulator {
         let id = nextVolumeID
         let directory = configuration.stateDirectory + "/volumes/\(id)"
         do {
+            // Empty: the emulator writes nothing on a volume, as Vast.ai writes nothing on one.
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            // The marker the agent and the SSH verifier read to know which volume they see.
-            try "\(id)\n".write(toFile: directory + "/.warmpool-volume-id", atomically: true, encoding: .utf8)
         } catch {
             return .error(500, "host_error", "cannot create the volume directory: \(error)")
         }

@@ -37,7 +37,7 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
     @Option(help: "Milliseconds between SIGTERM and SIGKILL when stopping an instance.")
     var stopGraceMs = 1000
 
-    @Flag(help: "Never bind-mount volumes (the default as non-root): instances get WARMPOOL_VOLUME_PATH.")
+    @Flag(help: "Never bind-mount volumes (the default as non-root): a linked volume is then not attached at all, nothing is at its mount path.")
     var noMounts = false
 
     @Option(help: "Share of API calls (0-1) failed with a 503.")
