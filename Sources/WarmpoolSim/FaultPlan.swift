@@ -6,10 +6,13 @@ public struct FaultPlan: Codable, Hashable, Sendable {
     /// The next N API calls fail, whatever the rate: deterministic drills.
     public var failNext: Int = 0
     public var failureStatus: Int = 503
-    /// Share of API calls answered 429 with `Retry-After: retry_after_seconds`.
+    /// Share of API calls answered 429 "API requests too frequent".
     public var rateLimitRate: Double = 0
     public var rateLimitNext: Int = 0
-    public var retryAfterSeconds: Int = 1
+    /// Sent as `Retry-After` with those 429s when set. Unset by default: Vast.ai "does not
+    /// currently set standard rate-limit headers (for example `Retry-After`)" (docs.vast.ai,
+    /// Rate Limits and Errors); only its daily search quota does.
+    public var retryAfterSeconds: Int?
     /// Added to every API call before it is served.
     public var latencyMs: Int = 0
     /// Share of API calls served only after `timeout_ms`: a client with a shorter timeout has
@@ -47,7 +50,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         failureStatus = try c.decodeIfPresent(Int.self, forKey: .failureStatus) ?? defaults.failureStatus
         rateLimitRate = try c.decodeIfPresent(Double.self, forKey: .rateLimitRate) ?? defaults.rateLimitRate
         rateLimitNext = try c.decodeIfPresent(Int.self, forKey: .rateLimitNext) ?? defaults.rateLimitNext
-        retryAfterSeconds = try c.decodeIfPresent(Int.self, forKey: .retryAfterSeconds) ?? defaults.retryAfterSeconds
+        retryAfterSeconds = try c.decodeIfPresent(Int.self, forKey: .retryAfterSeconds)
         latencyMs = try c.decodeIfPresent(Int.self, forKey: .latencyMs) ?? defaults.latencyMs
         timeoutRate = try c.decodeIfPresent(Double.self, forKey: .timeoutRate) ?? defaults.timeoutRate
         timeoutMs = try c.decodeIfPresent(Int.self, forKey: .timeoutMs) ?? defaults.timeoutMs
@@ -57,7 +60,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         fullHosts = try c.decodeIfPresent([Int].self, forKey: .fullHosts) ?? []
         unreachableInstances = try c.decodeIfPresent([Int].self, forKey: .unreachableInstances) ?? []
         guard (0...1).contains(failureRate), (0...1).contains(rateLimitRate), (0...1).contains(timeoutRate), timeoutMs >= 0, (400...599).contains(failureStatus),
-            failNext >= 0, rateLimitNext >= 0, retryAfterSeconds >= 0, latencyMs >= 0, (bootDelayMs ?? 0) >= 0
+            failNext >= 0, rateLimitNext >= 0, (retryAfterSeconds ?? 0) >= 0, latencyMs >= 0, (bootDelayMs ?? 0) >= 0
         else {
             throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription:
                 "rates must be 0...1, failure_status 400...599, counts and delays >= 0"))
@@ -68,7 +71,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
     enum Verdict: Equatable {
         case serve
         case fail(status: Int)
-        case rateLimit(retryAfterSeconds: Int)
+        case rateLimit(retryAfterSeconds: Int?)
     }
 
     mutating func nextVerdict(random: () -> Double) -> Verdict {

@@ -12,9 +12,13 @@ enum InstanceFiles {
         var description: String
     }
 
+    /// Written by the launcher into the instance directory once it has started sshd and onstart.
+    static let launchedMarker = "launched"
+
     /// The instance's "container" entrypoint. Arguments: instance directory, volume directory
-    /// ('' for none), 1 to bind-mount it (in the private namespace unshare made), mount path,
-    /// 1 to start sshd, the sshd binary.
+    /// ('' for none: nothing is attached), 1 to bind-mount it (in the private namespace unshare
+    /// made), mount path, 1 to start sshd, the sshd binary. Its shell variables are not exported:
+    /// onstart sees the environment the emulator gave, nothing of the launcher's.
     static let launcher = """
         #!/bin/sh
         # warmpool-sim instance launcher: the instance's "container".
@@ -28,6 +32,7 @@ enum InstanceFiles {
         if [ -s "$dir/onstart.sh" ]; then
           sh -c "$(cat "$dir/onstart.sh")" >>"$dir/onstart.log" 2>&1 &
         fi
+        : >"$dir/\(launchedMarker)"
         wait
 
         """

@@ -21,11 +21,16 @@ final class InstanceProcesses: @unchecked Sendable {
         var description: String
     }
 
-    /// Starts `PREFIX... /bin/sh launcher ARGS` with `environment`, output appended to `logPath`.
+    /// Starts `PREFIX... env -C DIR /bin/sh launcher ARGS` with exactly `environment` (nothing of the
+    /// emulator's own) in `workingDirectory`, output appended to `logPath`.
     /// The prefix execs its command in the same process (`ip netns exec NS`, `unshare --mount`),
     /// so the launcher keeps the pid spawned here; any `unshare --mount` makes it a mount namespace.
-    init(launcher: String, arguments: [String], environment: [String: String], logPath: String, prefix: [String] = []) throws {
-        let argv = prefix + ["/bin/sh", launcher] + arguments
+    init(launcher: String, arguments: [String], environment: [String: String], workingDirectory: String, logPath: String,
+         prefix: [String] = []) throws
+    {
+        // `env -C` execs the shell in the working directory (Swift cannot reach glibc's
+        // posix_spawn_file_actions_addchdir_np): not the emulator's, which PWD would name.
+        let argv = prefix + ["/usr/bin/env", "-C", workingDirectory, "/bin/sh", launcher] + arguments
         let executable = argv[0]
         // `ip netns exec` makes a mount namespace of its own too (it remounts /sys).
         let mountNamespace = !prefix.isEmpty

@@ -15,8 +15,9 @@ public struct SimConfiguration: Sendable {
     public var bootDelay: Duration
     /// Between SIGTERM and SIGKILL when an instance is stopped (`docker stop` gives 10 s).
     public var stopGracePeriod: Duration
-    /// Bind-mount volumes on their mount path inside a private mount namespace. Needs root;
-    /// without it instances get the volume's directory as WARMPOOL_VOLUME_PATH.
+    /// Bind-mount a linked volume on its mount path inside the instance's private mount
+    /// namespace. Needs root; without it a linked volume is not attached at all (nothing at the
+    /// mount path): a deviation of the emulator, which cannot attach without root.
     public var mountVolumes: Bool
     public var faults: FaultPlan
     public var sshdPath: String

@@ -24,20 +24,28 @@ struct SimInstance {
     let netns: String?
     let directory: String
     let startDate: Double
+    /// CONTAINER_API_KEY: the instance's own key for the API, made at create.
+    let apiKey: String
 
     /// "running" or "stopped": what the user asked for last.
     var intendedStatus = "running"
     /// nil, "loading", "running", "exited": what the instance does.
     var actualStatus: String? = "loading"
     var statusMessage = "Creating instance"
-    /// Bumped by every start and stop, so a boot scheduled before one of them does nothing.
-    var generation = 0
+    /// A boot is under way (scheduled, not yet landed). Nothing but a destroy cancels it: a stop
+    /// meanwhile takes effect once it has launched the processes (see `Simulator`, "Power").
+    var booting = false
+    /// A destroy is ending its processes: no start, stop or boot touches it any more.
+    var destroying = false
     var processes: InstanceProcesses?
     /// A stop in progress: the next boot waits for it, so two sshds never race for one port.
     var termination: Task<Void, Never>?
     var frozen = false
 
     var isStopped: Bool { intendedStatus == "stopped" }
+    /// HOME of its processes: a directory of its own, empty at create. (A container's HOME comes
+    /// from its image; the emulator has no image filesystem to take one from.)
+    var home: String { directory + "/home" }
 
     func row(volume: SimVolume?) -> [String: JSON] {
         let hostPort = JSON.string(String(sshPort))

@@ -22,6 +22,8 @@ public actor Simulator {
     private var nextInstanceID = 1001
     private var nextVolumeID = 5001
     private let authorizedKeysPath: String
+    /// Set by `shutdown`: a boot that lands afterwards launches nothing.
+    private var isShutDown = false
 
     public init(configuration: SimConfiguration, logger: Logger) throws {
         self.configuration = configuration
@@ -62,8 +64,12 @@ public actor Simulator {
         }
         // The CLI's import-time GET carries no key (reference §1, hidden requests).
         if case .gpuNames = route { return .ok(["gpu_names": .array(Set(configuration.hosts.map(\.gpuName)).sorted().map { .string($0) })]) }
-        guard isAuthorized(request) else { return .error(401, "auth_error", "Invalid user key") }
-        if case .admin(let action) = route { return await admin(action) }
+        guard let caller = caller(of: request) else { return .error(401, "auth_error", "Invalid user key") }
+        if case .admin(let action) = route {
+            // Test controls: the account's key only, never an instance's CONTAINER_API_KEY.
+            guard case .account = caller else { return .error(401, "auth_error", "Invalid user key") }
+            return await admin(action)
+        }
 
         if let operation = route.operation {
             if faults.latencyMs > 0 { try? await Task.sleep(for: .milliseconds(faults.latencyMs)) }
@@ -75,7 +81,8 @@ public actor Simulator {
                 return .error(status, "simulated_failure", "warmpool-sim injected a failure")
             case .rateLimit(let seconds):
                 counters.rateLimited[operation, default: 0] += 1
-                var response = SimResponse.error(429, "rate_limited", "warmpool-sim: too many requests")
+                // The documented text; the body is often plain text on Vast.ai, sometimes this JSON.
+                var response = SimResponse.error(429, "rate_limited", "API requests too frequent")
                 response.retryAfterSeconds = seconds
                 return response
             }
@@ -88,10 +95,20 @@ public actor Simulator {
         return await serve(route)
     }
 
-    private func isAuthorized(_ request: SimRequest) -> Bool {
-        if request.authorization == "Bearer \(configuration.apiKey)" { return true }
+    private enum Caller {
+        case account
+        case instance(Int)
+    }
+
+    /// Whose key the request carries: the account's, or an instance's CONTAINER_API_KEY ("a
+    /// per-instance API key for CLI commands from inside the container", docs.vast.ai, Docker
+    /// Execution Environment). What an instance key may do is not documented; the guess here is
+    /// every API call the account may make, for as long as the instance exists.
+    private func caller(of request: SimRequest) -> Caller? {
         // Old CLIs (0.3.x) send the key as a query parameter as well.
-        return request.query["api_key"] == configuration.apiKey
+        func carries(_ key: String) -> Bool { request.authorization == "Bearer \(key)" || request.query["api_key"] == key }
+        if carries(configuration.apiKey) { return .account }
+        return instances.values.first { !$0.destroying && carries($0.apiKey) }.map { Caller.instance($0.id) }
     }
 
     private func serve(_ route: Route) async -> SimResponse {
@@ -258,54 +275,87 @@ public actor Simulator {
             onstart: body["onstart"]?.stringValue, volumeID: volumeID, mountPath: mountPath,
             diskGB: body["disk"]?.numberValue ?? 10, runtype: body["runtype"]?.stringValue ?? "ssh",
             sshPort: port, sshAddress: address, netns: network?.namespace(machine: host.machineID, slot: slot),
-            directory: directory, startDate: Date().timeIntervalSince1970)
+            directory: directory, startDate: Date().timeIntervalSince1970, apiKey: InstanceEnvironment.newAPIKey())
         counters.creates += 1
         logger.info("instance created", metadata: [
             "sim.instance_id": "\(id)", "sim.machine_id": "\(host.machineID)", "sim.ssh_port": "\(port)",
             "sim.volume_id": "\(volumeID.map(String.init) ?? "-")", "sim.env_keys": "\(env.map(\.0).joined(separator: ","))",
         ])
+        if volumeID != nil, !configuration.mountVolumes {
+            logger.warning("the linked volume will not be attached: this emulator cannot mount (not root, or --no-mounts)",
+                           metadata: ["sim.instance_id": "\(id)", "sim.volume_id": "\(volumeID.map(String.init) ?? "-")"])
+        }
         scheduleBoot(id)
         return .ok(["success": true, "new_contract": JSON(id)])
     }
 
+    // MARK: Power
+    //
+    // How create, start, stop, destroy and the boot interleave: the one place this is decided.
+    // Vast.ai documents only that "a stop can come while an instance is still booting (its
+    // onstart may already be running)" (reference/vastai-marketplace.md, "What an instance is
+    // given"), so these rules are guesses (Protocol/VASTAI-SIM.md, "Power"):
+    //
+    // - Create and start schedule one boot (`booting`). It lands after the boot delay, launches
+    //   the processes (sshd, onstart) and reports "running". A start while a boot is under way
+    //   schedules no second one.
+    // - Nothing but a destroy cancels a boot under way. A stop meanwhile is accepted at once
+    //   (intended "stopped", actual still "loading"); the boot lands, launches the processes,
+    //   and once the launcher has started onstart the stop takes effect: SIGTERM, the grace
+    //   period, SIGKILL, then "exited". So onstart may run briefly. A start before the stop took
+    //   effect takes it back.
+    // - A stop of a running instance ends its processes before it answers; so does a destroy.
+    //   A destroy during a boot lets the boot launch nothing: its GPU slot (and, with instance
+    //   networks, the slot's address and port 22) is free for another instance at once.
+    // - A boot waits for a stop still ending the processes, so two sshds never race for a port.
+
     private func startInstance(_ id: Int) -> SimResponse {
-        guard let instance = instances[id] else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
+        guard let instance = instances[id], !instance.destroying else {
+            return .error(404, "no_such_instance", "Instance \(id) not found.")
+        }
         if faults.failStartInstances.contains(id) {
             counters.failedStarts[String(id), default: 0] += 1
             return .refused("warmpool-sim: simulated start failure for instance \(id)")
         }
         counters.starts[String(id), default: 0] += 1
-        // Already running with its processes alive: nothing to do, as the provider answers.
-        if !instance.isStopped, instance.processes?.isAlive == true || instance.actualStatus == "loading" {
+        instances[id]?.intendedStatus = "running"
+        // Booting, or running with its processes alive: nothing to launch. A stop that has not
+        // taken effect yet (it came during the boot) is taken back.
+        if instance.booting || instance.processes?.isAlive == true {
+            if instance.isStopped { return .ok(["success": true]) }
             return .ok(["success": true, "msg": .string("instance \(id) is already running")])
         }
-        instances[id]?.intendedStatus = "running"
-        instances[id]?.actualStatus = "loading"
         instances[id]?.statusMessage = "Starting instance"
+        instances[id]?.actualStatus = "loading"
         scheduleBoot(id)
         return .ok(["success": true])
     }
 
     private func stopInstance(_ id: Int) async -> SimResponse {
-        guard instances[id] != nil else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
+        guard let instance = instances[id], !instance.destroying else {
+            return .error(404, "no_such_instance", "Instance \(id) not found.")
+        }
         counters.stops[String(id), default: 0] += 1
         // Accepted, but the command never reaches the host: it goes on running.
         if faults.unreachableInstances.contains(id) { return .ok(["success": true]) }
-        instances[id]?.generation += 1
         instances[id]?.intendedStatus = "stopped"
-        let generation = instances[id]?.generation
-        await terminateProcesses(id)
-        if instances[id]?.generation == generation {
-            instances[id]?.actualStatus = "exited"
-            instances[id]?.statusMessage = "Instance stopped"
+        if instance.booting {
+            // Not a cancel: the boot lands, launches, and then this stop takes effect.
+            instances[id]?.statusMessage = "Stopping instance once it has booted"
+            return .ok(["success": true])
         }
+        await terminateProcesses(id)
+        settleStopped(id)
         return .ok(["success": true])
     }
 
     private func destroyInstance(_ id: Int) async -> SimResponse {
-        guard instances[id] != nil else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
-        instances[id]?.generation += 1
-        if faults.unreachableInstances.contains(id), let instance = instances[id], let processes = instance.processes {
+        guard let instance = instances[id], !instance.destroying else {
+            return .error(404, "no_such_instance", "Instance \(id) not found.")
+        }
+        // From here on no start, stop or boot touches it, while its processes end.
+        instances[id]?.destroying = true
+        if faults.unreachableInstances.contains(id), let processes = instance.processes {
             orphans[id] = (processes, instance.host.machineID, instance.gpuSlots)
         } else {
             await terminateProcesses(id)
@@ -330,43 +380,60 @@ public actor Simulator {
         await termination.value
     }
 
+    /// After its processes ended: "exited", unless a start or a boot came in meanwhile.
+    private func settleStopped(_ id: Int) {
+        guard let instance = instances[id], instance.isStopped, !instance.booting, instance.processes == nil else { return }
+        instances[id]?.actualStatus = "exited"
+        instances[id]?.statusMessage = "Instance stopped"
+    }
+
     private func scheduleBoot(_ id: Int) {
         guard instances[id] != nil else { return }
-        instances[id]?.generation += 1
-        let generation = instances[id]!.generation
+        instances[id]?.booting = true
         let delay = faults.bootDelayMs.map { Duration.milliseconds($0) } ?? configuration.bootDelay
         Task {
             try? await Task.sleep(for: delay)
-            await self.boot(id, generation: generation)
+            await self.boot(id)
         }
     }
 
-    /// Launches the instance's processes, unless a stop, start or destroy came in meanwhile.
-    private func boot(_ id: Int, generation: Int) async {
+    /// The boot lands: launches the instance's processes unless it was destroyed (or the emulator
+    /// shut down) meanwhile; a stop that came during the boot then takes effect.
+    private func boot(_ id: Int) async {
         if let pending = instances[id]?.termination { await pending.value }
-        guard let instance = instances[id], instance.generation == generation, !instance.isStopped,
-            instance.processes == nil
-        else { return }
+        guard !isShutDown, let instance = instances[id], instance.booting, !instance.destroying else { return }
+        instances[id]?.booting = false
+        guard launch(instance) else { return }
+        guard instances[id]?.isStopped == true else { return }
+        logger.info("stopped while booting: the stop takes effect now", metadata: ["sim.instance_id": "\(id)"])
+        await waitUntilLaunched(instance)
+        // A start may have taken the stop back meanwhile, or a destroy ended it already.
+        guard let now = instances[id], now.isStopped, !now.destroying else { return }
+        await terminateProcesses(id)
+        settleStopped(id)
+    }
+
+    /// Starts the launcher: sshd, onstart, the volume at its mount path. Returns whether it runs.
+    private func launch(_ instance: SimInstance) -> Bool {
+        let id = instance.id
         let volume = instance.volumeID.flatMap { volumes[$0] }
+        // Without mounts the linked volume is not attached at all: nothing at the mount path.
         let mount = configuration.mountVolumes && volume != nil
-        var environment = [
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": instance.directory + "/home",
-        ]
-        for (key, value) in instance.env where InstanceFiles.isEnvironmentName(key) { environment[key] = value }
-        environment["WARMPOOL_INSTANCE_ID"] = String(id)
-        environment["WARMPOOL_MACHINE_ID"] = String(instance.host.machineID)
-        if let volume { environment["WARMPOOL_VOLUME_PATH"] = mount ? instance.mountPath : volume.directory }
+        let environment = InstanceEnvironment.make(instance: instance,
+                                                   sshPublicKey: InstanceEnvironment.firstKey(inAuthorizedKeys: authorizedKeysPath))
         let ssh = !faults.noSSHInstances.contains(id)
         var prefix = instance.netns.map { ["/bin/ip", "netns", "exec", $0] } ?? []
         if mount { prefix += ["/usr/bin/unshare", "--mount", "--propagation", "private"] }
         do {
             // The bind needs a mount point; a real host has /data in its image.
             if mount { try FileManager.default.createDirectory(atPath: instance.mountPath, withIntermediateDirectories: true) }
+            try? FileManager.default.removeItem(atPath: instance.directory + "/" + InstanceFiles.launchedMarker)
             let processes = try InstanceProcesses(
                 launcher: instance.directory + "/launcher.sh",
-                arguments: [instance.directory, volume?.directory ?? "", mount ? "1" : "0", instance.mountPath,
+                arguments: [instance.directory, mount ? volume?.directory ?? "" : "", mount ? "1" : "0", instance.mountPath,
                             ssh ? "1" : "0", configuration.sshdPath],
-                environment: environment, logPath: instance.directory + "/launcher.log", prefix: prefix)
+                environment: environment, workingDirectory: instance.home, logPath: instance.directory + "/launcher.log",
+                prefix: prefix)
             instances[id]?.processes = processes
             instances[id]?.termination = nil
             instances[id]?.actualStatus = "running"
@@ -375,10 +442,24 @@ public actor Simulator {
             logger.info("instance running", metadata: [
                 "sim.instance_id": "\(id)", "sim.pid": "\(processes.launcherPID)", "sim.ssh": "\(ssh)", "sim.mount": "\(mount)",
             ])
+            return true
         } catch {
             instances[id]?.actualStatus = "exited"
             instances[id]?.statusMessage = "launch failed: \(error)"
             logger.error("instance launch failed", metadata: ["sim.instance_id": "\(id)", "sim.error": "\(error)"])
+            return false
+        }
+    }
+
+    /// Until the launcher has started sshd and onstart (it then writes its marker), or it
+    /// exited, or two seconds passed.
+    private func waitUntilLaunched(_ instance: SimInstance) async {
+        let marker = instance.directory + "/" + InstanceFiles.launchedMarker
+        let deadline = ContinuousClock.now + .seconds(2)
+        while ContinuousClock.now < deadline, !FileManager.default.fileExists(atPath: marker),
+            instances[instance.id]?.processes?.isAlive == true
+        {
+            try? await Task.sleep(for: .milliseconds(5))
         }
     }
 
@@ -404,9 +485,8 @@ public actor Simulator {
         let id = nextVolumeID
         let directory = configuration.stateDirectory + "/volumes/\(id)"
         do {
+            // Empty: the emulator writes nothing on a volume, as Vast.ai writes nothing on one.
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            // The marker the agent and the SSH verifier read to know which volume they see.
-            try "\(id)\n".write(toFile: directory + "/.warmpool-volume-id", atomically: true, encoding: .utf8)
         } catch {
             return .error(500, "host_error", "cannot create the volume directory: \(error)")
         }
@@ -450,6 +530,7 @@ public actor Simulator {
         case .instance(let id):
             guard let instance = instances[id] else { return .error(404, "no_such_instance", "Instance \(id) not found.") }
             return .ok(["id": JSON(id), "directory": .string(instance.directory), "frozen": .bool(instance.frozen),
+                        "booting": .bool(instance.booting),
                         "launcher_pid": JSON(instance.processes.map { Int($0.launcherPID) }),
                         "processes_alive": .bool(instance.processes?.isAlive == true),
                         "volume_directory": JSON(instance.volumeID.flatMap { volumes[$0]?.directory })])
@@ -479,8 +560,8 @@ public actor Simulator {
     /// Stops every instance's processes (their mount namespaces, and so their mounts, go with
     /// them). The state directory is left for inspection.
     public func shutdown() async {
+        isShutDown = true
         for id in instances.keys.sorted() {
-            instances[id]?.generation += 1
             await terminateProcesses(id)
         }
         for (id, orphan) in orphans {

@@ -37,7 +37,7 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
     @Option(help: "Milliseconds between SIGTERM and SIGKILL when stopping an instance.")
     var stopGraceMs = 1000
 
-    @Flag(help: "Never bind-mount volumes (the default as non-root): instances get WARMPOOL_VOLUME_PATH.")
+    @Flag(help: "Never bind-mount volumes (the default as non-root): a linked volume is then not attached at all, nothing is at its mount path.")
     var noMounts = false
 
     @Option(help: "Share of API calls (0-1) failed with a 503.")
@@ -46,8 +46,8 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
     @Option(help: "Share of API calls (0-1) answered 429.")
     var rateLimitRate = 0.0
 
-    @Option(help: "Retry-After seconds sent with injected 429s.")
-    var retryAfter = 1
+    @Option(help: "Retry-After seconds sent with injected 429s (default: no Retry-After, as Vast.ai sends none).")
+    var retryAfter: Int?
 
     @Option(help: "Milliseconds added to every API call.")
     var latencyMs = 0

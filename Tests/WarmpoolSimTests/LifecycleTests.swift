@@ -36,15 +36,26 @@ import Glibc
         #expect(host.machineID == 77 && host.availableGPUs == 4 && host.canCreateWarmPool)
         let volumeOffer = try #require(try await client.searchVolumeOffers(machineID: host.machineID).first)
         let volumeID = try await client.createVolume(offerID: volumeOffer.id, sizeGB: 20, name: "wp-77")
-        let request = CreateInstanceRequest(image: "warmpool/agent", label: "wp-77", env: ["WARMPOOL_ROLE": "primary"],
-                                            onstart: "echo \"$WARMPOOL_INSTANCE_ID $WARMPOOL_MACHINE_ID $WARMPOOL_VOLUME_PATH $WARMPOOL_ROLE\" > /data/onstart-$WARMPOOL_INSTANCE_ID",
-                                            volume: .init(volumeID: volumeID))
+        // The volume comes empty, as on Vast.ai: the user (here the onstart) writes the marker the
+        // verifier reads, once, atomically, before it writes anything else.
+        let marker = "/data/\(VolumeSpec.defaultMarkerName)"
+        let request = CreateInstanceRequest(
+            image: "warmpool/agent", label: "wp-77", env: ["WARMPOOL_ROLE": "primary"],
+            onstart: """
+                [ -s \(marker) ] || { echo \(volumeID) > \(marker).$CONTAINER_ID && mv \(marker).$CONTAINER_ID \(marker); }
+                echo "$CONTAINER_ID $VAST_CONTAINERLABEL $GPU_COUNT $WARMPOOL_ROLE" > /data/onstart-$CONTAINER_ID
+                """,
+            volume: .init(volumeID: volumeID))
         let primaryID = try await client.createInstance(offerID: host.offers[0].offerID, request)
         let standbyID = try await client.createInstance(offerID: host.offers[1].offerID, request)
         #expect(primaryID != standbyID)
 
-        // Both boot; the standby is then stopped, as a warm pool keeps it.
+        // Both boot (and their onstarts ran); the standby is then stopped, as a warm pool keeps it.
+        let volumeDirectory = fixture.directory + "/state/volumes/\(volumeID)"
         #expect(try await SimFixture.eventually { try await client.instance(id: standbyID)?.isRunning == true })
+        #expect(await SimFixture.eventually {
+            [primaryID, standbyID].allSatisfy { FileManager.default.fileExists(atPath: volumeDirectory + "/onstart-\($0)") }
+        })
         let policy = ReadinessPolicy(deadline: .milliseconds(20_000), attemptTimeout: .milliseconds(5_000))
         let primary = try #require(try await client.instance(id: primaryID))
         let primaryReady = try await verifier.waitUntilReady(try target(primary, volumeID: volumeID), policy: policy)
@@ -77,10 +88,9 @@ import Glibc
         #expect(pinnedAfter != nil && pinnedAfter == ready.last.hostKeyFingerprint)
 
         // Both onstarts ran with the instance env, and wrote through /data into the one volume.
-        let volumeDirectory = fixture.directory + "/state/volumes/\(volumeID)"
         for id in [primaryID, standbyID] {
             let line = try String(contentsOfFile: volumeDirectory + "/onstart-\(id)", encoding: .utf8)
-            #expect(line == "\(id) 77 /data primary\n")
+            #expect(line == "\(id) C.\(id) 1 primary\n")
         }
 
         // Exactly one start of the standby, one stop, and no third instance.
@@ -158,19 +168,45 @@ import Glibc
         #expect(SimFixture.processes(mentioning: fixture.directory).isEmpty, "shutdown ends every instance")
     }
 
-    @Test func withoutMountsTheVolumeIsAPathInTheEnvironment() async throws {
-        let fixture = try await SimFixture(bootDelay: .milliseconds(20), mountVolumes: false)
+    @Test func aStopDuringTheBootIsNotACancel() async throws {
+        // Vast.ai does not cancel a boot under way: the boot lands, the processes launch (onstart
+        // may run briefly), and then the stop takes effect. Only a destroy cancels it.
+        let fixture = try await SimFixture(bootDelay: .milliseconds(1_500))
         let client = fixture.client()
-        let volumeID = try await client.createVolume(offerID: OfferID(Int64(HostSpec.defaultHost.volumeOfferID)), sizeGB: 1, name: "plain")
-        let id = try await client.createInstance(offerID: 7704, CreateInstanceRequest(
-            image: "img", env: ["GREETING": "hello from 7704"], onstart: #"echo "$GREETING" > "$WARMPOOL_VOLUME_PATH/greeting""#,
-            volume: .init(volumeID: volumeID)))
-        let volumeDirectory = fixture.directory + "/state/volumes/\(volumeID)"
-        #expect(try String(contentsOfFile: volumeDirectory + "/.warmpool-volume-id", encoding: .utf8) == "\(volumeID)\n")
-        #expect(await SimFixture.eventually { FileManager.default.fileExists(atPath: volumeDirectory + "/greeting") })
-        #expect(try String(contentsOfFile: volumeDirectory + "/greeting", encoding: .utf8) == "hello from 7704\n")
-        try await client.destroyInstance(id: id)
+        let request = CreateInstanceRequest(image: "img", onstart: "sleep 600")
+        let stopped = try await client.createInstance(offerID: 7701, request)
+        try await client.stopInstance(id: stopped)
+        let accepted = try #require(try await client.instance(id: stopped))
+        #expect(accepted.intendedStatus == "stopped" && accepted.actualStatus == "loading", "accepted, the boot carries on")
+        #expect(await fixture.counters().boots[stopped.description] == nil)
+
+        // A stop then a start during the boot: one boot, and it stays up.
+        let resumed = try await client.createInstance(offerID: 7702, request)
+        try await client.stopInstance(id: resumed)
+        try await client.startInstance(id: resumed)
+        // A destroy during the boot: nothing launches.
+        let destroyed = try await client.createInstance(offerID: 7703, request)
+        try await client.destroyInstance(id: destroyed)
+
+        #expect(try await SimFixture.eventually { try await client.instance(id: stopped)?.actualStatus == "exited" })
+        let directory = fixture.directory + "/state/instances/"
+        #expect(await fixture.counters().boots[stopped.description] == 1, "the boot landed and launched")
+        #expect(SimFixture.processes(mentioning: directory + "\(stopped)/").isEmpty, "then the stop ended every process")
+        #expect(try await client.instance(id: stopped)?.intendedStatus == "stopped")
+
+        #expect(try await SimFixture.eventually { try await client.instance(id: resumed)?.isRunning == true })
+        #expect(await fixture.processes(of: Int(resumed.rawValue)).alive)
+        let counters = await fixture.counters()
+        #expect(counters.boots[resumed.description] == 1 && counters.starts[resumed.description] == 1)
+        #expect(counters.boots[destroyed.description] == nil)
+        #expect(SimFixture.processes(mentioning: directory + "\(destroyed)/").isEmpty)
+
+        // Started again after that stop, it boots as any stopped instance does.
+        try await client.startInstance(id: stopped)
+        #expect(try await SimFixture.eventually { try await client.instance(id: stopped)?.isRunning == true })
+        #expect(await fixture.counters().boots[stopped.description] == 2)
         await fixture.stop()
+        #expect(SimFixture.processes(mentioning: fixture.directory).isEmpty, "shutdown ends every instance")
     }
 
     @Test func aFrozenInstanceStillStops() async throws {
