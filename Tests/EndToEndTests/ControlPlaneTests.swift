@@ -13,6 +13,16 @@ import Glibc
 @Suite(.serialized) struct ControlPlaneTests {
     /// Seeds what only the failover engine writes (a failover with its timeline), so that the
     /// history route has something to show.
+    /// Registers an agent through the API; returns the file its secret was written to.
+    private func registerAgent(_ harness: Harness, base: String, key: String, _ body: String) throws -> String {
+        let registration = try http("POST", "\(base)/api/v1/warmpool/agents", key: key, body: body)
+        #expect(registration.status == 201, "\(registration.text)")
+        let agentID = registration.json["agent_id"]?.stringValue ?? "agent"
+        let secretFile = harness.directory + "/\(agentID).secret"
+        try Data(((registration.json["secret"]?.stringValue ?? "") + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
+        return secretFile
+    }
+
     private func seedFailover(_ harness: Harness) async throws {
         let store = try SQLiteStore(path: harness.databasePath, logger: Logger(label: "test.seed"))
         let start = Date()
@@ -41,11 +51,8 @@ import Glibc
         let key = try harness.adminAPIKey()
 
         // A registered agent, live, so the agent listing carries its GPU and volume summary.
-        let registration = try http("POST", "\(base)/api/v1/warmpool/agents", key: key,
-            body: #"{"agent_id": "gpu-12", "machine_id": 12, "instance_id": 4242, "role": "primary"}"#)
-        #expect(registration.status == 201)
-        let secretFile = harness.directory + "/gpu-12.secret"
-        try Data(((registration.json["secret"]?.stringValue ?? "") + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
+        let secretFile = try registerAgent(harness, base: base, key: key,
+                                           #"{"agent_id": "gpu-12", "machine_id": 12, "instance_id": 4242, "role": "primary"}"#)
         _ = try harness.startAgent("gpu-12", secretFile: secretFile)
         try harness.waitUntil("the registered agent is alive", timeout: 20) {
             let agents = (try? http("GET", "\(base)/api/v1/warmpool/agents", key: key).json["agents"])?.arrayValue ?? []
@@ -114,9 +121,7 @@ import Glibc
         let admin = try harness.adminAPIKey()
         #expect(try http("PUT", "\(base)/api/v1/warmpool/settings/5", key: admin, body: #"{"strategy": "cpu_standby", "volume_size_gb": 300}"#).status == 200)
         let ops = try http("POST", "\(base)/api/v1/keys", key: admin, body: #"{"name": "ops"}"#).json["key"]?.stringValue ?? ""
-        let registration = try http("POST", "\(base)/api/v1/warmpool/agents", key: admin, body: #"{"agent_id": "gpu-5", "machine_id": 5}"#)
-        let secretFile = harness.directory + "/gpu-5.secret"
-        try Data(((registration.json["secret"]?.stringValue ?? "") + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
+        let secretFile = try registerAgent(harness, base: base, key: admin, #"{"agent_id": "gpu-5", "machine_id": 5}"#)
         _ = try harness.startAgent("gpu-5", secretFile: secretFile, extra: ["--machine-id", "5"])
         _ = try harness.waitForEvent("connected", for: "gpu-5", timeout: 20)
         // The event recorder batches for up to 200 ms; let it write before the kill.
@@ -156,11 +161,8 @@ import Glibc
         try harness.startController()
         let base = "http://\(harness.apiAddress)"
         let admin = try harness.adminAPIKey()
-        let registration = try http("POST", "\(base)/api/v1/warmpool/agents", key: admin,
-            body: #"{"agent_id": "gpu-9", "machine_id": 9, "instance_id": 9001, "role": "primary"}"#)
-        #expect(registration.status == 201)
-        let secretFile = harness.directory + "/gpu-9.secret"
-        try Data(((registration.json["secret"]?.stringValue ?? "") + "\n").utf8).write(to: URL(fileURLWithPath: secretFile))
+        let secretFile = try registerAgent(harness, base: base, key: admin,
+                                           #"{"agent_id": "gpu-9", "machine_id": 9, "instance_id": 9001, "role": "primary"}"#)
 
         let impostor = try harness.startAgent("gpu-9", secretFile: secretFile, instanceID: 9002)
         try harness.waitUntil("the controller refuses the Hello for instance 9002", timeout: 20) {
