@@ -240,6 +240,7 @@ let package = Package(
                 "WarmpoolModel",
                 "WarmpoolWire",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         .testTarget(

@@ -18,20 +18,11 @@ struct AgentRoutes {
             let live = Dictionary(snapshots.map { ($0.identity.agentID, $0) }, uniquingKeysWith: { first, _ in first })
             let now = Date()
             let lease = dependencies.hub?.leaseMilliseconds
-            let hub = dependencies.hub
-            // The epoch an agent's grants carry: its pool's, once the engine has granted one.
-            func epoch(_ snapshot: AgentLivenessSnapshot?) -> Epoch? {
-                guard let hub else { return nil }
-                if let snapshot, case .granted(let epoch)? = hub.leasePosture(instanceID: snapshot.identity.instanceID) { return epoch }
-                return hub.epoch
-            }
-            var agents = records.map {
-                Present.agent($0, liveness: live[$0.agentID], now: now, leaseMilliseconds: lease, epoch: epoch(live[$0.agentID]))
-            }
+            var agents = records.map { Present.agent($0, liveness: live[$0.agentID], now: now, leaseMilliseconds: lease) }
             // Agents authenticated through the keys file have no row but are listed all the same.
             let registered = Set(records.map(\.agentID))
             for snapshot in snapshots.sorted(by: { $0.identity.agentID < $1.identity.agentID }) where !registered.contains(snapshot.identity.agentID) {
-                agents.append(Present.agent(nil, liveness: snapshot, now: now, leaseMilliseconds: lease, epoch: epoch(snapshot)))
+                agents.append(Present.agent(nil, liveness: snapshot, now: now, leaseMilliseconds: lease))
             }
             return JSONResponse.ok(.object([("agents", .array(agents)), ("count", .int(Int64(agents.count)))]))
         }

@@ -111,12 +111,13 @@ enum Present {
         ])
     }
 
-    /// An agent as registered, joined with what the detector sees of it right now.
-    static func agent(_ record: AgentRecord?, liveness: AgentLivenessSnapshot?, now: Date, leaseMilliseconds: UInt32?, epoch: Epoch?) -> JSONValue {
+    /// An agent as registered, joined with what the detector and the hub's lease authority see
+    /// of it right now.
+    static func agent(_ record: AgentRecord?, liveness: AgentLivenessSnapshot?, now: Date, leaseMilliseconds: UInt32?) -> JSONValue {
         let agentID = record?.agentID ?? liveness?.identity.agentID ?? AgentID("")
         let lastHeartbeat = liveness.map { now.addingTimeInterval(-Double($0.silenceNanoseconds) / 1e9) }
         let status = liveness?.status
-        let holdsLease = liveness.map { !$0.leaseRevoked && ($0.state == "alive" || $0.state == "suspected") } ?? false
+        let holdsLease = liveness?.leaseEpoch != nil
         var members: [(String, JSONValue)] = [
             ("agent_id", .agentID(agentID)),
             ("machine_id", .int(record?.poolID?.rawValue ?? liveness.map { $0.identity.machineID.rawValue })),
@@ -130,9 +131,9 @@ enum Present {
             ("silence_ms", liveness.map { .double(milliseconds(Double($0.silenceNanoseconds) / 1e9)) } ?? .null),
             ("lease", .object([
                 ("held", .bool(holdsLease)),
-                ("revoked", .bool(liveness?.leaseRevoked ?? false)),
+                ("revoked", .bool(liveness?.leaseWithheld ?? false)),
                 ("duration_ms", holdsLease ? .int(leaseMilliseconds.map { Int64($0) }) : .null),
-                ("epoch", holdsLease ? .epoch(epoch) : .null),
+                ("epoch", .epoch(liveness?.leaseEpoch)),
             ])),
             ("software_version", .string(liveness?.identity.softwareVersion)),
         ]

@@ -56,6 +56,8 @@ public let warmpoolAgentVersion = "0.1.0"
 /// The agent's I/O shell. Everything here runs on `loop` (hence `@unchecked Sendable`: the state
 /// is confined to that one thread); blocking probes and the fence command run on their own queues.
 public final class AgentRuntime: @unchecked Sendable {
+    /// Sent in every Hello of this runtime: its sessions are one process's, with one clock.
+    private let incarnation = Hello.newIncarnation()
     private struct Slot {
         var handler: AgentConnectionHandler?
         var attempt = 0
@@ -132,7 +134,7 @@ public final class AgentRuntime: @unchecked Sendable {
         let hello = Hello(
             clientNonce: HandshakeCrypto.randomNonce(), role: configuration.role, instanceID: configuration.instanceID,
             machineID: configuration.machineID, knownEpoch: knownEpoch, fencedAtEpoch: lease.fencedAtEpoch,
-            agentID: configuration.agentID, softwareVersion: warmpoolAgentVersion)
+            agentID: configuration.agentID, softwareVersion: warmpoolAgentVersion, incarnation: incarnation)
         var connectionLogger = logger
         connectionLogger[metadataKey: "controller"] = "\(address)"
         connectionLogger[metadataKey: "slot"] = "\(index)"

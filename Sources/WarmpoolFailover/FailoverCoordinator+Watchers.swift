@@ -5,17 +5,20 @@ import WarmpoolModel
 /// What feeds the engines besides the provider's and the verifier's answers: the failure
 /// detector, the check after a restart, and the watch on stopped standbys.
 extension FailoverCoordinator {
-    /// A failed agent: its pool fails over if it is the pool's primary.
+    /// A failed agent: its pool fails over if it is the pool's primary. The hub held the
+    /// instance's lease at the failure; this rules on it, whatever the outcome.
     func livenessEvent(_ event: LivenessEvent) async {
         guard event.kind == .failed else { return }
         let instance = await instanceID(ofAgent: event.agent.agentID) ?? event.agent.instanceID
-        guard let poolID = pools.first(where: { $0.value.machine?.snapshot.primaryInstanceID == instance })?.key else { return }
-        var epoch: Epoch?
-        if case .granted(let granted)? = hub?.leasePosture(instanceID: instance) { epoch = granted }
+        guard let poolID = pools.first(where: { $0.value.machine?.snapshot.primaryInstanceID == instance })?.key else {
+            hub?.releaseHold(instanceID: event.agent.instanceID)
+            return
+        }
+        let epoch = hub?.leasePosture(instanceID: instance)?.epoch
         logger.warning("primary failed", metadata: ["pool": "\(poolID)", "instance": "\(instance)", "reason": "\(event.reason)"])
         let actions = apply(poolID) { machine, now in machine.livenessFailed(instance: instance, epoch: epoch, now: now) }
         // No failover begun (a disabled pool, say): the agent keeps working under its lease.
-        if !actions.contains(.revokeLease(instance)) { hub?.restoreLease(agentID: event.agent.agentID) }
+        if !actions.contains(.revokeLease(instance)) { hub?.releaseHold(instanceID: instance) }
     }
 
     /// The instance the controller created an agent's key for; the agent's own report otherwise.

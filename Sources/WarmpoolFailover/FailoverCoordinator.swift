@@ -332,6 +332,8 @@ public actor FailoverCoordinator: Service {
                 runner.run { [effects] in
                     await effects.run(action, poolID: poolID)
                 } deliver: { outcome in
+                    // A destroyed instance never comes back: the detector need not remember it.
+                    if case .destroyInstance(_, let instance) = action, case .success = outcome { self.hub?.forget(instanceID: instance) }
                     await self.providerAnswered(poolID, operation, outcome)
                 }
             }

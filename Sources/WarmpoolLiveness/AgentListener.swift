@@ -41,23 +41,44 @@ final class AgentListener: @unchecked Sendable {
         case stop
     }
 
+    private let limits: ConnectionLimits
+    /// Connections in all, from the descriptor limit less the reserve.
+    private let maximumConnections: Int
+    /// Held open so that, out of descriptors, one can be freed to accept and close the newest
+    /// connection: level-triggered epoll would otherwise wake for the same backlog forever.
+    private var reserveFD: Int32
+
     // Loop state, touched only by the loop's thread.
     private var connections: [Int32: Connection] = [:]
     private var sessions: [SessionID: Int32] = [:]
     /// Connections still in their handshake, to time out.
     private var handshaking: Set<Int32> = []
+    /// The same in the order they were accepted, the oldest first (entries that have left the
+    /// handshake are skipped and dropped lazily), and counted per source address.
+    private var handshakeOrder: [Connection] = []
+    private var handshakeOrderStart = 0
+    private var handshakingByAddress: [String: Int] = [:]
     private var readBuffer = ByteBuffer()
     private var writeBuffer = ByteBuffer()
+    private var nextIdleScanAt: Int64 = 0
+    /// Unauthenticated peers are not worth a log line each: a flood would fill the disk.
+    private var anonymousLog = ThrottledLog(linesPerSecond: 20)
 
     private static let listenTag: UInt64 = .max
     private static let wakeTag: UInt64 = .max - 1
     private static let readSize = 65_536
     private static let maximumPending = 65_536
+    /// Accepts per wake-up: the rest of a backlog waits a turn, so a burst of connections
+    /// cannot hold up the reads of established sessions.
+    private static let acceptsPerWake = 64
 
     /// Binds and listens at once, so a port in use fails the start, not the first agent.
     init(host: String, port: Int, hub: LivenessHub, logger: Logger) throws {
         self.hub = hub
         self.logger = logger
+        self.limits = hub.configuration.limits
+        self.maximumConnections = limits.maximumConnections(descriptors: ConnectionLimits.raiseDescriptorLimit())
+        self.reserveFD = open("/dev/null", O_RDONLY | O_CLOEXEC)
         let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
         let fd = socket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ListenerError("socket", errno) }
@@ -127,9 +148,11 @@ final class AgentListener: @unchecked Sendable {
     private func loop() {
         var events = [epoll_event](repeating: epoll_event(), count: 512)
         let handshakeTimeout = hub.configuration.handshakeTimeout.milliseconds
+        let idleTimeout = hub.configuration.sessionIdleTimeout.nanoseconds
         while true {
-            // Handshakes are timed to the nearest 100 ms at worst; established sessions need no timer.
-            let ready = epoll_wait(epollFD, &events, Int32(events.count), handshaking.isEmpty ? -1 : 100)
+            // Handshakes are timed to the nearest 100 ms at worst, idle sessions to the nearest 500 ms.
+            let timeout: Int32 = !handshaking.isEmpty ? 100 : connections.isEmpty ? (anonymousLog.isQuiet ? -1 : 1_000) : 500
+            let ready = epoll_wait(epollFD, &events, Int32(events.count), timeout)
             if ready < 0 {
                 guard errno == EINTR else {
                     logger.critical("epoll_wait failed; the agent listener stops", metadata: ["errno": "\(errno)"])
@@ -156,15 +179,21 @@ final class AgentListener: @unchecked Sendable {
                 }
             }
             if stopping { break }
+            let now = MonotonicClock.now()
             if !handshaking.isEmpty {
-                let now = MonotonicClock.now()
                 for fd in handshaking {
                     guard let connection = connections[fd], now >= connection.handshakeDeadline else { continue }
                     run(connection.machine.handshakeTimerFired(after: handshakeTimeout), on: connection)
                 }
             }
+            if now >= nextIdleScanAt {
+                nextIdleScanAt = now + 500_000_000
+                closeIdleSessions(now: now, timeout: idleTimeout)
+            }
+            anonymousLog.flush(now: now, into: logger)
         }
         for connection in Array(connections.values) { closeConnection(connection) }
+        if reserveFD >= 0 { close(reserveFD) }
         close(listenFD)
         commands.withLockedValue { commands in
             commands.ended = true
@@ -196,46 +225,116 @@ final class AgentListener: @unchecked Sendable {
     }
 
     private func acceptAll() {
-        while true {
+        for _ in 0..<Self.acceptsPerWake {
             var storage = sockaddr_storage()
             var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
             let fd = withUnsafeMutablePointer(to: &storage) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(listenFD, $0, &length) }
             }
             guard fd >= 0 else {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                if errno != EAGAIN && errno != EWOULDBLOCK {
-                    // Out of descriptors, most likely: the backlog waits, and the next wake retries.
-                    logger.error("accept failed", metadata: ["errno": "\(errno)"])
-                }
+                let error = errno
+                if error == EINTR || error == ECONNABORTED { continue }
+                if error == EAGAIN || error == EWOULDBLOCK { return }
+                if error == EMFILE || error == ENFILE { shedWithReserve() }
+                anonymousLog.note("accept failed: \(String(cString: strerror(error)))", now: MonotonicClock.now(), into: logger)
                 return
             }
             // accept4 is not in Swift's Glibc module; two fcntls per connection do the same.
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            let peer = try? Self.address(storage)
+            let address = peer?.ipAddress ?? "?"
+            guard makeRoom(for: address) else {
+                close(fd)
+                anonymousLog.note(
+                    "refused a connection: \(maximumConnections) connections open, none of them unauthenticated",
+                    now: MonotonicClock.now(), into: logger)
+                continue
+            }
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             let (session, keyring, epoch) = hub.openSession()
             var connectionLogger = logger
             connectionLogger[metadataKey: "session.id"] = "\(session)"
-            if let peer = try? Self.address(storage) { connectionLogger[metadataKey: "peer"] = "\(peer)" }
+            if let peer { connectionLogger[metadataKey: "peer"] = "\(peer)" }
+            let now = MonotonicClock.now()
             let connection = Connection(
-                fd: fd, session: session,
+                fd: fd, session: session, address: address, keyring: keyring,
                 machine: ControllerSessionStateMachine(
                     keyring: keyring, serverNonce: HandshakeCrypto.randomNonce(), terms: hub.configuration.terms,
                     epoch: epoch.rawValue),
-                handshakeDeadline: MonotonicClock.now() + hub.configuration.handshakeTimeout.nanoseconds,
-                logger: connectionLogger)
+                handshakeDeadline: now + hub.configuration.handshakeTimeout.nanoseconds,
+                tokens: limits.byteBurst, now: now, logger: connectionLogger)
             connections[fd] = connection
             sessions[session] = fd
             handshaking.insert(fd)
+            handshakeOrder.append(connection)
+            handshakingByAddress[address, default: 0] += 1
             watch(fd, tag: UInt64(fd), events: EPOLLIN.rawValue)
+        }
+    }
+
+    /// Out of descriptors: the reserve is given up to accept the newest connection and close it
+    /// at once, then taken back. The backlog drains, and nothing spins.
+    private func shedWithReserve() {
+        guard reserveFD >= 0 else { return }
+        close(reserveFD)
+        let fd = accept(listenFD, nil, nil)
+        if fd >= 0 { close(fd) }
+        reserveFD = open("/dev/null", O_RDONLY | O_CLOEXEC)
+    }
+
+    /// Makes room for one more connection from `address` by closing the oldest unauthenticated
+    /// one, of that address first, where a cap is reached; false when every connection is
+    /// authenticated and none may be closed.
+    private func makeRoom(for address: String) -> Bool {
+        if handshakingByAddress[address, default: 0] >= limits.unauthenticatedPerAddress,
+            let oldest = oldestHandshake(from: address)
+        {
+            evict(oldest, cap: "\(limits.unauthenticatedPerAddress) per address")
+        }
+        if handshaking.count >= limits.unauthenticated, let oldest = oldestHandshake(from: nil) {
+            evict(oldest, cap: "\(limits.unauthenticated) in all")
+        }
+        guard connections.count >= maximumConnections else { return true }
+        guard let oldest = oldestHandshake(from: nil) else { return false }
+        evict(oldest, cap: "\(maximumConnections) connections")
+        return true
+    }
+
+    private func oldestHandshake(from address: String?) -> Connection? {
+        // Drop the front entries that have left the handshake, then compact now and then.
+        while handshakeOrderStart < handshakeOrder.count, !isHandshaking(handshakeOrder[handshakeOrderStart]) {
+            handshakeOrderStart += 1
+        }
+        if handshakeOrderStart > 1_024, handshakeOrderStart * 2 > handshakeOrder.count {
+            handshakeOrder.removeFirst(handshakeOrderStart)
+            handshakeOrderStart = 0
+        }
+        return handshakeOrder[handshakeOrderStart...].first { isHandshaking($0) && (address == nil || $0.address == address) }
+    }
+
+    private func isHandshaking(_ connection: Connection) -> Bool {
+        connections[connection.fd] === connection && handshaking.contains(connection.fd)
+    }
+
+    private func evict(_ connection: Connection, cap: String) {
+        anonymousLog.note("closed the oldest unauthenticated connection: the cap of \(cap) was reached", now: MonotonicClock.now(), into: logger)
+        closeConnection(connection)
+    }
+
+    /// Closes established sessions that have delivered no complete frame within `timeout`.
+    private func closeIdleSessions(now: Int64, timeout: Int64) {
+        for connection in connections.values where connection.registered != nil && now - connection.lastFrameAt > timeout {
+            connection.logger.warning("closing connection: no complete frame for \((now - connection.lastFrameAt) / 1_000_000) ms")
+            closeConnection(connection)
         }
     }
 
     /// One read per wake-up (epoll is level-triggered: a fuller socket wakes us again), split into
     /// frames in place; only a frame cut off at the end is copied, to wait for the rest.
     private func readable(_ connection: Connection) {
+        let now = MonotonicClock.now()
         readBuffer.clear()
         if var partial = connection.partial { readBuffer.writeBuffer(&partial) }
         var readError: Int32 = 0
@@ -253,8 +352,18 @@ final class AgentListener: @unchecked Sendable {
         }
         connection.partial = nil
         guard !connection.stopped else { return }
+        guard connection.spend(count, now: now, limits: limits) else {
+            connection.stopped = true
+            closeLogged(connection, because: "over its byte budget of \(limits.bytesPerSecond) bytes a second (burst \(limits.byteBurst))")
+            return
+        }
         do throws(ProtocolViolation) {
-            while !connection.stopped, let frame = try FrameParser().parse(&readBuffer) {
+            while !connection.stopped {
+                // Before authentication nothing legitimate is longer than a Hello.
+                let parser = connection.registered == nil
+                    ? FrameParser(maximumLength: limits.preAuthenticationFrameLength) : FrameParser()
+                guard let frame = try parser.parse(&readBuffer) else { break }
+                connection.lastFrameAt = now
                 run(connection.machine.frameReceived(frame), on: connection)
             }
         } catch {
@@ -280,8 +389,18 @@ final class AgentListener: @unchecked Sendable {
         case .send(let frame):
             send(frame, on: connection)
         case .established(let identity, let fencedAtEpoch, let welcome):
-            handshaking.remove(connection.fd)
+            leaveHandshake(connection)
             connection.logger[metadataKey: "agent.id"] = "\(identity.agentID)"
+            if let refusal = hub.admit(
+                connection.session, agent: identity, secret: connection.keyring.secret(for: identity.agentID),
+                fencedAtEpoch: fencedAtEpoch, closer: SessionCloser(listener: self, session: connection.session))
+            {
+                connection.stopped = true
+                connection.logger.warning("closing connection: \(refusal)")
+                closeConnection(connection)
+                return
+            }
+            connection.registered = identity.agentID
             connection.logger.info(
                 "agent authenticated",
                 metadata: [
@@ -289,9 +408,6 @@ final class AgentListener: @unchecked Sendable {
                     "agent.role": "\(identity.role)", "agent.version": "\(identity.softwareVersion)",
                 ])
             send(welcome, on: connection)
-            hub.sessionEstablished(
-                connection.session, agent: identity, fencedAtEpoch: fencedAtEpoch,
-                closer: SessionCloser(listener: self, session: connection.session))
         case .heartbeat(let heartbeat):
             guard let agentID = connection.machine.agentID else { return }
             let (now, leaseEpoch) = hub.heartbeat(
@@ -310,15 +426,37 @@ final class AgentListener: @unchecked Sendable {
             connection.logger.info("agent said goodbye", metadata: ["reason": "\(goodbye.reason)"])
         case .close(let reason, let reject):
             connection.stopped = true
-            connection.logger.warning("closing connection: \(reason)")
             if let reject {
+                logClose(connection, because: reason.description)
                 writeBuffer.clear()
                 reject.write(into: &writeBuffer)
                 connection.closeWhenFlushed = true
                 queue(&writeBuffer, on: connection)
             } else {
-                closeConnection(connection)
+                closeLogged(connection, because: reason.description)
             }
+        }
+    }
+
+    private func closeLogged(_ connection: Connection, because reason: String) {
+        logClose(connection, because: reason)
+        closeConnection(connection)
+    }
+
+    private func logClose(_ connection: Connection, because reason: String) {
+        if connection.registered == nil {
+            anonymousLog.note("closing unauthenticated connection: \(reason)", now: MonotonicClock.now(), into: connection.logger)
+        } else {
+            connection.logger.warning("closing connection: \(reason)")
+        }
+    }
+
+    private func leaveHandshake(_ connection: Connection) {
+        guard handshaking.remove(connection.fd) != nil else { return }
+        if let count = handshakingByAddress[connection.address], count > 1 {
+            handshakingByAddress[connection.address] = count - 1
+        } else {
+            handshakingByAddress[connection.address] = nil
         }
     }
 
@@ -385,10 +523,13 @@ final class AgentListener: @unchecked Sendable {
         close(connection.fd)
         connections[connection.fd] = nil
         sessions[connection.session] = nil
-        handshaking.remove(connection.fd)
-        if let identity = connection.machine.identity {
-            connection.logger.debug("session closed", metadata: ["graceful": "\(connection.saidGoodbye)"])
-            hub.sessionClosed(connection.session, agentID: identity.agentID, graceful: connection.saidGoodbye)
+        leaveHandshake(connection)
+        // The one way out for every connection, whoever ends it and why: an established session
+        // is unregistered here and nowhere else. The state machine forgets its identity when it
+        // fails a frame, so the registration is kept on the connection, not asked of the machine.
+        if let agentID = connection.registered {
+            connection.logger.info("session closed", metadata: ["graceful": "\(connection.saidGoodbye)"])
+            hub.sessionClosed(connection.session, agentID: agentID, graceful: connection.saidGoodbye)
         }
         connection.machine.closed()
     }
@@ -416,9 +557,19 @@ final class AgentListener: @unchecked Sendable {
     private final class Connection {
         let fd: Int32
         let session: SessionID
+        /// The peer's address, for the per-address cap.
+        let address: String
+        /// The keyring the handshake is checked against, to tell at establishment whether the
+        /// key changed while it was in flight.
+        let keyring: Keyring
         var machine: ControllerSessionStateMachine
         let handshakeDeadline: Int64
         var logger: Logger
+        /// When the last complete frame arrived (accept time before the first).
+        var lastFrameAt: Int64
+        /// The byte budget's bucket, and when it was last refilled.
+        var tokens: Int
+        var tokensAt: Int64
         /// The start of a frame whose bytes have not all arrived; nil when the last read ended on
         /// a frame boundary, as beats almost always do.
         var partial: ByteBuffer?
@@ -429,13 +580,34 @@ final class AgentListener: @unchecked Sendable {
         var closeWhenFlushed = false
         var lastLeaseGrantAt: Int64?
         var saidGoodbye = false
+        /// The agent this session was registered for with the hub, from establishment to close.
+        var registered: AgentID?
 
-        init(fd: Int32, session: SessionID, machine: ControllerSessionStateMachine, handshakeDeadline: Int64, logger: Logger) {
+        init(
+            fd: Int32, session: SessionID, address: String, keyring: Keyring, machine: ControllerSessionStateMachine,
+            handshakeDeadline: Int64, tokens: Int, now: Int64, logger: Logger
+        ) {
             self.fd = fd
             self.session = session
+            self.address = address
+            self.keyring = keyring
             self.machine = machine
             self.handshakeDeadline = handshakeDeadline
+            self.tokens = tokens
+            self.tokensAt = now
+            self.lastFrameAt = now
             self.logger = logger
+        }
+
+        /// Takes `bytes` from the budget; false when the budget does not cover them.
+        func spend(_ bytes: Int, now: Int64, limits: ConnectionLimits) -> Bool {
+            let refill = Int((now - tokensAt) * Int64(limits.bytesPerSecond) / 1_000_000_000)
+            if refill > 0 {
+                tokens = min(limits.byteBurst, tokens + refill)
+                tokensAt = now
+            }
+            tokens -= bytes
+            return tokens >= 0
         }
     }
 

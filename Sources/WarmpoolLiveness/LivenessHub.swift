@@ -14,16 +14,21 @@ public final class LivenessHub: Sendable {
         public var telemetryInterval: Duration
         /// From accept to an established session: a peer that takes longer is closed.
         public var handshakeTimeout: Duration
+        public var limits: ConnectionLimits
 
         public init(
             detector: DetectorConfiguration, lease: Duration = .seconds(2), telemetryInterval: Duration = .seconds(30),
-            handshakeTimeout: Duration = .seconds(2)
+            handshakeTimeout: Duration = .seconds(2), limits: ConnectionLimits = ConnectionLimits()
         ) {
             self.detector = detector
             self.lease = lease
             self.telemetryInterval = telemetryInterval
             self.handshakeTimeout = handshakeTimeout
+            self.limits = limits
         }
+
+        /// The idle timeout in force: the configured one, but never under ten heartbeat intervals.
+        var sessionIdleTimeout: Duration { max(limits.idleTimeout, detector.heartbeatInterval * 10) }
 
         /// The lease as the wire's grants carry it.
         public var leaseMilliseconds: UInt32 { UInt32(clamping: lease.milliseconds) }
@@ -40,21 +45,12 @@ public final class LivenessHub: Sendable {
         var leaseRenewalNanoseconds: Int64 { lease.nanoseconds / 4 }
     }
 
-    /// The failover engine's word on one instance's lease.
-    public enum LeasePosture: Sendable, Equatable {
-        /// No grant, whatever the detector thinks: the instance is being fenced or replaced.
-        case revoked
-        /// Grants carry this epoch (the pool's fencing token), not the controller-wide default.
-        case granted(epoch: Epoch)
-    }
+    public typealias LeasePosture = LeaseAuthority.Posture
 
     private struct Shared: Sendable {
         var tracker: LivenessTracker
         var keyring: Keyring
-        var epoch: Epoch
-        /// By provider instance id; kept for instances whose agent is not connected (yet), so an
-        /// old primary that comes back after a controller restart is refused at once.
-        var postures: [InstanceID: LeasePosture] = [:]
+        var leases: LeaseAuthority
         /// Authenticated sessions, so that a revoked key ends them at once.
         var connections: [SessionID: (agentID: AgentID, instanceID: InstanceID, closer: any AgentConnectionCloser)] = [:]
         var nextSession: SessionID = 1
@@ -69,14 +65,16 @@ public final class LivenessHub: Sendable {
         self.configuration = configuration
         self.bus = bus
         self.shared = NIOLockedValueBox(
-            Shared(tracker: LivenessTracker(configuration: configuration.detector), keyring: keyring, epoch: epoch))
+            Shared(
+                tracker: LivenessTracker(configuration: configuration.detector), keyring: keyring,
+                leases: LeaseAuthority(controllerEpoch: epoch)))
     }
 
     /// A snapshot for a new connection: its keyring, epoch and session id.
     func openSession() -> (SessionID, Keyring, Epoch) {
         shared.withLockedValue { shared in
             defer { shared.nextSession += 1 }
-            return (shared.nextSession, shared.keyring, shared.epoch)
+            return (shared.nextSession, shared.keyring, shared.leases.controllerEpoch)
         }
     }
 
@@ -95,7 +93,7 @@ public final class LivenessHub: Sendable {
         for connection in revoked { connection.close() }
     }
 
-    public var epoch: Epoch { shared.withLockedValue { $0.epoch } }
+    public var epoch: Epoch { shared.withLockedValue { $0.leases.controllerEpoch } }
 
     public var heartbeatsReceived: UInt64 { shared.withLockedValue { $0.heartbeatsReceived } }
 
@@ -103,19 +101,57 @@ public final class LivenessHub: Sendable {
 
     public func agentSnapshots() -> [AgentLivenessSnapshot] {
         let now = MonotonicClock.now()
-        return shared.withLockedValue { $0.tracker.snapshots(now: now) }
+        return shared.withLockedValue { shared in
+            shared.tracker.snapshots(now: now).map { snapshot in
+                var snapshot = snapshot
+                snapshot.leaseEpoch = Self.leaseEpoch(for: snapshot.identity.agentID, in: shared)
+                snapshot.leaseWithheld = shared.leases.isWithheld(snapshot.identity.instanceID)
+                return snapshot
+            }
+        }
+    }
+
+    /// The epoch a grant to this agent would carry now, or nil when it may have none.
+    private static func leaseEpoch(for agentID: AgentID, in shared: Shared) -> Epoch? {
+        guard shared.tracker.isLive(agentID: agentID), let instanceID = shared.tracker.instanceID(agentID: agentID) else {
+            return nil
+        }
+        return shared.leases.grantEpoch(forLiveAgentOn: instanceID)
+    }
+
+    /// Publishes the detector's events, the lease authority hearing of each failure first.
+    private func publish(_ events: [LivenessEvent], in shared: inout Shared) {
+        for event in events where event.kind == .failed { shared.leases.agentFailed(on: event.agent.instanceID) }
+        bus.publish(events)
     }
 
     public var leaseMilliseconds: UInt32 { configuration.leaseMilliseconds }
 
-    func sessionEstablished(
-        _ session: SessionID, agent: AgentIdentity, fencedAtEpoch: UInt64?, closer: any AgentConnectionCloser
-    ) {
+    /// Registers an authenticated session, or returns why it may not be registered. `secret` is
+    /// the one the handshake was checked against, from the keyring of the moment it began: a key
+    /// revoked, changed or bound elsewhere while the handshake was in flight is refused here, as
+    /// a live session's would be by `replaceKeyring`.
+    func admit(
+        _ session: SessionID, agent: AgentIdentity, secret: AgentSecret?, fencedAtEpoch: UInt64?,
+        closer: any AgentConnectionCloser
+    ) -> String? {
         let now = MonotonicClock.now()
-        shared.withLockedValue { shared in
+        return shared.withLockedValue { shared in
+            guard let current = shared.keyring.secret(for: agent.agentID), current == secret else {
+                return "the agent's key was revoked or changed during the handshake"
+            }
+            if let bound = shared.keyring.boundInstance(of: agent.agentID), bound != agent.instanceID {
+                return "the agent's key was bound to instance \(bound) during the handshake"
+            }
+            let open = shared.tracker.openSessions(agentID: agent.agentID)
+            guard open < configuration.limits.sessionsPerAgent else {
+                return "the agent already holds \(open) sessions, the most one agent may"
+            }
             shared.connections[session] = (agent.agentID, agent.instanceID, closer)
-            bus.publish(
-                shared.tracker.sessionEstablished(session, agent: agent, fencedAtEpoch: fencedAtEpoch, now: now))
+            publish(
+                shared.tracker.sessionEstablished(session, agent: agent, fencedAtEpoch: fencedAtEpoch, now: now),
+                in: &shared)
+            return nil
         }
     }
 
@@ -126,16 +162,11 @@ public final class LivenessHub: Sendable {
         let now = MonotonicClock.now()
         return shared.withLockedValue { shared in
             shared.heartbeatsReceived += 1
-            bus.publish(shared.tracker.heartbeat(session, agentID: agentID, sentAt: sentAt, status: status, now: now))
+            publish(
+                shared.tracker.heartbeat(session, agentID: agentID, sentAt: sentAt, status: status, now: now), in: &shared)
             let due = lastGrantAt.map { now - $0 >= configuration.leaseRenewalNanoseconds } ?? true
-            guard due, shared.tracker.mayGrantLease(agentID: agentID) else { return (now, nil) }
-            guard let instanceID = shared.tracker.instanceID(agentID: agentID), let posture = shared.postures[instanceID] else {
-                return (now, shared.epoch)
-            }
-            switch posture {
-            case .revoked: return (now, nil)
-            case .granted(let epoch): return (now, epoch)
-            }
+            guard due else { return (now, nil) }
+            return (now, Self.leaseEpoch(for: agentID, in: shared))
         }
     }
 
@@ -143,36 +174,43 @@ public final class LivenessHub: Sendable {
         let now = MonotonicClock.now()
         shared.withLockedValue { shared in
             shared.connections[session] = nil
-            bus.publish(shared.tracker.sessionClosed(session, agentID: agentID, graceful: graceful, now: now))
+            publish(shared.tracker.sessionClosed(session, agentID: agentID, graceful: graceful, now: now), in: &shared)
         }
     }
 
     /// Stops every further grant to the instance's agents; they fence themselves when the lease
     /// in hand runs out. Takes effect before the next grant on any connection.
     public func revokeLease(instanceID: InstanceID) {
-        shared.withLockedValue { $0.postures[instanceID] = .revoked }
+        shared.withLockedValue { $0.leases.revoke(instanceID) }
     }
 
     /// The instance's agents may hold leases again, at `epoch`.
     public func grantLease(instanceID: InstanceID, epoch: Epoch) {
-        shared.withLockedValue { shared in
-            shared.postures[instanceID] = .granted(epoch: epoch)
-            for agentID in shared.tracker.agentIDs(instanceID: instanceID) { shared.tracker.restoreLease(agentID: agentID) }
-        }
+        shared.withLockedValue { $0.leases.grant(instanceID, epoch: epoch) }
+    }
+
+    /// The failover engine's word, after a failure, that no failover began for this instance:
+    /// its agent may be granted again at the epoch it held. Only a hold is released; a
+    /// revocation stays.
+    public func releaseHold(instanceID: InstanceID) {
+        shared.withLockedValue { $0.leases.releaseHold(instanceID) }
     }
 
     public func leasePosture(instanceID: InstanceID) -> LeasePosture? {
-        shared.withLockedValue { $0.postures[instanceID] }
+        shared.withLockedValue { $0.leases.posture(of: instanceID) }
     }
 
-    /// See `LivenessTracker.restoreLease`.
-    @discardableResult
-    public func restoreLease(agentID: AgentID) -> Bool {
-        shared.withLockedValue { $0.tracker.restoreLease(agentID: agentID) }
+    /// The instance is gone at the provider: its agents' detector entries and its lease posture
+    /// go too, unless an agent of it still holds a session.
+    public func forget(instanceID: InstanceID) {
+        shared.withLockedValue { shared in
+            shared.tracker.forget(instanceID: instanceID)
+            if shared.tracker.agentIDs(instanceID: instanceID).isEmpty { shared.leases.forget(instanceID) }
+        }
     }
 
     func tick() {
         let now = MonotonicClock.now()
-        shared.withLockedValue { shared in bus.publish(shared.tracker.tick(now: now)) }
+        shared.withLockedValue { shared in publish(shared.tracker.tick(now: now), in: &shared) }
     }
 }

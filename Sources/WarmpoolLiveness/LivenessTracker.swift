@@ -51,8 +51,12 @@ public struct AgentLivenessSnapshot: Sendable, Equatable {
     public var openSessions: Int
     /// Time since the newest frame on any session.
     public var silenceNanoseconds: Int64
-    /// True between a failure and the failover engine's `restoreLease`.
-    public var leaseRevoked: Bool
+    /// The epoch the agent's grants carry now; nil while it is granted none. Filled in by the
+    /// hub, the one lease authority.
+    public var leaseEpoch: Epoch?
+    /// True while the failover engine withholds the agent's lease (revoked, or held after a
+    /// failure until the engine rules).
+    public var leaseWithheld: Bool
     public var silenceTimeoutNanoseconds: Int64
     public var status: AgentStatus?
 }
@@ -131,15 +135,13 @@ public struct LivenessTracker: Sendable {
         /// Last accepted frame per open session.
         var sessions: [SessionID: Int64]
         var lastHeard: Int64
-        /// The agent's send time (`sent_at_ms`, its own clock) of the newest beat accepted since the
-        /// latest session opened: a copy no newer than this is one the agent already got through.
+        /// The agent's send time (`sent_at_ms`, its own clock) of the newest beat accepted from its
+        /// current incarnation: a copy no newer than this is one the agent already got through.
         var newestBeatSentAt: UInt64?
         /// When a session last stalled while the agent lived (retransmission evidence).
         var lastStallAt: Int64?
         var lastFailedAt: Int64?
         var reportedFence: UInt64?
-        /// Set by a failure, cleared only by `restoreLease`: see `mayGrantLease`.
-        var leaseRevoked = false
         var status: AgentStatus?
     }
 
@@ -166,11 +168,12 @@ public struct LivenessTracker: Sendable {
         let hadSessions = !agent.sessions.isEmpty
         // A fresh process that is not fenced starts a new fence history.
         if !hadSessions, fencedAtEpoch == nil { agent.reportedFence = nil }
+        // Only a new process (a new incarnation) has a clock of its own whose beats are compared
+        // afresh. Another session of the same process sends the same beats: were the comparison
+        // reset for it, a copy held back on it would count as news and put a failure off.
+        if agent.identity.incarnation != identity.incarnation { agent.newestBeatSentAt = nil }
         agent.identity = identity
         agent.sessions[session] = now
-        // A new session may be a new process with a clock of its own: its beats are compared
-        // afresh.
-        agent.newestBeatSentAt = nil
         let silence = now - agent.lastHeard
         agent.lastHeard = now
         switch agent.state {
@@ -254,7 +257,6 @@ public struct LivenessTracker: Sendable {
             } else if agent.state != .failed {
                 agent.state = .failed
                 agent.lastFailedAt = now
-                agent.leaseRevoked = true
                 events.append(LivenessEvent(
                     kind: .failed, agent: agent.identity, atNanoseconds: now,
                     reason: "every connection closed without a goodbye", silenceNanoseconds: now - agent.lastHeard))
@@ -301,29 +303,18 @@ public struct LivenessTracker: Sendable {
         for id in failed {
             agents[id]!.state = .failed
             agents[id]!.lastFailedAt = now
-            agents[id]!.leaseRevoked = true
         }
         for id in suspected { agents[id]!.state = .suspected }
         nextScanAt = earliest
         return events
     }
 
-    /// Leases go to live agents that have never been failed, or whose lease was restored since.
-    /// Once failed, a failover may be under way: a renewed lease would let the old primary go on
-    /// writing beside its replacement, so the lease stays revoked through a recovery until the
-    /// failover engine decides (`restoreLease`).
-    public func mayGrantLease(agentID: AgentID) -> Bool {
-        guard let agent = agents[agentID], !agent.leaseRevoked else { return false }
+    /// The detector's half of a lease decision: only an agent heard from lately (alive or
+    /// suspected) may be granted one. The other half, whether a failover withholds it, is the
+    /// hub's (`LivenessHub.LeasePosture`).
+    public func isLive(agentID: AgentID) -> Bool {
+        guard let agent = agents[agentID] else { return false }
         return agent.state == .alive || agent.state == .suspected
-    }
-
-    /// The failover engine's word that a failed agent may hold a lease again (no failover, or it
-    /// is the new primary). Returns false for an unknown agent.
-    @discardableResult
-    public mutating func restoreLease(agentID: AgentID) -> Bool {
-        guard agents[agentID] != nil else { return false }
-        agents[agentID]!.leaseRevoked = false
-        return true
     }
 
     /// The timeout in force for an agent now: the base, or the lossy timeout after a recent stall.
@@ -337,6 +328,14 @@ public struct LivenessTracker: Sendable {
         agents.values.filter { $0.identity.instanceID == instanceID }.map(\.identity.agentID)
     }
 
+    public func openSessions(agentID: AgentID) -> Int { agents[agentID]?.sessions.count ?? 0 }
+
+    /// Forgets the agents of an instance that is gone, unless one still holds a session: without
+    /// this an entry lives as long as the controller, for every instance it ever saw.
+    public mutating func forget(instanceID: InstanceID) {
+        agents = agents.filter { $0.value.identity.instanceID != instanceID || !$0.value.sessions.isEmpty }
+    }
+
     /// The summary from the agent's latest heartbeat (for the control plane's agent listing).
     public func status(agentID: AgentID) -> AgentStatus? { agents[agentID]?.status }
 
@@ -345,7 +344,7 @@ public struct LivenessTracker: Sendable {
         agents.values.map { agent in
             AgentLivenessSnapshot(
                 identity: agent.identity, state: agent.state.name, openSessions: agent.sessions.count,
-                silenceNanoseconds: now - agent.lastHeard, leaseRevoked: agent.leaseRevoked,
+                silenceNanoseconds: now - agent.lastHeard, leaseEpoch: nil, leaseWithheld: false,
                 silenceTimeoutNanoseconds: silenceTimeout(agent, now: now), status: agent.status)
         }
     }

@@ -151,6 +151,14 @@ public struct AgentSessionStateMachine {
 
     public mutating func closed() { state = .closed }
 
+    /// Moves the outbound counter on to `outbound`, as if that many frames had gone: only for
+    /// tests of the end of the counter (the controller's `fastForward`).
+    mutating func fastForward(outbound: UInt32) {
+        guard case .established(var established) = state else { return }
+        established.nextOutbound = outbound
+        state = .established(established)
+    }
+
     /// Numbers, writes and seals the session's next outbound frame; `write` may also update the
     /// session (a heartbeat records itself for the next one to be relative to).
     private mutating func sealNext(

@@ -194,6 +194,8 @@ public struct ControllerSessionStateMachine {
             throw .unexpectedMessage(frame.type, state: "established")
         }
         let sequence = session!.nextInbound
+        // A wrapped counter would let an old frame's MAC verify again (§5).
+        guard sequence != .max else { throw .sequenceExhausted }
         let body = try session!.keys.agentToController.open(frame, sequence: sequence)
         let action: Action
         switch frame.type {
@@ -228,9 +230,10 @@ public struct ControllerSessionStateMachine {
         }
     }
 
-    /// A MACed lease grant for heartbeat `acknowledgedSequence`, or nil when not established.
+    /// A MACed lease grant for heartbeat `acknowledgedSequence`, or nil when not established or
+    /// when the outbound counter is spent (the inbound one, never behind it, closes the session).
     public mutating func sealLease(acknowledgedSequence: UInt32, leaseMilliseconds: UInt32, epoch: UInt64) -> Frame? {
-        guard session != nil else { return nil }
+        guard session != nil, session!.nextOutbound != .max else { return nil }
         let sequence = session!.nextOutbound
         let grant = LeaseGrant(
             sequence: sequence, acknowledgedSequence: acknowledgedSequence, leaseMilliseconds: leaseMilliseconds,
@@ -239,6 +242,13 @@ public struct ControllerSessionStateMachine {
         var body = ByteBuffer()
         grant.encode(into: &body)
         return session!.keys.controllerToAgent.seal(sequence: sequence, type: .lease, body: body)
+    }
+
+    /// Moves both counters on to `inbound` and `outbound`, as if that many frames had passed:
+    /// only for tests of the end of the counter, which real sessions reach after 13 years.
+    mutating func fastForward(inbound: UInt32, outbound: UInt32) {
+        session?.nextInbound = inbound
+        session?.nextOutbound = outbound
     }
 
     public mutating func closed() {

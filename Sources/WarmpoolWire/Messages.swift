@@ -24,10 +24,13 @@ public struct Hello: Hashable, Sendable {
     public var fencedAtEpoch: UInt64?
     public var agentID: String
     public var softwareVersion: String
+    /// Random, drawn once per agent process and sent on each of its sessions: the controller
+    /// tells a new session of the same process (same clock, same beats) from a restarted one.
+    public var incarnation: UInt64
 
     public init(
         clientNonce: [UInt8], role: AgentRole, instanceID: UInt64, machineID: UInt64, knownEpoch: UInt64 = 0,
-        fencedAtEpoch: UInt64? = nil, agentID: String, softwareVersion: String
+        fencedAtEpoch: UInt64? = nil, agentID: String, softwareVersion: String, incarnation: UInt64
     ) {
         self.clientNonce = clientNonce
         self.role = role
@@ -37,7 +40,11 @@ public struct Hello: Hashable, Sendable {
         self.fencedAtEpoch = fencedAtEpoch
         self.agentID = agentID
         self.softwareVersion = softwareVersion
+        self.incarnation = incarnation
     }
+
+    /// A fresh incarnation id for a starting agent process; never 0.
+    public static func newIncarnation() -> UInt64 { UInt64.random(in: 1...UInt64.max) }
 
     public func encode(into buffer: inout ByteBuffer) {
         buffer.writeInteger(warmpoolProtocolVersion)
@@ -50,6 +57,7 @@ public struct Hello: Hashable, Sendable {
         buffer.writeInteger(fencedAtEpoch ?? 0)
         buffer.writeShortString(agentID)
         buffer.writeShortString(softwareVersion)
+        buffer.writeInteger(incarnation)
     }
 
     public static func decode(_ body: ByteBuffer) throws(ProtocolViolation) -> Hello {
@@ -72,10 +80,12 @@ public struct Hello: Hashable, Sendable {
         guard version.utf8.count <= 64, version.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else {
             throw reader.malformed("software version must be at most 64 printable ASCII characters")
         }
+        let incarnation = try reader.integer(UInt64.self)
         try reader.finish()
         return Hello(
             clientNonce: nonce, role: role, instanceID: instanceID, machineID: machineID, knownEpoch: knownEpoch,
-            fencedAtEpoch: fencedFlag == 1 ? fencedEpoch : nil, agentID: agentID, softwareVersion: version)
+            fencedAtEpoch: fencedFlag == 1 ? fencedEpoch : nil, agentID: agentID, softwareVersion: version,
+            incarnation: incarnation)
     }
 }
 
@@ -430,20 +440,26 @@ public struct AgentIdentity: Hashable, Sendable {
     public var machineID: HostMachineID
     public var role: AgentRole
     public var softwareVersion: String
+    /// The agent process's incarnation id from Hello.
+    public var incarnation: UInt64
 
-    public init(agentID: AgentID, instanceID: InstanceID, machineID: HostMachineID, role: AgentRole, softwareVersion: String) {
+    public init(
+        agentID: AgentID, instanceID: InstanceID, machineID: HostMachineID, role: AgentRole, softwareVersion: String,
+        incarnation: UInt64 = 0
+    ) {
         self.agentID = agentID
         self.instanceID = instanceID
         self.machineID = machineID
         self.role = role
         self.softwareVersion = softwareVersion
+        self.incarnation = incarnation
     }
 
     public init(_ hello: Hello) {
         self.init(
             agentID: AgentID(hello.agentID), instanceID: InstanceID(Int64(truncatingIfNeeded: hello.instanceID)),
             machineID: HostMachineID(Int64(truncatingIfNeeded: hello.machineID)), role: hello.role,
-            softwareVersion: hello.softwareVersion)
+            softwareVersion: hello.softwareVersion, incarnation: hello.incarnation)
     }
 
     /// Agent ids appear in logs, files and shell-free contexts: keep them to a safe alphabet.

@@ -19,6 +19,8 @@ public enum ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertibl
     case instanceNotBound(agentID: String, claimed: InstanceID, bound: InstanceID)
     case handshakeTimeout(milliseconds: Int64)
     case decompressionFailed(String)
+    /// The session's counter reached its last value: it must close before it wraps (§5).
+    case sequenceExhausted
 
     public var description: String {
         switch self {
@@ -52,6 +54,8 @@ public enum ProtocolViolation: Error, Hashable, Sendable, CustomStringConvertibl
             "no completed handshake within \(ms) ms"
         case .decompressionFailed(let detail):
             "telemetry decompression failed: \(detail)"
+        case .sequenceExhausted:
+            "the session's sequence counter is exhausted (2^32 - 1 frames); it closes before the counter wraps"
         }
     }
 }

@@ -155,7 +155,7 @@ final class BeatEngine: @unchecked Sendable {
         let hello = Hello(
             clientNonce: HandshakeCrypto.randomNonce(), role: agent.index % 2 == 0 ? .primary : .standby,
             instanceID: UInt64(agent.index + 1), machineID: UInt64(agent.index / 2 + 1), agentID: agent.id,
-            softwareVersion: "loadgen")
+            softwareVersion: "loadgen", incarnation: Hello.newIncarnation())
         var result = Agent(fd: fd, machine: AgentSessionStateMachine(hello: hello, secret: agent.secret))
         guard connected == 0, send(result.machine.start(), to: fd) else {
             close(fd)

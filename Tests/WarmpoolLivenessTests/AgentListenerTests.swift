@@ -37,7 +37,7 @@ import WarmpoolWire
     func establishedAgent(_ client: RawClient) throws -> (AgentSessionStateMachine, Welcome) {
         var agent = AgentSessionStateMachine(
             hello: Hello(clientNonce: HandshakeCrypto.randomNonce(), role: .primary, instanceID: 1, machineID: 2,
-                         agentID: "gpu-1", softwareVersion: "t"),
+                         agentID: "gpu-1", softwareVersion: "t", incarnation: 1),
             secret: Self.secret)
         client.send(agent.start())
         guard case .send(let proof) = agent.frameReceived(try client.readFrame()) else {
@@ -91,7 +91,7 @@ import WarmpoolWire
             let client = try RawClient("127.0.0.1:\(port)", receiveTimeout: 0.3)
             var agent = AgentSessionStateMachine(
                 hello: Hello(clientNonce: HandshakeCrypto.randomNonce(), role: .primary, instanceID: 1, machineID: 2,
-                             agentID: "gpu-1", softwareVersion: "t"),
+                             agentID: "gpu-1", softwareVersion: "t", incarnation: 1),
                 secret: Self.secret)
             var hello = ByteBuffer()
             agent.start().write(into: &hello)

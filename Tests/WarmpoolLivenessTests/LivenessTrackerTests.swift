@@ -6,7 +6,7 @@ import WarmpoolWire
 /// The detector with time passed in: every test is exact, nothing sleeps.
 @Suite struct LivenessTrackerTests {
     static let ms: Int64 = 1_000_000
-    let agent = AgentIdentity(agentID: "gpu-1", instanceID: 11, machineID: 7, role: .primary, softwareVersion: "t")
+    let agent = AgentIdentity(agentID: "gpu-1", instanceID: 11, machineID: 7, role: .primary, softwareVersion: "t", incarnation: 1)
 
     func tracker(interval: Int64 = 100 * ms) -> LivenessTracker {
         LivenessTracker(configuration: DetectorConfiguration(heartbeatInterval: .nanoseconds(interval)))
@@ -54,7 +54,7 @@ import WarmpoolWire
         #expect(failed.first?.silenceNanoseconds == 351 * Self.ms)
         #expect(failed.first?.agent == agent)
         #expect(tracker.tick(now: 5_000 * Self.ms).isEmpty, "a failure is reported once")
-        #expect(!tracker.mayGrantLease(agentID: "gpu-1"))
+        #expect(!tracker.isLive(agentID: "gpu-1"))
     }
 
     @Test func aBeatAfterFailureRecovers() {
@@ -64,21 +64,18 @@ import WarmpoolWire
         let events = tracker.heartbeat(1, agentID: "gpu-1", sentAt: UInt64(900 * Self.ms), status: AgentStatus(), now: 900 * Self.ms)
         #expect(kinds(events) == [.recovered])
         #expect(events.first?.silenceNanoseconds == 900 * Self.ms)
-        #expect(!tracker.mayGrantLease(agentID: "gpu-1"), "recovery alone does not restore the lease")
-        let restored = tracker.restoreLease(agentID: "gpu-1")
-        #expect(restored)
-        #expect(tracker.mayGrantLease(agentID: "gpu-1"))
-        let restoredGhost = tracker.restoreLease(agentID: "ghost")
-        #expect(!restoredGhost)
+        #expect(tracker.isLive(agentID: "gpu-1"), "whether the lease follows is the lease authority's call")
+        #expect(!tracker.isLive(agentID: "ghost"))
     }
 
-    @Test func aCrashRevokesTheLeaseEvenAcrossARestart() {
+    @Test func aCrashIsNotLiveUntilANewSessionRecoversIt() {
         var tracker = tracker()
         _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
-        #expect(tracker.mayGrantLease(agentID: "gpu-1"))
+        #expect(tracker.isLive(agentID: "gpu-1"))
         _ = tracker.sessionClosed(1, agentID: "gpu-1", graceful: false, now: 10 * Self.ms)
+        #expect(!tracker.isLive(agentID: "gpu-1"))
         #expect(kinds(tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 500 * Self.ms)) == [.recovered])
-        #expect(!tracker.mayGrantLease(agentID: "gpu-1"))
+        #expect(tracker.isLive(agentID: "gpu-1"))
     }
 
     @Test func aCleanRestartKeepsTheLease() {
@@ -86,7 +83,7 @@ import WarmpoolWire
         _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
         _ = tracker.sessionClosed(1, agentID: "gpu-1", graceful: true, now: 10 * Self.ms)
         _ = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 500 * Self.ms)
-        #expect(tracker.mayGrantLease(agentID: "gpu-1"))
+        #expect(tracker.isLive(agentID: "gpu-1"))
     }
 
     @Test func closingEverySessionWithoutGoodbyeFailsAtOnce() {
@@ -185,14 +182,16 @@ import WarmpoolWire
         #expect(failed.first?.atNanoseconds == 5_910 * Self.ms, "900 ms after the last beat, not after its late copy")
     }
 
-    @Test func aNewSessionComparesBeatsAfresh() {
+    @Test func aNewIncarnationComparesBeatsAfresh() {
         var tracker = tracker()
         _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
         _ = tracker.heartbeat(1, agentID: "gpu-1", sentAt: 9_000_000 * UInt64(Self.ms), status: AgentStatus(),
                               now: 100 * Self.ms)
         _ = tracker.sessionClosed(1, agentID: "gpu-1", graceful: true, now: 150 * Self.ms)
         // A restarted agent on another host: its clock reads less than the old one's did.
-        _ = tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 200 * Self.ms)
+        var restarted = agent
+        restarted.incarnation = 2
+        _ = tracker.sessionEstablished(2, agent: restarted, fencedAtEpoch: nil, now: 200 * Self.ms)
         var events: [LivenessEvent] = []
         for step: Int64 in 3...20 {
             events += tracker.heartbeat(2, agentID: "gpu-1", sentAt: UInt64(step * 100 * Self.ms), status: AgentStatus(),
@@ -200,6 +199,31 @@ import WarmpoolWire
             events += tracker.tick(now: step * 100 * Self.ms + 50 * Self.ms)
         }
         #expect(events.isEmpty, "its beats count although they look older than the old process's")
+    }
+
+    /// The outside client's finding: a stalled agent was failed 2,420 ms after its last real beat,
+    /// because a session opened beside the stalled one reset the comparison and its stale copies
+    /// counted as news. Another session of the same process compares against the same beats.
+    @Test func aNewSessionOfTheSameIncarnationDoesNotMakeLateCopiesNews() {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        var events = run(&tracker, sessions: [1], from: 0, to: 1_000 * Self.ms)
+        // The agent's last real beat went out at 900 ms; it stops. A second session opens at
+        // 1,000 ms and delivers copies of beats already heard (a stalled queue flushing).
+        events += tracker.sessionEstablished(2, agent: agent, fencedAtEpoch: nil, now: 1_000 * Self.ms)
+        for sent: Int64 in [700, 800, 900] {
+            events += tracker.heartbeat(2, agentID: "gpu-1", sentAt: UInt64(sent * Self.ms), status: AgentStatus(),
+                                        now: 1_100 * Self.ms)
+        }
+        var now = 1_000 * Self.ms
+        while now < 3_000 * Self.ms {
+            now += 10 * Self.ms
+            events += tracker.tick(now: now)
+        }
+        let failed = events.filter { $0.kind == .failed }
+        #expect(failed.count == 1)
+        #expect(failed.first.map { $0.atNanoseconds <= 1_360 * Self.ms } == true,
+                "failed within the timeout of the session opening, not put off by the copies: \(failed)")
     }
 
     @Test func aHangThatFailedTheAgentDoesNotRaiseTheTimeout() {
@@ -247,7 +271,7 @@ import WarmpoolWire
         var tracker = tracker()
         #expect(tracker.heartbeat(99, agentID: "ghost", sentAt: UInt64(0), status: AgentStatus(), now: 0).isEmpty)
         #expect(tracker.sessionClosed(99, agentID: "ghost", graceful: false, now: 0).isEmpty)
-        #expect(!tracker.mayGrantLease(agentID: "ghost"))
+        #expect(!tracker.isLive(agentID: "ghost"))
     }
 
     @Test func oneAgentsFailureLeavesOthersAlone() {

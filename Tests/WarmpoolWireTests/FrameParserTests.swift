@@ -14,7 +14,7 @@ import Testing
     func sampleFrames() -> [Frame] {
         var hello = ByteBuffer()
         Hello(clientNonce: Array(repeating: 7, count: 16), role: .standby, instanceID: 42, machineID: 9, agentID: "gpu-1",
-              softwareVersion: "0.1.0").encode(into: &hello)
+              softwareVersion: "0.1.0", incarnation: 1).encode(into: &hello)
         var reject = ByteBuffer()
         Reject(code: .protocolViolation, reason: "nope").encode(into: &reject)
         return [
@@ -94,7 +94,7 @@ import Testing
     @Test func helloAndChallengeCarryTheVersion() {
         var hello = ByteBuffer()
         Hello(clientNonce: Array(repeating: 7, count: 16), role: .standby, instanceID: 42, machineID: 9, agentID: "gpu-1",
-              softwareVersion: "0.1.0").encode(into: &hello)
+              softwareVersion: "0.1.0", incarnation: 1).encode(into: &hello)
         hello.setInteger(UInt8(3), at: hello.readerIndex)
         #expect(throws: ProtocolViolation.unsupportedVersion(3)) { try Hello.decode(hello) }
         var challenge = ByteBuffer(bytes: [1] + Array(repeating: 0, count: 16))
@@ -158,7 +158,7 @@ import Testing
     @Test func helloRefusesAHostileAgentID() {
         var body = ByteBuffer()
         Hello(clientNonce: Array(repeating: 0, count: 16), role: .primary, instanceID: 1, machineID: 1,
-              agentID: "../../etc/passwd", softwareVersion: "1").encode(into: &body)
+              agentID: "../../etc/passwd", softwareVersion: "1", incarnation: 1).encode(into: &body)
         #expect(throws: ProtocolViolation.self) { try Hello.decode(body) }
     }
 

@@ -17,7 +17,7 @@ struct SessionPair {
          keyring: Keyring = Keyring(["gpu-1": SessionPair.secret])) {
         let hello = Hello(
             clientNonce: Array(repeating: 0xA0, count: 16), role: .primary, instanceID: 1001, machineID: 77,
-            knownEpoch: 0, agentID: agentID, softwareVersion: "test")
+            knownEpoch: 0, agentID: agentID, softwareVersion: "test", incarnation: 1)
         agent = AgentSessionStateMachine(hello: hello, secret: agentSecret)
         controller = ControllerSessionStateMachine(
             keyring: keyring, serverNonce: Array(repeating: 0xB0, count: 16), terms: SessionPair.terms, epoch: 5)
@@ -44,7 +44,7 @@ struct SessionPair {
             Issue.record("controller did not establish: \(controllerAction)")
             return
         }
-        #expect(identity == AgentIdentity(agentID: "gpu-1", instanceID: 1001, machineID: 77, role: .primary, softwareVersion: "test"))
+        #expect(identity == AgentIdentity(agentID: "gpu-1", instanceID: 1001, machineID: 77, role: .primary, softwareVersion: "test", incarnation: 1))
         #expect(fenced == nil)
         guard case .established(let welcome) = agentAction else {
             Issue.record("agent did not establish: \(agentAction)")
@@ -85,6 +85,36 @@ struct SessionPair {
             }
             #expect(lease.acknowledgedSequence == sequence)
         }
+    }
+
+    /// §5: a session closes before a counter wraps, or the frame numbered 0 after the wrap would
+    /// verify with an old frame's MAC.
+    @Test func theControllerClosesASessionWhoseCounterIsSpent() throws {
+        var pair = SessionPair()
+        _ = pair.handshake()
+        pair.agent.fastForward(outbound: .max - 1)
+        pair.controller.fastForward(inbound: .max - 1, outbound: 2)
+        let sealedLast = pair.agent.sealHeartbeat(sentAtNanoseconds: 1_000_000, status: AgentStatus())
+        let last = try #require(sealedLast)
+        guard case .heartbeat = pair.controller.frameReceived(last.frame) else {
+            Issue.record("the last number before the end was refused")
+            return
+        }
+        let sealedSpent = pair.agent.sealHeartbeat(sentAtNanoseconds: 2_000_000, status: AgentStatus())
+        let spent = try #require(sealedSpent)
+        guard case .close(let reason, nil) = pair.controller.frameReceived(spent.frame) else {
+            Issue.record("a frame numbered 2^32 - 1 was accepted")
+            return
+        }
+        #expect(reason == .sequenceExhausted)
+        #expect(!pair.controller.isEstablished)
+    }
+
+    @Test func noGrantIsSealedWithTheLastOutboundNumber() {
+        var pair = SessionPair()
+        _ = pair.handshake()
+        pair.controller.fastForward(inbound: 2, outbound: .max)
+        #expect(pair.controller.sealLease(acknowledgedSequence: 1, leaseMilliseconds: 2_000, epoch: 5) == nil)
     }
 
     @Test func aReplayedHeartbeatClosesTheSession() throws {
@@ -377,7 +407,7 @@ struct SessionPair {
         var pair = SessionPair()
         pair.agent = AgentSessionStateMachine(
             hello: Hello(clientNonce: Array(repeating: 1, count: 16), role: .primary, instanceID: 1, machineID: 1,
-                         knownEpoch: 4, fencedAtEpoch: 4, agentID: "gpu-1", softwareVersion: "t"),
+                         knownEpoch: 4, fencedAtEpoch: 4, agentID: "gpu-1", softwareVersion: "t", incarnation: 1),
             secret: SessionPair.secret)
         guard case .established(_, let fenced, _) = pair.handshake().0 else {
             Issue.record("not established")

@@ -21,7 +21,7 @@ import Testing
     static let keys = HandshakeCrypto.sessionKeys(secret: secret, clientNonce: clientNonce, serverNonce: serverNonce)
     static let hello = Hello(
         clientNonce: clientNonce, role: .primary, instanceID: 1001, machineID: 77, knownEpoch: 3, agentID: "gpu-1",
-        softwareVersion: "0.1.0")
+        softwareVersion: "0.1.0", incarnation: 0x0123_4567_89AB_CDEF)
     static let status = AgentStatus(
         flags: [.volumeMounted, .volumeIDMatches, .volumeWritable, .gpuProbeAvailable, .leaseHeld], gpuCount: 4,
         gpuHealthyCount: 4, gpuMaxTemperatureCelsius: 64, gpuMaxUtilizationPercent: 93, volumeFreeMebibytes: 81_920,
@@ -66,7 +66,7 @@ import Testing
         let goodbye = agent.sealGoodbye(reason: .shutdown)!
         let helloInputs: [String: String] = [
             "client_nonce_hex": clientNonce.hexString, "role": "primary", "instance_id": "1001", "machine_id": "77",
-            "known_epoch": "3", "agent_id": "gpu-1", "software_version": "0.1.0",
+            "known_epoch": "3", "agent_id": "gpu-1", "software_version": "0.1.0", "incarnation": "81985529216486895",
         ]
         return [
             Vector(name: "hello", inputs: helloInputs.merging(["fenced_at_epoch": "none"]) { $1 },
@@ -162,6 +162,7 @@ import Testing
                 let hello = try Hello.decode(frame.payload)
                 #expect(hello.agentID == "gpu-1" && hello.instanceID == 1001 && hello.machineID == 77)
                 #expect(hello.fencedAtEpoch == (name == "hello_fenced" ? 3 : nil))
+                #expect(hello.incarnation == 0x0123_4567_89AB_CDEF)
                 #expect(Self.hex(Frame(type: .hello, payload: Self.body { hello.encode(into: &$0) })) == bytes.hexString)
             case .challenge:
                 #expect(try Challenge.decode(frame.payload).serverNonce == Self.serverNonce)
