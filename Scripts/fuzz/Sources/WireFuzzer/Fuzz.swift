@@ -42,7 +42,7 @@ private let terms = SessionTerms(
     telemetryIntervalMilliseconds: 30_000)
 private let agentHello = Hello(
     clientNonce: clientNonce, role: .primary, instanceID: 1001, machineID: 77, knownEpoch: 3,
-    agentID: "gpu-1", softwareVersion: "0.1.0")
+    agentID: "gpu-1", softwareVersion: "0.1.0", incarnation: 0x0123_4567_89AB_CDEF)
 private let parser = FrameParser()
 
 // MARK: - Invariants (a failed one traps, which libFuzzer records as a crash)
