@@ -197,6 +197,7 @@ import Testing
                 let document = frame.flags.contains(.compressed) ? try Zstd.decompress(body) : body
                 let expected = frame.flags.contains(.compressed) ? Self.largeDocument : Self.smallDocument
                 #expect(String(decoding: document, as: UTF8.self) == expected)
+                #expect(document.count == (frame.flags.contains(.compressed) ? 754 : 56))  // as §10 says
             case .goodbye:
                 let body = try Self.keys.agentToController.open(frame, sequence: 5)
                 #expect(try Goodbye.decode(body, sequence: 5) == Goodbye(sequence: 5, reason: .shutdown))
