@@ -434,6 +434,35 @@ struct SessionPair {
         }
     }
 
+    /// §3.8: what `printf '{"agent_id":"gpu-1"}' | zstd -3 -c` writes (zstd 1.5.4): reading a pipe,
+    /// the CLI does not know the size and leaves Frame_Content_Size out (and adds a checksum).
+    static let fromStdin = [UInt8](hexString: "28b52ffd0458a100007b226167656e745f6964223a226770752d31227d9c7571b5")!
+    /// The same with `--stream-size=20`: the size is stated (Single_Segment, a 1-byte size of 20).
+    static let withStreamSize = [UInt8](hexString: "28b52ffd2414a100007b226167656e745f6964223a226770752d31227d9c7571b5")!
+
+    @Test func aFrameThatDoesNotStateItsSizeIsRefused() throws {
+        #expect(throws: ProtocolViolation.decompressionFailed("frame does not state its size")) {
+            try Zstd.decompress(Self.fromStdin)
+        }
+        // Stating the size is all it takes; the CLI's content checksum is accepted (and checked).
+        #expect(try Zstd.decompress(Self.withStreamSize) == Array(#"{"agent_id":"gpu-1"}"#.utf8))
+
+        // The controller closes the session on it, without a Reject (it is established).
+        var pair = SessionPair()
+        _ = pair.handshake()
+        let keys = HandshakeCrypto.sessionKeys(
+            secret: SessionPair.secret, clientNonce: Array(repeating: 0xA0, count: 16),
+            serverNonce: Array(repeating: 0xB0, count: 16))
+        let frame = keys.agentToController.seal(
+            sequence: 1, type: .telemetry, flags: .compressed, body: ByteBuffer(bytes: Self.fromStdin))
+        guard case .close(let reason, nil) = pair.controller.frameReceived(frame) else {
+            Issue.record("a frame without its content size was accepted")
+            return
+        }
+        #expect(reason == .decompressionFailed("frame does not state its size"))
+        #expect(reason.description == "telemetry decompression failed: frame does not state its size")
+    }
+
     @Test func aTruncatedFrameFails() {
         let compressed = Zstd.compress(Array(repeating: 42, count: 10_000))
         #expect(throws: ProtocolViolation.self) { try Zstd.decompress(Array(compressed.dropLast(3))) }
