@@ -3,10 +3,10 @@ import NIOCore
 import Testing
 @testable import WarmpoolWire
 
-/// Protocol/vectors/vectors.json: one golden frame per message type, with the inputs that made it.
-/// Another implementation checks itself against the file; we check the file against ourselves, in
-/// both directions: our encoder reproduces every frame, and every frame decodes (MAC verified) to
-/// its inputs and re-encodes to the same bytes.
+/// Protocol/vectors/vectors.json: at least one golden frame per message type, with the inputs that
+/// made it. Another implementation checks itself against the file; we check the file against
+/// ourselves, in both directions: our encoder reproduces every frame, and every frame decodes (MAC
+/// verified) to its inputs and re-encodes to the same bytes.
 ///
 /// `WARMPOOL_WRITE_VECTORS=1 swift test --filter VectorTests` rewrites the file after a deliberate
 /// protocol change.
@@ -34,8 +34,26 @@ import Testing
     struct Vector {
         var name: String
         var inputs: [String: String]
-        var frame: Frame
+        var type: MessageType
+        /// The whole frame as it crosses the wire.
+        var bytes: [UInt8]
+
+        init(name: String, inputs: [String: String], frame: Frame) {
+            var buffer = ByteBuffer()
+            frame.write(into: &buffer)
+            self.init(name: name, inputs: inputs, type: frame.type, bytes: Array(buffer: buffer))
+        }
+
+        init(name: String, inputs: [String: String], type: MessageType, bytes: [UInt8]) {
+            self.name = name
+            self.inputs = inputs
+            self.type = type
+            self.bytes = bytes
+        }
     }
+
+    /// The Reject a version-2 controller answers a version-1 peer with, in version-1 framing.
+    static let versionOneReject = Reject(code: .unsupportedVersion, reason: ProtocolViolation.versionOneFrame.description)
 
     static func body(_ write: (inout ByteBuffer) -> Void) -> ByteBuffer {
         var buffer = ByteBuffer()
@@ -88,6 +106,9 @@ import Testing
                    frame: Frame(type: .reject, payload: body {
                        Reject(code: .authenticationFailed, reason: "authentication failed").encode(into: &$0)
                    })),
+            Vector(name: "reject_version_1", inputs: [
+                "code": "1", "reason": versionOneReject.reason, "framing_version": "1",
+            ], type: .reject, bytes: Array(buffer: versionOneReject.versionOneFrame())),
             Vector(name: "heartbeat", inputs: common.merging([
                 "sequence": "1", "sent_at_ms": "123456", "status_flags": "0x004f", "gpu_count": "4",
                 "gpu_healthy": "4", "gpu_max_temp_c": "64", "gpu_max_util_pct": "93", "volume_free_mib": "81920",
@@ -121,7 +142,7 @@ import Testing
     }
 
     @Test func everyMessageTypeHasAVector() {
-        let types = Set(Self.vectors().map(\.frame.type))
+        let types = Set(Self.vectors().map(\.type))
         #expect(types == Set(MessageType.allCases))
     }
 
@@ -129,7 +150,7 @@ import Testing
         let vectors = Self.vectors()
         if ProcessInfo.processInfo.environment["WARMPOOL_WRITE_VECTORS"] == "1" {
             let objects: [[String: Any]] = vectors.map {
-                ["name": $0.name, "type": Int($0.frame.type.rawValue), "inputs": $0.inputs, "frame_hex": Self.hex($0.frame)]
+                ["name": $0.name, "type": Int($0.type.rawValue), "inputs": $0.inputs, "frame_hex": $0.bytes.hexString]
             }
             let data = try JSONSerialization.data(withJSONObject: objects, options: [.prettyPrinted, .sortedKeys])
             try data.write(to: URL(fileURLWithPath: Self.vectorsPath))
@@ -139,9 +160,9 @@ import Testing
         #expect(file.count == vectors.count)
         for vector in vectors {
             let entry = try #require(file.first { $0["name"] as? String == vector.name }, "missing vector \(vector.name)")
-            #expect(entry["frame_hex"] as? String == Self.hex(vector.frame), "\(vector.name)")
+            #expect(entry["frame_hex"] as? String == vector.bytes.hexString, "\(vector.name)")
             #expect(entry["inputs"] as? [String: String] == vector.inputs, "\(vector.name)")
-            #expect(entry["type"] as? Int == Int(vector.frame.type.rawValue))
+            #expect(entry["type"] as? Int == Int(vector.type.rawValue))
         }
     }
 
@@ -152,6 +173,10 @@ import Testing
             let name = try #require(entry["name"] as? String)
             let frameHex = try #require(entry["frame_hex"] as? String)
             let bytes = try #require([UInt8](hexString: frameHex))
+            if name == "reject_version_1" {
+                try Self.checkVersionOneReject(bytes)
+                continue
+            }
             var buffer = ByteBuffer(bytes: bytes)
             let parsed = try FrameParser().parse(&buffer)
             let frame = try #require(parsed, "\(name) did not parse")
@@ -203,5 +228,29 @@ import Testing
                 #expect(try Goodbye.decode(body, sequence: 5) == Goodbye(sequence: 5, reason: .shutdown))
             }
         }
+    }
+
+    /// The version-1 Reject: what the controller answers a stream opening with `00`, byte for byte,
+    /// and readable as version 1 framed it (u32 length of what follows, version, type, flags,
+    /// body; no MAC).
+    static func checkVersionOneReject(_ bytes: [UInt8]) throws {
+        var stream = ByteBuffer(bytes: [0, 0, 0, 40, 1, 1, 0])
+        #expect(throws: ProtocolViolation.versionOneFrame) { try FrameParser().parse(&stream) }
+        var controller = ControllerSessionStateMachine(
+            keyring: Keyring(["gpu-1": secret]), serverNonce: serverNonce,
+            terms: SessionTerms(heartbeatIntervalMilliseconds: 100, silenceTimeoutMilliseconds: 350,
+                                leaseMilliseconds: 2_000, telemetryIntervalMilliseconds: 30_000), epoch: 3)
+        guard case .close(.versionOneFrame, .versionOne(let reject)?) = controller.decodeFailed(.versionOneFrame) else {
+            Issue.record("no version-1 Reject for a version-1 frame")
+            return
+        }
+        #expect(Array(buffer: reject) == bytes)
+        var frame = ByteBuffer(bytes: bytes)
+        let length = frame.readInteger(as: UInt32.self)
+        #expect(length.map { Int($0) } == frame.readableBytes)
+        let header = frame.readBytes(length: 3)
+        #expect(header == [1, MessageType.reject.rawValue, 0])
+        #expect(try Reject.decode(frame) == versionOneReject)
+        #expect(versionOneReject.code == .unsupportedVersion)
     }
 }
