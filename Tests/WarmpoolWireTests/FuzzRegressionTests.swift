@@ -5,8 +5,9 @@ import Testing
 
 /// Inputs the fuzzer (Scripts/fuzz, `Scripts/drill fuzz`) found crashing, kept as regression
 /// tests in Protocol/vectors/fuzz/ (plus hand-made malicious seeds). Each file is a fuzzer input:
-/// two control bytes, then the stream a peer sent. Fed whole and byte at a time, the parser must
-/// give the same frames and the same verdict, and every body decoder must return or throw.
+/// two control bytes (defined in that directory's README.md), then the stream a peer sent. Fed
+/// whole and byte at a time, the parser must give the same frames and the same verdict, and every
+/// body decoder must return or throw.
 @Suite struct FuzzRegressionTests {
     static let directory = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -49,6 +50,25 @@ import Testing
 
     @Test func thereAreInputs() {
         #expect(!Self.inputs.isEmpty, "no inputs in \(Self.directory.path)")
+    }
+
+    /// The verdicts Protocol/vectors/fuzz/README.md gives for the hand-made seeds.
+    static let seedVerdicts: [String: ProtocolViolation] = [
+        "seed-length-field-too-long": .lengthFieldTooLong,
+        "seed-length-over-maximum": .frameTooLarge(claimed: 65_537, maximum: Frame.maximumLength),
+        "seed-non-minimal-length": .nonMinimalLength,
+        "seed-oversized-length": .lengthFieldTooLong,
+        "seed-zero-length-unknown-type": .versionOneFrame,
+    ]
+
+    @Test func eachSeedIsRefusedAsTheReadmeSays() throws {
+        let seeds = Self.inputs.filter { $0.lastPathComponent.hasPrefix("seed-") }
+        #expect(Set(seeds.map(\.lastPathComponent)) == Set(Self.seedVerdicts.keys))
+        for file in seeds {
+            var stream = ByteBuffer(bytes: Array(try Data(contentsOf: file).dropFirst(2)))
+            let expected = try #require(Self.seedVerdicts[file.lastPathComponent])
+            #expect(throws: expected, "\(file.lastPathComponent)") { try FrameParser().parse(&stream) }
+        }
     }
 
     @Test(arguments: inputs)

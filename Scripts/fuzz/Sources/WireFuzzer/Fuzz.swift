@@ -3,7 +3,8 @@
 //
 // Replay one input with `Scripts/fuzz/run 1 FILE`; WIRE_FUZZ_TRACE=1 also prints each action.
 //
-// Input layout (Scripts/fuzz/make-corpus writes seeds in this shape):
+// Input layout (Scripts/fuzz/make-corpus writes seeds in this shape; Protocol/vectors/fuzz/README.md
+// defines it for outside implementers: keep the two in step):
 //
 //     byte 0   control bits (below)
 //     byte 1   seed of the chunk-size generator
