@@ -220,7 +220,12 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "WarmpoolAgentTests", dependencies: ["WarmpoolAgent", "WarmpoolTestSupport", "WarmpoolWire"]),
+        .testTarget(
+            name: "WarmpoolAgentTests",
+            dependencies: [
+                "WarmpoolAgent", "WarmpoolTestSupport", "WarmpoolWire", .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         // Unit tests of the pure parts, and the verifier against a real sshd on loopback (as root).
         .testTarget(
             name: "WarmpoolSSHTests",

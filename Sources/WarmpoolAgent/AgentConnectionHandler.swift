@@ -9,15 +9,13 @@ final class AgentConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = Frame
     typealias OutboundOut = Frame
 
-    /// Grants answer one of the last few beats; older ones are not worth keeping.
-    private static let sentTimesKept = 64
-
     private var machine: AgentSessionStateMachine
     private unowned let runtime: AgentRuntime
     private let slot: Int
     private var logger: Logger
     private var context: ChannelHandlerContext?
-    private var sentTimes: [(sequence: UInt32, at: Int64)]
+    /// Grants answer one of the last few beats; older ones are not worth keeping.
+    private var sentTimes = HeartbeatSendTimes()
     private(set) var lastInboundAt: Int64 = MonotonicClock.now()
 
     init(hello: Hello, secret: AgentSecret, runtime: AgentRuntime, slot: Int, logger: Logger) {
@@ -25,7 +23,6 @@ final class AgentConnectionHandler: ChannelInboundHandler {
         self.runtime = runtime
         self.slot = slot
         self.logger = logger
-        self.sentTimes = Array(repeating: (0, 0), count: Self.sentTimesKept)
     }
 
     var isEstablished: Bool { machine.welcome != nil }
@@ -71,7 +68,7 @@ final class AgentConnectionHandler: ChannelInboundHandler {
     func sendHeartbeat(status: AgentStatus, now: Int64) {
         guard let context, let (sequence, frame) = machine.sealHeartbeat(sentAtNanoseconds: UInt64(now), status: status)
         else { return }
-        sentTimes[Int(sequence % UInt32(Self.sentTimesKept))] = (sequence, now)
+        sentTimes.record(sequence: sequence, at: now)
         context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
     }
 
@@ -101,13 +98,12 @@ final class AgentConnectionHandler: ChannelInboundHandler {
         case .established(let welcome):
             runtime.established(slot: slot, handler: self, welcome: welcome)
         case .lease(let grant):
-            let sent = sentTimes[Int(grant.acknowledgedSequence % UInt32(Self.sentTimesKept))]
-            guard sent.sequence == grant.acknowledgedSequence, sent.at != 0 else {
+            guard let anchor = sentTimes.sentAt(grant.acknowledgedSequence) else {
                 // A grant for a beat we no longer remember cannot be anchored safely: ignore it.
                 logger.debug("lease grant for an unknown beat", metadata: ["sequence": "\(grant.acknowledgedSequence)"])
                 return
             }
-            runtime.leaseGranted(grant, anchor: sent.at)
+            runtime.leaseGranted(grant, anchor: anchor)
         case .rejected(let reject):
             logger.error("controller rejected us: \(reject.reason)", metadata: ["code": "\(reject.code)"])
             runtime.rejected(slot: slot, code: reject.code)

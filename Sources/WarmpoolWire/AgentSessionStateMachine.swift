@@ -151,11 +151,13 @@ public struct AgentSessionStateMachine {
 
     public mutating func closed() { state = .closed }
 
-    /// Moves the outbound counter on to `outbound`, as if that many frames had gone: only for
-    /// tests of the end of the counter (the controller's `fastForward`).
-    mutating func fastForward(outbound: UInt32) {
+    /// Moves the outbound counter (and the inbound one, if given) on, as if that many frames had
+    /// passed: only for tests of the end of the counter and of grant widening (the controller's
+    /// `fastForward`).
+    mutating func fastForward(inbound: UInt32? = nil, outbound: UInt32) {
         guard case .established(var established) = state else { return }
         established.nextOutbound = outbound
+        if let inbound { established.nextInbound = inbound }
         state = .established(established)
     }
 

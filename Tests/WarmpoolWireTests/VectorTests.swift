@@ -6,10 +6,12 @@ import Testing
 /// Protocol/vectors/vectors.json: at least one golden frame per message type, with the inputs that
 /// made it. Another implementation checks itself against the file; we check the file against
 /// ourselves, in both directions: our encoder reproduces every frame, and every frame decodes (MAC
-/// verified) to its inputs and re-encodes to the same bytes.
+/// verified) to its inputs and re-encodes to the same bytes. The lease-widening vectors are also
+/// fed to a real agent session (here) and to the agent's send-time table (WarmpoolAgentTests).
 ///
-/// `WARMPOOL_WRITE_VECTORS=1 swift test --filter VectorTests` rewrites the file after a deliberate
-/// protocol change.
+/// `WARMPOOL_WRITE_VECTORS=1 swift test --filter WarmpoolWireTests.VectorTests` rewrites the file
+/// after a deliberate protocol change (the plain `VectorTests` filter would also run
+/// LeaseVectorTests, which may read the file while it is being rewritten).
 @Suite(.serialized) struct VectorTests {
     static let vectorsPath = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -52,8 +54,70 @@ import Testing
         }
     }
 
+    /// A LeaseGrant that shows how the agent widens `acknowledged` (§3.7) and which grants its
+    /// send-time table honours (§7). Each stands alone: a session of the shared inputs on which
+    /// the agent has sent `agentSent` (in order, numbered as given; the numbers before the first
+    /// do not matter) and the controller seals its grant number `sequence`.
+    struct Widening {
+        var name: String
+        var sequence: UInt32
+        /// What the controller acknowledged: only its low 16 bits go on the wire.
+        var acknowledged: UInt32
+        /// `kind first[-last]` items, comma separated, kind `heartbeat`, `telemetry` or `goodbye`.
+        var agentSent: String
+        /// The last number in `agentSent`: what the agent widens against.
+        var lastSent: UInt32
+        var widened: UInt32
+        /// The heartbeat the grant's lease is anchored on; nil when the agent ignores the grant.
+        var anchoredOn: UInt32?
+    }
+
+    static let widenings: [Widening] = [
+        // The low 16 bits wrapped between the acknowledged beat and the agent's last frame.
+        Widening(
+            name: "lease_widen_low16_wrap", sequence: 13_108, acknowledged: 65_535,
+            agentSent: "heartbeat 65533-65535, telemetry 65536, heartbeat 65537", lastSent: 65_537, widened: 65_535,
+            anchoredOn: 65_535),
+        // The end of the counter: 2^32 - 2 is the last number the controller accepts (§5).
+        Widening(
+            name: "lease_widen_counter_end", sequence: 858_993_459, acknowledged: 4_294_967_293,
+            agentSent: "heartbeat 4294967290-4294967294", lastSent: 4_294_967_294, widened: 4_294_967_293,
+            anchoredOn: 4_294_967_293),
+        // The number of a Telemetry: widened all the same, then ignored.
+        Widening(
+            name: "lease_widen_telemetry", sequence: 2, acknowledged: 1, agentSent: "telemetry 1, heartbeat 2",
+            lastSent: 2, widened: 1, anchoredOn: nil),
+        // A number the agent has not sent yet (only a faulty controller): the subtraction wraps
+        // below zero, modulo 2^32, to a number no beat has.
+        Widening(
+            name: "lease_widen_ahead", sequence: 2, acknowledged: 3, agentSent: "telemetry 1, heartbeat 2",
+            lastSent: 2, widened: 4_294_901_763, anchoredOn: nil),
+        // Heartbeat 100's entry (100 mod 64 = 36) survives Telemetry 164: 65 frames back, still honoured.
+        Widening(
+            name: "lease_widen_kept_across_telemetry", sequence: 34, acknowledged: 100,
+            agentSent: "heartbeat 100-163, telemetry 164, heartbeat 165", lastSent: 165, widened: 100,
+            anchoredOn: 100),
+        // Heartbeat 164 took heartbeat 100's entry: the grant is ignored.
+        Widening(
+            name: "lease_widen_overwritten", sequence: 34, acknowledged: 100, agentSent: "heartbeat 100-165",
+            lastSent: 165, widened: 100, anchoredOn: nil),
+    ]
+
     /// The Reject a version-2 controller answers a version-1 peer with, in version-1 framing.
     static let versionOneReject = Reject(code: .unsupportedVersion, reason: ProtocolViolation.versionOneFrame.description)
+
+    /// An agent session of the shared inputs, established, with its counters moved on.
+    static func establishedAgent(inbound: UInt32, outbound: UInt32) -> AgentSessionStateMachine {
+        var agent = AgentSessionStateMachine(hello: hello, secret: secret)
+        _ = agent.start()
+        _ = agent.frameReceived(Frame(type: .challenge, payload: body { Challenge(serverNonce: serverNonce).encode(into: &$0) }))
+        let welcome = Welcome(
+            heartbeatIntervalMilliseconds: 100, silenceTimeoutMilliseconds: 350, leaseMilliseconds: 2_000,
+            telemetryIntervalMilliseconds: 30_000, epoch: 3)
+        _ = agent.frameReceived(keys.controllerToAgent.seal(sequence: 1, type: .welcome, body: body { welcome.encode(into: &$0) }))
+        agent.fastForward(inbound: inbound, outbound: outbound)
+        return agent
+    }
 
     static func body(_ write: (inout ByteBuffer) -> Void) -> ByteBuffer {
         var buffer = ByteBuffer()
@@ -82,6 +146,17 @@ import Testing
         let smallTelemetry = agent.sealTelemetry(document: Array(smallDocument.utf8))!
         let largeTelemetry = agent.sealTelemetry(document: Array(largeDocument.utf8))!
         let goodbye = agent.sealGoodbye(reason: .shutdown)!
+        let widened = widenings.map { widening in
+            Vector(name: widening.name, inputs: common.merging([
+                "sequence": "\(widening.sequence)", "acknowledged_sequence": "\(widening.acknowledged)",
+                "lease_ms": "2000", "epoch": "3", "mac_key": "controller->agent", "agent_sent": widening.agentSent,
+                "agent_last_sent": "\(widening.lastSent)", "widened_sequence": "\(widening.widened)",
+                "anchored_on": widening.anchoredOn.map { "\($0)" } ?? "none",
+            ]) { $1 }, frame: keys.controllerToAgent.seal(sequence: widening.sequence, type: .lease, body: body {
+                LeaseGrant(sequence: widening.sequence, acknowledgedSequence: widening.acknowledged,
+                           leaseMilliseconds: 2_000, epoch: 3).encode(into: &$0)
+            }))
+        }
         let helloInputs: [String: String] = [
             "client_nonce_hex": clientNonce.hexString, "role": "primary", "instance_id": "1001", "machine_id": "77",
             "known_epoch": "3", "agent_id": "gpu-1", "software_version": "0.1.0", "incarnation": "81985529216486895",
@@ -132,7 +207,7 @@ import Testing
             Vector(name: "goodbye", inputs: common.merging([
                 "sequence": "5", "reason": "0", "mac_key": "agent->controller",
             ]) { $1 }, frame: goodbye),
-        ]
+        ] + widened
     }
 
     static func hex(_ frame: Frame) -> String {
@@ -212,10 +287,20 @@ import Testing
                         == Heartbeat(sequence: 2, sentAtMilliseconds: 123_556, status: Self.status))
                     #expect(bytes.count == 11)
                 }
-            case .lease:
+            case .lease where name == "lease":
                 let body = try Self.keys.controllerToAgent.open(frame, sequence: 2)
                 let grant = try LeaseGrant.decode(body, sequence: 2, lastSent: 2)
                 #expect(grant == LeaseGrant(sequence: 2, acknowledgedSequence: 2, leaseMilliseconds: 2_000, epoch: 3))
+            case .lease:
+                let inputs = try #require(entry["inputs"] as? [String: String])
+                let sequence = try #require(inputs["sequence"].flatMap { UInt32($0) })
+                let lastSent = try #require(inputs["agent_last_sent"].flatMap { UInt32($0) })
+                let widened = try #require(inputs["widened_sequence"].flatMap { UInt32($0) })
+                let body = try Self.keys.controllerToAgent.open(frame, sequence: sequence)
+                let grant = try LeaseGrant.decode(body, sequence: sequence, lastSent: lastSent)
+                #expect(grant == LeaseGrant(sequence: sequence, acknowledgedSequence: widened, leaseMilliseconds: 2_000, epoch: 3),
+                        "\(name)")
+                #expect(Self.hex(frame) == bytes.hexString)
             case .telemetry:
                 let sequence: UInt32 = frame.flags.contains(.compressed) ? 4 : 3
                 let body = Array(buffer: try Self.keys.agentToController.open(frame, sequence: sequence))
@@ -252,5 +337,31 @@ import Testing
         #expect(header == [1, MessageType.reject.rawValue, 0])
         #expect(try Reject.decode(frame) == versionOneReject)
         #expect(versionOneReject.code == .unsupportedVersion)
+    }
+
+    /// §3.7: each widening vector's grant, fed to a real agent session whose last frame was
+    /// `agent_last_sent`, comes out acknowledging `widened_sequence`.
+    @Test func theAgentWidensEachGrantAsItsVectorSays() throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: Self.vectorsPath))
+        let file = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]])
+        let entries = file.filter { ($0["inputs"] as? [String: String])?["agent_last_sent"] != nil }
+        #expect(entries.count == Self.widenings.count)
+        for entry in entries {
+            let name = try #require(entry["name"] as? String)
+            let inputs = try #require(entry["inputs"] as? [String: String])
+            let sequence = try #require(inputs["sequence"].flatMap { UInt32($0) })
+            let lastSent = try #require(inputs["agent_last_sent"].flatMap { UInt32($0) })
+            let widened = try #require(inputs["widened_sequence"].flatMap { UInt32($0) })
+            let bytes = try #require((entry["frame_hex"] as? String).flatMap { [UInt8](hexString: $0) })
+            var buffer = ByteBuffer(bytes: bytes)
+            let frame = try #require(try FrameParser().parse(&buffer))
+            var agent = Self.establishedAgent(inbound: sequence, outbound: lastSent &+ 1)
+            guard case .lease(let grant) = agent.frameReceived(frame) else {
+                Issue.record("\(name): the agent did not take the grant")
+                continue
+            }
+            #expect(grant.acknowledgedSequence == widened, "\(name)")
+            #expect(grant.sequence == sequence && grant.leaseMilliseconds == 2_000 && grant.epoch == 3, "\(name)")
+        }
     }
 }
