@@ -189,6 +189,7 @@ final class AgentListener: @unchecked Sendable {
             if now >= nextIdleScanAt {
                 nextIdleScanAt = now + 500_000_000
                 closeIdleSessions(now: now, timeout: idleTimeout)
+                compactHandshakeOrder()
             }
             anonymousLog.flush(now: now, into: logger)
         }
@@ -312,6 +313,14 @@ final class AgentListener: @unchecked Sendable {
             handshakeOrderStart = 0
         }
         return handshakeOrder[handshakeOrderStart...].first { isHandshaking($0) && (address == nil || $0.address == address) }
+    }
+
+    /// Established and closed connections leave the order only lazily: drop them now and then,
+    /// so it never holds more than the handshakes in flight and a bounded backlog.
+    private func compactHandshakeOrder() {
+        guard handshakeOrder.count - handshakeOrderStart > 2 * handshaking.count + 1_024 else { return }
+        handshakeOrder = handshakeOrder[handshakeOrderStart...].filter(isHandshaking)
+        handshakeOrderStart = 0
     }
 
     private func isHandshaking(_ connection: Connection) -> Bool {

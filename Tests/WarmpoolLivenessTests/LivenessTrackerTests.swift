@@ -274,6 +274,22 @@ import WarmpoolWire
         #expect(!tracker.isLive(agentID: "ghost"))
     }
 
+    /// Entries are forgotten when their instance is destroyed, unless an agent still holds a
+    /// session: without this the detector keeps every agent it ever saw.
+    @Test func forgettingAnInstanceDropsItsIdleAgentsOnly() {
+        var tracker = tracker()
+        var other = agent
+        other.agentID = "gpu-2"
+        other.instanceID = 12
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = tracker.sessionEstablished(2, agent: other, fencedAtEpoch: nil, now: 0)
+        tracker.forget(instanceID: 11)
+        #expect(tracker.snapshots(now: 0).count == 2, "a connected agent is kept")
+        _ = tracker.sessionClosed(1, agentID: "gpu-1", graceful: true, now: 10 * Self.ms)
+        tracker.forget(instanceID: 11)
+        #expect(tracker.snapshots(now: 0).map(\.identity.agentID) == ["gpu-2"])
+    }
+
     @Test func oneAgentsFailureLeavesOthersAlone() {
         var tracker = tracker()
         let other = AgentIdentity(agentID: "gpu-2", instanceID: 12, machineID: 7, role: .standby, softwareVersion: "t")
