@@ -77,7 +77,9 @@ final class AgentListener: @unchecked Sendable {
         self.hub = hub
         self.logger = logger
         self.limits = hub.configuration.limits
-        self.maximumConnections = limits.maximumConnections(descriptors: ConnectionLimits.raiseDescriptorLimit())
+        let descriptors = ConnectionLimits.raiseDescriptorLimit()
+        self.maximumConnections = limits.maximumConnections(descriptors: descriptors)
+        logger.info("agent connections: at most \(maximumConnections) (descriptor limit \(descriptors))")
         self.reserveFD = open("/dev/null", O_RDONLY | O_CLOEXEC)
         let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
         let fd = socket(Int32(address.protocol.rawValue), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
