@@ -13,6 +13,7 @@ import os
 import random
 import re
 import selectors
+import signal
 import socket
 import struct
 import subprocess
@@ -80,10 +81,11 @@ def run(args, binaries, workdir, keys, lab):
                 stdout=output, stderr=subprocess.DEVNULL, start_new_session=True)
         flooders = start_flooders(args, binaries, workdir, controller, lab)
         measured = window(controller, args.seconds, flooders)
-        for process, _ in flooders:
-            process.wait(30)
+        alive = controller.process.poll() is None
+        finish(flooders, alive)
         stop(probes, 5)
-        time.sleep(3)  # a detection the flood caused, decided just after it
+        if alive:
+            time.sleep(3)  # a detection the flood caused, decided just after it
         controller.events.poll()
         alive = controller.process.poll() is None
     finally:
@@ -92,7 +94,8 @@ def run(args, binaries, workdir, keys, lab):
         stop(probes, 5)
         stop(loadgen, 30)
         controller.stop()
-    return {"idle": idle, "flood": measured, "events": controller.events.seen[steady_from:], "alive": alive, "probes": read_lines(probes_path),
+    return {"idle": idle, "flood": measured, "events": controller.events.seen[steady_from:], "alive": alive,
+            "exit": controller.process.returncode, "crash": crash_lines(controller.log_path), "probes": read_lines(probes_path),
             "flooders": [last_json(path) for _, path in flooders]}
 
 
@@ -118,6 +121,24 @@ def start_flooders(args, binaries, workdir, controller, lab):
             "--seed", str(slot)])
         flooders.append((spawn(command, path), path))
     return flooders
+
+
+def finish(flooders, alive):
+    """Waits for the flood processes to end on time, or (the controller gone) ends them now; each
+    prints its counts either way."""
+    deadline = time.monotonic() + (30 if alive else 0)
+    for process, _ in flooders:
+        try:
+            process.wait(max(0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        stop(process, 10)
+
+
+def crash_lines(log_path):
+    """What the Swift runtime said as the controller crashed, if it did."""
+    with open(log_path, errors="replace") as handle:
+        return [line.strip() for line in handle if "Fatal error" in line or "*** Signal" in line][:3]
 
 
 def window(controller, seconds, flooders=()):
@@ -181,7 +202,7 @@ def judge(args, result):
         "false_failures": count(load, "failed"), "suspicions": count(load, "suspected"),
         "recoveries": count(load, "recovered"),
         "false_failure_reasons": sorted({e["reason"] for e in load if e["event"] == "failed"})[:5],
-        "controller_alive": result["alive"],
+        "controller_alive": result["alive"], "controller_exit": result["exit"], "controller_crash": result["crash"],
         "controller_cpu_pct": rounded(flood["cpu_pct"]), "controller_cpu_pct_before": rounded(idle["cpu_pct"]),
         "log_bytes": flood["log_bytes"], "log_lines": flood["log_lines"],
         "log_bytes_per_s": round(flood["log_bytes"] / flood["seconds"]), "log_top": flood["log_top"],
@@ -269,7 +290,7 @@ def breaches(summary):
     if summary["suspicions"] and summary["mode"] == "connections":
         found.append("%d suspicions among the agents" % summary["suspicions"])
     if not summary["controller_alive"]:
-        found.append("the controller died")
+        found.append("the controller died (exit %s): %s" % (summary["controller_exit"], summary["controller_crash"]))
     if not summary["new_agent_handshakes"]:
         found.append("no new agent's handshake was measured")
     elif summary["new_agent_handshake_failures"]:
@@ -291,7 +312,9 @@ def generate(host, port, seconds, hold, inflight, seed):
     counts = collections.Counter()
     started = time.monotonic()
     deadline = started + seconds
-    while time.monotonic() < deadline:
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    while time.monotonic() < deadline and not stopping:
         while len(pending) < inflight and open_one(host, port, selector, pending, counts):
             pass
         now = time.monotonic()

@@ -96,6 +96,8 @@ extension LoadGenerator {
 
         func run() throws {
             signal(SIGPIPE, SIG_IGN)
+            // SIGTERM ends the flood early, still with its line: the drill stops it when the controller dies.
+            signal(SIGTERM) { _ in telemetryFloodStopped = 1 }
             guard let address = ControllerAddress(controller) else { throw ValidationError("bad --controller") }
             let id = "\(options.prefix)0"
             let chosen = kinds.split(separator: ",").map(String.init)
@@ -113,7 +115,7 @@ extension LoadGenerator {
             let started = MonotonicClock.now()
             let deadline = started + Int64(seconds * 1e9)
             var nextBeat = started
-            while MonotonicClock.now() < deadline {
+            while MonotonicClock.now() < deadline, telemetryFloodStopped == 0 {
                 if session == nil {
                     do {
                         session = try BlockingSession(
@@ -174,6 +176,9 @@ extension LoadGenerator {
         }
     }
 }
+
+/// Set by SIGTERM; the telemetry flood checks it before each frame.
+nonisolated(unsafe) private var telemetryFloodStopped: sig_atomic_t = 0
 
 /// The documents the telemetry flood sends in turn, built once.
 struct TelemetryDocuments {
