@@ -95,18 +95,18 @@ def run(args, binaries, workdir, keys, lab):
         stop(loadgen, 30)
         controller.stop()
     return {"idle": idle, "flood": measured, "events": controller.events.seen[steady_from:], "alive": alive,
-            "exit": controller.process.returncode, "crash": crash_lines(controller.log_path), "probes": read_lines(probes_path),
-            "flooders": [last_json(path) for _, path in flooders]}
+            "exit": controller.process.returncode, "crash": crash_lines(controller.log_path),
+            "probes": read_lines(probes_path), "flooders": [last_json(path) for _, path in flooders]}
 
 
 def start_flooders(args, binaries, workdir, controller, lab):
     """(process, output path) of each flood process, or of the telemetry agent."""
     if args.telemetry:
         path = os.path.join(workdir, "telemetry.log")
-        return [(spawn(in_namespace(lab.namespace(HOST, 1), [
+        command = in_namespace(lab.namespace(HOST, 1), [
             os.path.join(binaries, "warmpool-loadgen"), "telemetry-flood", "--prefix", "telemetry-",
-            "--controller", controller.address, "--seconds", str(args.seconds), "--kinds", args.telemetry_kinds]), path),
-                 path)]
+            "--controller", controller.address, "--seconds", str(args.seconds), "--kinds", args.telemetry_kinds])
+        return [(spawn(command, path), path)]
     flooders = []
     host, port = controller.address.rsplit(":", 1)
     for slot in range(1, args.sources + 1):
@@ -148,9 +148,12 @@ def window(controller, seconds, flooders=()):
     descriptors = []
     while time.monotonic() - started < seconds:
         time.sleep(0.25)
+        try:
+            descriptors.append(len(os.listdir("/proc/%d/fd" % pid)))
+        except FileNotFoundError:
+            pass
         if controller.process.poll() is not None:
             break
-        descriptors.append(len(os.listdir("/proc/%d/fd" % pid)))
         if flooders and all(process.poll() is not None for process, _ in flooders):
             break
     elapsed = time.monotonic() - started
