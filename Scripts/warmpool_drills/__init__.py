@@ -1,5 +1,5 @@
 """The drills behind Scripts/drill, one module a command: loss, partition, controller_crash,
-provider_faults, fuzz and api_fuzz; failover_lab is the warm pool in the lab the failover drills
+provider_faults, fuzz, flood and api_fuzz; failover_lab is the warm pool in the lab the failover drills
 share. Here: what every drill shares, its binaries and its report."""
 import json
 

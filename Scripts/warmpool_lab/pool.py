@@ -71,10 +71,10 @@ class Controller:
         stop(self.process, timeout)
 
 
-def loadgen_keys(binaries, count, keys):
-    """Keys for `warmpool-loadgen`'s simulated agents (load-0 ...), written to the keys file."""
-    subprocess.run([os.path.join(binaries, "warmpool-loadgen"), "keys", "--count", str(count), "--keys-file", keys],
-                   check=True)
+def loadgen_keys(binaries, count, keys, prefix="load-"):
+    """Keys for `warmpool-loadgen`'s simulated agents (PREFIX0 ...), appended to the keys file."""
+    subprocess.run([os.path.join(binaries, "warmpool-loadgen"), "keys", "--count", str(count), "--prefix", prefix,
+                    "--keys-file", keys], check=True)
 
 
 def start_agent(binary, controller, agent_id, secret, volume, log_level="error", prefix=()):

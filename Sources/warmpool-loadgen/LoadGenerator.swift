@@ -16,7 +16,7 @@ struct LoadGenerator: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warmpool-loadgen",
         abstract: "Simulated agents for benchmarks: writes their keys, then runs them.",
-        subcommands: [Keys.self, Run.self, Beats.self, Floor.self])
+        subcommands: [Keys.self, Run.self, Beats.self, Floor.self, Handshakes.self, TelemetryFlood.self])
 
     struct Options: ParsableArguments {
         @Option(help: "How many agents.")
