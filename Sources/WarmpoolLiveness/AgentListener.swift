@@ -42,8 +42,10 @@ final class AgentListener: @unchecked Sendable {
     }
 
     private let limits: ConnectionLimits
-    /// Connections in all, from the descriptor limit less the reserve.
-    private let maximumConnections: Int
+    /// Connections in all, from the descriptor limit less the reserve; read again every scan, as
+    /// the limit can be lowered under a running process (`prlimit`), and a process out of
+    /// descriptors dies (libdispatch traps when it cannot open /proc files).
+    private var maximumConnections: Int
     /// Held open so that, out of descriptors, one can be freed to accept and close the newest
     /// connection: level-triggered epoll would otherwise wake for the same backlog forever.
     private var reserveFD: Int32
@@ -192,6 +194,7 @@ final class AgentListener: @unchecked Sendable {
                 nextIdleScanAt = now + 500_000_000
                 closeIdleSessions(now: now, timeout: idleTimeout)
                 compactHandshakeOrder()
+                maximumConnections = limits.maximumConnections(descriptors: ConnectionLimits.currentDescriptorLimit())
             }
             anonymousLog.flush(now: now, into: logger)
         }
@@ -395,6 +398,13 @@ final class AgentListener: @unchecked Sendable {
         case .none:
             break
         case .telemetry(let telemetry):
+            // What decompression produced counts against the budget too: a few hundred bytes of
+            // zstd can make a megabyte, and the next such frame must not be opened.
+            if telemetry.document.count > 0, !connection.spend(telemetry.document.count, now: MonotonicClock.now(), limits: limits) {
+                connection.stopped = true
+                closeLogged(connection, because: "over its byte budget of \(limits.bytesPerSecond) bytes a second (decompressed telemetry counts)")
+                return
+            }
             // Authenticated and decompressed; the store that keeps it comes with the control plane.
             connection.logger.debug("telemetry received", metadata: ["telemetry.bytes": "\(telemetry.document.count)"])
         case .send(let frame):
@@ -483,8 +493,7 @@ final class AgentListener: @unchecked Sendable {
         if connection.pending == nil {
             let written = bytes.withUnsafeReadableBytes { write(connection.fd, $0.baseAddress, $0.count) }
             if written < 0, errno != EAGAIN, errno != EWOULDBLOCK, errno != EINTR {
-                connection.logger.info("write failed, closing", metadata: ["errno": "\(errno)"])
-                closeConnection(connection)
+                closeLogged(connection, because: "write failed: \(String(cString: strerror(errno)))")
                 return
             }
             bytes.moveReaderIndex(forwardBy: max(written, 0))
@@ -511,8 +520,7 @@ final class AgentListener: @unchecked Sendable {
         let written = pending.withUnsafeReadableBytes { write(connection.fd, $0.baseAddress, $0.count) }
         if written < 0 {
             if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return }
-            connection.logger.info("write failed, closing", metadata: ["errno": "\(errno)"])
-            closeConnection(connection)
+            closeLogged(connection, because: "write failed: \(String(cString: strerror(errno)))")
             return
         }
         pending.moveReaderIndex(forwardBy: written)

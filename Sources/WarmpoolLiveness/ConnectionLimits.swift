@@ -18,7 +18,8 @@ public struct ConnectionLimits: Hashable, Sendable {
     public var descriptorReserve: Int
     /// Before authentication a frame may be no longer than this: a Hello is at most ~181 bytes.
     public var preAuthenticationFrameLength: Int
-    /// A connection's byte budget: a bucket of `byteBurst` bytes refilled at `bytesPerSecond`.
+    /// A connection's byte budget: a bucket of `byteBurst` bytes refilled at `bytesPerSecond`,
+    /// charged for what is read and again for what telemetry decompresses to.
     /// A heartbeat is ~13 bytes ten times a second and telemetry one frame of at most 64 KiB
     /// every 30 s; a peer past the budget is closed, so no one agent can hold the listener's
     /// thread (MACs, decompression) and delay everyone else's heartbeats.
@@ -54,6 +55,13 @@ public struct ConnectionLimits: Hashable, Sendable {
             raised.rlim_cur = limit.rlim_max
             if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
         }
+        return Int(clamping: limit.rlim_cur)
+    }
+
+    /// The soft descriptor limit in force now.
+    public static func currentDescriptorLimit() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1_024 }
         return Int(clamping: limit.rlim_cur)
     }
 

@@ -253,6 +253,19 @@ import WarmpoolWire
         }
     }
 
+    /// A few hundred bytes of zstd can make a megabyte: what decompression produced is charged
+    /// too, so the listener's thread is not spent opening such frames one after another.
+    @Test func decompressedTelemetryCountsAgainstTheBudget() async throws {
+        try await withListener { _, port, events in
+            let session = try Session.established(port: port)
+            let frame = session.agent.sealTelemetry(document: Array(repeating: UInt8(ascii: "0"), count: 300_000))!
+            #expect(frame.flags.contains(.compressed) && frame.payload.readableBytes < 2_000)
+            session.client.send(frame)
+            #expect(session.client.readUntilClosed().closed)
+            _ = try await events.wait(for: .failed)
+        }
+    }
+
     /// Unauthenticated connections over the cap push out the oldest: a flood churns itself, and a
     /// real agent's handshake (one round trip) still gets through.
     @Test func theOldestUnauthenticatedConnectionMakesRoom() async throws {
