@@ -25,8 +25,7 @@ extension LoadGenerator {
                 """)
         @OptionGroup var options: Options
 
-        @Option(name: .customLong("controller"), help: "Controller HOST:PORT.")
-        var controller: String = "127.0.0.1:7070"
+        @OptionGroup var target: Target
 
         @Option(help: "One attempt every this many ms.")
         var everyMs: Int = 1_000
@@ -39,7 +38,7 @@ extension LoadGenerator {
 
         func run() throws {
             signal(SIGPIPE, SIG_IGN)
-            guard let address = ControllerAddress(controller) else { throw ValidationError("bad --controller") }
+            let address = try target.address()
             for (index, id) in options.agentIDs().enumerated() {
                 let started = MonotonicClock.now()
                 var line: [String: Any] = ["agent_id": id]
@@ -79,8 +78,7 @@ extension LoadGenerator {
                 """)
         @OptionGroup var options: Options
 
-        @Option(name: .customLong("controller"), help: "Controller HOST:PORT.")
-        var controller: String = "127.0.0.1:7070"
+        @OptionGroup var target: Target
 
         @Option(help: "How long to send for.")
         var seconds: Double = 60
@@ -98,7 +96,7 @@ extension LoadGenerator {
             signal(SIGPIPE, SIG_IGN)
             // SIGTERM ends the flood early, still with its line: the drill stops it when the controller dies.
             signal(SIGTERM) { _ in telemetryFloodStopped = 1 }
-            guard let address = ControllerAddress(controller) else { throw ValidationError("bad --controller") }
+            let address = try target.address()
             let id = "\(options.prefix)0"
             let chosen = kinds.split(separator: ",").map(String.init)
             guard !chosen.isEmpty, chosen.allSatisfy(TelemetryDocuments.names.contains) else {
@@ -254,13 +252,7 @@ struct BlockingSession {
         guard fd >= 0 else { throw .connect(String(cString: strerror(errno))) }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        var socketAddress = sockaddr_in()
-        socketAddress.sin_family = sa_family_t(AF_INET)
-        socketAddress.sin_port = in_port_t(UInt16(address.port).bigEndian)
-        inet_pton(AF_INET, address.host, &socketAddress.sin_addr)
-        let result = withUnsafePointer(to: &socketAddress) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
+        let result = address.connect(fd)
         if result != 0 {
             let error = errno
             guard error == EINPROGRESS else {

@@ -36,10 +36,20 @@ struct LoadGenerator: AsyncParsableCommand {
         func agentIDs() -> [String] { (0..<count).map { "\(prefix)\($0)" } }
     }
 
-    /// Where the agents go, how fast they arrive and beat, and for how long.
-    struct Pace: ParsableArguments {
+    /// The controller every subcommand connects to.
+    struct Target: ParsableArguments {
         @Option(name: .customLong("controller"), help: "Controller HOST:PORT.")
         var controller: String = "127.0.0.1:7070"
+
+        func address() throws -> ControllerAddress {
+            guard let address = ControllerAddress(controller) else { throw ValidationError("bad --controller") }
+            return address
+        }
+    }
+
+    /// Where the agents go, how fast they arrive and beat, and for how long.
+    struct Pace: ParsableArguments {
+        @OptionGroup var target: Target
 
         @Option(help: "Stop after this many seconds (0: run until signalled).")
         var seconds: Int = 0
@@ -50,10 +60,7 @@ struct LoadGenerator: AsyncParsableCommand {
         @Option(help: "Heartbeat interval, ms: the controller's (--heartbeat-interval-ms) for a faithful load.")
         var intervalMs: Int64 = 100
 
-        func address() throws -> ControllerAddress {
-            guard let address = ControllerAddress(controller) else { throw ValidationError("bad --controller") }
-            return address
-        }
+        func address() throws -> ControllerAddress { try target.address() }
 
         /// Until --seconds have passed, or SIGTERM/SIGINT without them.
         func waitForTheEnd() async {
