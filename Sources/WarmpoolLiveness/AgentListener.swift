@@ -154,9 +154,7 @@ final class AgentListener: @unchecked Sendable {
         let handshakeTimeout = hub.configuration.handshakeTimeout.milliseconds
         let idleTimeout = hub.configuration.sessionIdleTimeout.nanoseconds
         while true {
-            // Handshakes are timed to the nearest 100 ms at worst, idle sessions to the nearest 500 ms.
-            let timeout: Int32 = !handshaking.isEmpty ? 100 : connections.isEmpty ? (anonymousLog.isQuiet ? -1 : 1_000) : 500
-            let ready = epoll_wait(epollFD, &events, Int32(events.count), timeout)
+            let ready = epoll_wait(epollFD, &events, Int32(events.count), wakeTimeoutMilliseconds)
             if ready < 0 {
                 guard errno == EINTR else {
                     logger.critical("epoll_wait failed; the agent listener stops", metadata: ["errno": "\(errno)"])
@@ -206,6 +204,14 @@ final class AgentListener: @unchecked Sendable {
             close(wakeFD)
         }
         close(epollFD)
+    }
+
+    /// Handshakes are timed to the nearest 100 ms at worst, idle sessions to the nearest 500 ms;
+    /// with nothing open the loop sleeps until a connection comes, or the log's summary is due.
+    private var wakeTimeoutMilliseconds: Int32 {
+        if !handshaking.isEmpty { return 100 }
+        if !connections.isEmpty { return 500 }
+        return anonymousLog.isQuiet ? -1 : 1_000
     }
 
     private func drainCommands() -> Bool {
@@ -265,7 +271,7 @@ final class AgentListener: @unchecked Sendable {
             if let peer { connectionLogger[metadataKey: "peer"] = "\(peer)" }
             let now = MonotonicClock.now()
             let connection = Connection(
-                fd: fd, session: session, address: address, keyring: keyring,
+                fd: fd, session: session, address: address,
                 machine: ControllerSessionStateMachine(
                     keyring: keyring, serverNonce: HandshakeCrypto.randomNonce(), terms: hub.configuration.terms,
                     epoch: epoch.rawValue),
@@ -309,13 +315,9 @@ final class AgentListener: @unchecked Sendable {
     }
 
     private func oldestHandshake(from address: String?) -> Connection? {
-        // Drop the front entries that have left the handshake, then compact now and then.
+        // Skip the front entries that have left the handshake; `compactHandshakeOrder` drops them.
         while handshakeOrderStart < handshakeOrder.count, !isHandshaking(handshakeOrder[handshakeOrderStart]) {
             handshakeOrderStart += 1
-        }
-        if handshakeOrderStart > 1_024, handshakeOrderStart * 2 > handshakeOrder.count {
-            handshakeOrder.removeFirst(handshakeOrderStart)
-            handshakeOrderStart = 0
         }
         return handshakeOrder[handshakeOrderStart...].first { isHandshaking($0) && (address == nil || $0.address == address) }
     }
@@ -413,7 +415,7 @@ final class AgentListener: @unchecked Sendable {
             leaveHandshake(connection)
             connection.logger[metadataKey: "agent.id"] = "\(identity.agentID)"
             if let refusal = hub.admit(
-                connection.session, agent: identity, secret: connection.keyring.secret(for: identity.agentID),
+                connection.session, agent: identity, secret: connection.machine.keyring.secret(for: identity.agentID),
                 fencedAtEpoch: fencedAtEpoch, closer: SessionCloser(listener: self, session: connection.session))
             {
                 connection.stopped = true
@@ -578,9 +580,6 @@ final class AgentListener: @unchecked Sendable {
         let session: SessionID
         /// The peer's address, for the per-address cap.
         let address: String
-        /// The keyring the handshake is checked against, to tell at establishment whether the
-        /// key changed while it was in flight.
-        let keyring: Keyring
         var machine: ControllerSessionStateMachine
         let handshakeDeadline: Int64
         var logger: Logger
@@ -603,13 +602,12 @@ final class AgentListener: @unchecked Sendable {
         var registered: AgentID?
 
         init(
-            fd: Int32, session: SessionID, address: String, keyring: Keyring, machine: ControllerSessionStateMachine,
+            fd: Int32, session: SessionID, address: String, machine: ControllerSessionStateMachine,
             handshakeDeadline: Int64, tokens: Int, now: Int64, logger: Logger
         ) {
             self.fd = fd
             self.session = session
             self.address = address
-            self.keyring = keyring
             self.machine = machine
             self.handshakeDeadline = handshakeDeadline
             self.tokens = tokens

@@ -113,7 +113,8 @@ public struct ControllerSessionStateMachine {
     private var state: State = .awaitingHello
     /// Set exactly while `state` is `.established`.
     private var session: Established?
-    private let keyring: Keyring
+    /// The keyring of the moment the connection opened, which the handshake is checked against.
+    public let keyring: Keyring
     private let serverNonce: [UInt8]
     private let terms: SessionTerms
     private let epoch: UInt64
