@@ -130,7 +130,7 @@ class WarmPool:
     pool 12 is provisioned on host 77 by `provision()`."""
 
     def __init__(self, binaries, workdir, boot_delay_ms, lab=None, poll_ms=100, log_level=None, sim_log_level=None,
-                 sim_extra=(), controller_extra=(), onstart="", agent_env=()):
+                 sim_extra=(), controller_extra=(), onstart="", agent_env=(), hosts=(HOST_SPEC,)):
         self.workdir = workdir
         self.sim_key = secrets.token_hex(16)
         self.ssh_key = os.path.join(workdir, "ssh_key")
@@ -142,7 +142,7 @@ class WarmPool:
         sim_log = os.path.join(workdir, "warmpool-sim.log")
         self.sim = spawn(prefix + [
             os.path.join(binaries, "warmpool-sim"), "--api-key", self.sim_key, "--authorized-keys", self.ssh_key + ".pub",
-            "--host", HOST_SPEC, "--boot-delay-ms", str(boot_delay_ms), "--state-dir", os.path.join(workdir, "sim"),
+            *[flag for spec in hosts for flag in ("--host", spec)], "--boot-delay-ms", str(boot_delay_ms), "--state-dir", os.path.join(workdir, "sim"),
             "--ready-file", os.path.join(workdir, "sim.addr"),
         ] + (["--listen", LAB_SIM_LISTEN] + lab.sim_flags() if lab else [])
             + (["--log-level", sim_log_level] if sim_log_level else []) + list(sim_extra), sim_log)
@@ -190,38 +190,38 @@ class WarmPool:
     def sim_call(self, method, path, body=None):
         return http.call(method, self.sim_url + path, self.sim_key, body)
 
-    def provision(self):
-        """POST /provision of pool 12 on host 77; the answer, once the pool is active."""
+    def provision(self, pool=POOL, host=HOST):
+        """POST /provision of `pool` on `host`; the answer, once the pool is active."""
         answer = http.request("POST", self.api_url + "/api/v1/warmpool/provision", self.api_key,
-                              {"machine_id": POOL, "host_machine_id": HOST}, timeout=300)
+                              {"machine_id": pool, "host_machine_id": host}, timeout=300)
         if answer["status"]["state"] != "active":
             raise RuntimeError("provisioning ended in state %s: %s" % (answer["status"]["state"], answer))
         return answer
 
-    def status(self):
-        return self.api("GET", "/status/%d" % POOL)[1]
+    def status(self, pool=POOL):
+        return self.api("GET", "/status/%d" % pool)[1]
 
-    def history(self, limit=None):
-        return self.api("GET", "/history/%d%s" % (POOL, "?limit=%d" % limit if limit else ""))[1].get("failovers", [])
+    def history(self, limit=None, pool=POOL):
+        return self.api("GET", "/history/%d%s" % (pool, "?limit=%d" % limit if limit else ""))[1].get("failovers", [])
 
     def agent_alive(self, instance, lease=False):
         agents = self.api("GET", "/agents")[1].get("agents", [])
         return any(a.get("instance_id") == instance and a.get("state") == "alive"
                    and (not lease or (a.get("lease") or {}).get("held")) for a in agents)
 
-    def failover_of(self, old):
+    def failover_of(self, old, pool=POOL):
         """The failover that replaced primary `old`, or None."""
-        return next((f for f in self.history() if f.get("old_primary_gpu_id") == old), None)
+        return next((f for f in self.history(pool=pool) if f.get("old_primary_gpu_id") == old), None)
 
     def steps(self, old):
         return [step["step"] for step in (self.failover_of(old) or {}).get("timeline", [])]
 
-    def wait_failover(self, old, timeout=120):
+    def wait_failover(self, old, timeout=120, pool=POOL):
         """The failover of primary `old`, once finished and the pool is active again (new standby ready)."""
         def done():
-            failover = self.failover_of(old)
+            failover = self.failover_of(old, pool)
             return (failover and failover.get("result") != "in_progress"
-                    and self.status().get("state") in ("active", "degraded")) and self.failover_of(old)
+                    and self.status(pool).get("state") in ("active", "degraded")) and self.failover_of(old, pool)
         return wait_until("the failover of instance %d to finish" % old, done, timeout, interval=0.1)
 
     def unprovoked(self, provoked):

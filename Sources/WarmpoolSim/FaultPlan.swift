@@ -32,6 +32,11 @@ public struct FaultPlan: Codable, Hashable, Sendable {
     /// Lifting the fault lets those destroys take effect. Drills use it so that only the lease
     /// keeps a partitioned primary off the volume.
     public var unreachableInstances: [Int] = []
+    /// Instances whose stop is answered from the provider's intention, not the host: accepted and
+    /// then shown `exited` while the instance goes on running. The stale or eventually consistent
+    /// answer a fencing controller must not trust alone (issue 17); drills pair it with
+    /// `unreachable_instances`.
+    public var staleStopInstances: [Int] = []
 
     public init() {}
 
@@ -40,6 +45,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         case rateLimitRate = "rate_limit_rate", rateLimitNext = "rate_limit_next", retryAfterSeconds = "retry_after_seconds"
         case latencyMs = "latency_ms", timeoutRate = "timeout_rate", timeoutMs = "timeout_ms", bootDelayMs = "boot_delay_ms", noSSHInstances = "no_ssh_instances"
         case failStartInstances = "fail_start_instances", fullHosts = "full_hosts", unreachableInstances = "unreachable_instances"
+        case staleStopInstances = "stale_stop_instances"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -59,6 +65,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         failStartInstances = try c.decodeIfPresent([Int].self, forKey: .failStartInstances) ?? []
         fullHosts = try c.decodeIfPresent([Int].self, forKey: .fullHosts) ?? []
         unreachableInstances = try c.decodeIfPresent([Int].self, forKey: .unreachableInstances) ?? []
+        staleStopInstances = try c.decodeIfPresent([Int].self, forKey: .staleStopInstances) ?? []
         guard (0...1).contains(failureRate), (0...1).contains(rateLimitRate), (0...1).contains(timeoutRate), timeoutMs >= 0, (400...599).contains(failureStatus),
             failNext >= 0, rateLimitNext >= 0, (retryAfterSeconds ?? 0) >= 0, latencyMs >= 0, (bootDelayMs ?? 0) >= 0
         else {

@@ -337,6 +337,13 @@ public actor Simulator {
         }
         counters.stops[String(id), default: 0] += 1
         // Accepted, but the command never reaches the host: it goes on running.
+        if faults.staleStopInstances.contains(id) {
+            // The provider records the stop and reports it done; the host never hears of it.
+            instances[id]?.intendedStatus = "stopped"
+            instances[id]?.actualStatus = "exited"
+            instances[id]?.statusMessage = "Instance stopped"
+            return .ok(["success": true])
+        }
         if faults.unreachableInstances.contains(id) { return .ok(["success": true]) }
         instances[id]?.intendedStatus = "stopped"
         if instance.booting {

@@ -253,4 +253,27 @@ import Glibc
         #expect(SimFixture.processes(mentioning: directory).isEmpty, "the host is back: the destroy took effect")
         await fixture.stop()
     }
+
+    @Test func aStaleStopIsReportedDoneWhileTheInstanceRunsOn() async throws {
+        // The partition and pause drills: the provider answers from its intention, not the host.
+        try SimFixture.requireRoot()
+        let fixture = try await SimFixture(bootDelay: .milliseconds(20))
+        let client = fixture.client()
+        let id = try await client.createInstance(offerID: 7701, CreateInstanceRequest(image: "img", onstart: "sleep 600"))
+        #expect(await SimFixture.eventually { await fixture.processes(of: Int(id.rawValue)).alive })
+        let directory = try #require(await fixture.processes(of: Int(id.rawValue)).directory)
+        #expect(await SimFixture.eventually { !SimFixture.processes(mentioning: directory).isEmpty })
+        let faults = #"{"unreachable_instances": [\#(id)], "stale_stop_instances": [\#(id)]}"#
+        #expect(await fixture.raw("POST", "/admin/faults", body: faults).0 == 200)
+
+        try await client.stopInstance(id: id)
+        let reported = try #require(try await client.instance(id: id))
+        #expect(reported.actualStatus == "exited" && reported.intendedStatus == "stopped", "reported stopped")
+        #expect(!SimFixture.processes(mentioning: directory).isEmpty, "still running on the host")
+
+        try await client.destroyInstance(id: id)
+        #expect(await fixture.raw("POST", "/admin/faults", body: "{}").0 == 200)
+        #expect(SimFixture.processes(mentioning: directory).isEmpty, "the host is back: the destroy took effect")
+        await fixture.stop()
+    }
 }
