@@ -4,11 +4,13 @@ import WarmpoolModel
 ///
 /// A step that is not finished by its deadline fails, and so does a command whose retryable
 /// provider errors use up `retryLimit` attempts. What a failed step leads to depends on the step
-/// (see `PoolMachine`). The settings are saved with the pool, so a failover resumed after a
-/// restart runs under the limits it started with.
+/// (see `PoolMachine`). The settings are saved with the pool, but a restarted controller's own
+/// configuration replaces them (`PoolMachine.adopt(settings:now:)`): a longer lease or a new
+/// timeout applies to the pools that exist, and a shorter lease cannot shorten a wait for a lease
+/// granted under the longer one.
 public struct EngineSettings: Hashable, Sendable, Codable {
     /// The agents' lease (PROTOCOL.md §7, `lease_ms`). A primary whose lease was revoked at `t` has
-    /// fenced itself by `t + leaseDuration`.
+    /// frozen its workload by `t + leaseDuration`.
     public var leaseDuration: Duration
     /// Added to the lease before the engine counts on it having run out: covers the shell carrying
     /// out the revocation a little after the engine asked, and clock drift.
@@ -38,7 +40,7 @@ public struct EngineSettings: Hashable, Sendable, Codable {
     public var degradedRetryInterval: Duration
 
     public init(
-        leaseDuration: Duration = .seconds(2),
+        leaseDuration: Duration = .seconds(10),
         leaseSafetyMargin: Duration = .seconds(1),
         fenceTimeout: Duration = .seconds(30),
         standbyStartTimeout: Duration = .seconds(120),

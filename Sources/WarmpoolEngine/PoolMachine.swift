@@ -25,10 +25,12 @@ import WarmpoolModel
 ///
 /// A failover, step by step (PoolState `failover` until promoted):
 /// 1. detected: the current primary failed (liveness). Revoke its lease.
-/// 2. fencing: stop it through the provider, poll until it shows stopped. If that cannot be
-///    confirmed by `fenceTimeout`, wait until its lease has certainly run out (the agent fences
-///    itself), then go on.
-/// 3. epoch_increased.
+/// 2. fencing: stop it through the provider, poll until it shows stopped (or gone), **and** wait
+///    until its lease has certainly run out (its agent froze the workload by then). Both, in either
+///    order: a provider's "stopped" can be stale, and a paused or starved agent's lease timer can
+///    run late. A stop not confirmed by `fenceTimeout` is asked again, for as long as it takes
+///    (an unreachable provider could not start the standby either); only cleanup ends the wait.
+/// 3. fenced, epoch_increased.
 /// 4. standby_starting → standby_running: start the standby, poll until running.
 /// 5. ssh_ready, volume_verified: the shell verifies it over SSH, the volume's identity marker
 ///    included (a marker gone since provisioning stops the failover in `error`, nothing destroyed).
@@ -91,7 +93,7 @@ public struct PoolMachine: Sendable, Codable {
     private enum FailoverStep: Hashable, Sendable, Codable {
         case stopPrimary
         case awaitPrimaryStopped
-        /// The provider could not confirm the stop: wait for `Failover.leaseExpiredBy`.
+        /// The provider confirmed the stop (`Failover.stopConfirmed`): wait for `Failover.leaseExpiredBy`.
         case awaitLeaseExpiry
         case startStandby(InstanceID)
         case awaitStandbyRunning(InstanceID)
@@ -122,6 +124,8 @@ public struct PoolMachine: Sendable, Codable {
         /// By then the old primary's agent has fenced itself: its lease was revoked (no grant sent
         /// since) and has run out. Pushed later when a restart revokes it again.
         var leaseExpiredBy: Instant
+        /// What the provider said that proved the old primary stopped; nil until it has.
+        var stopConfirmed: String?
         var triedOffers: [OfferID] = []
         var replacementsCreated = 0
         var announcedStandbyStarting = false
@@ -157,6 +161,9 @@ public struct PoolMachine: Sendable, Codable {
     }
 
     public private(set) var settings: EngineSettings
+    /// Leases granted under earlier settings (a previous run of the controller with a longer lease)
+    /// have run out by then: no lease wait ends earlier.
+    private var earlierLeasesEndBy: Instant?
     public private(set) var request: ProvisionRequest
     private var state: State
     private var progress = Progress()
@@ -338,13 +345,26 @@ public struct PoolMachine: Sendable, Codable {
         progress.wakeTimer = nil
         switch state {
         case .failover(let failover, .awaitLeaseExpiry):
-            return fenced(failover, how: "lease certainly expired, stop not confirmed", now: now)
+            guard let confirmation = failover.stopConfirmed else {
+                // Saved by a version that let the lease alone suffice: get the provider's word too.
+                return enter(.failover(failover, .awaitPrimaryStopped), deadline: now + settings.fenceTimeout, now: now)
+            }
+            return fenced(failover, how: "\(confirmation); its lease ran out (the provider confirmed first)", now: now)
         case .degraded:
             run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
             return beginRecovering(now: now)
         default:
             return issue(now: now)
         }
+    }
+
+    /// After a restart, before `resume`: the controller's settings as configured now replace the
+    /// saved ones. A lease granted by the previous run lasted the saved lease length at most, so
+    /// until `now + saved lease`: no lease wait may end before that, however short the new lease.
+    public mutating func adopt(settings live: EngineSettings, now: Instant) {
+        let previousLeasesEnd = now + settings.leaseDuration
+        earlierLeasesEndBy = max(earlierLeasesEndBy ?? previousLeasesEnd, previousLeasesEnd)
+        settings = live
     }
 
     /// After a restart, with the saved state: the shell's timers and the detector's lease table
@@ -598,10 +618,10 @@ public struct PoolMachine: Sendable, Codable {
             return enter(.failover(failover, .awaitPrimaryStopped), deadline: progress.deadline, now: now)
 
         case (.awaitPrimaryStopped, .instance(.none)):
-            return fenced(failover, how: "instance \(failover.oldPrimary) is gone", now: now)
+            return stopConfirmed(failover, "the provider no longer lists instance \(failover.oldPrimary)", now: now)
         case (.awaitPrimaryStopped, .instance(let instance?)):
             guard let status = instance.status, status.provesStopped else { return wake(at: now + settings.pollInterval) }
-            return fenced(failover, how: "provider reports instance \(instance.id) \(status.rawValue)", now: now)
+            return stopConfirmed(failover, "the provider reports instance \(instance.id) \(status.rawValue)", now: now)
 
         case (.startStandby(let id), .accepted):
             standbyState = .starting
@@ -667,7 +687,19 @@ public struct PoolMachine: Sendable, Codable {
     }
 
     private func leaseExpiry(revokedAt: Instant) -> Instant {
-        revokedAt + settings.leaseDuration + settings.leaseSafetyMargin
+        max(revokedAt + settings.leaseDuration, earlierLeasesEndBy ?? revokedAt) + settings.leaseSafetyMargin
+    }
+
+    /// The provider's word that the old primary stopped: fenced once its lease has run out too.
+    private mutating func stopConfirmed(_ failover: Failover, _ confirmation: String, now: Instant) -> [EngineAction] {
+        var failover = failover
+        failover.stopConfirmed = confirmation
+        guard now >= failover.leaseExpiredBy else {
+            let wait = failover.leaseExpiredBy - now
+            return [record(.fencing, now: now, detail: "\(confirmation); waiting \(wait) more for its lease to run out")]
+                + enter(.failover(failover, .awaitLeaseExpiry), deadline: nil, now: now)
+        }
+        return fenced(failover, how: "\(confirmation); its lease had run out (the lease ended first)", now: now)
     }
 
     /// The old primary cannot write any more: a new epoch, then bring up the standby.
@@ -850,10 +882,16 @@ public struct PoolMachine: Sendable, Codable {
 
         case .failover(let failover, let step):
             switch step {
-            case .stopPrimary, .awaitPrimaryStopped:
+            case .stopPrimary:
+                // Whatever the stop answered, the provider's view decides: look (a gone instance proves it).
                 let actions = [record(.fencing, now: now,
-                                      detail: "stop not confirmed (\(message)); waiting for the lease to run out")]
-                return actions + enter(.failover(failover, .awaitLeaseExpiry), deadline: nil, now: now)
+                                      detail: "stop of instance \(failover.oldPrimary) not accepted (\(message)); asking the provider for its status")]
+                return actions + enter(.failover(failover, .awaitPrimaryStopped), deadline: now + settings.fenceTimeout, now: now)
+            case .awaitPrimaryStopped:
+                // Never promoted on the lease alone: the stop is asked again until the provider confirms it.
+                let actions = [record(.fencing, now: now,
+                                      detail: "waiting for the provider to confirm instance \(failover.oldPrimary) stopped (\(message)); stopping it again")]
+                return actions + enter(.failover(failover, .stopPrimary), deadline: now + settings.fenceTimeout, now: now)
             case .awaitLeaseExpiry:
                 return []  // waits for its timer only; nothing in it can fail
             case .startStandby, .awaitStandbyRunning, .createReplacement, .verify:

@@ -162,7 +162,11 @@ public actor FailoverCoordinator: Service {
         }
         for (poolID, pool) in pools.sorted(by: { $0.key < $1.key }) where pool.machine != nil {
             logger.info("resuming pool", metadata: ["pool": "\(poolID)", "state": "\(pool.ledger.record.state.rawValue)"])
-            apply(poolID) { machine, now in machine.resume(now: now) }
+            let live = configuration.engine
+            apply(poolID) { machine, now in
+                machine.adopt(settings: live, now: now)
+                return machine.resume(now: now)
+            }
         }
     }
 

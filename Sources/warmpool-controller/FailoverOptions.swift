@@ -43,7 +43,7 @@ struct FailoverOptions: ParsableArguments {
     @Option(help: "How often each active pool's standby is looked up at the provider, in seconds; a vanished one is replaced.")
     var standbyCheckS: Int = 30
 
-    @Option(help: "How long the engine waits for the provider to confirm the old primary stopped before it relies on the lease alone (ms). Env: WARMPOOL_FENCE_TIMEOUT_MS.")
+    @Option(help: "How long the engine waits for the provider to confirm the old primary stopped before it asks again (ms); it never promotes without that confirmation and the end of the old lease. Env: WARMPOOL_FENCE_TIMEOUT_MS.")
     var fenceTimeoutMs: Int = Int(environment["WARMPOOL_FENCE_TIMEOUT_MS"] ?? "") ?? 30_000
 
     @Option(help: "How long provision, failover test and cleanup requests wait for the engine, in seconds.")

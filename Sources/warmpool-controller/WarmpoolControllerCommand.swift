@@ -57,8 +57,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Silence timeout for an agent whose link stalled in the last minute, in ms (default 900). Env: WARMPOOL_LOSSY_SILENCE_TIMEOUT_MS.")
     var lossySilenceTimeoutMs: Int?
 
-    @Option(help: "Lease granted to agents, in ms; an agent fences itself when it runs out. Env: WARMPOOL_LEASE_MS.")
-    var leaseMs: Int = envInt("WARMPOOL_LEASE_MS") ?? 2_000
+    @Option(help: "Lease granted to agents, in ms (default 10000); an agent freezes its workload when it runs out, and a failover waits for it. Detection does not depend on it (PROTOCOL.md §7, Lease length). Env: WARMPOOL_LEASE_MS.")
+    var leaseMs: Int = envInt("WARMPOOL_LEASE_MS") ?? 10_000
 
     @Option(help: "How often agents send their full telemetry, in ms. Env: WARMPOOL_TELEMETRY_INTERVAL_MS.")
     var telemetryIntervalMs: Int = envInt("WARMPOOL_TELEMETRY_INTERVAL_MS") ?? 30_000

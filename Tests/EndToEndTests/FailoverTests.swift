@@ -45,6 +45,8 @@ final class WarmPoolLab {
             "--provider-url", "http://\(simAddress)", "--provider-api-key-file", harness.directory + "/sim-key",
             "--ssh-key", harness.directory + "/ssh_key", "--provider-poll-ms", "100",
             "--agent-onstart", "exec \(harness.binaries)/warmpool-agent --nvml-library none",
+            // Every failover waits out the old primary's lease: a short one keeps these tests quick.
+            "--lease-ms", "1000",
         ] + extra)
     }
 

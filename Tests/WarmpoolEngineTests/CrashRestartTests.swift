@@ -46,9 +46,9 @@ import WarmpoolModel
         let settings = EngineSettings(leaseDuration: .seconds(5), leaseSafetyMargin: .seconds(1), fenceTimeout: .seconds(2))
         var harness = Harness.active(settings: settings)
         let oldPrimary = harness.snapshot.primaryInstanceID!
-        harness.provider.ignoresStop = [oldPrimary]
         harness.failPrimary()
-        while !harness.timeline.contains(where: { $0.detail?.contains("waiting for the lease") == true }) { harness.step() }
+        // The provider confirmed the stop; the lease is what the engine waits for now.
+        while !harness.timeline.contains(where: { $0.detail?.contains("for its lease to run out") == true }) { harness.step() }
         harness.now = harness.now + .seconds(1)
         let restartedAt = harness.now
         harness.leaseLog = []

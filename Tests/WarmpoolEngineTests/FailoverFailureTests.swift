@@ -21,7 +21,7 @@ import WarmpoolModel
         #expect(harness.provider.instances[standby]!.destroyed)
         #expect(harness.provider.instances[oldPrimary]!.destroyed)
         #expect(harness.steps == [
-            .detected, .fencing, .fenced, .epochIncreased, .standbyStarting, .standbyAbandoned, .standbyStarting,
+            .detected, .fencing, .fencing, .fenced, .epochIncreased, .standbyStarting, .standbyAbandoned, .standbyStarting,
             .standbyRunning, .sshReady, .volumeVerified, .promoted, .standbyProvisioning, .standbyReady,
         ])
         let abandoned = harness.timeline.first { $0.step == .standbyAbandoned }!
