@@ -133,6 +133,15 @@ struct Serve: AsyncParsableCommand {
             silenceTimeout: silenceTimeoutMs.map { .milliseconds($0) },
             lossySilenceTimeout: lossySilenceTimeoutMs.map { .milliseconds($0) })
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
+        // Before anything else touches the store: a second controller on it must not start.
+        let storeLock: StoreLock
+        do {
+            storeLock = try StoreLock(databasePath: db)
+        } catch let held as StoreLock.Held {
+            logger.critical("refusing to start", metadata: ["reason": "\(held)"])
+            throw held
+        }
+        defer { withExtendedLifetime(storeLock) {} }
         let bus = LivenessEventBus()
         let eventLog = try LivenessEventLog(path: events, bus: bus)
         let store = try SQLiteStore(path: db, logger: logger)

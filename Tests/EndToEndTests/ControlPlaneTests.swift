@@ -114,6 +114,29 @@ import Glibc
         #expect(metrics.contains("warmpool_liveness_events_total{event=\"connected\"} 1"))
     }
 
+    @Test func aSecondControllerOnTheSameDatabaseRefusesToStart() async throws {
+        let harness = try Harness()
+        try harness.startController()
+        let first = try #require(harness.controller)
+        let second = try harness.spawn("warmpool-controller", [
+            "--listen", "127.0.0.1:0", "--keys-file", harness.keysPath, "--events", harness.directory + "/events-2",
+            "--db", harness.databasePath, "--api-listen", "127.0.0.1:0",
+        ], log: harness.logPath("controller-2"))
+        second.waitUntilExit()
+        #expect(second.terminationStatus == 1)
+        let log = (try? String(contentsOfFile: harness.logPath("controller-2"), encoding: .utf8)) ?? ""
+        #expect(log.contains("another warmpool-controller (pid \(first.processIdentifier)) is running against this database"), "\(log)")
+        #expect(log.contains(harness.databasePath + ".lock"))
+        #expect(first.isRunning, "the first one runs on")
+        let health = try http("GET", "http://\(harness.apiAddress)/healthz", key: nil)
+        #expect(health.status == 200)
+
+        // SIGKILL drops the lock with the process: a restart is never locked out by a crash.
+        harness.killController()
+        try harness.startController()
+        #expect(harness.controller?.isRunning == true)
+    }
+
     @Test func aControllerKilledWithSIGKILLFindsEverythingAgainOnRestart() async throws {
         let harness = try Harness()
         try harness.startController()
