@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Dispatch
 import Logging
 import NIOCore
@@ -18,8 +21,15 @@ public struct AgentConfiguration: Sendable {
     /// nil disables the GPU probe.
     public var nvmlLibrary: String?
     public var workloadPIDFile: String?
-    /// Run through /bin/sh when the lease expires.
+    /// Run through /bin/sh when the lease expires (for a workload the agent does not start).
     public var fenceCommand: String?
+    /// Run through /bin/sh when a lease that ran out is granted again at the same epoch.
+    public var thawCommand: String?
+    /// The workload the agent supervises (`-- COMMAND`, or `/bin/sh -c $WARMPOOL_WORKLOAD`): started
+    /// on the first grant, frozen when the lease runs out, killed when a newer epoch exists.
+    public var workloadCommand: [String]?
+    /// Where the agent remembers its workload's process group, for the next run after a crash.
+    public var stateDirectory = "/run/warmpool-agent"
     public var probeIntervalNanoseconds: Int64
     public var connectTimeoutNanoseconds: Int64
     /// Off only for load generation, where thousands of simulated agents share one host.
@@ -69,8 +79,10 @@ public final class AgentRuntime: @unchecked Sendable {
     public let loop: EventLoop
     private let logger: Logger
     private var slots: [Slot]
-    private var lease = LeaseKeeper()
-    private var knownEpoch: UInt64 = 0
+    private var supervisor: WorkloadSupervisor
+    private var workload: WorkloadProcess?
+    /// The fence command's last run failed (exit status != 0): reported until one succeeds.
+    private var fenceCommandFailed = false
     private var terms: Welcome?
     private var heartbeatTask: RepeatedTask?
     /// Fires at the lease's expiry, so the fence never waits for the next heartbeat tick. Grants
@@ -92,12 +104,18 @@ public final class AgentRuntime: @unchecked Sendable {
         self.loop = loop
         self.logger = logger
         self.slots = Array(repeating: Slot(), count: configuration.connections)
+        self.supervisor = WorkloadSupervisor(supervises: configuration.workloadCommand != nil)
+    }
+
+    private var workloadStateFile: String {
+        configuration.stateDirectory + "/" + configuration.agentID.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" } + ".workload"
     }
 
     // MARK: Lifecycle
 
     public func start() {
         loop.execute {
+            self.adoptLeftoverWorkload()
             if self.configuration.probesEnabled { self.startProbing() }
             for slot in self.slots.indices { self.connect(slot: slot) }
         }
@@ -109,6 +127,7 @@ public final class AgentRuntime: @unchecked Sendable {
             self.stopping = true
             self.heartbeatTask?.cancel()
             self.leaseTimer?.cancel()
+            self.stopWorkload()
             var closing: [EventLoopFuture<Void>] = []
             for index in self.slots.indices {
                 self.slots[index].reconnect?.cancel()
@@ -133,7 +152,7 @@ public final class AgentRuntime: @unchecked Sendable {
         slots[index].attempt += 1
         let hello = Hello(
             clientNonce: HandshakeCrypto.randomNonce(), role: configuration.role, instanceID: configuration.instanceID,
-            machineID: configuration.machineID, knownEpoch: knownEpoch, fencedAtEpoch: lease.fencedAtEpoch,
+            machineID: configuration.machineID, knownEpoch: supervisor.knownEpoch, fencedAtEpoch: supervisor.fencedAtEpoch,
             agentID: configuration.agentID, softwareVersion: warmpoolAgentVersion, incarnation: incarnation)
         var connectionLogger = logger
         connectionLogger[metadataKey: "controller"] = "\(address)"
@@ -176,7 +195,7 @@ public final class AgentRuntime: @unchecked Sendable {
     func established(slot index: Int, handler: AgentConnectionHandler, welcome: Welcome) {
         slots[index].backoff.reset()
         slots[index].attempt -= 1  // stay on the controller that answered
-        knownEpoch = max(knownEpoch, welcome.epoch)
+        carryOut(supervisor.learned(epoch: welcome.epoch, from: .welcome, now: MonotonicClock.now()))
         logger.info(
             "session established",
             metadata: [
@@ -209,9 +228,14 @@ public final class AgentRuntime: @unchecked Sendable {
         loop.preconditionInEventLoop()
         let now = MonotonicClock.now()
         guard let terms else { return }
-        let status = AgentStatus(
+        var status = AgentStatus(
             report: probeReport, now: now, staleAfter: 3 * configuration.probeIntervalNanoseconds + 1_000_000_000,
-            holdsLease: lease.holdsLease(now: now), fenced: lease.fencedAtEpoch != nil)
+            holdsLease: supervisor.holdsLease(now: now), fenced: supervisor.fencedAtEpoch != nil)
+        if supervisor.fenceIsFinal { status.flags.insert(.fenceFinal) }
+        if fenceCommandFailed { status.flags.insert(.fenceCommandFailed) }
+        if configuration.workloadCommand != nil, supervisor.fencedAtEpoch == nil {
+            status.workload = workloadState
+        }
         let inboundTimeout = max(2 * Int64(terms.leaseMilliseconds) * 1_000_000, 2_000_000_000)
         var telemetrySent = false
         for slot in slots {
@@ -231,38 +255,140 @@ public final class AgentRuntime: @unchecked Sendable {
     }
 
     func leaseGranted(_ grant: LeaseGrant, anchor: Int64) {
-        knownEpoch = max(knownEpoch, grant.epoch)
         let now = MonotonicClock.now()
-        let action = lease.granted(
-            anchor: anchor, leaseNanoseconds: Int64(grant.leaseMilliseconds) * 1_000_000, epoch: grant.epoch, now: now)
-        if case .fence(let epoch) = action { fence(epoch: epoch) }
+        carryOut(supervisor.granted(
+            anchor: anchor, leaseNanoseconds: Int64(grant.leaseMilliseconds) * 1_000_000, epoch: grant.epoch, now: now))
         if leaseTimer == nil { scheduleLeaseCheck(now: now) }
     }
 
     private func scheduleLeaseCheck(now: Int64) {
-        guard let expiresAt = lease.expiresAt, !stopping else {
+        guard let expiresAt = supervisor.expiresAt, !stopping else {
             leaseTimer = nil
             return
         }
         leaseTimer = loop.scheduleTask(in: .nanoseconds(max(0, expiresAt - now))) {
             let now = MonotonicClock.now()
-            if case .fence(let epoch) = self.lease.tick(now: now) { self.fence(epoch: epoch) }
+            self.carryOut(self.supervisor.tick(now: now))
             self.scheduleLeaseCheck(now: now)
         }
     }
 
-    private func fence(epoch: UInt64) {
-        logger.critical(
-            "lease expired: fencing this instance", metadata: ["epoch": "\(epoch)", "command": "\(configuration.fenceCommand ?? "-")"])
-        guard let command = configuration.fenceCommand else { return }
+    // MARK: The workload and its fence
+
+    /// Carries out the supervisor's decisions. On the loop; signals are cheap, the shell commands
+    /// run on the fence queue.
+    private func carryOut(_ actions: [WorkloadSupervisor.Action]) {
+        for action in actions {
+            switch action {
+            case .start(let epoch):
+                startWorkload(epoch: epoch)
+            case .freeze(let epoch):
+                let started = MonotonicClock.now()
+                let frozen = workload?.freeze()
+                logger.critical("lease expired: fencing this instance (reversible)", metadata: [
+                    "epoch": "\(epoch)", "workload": "\(frozen.map { $0 ? "frozen" : "freeze failed" } ?? "none")",
+                    "freeze_us": "\((MonotonicClock.now() - started) / 1_000)", "command": "\(configuration.fenceCommand ?? "-")",
+                ])
+                runFenceCommand(configuration.fenceCommand, epoch: epoch, what: "fence command")
+            case .thaw(let epoch, let frozenFor):
+                let thawed = workload?.thaw()
+                logger.notice("lease granted again at the same epoch: thawed", metadata: [
+                    "epoch": "\(epoch)", "frozen_ms": "\(frozenFor / 1_000_000)",
+                    "workload": "\(thawed.map { $0 ? "thawed" : "thaw failed" } ?? "none")",
+                ])
+                runFenceCommand(configuration.thawCommand, epoch: epoch, what: "thaw command")
+            case .kill(let epoch, let reason):
+                let killed = workload?.killGroup()
+                logger.critical("final fence: a newer epoch exists, the workload is killed", metadata: [
+                    "epoch": "\(epoch)", "reason": "\(reason)", "workload": "\(killed.map { $0 ? "killed" : "gone" } ?? "none")",
+                ])
+                workload = nil
+                WorkloadProcess.remember(nil, at: workloadStateFile)
+            case .refuseGrant(let epoch, let highest):
+                logger.warning("refused a lease grant below the highest epoch seen", metadata: [
+                    "epoch": "\(epoch)", "highest_epoch": "\(highest)",
+                ])
+            }
+        }
+    }
+
+    private func startWorkload(epoch: UInt64) {
+        guard let command = configuration.workloadCommand, !command.isEmpty else { return }
+        let environment = [
+            "WARMPOOL_EPOCH=\(epoch)", "WARMPOOL_EPOCH_FILE=\(configuration.volume.path)/\(VolumeProbe.epochFile)",
+        ]
+        switch WorkloadProcess.start(command, environment: environment, epoch: epoch, exited: { [weak self] status in
+            guard let self else { return }
+            self.loop.execute { self.workloadExited(status: status, epoch: epoch) }
+        }) {
+        case .success(let process):
+            workload = process
+            mkdir(configuration.stateDirectory, 0o700)
+            WorkloadProcess.remember(process, at: workloadStateFile)
+            logger.notice("workload started", metadata: ["epoch": "\(epoch)", "pid": "\(process.group)"])
+        case .failure(let error):
+            logger.error("workload did not start", metadata: ["error": "\(error)"])
+            supervisor.workloadExited(status: 127)
+        }
+    }
+
+    private func workloadExited(status: Int32, epoch: UInt64) {
+        guard let current = workload, current.epoch == epoch else { return }
+        logger.notice("workload exited", metadata: ["epoch": "\(epoch)", "exit_status": "\(status)"])
+        supervisor.workloadExited(status: status)
+        workload = nil
+        WorkloadProcess.remember(nil, at: workloadStateFile)
+    }
+
+    /// A workload a previous run of this agent started and left running (the agent crashed or was
+    /// killed): frozen now, since this run holds no lease; thawed by a grant at its epoch.
+    private func adoptLeftoverWorkload() {
+        guard configuration.workloadCommand != nil, let (group, epoch) = WorkloadProcess.remembered(at: workloadStateFile) else { return }
+        guard let process = WorkloadProcess.adopt(group: group, epoch: epoch) else {
+            WorkloadProcess.remember(nil, at: workloadStateFile)
+            return
+        }
+        let frozen = process.freeze()
+        workload = process
+        supervisor.adopted(epoch: epoch, now: MonotonicClock.now())
+        logger.warning("found the workload of a previous run: frozen until a lease is granted", metadata: [
+            "pid": "\(group)", "epoch": "\(epoch)", "frozen": "\(frozen)",
+        ])
+    }
+
+    /// On shutdown: the workload goes with its agent (SIGTERM, then SIGKILL after 5 s).
+    private func stopWorkload() {
+        guard let process = workload else { return }
+        workload = nil
+        WorkloadProcess.remember(nil, at: workloadStateFile)
+        process.signal(SIGTERM)
+        process.signal(SIGCONT)
+        fenceQueue.async {
+            for _ in 0..<50 where process.isAlive { usleep(100_000) }
+            if process.isAlive { _ = process.killGroup() }
+        }
+    }
+
+    private var workloadState: WorkloadState {
+        switch supervisor.workload {
+        case .waiting: .idle
+        case .running: .running
+        case .frozen, .killed: .fenced
+        case .exited: .stopped
+        }
+    }
+
+    private func runFenceCommand(_ command: String?, epoch: UInt64, what: String) {
+        guard let command else { return }
         let logger = self.logger
         fenceQueue.async {
             let status = runShell(command, environment: ["WARMPOOL_FENCED_EPOCH=\(epoch)"])
             if status == 0 {
-                logger.notice("fence command finished")
+                logger.notice("\(what) finished")
             } else {
-                logger.error("fence command failed", metadata: ["exit_status": "\(status)"])
+                logger.error("\(what) failed", metadata: ["exit_status": "\(status)"])
             }
+            if what == "fence command" { self.loop.execute { self.fenceCommandFailed = status != 0 } }
         }
     }
 
@@ -287,6 +413,11 @@ public final class AgentRuntime: @unchecked Sendable {
     }
 
     private func received(_ report: ProbeReport) {
+        if let epoch = report.volume.epoch { carryOut(supervisor.learned(epoch: epoch, from: .volume, now: MonotonicClock.now())) }
+        // A workload adopted from a previous run is not our child: its end is seen here.
+        if let workload, !workload.isAlive {
+            workloadExited(status: -1, epoch: workload.epoch)
+        }
         if probeReport == nil || probeReport?.volume.problem != report.volume.problem {
             logger.info("volume probe", metadata: ["volume.problem": "\(report.volume.problem ?? "none")"])
         }
@@ -300,9 +431,10 @@ public final class AgentRuntime: @unchecked Sendable {
     private func telemetryDocument() -> [UInt8]? {
         TelemetryDocument(
             agentID: configuration.agentID, instanceID: configuration.instanceID, machineID: configuration.machineID,
-            role: configuration.role.description, version: warmpoolAgentVersion, epoch: knownEpoch,
-            fencedAtEpoch: lease.fencedAtEpoch,
-            workload: "\(lease.fencedAtEpoch != nil ? .fenced : probeReport?.workload ?? .unknown)",
+            role: configuration.role.description, version: warmpoolAgentVersion, epoch: supervisor.knownEpoch,
+            fencedAtEpoch: supervisor.fencedAtEpoch,
+            fence: supervisor.fenceIsFinal ? "final" : supervisor.fencedAtEpoch != nil ? "frozen" : nil,
+            workload: "\(supervisor.fencedAtEpoch != nil ? .fenced : configuration.workloadCommand != nil ? workloadState : probeReport?.workload ?? .unknown)",
             volume: probeReport?.volume, gpu: probeReport?.gpu
         ).json()
     }

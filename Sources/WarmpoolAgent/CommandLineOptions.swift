@@ -36,6 +36,8 @@ public struct ParsedCommandLine: Sendable {
     private(set) var values: [String: [String]] = [:]
     private(set) var flags: Set<String> = []
     public private(set) var wantsHelp = false
+    /// What follows `--`: a command line of its own, not options.
+    public private(set) var trailing: [String]?
 
     /// `arguments` without the program name.
     public init(_ arguments: [String], options: [CommandLineOption]) throws(UsageError) {
@@ -45,6 +47,10 @@ public struct ParsedCommandLine: Sendable {
         while index < arguments.count {
             let argument = arguments[index]
             index += 1
+            if argument == "--" {
+                trailing = Array(arguments[index...])
+                break
+            }
             if argument == "-h" || argument == "--help" {
                 wantsHelp = true
                 continue
@@ -93,7 +99,7 @@ public struct ParsedCommandLine: Sendable {
 
     /// OVERVIEW, the discussion, USAGE and the options with their help, wrapped at 100 columns.
     public static func help(command: String, abstract: String, discussion: String, options: [CommandLineOption]) -> String {
-        var lines = ["OVERVIEW: \(abstract)", "", discussion, "", "USAGE: \(command) [<options>]", "", "OPTIONS:"]
+        var lines = ["OVERVIEW: \(abstract)", "", discussion, "", "USAGE: \(command) [<options>] [-- <command> ...]", "", "OPTIONS:"]
         let entries = options.map { option -> (String, String) in
             let name = "--\(option.name)" + (option.valueName.map { " <\($0)>" } ?? "")
             return (option.repeatable ? name + " ..." : name, option.help)

@@ -15,6 +15,8 @@ struct TelemetryDocument: Equatable, Sendable {
     var version: String
     var epoch: UInt64
     var fencedAtEpoch: UInt64?
+    /// "frozen" (the lease ran out: reversible) or "final" (a newer epoch exists); nil when not fenced.
+    var fence: String? = nil
     var workload: String
     var volume: VolumeReport?
     var gpu: GPUReport?
@@ -24,6 +26,7 @@ struct TelemetryDocument: Equatable, Sendable {
         out.object { o in
             o.field("agent_id", agentID)
             o.field("epoch", epoch)
+            o.field("fence", fence)
             o.field("fenced_at_epoch", fencedAtEpoch)
             if let gpu { o.key("gpu"); gpu.write(to: &o) }
             o.field("instance_id", instanceID)
@@ -40,6 +43,7 @@ struct TelemetryDocument: Equatable, Sendable {
 extension VolumeReport {
     func write(to out: inout JSONWriter) {
         out.object { o in
+            o.field("epoch", epoch)
             o.field("free_bytes", freeBytes)
             o.field("id_matches", idMatches)
             o.field("mounted", mounted)

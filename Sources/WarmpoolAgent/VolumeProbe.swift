@@ -13,6 +13,9 @@ public struct VolumeReport: Hashable, Sendable, Codable {
     public var freeBytes: UInt64
     /// Why the volume is not healthy, in words; nil when it is.
     public var problem: String?
+    /// The pool's epoch as the controller last wrote it at `.warmpool/epoch` (PROTOCOL.md §7);
+    /// nil when there is none or it cannot be read.
+    public var epoch: UInt64?
 }
 
 /// Checks the shared volume: a mount point, holding the volume-id marker, writable, and its free
@@ -49,6 +52,7 @@ public struct VolumeProbe: Sendable {
             report.volumeID = id.isEmpty ? nil : id
         }
         report.idMatches = report.volumeID != nil && (expectedID == nil || report.volumeID == expectedID)
+        report.epoch = Self.readEpoch(volume: normalized)
         report.writable = Self.canWrite(directory: normalized)
 
         if !report.mounted {
@@ -61,6 +65,21 @@ public struct VolumeProbe: Sendable {
             report.problem = "\(normalized) is not writable"
         }
         return report
+    }
+
+    /// The name of the epoch file under the volume's root.
+    public static let epochFile = ".warmpool/epoch"
+
+    /// The decimal epoch in `<volume>/.warmpool/epoch`. Opened without following a symlink: the
+    /// volume is writable by the workload, and the agent runs as root.
+    static func readEpoch(volume: String) -> UInt64? {
+        let fd = open(volume + "/" + epochFile, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 32)
+        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard count > 0 else { return nil }
+        return UInt64(String(decoding: buffer[0..<count], as: UTF8.self).trimmingWhitespace())
     }
 
     /// Mount points from /proc/self/mountinfo (field 5), with the kernel's octal escapes undone.

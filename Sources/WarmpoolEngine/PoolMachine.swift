@@ -386,6 +386,9 @@ public struct PoolMachine: Sendable, Codable {
         default:
             if let primary { actions.append(.grantLease(primary, epoch: epoch)) }
         }
+        // The lease authority forgot its postures with the process: a standby (or a replacement
+        // not yet promoted) is withheld again before its agent can reconnect.
+        if let standby, !isRemoving { actions.append(.revokeLease(standby)) }
         progress.operation = nil
         progress.wakeTimer = nil
         if let deadline = progress.deadline {
@@ -582,7 +585,9 @@ public struct PoolMachine: Sendable, Codable {
         case (.create, .instance(let instance?)):
             standby = instance.id
             standbyState = .running  // a new instance boots before it can be stopped
-            return enter(wrap(.awaitExists(instance.id)), deadline: progress.deadline, now: now)
+            // It boots with the volume and the onstart: its agent must not be granted (and so
+            // start the workload) before a promotion says it is the primary.
+            return [.revokeLease(instance.id)] + enter(wrap(.awaitExists(instance.id)), deadline: progress.deadline, now: now)
 
         case (.awaitExists(let id), .instance(let instance)):
             guard let instance else { return stepFailed("standby instance \(id) disappeared", now: now) }
@@ -650,7 +655,9 @@ public struct PoolMachine: Sendable, Codable {
         case (.createReplacement, .instance(let instance?)):
             standby = instance.id
             standbyState = .starting
-            let actions = announceStandbyStarting(&failover, detail: "replacement instance \(instance.id)", now: now)
+            // Not the primary until verified and promoted: no lease, so no workload, before that.
+            let actions = [EngineAction.revokeLease(instance.id)]
+                + announceStandbyStarting(&failover, detail: "replacement instance \(instance.id)", now: now)
             return actions + enter(.failover(failover, .awaitStandbyRunning(instance.id)), deadline: progress.deadline, now: now)
 
         default:
@@ -833,6 +840,13 @@ public struct PoolMachine: Sendable, Codable {
             return actions + enter(.removed, deadline: nil, now: now)
         }
         return enter(.cleaningUp(remaining: remaining), deadline: now + settings.commandTimeout, now: now)
+    }
+
+    private var isRemoving: Bool {
+        switch state {
+        case .cleaningUp, .removed: true
+        default: false
+        }
     }
 
     private func requireNotRemoved() throws(EngineViolation) {

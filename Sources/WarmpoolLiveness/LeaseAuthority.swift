@@ -1,4 +1,5 @@
 import WarmpoolModel
+import WarmpoolWire
 
 /// Who may be granted a lease, and under which epoch: the one answer the listener's grants, the
 /// agents API and the failover engine all read. Pure; the hub holds it under its lock beside
@@ -40,10 +41,14 @@ public struct LeaseAuthority: Sendable, Equatable {
 
     public func posture(of instance: InstanceID) -> Posture? { postures[instance] }
 
-    /// The epoch a grant to a live agent on `instance` carries, or nil when it may have none.
-    public func grantEpoch(forLiveAgentOn instance: InstanceID) -> Epoch? {
+    /// The epoch a grant to a live agent on `instance` carries, or nil when it may have none. An
+    /// instance no pool claims is granted at the controller's epoch if its agent runs as a primary
+    /// (agents the controller only watches); a standby's agent, never: a lease lets the agent start
+    /// its workload, and a standby booting beside the primary (a new one is made running, then
+    /// stopped) must not write the shared volume. It is granted once the engine promotes it.
+    public func grantEpoch(forLiveAgentOn instance: InstanceID, role: AgentRole = .primary) -> Epoch? {
         switch postures[instance] {
-        case nil: controllerEpoch
+        case nil: role == .primary ? controllerEpoch : nil
         case .granted(let epoch)?: epoch
         case .revoked?, .held?: nil
         }

@@ -113,10 +113,10 @@ public final class LivenessHub: Sendable {
 
     /// The epoch a grant to this agent would carry now, or nil when it may have none.
     private static func leaseEpoch(for agentID: AgentID, in shared: Shared) -> Epoch? {
-        guard shared.tracker.isLive(agentID: agentID), let instanceID = shared.tracker.instanceID(agentID: agentID) else {
+        guard shared.tracker.isLive(agentID: agentID), let identity = shared.tracker.identity(agentID: agentID) else {
             return nil
         }
-        return shared.leases.grantEpoch(forLiveAgentOn: instanceID)
+        return shared.leases.grantEpoch(forLiveAgentOn: identity.instanceID, role: identity.role)
     }
 
     /// Publishes the detector's events, the lease authority hearing of each failure first.

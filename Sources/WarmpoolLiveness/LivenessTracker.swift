@@ -324,6 +324,8 @@ public struct LivenessTracker: Sendable {
 
     public func instanceID(agentID: AgentID) -> InstanceID? { agents[agentID]?.identity.instanceID }
 
+    public func identity(agentID: AgentID) -> AgentIdentity? { agents[agentID]?.identity }
+
     public func agentIDs(instanceID: InstanceID) -> [AgentID] {
         agents.values.filter { $0.identity.instanceID == instanceID }.map(\.identity.agentID)
     }

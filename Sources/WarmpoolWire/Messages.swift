@@ -308,8 +308,13 @@ public struct AgentStatus: Hashable, Sendable {
         public static let gpuErrors = Flags(rawValue: 1 << 4)
         public static let fenced = Flags(rawValue: 1 << 5)
         public static let leaseHeld = Flags(rawValue: 1 << 6)
+        /// The fence is final: the agent learnt of a newer epoch and killed its workload.
+        public static let fenceFinal = Flags(rawValue: 1 << 7)
+        /// The agent's fence command exited non-zero the last time it ran.
+        public static let fenceCommandFailed = Flags(rawValue: 1 << 8)
         public static let all: Flags = [
             .volumeMounted, .volumeIDMatches, .volumeWritable, .gpuProbeAvailable, .gpuErrors, .fenced, .leaseHeld,
+            .fenceFinal, .fenceCommandFailed,
         ]
     }
 

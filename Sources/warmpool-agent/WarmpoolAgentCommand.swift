@@ -12,10 +12,15 @@ import WarmpoolWire
 
 @main
 struct WarmpoolAgentCommand {
-    static let abstract = "Heartbeats this GPU instance to the Warmpool controller and fences it when its lease runs out."
+    static let abstract = "Heartbeats this GPU instance to the Warmpool controller, runs its workload while it holds a lease, and fences it when the lease runs out."
     static let discussion = """
         Every option can also come from the environment variable named in its help; a flag wins.
         The heartbeat interval, silence timeout and lease are set by the controller.
+        With `-- COMMAND [ARGS...]` (or WARMPOOL_WORKLOAD, run with /bin/sh -c) the agent supervises
+        the workload: it starts it on its first lease grant (never as a standby, never before a
+        grant), freezes it when the lease runs out, thaws it when the lease is granted again at the
+        same epoch, and kills it when a newer epoch exists (a grant, the controller, or the
+        volume's .warmpool/epoch). The workload gets WARMPOOL_EPOCH and WARMPOOL_EPOCH_FILE.
         """
 
     static let options: [CommandLineOption] = [
@@ -31,7 +36,9 @@ struct WarmpoolAgentCommand {
         CommandLineOption(name: "volume-marker", valueName: "volume-marker", help: "Name of the volume-id marker file in the volume's root. Env: WARMPOOL_VOLUME_MARKER. Default: .warmpool-volume-id."),
         CommandLineOption(name: "nvml-library", valueName: "nvml-library", help: "NVML library to dlopen, or `none` to skip the GPU probe. Env: WARMPOOL_NVML_LIBRARY. Default: libnvidia-ml.so.1."),
         CommandLineOption(name: "workload-pidfile", valueName: "workload-pidfile", help: "Pid file of the workload, to report whether it runs. Env: WARMPOOL_WORKLOAD_PIDFILE."),
-        CommandLineOption(name: "fence-command", valueName: "fence-command", help: "Shell command run when the lease expires (it gets WARMPOOL_FENCED_EPOCH). Env: WARMPOOL_FENCE_COMMAND."),
+        CommandLineOption(name: "fence-command", valueName: "fence-command", help: "Shell command run when the lease expires, for a workload the agent does not start (it gets WARMPOOL_FENCED_EPOCH). Env: WARMPOOL_FENCE_COMMAND."),
+        CommandLineOption(name: "thaw-command", valueName: "thaw-command", help: "Shell command run when an expired lease is granted again at the same epoch (it gets WARMPOOL_FENCED_EPOCH). Env: WARMPOOL_THAW_COMMAND."),
+        CommandLineOption(name: "state-dir", valueName: "state-dir", help: "Where the agent remembers its workload's process group across its own restarts. Env: WARMPOOL_STATE_DIR. Default: /run/warmpool-agent."),
         CommandLineOption(name: "probe-interval-ms", valueName: "probe-interval-ms", help: "How often the volume, GPU and workload are probed, in ms. Env: WARMPOOL_PROBE_INTERVAL_MS. Default: 1000."),
         CommandLineOption(name: "log-level", valueName: "log-level", help: "trace, debug, info, notice, warning, error or critical. Env: WARMPOOL_LOG_LEVEL. Default: info."),
         CommandLineOption(name: "probe-once", help: "Run the volume and GPU probes once, print them as JSON and exit."),
@@ -50,6 +57,9 @@ struct WarmpoolAgentCommand {
     var nvmlLibrary: String?
     var workloadPidfile: String?
     var fenceCommand: String?
+    var thawCommand: String?
+    var stateDir: String?
+    var workloadCommand: [String]?
     var probeIntervalMs: Int?
     var logLevel: String?
     var probeOnce = false
@@ -68,6 +78,12 @@ struct WarmpoolAgentCommand {
         nvmlLibrary = parsed.string("nvml-library")
         workloadPidfile = parsed.string("workload-pidfile")
         fenceCommand = parsed.string("fence-command")
+        thawCommand = parsed.string("thaw-command")
+        stateDir = parsed.string("state-dir")
+        if let trailing = parsed.trailing {
+            guard !trailing.isEmpty else { throw UsageError("'--' must be followed by the workload's command") }
+            workloadCommand = trailing
+        }
         probeIntervalMs = try parsed.integer("probe-interval-ms")
         logLevel = parsed.string("log-level")
         probeOnce = parsed.flag("probe-once")
@@ -213,12 +229,16 @@ struct WarmpoolAgentCommand {
             guard let parsed = UInt64(text) else { throw UsageError("\(variable) must be an unsigned integer, got \(text)") }
             return parsed
         }
-        return AgentConfiguration(
+        var configuration = AgentConfiguration(
             controllers: parsed, agentID: agentID, instanceID: try id(instanceId, "WARMPOOL_INSTANCE_ID", "CONTAINER_ID"),
             machineID: try id(machineId, "WARMPOOL_MACHINE_ID"), role: parsedRole, secret: secret,
             connections: connectionCount, volume: volumeProbe, nvmlLibrary: nvml,
             workloadPIDFile: value(workloadPidfile, "WARMPOOL_WORKLOAD_PIDFILE"),
             fenceCommand: value(fenceCommand, "WARMPOOL_FENCE_COMMAND"),
             probeIntervalNanoseconds: Int64(probeIntervalMilliseconds) * 1_000_000)
+        configuration.thawCommand = value(thawCommand, "WARMPOOL_THAW_COMMAND")
+        configuration.stateDirectory = value(stateDir, "WARMPOOL_STATE_DIR") ?? configuration.stateDirectory
+        configuration.workloadCommand = workloadCommand ?? Self.environment["WARMPOOL_WORKLOAD"].map { ["/bin/sh", "-c", $0] }
+        return configuration
     }
 }

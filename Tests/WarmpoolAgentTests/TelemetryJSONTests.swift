@@ -15,6 +15,7 @@ import Testing
         var version: String
         var epoch: UInt64
         var fencedAtEpoch: UInt64?
+        var fence: String?
         var workload: String
         var volume: VolumeReport?
         var gpu: GPUReport?
@@ -27,6 +28,7 @@ import Testing
             version = d.version
             epoch = d.epoch
             fencedAtEpoch = d.fencedAtEpoch
+            fence = d.fence
             workload = d.workload
             volume = d.volume
             gpu = d.gpu
@@ -66,10 +68,10 @@ import Testing
         // Fenced, no NVML, a sick volume, extreme numbers.
         TelemetryDocument(
             agentID: "A.b_c-9", instanceID: .max, machineID: 0, role: "standby", version: "0.1.0", epoch: .max,
-            fencedAtEpoch: .max - 1, workload: "fenced",
+            fencedAtEpoch: .max - 1, fence: "final", workload: "fenced",
             volume: VolumeReport(
                 path: "/mnt/shared volume/", mounted: false, volumeID: nil, idMatches: false, writable: false,
-                freeBytes: 0, problem: "not a mount point: /mnt/shared volume/"),
+                freeBytes: 0, problem: "not a mount point: /mnt/shared volume/", epoch: .max),
             gpu: .unavailable("libnvidia-ml.so.1: cannot open shared object file: No such file or directory")),
         // No GPUs at all.
         TelemetryDocument(

@@ -53,7 +53,7 @@ import WarmpoolModel
         #expect(harness.notifications.map(\.id) == [
             "wp-7-failure_detected-1", "wp-7-standby_starting-1", "wp-7-failover_complete-1", "wp-7-standby_provisioned-2",
         ])
-        #expect(harness.leaseLog == [.revokeLease(oldPrimary), .grantLease(standby, epoch: 2)])
+        #expect(harness.leaseLog == [.revokeLease(oldPrimary), .grantLease(standby, epoch: 2), .revokeLease(after.standbyInstanceID!)])
 
         // Fencing came before the start, and the start before the promotion's grant.
         let log = harness.commandLog.map(\.action)

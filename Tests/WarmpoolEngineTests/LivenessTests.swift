@@ -80,7 +80,8 @@ import WarmpoolModel
         #expect(harness.steps == [.standbyAbandoned, .standbyProvisioning, .standbyReady])
         #expect(harness.timeline.allSatisfy { $0.failover == nil && $0.sinceDetection == nil })
         #expect(harness.notificationKinds == [.standbyProvisioned])
-        #expect(harness.leaseLog.isEmpty, "the primary's lease is not touched")
+        #expect(harness.leaseLog == [.revokeLease(snapshot.standbyInstanceID!)],
+                "the primary's lease is not touched; the new standby's agent gets none")
         #expect(harness.provider.instances[standby]!.destroyed)
         #expect(harness.commands { if case .stopInstance(_, primary) = $0 { true } else { false } }.isEmpty,
                 "the primary is never stopped")

@@ -24,7 +24,8 @@ import WarmpoolModel
         #expect(live.map(\.label) == ["wp-7-primary-e1-a1", "wp-7-standby-e1-a2"])
         #expect(snapshot.volumeID == harness.provider.volumes["wp-7-volume"])
         #expect(snapshot.primarySSH != nil)
-        #expect(harness.leaseLog == [.grantLease(snapshot.primaryInstanceID!, epoch: 1)])
+        #expect(harness.leaseLog == [.grantLease(snapshot.primaryInstanceID!, epoch: 1), .revokeLease(snapshot.standbyInstanceID!)],
+                "the standby boots with the volume: its agent is granted nothing")
         #expect(harness.steps == [.provisioning, .volumeReady, .primaryCreated, .primaryRunning, .volumeMarked, .standbyProvisioning, .standbyReady])
         #expect(harness.provider.markedVolumes == [snapshot.volumeID!], "the marketplace writes no marker: the pool does, through its primary")
         #expect(harness.commands { if case .verify(_, snapshot.primaryInstanceID!, _, _, .establish) = $0 { true } else { false } }.count == 1)
