@@ -307,11 +307,12 @@ public actor FailoverCoordinator: Service {
             if let snapshot = work.snapshot {
                 wakeWaiters(work.poolID, after: work.sequence, snapshot: removesPool ? nil : snapshot)
             }
-            carryOut(work.actions, poolID: work.poolID)
+            carryOut(work.actions, poolID: work.poolID, epoch: work.snapshot?.epoch)
         }
     }
 
-    private func carryOut(_ actions: [EngineAction], poolID: PoolID) {
+    /// `epoch`: the pool's after the transition, which a verification writes on the volume.
+    private func carryOut(_ actions: [EngineAction], poolID: PoolID, epoch: Epoch?) {
         for action in actions {
             switch action {
             case .revokeLease(let instance):
@@ -325,8 +326,9 @@ public actor FailoverCoordinator: Service {
             case .notify, .timeline:
                 break  // committed with the transition; the notifier delivers the outbox
             case .verify(let operation, let instance, let ssh, let volume, let marker):
+                let epoch = epoch ?? 1
                 runner.run { [verification] in
-                    await verification.run(instance: instance, ssh: ssh, volume: volume, marker: marker)
+                    await verification.run(instance: instance, ssh: ssh, volume: volume, marker: marker, epoch: epoch)
                 } deliver: { outcome in
                     await self.verificationAnswered(poolID, operation, outcome)
                 }

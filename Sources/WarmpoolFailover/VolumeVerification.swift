@@ -14,13 +14,17 @@ struct VolumeVerification: Sendable {
     let attemptWindow: Duration
     let clock: any WallClock
 
-    func run(instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID, marker: VolumeMarkerCheck) async -> VerificationOutcome {
+    /// `epoch`: the pool's epoch, written to the volume's `.warmpool/epoch` once it is proven the
+    /// pool's (before a promotion grants anything, so an old primary that wakes reads it and
+    /// fences for good).
+    func run(instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID, marker: VolumeMarkerCheck, epoch: Epoch) async -> VerificationOutcome {
         guard let ssh else { return .notReady(message: "the provider shows no SSH address for instance \(instance) yet") }
         let target: SSHTarget
         do {
             target = try SSHTarget(
                 instanceID: instance, host: ssh.host, port: ssh.port, username: "root",
-                volume: VolumeSpec(path: volumePath, expectedID: "\(volume)", establishMarker: marker == .establish))
+                volume: VolumeSpec(path: volumePath, expectedID: "\(volume)", establishMarker: marker == .establish,
+                                   writeEpoch: epoch.rawValue))
         } catch {
             return .failed(message: "cannot verify instance \(instance): \(error)")
         }

@@ -106,6 +106,11 @@ public struct RemoteVolumeFacts: Hashable, Sendable {
     public var writeError: String?
     /// nil when not measured (the path is not a mount point).
     public var freeBytes: UInt64?
+    /// Whether the command wrote the epoch asked for; nil when it was not asked, or the marker
+    /// did not prove the volume (the verdict says why).
+    public var epochWritten: Bool?
+    /// The epoch the volume held before (0: none).
+    public var epochFound: UInt64?
 
     public init(exists: Bool, mounted: Bool, marker: Marker, markerWritten: Bool? = nil, writable: Bool?, writeError: String? = nil,
                 freeBytes: UInt64?) {
@@ -141,6 +146,12 @@ public struct RemoteVolumeFacts: Hashable, Sendable {
         }
         guard writable == true else {
             return SSHFailure(.readOnly, "\(volume.path) is not writable" + (writeError.map { ": \($0)" } ?? ""))
+        }
+        if let epoch = volume.writeEpoch, epochWritten != true {
+            if let found = epochFound, found > epoch {
+                return SSHFailure(.wrongVolume, "the volume is at epoch \(found), newer than \(epoch): another promotion wrote it")
+            }
+            return SSHFailure(.readOnly, "cannot write epoch \(epoch) to \(volume.path)/.warmpool/epoch")
         }
         return nil
     }

@@ -28,15 +28,20 @@ public struct VolumeSpec: Hashable, Sendable {
     /// marketplace writes nothing on a volume: the controller marks a fresh volume this way once,
     /// and from then on a missing marker is `SSHFailure.Reason.markerMissing`.
     public let establishMarker: Bool
+    /// Write this epoch to `.warmpool/epoch` on the volume (atomically, never lowering it) once the
+    /// marker proves it is the expected volume: every agent on the volume reads it, and one that
+    /// holds an older epoch fences for good (PROTOCOL.md §7).
+    public let writeEpoch: UInt64?
 
     public static let defaultMarkerName = ".warmpool-volume-id"
 
     public init(path: String, expectedID: String, markerName: String = VolumeSpec.defaultMarkerName,
-                establishMarker: Bool = false) throws {
+                establishMarker: Bool = false, writeEpoch: UInt64? = nil) throws {
         self.path = try Self.validatePath(path)
         self.expectedID = try Self.validateVolumeID(expectedID)
         self.markerName = try Self.validateMarkerName(markerName)
         self.establishMarker = establishMarker
+        self.writeEpoch = writeEpoch
     }
 
     /// Returns the path without a trailing slash, or throws.

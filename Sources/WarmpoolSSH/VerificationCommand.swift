@@ -2,11 +2,15 @@
 ///
 /// The script is fixed text. It never contains a single quote, so it travels whole inside one
 /// single-quoted word to `/bin/sh -c` (which works whatever the user's login shell is). The
-/// volume path, the marker's file name, a per-attempt nonce and (only when the marker is to be
-/// established) the volume id follow as single-quoted words and reach the script as `$1`-`$4`:
-/// it only ever expands them inside double quotes, never evaluates them. Otherwise the expected
-/// volume id never leaves this process: the script prints the marker's bytes in hex, and the
-/// comparison happens here.
+/// volume path, the marker's file name, a per-attempt nonce, the volume id when the marker is to be
+/// established (else empty) and, when an epoch is to be written, the epoch and the volume id follow
+/// as single-quoted words and reach the script as `$1`-`$6`: it only ever expands them inside
+/// double quotes, never evaluates them. Otherwise the expected volume id never leaves this
+/// process: the script prints the marker's bytes in hex, and the comparison happens here.
+///
+/// An epoch is written (`.warmpool/epoch`, a temporary file fsynced then renamed over it) only
+/// when the marker holds the expected id, never over a higher epoch, and never through a symlink
+/// (the volume belongs to the workload); `epoch_found` and `epoch_written` report what happened.
 ///
 /// Establishing writes the marker only on a mounted path that has none: into a temporary file,
 /// fsynced, then hard-linked into place (`ln` never replaces an existing marker, so a marker
@@ -20,7 +24,7 @@ public enum VerificationCommand {
     public static let markerLimit = 512
 
     public static let script = """
-        p="$1"; m="$2"; n="$3"; w="$4"
+        p="$1"; m="$2"; n="$3"; w="$4"; q="$5"; k="$6"
         echo "warmpool-verify-begin=$n"
         echo "version=1"
         if [ ! -d "$p" ]; then
@@ -73,6 +77,25 @@ public enum VerificationCommand {
           fi
           df -Pk "$p" 2>/dev/null | awk "NR == 2 { print \\"free_kib=\\" \\$(NF - 2) }"
         fi
+        if [ -n "$q" ] && [ "$rc" -eq 0 ] && [ -f "$f" ] && [ "$(tr -d " \\t\\r\\n" < "$f")" = "$k" ]; then
+          d="$p/.warmpool"
+          [ -L "$d" ] || mkdir -p "$d" 2>/dev/null
+          c=$(cat "$d/epoch" 2>/dev/null | tr -cd "0-9" | cut -c1-19)
+          echo "epoch_found=${c:-0}"
+          if [ -L "$d" ] || [ -L "$d/epoch" ]; then
+            echo "epoch_written=0"
+          elif [ -n "$c" ] && [ "$c" -gt "$q" ]; then
+            echo "epoch_written=0"
+          else
+            t="$d/.epoch-$n"
+            if printf "%s\\n" "$q" | dd of="$t" conv=fsync 2>/dev/null && mv -f "$t" "$d/epoch"; then
+              echo "epoch_written=1"
+            else
+              rm -f "$t" 2>/dev/null
+              echo "epoch_written=0"
+            fi
+          fi
+        fi
         echo "warmpool-verify-end=$n"
         """
 
@@ -82,7 +105,8 @@ public enum VerificationCommand {
         precondition(nonce.utf8.allSatisfy { isHexDigit($0) }, "the nonce is hex")
         var line = "/bin/sh -c " + shellQuote(script) + " warmpool-verify " + shellQuote(volume.path) + " "
             + shellQuote(volume.markerName) + " " + shellQuote(nonce)
-        if volume.establishMarker { line += " " + shellQuote(volume.expectedID) }
+        line += " " + shellQuote(volume.establishMarker ? volume.expectedID : "")
+        if let epoch = volume.writeEpoch { line += " " + shellQuote("\(epoch)") + " " + shellQuote(volume.expectedID) }
         return line
     }
 
@@ -128,6 +152,7 @@ public enum VerificationCommand {
         var fields: [String: String] = [:]
         let known: Set<String> = [
             "version", "exists", "mounted", "marker_written", "marker", "marker_hex", "writable", "write_error", "free_kib",
+            "epoch_found", "epoch_written",
         ]
         for line in lines[..<stop] {
             guard let equals = line.firstIndex(of: "=") else {
@@ -172,8 +197,14 @@ public enum VerificationCommand {
             freeBytes = value.multipliedReportingOverflow(by: 1024).overflow ? UInt64.max : value * 1024
         }
         let markerWritten = fields["marker_written"] == nil ? nil : try flag(fields, "marker_written")
-        return RemoteVolumeFacts(exists: true, mounted: mounted, marker: marker, markerWritten: markerWritten, writable: writable,
-                                 writeError: fields["write_error"].map(printable), freeBytes: freeBytes)
+        var facts = RemoteVolumeFacts(exists: true, mounted: mounted, marker: marker, markerWritten: markerWritten, writable: writable,
+                                      writeError: fields["write_error"].map(printable), freeBytes: freeBytes)
+        if fields["epoch_written"] != nil { facts.epochWritten = try flag(fields, "epoch_written") }
+        if let found = fields["epoch_found"] {
+            guard let value = UInt64(found) else { throw ParseError("epoch_found is not a number: \(printable(found))") }
+            facts.epochFound = value
+        }
+        return facts
     }
 
     /// The marker's bytes as an id: whitespace around it trimmed, as the agent's probe does.

@@ -95,9 +95,13 @@ import Glibc
         let volume = try VolumeSpec(path: "/mnt/data-1", expectedID: "vol-42")
         let command = VerificationCommand.commandLine(volume: volume, nonce: "0123456789abcdef")
         #expect(command.hasPrefix("/bin/sh -c '"))
-        #expect(command.hasSuffix("' warmpool-verify '/mnt/data-1' '.warmpool-volume-id' '0123456789abcdef'"))
+        #expect(command.hasSuffix("' warmpool-verify '/mnt/data-1' '.warmpool-volume-id' '0123456789abcdef' ''"))
         // The expected id never travels: the comparison happens here.
         #expect(!command.contains("vol-42"))
+        // Except to gate the epoch's write: the script writes it only on the volume its marker proves.
+        let promoting = try VolumeSpec(path: "/mnt/data-1", expectedID: "vol-42", writeEpoch: 7)
+        #expect(VerificationCommand.commandLine(volume: promoting, nonce: "0123456789abcdef")
+            .hasSuffix("' warmpool-verify '/mnt/data-1' '.warmpool-volume-id' '0123456789abcdef' '' '7' 'vol-42'"))
     }
 
     @Test(arguments: ["plain", "it's", "'", "''", "a'b'c", "$(touch /tmp/warmpool-pwned)", "`id`", "x\ny", "\\", "\"", ""])

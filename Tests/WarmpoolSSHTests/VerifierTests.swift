@@ -175,6 +175,41 @@ final class Recorder: @unchecked Sendable {
         withExtendedLifetime((sshd, other, empty)) {}
     }
 
+    /// A promotion writes the pool's epoch on the volume, which every agent reads: atomically,
+    /// never lowering it, never through a symlink, and only on the volume the marker proves.
+    @Test func theEpochIsWrittenOnTheProvenVolumeAndNeverLowered() async throws {
+        let sshd = try SSHD()
+        let verifier = verifier(sshd)
+        let volume = try TmpfsVolume(markerID: "42")
+        let first = try await verifier.verify(try sshd.target(volume: VolumeSpec(path: volume.path, expectedID: "42", writeEpoch: 3)))
+        #expect(first.failure == nil, "\(String(describing: first.failure))")
+        #expect(first.volume?.epochWritten == true && first.volume?.epochFound == 0)
+        #expect(try String(contentsOfFile: volume.path + "/.warmpool/epoch", encoding: .utf8) == "3\n")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: volume.path + "/.warmpool") == ["epoch"], "no temporary file is left")
+
+        let same = try await verifier.verify(try sshd.target(volume: VolumeSpec(path: volume.path, expectedID: "42", writeEpoch: 3)))
+        #expect(same.failure == nil && same.volume?.epochFound == 3)
+        let older = try await verifier.verify(try sshd.target(volume: VolumeSpec(path: volume.path, expectedID: "42", writeEpoch: 2)))
+        #expect(older.failure == SSHFailure(.wrongVolume, "the volume is at epoch 3, newer than 2: another promotion wrote it"))
+        #expect(try String(contentsOfFile: volume.path + "/.warmpool/epoch", encoding: .utf8) == "3\n", "never lowered")
+
+        let other = try TmpfsVolume(markerID: "7")
+        let foreign = try await verifier.verify(try sshd.target(volume: VolumeSpec(path: other.path, expectedID: "42", writeEpoch: 9)))
+        #expect(foreign.failure?.reason == .wrongVolume)
+        #expect(!FileManager.default.fileExists(atPath: other.path + "/.warmpool"), "nothing written on another pool's volume")
+
+        // The workload owns the volume: a symlink planted at .warmpool is not followed.
+        let planted = try TmpfsVolume(markerID: "42")
+        let elsewhere = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-elsewhere-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: elsewhere, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: elsewhere) }
+        try FileManager.default.createSymbolicLink(atPath: planted.path + "/.warmpool", withDestinationPath: elsewhere.path)
+        let refused = try await verifier.verify(try sshd.target(volume: VolumeSpec(path: planted.path, expectedID: "42", writeEpoch: 4)))
+        #expect(refused.failure?.reason == .readOnly)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: elsewhere.path).isEmpty)
+        withExtendedLifetime((sshd, volume, other, planted)) {}
+    }
+
     /// The marketplace writes nothing on a volume: the controller marks a fresh one through its
     /// first primary. Written once, never over another id, never on a path that is not a mount.
     @Test func establishingTheMarkerWritesItOnceAndOnlyOnAMountedVolumeWithoutOne() async throws {
