@@ -153,10 +153,15 @@ enum Present {
                 ("free_mib", .int(Int64(status.volumeFreeMebibytes))),
             ])))
             members.append(("fenced", .bool(status.flags.contains(.fenced))))
+            let fence = status.flags.contains(.fenceFinal) ? "final" : status.flags.contains(.fenced) ? "frozen" : "none"
+            members.append(("fence", .string(fence)))
+            members.append(("fence_command_failed", .bool(status.flags.contains(.fenceCommandFailed))))
         } else {
             members.append(("gpu", .null))
             members.append(("volume", .null))
             members.append(("fenced", .null))
+            members.append(("fence", .null))
+            members.append(("fence_command_failed", .null))
         }
         return .object(members)
     }

@@ -15,8 +15,14 @@ public struct LivenessEvent: Hashable, Sendable {
         case failed
         /// A suspected or failed agent was heard again.
         case recovered
-        /// The agent reports that it fenced itself on lease loss.
+        /// The agent reports that it fenced itself on lease loss: its workload is frozen.
         case fenced
+        /// A fenced agent was granted again at the same epoch: its workload runs on.
+        case thawed
+        /// The agent learnt of a newer epoch and killed its workload: the fence is final.
+        case fenceFinal = "fence_final"
+        /// The agent's fence command exited non-zero.
+        case fenceFailed = "fence_failed"
         /// Every connection closed after a Goodbye: a clean shutdown, not a failure.
         case left
     }
@@ -238,10 +244,26 @@ public struct LivenessTracker: Sendable {
                 reason: "heartbeat after \(ms(silence)) ms of silence", silenceNanoseconds: silence))
             agent.state = .alive
         }
+        let before = agent.status?.flags ?? []
         agent.status = status
         if status.flags.contains(.fenced), agent.reportedFence == nil {
             // The epoch is not in the heartbeat; Hello carries it on the next connection.
             noteFence(0, &agent, now: now, into: &events)
+        } else if !status.flags.contains(.fenced), agent.reportedFence != nil, before.contains(.fenced) {
+            let epoch = agent.reportedFence
+            agent.reportedFence = nil
+            events.append(LivenessEvent(
+                kind: .thawed, agent: agent.identity, atNanoseconds: now, reason: "granted again: the workload runs on",
+                fencedAtEpoch: epoch == 0 ? nil : epoch))
+        }
+        if status.flags.contains(.fenceFinal), !before.contains(.fenceFinal) {
+            events.append(LivenessEvent(
+                kind: .fenceFinal, agent: agent.identity, atNanoseconds: now,
+                reason: "a newer epoch exists: the agent killed its workload", fencedAtEpoch: agent.reportedFence.flatMap { $0 == 0 ? nil : $0 }))
+        }
+        if status.flags.contains(.fenceCommandFailed), !before.contains(.fenceCommandFailed) {
+            events.append(LivenessEvent(
+                kind: .fenceFailed, agent: agent.identity, atNanoseconds: now, reason: "the agent's fence command failed"))
         }
         return events
     }

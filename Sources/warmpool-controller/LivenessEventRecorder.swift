@@ -5,6 +5,7 @@ import ServiceLifecycle
 import WarmpoolAPI
 import WarmpoolLiveness
 import WarmpoolModel
+import WarmpoolNotify
 import WarmpoolStore
 
 /// Feeds liveness events to the metrics and to the store's event log (for `warmpoolctl events`),
@@ -39,6 +40,7 @@ struct LivenessEventRecorder: Service {
                         if pools[agentID] == nil { pools[agentID] = .some(try? await store.agent(id: agentID)?.poolID) }
                         let pool = pools[agentID] ?? nil
                         pending.withLockedValue { $0.append(Self.poolEvent(event, pool: pool)) }
+                        if let pool, Self.notified.contains(event.kind) { await notify(event, pool: pool) }
                     }
                 }
             }
@@ -60,6 +62,24 @@ struct LivenessEventRecorder: Service {
         } catch {
             // The detector and the engine do not depend on this log; the gap is named.
             logger.error("cannot record liveness events", metadata: ["error": "\(error)", "events.lost": "\(batch.count)"])
+        }
+    }
+
+    /// The fence history of a pool's agents also goes to the webhooks: an operator wants to know
+    /// that a workload stands frozen, was thawed, or was killed for good.
+    static let notified: Set<LivenessEvent.Kind> = [.fenced, .thawed, .fenceFinal, .fenceFailed]
+
+    private func notify(_ event: LivenessEvent, pool: PoolID) async {
+        guard let record = try? await store.pool(id: pool) else { return }
+        let now = SystemWallClock().now()
+        let payload = WebhookPayload(
+            id: "wp-\(pool)-\(event.kind.rawValue)-\(event.agent.agentID)-\(event.atNanoseconds)", event: event.kind.rawValue,
+            poolID: pool, at: now, message: Self.poolEvent(event, pool: pool).detail ?? event.reason, state: record.state,
+            epoch: record.epoch, failover: nil, primaryInstanceID: record.primaryInstanceID, standbyInstanceID: record.standbyInstanceID)
+        do {
+            try await store.enqueue([payload.outboxEntry()])
+        } catch {
+            logger.error("cannot queue a fence notification", metadata: ["error": "\(error)", "event": "\(event.kind.rawValue)"])
         }
     }
 

@@ -215,7 +215,7 @@ struct Cleanup: AsyncParsableCommand {
 }
 
 struct Events: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "A pool's recent events: agents connecting, suspected, failed, fenced.")
+    static let configuration = CommandConfiguration(abstract: "A pool's recent events: agents connecting, suspected, failed, fenced, thawed, fenced for good.")
     @OptionGroup var connection: Connection
     @Argument var machineID: Int64
     @Option(help: "How many, newest last.") var limit: Int = 50
@@ -266,7 +266,7 @@ struct Agents: AsyncParsableCommand {
             if connection.json { return Output.json(answer) }
             let agents = answer["agents"]?.objects ?? []
             Output.table(
-                ["AGENT", "MACHINE", "INSTANCE", "ROLE", "STATE", "SESSIONS", "LAST HEARTBEAT", "LEASE", "EPOCH", "GPU", "VOLUME"],
+                ["AGENT", "MACHINE", "INSTANCE", "ROLE", "STATE", "SESSIONS", "LAST HEARTBEAT", "LEASE", "EPOCH", "FENCE", "GPU", "VOLUME"],
                 agents.map { agent in
                     let lease = agent["lease"]?.objectOrEmpty ?? .object([])
                     let gpu = agent["gpu"]?.asObject
@@ -280,7 +280,9 @@ struct Agents: AsyncParsableCommand {
                         Output.cell(agent["agent_id"]), Output.cell(agent["machine_id"]), Output.cell(agent["instance_id"]),
                         Output.cell(agent["role"]), Output.cell(agent["state"]), Output.cell(agent["sessions"]),
                         Output.ago(agent["last_heartbeat"]), (lease["held"] == .bool(true)) ? "held" : "none",
-                        Output.cell(lease["epoch"]), gpuText, volumeText,
+                        Output.cell(lease["epoch"]),
+                        (agent["fence"]?.stringValue ?? "-") + (agent["fence_command_failed"] == .bool(true) ? ", command failed" : ""),
+                        gpuText, volumeText,
                     ]
                 })
         }
