@@ -13,6 +13,9 @@ public final class ControllerMetrics: Sendable {
     private let detectionLatency: CoreMetrics.Timer
     private let livenessEvents: [LivenessEvent.Kind: CoreMetrics.Counter]
     private let failoverDuration: CoreMetrics.Timer
+    private let breakerTripped: CoreMetrics.Gauge
+    private let failoversHeld: CoreMetrics.Gauge
+    private let breakerTrips: CoreMetrics.Counter
     private let factory: PrometheusMetricsFactory
     private let heartbeatsCounted = NIOLockedValueBox<UInt64>(0)
 
@@ -31,6 +34,11 @@ public final class ControllerMetrics: Sendable {
         agentsConnected = CoreMetrics.Gauge(label: "warmpool_agents_connected", factory: factory)
         detectionLatency = CoreMetrics.Timer(label: Self.detectionLatencyLabel, factory: factory)
         failoverDuration = CoreMetrics.Timer(label: Self.failoverDurationLabel, factory: factory)
+        breakerTripped = CoreMetrics.Gauge(label: "warmpool_mass_failure_suspected", factory: factory)
+        failoversHeld = CoreMetrics.Gauge(label: "warmpool_failovers_held", factory: factory)
+        breakerTrips = CoreMetrics.Counter(label: "warmpool_mass_failure_trips_total", factory: factory)
+        breakerTripped.record(0)
+        failoversHeld.record(0)
         var events: [LivenessEvent.Kind: CoreMetrics.Counter] = [:]
         for kind in LivenessEvent.Kind.allCases {
             events[kind] = CoreMetrics.Counter(
@@ -53,6 +61,13 @@ public final class ControllerMetrics: Sendable {
         if event.kind == .failed, let silence = event.silenceNanoseconds {
             detectionLatency.recordNanoseconds(silence)
         }
+    }
+
+    /// The mass-failure breaker: tripped (1) or not, the failovers it holds, and a new trip.
+    public func breaker(tripped: Bool, held: Int, newTrip: Bool) {
+        breakerTripped.record(tripped ? 1 : 0)
+        failoversHeld.record(held)
+        if newTrip { breakerTrips.increment() }
     }
 
     public func failoverFinished(result: String, durationSeconds: Double) {

@@ -14,6 +14,34 @@ public protocol PoolOperations: Sendable {
     func updateSettings(_ poolID: PoolID, _ change: SettingsChange) async throws -> PoolRecord
     func failoverTest(_ poolID: PoolID) async throws -> FailoverTestOutcome
     func cleanup(_ poolID: PoolID) async throws
+    /// The mass-failure breaker: tripped or not, and the failovers it holds.
+    func breaker() async throws -> BreakerStatus
+    /// The operator's word that the held failures are real: they are failed over. Returns how many.
+    func releaseBreaker() async throws -> Int
+}
+
+/// What `GET /breaker` shows.
+public struct BreakerStatus: Sendable {
+    public struct Held: Sendable {
+        public var poolID: PoolID
+        public var instanceID: InstanceID
+        public var failedAt: Date
+        public init(poolID: PoolID, instanceID: InstanceID, failedAt: Date) {
+            self.poolID = poolID
+            self.instanceID = instanceID
+            self.failedAt = failedAt
+        }
+    }
+
+    public var tripped: Bool
+    public var since: Date?
+    public var held: [Held]
+
+    public init(tripped: Bool, since: Date?, held: [Held]) {
+        self.tripped = tripped
+        self.since = since
+        self.held = held
+    }
 }
 
 /// Errors an implementation reports; the API maps each to its status.
@@ -105,6 +133,10 @@ public struct ProviderlessPoolOperations: PoolOperations {
         try await requirePool(poolID)
         throw PoolOperationError.providerNotConfigured
     }
+
+    /// Without a provider nothing fails over, so nothing is ever held.
+    public func breaker() async throws -> BreakerStatus { BreakerStatus(tripped: false, since: nil, held: []) }
+    public func releaseBreaker() async throws -> Int { 0 }
 
     private func requirePool(_ poolID: PoolID) async throws {
         guard try await store.pool(id: poolID) != nil else { throw PoolOperationError.unknownPool(poolID) }

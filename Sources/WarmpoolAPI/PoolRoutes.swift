@@ -76,6 +76,26 @@ struct PoolRoutes {
                 ("message", .string("primary, standby and volume of machine \(poolID) destroyed")),
             ]))
         }
+        group.get("breaker") { _, _ in
+            let status = try await operations.breaker()
+            return JSONResponse.ok(.object([
+                ("tripped", .bool(status.tripped)),
+                ("since", .date(status.since)),
+                ("held", .array(status.held.map { held in
+                    .object([("machine_id", .int(held.poolID.rawValue)), ("instance_id", .int(held.instanceID.rawValue)),
+                             ("failed_at", .date(held.failedAt))])
+                })),
+            ]))
+        }
+        group.post("breaker/release") { request, _ in
+            _ = try await RequestInput.jsonObject(request)
+            let released = try await operations.releaseBreaker()
+            return JSONResponse.ok(.object([
+                ("success", .bool(true)),
+                ("released", .int(Int64(released))),
+                ("message", .string("\(released) held failover(s) released")),
+            ]))
+        }
         group.get("settings/:machine_id") { _, context in
             JSONResponse.ok(Present.settings(try await requirePool(try RequestInput.poolID(context))))
         }

@@ -1,6 +1,9 @@
+import Foundation
 import WarmpoolEngine
 import WarmpoolLiveness
 import WarmpoolModel
+import WarmpoolNotify
+import WarmpoolStore
 
 /// What feeds the engines besides the provider's and the verifier's answers: the failure
 /// detector, the check after a restart, and the watch on stopped standbys.
@@ -8,17 +11,128 @@ extension FailoverCoordinator {
     /// A failed agent: its pool fails over if it is the pool's primary. The hub held the
     /// instance's lease at the failure; this rules on it, whatever the outcome.
     func livenessEvent(_ event: LivenessEvent) async {
-        guard event.kind == .failed else { return }
+        switch event.kind {
+        case .failed:
+            break
+        case .recovered, .connected:
+            // Back before its failure reached the engine: the breaker lets it go.
+            let instance = await instanceID(ofAgent: event.agent.agentID) ?? event.agent.instanceID
+            carryOut(breaker: breaker.returned(instance: instance, now: clock.now()))
+            return
+        default:
+            return
+        }
         let instance = await instanceID(ofAgent: event.agent.agentID) ?? event.agent.instanceID
         guard let poolID = pools.first(where: { $0.value.machine?.snapshot.primaryInstanceID == instance })?.key else {
             hub?.releaseHold(instanceID: event.agent.instanceID)
             return
         }
-        let epoch = hub?.leasePosture(instanceID: instance)?.epoch
         logger.warning("primary failed", metadata: ["pool": "\(poolID)", "instance": "\(instance)", "reason": "\(event.reason)"])
+        carryOut(breaker: breaker.failed(instance: instance, pool: poolID, monitored: monitoredPrimaries, now: clock.now()))
+    }
+
+    /// Primaries a failure would fail over now: the breaker's denominator.
+    private var monitoredPrimaries: Int {
+        pools.values.count { pool in
+            guard let snapshot = pool.machine?.snapshot, snapshot.enabled, snapshot.primaryInstanceID != nil else { return false }
+            return [.active, .recovering, .degraded].contains(snapshot.state)
+        }
+    }
+
+    /// The failure reaches the pool's engine (the breaker let it through).
+    private func failOver(_ instance: InstanceID, pool poolID: PoolID) {
+        let epoch = hub?.leasePosture(instanceID: instance)?.epoch
         let actions = apply(poolID) { machine, now in machine.livenessFailed(instance: instance, epoch: epoch, now: now) }
         // No failover begun (a disabled pool, say): the agent keeps working under its lease.
         if !actions.contains(.revokeLease(instance)) { hub?.releaseHold(instanceID: instance) }
+    }
+
+    func carryOut(breaker actions: [MassFailureBreaker.Action]) {
+        let wasTripped = breaker.isTripped
+        for action in actions {
+            switch action {
+            case .failOver(let failure):
+                failOver(failure.instance, pool: failure.pool)
+            case .dropped(let failure):
+                logger.notice("failed agent came back before its failover", metadata: ["pool": "\(failure.pool)", "instance": "\(failure.instance)"])
+                hub?.releaseHold(instanceID: failure.instance)
+            case .askProvider(let instances) where instances.isEmpty:
+                break
+            case .askProvider(let instances):
+                Task { [effects] in
+                    do {
+                        let listed = try await effects.provider.listInstances()
+                        let running = Set(listed.filter(\.isRunning).map(\.id))
+                        await self.providerReported(instances, running: running)
+                    } catch {
+                        self.logger.warning("mass failure: cannot list the provider's instances", metadata: ["error": "\(error)"])
+                    }
+                }
+            case .wake(let at):
+                Task {
+                    try? await Task.sleep(for: max(.zero, at - self.clock.now()))
+                    await self.breakerTick()
+                }
+            case .tripped(let failures, let monitored):
+                let held = breaker.pending.values.map(\.pool).sorted()
+                logger.critical("mass failure suspected: holding failovers until the provider confirms each", metadata: [
+                    "failures": "\(failures)", "monitored_primaries": "\(monitored)", "pools": "\(held)",
+                ])
+                record("mass_failure_suspected",
+                       "\(failures) of \(monitored) primaries failed within \(configuration.breaker.window): failovers held until the provider reports an instance not running",
+                       pools: held)
+            case .released(let reason):
+                logger.notice("mass failure breaker released", metadata: ["reason": "\(reason)"])
+                record("mass_failure_released", reason, pools: Array(Set(pools.keys)).sorted())
+            }
+        }
+        let tripped = breaker.isTripped
+        onBreakerChange(tripped, tripped ? breaker.pending.count : 0, tripped && !wasTripped)
+    }
+
+    private func providerReported(_ instances: [InstanceID], running: Set<InstanceID>) {
+        for instance in instances {
+            carryOut(breaker: breaker.provider(reports: instance, running: running.contains(instance), now: clock.now()))
+        }
+    }
+
+    private func breakerTick() {
+        carryOut(breaker: breaker.tick(now: clock.now()))
+    }
+
+    /// The operator's word: the held failures are real. Returns how many were released.
+    public func releaseBreaker() -> Int {
+        let actions = breaker.release(now: clock.now())
+        carryOut(breaker: actions)
+        return actions.count { if case .failOver = $0 { true } else { false } }
+    }
+
+    /// What the API shows of the breaker.
+    public func breakerStatus() -> (tripped: Bool, since: Instant?, held: [(pool: PoolID, instance: InstanceID, at: Instant)]) {
+        (breaker.isTripped, breaker.trippedAt,
+         breaker.pending.values.sorted { ($0.at, $0.instance) < ($1.at, $1.instance) }.map { ($0.pool, $0.instance, $0.at) })
+    }
+
+    /// An event in each pool's log, and a webhook for each.
+    private func record(_ kind: String, _ detail: String, pools affected: [PoolID]) {
+        let now = clock.now()
+        let snapshots = affected.compactMap { pools[$0]?.machine?.snapshot }
+        Task { [store, logger] in
+            do {
+                try await store.recordEvents(snapshots.map {
+                    PoolEvent(poolID: $0.poolID, agentID: nil, kind: kind, at: Date(timeIntervalSince1970: now.secondsSinceEpoch), detail: detail)
+                })
+                try await store.enqueue(snapshots.map { snapshot in
+                    WebhookPayload(
+                        id: "wp-\(snapshot.poolID)-\(kind)-\(now.nanosecondsSinceEpoch)", event: kind, poolID: snapshot.poolID, at: now,
+                        message: detail, state: snapshot.state, epoch: snapshot.epoch, failover: nil,
+                        primaryInstanceID: snapshot.primaryInstanceID, standbyInstanceID: snapshot.standbyInstanceID
+                    ).outboxEntry()
+                })
+            } catch {
+                logger.error("cannot record the breaker's event", metadata: ["event": "\(kind)", "error": "\(error)"])
+            }
+        }
     }
 
     /// The instance the controller created an agent's key for; the agent's own report otherwise.

@@ -33,6 +33,8 @@ public actor FailoverCoordinator: Service {
         /// destroyed or reclaimed behind our back is replaced before it is needed. Its agent is
         /// silent by design, so only the provider can tell.
         public var standbyCheckInterval: Duration
+        /// When many primaries fail at once (`MassFailureBreaker`).
+        public var breaker = MassFailureBreaker.Settings()
 
         public init(
             engine: EngineSettings = EngineSettings(), restartGrace: Duration = .seconds(10),
@@ -84,6 +86,9 @@ public actor FailoverCoordinator: Service {
     let clock: any WallClock
     let runner = EffectRunner()
     private let onFailoverFinished: @Sendable (_ result: String, _ seconds: Double) -> Void
+    /// Metrics: whether the breaker is tripped, how many failures it holds, and whether this is a new trip.
+    let onBreakerChange: @Sendable (_ tripped: Bool, _ held: Int, _ newTrip: Bool) -> Void
+    var breaker: MassFailureBreaker
     private let workQueue: AsyncStream<Work>
     private let workContinuation: AsyncStream<Work>.Continuation
 
@@ -95,8 +100,9 @@ public actor FailoverCoordinator: Service {
 
     public init(
         configuration: Configuration, store: any WarmpoolStore, provider: any ProviderClient, verifier: SSHVerifier,
-        launch: AgentLaunch, hub: LivenessHub?, logger: Logger, clock: any WallClock = SystemWallClock(),
-        onFailoverFinished: @escaping @Sendable (_ result: String, _ seconds: Double) -> Void = { _, _ in }
+        launch: AgentLaunch, hub: LivenessHub?, logger: Logger, clock: any WallClock = SteadyWallClock(),
+        onFailoverFinished: @escaping @Sendable (_ result: String, _ seconds: Double) -> Void = { _, _ in },
+        onBreakerChange: @escaping @Sendable (_ tripped: Bool, _ held: Int, _ newTrip: Bool) -> Void = { _, _, _ in }
     ) {
         self.configuration = configuration
         self.store = store
@@ -109,6 +115,8 @@ public actor FailoverCoordinator: Service {
         self.logger = logger
         self.clock = clock
         self.onFailoverFinished = onFailoverFinished
+        self.onBreakerChange = onBreakerChange
+        self.breaker = MassFailureBreaker(settings: configuration.breaker)
         (workQueue, workContinuation) = AsyncStream.makeStream(of: Work.self, bufferingPolicy: .unbounded)
     }
 

@@ -88,6 +88,21 @@ public struct SystemWallClock: WallClock {
     }
 }
 
+/// Wall-clock instants that advance with CLOCK_MONOTONIC: the real time is read once, at
+/// creation, and every later reading adds the monotonic time since. A step of the system clock
+/// (NTP, an operator) cannot then make a lease look expired early, or a deadline pass: the
+/// failover engine's waits are measured on the monotonic clock (PROTOCOL.md §7), while its
+/// instants still read as times of day in records and across restarts.
+public struct SteadyWallClock: WallClock {
+    private let anchor: Int64
+
+    public init() {
+        anchor = SystemWallClock().now().nanosecondsSinceEpoch - MonotonicClock.now()
+    }
+
+    public func now() -> Instant { Instant(nanosecondsSinceEpoch: anchor + MonotonicClock.now()) }
+}
+
 extension Duration {
     /// Whole nanoseconds (truncated); every duration here is far inside Int64's range.
     public var nanoseconds: Int64 {

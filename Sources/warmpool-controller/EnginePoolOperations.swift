@@ -1,3 +1,4 @@
+import Foundation
 import WarmpoolAPI
 import WarmpoolEngine
 import WarmpoolFailover
@@ -24,6 +25,16 @@ struct EnginePoolOperations: PoolOperations {
         let query = OfferQuery(gpuName: filter.gpuName, maxPricePerHour: filter.maxPrice, verified: filter.verified ? true : nil)
         return WarmPoolHosts.group(offers: try await provided { try await provider.searchOffers(query) }, filter: filter)
     }
+
+    func breaker() async throws -> BreakerStatus {
+        let status = await coordinator.breakerStatus()
+        func date(_ instant: Instant) -> Date { Date(timeIntervalSince1970: instant.secondsSinceEpoch) }
+        return BreakerStatus(tripped: status.tripped, since: status.since.map(date), held: status.held.map {
+            BreakerStatus.Held(poolID: $0.pool, instanceID: $0.instance, failedAt: date($0.at))
+        })
+    }
+
+    func releaseBreaker() async throws -> Int { await coordinator.releaseBreaker() }
 
     func provision(_ request: WarmpoolAPI.ProvisionRequest) async throws -> PoolRecord {
         let preferences = await coordinator.record(request.poolID)?.gpuPreferences ?? []

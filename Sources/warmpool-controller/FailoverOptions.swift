@@ -43,6 +43,18 @@ struct FailoverOptions: ParsableArguments {
     @Option(help: "How often each active pool's standby is looked up at the provider, in seconds; a vanished one is replaced.")
     var standbyCheckS: Int = 30
 
+    @Option(help: "Mass-failure breaker: at least this many primaries failing within the window (and the fraction below) hold their failovers until the provider reports each instance not running; 0 disables it. Env: WARMPOOL_MASS_FAILURE_MINIMUM.")
+    var massFailureMinimum: Int = Int(environment["WARMPOOL_MASS_FAILURE_MINIMUM"] ?? "") ?? 3
+
+    @Option(help: "Mass-failure breaker: the fraction of monitored primaries (0-1). Env: WARMPOOL_MASS_FAILURE_FRACTION.")
+    var massFailureFraction: Double = Double(environment["WARMPOOL_MASS_FAILURE_FRACTION"] ?? "") ?? 0.2
+
+    @Option(help: "Mass-failure breaker: the window in ms. Env: WARMPOOL_MASS_FAILURE_WINDOW_MS.")
+    var massFailureWindowMs: Int = Int(environment["WARMPOOL_MASS_FAILURE_WINDOW_MS"] ?? "") ?? 5_000
+
+    @Option(help: "Mass-failure breaker: how long every failure waits before it reaches the engine, so that a burst can be seen (ms). Env: WARMPOOL_MASS_FAILURE_SETTLE_MS.")
+    var massFailureSettleMs: Int = Int(environment["WARMPOOL_MASS_FAILURE_SETTLE_MS"] ?? "") ?? 500
+
     @Option(help: "How long the engine waits for the provider to confirm the old primary stopped before it asks again (ms); it never promotes without that confirmation and the end of the old lease. Env: WARMPOOL_FENCE_TIMEOUT_MS.")
     var fenceTimeoutMs: Int = Int(environment["WARMPOOL_FENCE_TIMEOUT_MS"] ?? "") ?? 30_000
 
@@ -59,6 +71,9 @@ struct FailoverOptions: ParsableArguments {
         guard providerPollMs >= 10 else { throw ValidationError("--provider-poll-ms must be at least 10") }
         guard standbyCheckS >= 1 else { throw ValidationError("--standby-check-s must be at least 1") }
         guard fenceTimeoutMs >= 100 else { throw ValidationError("--fence-timeout-ms must be at least 100") }
+        guard massFailureMinimum >= 0, (0...1).contains(massFailureFraction), massFailureWindowMs >= 100, massFailureSettleMs >= 0 else {
+            throw ValidationError("--mass-failure-minimum must be >= 0, the fraction 0-1, the window >= 100 ms, the settle >= 0 ms")
+        }
         for pair in agentEnv where !pair.contains("=") { throw ValidationError("--agent-env expects KEY=VALUE, got \(pair)") }
         providerApiKeyFile = providerApiKeyFile ?? Self.environment["WARMPOOL_PROVIDER_API_KEY_FILE"]
         sshKey = sshKey ?? Self.environment["WARMPOOL_SSH_KEY"]
@@ -102,11 +117,17 @@ struct FailoverOptions: ParsableArguments {
         engine.leaseDuration = .milliseconds(Int(hub.leaseMilliseconds))
         let verifier = SSHVerifier(
             credentials: SSHCredentials(privateKey: .file(path: sshKey)), pins: StoreHostKeyPins(store: store), logger: logger)
+        var configuration = FailoverCoordinator.Configuration(
+            engine: engine, restartGrace: .milliseconds(restartGraceMs), standbyCheckInterval: .seconds(standbyCheckS))
+        configuration.breaker = MassFailureBreaker.Settings(
+            minimumFailures: massFailureMinimum, fraction: massFailureFraction, window: .milliseconds(massFailureWindowMs),
+            settle: .milliseconds(massFailureSettleMs))
         return FailoverCoordinator(
-            configuration: .init(engine: engine, restartGrace: .milliseconds(restartGraceMs), standbyCheckInterval: .seconds(standbyCheckS)),
+            configuration: configuration,
             store: store, provider: provider,
             verifier: verifier, launch: AgentLaunch(controllers: controllers, onstart: agentOnstart, extraEnvironment: environment),
             hub: hub, logger: logger,
-            onFailoverFinished: { result, seconds in metrics.failoverFinished(result: result, durationSeconds: seconds) })
+            onFailoverFinished: { result, seconds in metrics.failoverFinished(result: result, durationSeconds: seconds) },
+            onBreakerChange: { tripped, held, newTrip in metrics.breaker(tripped: tripped, held: held, newTrip: newTrip) })
     }
 }

@@ -10,7 +10,7 @@ struct WarmpoolCtl: AsyncParsableCommand {
         discussion: "The controller URL and API key come from --url and --api-key, or WARMPOOL_URL and WARMPOOL_API_KEY (or WARMPOOL_API_KEY_FILE).",
         subcommands: [
             Status.self, Hosts.self, Provision.self, Enable.self, Disable.self, Failover.self, Cleanup.self, Events.self,
-            Timeline.self, Agents.self, Keys.self, Settings.self,
+            Timeline.self, Agents.self, Keys.self, Settings.self, Breaker.self,
         ])
 
     /// Errors are one line on stderr and a non-zero exit, whatever the command.
@@ -251,6 +251,42 @@ struct Timeline: AsyncParsableCommand {
                     ["  +MS", "STEP", "TOOK MS", "DETAIL"],
                     steps.map { ["  +" + Output.cell($0["since_start_ms"]), Output.cell($0["step"]), Output.cell($0["duration_ms"]), Output.cell($0["detail"])] })
                 print("")
+            }
+        }
+    }
+}
+
+struct Breaker: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The mass-failure breaker: whether it holds failovers, and releasing it.",
+        subcommands: [Show.self, Release.self], defaultSubcommand: Show.self)
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Whether many primaries failed at once, and the failovers held.")
+        @OptionGroup var connection: Connection
+
+        func run() async throws {
+            try await WarmpoolCtl.run {
+                let answer = try await connection.client().get("\(warmpool)/breaker")
+                if connection.json { return Output.json(answer) }
+                guard answer["tripped"] == .bool(true) else { return print("breaker closed: failures go to the engine") }
+                print("mass failure suspected since \(Output.ago(answer["since"])): failovers held until the provider reports the instance not running")
+                Output.table(["MACHINE", "INSTANCE", "FAILED"], (answer["held"]?.objects ?? []).map { held in
+                    [Output.cell(held["machine_id"]), Output.cell(held["instance_id"]), Output.ago(held["failed_at"])]
+                })
+            }
+        }
+    }
+
+    struct Release: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The held failures are real: fail them over now.")
+        @OptionGroup var connection: Connection
+
+        func run() async throws {
+            try await WarmpoolCtl.run {
+                let answer = try await connection.client().send("POST", "\(warmpool)/breaker/release", body: .object([]))
+                if connection.json { return Output.json(answer) }
+                print(Output.cell(answer["message"]))
             }
         }
     }
