@@ -23,7 +23,7 @@ public actor FailoverCoordinator: Service {
     public struct Configuration: Sendable {
         public var engine: EngineSettings
         /// After a restart, a primary whose agent has not reconnected by then is failed over.
-        /// Healthy agents reconnect within their backoff (2 s at most), so this never fails one.
+        /// Healthy agents reconnect within their backoff (500 ms at most), so this never fails one.
         public var restartGrace: Duration
         /// How long one SSH verification keeps polling a booting instance before it reports
         /// "not ready" to the engine.
