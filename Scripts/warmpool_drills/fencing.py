@@ -29,6 +29,20 @@ def alive(pid):
     return True
 
 
+def signal_namespace(namespace, signum, rounds=3):
+    """Signals every process in a network namespace, a few rounds (a child forked meanwhile is
+    caught by the next); returns the pids signalled."""
+    signalled = set()
+    for _ in range(rounds):
+        for pid in namespace_pids(namespace):
+            try:
+                os.kill(pid, signum)
+                signalled.add(pid)
+            except ProcessLookupError:
+                pass
+    return signalled
+
+
 def namespace_pids(namespace):
     listed = subprocess.run(["ip", "netns", "pids", namespace], stdout=subprocess.PIPE, text=True).stdout
     return [int(pid) for pid in listed.split()]
@@ -215,12 +229,10 @@ def pause(args):
             volume = fleet.volumes[pool]
             wait_until("the primary's workload", lambda: any(r[0] == old for r in read_records(volume)[-5:]), 30)
             namespace = Lab.namespace(*fleet.lab.slot_of(before["primary_ssh_host"]))
-            pids = namespace_pids(namespace)
             workload = {r[2] for r in read_records(volume) if r[0] == old}
             fleet.pool.sim_call("POST", "/admin/faults", {"unreachable_instances": [old], "stale_stop_instances": [old]})
             paused_at = time.time()
-            for pid in pids:
-                os.kill(pid, signal.SIGSTOP)
+            pids = signal_namespace(namespace, signal.SIGSTOP)
             failover = fleet.pool.wait_failover(old, timeout=180, pool=pool)
             promoted = next((iso_seconds(s["at"]) for s in failover["timeline"] if s["step"] == "promoted"), None)
             fenced = next((s for s in failover["timeline"] if s["step"] == "fenced"), None)

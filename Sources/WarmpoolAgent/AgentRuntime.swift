@@ -278,6 +278,15 @@ public final class AgentRuntime: @unchecked Sendable {
     /// Carries out the supervisor's decisions. On the loop; signals are cheap, the shell commands
     /// run on the fence queue.
     private func carryOut(_ actions: [WorkloadSupervisor.Action]) {
+        // A fence that is thawed within one heartbeat interval would never show in a beat: every
+        // change of the fence goes out in a beat of its own, at once.
+        let fenceChanged = actions.contains { action in
+            switch action {
+            case .freeze, .thaw, .kill: true
+            case .start, .refuseGrant: false
+            }
+        }
+        defer { if fenceChanged { heartbeatTick() } }
         for action in actions {
             switch action {
             case .start(let epoch):
