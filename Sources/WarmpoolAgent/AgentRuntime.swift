@@ -81,6 +81,8 @@ public final class AgentRuntime: @unchecked Sendable {
     private var slots: [Slot]
     private var supervisor: WorkloadSupervisor
     private var workload: WorkloadProcess?
+    /// Where this agent remembers its workload's process group (`--state-dir`, one file per agent id).
+    private let workloadStateFile: String
     /// The fence command's last run failed (exit status != 0): reported until one succeeds.
     private var fenceCommandFailed = false
     private var terms: Welcome?
@@ -105,10 +107,14 @@ public final class AgentRuntime: @unchecked Sendable {
         self.logger = logger
         self.slots = Array(repeating: Slot(), count: configuration.connections)
         self.supervisor = WorkloadSupervisor(supervises: configuration.workloadCommand != nil)
+        let fileName = configuration.agentID.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" }
+        self.workloadStateFile = configuration.stateDirectory + "/" + fileName + ".workload"
     }
 
-    private var workloadStateFile: String {
-        configuration.stateDirectory + "/" + configuration.agentID.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" } + ".workload"
+    /// The shell hooks the fence runs, for workloads the agent does not start.
+    private enum Hook: String {
+        case fence = "fence command"
+        case thaw = "thaw command"
     }
 
     // MARK: Lifecycle
@@ -233,9 +239,7 @@ public final class AgentRuntime: @unchecked Sendable {
             holdsLease: supervisor.holdsLease(now: now), fenced: supervisor.fencedAtEpoch != nil)
         if supervisor.fenceIsFinal { status.flags.insert(.fenceFinal) }
         if fenceCommandFailed { status.flags.insert(.fenceCommandFailed) }
-        if configuration.workloadCommand != nil, supervisor.fencedAtEpoch == nil {
-            status.workload = workloadState
-        }
+        if configuration.workloadCommand != nil { status.workload = reportedWorkload }
         let inboundTimeout = max(2 * Int64(terms.leaseMilliseconds) * 1_000_000, 2_000_000_000)
         var telemetrySent = false
         for slot in slots {
@@ -298,14 +302,14 @@ public final class AgentRuntime: @unchecked Sendable {
                     "epoch": "\(epoch)", "workload": "\(frozen.map { $0 ? "frozen" : "freeze failed" } ?? "none")",
                     "freeze_us": "\((MonotonicClock.now() - started) / 1_000)", "command": "\(configuration.fenceCommand ?? "-")",
                 ])
-                runFenceCommand(configuration.fenceCommand, epoch: epoch, what: "fence command")
+                run(.fence, configuration.fenceCommand, epoch: epoch)
             case .thaw(let epoch, let frozenFor):
                 let thawed = workload?.thaw()
                 logger.notice("lease granted again at the same epoch: thawed", metadata: [
                     "epoch": "\(epoch)", "frozen_ms": "\(frozenFor / 1_000_000)",
                     "workload": "\(thawed.map { $0 ? "thawed" : "thaw failed" } ?? "none")",
                 ])
-                runFenceCommand(configuration.thawCommand, epoch: epoch, what: "thaw command")
+                run(.thaw, configuration.thawCommand, epoch: epoch)
             case .kill(let epoch, let reason):
                 let killed = workload?.killGroup()
                 logger.critical("final fence: a newer epoch exists, the workload is killed", metadata: [
@@ -378,26 +382,30 @@ public final class AgentRuntime: @unchecked Sendable {
         }
     }
 
-    private var workloadState: WorkloadState {
+    /// The workload as heartbeats and telemetry report it: fenced while fenced; else the supervised
+    /// workload's state when the agent runs one; else what the probe saw.
+    private var reportedWorkload: WorkloadState {
+        if supervisor.fencedAtEpoch != nil { return .fenced }
+        guard configuration.workloadCommand != nil else { return probeReport?.workload ?? .unknown }
         switch supervisor.workload {
-        case .waiting: .idle
-        case .running: .running
-        case .frozen, .killed: .fenced
-        case .exited: .stopped
+        case .waiting: return .idle
+        case .running: return .running
+        case .frozen, .killed: return .fenced
+        case .exited: return .stopped
         }
     }
 
-    private func runFenceCommand(_ command: String?, epoch: UInt64, what: String) {
+    private func run(_ hook: Hook, _ command: String?, epoch: UInt64) {
         guard let command else { return }
         let logger = self.logger
         fenceQueue.async {
             let status = runShell(command, environment: ["WARMPOOL_FENCED_EPOCH=\(epoch)"])
             if status == 0 {
-                logger.notice("\(what) finished")
+                logger.notice("\(hook.rawValue) finished")
             } else {
-                logger.error("\(what) failed", metadata: ["exit_status": "\(status)"])
+                logger.error("\(hook.rawValue) failed", metadata: ["exit_status": "\(status)"])
             }
-            if what == "fence command" { self.loop.execute { self.fenceCommandFailed = status != 0 } }
+            if hook == .fence { self.loop.execute { self.fenceCommandFailed = status != 0 } }
         }
     }
 
@@ -443,7 +451,7 @@ public final class AgentRuntime: @unchecked Sendable {
             role: configuration.role.description, version: warmpoolAgentVersion, epoch: supervisor.knownEpoch,
             fencedAtEpoch: supervisor.fencedAtEpoch,
             fence: supervisor.fenceIsFinal ? "final" : supervisor.fencedAtEpoch != nil ? "frozen" : nil,
-            workload: "\(supervisor.fencedAtEpoch != nil ? .fenced : configuration.workloadCommand != nil ? workloadState : probeReport?.workload ?? .unknown)",
+            workload: "\(reportedWorkload)",
             volume: probeReport?.volume, gpu: probeReport?.gpu
         ).json()
     }

@@ -5,15 +5,9 @@ import Glibc
 /// Runs `/bin/sh -c command` with the agent's environment plus `environment`, waits, and returns
 /// the exit status (128 + signal when killed, -1 when it could not start). Blocking.
 func runShell(_ command: String, environment extra: [String]) -> Int32 {
-    var inherited: [String] = []
-    var cursor = environ
-    while let entry = cursor.pointee {
-        inherited.append(String(cString: entry))
-        cursor += 1
-    }
     let arguments = ["/bin/sh", "-c", command]
     let argv = arguments.map { strdup($0) } + [nil]
-    let envp = (inherited + extra).map { strdup($0) } + [nil]
+    let envp = (inheritedEnvironment() + extra).map { strdup($0) } + [nil]
     defer {
         argv.forEach { free($0) }
         envp.forEach { free($0) }
@@ -24,6 +18,22 @@ func runShell(_ command: String, environment extra: [String]) -> Int32 {
     while waitpid(pid, &status, 0) < 0 {
         guard errno == EINTR else { return -1 }
     }
+    return exitStatus(waitStatus: status)
+}
+
+/// The agent's own environment, `NAME=value` entries in order, for a child it starts.
+func inheritedEnvironment() -> [String] {
+    var inherited: [String] = []
+    var cursor = environ
+    while let entry = cursor.pointee {
+        inherited.append(String(cString: entry))
+        cursor += 1
+    }
+    return inherited
+}
+
+/// A `waitpid` status as a shell reports it: the exit status, or 128 + the signal that killed it.
+func exitStatus(waitStatus status: Int32) -> Int32 {
     let signal = status & 0x7F
     return signal == 0 ? (status >> 8) & 0xFF : 128 + signal
 }

@@ -24,14 +24,8 @@ final class WorkloadProcess: @unchecked Sendable {
     static func start(
         _ command: [String], environment extra: [String], epoch: UInt64, exited: @escaping @Sendable (Int32) -> Void
     ) -> Result<WorkloadProcess, SpawnError> {
-        var inherited: [String] = []
-        var cursor = environ
-        while let entry = cursor.pointee {
-            inherited.append(String(cString: entry))
-            cursor += 1
-        }
         // The agent's own secret stays with the agent.
-        inherited.removeAll { $0.hasPrefix("WARMPOOL_AGENT_SECRET=") }
+        let inherited = inheritedEnvironment().filter { !$0.hasPrefix("WARMPOOL_AGENT_SECRET=") }
         let argv = command.map { strdup($0) } + [nil]
         let envp = (inherited + extra).map { strdup($0) } + [nil]
         defer {
@@ -57,8 +51,7 @@ final class WorkloadProcess: @unchecked Sendable {
         Thread.detach {
             var raw: Int32 = 0
             while waitpid(leader, &raw, 0) < 0, errno == EINTR {}
-            let signal = raw & 0x7F
-            exited(signal == 0 ? (raw >> 8) & 0xFF : 128 + signal)
+            exited(exitStatus(waitStatus: raw))
         }
         return .success(process)
     }

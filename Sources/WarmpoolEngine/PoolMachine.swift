@@ -850,10 +850,7 @@ public struct PoolMachine: Sendable, Codable {
     }
 
     private func requireNotRemoved() throws(EngineViolation) {
-        switch state {
-        case .removed, .cleaningUp: throw EngineViolation("pool \(poolID) is being removed")
-        default: break
-        }
+        if isRemoving { throw EngineViolation("pool \(poolID) is being removed") }
     }
 
     // MARK: - Failures

@@ -15,7 +15,9 @@ extension FailoverCoordinator {
         case .failed:
             break
         case .recovered, .connected:
-            // Back before its failure reached the engine: the breaker lets it go.
+            // Back before its failure reached the engine: the breaker lets it go. A reconnect storm
+            // with nothing held costs no store lookup.
+            guard !breaker.pending.isEmpty else { return }
             let instance = await instanceID(ofAgent: event.agent.agentID) ?? event.agent.instanceID
             carryOut(breaker: breaker.returned(instance: instance, now: clock.now()))
             return
@@ -63,7 +65,7 @@ extension FailoverCoordinator {
                     do {
                         let listed = try await effects.provider.listInstances()
                         let running = Set(listed.filter(\.isRunning).map(\.id))
-                        await self.providerReported(instances, running: running)
+                        self.providerReported(instances, running: running)
                     } catch {
                         self.logger.warning("mass failure: cannot list the provider's instances", metadata: ["error": "\(error)"])
                     }
@@ -71,7 +73,7 @@ extension FailoverCoordinator {
             case .wake(let at):
                 Task {
                     try? await Task.sleep(for: max(.zero, at - self.clock.now()))
-                    await self.breakerTick()
+                    self.breakerTick()
                 }
             case .tripped(let failures, let monitored):
                 let held = breaker.pending.values.map(\.pool).sorted()

@@ -39,8 +39,9 @@ struct LivenessEventRecorder: Service {
                         let agentID = event.agent.agentID
                         if pools[agentID] == nil { pools[agentID] = .some(try? await store.agent(id: agentID)?.poolID) }
                         let pool = pools[agentID] ?? nil
-                        pending.withLockedValue { $0.append(Self.poolEvent(event, pool: pool)) }
-                        if let pool, Self.notified.contains(event.kind) { await notify(event, pool: pool) }
+                        let recorded = Self.poolEvent(event, pool: pool)
+                        pending.withLockedValue { $0.append(recorded) }
+                        if let pool, Self.notified.contains(event.kind) { await notify(event, recorded, pool: pool) }
                     }
                 }
             }
@@ -69,12 +70,12 @@ struct LivenessEventRecorder: Service {
     /// that a workload stands frozen, was thawed, or was killed for good.
     static let notified: Set<LivenessEvent.Kind> = [.fenced, .thawed, .fenceFinal, .fenceFailed]
 
-    private func notify(_ event: LivenessEvent, pool: PoolID) async {
+    private func notify(_ event: LivenessEvent, _ recorded: PoolEvent, pool: PoolID) async {
         guard let record = try? await store.pool(id: pool) else { return }
         let now = SystemWallClock().now()
         let payload = WebhookPayload(
             id: "wp-\(pool)-\(event.kind.rawValue)-\(event.agent.agentID)-\(event.atNanoseconds)", event: event.kind.rawValue,
-            poolID: pool, at: now, message: Self.poolEvent(event, pool: pool).detail ?? event.reason, state: record.state,
+            poolID: pool, at: now, message: recorded.detail ?? event.reason, state: record.state,
             epoch: record.epoch, failover: nil, primaryInstanceID: record.primaryInstanceID, standbyInstanceID: record.standbyInstanceID)
         do {
             try await store.enqueue([payload.outboxEntry()])
