@@ -24,6 +24,9 @@ public enum EngineAction: Hashable, Sendable, Codable {
     case pollInstance(OperationID, InstanceID)
     /// Answer: `.accepted` (also when it is already gone).
     case destroyInstance(OperationID, InstanceID)
+    /// Look an instance up by its label (a create whose answer never came). Answer: `.instance`
+    /// (`nil` when no instance has it).
+    case findInstance(OperationID, label: String)
     /// Answer: `.accepted` (also when it is already gone).
     case deleteVolume(OperationID, VolumeID)
     /// Over libssh2: SSH answers with the pinned host key, and `volume` is mounted at the mount

@@ -80,11 +80,17 @@ public struct ProvisionRequest: Hashable, Sendable, Codable {
     public var image: String
     public var diskGB: Int
     public var volumeGB: Int
+    /// Counts the pools this machine id has had: a pool provisioned again after a cleanup is a
+    /// new incarnation, and nothing it names (instance labels, agent ids, failover and
+    /// notification ids) may collide with what the earlier one left in the store.
+    public var incarnation: Int
 
     public init(
         poolID: PoolID, hostMachineID: HostMachineID, gpuNames: [String] = [],
-        image: String = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", diskGB: Int = 50, volumeGB: Int = 100
+        image: String = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", diskGB: Int = 50, volumeGB: Int = 100,
+        incarnation: Int = 1
     ) {
+        self.incarnation = incarnation
         self.poolID = poolID
         self.hostMachineID = hostMachineID
         self.gpuNames = gpuNames
@@ -92,4 +98,22 @@ public struct ProvisionRequest: Hashable, Sendable, Codable {
         self.diskGB = diskGB
         self.volumeGB = volumeGB
     }
+
+    private enum CodingKeys: String, CodingKey { case poolID, hostMachineID, gpuNames, image, diskGB, volumeGB, incarnation }
+
+    /// Pools saved before incarnations were counted are the first of their machine id.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        poolID = try container.decode(PoolID.self, forKey: .poolID)
+        hostMachineID = try container.decode(HostMachineID.self, forKey: .hostMachineID)
+        gpuNames = try container.decode([String].self, forKey: .gpuNames)
+        image = try container.decode(String.self, forKey: .image)
+        diskGB = try container.decode(Int.self, forKey: .diskGB)
+        volumeGB = try container.decode(Int.self, forKey: .volumeGB)
+        incarnation = try container.decodeIfPresent(Int.self, forKey: .incarnation) ?? 1
+    }
+
+    /// What the pool's names start with: `wp-12` for a machine's first pool (the names the
+    /// product has always used), `wp-12-i2` for the next one.
+    public var namePrefix: String { incarnation <= 1 ? "wp-\(poolID)" : "wp-\(poolID)-i\(incarnation)" }
 }

@@ -19,8 +19,12 @@ import WarmpoolModel
 ///    └──────────────── no free GPU, or the new standby failed ───────────────┘
 ///
 ///   A primary failing while provisioning makes the first standby starts a failover too.
-///   cleanup, from any state: destroy the instances, then the volume ─▶ removed.
-///   disable / enable: a flag. A disabled pool ignores failures and reports `disabled` at rest.
+///   cleanup, from any state: destroy the instances, then the volume ─▶ removed. A failover it
+///   interrupts is recorded as failed.
+///   A provisioning that fails cleans up what it made (removed, the failure kept): a refused
+///   provision leaves nothing behind, at the provider or in the way of a retry.
+///   disable / enable: a flag. A disabled pool ignores failures and reports `disabled` at rest;
+///   enabling it with a dead primary starts the failover it missed.
 /// ```
 ///
 /// A failover, step by step (PoolState `failover` until promoted):
@@ -65,6 +69,11 @@ public struct PoolMachine: Sendable, Codable {
         case cleaningUp(remaining: [InstanceID])
         /// Cleanup finished: nothing left at the provider.
         case removed
+
+        var isCleaningUp: Bool {
+            if case .cleaningUp = self { return true }
+            return false
+        }
     }
 
     private enum ProvisioningStep: Hashable, Sendable, Codable {
@@ -190,6 +199,15 @@ public struct PoolMachine: Sendable, Codable {
     private var degradations = 0
     /// Set when pool_degraded went out; a failed retry from degraded does not repeat it.
     private var degradedAnnounced = false
+    /// Why provisioning failed, when it did: the pool then cleans itself up, and this stays
+    /// readable in its snapshots until it is removed.
+    private var provisioningFailure: String?
+    /// Labels of creates that were in flight when a cleanup began: the cleanup looks each up at
+    /// the provider (and destroys what it finds) before it deletes the volume, or the instance
+    /// the create made would be left behind, holding the volume.
+    private var sweepLabels: [String]?
+    /// That create's operation, while its answer may still come: the cleanup waits for it.
+    private var awaitingCreate: OperationID?
     /// Source of operation and timer ids.
     private var nextID: UInt64 = 1
 
@@ -218,13 +236,15 @@ public struct PoolMachine: Sendable, Codable {
     /// standby's agent is silent by design, and a failover already under way ignores repeats.
     /// `epoch` is the epoch that agent was last granted (nil if unknown); an older one than the
     /// pool's is a report about a primary that has since been replaced.
-    public mutating func livenessFailed(instance: InstanceID, epoch: Epoch?, now: Instant) -> [EngineAction] {
+    /// `reason`: how the shell knows (a detector verdict, a Goodbye nobody asked for, the
+    /// provider's status), for the timeline.
+    public mutating func livenessFailed(instance: InstanceID, epoch: Epoch?, reason: String? = nil, now: Instant) -> [EngineAction] {
         guard enabled, instance == primary, (epoch ?? self.epoch) >= self.epoch else { return [] }
         switch state {
         case .active, .recovering, .degraded, .provisioning(.standby):
             // A primary that dies while its standby is being made is failed over too: the
             // detector reports a failure once, so ignoring it would leave a dead primary "active".
-            return beginFailover(.failure, now: now)
+            return beginFailover(.failure, because: reason, now: now)
         case .provisioning, .failover, .error, .cleaningUp, .removed:
             // Early provisioning polls its primary itself; the others have no primary to save.
             return []
@@ -264,6 +284,9 @@ public struct PoolMachine: Sendable, Codable {
                 retiring[index].operation = nil
             }
             return []
+        }
+        if let awaited = awaitingCreate, operation == awaited {
+            return awaitedCreateAnswered(outcome, now: now)
         }
         guard operation == progress.operation else { return [] }
         progress.operation = nil
@@ -336,6 +359,12 @@ public struct PoolMachine: Sendable, Codable {
     }
 
     public mutating func timerFired(_ timer: TimerID, now: Instant) -> [EngineAction] {
+        if timer == progress.deadlineTimer, case .cleaningUp(let remaining) = state, awaitingCreate != nil {
+            // The create never answered: the label sweep finds what it made, if anything.
+            progress.deadlineTimer = nil
+            awaitingCreate = nil
+            return continueCleanup(remaining: remaining, now: now)
+        }
         if timer == progress.deadlineTimer {
             progress.deadlineTimer = nil
             let lastError = progress.lastError.map { " (last error: \($0))" } ?? ""
@@ -391,6 +420,7 @@ public struct PoolMachine: Sendable, Codable {
         if let standby, !isRemoving { actions.append(.revokeLease(standby)) }
         progress.operation = nil
         progress.wakeTimer = nil
+        awaitingCreate = nil  // a call in flight died with the process; the label sweep covers it
         if let deadline = progress.deadline {
             let timer = newTimer()
             progress.deadlineTimer = timer
@@ -405,11 +435,15 @@ public struct PoolMachine: Sendable, Codable {
         return actions
     }
 
-    /// POST /warmpool/enable: failures of the primary are acted on again.
-    public mutating func enable(now: Instant) throws(EngineViolation) -> [EngineAction] {
+    /// POST /warmpool/enable: failures of the primary are acted on again. `primaryAlive`: the
+    /// shell's word on the primary now. One that died while the pool was disabled reported its
+    /// failure once, to a pool that ignored it: it is failed over now, or never.
+    public mutating func enable(primaryAlive: Bool = true, now: Instant) throws(EngineViolation) -> [EngineAction] {
         try requireNotRemoved()
+        let wasEnabled = enabled
         enabled = true
-        return []
+        guard !wasEnabled, !primaryAlive, let primary else { return [] }
+        return livenessFailed(instance: primary, epoch: nil, reason: "found dead when the pool was enabled", now: now)
     }
 
     /// POST /warmpool/disable: failures are ignored from now on. A failover already under way
@@ -438,11 +472,19 @@ public struct PoolMachine: Sendable, Codable {
         default: break
         }
         var doomed: [InstanceID] = []
-        if case .failover(let failover, _) = state { doomed.append(failover.oldPrimary) }
+        var actions: [EngineAction] = []
+        sweepLabels = createsInFlight.isEmpty ? nil : createsInFlight
+        awaitingCreate = isCreating ? progress.operation : nil
+        if case .failover(let failover, _) = state {
+            doomed.append(failover.oldPrimary)
+            // Its record must end: an abandoned failover is a failed one, not one in progress forever.
+            actions.append(record(.failed, now: now, detail: "abandoned: the pool is being cleaned up"))
+            actions.append(notify(.failoverFailed, now: now, message: "pool \(poolID): failover \(failover.number) abandoned by a cleanup"))
+        }
         for instance in [primary, standby].compactMap({ $0 }) + retiring.map(\.instance) where !doomed.contains(instance) {
             doomed.append(instance)
         }
-        var actions = primary.map { [EngineAction.revokeLease($0)] } ?? []
+        if let primary { actions.append(.revokeLease(primary)) }
         // Primary and standby stay recorded until their destroy is accepted: a cleanup that
         // fails must not forget what is left.
         retiring = []
@@ -459,7 +501,8 @@ public struct PoolMachine: Sendable, Codable {
             volumeID: volume, primaryInstanceID: primary, standbyInstanceID: standby, standbyState: standbyState,
             primarySSH: primarySSH, failoverCount: failoverCount, lastFailoverAt: lastFailoverAt,
             lastRecoveryDuration: lastRecoveryDuration, errorMessage: errorMessage, epoch: epoch,
-            currentFailover: currentFailover, removed: state == .removed)
+            currentFailover: currentFailover, removed: state == .removed, incarnation: request.incarnation,
+            cleaningUp: state.isCleaningUp, volumeVerified: volumeMarkedAt != nil)
     }
 
     private var poolState: PoolState {
@@ -479,6 +522,7 @@ public struct PoolMachine: Sendable, Codable {
         switch state {
         case .error(let message): message
         case .degraded(let reason): reason
+        case .cleaningUp, .removed: provisioningFailure
         default: nil
         }
     }
@@ -553,6 +597,12 @@ public struct PoolMachine: Sendable, Codable {
 
         case (.failover(let failover, let step), _):
             return advanceFailover(failover, step, with: data, now: now)
+
+        case (.cleaningUp(let remaining), .instance(let found)):
+            // The label sweep's answer.
+            if !(sweepLabels?.isEmpty ?? true) { sweepLabels?.removeFirst() }
+            if sweepLabels?.isEmpty == true { sweepLabels = nil }
+            return continueCleanup(remaining: remaining + [found?.id].compactMap { $0 }.filter { !remaining.contains($0) }, now: now)
 
         case (.cleaningUp(let remaining), .accepted):
             if let destroyed = remaining.first {
@@ -667,7 +717,7 @@ public struct PoolMachine: Sendable, Codable {
 
     // MARK: - Failover
 
-    private mutating func beginFailover(_ reason: FailoverReason, now: Instant) -> [EngineAction] {
+    private mutating func beginFailover(_ reason: FailoverReason, because cause: String? = nil, now: Instant) -> [EngineAction] {
         guard let oldPrimary = primary else { return [] }
         failoversStarted += 1
         var failover = Failover(
@@ -683,8 +733,9 @@ public struct PoolMachine: Sendable, Codable {
         var actions: [EngineAction] = [.revokeLease(oldPrimary)]
         switch reason {
         case .failure:
-            actions.append(record(.detected, now: now, detail: "primary instance \(oldPrimary) failed"))
-            actions.append(notify(.failureDetected, now: now, message: "pool \(poolID): primary instance \(oldPrimary) failed"))
+            let how = cause.map { ": \($0)" } ?? ""
+            actions.append(record(.detected, now: now, detail: "primary instance \(oldPrimary) failed\(how)"))
+            actions.append(notify(.failureDetected, now: now, message: "pool \(poolID): primary instance \(oldPrimary) failed\(how)"))
         case .test:
             break  // Nothing failed: the sequence starts at fencing.
         }
@@ -834,12 +885,48 @@ public struct PoolMachine: Sendable, Codable {
     // MARK: - Cleanup
 
     private mutating func continueCleanup(remaining: [InstanceID], now: Instant) -> [EngineAction] {
-        if remaining.isEmpty, volume == nil {
+        if remaining.isEmpty, volume == nil, awaitingCreate == nil, sweepLabels?.isEmpty ?? true {
             let actions = [record(.removed, now: now)]
             run = nil
             return actions + enter(.removed, deadline: nil, now: now)
         }
         return enter(.cleaningUp(remaining: remaining), deadline: now + settings.commandTimeout, now: now)
+    }
+
+    /// Labels of the creates the pool has started and not seen answered (`sweepLabels`).
+    private var createsInFlight: [String] {
+        var labels: [String] = []
+        switch state {
+        case .provisioning(.createPrimary(let create, _)), .provisioning(.standby(.create(let create))), .recovering(.create(let create)):
+            labels.append(create.label)
+        case .failover(let failover, let step):
+            if case .createReplacement(let create) = step { labels.append(create.label) }
+            if let unfinished = failover.unfinishedStandby { labels.append(unfinished.label) }
+        default:
+            break
+        }
+        return labels
+    }
+
+    /// A create command is in flight now (not waiting for a retry).
+    private var isCreating: Bool {
+        guard progress.operation != nil else { return false }
+        switch state {
+        case .provisioning(.createPrimary), .provisioning(.standby(.create)), .recovering(.create), .failover(_, .createReplacement): return true
+        default: return false
+        }
+    }
+
+    /// The answer to a create a cleanup interrupted: what it made is destroyed with the rest.
+    private mutating func awaitedCreateAnswered(_ outcome: ProviderOutcome, now: Instant) -> [EngineAction] {
+        awaitingCreate = nil
+        guard case .cleaningUp(var remaining) = state else { return [] }
+        if case .success(.instance(let made?)) = outcome, !remaining.contains(made.id) { remaining.append(made.id) }
+        guard progress.operation == nil, progress.wakeTimer == nil else {
+            state = .cleaningUp(remaining: remaining)  // after the destroy in flight
+            return []
+        }
+        return continueCleanup(remaining: remaining, now: now)
     }
 
     private var isRemoving: Bool {
@@ -872,9 +959,18 @@ public struct PoolMachine: Sendable, Codable {
     private mutating func stepFailed(_ message: String, transient: Bool = false, now: Instant) -> [EngineAction] {
         switch state {
         case .provisioning:
-            let actions = [record(.failed, now: now, detail: message)]
-            run = nil
-            return actions + enter(.error(message: "provisioning failed: \(message)"), deadline: nil, now: now)
+            // Nothing of a pool that never came up is worth keeping: what was made is destroyed
+            // (a volume left behind would cost money and block the next try's name).
+            provisioningFailure = "provisioning failed: \(message)"
+            // A create that failed may have made its instance all the same (a timeout after the
+            // provider acted): its label is looked up too.
+            sweepLabels = createsInFlight.isEmpty ? nil : createsInFlight
+            var actions = [record(.failed, now: now, detail: message)]
+            if let primary { actions.append(.revokeLease(primary)) }
+            if let standby { actions.append(.revokeLease(standby)) }
+            let doomed = [primary, standby].compactMap { $0 }
+            actions.append(record(.cleanup, now: now, detail: "provisioning failed; destroying \(doomed.map(String.init)), volume \(volume.map(String.init) ?? "none")"))
+            return actions + continueCleanup(remaining: doomed, now: now)
 
         case .recovering:
             // The primary is fine; only the standby is missing.
@@ -965,7 +1061,7 @@ public struct PoolMachine: Sendable, Codable {
         case .provisioning(.findOffers):
             return .findFreeOffers(operation, hostMachineID: host, gpuNames: request.gpuNames)
         case .provisioning(.ensureVolume):
-            return .ensureVolume(operation, name: "wp-\(poolID)-volume", hostMachineID: host, sizeGB: request.volumeGB)
+            return .ensureVolume(operation, name: "\(request.namePrefix)-volume", hostMachineID: host, sizeGB: request.volumeGB)
         case .provisioning(.createPrimary(let create, _)):
             return .ensureInstance(operation, create)
         case .provisioning(.awaitPrimaryRunning(let id, _)):
@@ -993,6 +1089,8 @@ public struct PoolMachine: Sendable, Codable {
             }
         case .cleaningUp(let remaining):
             if let instance = remaining.first { return .destroyInstance(operation, instance) }
+            if awaitingCreate != nil { return nil }  // its answer comes first
+            if let label = sweepLabels?.first { return .findInstance(operation, label: label) }
             return volume.map { .deleteVolume(operation, $0) }
         case .active, .degraded, .error, .removed:
             return nil
@@ -1020,7 +1118,7 @@ public struct PoolMachine: Sendable, Codable {
     private mutating func makeRequest(_ role: InstanceRequest.Role, offer: GPUOffer, volume: VolumeID) -> InstanceRequest {
         instancesCreated += 1
         return InstanceRequest(
-            label: "wp-\(poolID)-\(role.rawValue)-e\(epoch)-a\(instancesCreated)", offer: offer, role: role,
+            label: "\(request.namePrefix)-\(role.rawValue)-e\(epoch)-a\(instancesCreated)", offer: offer, role: role,
             volume: volume, image: request.image, diskGB: request.diskGB)
     }
 
@@ -1058,7 +1156,7 @@ public struct PoolMachine: Sendable, Codable {
             number = failover ?? 0
         }
         return .notify(EngineNotification(
-            id: "wp-\(poolID)-\(kind.rawValue)-\(number)", kind: kind, pool: poolID, failover: failover, at: now,
+            id: "\(request.namePrefix)-\(kind.rawValue)-\(number)", kind: kind, pool: poolID, failover: failover, at: now,
             message: message))
     }
 }

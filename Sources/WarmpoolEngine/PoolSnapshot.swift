@@ -22,4 +22,10 @@ public struct PoolSnapshot: Hashable, Sendable, Codable {
     public var currentFailover: Int?
     /// After cleanup: the pool's instances and volume are gone and the shell may forget it.
     public var removed: Bool
+    /// The pool's incarnation (`ProvisionRequest.incarnation`).
+    public var incarnation: Int = 1
+    /// Its instances and volume are being destroyed (the state reads `disabled` meanwhile).
+    public var cleaningUp = false
+    /// The volume's identity marker was written or found: a failover can prove the volume.
+    public var volumeVerified = false
 }

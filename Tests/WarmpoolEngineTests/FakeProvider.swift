@@ -103,6 +103,9 @@ struct FakeProvider {
             instance.status = instance.next
             instances[id] = instance
             return .success(.instance(shown))
+        case .findInstance(_, let label):
+            if let failure = injected("poll") { return failure }
+            return .success(.instance(instances.values.first { $0.label == label && !$0.destroyed }.map(snapshot)))
         case .destroyInstance(_, let id):
             if let failure = injected("destroy") { return failure }
             instances[id]?.destroyed = true

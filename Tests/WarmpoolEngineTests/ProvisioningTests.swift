@@ -33,14 +33,14 @@ import WarmpoolModel
         #expect(harness.timers.isEmpty, "an active pool waits for nothing")
     }
 
-    @Test func aHostWithOneFreeGPUIsAnError() {
+    @Test func aHostWithOneFreeGPUFailsAndLeavesNothing() {
         var harness = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42),
                               provider: FakeProvider(host: 42, freeGPUs: 1))
         harness.settle()
-        #expect(harness.snapshot.state == .error)
+        #expect(harness.snapshot.removed, "a refused provision leaves no pool in the way of a retry")
         #expect(harness.snapshot.errorMessage == "provisioning failed: host 42 has 1 free GPU(s); a warm pool needs 2")
         #expect(harness.provider.instances.isEmpty)
-        #expect(harness.steps.last == .failed)
+        #expect(harness.steps.suffix(3) == [.failed, .cleanup, .removed])
     }
 
     @Test func offersOnOtherHostsDoNotCount() {
@@ -48,7 +48,7 @@ import WarmpoolModel
         provider.offers.append(GPUOffer(id: 1, machineID: 43, gpuName: "RTX 4090"))
         var harness = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42), provider: provider)
         harness.settle()
-        #expect(harness.snapshot.state == .error)
+        #expect(harness.snapshot.removed)
     }
 
     @Test func retryableErrorsWithinTheBudgetAreRetried() {
@@ -65,7 +65,7 @@ import WarmpoolModel
         provider.failures["volume"] = Array(repeating: .failure(message: "HTTP 503", retryable: true), count: 3)
         var harness = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42), provider: provider)
         harness.settle()
-        #expect(harness.snapshot.state == .error)
+        #expect(harness.snapshot.removed)
         #expect(harness.snapshot.errorMessage == "provisioning failed: HTTP 503")
         #expect(harness.commands { if case .ensureVolume = $0 { true } else { false } }.count == 3)
     }
@@ -75,7 +75,7 @@ import WarmpoolModel
         provider.failures["create"] = [.failure(message: "insufficient credit", retryable: false)]
         var harness = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42), provider: provider)
         harness.settle()
-        #expect(harness.snapshot.state == .error)
+        #expect(harness.snapshot.removed)
         #expect(harness.snapshot.errorMessage == "provisioning failed: insufficient credit")
         #expect(harness.commands { if case .ensureInstance = $0 { true } else { false } }.count == 1)
     }
@@ -87,7 +87,7 @@ import WarmpoolModel
         var harness = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42), provider: provider, settings: settings)
         let start = harness.now
         harness.settle()
-        #expect(harness.snapshot.state == .error)
+        #expect(harness.snapshot.removed)
         #expect(harness.snapshot.errorMessage == "provisioning failed: starting the primary did not finish by its deadline")
         #expect(harness.now - start >= .seconds(60))
         #expect(harness.now - start < .seconds(62))

@@ -70,8 +70,9 @@ import WarmpoolModel
         provider.failsVerification = [100, 101, 102]
         var harness = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42), provider: provider)
         harness.settle()
-        #expect(harness.snapshot.state == .error)
+        #expect(harness.snapshot.removed)
         #expect(harness.snapshot.errorMessage == "provisioning failed: cannot mark the volume: volume is not mounted at /data")
-        #expect(harness.steps.last == .failed)
+        #expect(harness.steps.suffix(3) == [.failed, .cleanup, .removed])
+        #expect(harness.provider.liveInstances.isEmpty && harness.provider.deletedVolumes.count == 1, "the primary and the volume it could not mark are gone")
     }
 }

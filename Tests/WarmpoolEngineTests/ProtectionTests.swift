@@ -1,0 +1,94 @@
+import Testing
+import WarmpoolEngine
+import WarmpoolModel
+
+/// Issue 18's engine defects: each test failed before its fix.
+@Suite struct ProtectionTests {
+    @Test func aCleanupThatInterruptsAFailoverEndsItsRecordAsFailed() throws {
+        var harness = Harness.active()
+        harness.failPrimary()
+        for _ in 0..<4 { harness.step() }
+        #expect(harness.snapshot.state == .failover)
+        _ = try harness.feedThrowing { try $0.cleanup(now: $1) }
+        let abandoned = try #require(harness.timeline.last { $0.failover == 1 })
+        #expect(abandoned.step == .failed && abandoned.detail == "abandoned: the pool is being cleaned up")
+        #expect(harness.notifications.last?.kind == .failoverFailed && harness.notifications.last?.failover == 1)
+        harness.settle()
+        #expect(harness.snapshot.removed)
+    }
+
+    @Test func enablingAPoolWhosePrimaryDiedWhileDisabledFailsItOver() throws {
+        var harness = Harness.active()
+        let primary = harness.snapshot.primaryInstanceID!
+        _ = try harness.feedThrowing { try $0.disable(now: $1) }
+        harness.failPrimary()
+        #expect(harness.snapshot.state == .disabled, "a disabled pool ignores the failure")
+        _ = try harness.feedThrowing { try $0.enable(primaryAlive: false, now: $1) }
+        #expect(harness.snapshot.state == .failover)
+        #expect(harness.timeline.last { $0.step == .detected }?.detail == "primary instance \(primary) failed: found dead when the pool was enabled")
+        harness.settle()
+        #expect(harness.snapshot.state == .active && harness.snapshot.primaryInstanceID != primary)
+    }
+
+    @Test func enablingAnEnabledPoolOrOneWithALivePrimaryDoesNothing() throws {
+        var harness = Harness.active()
+        #expect(try harness.machine.enable(primaryAlive: false, now: harness.now).isEmpty, "already enabled: its failures were acted on")
+        _ = try harness.feedThrowing { try $0.disable(now: $1) }
+        #expect(try harness.machine.enable(primaryAlive: true, now: harness.now).isEmpty)
+    }
+
+    @Test func aFailureCarriesItsReasonOntoTheTimeline() {
+        var harness = Harness.active()
+        let primary = harness.snapshot.primaryInstanceID!
+        harness.feed(harness.machine.livenessFailed(instance: primary, epoch: nil, reason: "its agent said goodbye", now: harness.now))
+        #expect(harness.timeline.last { $0.step == .detected }?.detail == "primary instance \(primary) failed: its agent said goodbye")
+        #expect(harness.notifications.last?.message == "pool 7: primary instance \(primary) failed: its agent said goodbye")
+    }
+
+    @Test func aSecondIncarnationNamesNothingTheFirstNamed() {
+        var first = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42), provider: FakeProvider(host: 42, freeGPUs: 4))
+        first.settle()
+        var second = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42, incarnation: 2),
+                             provider: FakeProvider(host: 42, freeGPUs: 4))
+        second.settle()
+        let firstLabels = Set(first.provider.instances.values.map(\.label)), secondLabels = Set(second.provider.instances.values.map(\.label))
+        #expect(firstLabels.contains("wp-7-primary-e1-a1"), "the first incarnation keeps the names the product always used")
+        #expect(secondLabels.contains("wp-7-i2-primary-e1-a1"))
+        #expect(firstLabels.isDisjoint(with: secondLabels))
+        #expect(second.commands { if case .ensureVolume(_, "wp-7-i2-volume", _, _) = $0 { true } else { false } }.count == 1)
+        #expect(Set(first.notifications.map(\.id)).isDisjoint(with: second.notifications.map(\.id)))
+        #expect(second.snapshot.incarnation == 2)
+    }
+
+    /// A cleanup right after a failover test found the new standby's create in flight: the
+    /// instance it made was left behind, holding the volume (the volume's delete was refused).
+    @Test func aCleanupWaitsForACreateInFlightAndDestroysWhatItMade() throws {
+        var harness = Harness.active()
+        harness.failPrimary()
+        while !(harness.snapshot.state == .recovering && !harness.inbox.isEmpty
+                && harness.commandLog.last.map({ if case .ensureInstance = $0.action { true } else { false } }) == true) {
+            harness.step()
+        }
+        _ = try harness.feedThrowing { try $0.cleanup(now: $1) }
+        harness.settle()
+        #expect(harness.snapshot.removed)
+        #expect(harness.provider.liveInstances.isEmpty, "the standby being created is destroyed too")
+        #expect(harness.provider.deletedVolumes.count == 1)
+    }
+
+    @Test func aCleanupAfterARestartFindsAnInterruptedCreateByItsLabel() throws {
+        var harness = Harness.active()
+        harness.failPrimary()
+        while !(harness.snapshot.state == .recovering && !harness.inbox.isEmpty
+                && harness.commandLog.last.map({ if case .ensureInstance = $0.action { true } else { false } }) == true) {
+            harness.step()
+        }
+        harness.inbox = []  // the create's answer dies with the controller
+        harness.restart()
+        _ = try harness.feedThrowing { try $0.cleanup(now: $1) }
+        harness.settle()
+        #expect(harness.snapshot.removed)
+        #expect(harness.provider.liveInstances.isEmpty, "found by its label and destroyed")
+        #expect(harness.commands { if case .findInstance = $0 { true } else { false } }.count >= 1)
+    }
+}
