@@ -25,6 +25,8 @@ public struct PoolRecord: Codable, Sendable, Equatable {
     public var engineState: Data?
     public var createdAt: Date
     public var updatedAt: Date
+    /// Which of the machine id's pools this is (`WarmpoolStore.beginIncarnation`).
+    public var incarnation: Int = 1
 
     public static let defaultVolumeSizeGB = 100
 
@@ -50,6 +52,7 @@ public struct PoolRecord: Codable, Sendable, Equatable {
         case engineState = "engine_state"
         case createdAt = "created_at"
         case updatedAt = "updated_at"
+        case incarnation
     }
 
     public init(
@@ -102,10 +105,13 @@ public struct FailoverRecord: Codable, Sendable, Equatable {
     public var startedAt: Date
     public var finishedAt: Date?
     public var errorMessage: String?
+    /// The incarnation of the pool it belonged to.
+    public var incarnation: Int = 1
 
     /// The database columns, spelled out: the Swift names keep their acronyms.
     enum CodingKeys: String, CodingKey {
         case id
+        case incarnation
         case poolID = "machine_id"
         case reason
         case result

@@ -73,6 +73,31 @@ public final class SQLiteStore: WarmpoolStore {
         _ = try await database.write { db in try PoolRecord.deleteOne(db, key: id.rawValue) }
     }
 
+    public func beginIncarnation(poolID: PoolID) async throws -> Int {
+        try await database.write { db in
+            let next = try Self.lastIncarnation(db, poolID) + 1
+            try db.execute(
+                sql: "INSERT INTO pool_incarnation (machine_id, last) VALUES (?, ?) ON CONFLICT(machine_id) DO UPDATE SET last = excluded.last",
+                arguments: [poolID.rawValue, next])
+            return next
+        }
+    }
+
+    public func lastIncarnation(poolID: PoolID) async throws -> Int {
+        try await database.read { db in try Self.lastIncarnation(db, poolID) }
+    }
+
+    /// Databases from before the count: a pool row with an engine, failovers or agent keys of the
+    /// machine id mean its first pool existed.
+    private static func lastIncarnation(_ db: Database, _ poolID: PoolID) throws -> Int {
+        let id = poolID.rawValue
+        let counted = try Int.fetchOne(db, sql: "SELECT last FROM pool_incarnation WHERE machine_id = ?", arguments: [id]) ?? 0
+        let failovers = try Int.fetchOne(db, sql: "SELECT MAX(incarnation) FROM failover WHERE machine_id = ?", arguments: [id]) ?? 0
+        let pool = try Int.fetchOne(db, sql: "SELECT incarnation FROM pool WHERE machine_id = ? AND engine_state IS NOT NULL", arguments: [id]) ?? 0
+        let agents = try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM agent WHERE machine_id = ? AND agent_id LIKE 'wp-%')", arguments: [id]) ?? false
+        return max(counted, failovers, pool, agents ? 1 : 0)
+    }
+
     public func commit(_ transition: PoolTransition) async throws {
         try await database.write { db in
             try transition.pool.save(db)

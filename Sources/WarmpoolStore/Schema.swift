@@ -6,7 +6,19 @@ enum Schema {
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1-initial", migrate: createInitialTables)
+        migrator.registerMigration("v2-incarnations", migrate: addIncarnations)
         return migrator
+    }
+
+    /// A machine id provisioned again after a cleanup is a new pool: its rows carry which one,
+    /// and the count outlives the pool's row (deleted by cleanup), so no number is used twice.
+    private static func addIncarnations(_ db: Database) throws {
+        try db.alter(table: "pool") { t in t.add(column: "incarnation", .integer).notNull().defaults(to: 1) }
+        try db.alter(table: "failover") { t in t.add(column: "incarnation", .integer).notNull().defaults(to: 1) }
+        try db.create(table: "pool_incarnation") { t in
+            t.primaryKey("machine_id", .integer)
+            t.column("last", .integer).notNull()
+        }
     }
 
     private static func createInitialTables(_ db: Database) throws {

@@ -11,6 +11,11 @@ public protocol WarmpoolStore: Sendable {
     /// Inserts or replaces the pool row alone (settings changes, health-check stamps).
     func savePool(_ pool: PoolRecord) async throws
     func deletePool(id: PoolID) async throws
+    /// Counts a new pool for the machine id and returns its number (1 for the first): higher
+    /// than any the id had, whatever is left of them.
+    func beginIncarnation(poolID: PoolID) async throws -> Int
+    /// The number of the machine id's latest pool; 0 if it never had one.
+    func lastIncarnation(poolID: PoolID) async throws -> Int
     /// One engine transition, atomically: pool row, failover row, timeline steps, notifications, events.
     func commit(_ transition: PoolTransition) async throws
 

@@ -13,15 +13,45 @@ private func temporaryDatabasePath() -> String {
 
 private let logger = Logger(label: "test.store")
 
+@Suite struct IncarnationTests {
+    @Test func eachProvisionOfAMachineIDCountsOnAndNothingResetsTheCount() async throws {
+        let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
+        #expect(try await store.lastIncarnation(poolID: 7) == 0)
+        #expect(try await store.beginIncarnation(poolID: 7) == 1)
+        var pool = PoolRecord(poolID: 7, state: .active, engineState: Data("{}".utf8))
+        try await store.savePool(pool)
+        try await store.deletePool(id: 7)  // a cleanup
+        #expect(try await store.lastIncarnation(poolID: 7) == 1, "the count outlives the pool's row")
+        #expect(try await store.beginIncarnation(poolID: 7) == 2)
+        #expect(try await store.beginIncarnation(poolID: 8) == 1, "per machine id")
+        pool.incarnation = 2
+        try await store.savePool(pool)
+    }
+
+    @Test func aDatabaseFromBeforeTheCountStartsAfterWhatItHolds() async throws {
+        let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
+        // What an older controller left: an agent key and a failover of machine 9's first pool.
+        try await store.addAgent(AgentRecord(agentID: "wp-9-primary-e1-a1", secretHex: String(repeating: "ab", count: 32), poolID: 9, role: "primary"))
+        #expect(try await store.lastIncarnation(poolID: 9) == 1)
+        try await store.commit(PoolTransition(
+            pool: PoolRecord(poolID: 9), failover: {
+                var failover = FailoverRecord(id: "fo-9-i3-1", poolID: 9, reason: "test", epoch: 2, startedAt: Date())
+                failover.incarnation = 3
+                return failover
+            }()))
+        #expect(try await store.beginIncarnation(poolID: 9) == 4)
+    }
+}
+
 @Suite struct MigrationTests {
     @Test func aNewDatabaseGetsEveryMigrationAndEveryTable() async throws {
         let path = temporaryDatabasePath()
         let store = try SQLiteStore(path: path, logger: logger)
-        #expect(try await store.appliedMigrations() == ["v1-initial"])
+        #expect(try await store.appliedMigrations() == ["v1-initial", "v2-incarnations"])
         let tables = try await DatabaseQueue(path: path).read { db in
             try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'grdb_%' ORDER BY name")
         }
-        #expect(tables == ["agent", "api_key", "failover", "host_key_pin", "outbox", "pool", "pool_event", "timeline_step"])
+        #expect(tables == ["agent", "api_key", "failover", "host_key_pin", "outbox", "pool", "pool_event", "pool_incarnation", "timeline_step"])
         let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
         #expect(mode == 0o600)
     }
@@ -33,7 +63,7 @@ private let logger = Logger(label: "test.store")
             try await store.savePool(PoolRecord(poolID: 7, state: .active, volumeID: 3))
         }
         let reopened = try SQLiteStore(path: path, logger: logger)
-        #expect(try await reopened.appliedMigrations() == ["v1-initial"])
+        #expect(try await reopened.appliedMigrations() == ["v1-initial", "v2-incarnations"])
         #expect(try await reopened.pool(id: 7)?.volumeID == 3)
     }
 
