@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Logging
+import NIOConcurrencyHelpers
 import WarmpoolJSON
 import WarmpoolLiveness
 import WarmpoolStore
@@ -38,13 +39,15 @@ public enum APIRouter {
 
     public static func build(_ dependencies: APIDependencies) -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
-        router.add(middleware: JSONErrorMiddleware())
+        let known = KnownRoutes()
+        router.add(middleware: JSONErrorMiddleware(known: known))
         router.add(middleware: APIKeyMiddleware(store: dependencies.store))
         router.get("/healthz") { _, _ in
             JSONResponse.ok(.object([("status", .string("ok"))]))
         }
         router.get("/metrics") { _, _ in
             if let hub = dependencies.hub { dependencies.metrics.refresh(from: hub) }
+            dependencies.metrics.protection(await dependencies.operations.protections().mapValues(\.protected))
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: dependencies.metrics.exposition())))
@@ -52,6 +55,7 @@ public enum APIRouter {
         PoolRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         AgentRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         KeyRoutes(store: dependencies.store).register(on: router.group("\(prefix)/keys"))
+        known.set(router.routes.map { ($0.method, "\($0.path)") })
         return router
     }
 }
@@ -60,6 +64,7 @@ public enum APIRouter {
 /// failed on our side; nothing escapes as Hummingbird's default body.
 struct JSONErrorMiddleware: RouterMiddleware {
     typealias Context = APIRequestContext
+    let known: KnownRoutes
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
@@ -74,6 +79,14 @@ struct JSONErrorMiddleware: RouterMiddleware {
             context.logger.warning("operation refused", metadata: ["http.path": "\(request.uri.path)", "error": "\(error)"])
             return JSONResponse.error(apiError)
         } catch let error as HTTPError {
+            // A path that exists under other methods is a 405 with the methods it has, not a 404.
+            if error.status == .notFound, case let allowed = known.methods(for: request.uri.path), !allowed.isEmpty {
+                let names = allowed.map(\.rawValue).sorted().joined(separator: ", ")
+                var response = JSONResponse.error(APIError(
+                    .methodNotAllowed, "method_not_allowed", "\(request.method) is not allowed on \(request.uri.path); allowed: \(names)"))
+                response.headers[.allow] = names
+                return response
+            }
             let code = error.status == .notFound ? "not_found" : "http_error"
             let message = error.status == .notFound ? "no route for \(request.method) \(request.uri.path)" : (error.body ?? "\(error.status)")
             return JSONResponse.error(APIError(error.status, code, message))
@@ -93,15 +106,46 @@ struct JSONErrorMiddleware: RouterMiddleware {
     }
 }
 
-/// Bearer API keys. Only `/healthz` is open: metrics and every API route need a key.
+/// The routes the router has, by method and path pattern; filled once, after they are registered
+/// and before the server starts.
+final class KnownRoutes: Sendable {
+    private let routes = NIOLockedValueBox<[(method: HTTPRequest.Method, segments: [Substring])]>([])
+
+    func set(_ routes: [(HTTPRequest.Method, String)]) {
+        self.routes.withLockedValue { $0 = routes.map { ($0.0, $0.1.split(separator: "/")) } }
+    }
+
+    /// The methods registered for a path matching `path`.
+    func methods(for path: String) -> Set<HTTPRequest.Method> {
+        let segments = path.split(separator: "/")
+        let routes = self.routes.withLockedValue { $0 }
+        var methods: Set<HTTPRequest.Method> = []
+        for route in routes where route.segments.count == segments.count && Self.matches(route.segments, segments) {
+            methods.insert(route.method)
+        }
+        return methods
+    }
+
+    private static func matches(_ pattern: [Substring], _ segments: [Substring]) -> Bool {
+        for (expected, segment) in zip(pattern, segments) where !expected.hasPrefix("{") && expected != "*" && expected != segment {
+            return false
+        }
+        return true
+    }
+}
+
+/// Bearer API keys (the scheme's name is case-insensitive, RFC 9110). Only `/healthz` is open:
+/// metrics and every API route need a key.
 struct APIKeyMiddleware: RouterMiddleware {
     typealias Context = APIRequestContext
     let store: any WarmpoolStore
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if request.uri.path == "/healthz" { return try await next(request, context) }
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else { throw APIError.unauthorized }
-        let token = String(header.dropFirst("Bearer ".count)).trimmingCharacters(in: .whitespaces)
+        guard let header = request.headers[.authorization], header.count > 7, header.prefix(7).lowercased() == "bearer " else {
+            throw APIError.unauthorized
+        }
+        let token = String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces)
         guard let id = APIKeys.id(of: token), let record = try await store.apiKey(id: id), APIKeys.matches(token, record) else {
             context.logger.notice("rejected API key", metadata: ["http.path": "\(request.uri.path)"])
             throw APIError.unauthorized

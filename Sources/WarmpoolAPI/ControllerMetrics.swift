@@ -3,6 +3,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import Prometheus
 import WarmpoolLiveness
+import WarmpoolModel
 
 /// The controller's metrics, made once through swift-metrics and exposed by swift-prometheus.
 /// None is labelled by agent: ten thousand agents must not mean ten thousand series.
@@ -18,6 +19,8 @@ public final class ControllerMetrics: Sendable {
     private let breakerTrips: CoreMetrics.Counter
     private let factory: PrometheusMetricsFactory
     private let heartbeatsCounted = NIOLockedValueBox<UInt64>(0)
+    /// One series per pool (pools are few, unlike agents); a removed pool's series goes with it.
+    private let poolProtected = NIOLockedValueBox<[PoolID: Prometheus.Gauge]>([:])
 
     public static let detectionLatencyLabel = "warmpool_detection_latency_seconds"
     public static let failoverDurationLabel = "warmpool_failover_duration_seconds"
@@ -85,6 +88,21 @@ public final class ControllerMetrics: Sendable {
         }
         if delta > 0 { heartbeats.increment(by: Int64(delta)) }
         agentsConnected.record(hub.connectedAgents)
+    }
+
+    /// `warmpool_pool_protected{machine_id}`: 1 while the pool is protected, 0 while not.
+    public func protection(_ protections: [PoolID: Bool]) {
+        poolProtected.withLockedValue { gauges in
+            for (poolID, gauge) in gauges where protections[poolID] == nil {
+                registry.unregisterGauge(gauge)
+                gauges[poolID] = nil
+            }
+            for (poolID, protected) in protections {
+                let gauge = gauges[poolID] ?? registry.makeGauge(name: "warmpool_pool_protected", labels: [("machine_id", "\(poolID)")])
+                gauges[poolID] = gauge
+                gauge.set(Double(protected ? 1 : 0))
+            }
+        }
     }
 
     public func exposition() -> [UInt8] { registry.emitToBuffer() }

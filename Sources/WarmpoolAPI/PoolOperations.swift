@@ -13,11 +13,19 @@ public protocol PoolOperations: Sendable {
     /// Settings changes; a machine without a pool gets a row (disabled) to hold them.
     func updateSettings(_ poolID: PoolID, _ change: SettingsChange) async throws -> PoolRecord
     func failoverTest(_ poolID: PoolID) async throws -> FailoverTestOutcome
-    func cleanup(_ poolID: PoolID) async throws
+    func cleanup(_ poolID: PoolID) async throws -> CleanupOutcome
     /// The mass-failure breaker: tripped or not, and the failovers it holds.
     func breaker() async throws -> BreakerStatus
     /// The operator's word that the held failures are real: they are failed over. Returns how many.
     func releaseBreaker() async throws -> Int
+    /// Every managed pool's protection now; a pool missing from the answer has no engine behind it.
+    func protections() async -> [PoolID: PoolProtection]
+}
+
+public enum CleanupOutcome: Sendable, Equatable {
+    case removed
+    /// The machine's pool was removed before: a retried cleanup succeeds with nothing to do.
+    case nothingToRemove
 }
 
 /// What `GET /breaker` shows.
@@ -129,7 +137,7 @@ public struct ProviderlessPoolOperations: PoolOperations {
         throw PoolOperationError.providerNotConfigured
     }
 
-    public func cleanup(_ poolID: PoolID) async throws {
+    public func cleanup(_ poolID: PoolID) async throws -> CleanupOutcome {
         try await requirePool(poolID)
         throw PoolOperationError.providerNotConfigured
     }
@@ -137,6 +145,8 @@ public struct ProviderlessPoolOperations: PoolOperations {
     /// Without a provider nothing fails over, so nothing is ever held.
     public func breaker() async throws -> BreakerStatus { BreakerStatus(tripped: false, since: nil, held: []) }
     public func releaseBreaker() async throws -> Int { 0 }
+    /// Nothing fails over without a provider: no pool is protected.
+    public func protections() async -> [PoolID: PoolProtection] { [:] }
 
     private func requirePool(_ poolID: PoolID) async throws {
         guard try await store.pool(id: poolID) != nil else { throw PoolOperationError.unknownPool(poolID) }

@@ -15,13 +15,18 @@ struct PoolRoutes {
     func register(on group: RouterGroup<APIRequestContext>) {
         group.get("status/:machine_id") { _, context in
             let pool = try await requirePool(try RequestInput.poolID(context))
-            return JSONResponse.ok(Present.poolStatus(pool, lastHeartbeat: pool.primaryInstanceID.flatMap { lastHeartbeats()[$0] }))
+            let protection = await operations.protections()[pool.poolID]
+            return JSONResponse.ok(Present.poolStatus(
+                pool, lastHeartbeat: pool.primaryInstanceID.flatMap { lastHeartbeats()[$0] }, protection: protection))
         }
         group.get("pools") { _, _ in
             let pools = try await store.pools()
             let heartbeats = lastHeartbeats()
+            let protections = await operations.protections()
             return JSONResponse.ok(.object([
-                ("pools", .array(pools.map { Present.poolStatus($0, lastHeartbeat: $0.primaryInstanceID.flatMap { heartbeats[$0] }) })),
+                ("pools", .array(pools.map {
+                    Present.poolStatus($0, lastHeartbeat: $0.primaryInstanceID.flatMap { heartbeats[$0] }, protection: protections[$0.poolID])
+                })),
                 ("count", .int(Int64(pools.count))),
             ]))
         }
@@ -70,11 +75,11 @@ struct PoolRoutes {
         }
         group.delete("cleanup/:machine_id") { _, context in
             let poolID = try RequestInput.poolID(context)
-            try await operations.cleanup(poolID)
-            return JSONResponse.ok(.object([
-                ("success", .bool(true)),
-                ("message", .string("primary, standby and volume of machine \(poolID) destroyed")),
-            ]))
+            let message = switch try await operations.cleanup(poolID) {
+            case .removed: "primary, standby and volume of machine \(poolID) destroyed"
+            case .nothingToRemove: "machine \(poolID) has no warm pool any more: nothing to remove"
+            }
+            return JSONResponse.ok(.object([("success", .bool(true)), ("message", .string(message))]))
         }
         group.get("breaker") { _, _ in
             let status = try await operations.breaker()
@@ -112,17 +117,19 @@ struct PoolRoutes {
         }
         group.get("history/:machine_id") { request, context in
             let poolID = try RequestInput.poolID(context)
-            _ = try await requirePool(poolID)
+            // A cleaned-up pool's history stays readable; each failover names its incarnation.
+            let records = try await store.failovers(poolID: poolID, limit: try RequestInput.limit(request, default: 20))
+            if records.isEmpty { _ = try await requirePool(poolID) }
             var failovers: [JSONValue] = []
-            for failover in try await store.failovers(poolID: poolID, limit: try RequestInput.limit(request, default: 20)) {
+            for failover in records {
                 failovers.append(Present.failover(failover, timeline: try await store.timeline(failoverID: failover.id)))
             }
             return JSONResponse.ok(.object([("machine_id", .id(poolID)), ("failovers", .array(failovers))]))
         }
         group.get("events/:machine_id") { request, context in
             let poolID = try RequestInput.poolID(context)
-            _ = try await requirePool(poolID)
             let events = try await store.events(poolID: poolID, limit: try RequestInput.limit(request, default: 100))
+            if events.isEmpty { _ = try await requirePool(poolID) }
             return JSONResponse.ok(.object([("machine_id", .id(poolID)), ("events", .array(events.map(Present.event)))]))
         }
     }

@@ -9,8 +9,11 @@ import WarmpoolWire
 /// Records turned into the JSON shapes of the API reference (`../shared/reference/warmpool-api.md`)
 /// and of Protocol/openapi.yaml. Field names are spelled here and nowhere else.
 enum Present {
-    static func poolStatus(_ pool: PoolRecord, lastHeartbeat: Date?) -> JSONValue {
-        .object([
+    static func poolStatus(_ pool: PoolRecord, lastHeartbeat: Date?, protection: PoolProtection? = nil) -> JSONValue {
+        let protection = protection ?? PoolProtection(conditions: [PoolCondition(
+            type: "Managed", status: false, reason: "NoEngine",
+            message: "no failover engine manages this pool (the controller has no provider configured)", lastTransition: nil)])
+        return .object([
             ("machine_id", .id(pool.poolID)),
             ("state", .string(pool.state.rawValue)),
             ("host_machine_id", .id(pool.hostMachineID)),
@@ -26,6 +29,19 @@ enum Present {
             ("error_message", .string(pool.errorMessage)),
             ("strategy", .string(pool.strategy.rawValue)),
             ("epoch", .epoch(pool.epoch)),
+            ("incarnation", .int(Int64(pool.incarnation))),
+            ("protected", .bool(protection.protected)),
+            ("conditions", .array(protection.conditions.map(condition))),
+        ])
+    }
+
+    static func condition(_ condition: PoolCondition) -> JSONValue {
+        .object([
+            ("type", .string(condition.type)),
+            ("status", .string(condition.status ? "True" : "False")),
+            ("reason", .string(condition.reason)),
+            ("message", .string(condition.message)),
+            ("last_transition_time", .date(condition.lastTransition.map { Date(timeIntervalSince1970: $0.secondsSinceEpoch) })),
         ])
     }
 
@@ -87,6 +103,7 @@ enum Present {
         return .object([
             ("id", .string(failover.id)),
             ("machine_id", .id(failover.poolID)),
+            ("incarnation", .int(Int64(failover.incarnation))),
             ("reason", .string(failover.reason)),
             ("result", .string(failover.result.rawValue)),
             ("epoch", .epoch(failover.epoch)),

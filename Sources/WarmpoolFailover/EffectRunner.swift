@@ -12,6 +12,8 @@ final class EffectRunner: Sendable {
     /// number (an effect, cancelled only by shutdown).
     enum Key: Hashable, Sendable {
         case timer(PoolID, TimerID)
+        /// The grace a primary's agent gets to come back after a Goodbye.
+        case goodbye(PoolID)
         case effect(UInt64)
     }
 
@@ -58,7 +60,12 @@ final class EffectRunner: Sendable {
     /// Cancels every timer of one pool: a pool that is gone has nothing to wake up for.
     func cancelTimers(of pool: PoolID) {
         let cancelled = state.withLock { state -> [Tracked] in
-            let keys = state.tasks.keys.filter { if case .timer(pool, _) = $0 { true } else { false } }
+            let keys = state.tasks.keys.filter {
+                switch $0 {
+                case .timer(pool, _), .goodbye(pool): true
+                default: false
+                }
+            }
             return keys.compactMap { state.tasks.removeValue(forKey: $0) }
         }
         for tracked in cancelled { tracked.task.cancel() }

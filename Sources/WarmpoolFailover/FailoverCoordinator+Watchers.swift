@@ -3,10 +3,12 @@ import WarmpoolEngine
 import WarmpoolLiveness
 import WarmpoolModel
 import WarmpoolNotify
+import WarmpoolProvider
 import WarmpoolStore
 
 /// What feeds the engines besides the provider's and the verifier's answers: the failure
-/// detector, the check after a restart, and the watch on stopped standbys.
+/// detector, a primary's Goodbye, the check after a restart, and the provider's view of every
+/// pool's instances.
 extension FailoverCoordinator {
     /// A failed agent: its pool fails over if it is the pool's primary. The hub held the
     /// instance's lease at the failure; this rules on it, whatever the outcome.
@@ -14,6 +16,9 @@ extension FailoverCoordinator {
         switch event.kind {
         case .failed:
             break
+        case .left:
+            await primaryLeft(event)
+            return
         case .recovered, .connected:
             // Back before its failure reached the engine: the breaker lets it go. A reconnect storm
             // with nothing held costs no store lookup.
@@ -157,21 +162,88 @@ extension FailoverCoordinator {
         }
     }
 
-    /// Looks each active pool's stopped standby up at the provider, every `standbyCheckInterval`.
-    func watchStandbys() async {
+    /// A Goodbye is a clean shutdown of the agent, not a failure, so the detector reports none.
+    /// But nobody asked a monitored primary to stop (a failover, a cleanup or a disabled pool
+    /// would have): its instance was stopped at the provider (a console or CLI stop, a spot
+    /// interruption) or its agent was stopped by hand. The provider decides: stopped or gone is
+    /// a failover now; still running gets the restart grace to reconnect (an agent upgrade),
+    /// then a failover.
+    private func primaryLeft(_ event: LivenessEvent) async {
+        let instance = await instanceID(ofAgent: event.agent.agentID) ?? event.agent.instanceID
+        guard let poolID = monitoredPool(primary: instance) else { return }
+        logger.warning("primary's agent said goodbye; asking the provider", metadata: ["pool": "\(poolID)", "instance": "\(instance)"])
+        var stopped: String?
+        do {
+            stopped = Self.stopReason(try await effects.provider.instance(id: instance), instance: instance)
+        } catch {
+            // Nothing concluded: the grace below still fails it over if it stays away.
+            logger.warning("cannot ask the provider about a primary that left", metadata: ["pool": "\(poolID)", "error": "\(error)"])
+        }
+        if let stopped {
+            primaryStopped(poolID, instance: instance, reason: "its agent said goodbye and \(stopped)")
+            return
+        }
+        let grace = configuration.restartGrace
+        runner.schedule(.goodbye(poolID), after: grace) {
+            guard await self.monitoredPool(primary: instance) == poolID, !(await self.isHeartbeating(instance)) else { return }
+            await self.primaryStopped(poolID, instance: instance, reason: "its agent said goodbye and did not come back within \(grace)")
+        }
+    }
+
+    /// Why the provider's listing proves the instance stopped; nil when it does not.
+    static func stopReason(_ listed: Instance?, instance: InstanceID) -> String? {
+        guard let listed else { return "the provider no longer lists instance \(instance)" }
+        guard listed.isStopped else { return nil }
+        return "the provider reports instance \(instance) \(listed.actualStatus ?? "stopped")"
+    }
+
+    /// The pool whose enabled engine counts on `instance` as its running primary now.
+    func monitoredPool(primary instance: InstanceID) -> PoolID? {
+        pools.first { _, pool in
+            guard let snapshot = pool.machine?.snapshot, snapshot.enabled, snapshot.primaryInstanceID == instance else { return false }
+            return [.active, .recovering, .degraded].contains(snapshot.state)
+        }?.key
+    }
+
+    private func primaryStopped(_ poolID: PoolID, instance: InstanceID, reason: String) {
+        logger.warning("primary stopped without being asked to; failing over", metadata: [
+            "pool": "\(poolID)", "instance": "\(instance)", "reason": "\(reason)"])
+        apply(poolID) { machine, now in machine.livenessFailed(instance: instance, epoch: nil, reason: reason, now: now) }
+    }
+
+    /// Every `standbyCheckInterval`, one listing of the provider's instances (one call, well within
+    /// its rate limits) is held against every pool: a monitored primary the provider shows
+    /// stopped or no longer lists is failed over (its agent may not have said anything: a host
+    /// stop that killed it at once), and an active pool's standby that is gone is replaced before
+    /// it is needed (its agent is silent by design, so only the provider can tell).
+    func watchInstances() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.standbyCheckInterval)
             guard !Task.isCancelled else { return }
-            let watched = pools.compactMap { poolID, pool -> (PoolID, InstanceID)? in
-                guard let snapshot = pool.machine?.snapshot, snapshot.state == .active, let standby = snapshot.standbyInstanceID else { return nil }
-                return (poolID, standby)
+            await checkInstancesAtProvider()
+        }
+    }
+
+    func checkInstancesAtProvider() async {
+        let listed: [InstanceID: Instance]
+        do {
+            listed = Dictionary(try await effects.provider.listInstances().map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        } catch {
+            lastProviderCheck = (clock.now(), "\(error)")
+            return  // an unreachable provider says nothing about the instances
+        }
+        lastProviderCheck = (clock.now(), nil)
+        standbySeen = [:]
+        for (poolID, pool) in pools {
+            guard let snapshot = pool.machine?.snapshot else { continue }
+            if let standby = snapshot.standbyInstanceID { standbySeen[poolID] = (standby, listed[standby].map { $0.actualStatus ?? "unknown" }) }
+            if let primary = snapshot.primaryInstanceID, monitoredPool(primary: primary) == poolID,
+                let stopped = Self.stopReason(listed[primary], instance: primary)
+            {
+                primaryStopped(poolID, instance: primary, reason: stopped)
+                continue
             }
-            for (poolID, standby) in watched {
-                do {
-                    guard try await effects.provider.instance(id: standby) == nil else { continue }
-                } catch {
-                    continue  // an unreachable provider says nothing about the standby
-                }
+            if snapshot.state == .active, let standby = snapshot.standbyInstanceID, listed[standby] == nil {
                 logger.warning("standby gone at the provider", metadata: ["pool": "\(poolID)", "instance": "\(standby)"])
                 apply(poolID) { machine, now in
                     machine.standbyLost(instance: standby, reason: "the provider no longer lists instance \(standby)", now: now)

@@ -93,6 +93,21 @@ public actor FailoverCoordinator: Service {
     private let workContinuation: AsyncStream<Work>.Continuation
 
     var pools: [PoolID: ManagedPool] = [:]
+    /// The operator's operation running on each pool (`FailoverCoordinator+Operations.swift`).
+    var operationsInFlight: [PoolID: String] = [:]
+    /// Hosts with a provisioning in flight, and for which pool.
+    var provisioningHosts: [HostMachineID: PoolID] = [:]
+    /// Pools whose last transition could not be committed yet, and why: shown as a condition
+    /// until a retry gets it in.
+    var uncommitted: [PoolID: String] = [:]
+    /// When the provider's instances were last listed, and the error if that failed.
+    var lastProviderCheck: (at: Instant, error: String?)?
+    /// Each pool's standby as that listing showed it: its id and status (nil: not listed).
+    var standbySeen: [PoolID: (instance: InstanceID, status: String?)] = [:]
+    /// Until then, primaries that have not reconnected since the start are not yet failed over.
+    var graceEndsAt: Instant?
+    /// Each pool's conditions' last status and when it last changed.
+    var conditionSince: [PoolID: [String: (status: Bool, since: Instant)]] = [:]
     private var waiters: [PoolID: [UInt64: Waiter]] = [:]
     private var nextWaiter: UInt64 = 0
     private var installed: UInt64 = 0
@@ -123,6 +138,7 @@ public actor FailoverCoordinator: Service {
     // MARK: - Service
 
     public func run() async throws {
+        graceEndsAt = clock.now() + configuration.restartGrace
         try await load()
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.drainWork() }
@@ -134,7 +150,14 @@ public actor FailoverCoordinator: Service {
                 }
             }
             group.addTask { await self.checkPrimariesAfterGrace() }
-            group.addTask { await self.watchStandbys() }
+            group.addTask { await self.watchInstances() }
+            group.addTask {
+                // Conditions' transition times are kept to the second, asked for or not.
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(1))
+                    _ = await self.protections()
+                }
+            }
             try? await gracefulShutdown()
             workContinuation.finish()
             group.cancelAll()
@@ -197,11 +220,13 @@ public actor FailoverCoordinator: Service {
     public enum OperationError: Error, CustomStringConvertible, Sendable {
         case unknownPool(PoolID)
         case refused(String)
+        /// The pool could not be made; what it had made is destroyed.
+        case provisioningFailed(String)
 
         public var description: String {
             switch self {
             case .unknownPool(let id): "no warm pool for machine \(id)"
-            case .refused(let reason): reason
+            case .refused(let reason), .provisioningFailed(let reason): reason
             }
         }
     }
@@ -262,7 +287,8 @@ public actor FailoverCoordinator: Service {
 
     /// Waits until a transition installed from now on (the caller's own included) that leaves the
     /// pool's snapshot satisfying `isDone` is committed, or `timeout` passes. Returns the snapshot
-    /// then; nil when the pool is gone (cleaned up) or the controller is shutting down.
+    /// then (a removed one when the pool is gone, whatever `isDone` says); nil when the controller
+    /// is shutting down.
     func waitUntil(_ poolID: PoolID, timeout: Duration, _ isDone: @escaping @Sendable (PoolSnapshot) -> Bool) async -> PoolSnapshot? {
         guard pools[poolID]?.machine != nil else { return nil }
         let from = installed
@@ -284,11 +310,11 @@ public actor FailoverCoordinator: Service {
         waiter.continuation.resume(returning: pools[poolID]?.machine?.snapshot)
     }
 
-    /// After the commit of transition `sequence`. `snapshot` nil: the pool is gone, or the
-    /// controller stops; every waiter is resumed.
+    /// After the commit of transition `sequence`. A removed snapshot or nil (the controller
+    /// stops) resumes every waiter.
     private func wakeWaiters(_ poolID: PoolID, after sequence: UInt64, snapshot: PoolSnapshot?) {
         guard let pending = waiters[poolID] else { return }
-        for (id, waiter) in pending where sequence >= waiter.from && (snapshot.map(waiter.isDone) ?? true) {
+        for (id, waiter) in pending where sequence >= waiter.from && (snapshot.map { $0.removed || waiter.isDone($0) } ?? true) {
             waiters[poolID]?[id] = nil
             waiter.continuation.resume(returning: snapshot)
         }
@@ -301,21 +327,47 @@ public actor FailoverCoordinator: Service {
     private func drainWork() async {
         for await work in workQueue {
             let removesPool = work.snapshot?.removed == true
+            guard await commitRetrying(work, removesPool: removesPool) else { return }
+            if let snapshot = work.snapshot {
+                wakeWaiters(work.poolID, after: work.sequence, snapshot: snapshot)
+            }
+            carryOut(work.actions, poolID: work.poolID, epoch: work.snapshot?.epoch)
+        }
+    }
+
+    /// Commits one transition, retrying until the store takes it (a full disk, an I/O error).
+    /// The engine has already moved on in memory, so skipping the commit would carry out no
+    /// action of it, its timers included: the pool would wait forever for a command never sent.
+    /// Meanwhile nothing later is committed or carried out (order is what makes a restart safe)
+    /// and the pool reports why. False only when the controller stops first.
+    private func commitRetrying(_ work: Work, removesPool: Bool) async -> Bool {
+        var delay = Duration.milliseconds(100)
+        while true {
             do {
                 try await store.commit(work.transition)
                 if removesPool { try await store.deletePool(id: work.poolID) }
+                if uncommitted.removeValue(forKey: work.poolID) != nil {
+                    logger.notice("pool transition committed after retries", metadata: ["pool": "\(work.poolID)"])
+                }
+                return true
             } catch {
-                // Without the commit the side effects must not run; the engine's deadlines and a
-                // restart's resume take it from the last state that was written.
-                logger.critical("cannot commit a pool transition; its actions are not carried out", metadata: [
-                    "pool": "\(work.poolID)", "error": "\(error)",
-                ])
-                continue
+                if uncommitted[work.poolID] == nil {
+                    logger.critical("cannot commit a pool transition; retrying, nothing is carried out until it is in", metadata: [
+                        "pool": "\(work.poolID)", "error": "\(error)",
+                    ])
+                }
+                uncommitted[work.poolID] = "\(error)"
+                guard (try? await Task.sleep(for: delay)) != nil else { return false }
+                delay = min(delay * 2, .seconds(5))
             }
-            if let snapshot = work.snapshot {
-                wakeWaiters(work.poolID, after: work.sequence, snapshot: removesPool ? nil : snapshot)
-            }
-            carryOut(work.actions, poolID: work.poolID, epoch: work.snapshot?.epoch)
+        }
+    }
+
+    /// True while the instance's agent is heard (alive, or suspected but not yet failed).
+    func isHeartbeating(_ instance: InstanceID) -> Bool {
+        guard let hub else { return false }
+        return hub.agentSnapshots().contains {
+            $0.identity.instanceID == instance && ($0.state == "alive" || $0.state == "suspected")
         }
     }
 
@@ -342,7 +394,7 @@ public actor FailoverCoordinator: Service {
                 }
             case .findFreeOffers(let operation, _, _), .ensureVolume(let operation, _, _, _), .ensureInstance(let operation, _),
                 .startInstance(let operation, _), .stopInstance(let operation, _), .pollInstance(let operation, _),
-                .destroyInstance(let operation, _), .deleteVolume(let operation, _):
+                .destroyInstance(let operation, _), .deleteVolume(let operation, _), .findInstance(let operation, _):
                 runner.run { [effects] in
                     await effects.run(action, poolID: poolID)
                 } deliver: { outcome in

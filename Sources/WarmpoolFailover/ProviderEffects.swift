@@ -39,6 +39,8 @@ struct ProviderEffects: Sendable {
                 return .success(.accepted)
             case .pollInstance(_, let id):
                 return .success(.instance(try await provider.instance(id: id).map(Self.snapshot)))
+            case .findInstance(_, let label):
+                return .success(.instance(try await provider.listInstances().first { $0.label == label }.map(Self.snapshot)))
             case .destroyInstance(_, let id):
                 do { try await provider.destroyInstance(id: id) } catch ProviderError.notFound {}
                 await forgetInstance(id)
@@ -49,6 +51,9 @@ struct ProviderEffects: Sendable {
             case .verify, .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
                 return .failure(message: "not a provider command: \(action)", retryable: false)
             }
+        } catch let error as RevokedAgentKey {
+            logger.error("refusing to reuse a revoked agent key", metadata: ["pool": "\(poolID)", "agent.id": "\(error.agentID)"])
+            return .failure(message: "\(error)", retryable: false)
         } catch let error as ProviderError {
             logger.warning("provider command failed", metadata: ["pool": "\(poolID)", "command": "\(Self.name(action))", "error": "\(error)"])
             return .failure(message: error.description, retryable: error.isTransient)
@@ -87,6 +92,7 @@ struct ProviderEffects: Sendable {
         // crash finds its key in place.
         let agentID = AgentID(request.label)
         var agent = try await store.agent(id: agentID)
+        if agent?.revokedAt != nil { throw RevokedAgentKey(agentID: agentID) }
         if agent == nil {
             let minted = AgentRecord(agentID: agentID, secretHex: AgentSecret.random().hex, poolID: poolID, role: request.role.rawValue)
             try await store.addAgent(minted)
@@ -132,6 +138,13 @@ struct ProviderEffects: Sendable {
         }
     }
 
+    /// A revoked key is never handed to a new instance: its agent would be refused, and the pool
+    /// would look protected while nothing heard from its primary.
+    struct RevokedAgentKey: Error, CustomStringConvertible {
+        var agentID: AgentID
+        var description: String { "agent key \(agentID) was revoked (its instance was destroyed); it is never reused" }
+    }
+
     static func snapshot(_ instance: Instance) -> InstanceSnapshot {
         let status = instance.actualStatus.map { InstanceStatus(rawValue: $0) ?? .unknown }
         let ssh = instance.sshHost.flatMap { host in instance.sshPort.map { SSHEndpoint(host: host, port: $0) } }
@@ -147,6 +160,7 @@ struct ProviderEffects: Sendable {
         case .stopInstance: "stop_instance"
         case .pollInstance: "poll_instance"
         case .destroyInstance: "destroy_instance"
+        case .findInstance: "find_instance"
         case .deleteVolume: "delete_volume"
         case .verify: "verify"
         case .scheduleTimer: "schedule_timer"

@@ -62,14 +62,17 @@ enum TransitionRecorder {
         return PoolTransition(pool: ledger.record)
     }
 
-    /// The failover's id, as the API and webhooks name it.
-    static func failoverID(pool: PoolID, number: Int) -> String { "fo-\(pool)-\(number)" }
+    /// The failover's id, as the API and webhooks name it: `fo-12-3` in a machine's first pool
+    /// (as always), `fo-12-i2-3` in its second.
+    static func failoverID(pool: PoolID, incarnation: Int, number: Int) -> String {
+        incarnation <= 1 ? "fo-\(pool)-\(number)" : "fo-\(pool)-i\(incarnation)-\(number)"
+    }
 
     static func payload(_ notification: EngineNotification, snapshot: PoolSnapshot) -> WebhookPayload {
         WebhookPayload(
             id: notification.id, event: notification.kind.rawValue, poolID: notification.pool, at: notification.at,
             message: notification.message, state: snapshot.state, epoch: snapshot.epoch,
-            failover: notification.failover.map { failoverID(pool: notification.pool, number: $0) },
+            failover: notification.failover.map { failoverID(pool: notification.pool, incarnation: snapshot.incarnation, number: $0) },
             primaryInstanceID: snapshot.primaryInstanceID, standbyInstanceID: snapshot.standbyInstanceID)
     }
 
@@ -84,13 +87,14 @@ enum TransitionRecorder {
                 poolID: entry.pool, agentID: nil, kind: entry.step.rawValue, at: date(entry.at), detail: entry.detail))
             return nil
         }
-        let id = failoverID(pool: entry.pool, number: number)
+        let id = failoverID(pool: entry.pool, incarnation: snapshot.incarnation, number: number)
         if ledger.failover?.id != id {
             let started = entry.at - (entry.sinceDetection ?? .zero)
             ledger.failover = FailoverRecord(
                 id: id, poolID: entry.pool, reason: entry.detail ?? entry.step.rawValue,
                 oldPrimaryInstanceID: previous?.primaryInstanceID ?? snapshot.primaryInstanceID,
                 epoch: snapshot.epoch, startedAt: date(started))
+            ledger.failover?.incarnation = snapshot.incarnation
             ledger.stepsWritten = 0
         }
         guard var failover = ledger.failover else { return nil }
@@ -138,6 +142,7 @@ extension PoolRecord {
         lastFailoverAt = snapshot.lastFailoverAt.map(TransitionRecorder.date)
         errorMessage = snapshot.errorMessage
         epoch = snapshot.epoch
+        incarnation = snapshot.incarnation
         self.engineState = engineState
         updatedAt = now
     }

@@ -61,11 +61,12 @@ public enum WarmPoolHosts {
     /// Offers that pass `filter`, grouped by `machine_id`; hosts with fewer than
     /// `filter.minGPUs` free GPUs are left out. Ordered by price per GPU-hour, then machine id.
     ///
-    /// Available GPUs are the sum of the host's offers' GPUs, capped by its total. The total is
-    /// `num_gpus / gpu_frac` where the provider gives `gpu_frac`, else the available count.
-    /// (Vast can list one machine as overlapping chunks, 1, 2 and 4 GPUs of the same 4; the cap
-    /// keeps that from counting more GPUs than the machine has, though with some GPUs rented the
-    /// sum of overlapping chunks can still overstate what is free.)
+    /// Vast lists one machine as overlapping chunks (1, 2 and 4 GPUs of the same 4), so offers
+    /// must not be added up: two free GPUs show as two 1-GPU offers and one 2-GPU offer, and a sum
+    /// would read four. Free GPUs are the larger of the host's 1-GPU offers (each a distinct
+    /// GPU) and its largest single offer, capped by its total. That can understate a host whose
+    /// chunks do not overlap, never overstate one: a warm pool is never promised on GPUs that are
+    /// not there. The total is `num_gpus / gpu_frac` where the provider gives `gpu_frac`.
     public static func group(offers: [Offer], filter: Filter = Filter()) -> [Host] {
         let wantedName = filter.gpuName.map { $0.replacingOccurrences(of: "_", with: " ").lowercased() }
         let kept = offers.filter { offer in
@@ -89,7 +90,8 @@ public enum WarmPoolHosts {
             return Int((Double(offer.numGPUs) / fraction).rounded())
         }.max()
         let total = max(declaredTotal ?? offered, offers.map(\.numGPUs).max() ?? 0)
-        let available = min(offered, total)
+        let singles = offers.count { $0.numGPUs == 1 }
+        let available = min(max(singles, offers.map(\.numGPUs).max() ?? 0), total)
         // Price per GPU-hour, weighted by each offer's GPUs.
         let pricePerGPU = offers.reduce(0) { $0 + $1.pricePerHour } / Double(max(1, offered))
         let reliabilities = offers.compactMap(\.reliability)

@@ -36,22 +36,37 @@ struct EnginePoolOperations: PoolOperations {
 
     func releaseBreaker() async throws -> Int { await coordinator.releaseBreaker() }
 
+    func protections() async -> [PoolID: PoolProtection] { await coordinator.protections() }
+
     func provision(_ request: WarmpoolAPI.ProvisionRequest) async throws -> PoolRecord {
         let preferences = await coordinator.record(request.poolID)?.gpuPreferences ?? []
         let names = request.gpuName.map { [$0.replacingOccurrences(of: "_", with: " ")] } ?? preferences
         let engineRequest = WarmpoolEngine.ProvisionRequest(
             poolID: request.poolID, hostMachineID: request.hostMachineID, gpuNames: names,
             image: request.image, diskGB: request.diskSizeGB, volumeGB: request.volumeSizeGB)
-        let record = try await mapped { try await coordinator.provision(engineRequest, timeout: timeout) }
-        if record.state == .error {
-            let message = record.errorMessage ?? "provisioning failed"
+        do {
+            return try await mapped { try await coordinator.provision(engineRequest, timeout: timeout) }
+        } catch FailoverCoordinator.OperationError.provisioningFailed(let message) {
             // A host without two free GPUs (or no such host) is the request's problem, not the
-            // provider's: 409, as schemathesis found (it was a 502).
-            let free = try await provided { try await provider.freeSingleGPUOffers(host: request.hostMachineID, gpuNames: names) }
-            if free.count < 2 { throw PoolOperationError.conflict(message) }
-            throw PoolOperationError.providerFailed(message)
+            // provider's: 409, as schemathesis found (it was a 502), with what the host has.
+            guard let all = try? await provider.freeSingleGPUOffers(host: request.hostMachineID, gpuNames: []) else {
+                throw PoolOperationError.providerFailed(message)  // the provider itself is the problem
+            }
+            let matching = names.isEmpty ? all : all.filter { offer in names.contains { offer.gpuName.caseInsensitiveCompare($0) == .orderedSame } }
+            guard matching.count < 2 else { throw PoolOperationError.providerFailed(message) }
+            throw PoolOperationError.conflict(Self.shortage(host: request.hostMachineID, names: names, all: all, matching: matching.count))
         }
-        return record
+    }
+
+    /// Why a host cannot take a warm pool, in the words an operator needs: no such host (or
+    /// nothing free on it) reads differently from free GPUs of another model.
+    static func shortage(host: HostMachineID, names: [String], all: [Offer], matching: Int) -> String {
+        if all.isEmpty {
+            return "host \(host) has no free GPU on the marketplace (no such host, or all its GPUs are rented); a warm pool needs 2"
+        }
+        let models = Dictionary(grouping: all, by: \.gpuName).map { "\($0.value.count) x \($0.key)" }.sorted().joined(separator: ", ")
+        guard !names.isEmpty else { return "host \(host) has \(all.count) free GPU (\(models)); a warm pool needs 2" }
+        return "host \(host) has \(matching) free GPU(s) named \(names.joined(separator: " or ")) (it has \(models)); a warm pool needs 2"
     }
 
     func enable(_ poolID: PoolID) async throws -> PoolRecord {
@@ -63,10 +78,10 @@ struct EnginePoolOperations: PoolOperations {
     }
 
     func updateSettings(_ poolID: PoolID, _ change: SettingsChange) async throws -> PoolRecord {
-        if let strategy = change.strategy, await coordinator.record(poolID) != nil {
-            _ = try await mapped { try await coordinator.setStrategy(strategy, poolID: poolID) }
+        try await mapped {
+            try await coordinator.updateSettings(
+                poolID: poolID, strategy: change.strategy, gpuPreferences: change.gpuPreferences, volumeSizeGB: change.volumeSizeGB)
         }
-        return try await coordinator.updateSettings(poolID: poolID, gpuPreferences: change.gpuPreferences, volumeSizeGB: change.volumeSizeGB)
     }
 
     func failoverTest(_ poolID: PoolID) async throws -> FailoverTestOutcome {
@@ -84,10 +99,11 @@ struct EnginePoolOperations: PoolOperations {
             newPrimaryInstanceID: promoted ? snapshot.primaryInstanceID : nil)
     }
 
-    func cleanup(_ poolID: PoolID) async throws {
-        let removed = try await mapped { try await coordinator.cleanup(poolID: poolID, timeout: timeout) }
-        if !removed {
-            let state = await coordinator.snapshot(poolID)
+    func cleanup(_ poolID: PoolID) async throws -> CleanupOutcome {
+        switch try await mapped({ try await coordinator.cleanup(poolID: poolID, timeout: timeout) }) {
+        case .removed: return .removed
+        case .nothingToRemove: return .nothingToRemove
+        case .unfinished(let state):
             throw PoolOperationError.providerFailed("cleanup did not finish: \(state?.errorMessage ?? state?.state.rawValue ?? "unknown")")
         }
     }
@@ -99,6 +115,7 @@ struct EnginePoolOperations: PoolOperations {
             switch error {
             case .unknownPool(let id): throw PoolOperationError.unknownPool(id)
             case .refused(let reason): throw PoolOperationError.conflict(reason)
+            case .provisioningFailed: throw error
             }
         }
     }

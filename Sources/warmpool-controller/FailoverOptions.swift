@@ -40,7 +40,7 @@ struct FailoverOptions: ParsableArguments {
     @Option(help: "After a restart, fail over primaries whose agent has not reconnected within this many ms. Env: WARMPOOL_RESTART_GRACE_MS.")
     var restartGraceMs: Int = Int(environment["WARMPOOL_RESTART_GRACE_MS"] ?? "") ?? 10_000
 
-    @Option(help: "How often each active pool's standby is looked up at the provider, in seconds; a vanished one is replaced.")
+    @Option(help: "How often the provider's instances are listed (one call) and held against every pool, in seconds: a primary it shows stopped or gone is failed over, a vanished standby replaced.")
     var standbyCheckS: Int = 30
 
     @Option(help: "Mass-failure breaker: at least this many primaries failing within the window (and the fraction below) hold their failovers until the provider reports each instance not running; 0 disables it. Env: WARMPOOL_MASS_FAILURE_MINIMUM.")

@@ -34,12 +34,17 @@ struct LivenessEventRecorder: Service {
                 // machine id they report.
                 var pools: [AgentID: PoolID?] = [:]
                 for await batch in events.cancelOnGracefulShutdown() {
+                    // An agent's role is the pool's word, read once per batch: a promoted standby
+                    // keeps the identity (and role) it was created with, but it is the primary now.
+                    var records: [PoolID: PoolRecord?] = [:]
                     for event in batch {
                         metrics.record(event)
                         let agentID = event.agent.agentID
                         if pools[agentID] == nil { pools[agentID] = .some(try? await store.agent(id: agentID)?.poolID) }
                         let pool = pools[agentID] ?? nil
-                        let recorded = Self.poolEvent(event, pool: pool)
+                        if let pool, records[pool] == nil { records[pool] = .some(try? await store.pool(id: pool)) }
+                        let record = pool.flatMap { records[$0] ?? nil }
+                        let recorded = Self.poolEvent(event, pool: pool, role: Self.role(of: event.agent.instanceID, in: record) ?? "\(event.agent.role)")
                         pending.withLockedValue { $0.append(recorded) }
                         if let pool, Self.notified.contains(event.kind) { await notify(event, recorded, pool: pool) }
                     }
@@ -84,8 +89,16 @@ struct LivenessEventRecorder: Service {
         }
     }
 
-    static func poolEvent(_ event: LivenessEvent, pool: PoolID?) -> PoolEvent {
-        var detail = "\(event.agent.role) instance \(event.agent.instanceID): \(event.reason)"
+    /// What the instance is to its pool now; nil when the pool does not name it.
+    static func role(of instance: InstanceID, in pool: PoolRecord?) -> String? {
+        guard let pool else { return nil }
+        if pool.primaryInstanceID == instance { return "primary" }
+        if pool.standbyInstanceID == instance { return "standby" }
+        return nil
+    }
+
+    static func poolEvent(_ event: LivenessEvent, pool: PoolID?, role: String? = nil) -> PoolEvent {
+        var detail = "\(role ?? "\(event.agent.role)") instance \(event.agent.instanceID): \(event.reason)"
         if let fenced = event.fencedAtEpoch { detail += " (fenced at epoch \(fenced))" }
         return PoolEvent(
             poolID: pool ?? PoolID(event.agent.machineID.rawValue), agentID: event.agent.agentID, kind: event.kind.rawValue, at: Date(),

@@ -60,9 +60,12 @@ struct Connection: ParsableArguments {
 private let warmpool = "api/v1/warmpool"
 
 struct Status: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Pools with state, primary, standby, volume, last heartbeat, epoch and failovers.")
+    static let configuration = CommandConfiguration(
+        abstract: "Pools with state, protection, primary, standby, volume, last heartbeat, epoch and failovers.",
+        discussion: "With --check, exits 2 when any enabled pool is not protected (for cron and monitoring), naming each and why.")
     @OptionGroup var connection: Connection
     @Argument(help: "One machine id; all pools when omitted.") var machineID: Int64?
+    @Flag(help: "Exit 2 when an enabled pool is unprotected; print only the unprotected pools' conditions.") var check = false
 
     func run() async throws {
         try await WarmpoolCtl.run {
@@ -76,12 +79,13 @@ struct Status: AsyncParsableCommand {
                 answer = try await client.get("\(warmpool)/pools")
                 pools = answer["pools"]?.objects ?? []
             }
+            if check { return try Self.check(pools) }
             if connection.json { return Output.json(answer) }
             Output.table(
-                ["MACHINE", "STATE", "HOST", "PRIMARY", "STANDBY", "VOLUME", "LAST HEARTBEAT", "EPOCH", "FAILOVERS", "ERROR"],
+                ["MACHINE", "STATE", "PROTECTED", "HOST", "PRIMARY", "STANDBY", "VOLUME", "LAST HEARTBEAT", "EPOCH", "FAILOVERS", "ERROR"],
                 pools.map { pool in
                     [
-                        Output.cell(pool["machine_id"]), Output.cell(pool["state"]), Output.cell(pool["host_machine_id"]),
+                        Output.cell(pool["machine_id"]), Output.cell(pool["state"]), Self.protection(pool), Output.cell(pool["host_machine_id"]),
                         Output.cell(pool["primary_gpu_id"]),
                         "\(Output.cell(pool["standby_gpu_id"])) (\(Output.cell(pool["standby_state"])))",
                         Output.cell(pool["volume_id"]), Output.ago(pool["last_health_check"]), Output.cell(pool["epoch"]),
@@ -89,6 +93,29 @@ struct Status: AsyncParsableCommand {
                     ]
                 })
         }
+    }
+}
+
+extension Status {
+    /// `yes`, or `no: Reason` with the first condition that does not hold.
+    static func protection(_ pool: JSONValue) -> String {
+        if pool["protected"]?.boolValue == true { return "yes" }
+        let failing = (pool["conditions"]?.objects ?? []).first { $0["status"]?.stringValue != "True" }
+        return "no" + (failing.map { ": \(Output.cell($0["type"]))/\(Output.cell($0["reason"]))" } ?? "")
+    }
+
+    /// One line per unprotected enabled pool, each failing condition under it; exit 2 if any.
+    static func check(_ pools: [JSONValue]) throws {
+        let enabled = pools.filter { $0["state"]?.stringValue != "disabled" }
+        let unprotected = enabled.filter { $0["protected"]?.boolValue != true }
+        for pool in unprotected {
+            print("machine \(Output.cell(pool["machine_id"])): NOT protected (state \(Output.cell(pool["state"])))")
+            for condition in (pool["conditions"]?.objects ?? []) where condition["status"]?.stringValue != "True" {
+                print("  \(Output.cell(condition["type"])) \(Output.cell(condition["reason"])): \(Output.cell(condition["message"]))")
+            }
+        }
+        guard unprotected.isEmpty else { throw ExitCode(2) }
+        print("\(enabled.count) enabled pool(s), all protected")
     }
 }
 

@@ -18,11 +18,11 @@ struct HTTPAnswer {
     }
 }
 
-func http(_ method: String, _ url: String, key: String?, body: String? = nil) throws -> HTTPAnswer {
+func http(_ method: String, _ url: String, key: String?, body: String? = nil, scheme: String = "Bearer") throws -> HTTPAnswer {
     guard let target = URL(string: url) else { throw HarnessError("bad URL \(url)") }
     var request = URLRequest(url: target, timeoutInterval: 30)
     request.httpMethod = method
-    if let key { request.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization") }
+    if let key { request.setValue("\(scheme) \(key)", forHTTPHeaderField: "Authorization") }
     if let body {
         request.httpBody = Data(body.utf8)
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")

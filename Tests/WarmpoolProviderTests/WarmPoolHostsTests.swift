@@ -42,4 +42,12 @@ import WarmpoolModel
         let host = try #require(WarmPoolHosts.group(offers: offers).first)
         #expect(host.totalGPUs == 4 && host.availableGPUs == 4)
     }
+
+    /// Issue 18: two of four GPUs rented, the two free ones listed as two 1-GPU offers and one
+    /// 2-GPU offer of the same two. A sum read 4.
+    @Test func overlappingChunksOfAPartlyRentedMachineAreNotAddedUp() throws {
+        let offers = [Self.offer(1, machine: 42, gpus: 1), Self.offer(2, machine: 42, gpus: 1), Self.offer(3, machine: 42, gpus: 2)]
+        let host = try #require(WarmPoolHosts.group(offers: offers).first)
+        #expect(host.totalGPUs == 4 && host.availableGPUs == 2 && host.canCreateWarmPool)
+    }
 }

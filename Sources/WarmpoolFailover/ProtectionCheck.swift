@@ -1,0 +1,105 @@
+import WarmpoolEngine
+import WarmpoolModel
+
+/// Pure: what a pool's protection depends on, and the conditions it comes to. The coordinator
+/// gathers the facts (engine snapshot, detector, provider listing, its own state) and keeps each
+/// condition's last transition; nothing here reads a clock or does I/O.
+struct ProtectionCheck {
+    /// The primary's agent as the detector sees it now.
+    struct PrimaryAgent: Equatable {
+        var heartbeating: Bool
+        /// The epoch its grants carry; nil while it may have none (withheld, revoked, unknown).
+        var leaseEpoch: Epoch?
+        var detectorState: String
+    }
+
+    var snapshot: PoolSnapshot
+    /// nil when no agent of the primary is known to the detector.
+    var primaryAgent: PrimaryAgent?
+    /// The standby's status in the provider's last listing; `.some(nil)` when the listing did not
+    /// have it; nil when no listing was made since the controller started.
+    var standbyAtProvider: String??
+    var operationInFlight: String?
+    var inRestartGrace: Bool
+    var breakerTripped: Bool
+    var uncommitted: String?
+
+    /// Each condition's type, status, reason and message, in a fixed order.
+    func evaluate() -> [(type: String, status: Bool, reason: String, message: String)] {
+        [enabled, primary, standby, volume, idle, controller, breaker, persisted]
+    }
+
+    private var enabled: (type: String, status: Bool, reason: String, message: String) {
+        snapshot.enabled
+            ? ("Enabled", true, "Enabled", "failures of the primary are failed over")
+            : ("Enabled", false, "Disabled", "the pool is disabled: a failure of the primary is not acted on")
+    }
+
+    private var primary: (type: String, status: Bool, reason: String, message: String) {
+        let type = "PrimaryHeartbeating"
+        guard let instance = snapshot.primaryInstanceID else { return (type, false, "NoPrimary", "the pool has no primary instance") }
+        guard let agent = primaryAgent else {
+            return (type, false, "NeverHeard", "no agent of primary instance \(instance) has connected to this controller")
+        }
+        guard agent.heartbeating else {
+            return (type, false, "Silent", "primary instance \(instance)'s agent is \(agent.detectorState)")
+        }
+        guard agent.leaseEpoch == snapshot.epoch else {
+            let held = agent.leaseEpoch.map { "its lease is at epoch \($0)" } ?? "it holds no lease"
+            return (type, false, "NotLeased", "primary instance \(instance) heartbeats but \(held), the pool is at epoch \(snapshot.epoch)")
+        }
+        return (type, true, "Heartbeating", "primary instance \(instance) heartbeats, leased at epoch \(snapshot.epoch)")
+    }
+
+    private var standby: (type: String, status: Bool, reason: String, message: String) {
+        let type = "StandbyReady"
+        guard let instance = snapshot.standbyInstanceID else { return (type, false, "NoStandby", "the pool has no standby instance") }
+        guard snapshot.standbyState == .stopped else {
+            return (type, false, "NotStopped", "standby instance \(instance) is \(snapshot.standbyState.rawValue), not stopped and ready to start")
+        }
+        switch standbyAtProvider {
+        case .some(.none):
+            return (type, false, "Missing", "the provider's last listing does not have standby instance \(instance)")
+        case .some(.some(let status)) where status != "stopped" && status != "exited":
+            return (type, false, "Unexpected", "the provider lists standby instance \(instance) as \(status)")
+        default:
+            return (type, true, "Stopped", "standby instance \(instance) is stopped, ready to start")
+        }
+    }
+
+    private var volume: (type: String, status: Bool, reason: String, message: String) {
+        let volume = snapshot.volumeID.map { "volume \($0)" } ?? "the volume"
+        return snapshot.volumeVerified
+            ? ("VolumeVerified", true, "Marked", "\(volume) carries the identity marker the controller wrote")
+            : ("VolumeVerified", false, "Unmarked", "\(volume) has no identity marker yet: a failover could not prove it")
+    }
+
+    private var idle: (type: String, status: Bool, reason: String, message: String) {
+        let type = "NoOperationInFlight"
+        if let operationInFlight { return (type, false, "OperationInFlight", "\(operationInFlight) is in progress") }
+        if snapshot.cleaningUp { return (type, false, "CleaningUp", "the pool is being cleaned up") }
+        switch snapshot.state {
+        case .active, .disabled, .degraded: return (type, true, "Idle", "nothing is in flight")
+        case .error: return (type, false, "Error", snapshot.errorMessage ?? "the pool is in error")
+        case .searching, .provisioning, .failover, .recovering:
+            return (type, false, "State\(snapshot.state.rawValue.capitalized)", "the pool is \(snapshot.state.rawValue)")
+        }
+    }
+
+    private var controller: (type: String, status: Bool, reason: String, message: String) {
+        inRestartGrace
+            ? ("ControllerReady", false, "RestartGrace", "the controller restarted and is waiting for the agents to reconnect")
+            : ("ControllerReady", true, "Ready", "the controller is past its restart grace")
+    }
+
+    private var breaker: (type: String, status: Bool, reason: String, message: String) {
+        breakerTripped
+            ? ("BreakerClosed", false, "MassFailureSuspected", "the mass-failure breaker holds failovers until the provider confirms each")
+            : ("BreakerClosed", true, "Closed", "failovers are not held")
+    }
+
+    private var persisted: (type: String, status: Bool, reason: String, message: String) {
+        uncommitted.map { ("StatePersisted", false, "CommitFailing", "the pool's last change is not in the store yet (retrying): \($0)") }
+            ?? ("StatePersisted", true, "Committed", "the pool's state is in the store")
+    }
+}
