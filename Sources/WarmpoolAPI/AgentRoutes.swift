@@ -12,17 +12,28 @@ struct AgentRoutes {
     let dependencies: APIDependencies
 
     func register(on group: RouterGroup<APIRequestContext>) {
-        group.get("agents") { _, _ in
-            let records = try await dependencies.store.agents()
+        group.get("agents") { request, _ in
+            // The keys of destroyed instances are revoked and kept (an id is never minted twice),
+            // but listed only on request: the default list is the agents that can still connect.
+            let withRevoked = try RequestInput.flag(request, "revoked")
+            let records = try await dependencies.store.agents().filter { withRevoked || $0.revokedAt == nil }
             let snapshots = dependencies.hub?.agentSnapshots() ?? []
             let live = Dictionary(snapshots.map { ($0.identity.agentID, $0) }, uniquingKeysWith: { first, _ in first })
             let now = Date()
             let lease = dependencies.hub?.leaseMilliseconds
-            var agents = records.map { Present.agent($0, liveness: live[$0.agentID], now: now, leaseMilliseconds: lease) }
+            // A promoted standby keeps the identity it was created with; its role is the pool's word.
+            var roles: [InstanceID: String] = [:]
+            for pool in try await dependencies.store.pools() {
+                if let standby = pool.standbyInstanceID { roles[standby] = "standby" }
+                if let primary = pool.primaryInstanceID { roles[primary] = "primary" }
+            }
+            var agents = records.map {
+                Present.agent($0, liveness: live[$0.agentID], now: now, leaseMilliseconds: lease, role: $0.instanceID.flatMap { roles[$0] })
+            }
             // Agents authenticated through the keys file have no row but are listed all the same.
             let registered = Set(records.map(\.agentID))
             for snapshot in snapshots.sorted(by: { $0.identity.agentID < $1.identity.agentID }) where !registered.contains(snapshot.identity.agentID) {
-                agents.append(Present.agent(nil, liveness: snapshot, now: now, leaseMilliseconds: lease))
+                agents.append(Present.agent(nil, liveness: snapshot, now: now, leaseMilliseconds: lease, role: roles[snapshot.identity.instanceID]))
             }
             return JSONResponse.ok(.object([("agents", .array(agents)), ("count", .int(Int64(agents.count)))]))
         }

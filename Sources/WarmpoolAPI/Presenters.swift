@@ -130,7 +130,8 @@ enum Present {
 
     /// An agent as registered, joined with what the detector and the hub's lease authority see
     /// of it right now.
-    static func agent(_ record: AgentRecord?, liveness: AgentLivenessSnapshot?, now: Date, leaseMilliseconds: UInt32?) -> JSONValue {
+    /// `role`: what the agent's instance is to its pool now, when a pool names it.
+    static func agent(_ record: AgentRecord?, liveness: AgentLivenessSnapshot?, now: Date, leaseMilliseconds: UInt32?, role: String? = nil) -> JSONValue {
         let agentID = record?.agentID ?? liveness?.identity.agentID ?? AgentID("")
         let lastHeartbeat = liveness.map { now.addingTimeInterval(-Double($0.silenceNanoseconds) / 1e9) }
         let status = liveness?.status
@@ -139,7 +140,7 @@ enum Present {
             ("agent_id", .agentID(agentID)),
             ("machine_id", .int(record?.poolID?.rawValue ?? liveness.map { $0.identity.machineID.rawValue })),
             ("instance_id", .id(record?.instanceID ?? liveness?.identity.instanceID)),
-            ("role", .string(liveness.map { "\($0.identity.role)" } ?? record?.role)),
+            ("role", .string(role ?? liveness.map { "\($0.identity.role)" } ?? record?.role)),
             ("registered", .bool(record != nil)),
             ("revoked", .bool(record?.revokedAt != nil)),
             ("state", .string(liveness?.state ?? "unseen")),

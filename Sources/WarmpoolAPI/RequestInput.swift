@@ -42,6 +42,16 @@ struct RequestInput {
         return value
     }
 
+    /// A boolean query parameter: `true`/`1` or `false`/`0`; absent is false.
+    static func flag(_ request: Request, _ name: String) throws -> Bool {
+        guard let text = request.uri.queryParameters.get(name) else { return false }
+        switch text.lowercased() {
+        case "true", "1": return true
+        case "false", "0": return false
+        default: throw APIError.badRequest("\(name) must be true or false, got \"\(text)\"")
+        }
+    }
+
     static func limit(_ request: Request, default fallback: Int = 50, maximum: Int = 1000) throws -> Int {
         guard let text = request.uri.queryParameters.get("limit") else { return fallback }
         guard let value = Int(text), (1...maximum).contains(value) else {

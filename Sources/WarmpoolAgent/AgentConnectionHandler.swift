@@ -65,8 +65,10 @@ final class AgentConnectionHandler: ChannelInboundHandler {
         context.fireChannelInactive()
     }
 
-    func sendHeartbeat(status: AgentStatus, now: Int64) {
-        guard let context, let (sequence, frame) = machine.sealHeartbeat(sentAtNanoseconds: UInt64(now), status: status)
+    /// `stamp`: the beat's `sent_at` (at or after `now`); a lease is anchored at `now`, the real
+    /// send time, whatever the stamp says.
+    func sendHeartbeat(status: AgentStatus, now: Int64, stamp: Int64) {
+        guard let context, let (sequence, frame) = machine.sealHeartbeat(sentAtNanoseconds: UInt64(stamp), status: status)
         else { return }
         sentTimes.record(sequence: sequence, at: now)
         context.writeAndFlush(wrapOutboundOut(frame), promise: nil)

@@ -94,6 +94,11 @@ public final class AgentRuntime: @unchecked Sendable {
     /// thousands of agents per loop, paid twice a second per agent.
     private var leaseTimer: Scheduled<Void>?
     private var nextTelemetryAt: Int64 = 0
+    /// The last beat's `sent_at` stamp. The controller takes a beat whose millisecond stamp is not
+    /// newer than the newest it has as a late copy (PROTOCOL.md §6), so two beats in one
+    /// millisecond (a fence and the thaw a queued grant brings right after it) would lose the
+    /// second: every beat is stamped at least a millisecond after the one before.
+    private var lastBeatStamp: Int64 = 0
     private var probeReport: ProbeReport?
     private var stopping = false
     private let probeQueue = DispatchQueue(label: "warmpool.agent.probes")
@@ -241,6 +246,8 @@ public final class AgentRuntime: @unchecked Sendable {
         if fenceCommandFailed { status.flags.insert(.fenceCommandFailed) }
         if configuration.workloadCommand != nil { status.workload = reportedWorkload }
         let inboundTimeout = max(2 * Int64(terms.leaseMilliseconds) * 1_000_000, 2_000_000_000)
+        let stamp = max(now, (lastBeatStamp / 1_000_000 + 1) * 1_000_000)
+        lastBeatStamp = stamp
         var telemetrySent = false
         for slot in slots {
             guard let handler = slot.handler else { continue }
@@ -249,7 +256,7 @@ public final class AgentRuntime: @unchecked Sendable {
                 continue
             }
             guard handler.isEstablished else { continue }
-            handler.sendHeartbeat(status: status, now: now)
+            handler.sendHeartbeat(status: status, now: now, stamp: stamp)
             if !telemetrySent, now >= nextTelemetryAt, let document = telemetryDocument() {
                 handler.sendTelemetry(document: document)
                 telemetrySent = true

@@ -208,6 +208,10 @@ public struct PoolMachine: Sendable, Codable {
     private var sweepLabels: [String]?
     /// That create's operation, while its answer may still come: the cleanup waits for it.
     private var awaitingCreate: OperationID?
+    /// New standbys that vanished at the provider before they were ready, in a row: each is
+    /// replaced, up to `replacementLimit`, so that a provider destroying instances behind our back
+    /// cannot make the pool create them forever.
+    private var standbysVanished: Int?
     /// Source of operation and timer ids.
     private var nextID: UInt64 = 1
 
@@ -586,6 +590,11 @@ public struct PoolMachine: Sendable, Codable {
 
         case (.provisioning(.awaitPrimaryRunning(let id, let standbyOffer)), .instance(let instance)):
             guard let instance else { return stepFailed("primary instance \(id) disappeared", now: now) }
+            if let status = instance.status, status.provesStopped {
+                // Stopped by someone else before it ever ran: waiting for the create deadline
+                // (minutes) would only delay the cleanup and the operator's retry.
+                return stepFailed("primary instance \(id) was \(status.rawValue) before it ran", now: now)
+            }
             guard instance.status == .running else { return wake(at: now + settings.pollInterval) }
             primarySSH = instance.ssh
             return [record(.primaryRunning, now: now, detail: "instance \(id)"), .grantLease(id, epoch: epoch)]
@@ -640,7 +649,7 @@ public struct PoolMachine: Sendable, Codable {
             return [.revokeLease(instance.id)] + enter(wrap(.awaitExists(instance.id)), deadline: progress.deadline, now: now)
 
         case (.awaitExists(let id), .instance(let instance)):
-            guard let instance else { return stepFailed("standby instance \(id) disappeared", now: now) }
+            guard let instance else { return standbyVanished(id, wrap: wrap, now: now) }
             guard instance.status != nil else { return wake(at: now + settings.pollInterval) }
             return enter(wrap(.stop(id)), deadline: now + settings.standbyStopTimeout, now: now)
 
@@ -648,9 +657,10 @@ public struct PoolMachine: Sendable, Codable {
             return enter(wrap(.awaitStopped(id)), deadline: progress.deadline, now: now)
 
         case (.awaitStopped(let id), .instance(let instance)):
-            guard let instance else { return stepFailed("standby instance \(id) disappeared", now: now) }
+            guard let instance else { return standbyVanished(id, wrap: wrap, now: now) }
             guard instance.status?.provesStopped == true else { return wake(at: now + settings.pollInterval) }
             standbyState = .stopped
+            standbysVanished = nil
             degradedAnnounced = false
             let actions = [
                 record(.standbyReady, now: now, detail: "instance \(id), stopped"),
@@ -662,6 +672,18 @@ public struct PoolMachine: Sendable, Codable {
         default:
             return stepFailed("unexpected answer while \(stepName): \(data)", now: now)
         }
+    }
+
+    /// A new standby the provider no longer lists (destroyed behind our back, reclaimed): another
+    /// one is made in its place, as for a standby lost at rest.
+    private mutating func standbyVanished(_ id: InstanceID, wrap: (StandbyStep) -> State, now: Instant) -> [EngineAction] {
+        let vanished = (standbysVanished ?? 0) + 1
+        guard vanished <= settings.replacementLimit else {
+            return stepFailed("standby instance \(id) disappeared (\(vanished) new standbys in a row)", now: now)
+        }
+        standbysVanished = vanished
+        return dropStandby(reason: "the provider no longer lists it", now: now)
+            + enter(wrap(.findOffer), deadline: now + settings.commandTimeout, now: now)
     }
 
     private mutating func advanceFailover(

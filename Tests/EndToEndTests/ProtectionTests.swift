@@ -70,6 +70,16 @@ import WarmpoolTestSupport
         #expect((detected?["detail"]?.stringValue ?? "").contains("said goodbye"), "\(failover)")
         #expect(try lab.status()["primary_gpu_id"]?.intValue == standby)
         _ = try waitProtected(lab)
+        // The promoted standby is listed as the primary it is; the destroyed primary's revoked
+        // key only on request.
+        let key = try lab.adminKey()
+        try lab.harness.waitUntil("the old primary's key is revoked", timeout: 20) {
+            let all = (try? http("GET", "\(lab.api)/agents?revoked=true", key: key).json["agents"]?.arrayValue) ?? []
+            return all.contains { $0["instance_id"]?.intValue == primary && $0["revoked"]?.boolValue == true }
+        }
+        let agents = try http("GET", "\(lab.api)/agents", key: key).json["agents"]?.arrayValue ?? []
+        #expect(!agents.contains { $0["instance_id"]?.intValue == primary }, "\(agents)")
+        #expect(agents.first { $0["instance_id"]?.intValue == standby }?["role"]?.stringValue == "primary", "\(agents)")
     }
 
     @Test func enablingAPoolWhosePrimaryDiedWhileDisabledFailsItOver() throws {
@@ -174,6 +184,31 @@ import WarmpoolTestSupport
         #expect(answers.map { $0?.status ?? 0 }.sorted() == [200, 409], "\(answers.map { $0?.text ?? "" })")
         Thread.sleep(forTimeInterval: 1)
         #expect((try lab.sim("GET", "/api/v0/volumes").json["volumes"]?.arrayValue ?? []).count == 1, "the loser leaked nothing")
+    }
+
+    /// The store's disk fills up in the middle of a failover. Before, the engine had moved on in
+    /// memory, the transition's commands and timers were skipped, and the pool waited forever.
+    @Test func aCommitThatFailsIsRetriedAndTheFailoverFinishes() throws {
+        let lab = try WarmPoolLab()
+        let disk = lab.harness.directory + "/db"
+        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
+        try Command.runChecked("/bin/mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", disk])
+        defer { _ = try? Command.run("/bin/umount", ["-l", disk]) }
+        try lab.startController()
+        _ = try lab.provision()
+        let key = try lab.adminKey(), api = lab.api
+        _ = try Command.run("/bin/dd", ["if=/dev/zero", "of=\(disk)/filler", "bs=64k"])  // until the disk is full
+        let test = Thread.detachNewThreadWithResult { try? http("POST", "\(api)/failover/test/12", key: key) }
+        try lab.harness.waitUntil("the pool reports its state unpersisted", timeout: 20) {
+            let conditions = (try? lab.status()["conditions"]?.arrayValue) ?? []
+            return conditions.contains { $0["type"]?.stringValue == "StatePersisted" && $0["reason"]?.stringValue == "CommitFailing" }
+        }
+        #expect(lab.harness.log("controller").contains("cannot commit a pool transition; retrying"))
+        try FileManager.default.removeItem(atPath: disk + "/filler")
+        let answer = try test.wait(timeout: 60)
+        #expect(answer?.status == 200 && answer?.json["success"]?.boolValue == true, "\(answer?.text ?? "no answer")")
+        #expect(try lab.history().first?["result"]?.stringValue == "succeeded")
+        _ = try waitProtected(lab)
     }
 
     @Test func theHTTPEdgesAnOperatorMeets() throws {

@@ -91,4 +91,27 @@ import WarmpoolModel
         #expect(harness.provider.liveInstances.isEmpty, "found by its label and destroyed")
         #expect(harness.commands { if case .findInstance = $0 { true } else { false } }.count >= 1)
     }
+
+    /// Found by the chaos drill: a standby destroyed at the provider while provisioning waited for
+    /// it to stop failed the whole provisioning (a 502 on a healthy provider).
+    @Test func aNewStandbyDestroyedBehindOurBackIsReplaced() {
+        var harness = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42), provider: FakeProvider(host: 42, freeGPUs: 4))
+        while harness.snapshot.standbyInstanceID == nil { harness.step() }
+        let first = harness.snapshot.standbyInstanceID!
+        harness.provider.instances[first]?.destroyed = true
+        harness.settle()
+        #expect(harness.snapshot.state == .active)
+        #expect(harness.snapshot.standbyInstanceID != nil && harness.snapshot.standbyInstanceID != first)
+        #expect(harness.steps.contains(.standbyAbandoned))
+    }
+
+    @Test func standbysThatKeepVanishingFailProvisioningInTheEnd() {
+        var harness = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42), provider: FakeProvider(host: 42, freeGPUs: 8))
+        for _ in 0..<2_000 where !harness.snapshot.removed {
+            if let standby = harness.snapshot.standbyInstanceID { harness.provider.instances[standby]?.destroyed = true }
+            if !harness.step() { break }
+        }
+        #expect(harness.snapshot.removed, "\(harness.snapshot)")
+        #expect(harness.snapshot.errorMessage?.contains("new standbys in a row") == true, "\(harness.snapshot.errorMessage ?? "")")
+    }
 }
