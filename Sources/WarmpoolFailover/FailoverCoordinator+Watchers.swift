@@ -225,6 +225,9 @@ extension FailoverCoordinator {
     }
 
     func checkInstancesAtProvider() async {
+        // Only what the pools held before the listing was asked for is judged by it: an instance
+        // made or promoted while the call was out is not missing from it.
+        let asked = pools.compactMapValues { $0.machine.map { ($0.snapshot.primaryInstanceID, $0.snapshot.standbyInstanceID) } }
         let listed: [InstanceID: Instance]
         do {
             listed = Dictionary(try await effects.provider.listInstances().map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
@@ -235,7 +238,9 @@ extension FailoverCoordinator {
         lastProviderCheck = (clock.now(), nil)
         standbySeen = [:]
         for (poolID, pool) in pools {
-            guard let snapshot = pool.machine?.snapshot else { continue }
+            guard let snapshot = pool.machine?.snapshot, let before = asked[poolID],
+                before == (snapshot.primaryInstanceID, snapshot.standbyInstanceID)
+            else { continue }
             if let standby = snapshot.standbyInstanceID { standbySeen[poolID] = (standby, listed[standby].map { $0.actualStatus ?? "unknown" }) }
             if let primary = snapshot.primaryInstanceID, monitoredPool(primary: primary) == poolID,
                 let stopped = Self.stopReason(listed[primary], instance: primary)

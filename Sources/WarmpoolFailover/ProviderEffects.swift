@@ -91,22 +91,23 @@ struct ProviderEffects: Sendable {
         // The agent's key is minted (and stored) before the create, so an instance adopted after a
         // crash finds its key in place.
         let agentID = AgentID(request.label)
-        var agent = try await store.agent(id: agentID)
-        if agent?.revokedAt != nil { throw RevokedAgentKey(agentID: agentID) }
-        if agent == nil {
-            let minted = AgentRecord(agentID: agentID, secretHex: AgentSecret.random().hex, poolID: poolID, role: request.role.rawValue)
-            try await store.addAgent(minted)
-            agent = minted
+        var agent: AgentRecord
+        if let existing = try await store.agent(id: agentID) {
+            guard existing.revokedAt == nil else { throw RevokedAgentKey(agentID: agentID) }
+            agent = existing
+        } else {
+            agent = AgentRecord(agentID: agentID, secretHex: AgentSecret.random().hex, poolID: poolID, role: request.role.rawValue)
+            try await store.addAgent(agent)
         }
-        let environment = launch.environment(agentID: agentID, secretHex: agent!.secretHex, request: request, poolID: poolID)
+        let environment = launch.environment(agentID: agentID, secretHex: agent.secretHex, request: request, poolID: poolID)
         let id = try await provider.createInstance(
             offerID: request.offer.id,
             CreateInstanceRequest(
                 image: request.image, diskGB: Double(request.diskGB), label: request.label, env: environment,
                 onstart: launch.onstart, volume: .init(volumeID: request.volume, mountPath: launch.volumePath)))
-        agent!.instanceID = id
+        agent.instanceID = id
         // The store tells the listener, whose keyring follows before this returns.
-        try await store.saveAgent(agent!)
+        try await store.saveAgent(agent)
         logger.info("created instance", metadata: ["instance.id": "\(id)", "instance.label": "\(request.label)", "role": "\(request.role.rawValue)"])
         return try await provider.instance(id: id).map(Self.snapshot) ?? InstanceSnapshot(id: id, status: nil)
     }

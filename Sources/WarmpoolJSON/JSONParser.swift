@@ -160,8 +160,8 @@ public struct JSONParser {
                         scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
                     }
                     // A lone low surrogate is not a scalar either.
-                    guard let unicode = Unicode.Scalar(scalar) else { throw error("unpaired surrogate") }
-                    out.append(contentsOf: UTF8.encode(unicode)!)
+                    guard let unicode = Unicode.Scalar(scalar), let encoded = UTF8.encode(unicode) else { throw error("unpaired surrogate") }
+                    out.append(contentsOf: encoded)
                 default: throw error("invalid escape")
                 }
             case 0..<0x20:

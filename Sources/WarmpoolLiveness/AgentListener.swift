@@ -508,10 +508,11 @@ final class AgentListener: @unchecked Sendable {
             connection.pending = pending
             watch(connection.fd, tag: UInt64(connection.fd), events: EPOLLIN.rawValue | EPOLLOUT.rawValue, modify: true)
         } else {
-            connection.pending!.writeBuffer(&bytes)
+            connection.pending?.writeBuffer(&bytes)
             // A grant is 15 bytes twice a second: a peer that lets this much pile up is not reading.
-            if connection.pending!.readableBytes > Self.maximumPending {
-                connection.logger.warning("closing connection: the agent is not reading (\(connection.pending!.readableBytes) bytes unsent)")
+            let unsent = connection.pending?.readableBytes ?? 0
+            if unsent > Self.maximumPending {
+                connection.logger.warning("closing connection: the agent is not reading (\(unsent) bytes unsent)")
                 closeConnection(connection)
             }
         }

@@ -194,16 +194,17 @@ public struct ControllerSessionStateMachine {
         guard frame.type == .heartbeat || frame.type == .telemetry || frame.type == .goodbye else {
             throw .unexpectedMessage(frame.type, state: "established")
         }
-        let sequence = session!.nextInbound
+        guard var established = session else { throw .unexpectedMessage(frame.type, state: "established without a session") }
+        let sequence = established.nextInbound
         // A wrapped counter would let an old frame's MAC verify again (§5).
         guard sequence != .max else { throw .sequenceExhausted }
-        let body = try session!.keys.agentToController.open(frame, sequence: sequence)
+        let body = try established.keys.agentToController.open(frame, sequence: sequence)
         let action: Action
         switch frame.type {
         case .heartbeat:
             let heartbeat = try Heartbeat.decode(
-                body, flags: frame.flags, sequence: sequence, after: session!.lastHeartbeat)
-            session!.lastHeartbeat = heartbeat
+                body, flags: frame.flags, sequence: sequence, after: established.lastHeartbeat)
+            established.lastHeartbeat = heartbeat
             action = .heartbeat(heartbeat)
         case .goodbye:
             action = .goodbye(try Goodbye.decode(body, sequence: sequence))
@@ -212,7 +213,8 @@ public struct ControllerSessionStateMachine {
             let document = frame.flags.contains(.compressed) ? try Zstd.decompress(bytes) : bytes
             action = .telemetry(Telemetry(sequence: sequence, document: document))
         }
-        session!.nextInbound &+= 1
+        established.nextInbound &+= 1
+        session = established
         return action
     }
 
@@ -234,15 +236,16 @@ public struct ControllerSessionStateMachine {
     /// A MACed lease grant for heartbeat `acknowledgedSequence`, or nil when not established or
     /// when the outbound counter is spent (the inbound one, never behind it, closes the session).
     public mutating func sealLease(acknowledgedSequence: UInt32, leaseMilliseconds: UInt32, epoch: UInt64) -> Frame? {
-        guard session != nil, session!.nextOutbound != .max else { return nil }
-        let sequence = session!.nextOutbound
+        guard var established = session, established.nextOutbound != .max else { return nil }
+        let sequence = established.nextOutbound
         let grant = LeaseGrant(
             sequence: sequence, acknowledgedSequence: acknowledgedSequence, leaseMilliseconds: leaseMilliseconds,
             epoch: epoch)
-        session!.nextOutbound &+= 1
+        established.nextOutbound &+= 1
+        session = established
         var body = ByteBuffer()
         grant.encode(into: &body)
-        return session!.keys.controllerToAgent.seal(sequence: sequence, type: .lease, body: body)
+        return established.keys.controllerToAgent.seal(sequence: sequence, type: .lease, body: body)
     }
 
     /// Moves both counters on to `inbound` and `outbound`, as if that many frames had passed:
