@@ -212,6 +212,10 @@ public struct PoolMachine: Sendable, Codable {
     /// replaced, up to `replacementLimit`, so that a provider destroying instances behind our back
     /// cannot make the pool create them forever.
     private var standbysVanished: Int?
+    /// Offers rented by someone else between a search and its create, in a row: each sends the
+    /// step back to a new search, up to `replacementLimit` (other pools on the host, or other
+    /// renters, take GPUs at any time).
+    private var offersTaken: Int?
     /// Source of operation and timer ids.
     private var nextID: UInt64 = 1
 
@@ -583,7 +587,12 @@ public struct PoolMachine: Sendable, Codable {
             return [record(.volumeReady, now: now, detail: "volume \(id)")]
                 + enter(.provisioning(.createPrimary(create, standby: standbyOffer)), deadline: now + settings.createTimeout, now: now)
 
+        case (.provisioning(.createPrimary(let create, _)), .offerTaken):
+            if let failed = offerLost(create.offer.id, now: now) { return failed }
+            return enter(.provisioning(.findOffers), deadline: now + settings.commandTimeout, now: now)
+
         case (.provisioning(.createPrimary(_, let standbyOffer)), .instance(let instance?)):
+            offersTaken = nil
             primary = instance.id
             return [record(.primaryCreated, now: now, detail: "instance \(instance.id)")]
                 + enter(.provisioning(.awaitPrimaryRunning(instance.id, standby: standbyOffer)), deadline: progress.deadline, now: now)
@@ -641,7 +650,12 @@ public struct PoolMachine: Sendable, Codable {
             return enter(wrap(.create(makeRequest(.standby, offer: offer, volume: volume))),
                          deadline: now + settings.createTimeout, now: now)
 
+        case (.create(let create), .offerTaken):
+            if let failed = offerLost(create.offer.id, now: now) { return failed }
+            return enter(wrap(.findOffer), deadline: now + settings.commandTimeout, now: now)
+
         case (.create, .instance(let instance?)):
+            offersTaken = nil
             standby = instance.id
             standbyState = .running  // a new instance boots before it can be stopped
             // It boots with the volume and the onstart: its agent must not be granted (and so
@@ -672,6 +686,16 @@ public struct PoolMachine: Sendable, Codable {
         default:
             return stepFailed("unexpected answer while \(stepName): \(data)", now: now)
         }
+    }
+
+    /// An offer rented by someone else before our create: the caller searches again, unless that
+    /// has happened `replacementLimit` times in a row; then the step fails (its actions returned).
+    private mutating func offerLost(_ offer: OfferID, now: Instant) -> [EngineAction]? {
+        let lost = (offersTaken ?? 0) + 1
+        offersTaken = lost
+        guard lost > settings.replacementLimit else { return nil }
+        offersTaken = nil
+        return stepFailed("offer \(offer) and \(lost - 1) before it were rented by someone else first", now: now)
     }
 
     /// A new standby the provider no longer lists (destroyed behind our back, reclaimed): another
@@ -723,6 +747,11 @@ public struct PoolMachine: Sendable, Codable {
             }
             guard let volume else { return stepFailed("the pool has no volume", now: now) }
             return createReplacement(failover, makeRequest(.primary, offer: offer, volume: volume), now: now)
+
+        case (.createReplacement(let create), .offerTaken):
+            // The next free GPU the failover has not tried yet (this one counts as tried).
+            return [record(.standbyAbandoned, now: now, detail: "offer \(create.offer.id) was rented by someone else first")]
+                + enter(.failover(failover, .findReplacement), deadline: now + settings.commandTimeout, now: now)
 
         case (.createReplacement, .instance(let instance?)):
             standby = instance.id

@@ -55,6 +55,9 @@ public enum ProviderData: Hashable, Sendable, Codable {
     case volume(VolumeID)
     /// findFreeOffers, best first.
     case offers([GPUOffer])
+    /// ensureInstance: the offer was rented by someone else between the search and the create
+    /// (the marketplace's `no_such_ask`). Nothing was made; another free GPU may do.
+    case offerTaken(OfferID)
 }
 
 /// What a verification expects of the volume's identity marker. The marketplace writes nothing on

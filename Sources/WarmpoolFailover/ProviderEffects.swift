@@ -23,7 +23,7 @@ struct ProviderEffects: Sendable {
             case .ensureVolume(_, let name, let host, let sizeGB):
                 return .success(.volume(try await ensureVolume(name: name, host: host, sizeGB: sizeGB)))
             case .ensureInstance(_, let request):
-                return .success(.instance(try await ensureInstance(request, poolID: poolID)))
+                return .success(try await ensureInstance(request, poolID: poolID))
             case .startInstance(_, let id):
                 // A start re-sent after a restart finds the first one taken: nothing is sent twice.
                 if let instance = try await provider.instance(id: id), instance.intendedStatus == "running" || instance.isRunning {
@@ -82,11 +82,12 @@ struct ProviderEffects: Sendable {
         return try await provider.createVolume(offerID: offer.id, sizeGB: sizeGB, name: name)
     }
 
-    private func ensureInstance(_ request: InstanceRequest, poolID: PoolID) async throws -> InstanceSnapshot? {
+    /// `.instance`, or `.offerTaken` when someone rented the offer's GPU since the search.
+    private func ensureInstance(_ request: InstanceRequest, poolID: PoolID) async throws -> ProviderData {
         if let existing = try await provider.listInstances().first(where: { $0.label == request.label }) {
             logger.info("adopted instance", metadata: ["instance.id": "\(existing.id)", "instance.label": "\(request.label)"])
             try await bindAgent(AgentID(request.label), to: existing.id)
-            return Self.snapshot(existing)
+            return .instance(Self.snapshot(existing))
         }
         // The agent's key is minted (and stored) before the create, so an instance adopted after a
         // crash finds its key in place.
@@ -100,16 +101,23 @@ struct ProviderEffects: Sendable {
             try await store.addAgent(agent)
         }
         let environment = launch.environment(agentID: agentID, secretHex: agent.secretHex, request: request, poolID: poolID)
-        let id = try await provider.createInstance(
-            offerID: request.offer.id,
-            CreateInstanceRequest(
-                image: request.image, diskGB: Double(request.diskGB), label: request.label, env: environment,
-                onstart: launch.onstart, volume: .init(volumeID: request.volume, mountPath: launch.volumePath)))
+        let id: InstanceID
+        do {
+            id = try await provider.createInstance(
+                offerID: request.offer.id,
+                CreateInstanceRequest(
+                    image: request.image, diskGB: Double(request.diskGB), label: request.label, env: environment,
+                    onstart: launch.onstart, volume: .init(volumeID: request.volume, mountPath: launch.volumePath)))
+        } catch ProviderError.notFound(let what) {
+            // The marketplace's `no_such_ask`: the GPU was rented between our search and this create.
+            logger.notice("offer taken before the create", metadata: ["offer.id": "\(request.offer.id)", "detail": "\(what)"])
+            return .offerTaken(request.offer.id)
+        }
         agent.instanceID = id
         // The store tells the listener, whose keyring follows before this returns.
         try await store.saveAgent(agent)
         logger.info("created instance", metadata: ["instance.id": "\(id)", "instance.label": "\(request.label)", "role": "\(request.role.rawValue)"])
-        return try await provider.instance(id: id).map(Self.snapshot) ?? InstanceSnapshot(id: id, status: nil)
+        return .instance(try await provider.instance(id: id).map(Self.snapshot) ?? InstanceSnapshot(id: id, status: nil))
     }
 
     /// A crash between the create and the save of its agent record leaves the key unbound: the

@@ -62,7 +62,7 @@ import WarmpoolModel
         harness.provider.offers = []  // someone else rents the standby's GPU first
         harness.settle()
         #expect(harness.snapshot.removed)
-        #expect(harness.snapshot.errorMessage == "provisioning failed: offer 9001 is no longer available")
+        #expect(harness.snapshot.errorMessage == "provisioning failed: no free GPU left on host 42 for a standby")
         #expect(harness.provider.liveInstances.isEmpty)
         #expect(throws: EngineViolation.self) { _ = try harness.feedThrowing { try $0.cleanup(now: $1) } }
         #expect(harness.provider.deletedVolumes.count == 1)

@@ -66,7 +66,7 @@ struct FakeProvider {
                 return .success(.instance(snapshot(existing)))
             }
             guard let index = offers.firstIndex(where: { $0.id == request.offer.id }) else {
-                return .failure(message: "offer \(request.offer.id) is no longer available", retryable: false)
+                return .success(.offerTaken(request.offer.id))  // as the shell reports Vast.ai's no_such_ask
             }
             offers.remove(at: index)
             let id = InstanceID(take())

@@ -114,4 +114,41 @@ import WarmpoolModel
         #expect(harness.snapshot.removed, "\(harness.snapshot)")
         #expect(harness.snapshot.errorMessage?.contains("new standbys in a row") == true, "\(harness.snapshot.errorMessage ?? "")")
     }
+
+    /// Found by the chaos drill: another pool on the host took the offer provisioning had picked
+    /// (its recovery's new standby), and the provisioning failed with a 502 on a healthy provider.
+    @Test func anOfferTakenBeforeTheCreateIsReplacedByAnotherFreeGPU() {
+        var harness = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42), provider: FakeProvider(host: 42, freeGPUs: 4))
+        while !harness.commandLog.contains(where: { if case .ensureInstance = $0.action { true } else { false } }) {
+            // Someone rents the first free GPU between the search and the create.
+            if case .ensureVolume = harness.commandLog.last?.action, let first = harness.provider.offers.first {
+                harness.provider.offers.removeAll { $0.id == first.id }
+            }
+            harness.step()
+        }
+        harness.settle()
+        #expect(harness.snapshot.state == .active, "\(harness.snapshot)")
+        #expect(harness.commands { if case .findFreeOffers = $0 { true } else { false } }.count == 2, "searched again")
+        #expect(harness.provider.instances.values.contains { $0.label == "wp-7-primary-e1-a2" && !$0.destroyed }, "the next attempt made the primary")
+    }
+
+    @Test func aFailoverWhoseReplacementOfferIsTakenTriesTheNextGPU() {
+        var harness = Harness.active(freeGPUs: 6)
+        let standby = harness.snapshot.standbyInstanceID!
+        harness.provider.failures["start"] = Array(repeating: .failure(message: "no", retryable: false), count: 1)
+        harness.failPrimary()
+        var taken = false
+        for _ in 0..<500 where !taken {
+            if case .findFreeOffers = harness.commandLog.last?.action, let first = harness.provider.offers.first {
+                harness.provider.offers.removeAll { $0.id == first.id }  // rented after our search
+                taken = true
+            }
+            harness.step()
+        }
+        harness.settle()
+        #expect(taken)
+        #expect(harness.snapshot.state == .active, "\(harness.snapshot)")
+        #expect(harness.snapshot.primaryInstanceID != standby)
+        #expect(harness.timeline.contains { $0.step == .standbyAbandoned && ($0.detail ?? "").contains("rented by someone else") })
+    }
 }
