@@ -202,6 +202,7 @@ public struct PoolMachine: Sendable, Codable {
     /// Why provisioning failed, when it did: the pool then cleans itself up, and this stays
     /// readable in its snapshots until it is removed.
     private var provisioningFailure: String?
+    private var provisioningFailedAtProvider: Bool?
     /// Labels of creates that were in flight when a cleanup began: the cleanup looks each up at
     /// the provider (and destroys what it finds) before it deletes the volume, or the instance
     /// the create made would be left behind, holding the volume.
@@ -376,7 +377,7 @@ public struct PoolMachine: Sendable, Codable {
         if timer == progress.deadlineTimer {
             progress.deadlineTimer = nil
             let lastError = progress.lastError.map { " (last error: \($0))" } ?? ""
-            return stepFailed("\(stepName) did not finish by its deadline\(lastError)", now: now)
+            return stepFailed("\(stepName) did not finish by its deadline\(lastError)", atProvider: true, now: now)
         }
         guard timer == progress.wakeTimer else { return [] }
         progress.wakeTimer = nil
@@ -510,7 +511,8 @@ public struct PoolMachine: Sendable, Codable {
             primarySSH: primarySSH, failoverCount: failoverCount, lastFailoverAt: lastFailoverAt,
             lastRecoveryDuration: lastRecoveryDuration, errorMessage: errorMessage, epoch: epoch,
             currentFailover: currentFailover, removed: state == .removed, incarnation: request.incarnation,
-            cleaningUp: state.isCleaningUp, volumeVerified: volumeMarkedAt != nil)
+            cleaningUp: state.isCleaningUp, volumeVerified: volumeMarkedAt != nil,
+            failedAtProvider: provisioningFailure != nil && provisioningFailedAtProvider == true)
     }
 
     private var poolState: PoolState {
@@ -1000,19 +1002,22 @@ public struct PoolMachine: Sendable, Codable {
         if retryable, progress.failures < settings.retryLimit {
             return wake(at: now + settings.retryDelay)
         }
-        return stepFailed(message, transient: retryable, now: now)
+        return stepFailed(message, transient: retryable, atProvider: true, now: now)
     }
 
     /// The in-flight step cannot finish (deadline, retries used up, a refusal): what that leads
     /// to depends on the step.
     /// `transient`: the provider kept answering with retryable errors (5xx, 429, lost connections)
-    /// until the budget ran out.
-    private mutating func stepFailed(_ message: String, transient: Bool = false, now: Instant) -> [EngineAction] {
+    /// until the budget ran out. `atProvider`: the provider failed the step (an error answer, or no
+    /// answer by the deadline), as opposed to the host's state or someone else's action (no free
+    /// GPU, an instance stopped or destroyed behind our back).
+    private mutating func stepFailed(_ message: String, transient: Bool = false, atProvider: Bool = false, now: Instant) -> [EngineAction] {
         switch state {
         case .provisioning:
             // Nothing of a pool that never came up is worth keeping: what was made is destroyed
             // (a volume left behind would cost money and block the next try's name).
             provisioningFailure = "provisioning failed: \(message)"
+            provisioningFailedAtProvider = atProvider
             // A create that failed may have made its instance all the same (a timeout after the
             // provider acted): its label is looked up too.
             sweepLabels = createsInFlight.isEmpty ? nil : createsInFlight

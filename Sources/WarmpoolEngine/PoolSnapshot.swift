@@ -28,4 +28,7 @@ public struct PoolSnapshot: Hashable, Sendable, Codable {
     public var cleaningUp = false
     /// The volume's identity marker was written or found: a failover can prove the volume.
     public var volumeVerified = false
+    /// A provisioning's failure (in `errorMessage`) came from the provider (an error answer, or
+    /// none by the deadline), not from the host's state (no free GPU) or someone else's action.
+    public var failedAtProvider = false
 }

@@ -43,7 +43,7 @@ extension FailoverCoordinator {
         install(request.poolID, machine: machine, actions: actions, previous: nil, now: now)
         let end = await waitUntil(request.poolID, timeout: timeout) { !$0.cleaningUp && ![.searching, .provisioning].contains($0.state) }
         if let end, end.removed {
-            throw OperationError.provisioningFailed(end.errorMessage ?? "provisioning failed")
+            throw OperationError.provisioningFailed(end.errorMessage ?? "provisioning failed", atProvider: end.failedAtProvider)
         }
         return pools[request.poolID]?.ledger.record ?? record
     }

@@ -220,13 +220,14 @@ public actor FailoverCoordinator: Service {
     public enum OperationError: Error, CustomStringConvertible, Sendable {
         case unknownPool(PoolID)
         case refused(String)
-        /// The pool could not be made; what it had made is destroyed.
-        case provisioningFailed(String)
+        /// The pool could not be made; what it had made is destroyed. `atProvider`: the provider
+        /// failed it (else the host's state or someone else's action did).
+        case provisioningFailed(String, atProvider: Bool)
 
         public var description: String {
             switch self {
             case .unknownPool(let id): "no warm pool for machine \(id)"
-            case .refused(let reason), .provisioningFailed(let reason): reason
+            case .refused(let reason), .provisioningFailed(let reason, _): reason
             }
         }
     }

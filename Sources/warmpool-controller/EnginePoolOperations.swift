@@ -46,14 +46,18 @@ struct EnginePoolOperations: PoolOperations {
             image: request.image, diskGB: request.diskSizeGB, volumeGB: request.volumeSizeGB)
         do {
             return try await mapped { try await coordinator.provision(engineRequest, timeout: timeout) }
-        } catch FailoverCoordinator.OperationError.provisioningFailed(let message) {
-            // A host without two free GPUs (or no such host) is the request's problem, not the
-            // provider's: 409, as schemathesis found (it was a 502), with what the host has.
+        } catch FailoverCoordinator.OperationError.provisioningFailed(let message, let atProvider) {
+            // Only a provider that failed is a 502. A host without two free GPUs (or no such host)
+            // is the request's problem, and a GPU or an instance taken by someone else is the
+            // world's: 409, as schemathesis found (it was a 502), with what the host has now.
+            // (Judged by the engine's cause, not by a second look: GPUs free up in between, and
+            // the chaos drill caught "host 79 has 1 free GPU(s)" answered 502.)
+            if atProvider { throw PoolOperationError.providerFailed(message) }
             guard let all = try? await provider.freeSingleGPUOffers(host: request.hostMachineID, gpuNames: []) else {
-                throw PoolOperationError.providerFailed(message)  // the provider itself is the problem
+                throw PoolOperationError.conflict(message)
             }
             let matching = names.isEmpty ? all : all.filter { offer in names.contains { offer.gpuName.caseInsensitiveCompare($0) == .orderedSame } }
-            guard matching.count < 2 else { throw PoolOperationError.providerFailed(message) }
+            guard matching.count < 2 else { throw PoolOperationError.conflict(message) }
             throw PoolOperationError.conflict(Self.shortage(host: request.hostMachineID, names: names, all: all, matching: matching.count))
         }
     }

@@ -151,4 +151,17 @@ import WarmpoolModel
         #expect(harness.snapshot.primaryInstanceID != standby)
         #expect(harness.timeline.contains { $0.step == .standbyAbandoned && ($0.detail ?? "").contains("rented by someone else") })
     }
+
+    /// Found by the chaos drill: "host 79 has 1 free GPU(s)" answered 502, because the shell
+    /// judged the cause by a second look at the host after a GPU had freed up. The engine says it.
+    @Test func aProvisioningFailureSaysWhetherTheProviderFailedIt() {
+        var shortage = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42), provider: FakeProvider(host: 42, freeGPUs: 1))
+        shortage.settle()
+        #expect(shortage.snapshot.removed && !shortage.snapshot.failedAtProvider)
+        var provider = FakeProvider(host: 42, freeGPUs: 2)
+        provider.failures["volume"] = Array(repeating: .failure(message: "HTTP 503", retryable: true), count: 3)
+        var failing = Harness(request: ProvisionRequest(poolID: 7, hostMachineID: 42), provider: provider)
+        failing.settle()
+        #expect(failing.snapshot.removed && failing.snapshot.failedAtProvider)
+    }
 }
