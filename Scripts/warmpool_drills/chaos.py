@@ -11,7 +11,8 @@ supervises, appending epoch-tagged records to the volume.
 Invariants, checked every half second:
   - the controller never dies unless the drill killed it;
   - every API answer is 2xx, or 4xx with a JSON error (a 502 naming the provider is counted apart,
-    and allowed only while provider faults are on);
+    and allowed only while provider faults are on, or when the drill broke that pool's instance
+    during the call: a provisioning whose new primary it crashed);
   - no pool is `active` and unprotected for longer than the bound (restart grace + provider check
     interval + 10 s: a failure is acted on well within it);
   - after a cleanup answers 200, nothing of the pool is left at the provider;
@@ -56,7 +57,7 @@ class Chaos:
         self.busy = set()          # machines a worker holds
         self.unlocked = {}         # machine -> operations in flight on it without its lock
         self.controller_killed = False
-        self.provider_faulty = False
+        self.provider_fault_windows = []  # (start, end) of each provider-fault period, end None while on
         self.actions = self.faults = 0
         self.answers = {}          # status -> count
         self.provider_502 = 0
@@ -67,6 +68,7 @@ class Chaos:
         self.failover_open = {}    # id -> first seen in progress (monotonic)
         self.epoch_writers = {}    # (volume, epoch) -> set of instances
         self.frozen = set()
+        self.instance_faulted = {}  # machine -> when the drill last broke one of its instances
         self.api_key = pool.api_key
         self.stop = threading.Event()
 
@@ -104,6 +106,7 @@ class Chaos:
         machine = body.get("machine_id") if isinstance(body, dict) else None
         if machine is None and path.rstrip("/").rsplit("/", 1)[-1].split("?")[0].isdigit():
             machine = int(path.rstrip("/").rsplit("/", 1)[-1].split("?")[0])
+        started = time.monotonic()
         try:
             status, answer = http.call(method, self.pool.api_url + path, self.api_key, body, timeout)
         except OSError as error:
@@ -116,7 +119,12 @@ class Chaos:
         if 500 <= status and isinstance(answer, dict) and answer.get("error") == "provider_failed":
             with self.lock:
                 self.provider_502 += 1
-            if not self.provider_faulty:
+            # A 502 is the honest answer while the provider fails, or when the drill broke this
+            # pool's instance during the call (a provisioning whose new primary crashed).
+            broken = self.instance_faulted.get(machine, 0) >= started - 1
+            # The provider failed at some time during the call, not necessarily at its answer.
+            faulty = any(end is None or end >= started - 1 for _, end in self.provider_fault_windows)
+            if not faulty and not broken:
                 self.violate(machine, "%s %s answered %d while the provider was healthy: %s" % (method, path, status, answer))
         elif not (200 <= status < 300 or (400 <= status < 500 and is_json_error)):
             self.violate(machine, "%s %s answered %d: %s" % (method, path, status, answer))
@@ -217,6 +225,8 @@ class Chaos:
             with self.lock:
                 self.faults += 1
             machine = rng.choice(MACHINES)
+            if fault in ("crash_primary", "freeze_primary", "provider_stop_primary", "destroy_standby"):
+                self.instance_faulted[machine] = time.monotonic()
             status = self.pool_status(machine)
             primary, standby = status.get("primary_gpu_id"), status.get("standby_gpu_id")
             outcome = ""
@@ -233,14 +243,13 @@ class Chaos:
             elif fault == "provider_faults":
                 machine = None
                 seconds = rng.uniform(3, 10)
-                self.provider_faulty = True
+                self.provider_fault_windows.append((time.monotonic(), None))
                 self.pool.sim_call("POST", "/admin/faults", {"failure_rate": 0.2, "rate_limit_rate": 0.1, "timeout_rate": 0.05,
                                                              "timeout_ms": 2500, "retry_after_seconds": 1})
                 self.log("faults", fault, None, "%.1f s" % seconds)
                 time.sleep(seconds)
                 self.pool.sim_call("POST", "/admin/faults", {})
-                # Answers to calls made during the faults may still come back.
-                threading.Timer(5, self.provider_healthy).start()
+                self.provider_fault_windows[-1] = (self.provider_fault_windows[-1][0], time.monotonic())
                 continue
             elif fault == "controller_kill":
                 machine = None
@@ -255,9 +264,6 @@ class Chaos:
             else:
                 outcome = "no instance to hit"
             self.log("faults", fault, machine, outcome)
-
-    def provider_healthy(self):
-        self.provider_faulty = False
 
     def thaw(self, instance):
         self.pool.sim_call("POST", "/admin/instances/%d/thaw" % instance)
@@ -341,7 +347,8 @@ class Chaos:
     def settle_and_clean(self):
         """Faults off, everything thawed; every failover must end and every pool clean up to nothing."""
         self.pool.sim_call("POST", "/admin/faults", {})
-        self.provider_faulty = False
+        if self.provider_fault_windows and self.provider_fault_windows[-1][1] is None:
+            self.provider_fault_windows[-1] = (self.provider_fault_windows[-1][0], time.monotonic())
         for instance in list(self.frozen):
             self.thaw(instance)
         if self.pool.controller.process.poll() is not None:
