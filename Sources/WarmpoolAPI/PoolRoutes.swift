@@ -173,13 +173,7 @@ struct PoolRoutes {
             }
             query.maxPrice = value
         }
-        if let text = parameters.get("verified") {
-            switch text.lowercased() {
-            case "true", "1": query.verified = true
-            case "false", "0": query.verified = false
-            default: throw APIError.badRequest("verified must be true or false, got \"\(text)\"")
-            }
-        }
+        query.verified = try RequestInput.flag(request, "verified", default: query.verified)
         return query
     }
 

@@ -42,9 +42,9 @@ struct RequestInput {
         return value
     }
 
-    /// A boolean query parameter: `true`/`1` or `false`/`0`; absent is false.
-    static func flag(_ request: Request, _ name: String) throws -> Bool {
-        guard let text = request.uri.queryParameters.get(name) else { return false }
+    /// A boolean query parameter: `true`/`1` or `false`/`0`, in any case; `fallback` when absent.
+    static func flag(_ request: Request, _ name: String, default fallback: Bool = false) throws -> Bool {
+        guard let text = request.uri.queryParameters.get(name) else { return fallback }
         switch text.lowercased() {
         case "true", "1": return true
         case "false", "0": return false

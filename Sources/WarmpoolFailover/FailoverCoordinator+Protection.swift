@@ -32,7 +32,8 @@ extension FailoverCoordinator {
         return all
     }
 
-    private func primaryAgent(_ instance: InstanceID) -> ProtectionCheck.PrimaryAgent? {
+    /// The instance's agent as the detector sees it (its liveliest session's view); nil when unknown.
+    func primaryAgent(_ instance: InstanceID) -> ProtectionCheck.PrimaryAgent? {
         guard let hub else { return nil }
         let agents = hub.agentSnapshots().filter { $0.identity.instanceID == instance }
         guard !agents.isEmpty else { return nil }

@@ -366,10 +366,7 @@ public actor FailoverCoordinator: Service {
 
     /// True while the instance's agent is heard (alive, or suspected but not yet failed).
     func isHeartbeating(_ instance: InstanceID) -> Bool {
-        guard let hub else { return false }
-        return hub.agentSnapshots().contains {
-            $0.identity.instanceID == instance && ($0.state == "alive" || $0.state == "suspected")
-        }
+        primaryAgent(instance)?.heartbeating ?? false
     }
 
     /// `epoch`: the pool's after the transition, which a verification writes on the volume.
