@@ -300,6 +300,9 @@ let package = Package(
         .target(
             name: "WarmpoolSim",
             dependencies: [
+                // Vast.ai's notification webhooks: sent over libcurl, signed with HMAC-SHA256.
+                "WarmpoolHTTP",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -335,6 +338,7 @@ let package = Package(
                 "WarmpoolProvider",
                 "WarmpoolSSH",
                 "WarmpoolTestSupport",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]

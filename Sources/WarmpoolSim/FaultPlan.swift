@@ -25,8 +25,23 @@ public struct FaultPlan: Codable, Hashable, Sendable {
     public var noSSHInstances: [Int] = []
     /// Instances whose start is refused: `200 {"success": false}`.
     public var failStartInstances: [Int] = []
-    /// Machines with no free GPU: they offer nothing and refuse creates (their instances run on).
+    /// Machines whose every GPU other renters take as soon as it is free: they offer nothing,
+    /// refuse creates, and a start there waits in `scheduling` (their running instances run on).
     public var fullHosts: [Int] = []
+    /// GPUs other renters hold on each machine (keys are machine ids): they take free GPUs at
+    /// once and the next ones that free up (a stopped standby's, say) until they hold this many;
+    /// lowering it gives GPUs back, to whatever waits in `scheduling` first.
+    public var rentedGPUs: [String: Int] = [:]
+    /// Machines that lost contact with the provider: every instance on them is `offline`,
+    /// unreachable (its processes paused, its volume with it); stops, starts and destroys are
+    /// recorded and take effect when the machine is back. Nothing on them is offered.
+    public var offlineMachines: [Int] = []
+    /// The provider's rate limits: the least time between two calls of one operation (keys are
+    /// operation names, `*` for every operation without a key of its own). A call sooner than
+    /// that is answered 429 and does not count (Vast.ai: a minimum interval per endpoint).
+    public var minIntervalMs: [String: Int] = [:]
+    /// Deliver each Vast.ai notification twice: "at least once" made visible.
+    public var duplicateNotifications = false
     /// Instances the provider cannot reach (their host is cut off): a stop is accepted but the
     /// instance keeps running; a destroy drops it from the API while its processes live on.
     /// Lifting the fault lets those destroys take effect. Drills use it so that only the lease
@@ -45,7 +60,8 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         case rateLimitRate = "rate_limit_rate", rateLimitNext = "rate_limit_next", retryAfterSeconds = "retry_after_seconds"
         case latencyMs = "latency_ms", timeoutRate = "timeout_rate", timeoutMs = "timeout_ms", bootDelayMs = "boot_delay_ms", noSSHInstances = "no_ssh_instances"
         case failStartInstances = "fail_start_instances", fullHosts = "full_hosts", unreachableInstances = "unreachable_instances"
-        case staleStopInstances = "stale_stop_instances"
+        case staleStopInstances = "stale_stop_instances", rentedGPUs = "rented_gpus", offlineMachines = "offline_machines"
+        case minIntervalMs = "min_interval_ms", duplicateNotifications = "duplicate_notifications"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -66,6 +82,14 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         fullHosts = try c.decodeIfPresent([Int].self, forKey: .fullHosts) ?? []
         unreachableInstances = try c.decodeIfPresent([Int].self, forKey: .unreachableInstances) ?? []
         staleStopInstances = try c.decodeIfPresent([Int].self, forKey: .staleStopInstances) ?? []
+        rentedGPUs = try c.decodeIfPresent([String: Int].self, forKey: .rentedGPUs) ?? [:]
+        offlineMachines = try c.decodeIfPresent([Int].self, forKey: .offlineMachines) ?? []
+        minIntervalMs = try c.decodeIfPresent([String: Int].self, forKey: .minIntervalMs) ?? [:]
+        duplicateNotifications = try c.decodeIfPresent(Bool.self, forKey: .duplicateNotifications) ?? false
+        guard rentedGPUs.allSatisfy({ Int($0.key) != nil && $0.value >= 0 }), minIntervalMs.values.allSatisfy({ $0 >= 0 }) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription:
+                "rented_gpus maps machine ids to counts >= 0; min_interval_ms maps operations to milliseconds >= 0"))
+        }
         guard (0...1).contains(failureRate), (0...1).contains(rateLimitRate), (0...1).contains(timeoutRate), timeoutMs >= 0, (400...599).contains(failureStatus),
             failNext >= 0, rateLimitNext >= 0, (retryAfterSeconds ?? 0) >= 0, latencyMs >= 0, (bootDelayMs ?? 0) >= 0
         else {
@@ -79,6 +103,16 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         case serve
         case fail(status: Int)
         case rateLimit(retryAfterSeconds: Int?)
+    }
+
+    /// GPUs other renters want on `machine` (a full host: all of them).
+    func rentedDemand(machine: Int, gpuCount: Int) -> Int {
+        fullHosts.contains(machine) ? gpuCount : min(gpuCount, rentedGPUs[String(machine)] ?? 0)
+    }
+
+    /// The least interval between two calls of `operation`, if any.
+    func minimumInterval(_ operation: String) -> Duration? {
+        (minIntervalMs[operation] ?? minIntervalMs["*"]).flatMap { $0 > 0 ? Duration.milliseconds($0) : nil }
     }
 
     mutating func nextVerdict(random: () -> Double) -> Verdict {

@@ -40,7 +40,7 @@ enum InstanceEnvironment {
             "PUBLIC_IPADDR": instance.sshAddress,
             "VAST_TCP_PORT_22": String(instance.sshPort),
             "SSH_PUBLIC_KEY": sshPublicKey,
-            "GPU_COUNT": String(instance.gpuSlots.count),
+            "GPU_COUNT": String(instance.gpuCount),
             "DATA_DIRECTORY": dataDirectory,
         ]
         for (key, value) in instance.env where InstanceFiles.isEnvironmentName(key) { environment[key] = value }

@@ -20,7 +20,10 @@ enum Route {
     enum AdminAction {
         case counters, resetCounters, faults
         case setFaults(FaultPlan)
-        case instance(Int), crash(Int), freeze(Int), thaw(Int)
+        case instance(Int), crash(Int), freeze(Int), thaw(Int), outbid(Int)
+        /// Send a notification about every instance of a machine (maintenance, downtime, ...).
+        case notify(kind: VastNotificationKind, machine: Int, data: [String: JSON])
+        case notifications
     }
 
     struct BadRequest: Error {
@@ -113,8 +116,20 @@ enum Route {
             case "crash": self = .admin(.crash(instance))
             case "freeze": self = .admin(.freeze(instance))
             case "thaw": self = .admin(.thaw(instance))
-            default: throw BadRequest(status: 404, kind: "not_found", message: "admin actions: crash, freeze, thaw")
+            case "outbid": self = .admin(.outbid(instance))
+            default: throw BadRequest(status: 404, kind: "not_found", message: "admin actions: crash, freeze, thaw, outbid")
             }
+        case ("GET", ["admin", "notifications"]): self = .admin(.notifications)
+        case ("POST", ["admin", "notifications"]):
+            let fields = try body()
+            let kinds = VastNotificationKind.allCases.map(\.rawValue)
+            guard let slug = fields["notif_type"]?.stringValue, let kind = VastNotificationKind(rawValue: slug) else {
+                throw BadRequest(status: 400, kind: "invalid_args", message: "notif_type must be one of \(kinds)")
+            }
+            guard let machine = fields["machine_id"]?.intValue else {
+                throw BadRequest(status: 400, kind: "invalid_args", message: "machine_id is required")
+            }
+            self = .admin(.notify(kind: kind, machine: machine, data: fields["data"]?.objectValue ?? [:]))
         default:
             throw BadRequest(status: 404, kind: "not_found", message: "warmpool-sim does not serve \(method) \(request.path)")
         }

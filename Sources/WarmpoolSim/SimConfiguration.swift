@@ -27,6 +27,10 @@ public struct SimConfiguration: Sendable {
     /// Where instances get a network of their own (as a container does): each runs in the
     /// network namespace this names and reports this address, where its sshd listens on port 22.
     public var instanceNetwork: InstanceNetwork?
+    /// Where Vast.ai's notification webhooks go (at most 4, as Vast.ai allows), signed with
+    /// `notificationSecret`.
+    public var notificationURLs: [String] = []
+    public var notificationSecret = ""
 
     public init(apiKey: String, hosts: [HostSpec] = [.defaultHost], stateDirectory: String, authorizedKeysPath: String? = nil,
                 bootDelay: Duration = .milliseconds(500), stopGracePeriod: Duration = .seconds(1),

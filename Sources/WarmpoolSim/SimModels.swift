@@ -1,13 +1,20 @@
 import Foundation
 
-/// One rented instance. `gpuSlots` are the GPUs it holds on its machine from create to destroy
-/// (stopped too: the emulator keeps a stopped instance's GPU for it, which is what the warm pool
-/// counts on; a start that finds the GPU gone is modelled by the `fail_start_instances` fault).
+/// One rented instance. It holds GPUs of its machine (`gpuSlots`) only while it is meant to run:
+/// a stopped instance reserves nothing (reference/vastai-marketplace.md), and a start waits in
+/// `scheduling` until `gpuCount` GPUs of its machine are free. Its `seat` (with instance networks,
+/// its namespace and address) is its own from create to destroy.
 struct SimInstance {
     let id: Int
     let host: HostSpec
-    let gpuSlots: [Int]
+    /// GPUs it rents when it runs.
+    let gpuCount: Int
+    /// GPUs it holds now: empty while stopped, scheduling or paused by a higher bid.
+    var gpuSlots: [Int]
+    let seat: Int
     let offerID: Int
+    /// Created with a bid price (`price` not null): a higher bid can pause it (outbid).
+    let interruptible: Bool
     var label: String?
     let image: String
     /// `[key, value]` pairs in the order given; values may be secrets and are never logged.
@@ -41,21 +48,33 @@ struct SimInstance {
     /// A stop in progress: the next boot waits for it, so two sshds never race for one port.
     var termination: Task<Void, Never>?
     var frozen = false
+    /// Paused by a higher bid: processes stopped, GPU given away, resumed when one is free.
+    var outbid = false
+    /// The GPUs a higher bid took from it: it resumes when they are free again.
+    var outbidSlots: [Int] = []
+    /// Its machine was offline when the boot came due: it lands once the machine is back.
+    var bootDeferred = false
 
     var isStopped: Bool { intendedStatus == "stopped" }
+    /// Meant to run but holding no GPU: a start (or a resume after outbid) waiting for one.
+    var isScheduling: Bool { !isStopped && !destroying && gpuSlots.isEmpty }
     /// HOME of its processes: a directory of its own, empty at create. (A container's HOME comes
     /// from its image; the emulator has no image filesystem to take one from.)
     var home: String { directory + "/home" }
 
-    func row(volume: SimVolume?) -> [String: JSON] {
+    /// `offline`: its machine lost contact with the provider, which then shows every instance on
+    /// it `offline` whatever it was doing.
+    func row(volume: SimVolume?, offline: Bool = false) -> [String: JSON] {
         let hostPort = JSON.string(String(sshPort))
+        let actualStatus = offline ? "offline" : self.actualStatus
         return [
             "id": JSON(id), "machine_id": JSON(host.machineID), "host_id": JSON(host.machineID), "label": JSON(label),
             "actual_status": JSON(actualStatus), "intended_status": .string(intendedStatus),
             "cur_state": .string(actualStatus == "running" || actualStatus == "loading" ? "running" : "stopped"),
+            "is_bid": .bool(interruptible),
             "next_state": .string(intendedStatus), "status_msg": .string(statusMessage),
             "image_uuid": .string(image), "image_args": [], "image_runtype": .string(runtype),
-            "num_gpus": JSON(gpuSlots.count), "gpu_name": .string(host.gpuName), "gpu_util": 0, "gpu_arch": "nvidia", "gpu_temp": 40,
+            "num_gpus": JSON(gpuCount), "gpu_name": .string(host.gpuName), "gpu_util": 0, "gpu_arch": "nvidia", "gpu_temp": 40,
             "gpu_ram": 24564, "gpu_totalram": 24564, "cuda_max_good": 12.4, "driver_version": "550.54.15",
             "cpu_cores_effective": 8, "cpu_util": 0, "cpu_ram": 64000, "disk_space": .number(diskGB), "disk_util": 0,
             "disk_usage": 0, "mem_usage": 0, "mem_limit": 64000, "vmem_usage": 0, "inet_up": 1000, "inet_down": 1000,
@@ -65,7 +84,7 @@ struct SimInstance {
             "extra_env": .array(env.map { [.string($0.0), .string($0.1)] }), "onstart": JSON(onstart),
             "uptime_mins": .number(max(0, (Date().timeIntervalSince1970 - startDate) / 60).rounded()),
             "start_date": .number(startDate), "end_date": nil, "reliability2": .number(host.reliability),
-            "dph_total": .number(host.pricePerGPUHour * Double(gpuSlots.count)), "verification": host.verified ? "verified" : "unverified",
+            "dph_total": .number(host.pricePerGPUHour * Double(gpuCount)), "verification": host.verified ? "verified" : "unverified",
             "geolocation": .string(host.geolocation), "template_id": nil, "template_hash_id": nil, "template_name": nil,
             "volume_info": volume.map { [["id": JSON($0.id), "mount_path": .string(mountPath),
                                            "avail_space": .number($0.sizeGB), "total_space": .number($0.sizeGB)]] } ?? [],

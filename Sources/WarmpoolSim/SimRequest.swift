@@ -41,6 +41,8 @@ public struct SimResponse: Sendable {
     public var body: JSON
     /// Sent as `Retry-After` (seconds) with a 429.
     public var retryAfterSeconds: Int?
+    /// A plain-text body instead of `body` (Vast.ai's 429s mostly come so).
+    public var text: String?
 
     public init(status: Int = 200, body: JSON, retryAfterSeconds: Int? = nil) {
         self.status = status
@@ -49,6 +51,12 @@ public struct SimResponse: Sendable {
     }
 
     static func ok(_ body: JSON) -> SimResponse { SimResponse(body: body) }
+
+    static func plainText(_ status: Int, _ text: String) -> SimResponse {
+        var response = SimResponse(status: status, body: nil)
+        response.text = text
+        return response
+    }
 
     /// The provider's error shape: `{"success": false, "error": kind, "msg": text}`.
     static func error(_ status: Int, _ kind: String, _ message: String) -> SimResponse {

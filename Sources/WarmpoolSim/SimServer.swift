@@ -23,10 +23,10 @@ public enum SimServer {
             let answer = await simulator.handle(simRequest)
             var headers = HTTPFields()
             // Exactly this value: the CLI refuses "application/json; charset=utf-8".
-            headers[.contentType] = "application/json"
+            headers[.contentType] = answer.text == nil ? "application/json" : "text/plain"
             if let seconds = answer.retryAfterSeconds { headers[.retryAfter] = String(seconds) }
-            return Response(status: .init(code: answer.status), headers: headers,
-                            body: .init(byteBuffer: ByteBuffer(data: answer.body.encoded())))
+            let bytes = answer.text.map { Data($0.utf8) } ?? answer.body.encoded()
+            return Response(status: .init(code: answer.status), headers: headers, body: .init(byteBuffer: ByteBuffer(data: bytes)))
         }
         return Application(
             responder: responder, configuration: .init(address: .hostname(host, port: port), serverName: nil),

@@ -17,7 +17,14 @@ public actor Simulator {
     /// Destroyed while unreachable: gone from the API, their processes still running on the
     /// cut-off host until `unreachable_instances` no longer names them.
     /// The GPU stays busy meanwhile.
-    private var orphans: [Int: (processes: InstanceProcesses, machineID: Int, gpuSlots: [Int])] = [:]
+    private var orphans: [Int: (processes: InstanceProcesses, machineID: Int, gpuSlots: [Int], seat: Int)] = [:]
+    /// GPUs other renters hold, per machine (`rented_gpus`, `full_hosts`, and higher bids).
+    private var othersHeld: [Int: [Int]] = [:]
+    /// When each operation was last served: the `min_interval_ms` rate limits count from there.
+    private var lastServed: [String: ContinuousClock.Instant] = [:]
+    private var rateLimitAnswers = 0
+    /// Vast.ai's notification webhooks, when any URL is configured.
+    private let notifications: VastNotifications?
     private var volumes: [Int: SimVolume] = [:]
     private var nextInstanceID = 1001
     private var nextVolumeID = 5001
@@ -29,6 +36,8 @@ public actor Simulator {
         self.configuration = configuration
         self.logger = logger
         faults = configuration.faults
+        notifications = configuration.notificationURLs.isEmpty ? nil
+            : VastNotifications(urls: configuration.notificationURLs, secret: configuration.notificationSecret, logger: logger)
         let state = configuration.stateDirectory
         for directory in [state + "/volumes", state + "/instances"] {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -81,10 +90,17 @@ public actor Simulator {
                 return .error(status, "simulated_failure", "warmpool-sim injected a failure")
             case .rateLimit(let seconds):
                 counters.rateLimited[operation, default: 0] += 1
-                // The documented text; the body is often plain text on Vast.ai, sometimes this JSON.
-                var response = SimResponse.error(429, "rate_limited", "API requests too frequent")
+                var response = rateLimitAnswer(threshold: nil)
                 response.retryAfterSeconds = seconds
                 return response
+            }
+            if let interval = faults.minimumInterval(operation) {
+                let now = ContinuousClock.now
+                if let last = lastServed[operation], now - last < interval {
+                    counters.rateLimited[operation, default: 0] += 1
+                    return rateLimitAnswer(threshold: interval)
+                }
+                lastServed[operation] = now
             }
             if faults.timeoutRate > 0, Double.random(in: 0..<1) < faults.timeoutRate {
                 counters.timedOut[operation, default: 0] += 1
@@ -93,6 +109,17 @@ public actor Simulator {
             counters.calls[operation, default: 0] += 1
         }
         return await serve(route)
+    }
+
+    /// Vast.ai's 429, in its documented forms: mostly plain text (`API requests too frequent`,
+    /// with the endpoint's threshold when one applies), one in three the JSON error shape; never a
+    /// `Retry-After` (a fault may add one).
+    private func rateLimitAnswer(threshold: Duration?) -> SimResponse {
+        rateLimitAnswers += 1
+        let text = threshold.map { "API requests too frequent: endpoint threshold=\(Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18)" }
+            ?? "API requests too frequent"
+        if rateLimitAnswers % 3 == 0 { return .error(429, "too_many_requests", text) }
+        return .plainText(429, text)
     }
 
     private enum Caller {
@@ -171,9 +198,9 @@ public actor Simulator {
     // MARK: Offers
 
     /// One 1-GPU offer per free GPU, and one offer of all of a machine's free GPUs when it has two
-    /// or more; a host made full by the `full_hosts` fault offers nothing.
+    /// or more; an offline machine offers nothing.
     private func offerRows() -> [[String: JSON]] {
-        configuration.hosts.filter { !faults.fullHosts.contains($0.machineID) }.flatMap { host in
+        configuration.hosts.filter { !isOffline($0.machineID) }.flatMap { host in
             let free = freeSlots(host)
             return free.map { host.offerRow(slot: $0) } + (free.count >= 2 ? [host.bundleOfferRow(gpus: free.count)] : [])
         }
@@ -182,8 +209,47 @@ public actor Simulator {
     private func freeSlots(_ host: HostSpec) -> [Int] {
         // An orphan (destroyed while unreachable) keeps its GPUs until its processes are gone.
         let held = Set(instances.values.filter { $0.host.machineID == host.machineID }.flatMap(\.gpuSlots)
-            + orphans.values.filter { $0.machineID == host.machineID }.flatMap(\.gpuSlots))
+            + orphans.values.filter { $0.machineID == host.machineID }.flatMap(\.gpuSlots) + (othersHeld[host.machineID] ?? []))
         return (1...host.gpuCount).filter { !held.contains($0) }
+    }
+
+    /// Seats (with instance networks: namespaces and addresses, one per GPU) not used by an
+    /// instance of the machine, stopped ones included.
+    private func freeSeats(_ host: HostSpec) -> [Int] {
+        let used = Set(instances.values.filter { $0.host.machineID == host.machineID }.map(\.seat)
+            + orphans.values.filter { $0.machineID == host.machineID }.map(\.seat))
+        return (1...host.gpuCount).filter { !used.contains($0) }
+    }
+
+    /// The market moves: other renters take free GPUs up to what they want (or give back what
+    /// they no longer want), then starts waiting in `scheduling` get the GPUs left, oldest
+    /// instance first. Called after anything that frees or wants a GPU.
+    private func settleMarket() {
+        for host in configuration.hosts {
+            let machine = host.machineID
+            let demand = faults.rentedDemand(machine: machine, gpuCount: host.gpuCount)
+            var held = othersHeld[machine] ?? []
+            if held.count > demand { held.removeLast(held.count - demand) }
+            othersHeld[machine] = held
+            if held.count < demand { othersHeld[machine] = held + freeSlots(host).prefix(demand - held.count) }
+            guard !isOffline(machine) else { continue }
+            for id in instances.keys.sorted() {
+                guard let instance = instances[id], instance.host.machineID == machine, instance.isScheduling else { continue }
+                let free = freeSlots(host)
+                if instance.outbid {
+                    // Paused by a higher bid: back when that bid gives its GPUs up.
+                    let wanted = instance.outbidSlots
+                    guard wanted.allSatisfy(free.contains) else { continue }
+                    resumeOutbid(id, slots: wanted)
+                } else if free.count >= instance.gpuCount {
+                    instances[id]?.gpuSlots = Array(free.prefix(instance.gpuCount))
+                    instances[id]?.actualStatus = "loading"
+                    instances[id]?.statusMessage = "Starting instance (a GPU was free after scheduling)"
+                    logger.info("scheduled start got a GPU", metadata: ["sim.instance_id": "\(id)"])
+                    scheduleBoot(id)
+                }
+            }
+        }
     }
 
     // MARK: Instances
@@ -191,8 +257,10 @@ public actor Simulator {
     private func sortedInstances() -> [SimInstance] { instances.keys.sorted().compactMap { instances[$0] } }
 
     private func row(_ instance: SimInstance) -> [String: JSON] {
-        instance.row(volume: instance.volumeID.flatMap { volumes[$0] })
+        instance.row(volume: instance.volumeID.flatMap { volumes[$0] }, offline: isOffline(instance.host.machineID))
     }
+
+    private func isOffline(_ machine: Int) -> Bool { faults.offlineMachines.contains(machine) }
 
     private func instanceIDs(linkedTo volumeID: Int) -> [Int] {
         instances.values.filter { $0.volumeID == volumeID }.map(\.id).sorted()
@@ -224,12 +292,18 @@ public actor Simulator {
 
     private func createInstance(offerID: Int, body: [String: JSON]) -> SimResponse {
         guard let host = configuration.hosts.first(where: { offerID / 100 == $0.machineID }),
-            !faults.fullHosts.contains(host.machineID), case let free = freeSlots(host), case let slot = offerID % 100,
+            !isOffline(host.machineID), case let free = freeSlots(host), case let slot = offerID % 100,
             slot == 0 ? free.count >= 2 : free.contains(slot)
         else {
             return .error(404, "no_such_ask", "Instance type by id \(offerID) is not available.")
         }
         let slots = slot == 0 ? free : [slot]
+        // A stopped instance keeps its seat, not its GPU: a GPU's own address may be taken.
+        let seats = freeSeats(host)
+        let seat = seats.contains(slots[0]) ? slots[0] : seats.first ?? (configuration.instanceNetwork == nil ? slots[0] : 0)
+        guard seat > 0 else {
+            return .error(500, "host_error", "warmpool-sim: machine \(host.machineID) has no free instance network (one per GPU) for another instance")
+        }
         guard let image = body["image"]?.stringValue, !image.isEmpty else {
             return .error(400, "invalid_args", "image is required")
         }
@@ -259,7 +333,7 @@ public actor Simulator {
         let directory = configuration.stateDirectory + "/instances/\(id)"
         // With a network of its own the instance's sshd has port 22 on its own address, as on a host.
         let network = configuration.instanceNetwork
-        let address = network?.address(machine: host.machineID, slot: slot) ?? configuration.sshAddress
+        let address = network?.address(machine: host.machineID, slot: seat) ?? configuration.sshAddress
         let port: Int
         do {
             port = network == nil ? try InstanceFiles.freePort() : 22
@@ -271,10 +345,11 @@ public actor Simulator {
         }
         nextInstanceID += 1
         instances[id] = SimInstance(
-            id: id, host: host, gpuSlots: slots, offerID: offerID, label: body["label"]?.stringValue, image: image, env: env,
+            id: id, host: host, gpuCount: slots.count, gpuSlots: slots, seat: seat, offerID: offerID,
+            interruptible: body["price"]?.numberValue != nil, label: body["label"]?.stringValue, image: image, env: env,
             onstart: body["onstart"]?.stringValue, volumeID: volumeID, mountPath: mountPath,
             diskGB: body["disk"]?.numberValue ?? 10, runtype: body["runtype"]?.stringValue ?? "ssh",
-            sshPort: port, sshAddress: address, netns: network?.namespace(machine: host.machineID, slot: slot),
+            sshPort: port, sshAddress: address, netns: network?.namespace(machine: host.machineID, slot: seat),
             directory: directory, startDate: Date().timeIntervalSince1970, apiKey: InstanceEnvironment.newAPIKey())
         counters.creates += 1
         logger.info("instance created", metadata: [
@@ -308,6 +383,14 @@ public actor Simulator {
     //   A destroy during a boot lets the boot launch nothing: its GPU slot (and, with instance
     //   networks, the slot's address and port 22) is free for another instance at once.
     // - A boot waits for a stop still ending the processes, so two sshds never race for a port.
+    // - GPUs (reference/vastai-marketplace.md, "A stopped instance reserves nothing"): an
+    //   instance holds its GPUs from create or start until its stop took effect. A start that
+    //   finds too few free waits in `scheduling`, for ever if need be, until `settleMarket` gives
+    //   it GPUs (other renters, who may take them first, are served before it). A stop or a
+    //   destroy while scheduling ends the wait.
+    // - Offline machines: the provider cannot reach them. A stop, start or destroy is recorded
+    //   (a destroy drops the instance from the API at once) and carried out when the machine is
+    //   back; a boot that comes due meanwhile waits for it too.
 
     private func startInstance(_ id: Int) -> SimResponse {
         guard let instance = instances[id], !instance.destroying else {
@@ -321,9 +404,20 @@ public actor Simulator {
         instances[id]?.intendedStatus = "running"
         // Booting, or running with its processes alive: nothing to launch. A stop that has not
         // taken effect yet (it came during the boot) is taken back.
-        if instance.booting || instance.processes?.isAlive == true {
+        if instance.booting || instance.processes?.isAlive == true || instance.outbid {
             if instance.isStopped { return .ok(["success": true]) }
             return .ok(["success": true, "msg": .string("instance \(id) is already running")])
+        }
+        if isOffline(instance.host.machineID) { return .ok(["success": true]) }  // when the machine is back
+        if instance.gpuSlots.isEmpty {
+            let free = freeSlots(instance.host)
+            guard free.count >= instance.gpuCount else {
+                instances[id]?.actualStatus = "scheduling"
+                instances[id]?.statusMessage = "Scheduling: waiting for a GPU of machine \(instance.host.machineID) to be free"
+                logger.info("start waits for a GPU (scheduling)", metadata: ["sim.instance_id": "\(id)"])
+                return .ok(["success": true])
+            }
+            instances[id]?.gpuSlots = Array(free.prefix(instance.gpuCount))
         }
         instances[id]?.statusMessage = "Starting instance"
         instances[id]?.actualStatus = "loading"
@@ -346,6 +440,7 @@ public actor Simulator {
         }
         if faults.unreachableInstances.contains(id) { return .ok(["success": true]) }
         instances[id]?.intendedStatus = "stopped"
+        if isOffline(instance.host.machineID) { return .ok(["success": true]) }  // when the machine is back
         if instance.booting {
             // Not a cancel: the boot lands, launches, and then this stop takes effect.
             instances[id]?.statusMessage = "Stopping instance once it has booted"
@@ -362,12 +457,13 @@ public actor Simulator {
         }
         // From here on no start, stop or boot touches it, while its processes end.
         instances[id]?.destroying = true
-        if faults.unreachableInstances.contains(id), let processes = instance.processes {
-            orphans[id] = (processes, instance.host.machineID, instance.gpuSlots)
+        if faults.unreachableInstances.contains(id) || isOffline(instance.host.machineID), let processes = instance.processes {
+            orphans[id] = (processes, instance.host.machineID, instance.gpuSlots, instance.seat)
         } else {
             await terminateProcesses(id)
         }
         instances[id] = nil
+        settleMarket()
         counters.destroys += 1
         logger.info("instance destroyed", metadata: ["sim.instance_id": "\(id)"])
         return .ok(["success": true])
@@ -388,10 +484,15 @@ public actor Simulator {
     }
 
     /// After its processes ended: "exited", unless a start or a boot came in meanwhile.
+    /// Its GPUs go back to the market.
     private func settleStopped(_ id: Int) {
         guard let instance = instances[id], instance.isStopped, !instance.booting, instance.processes == nil else { return }
         instances[id]?.actualStatus = "exited"
         instances[id]?.statusMessage = "Instance stopped"
+        instances[id]?.gpuSlots = []
+        instances[id]?.outbid = false
+        instances[id]?.outbidSlots = []
+        settleMarket()
     }
 
     private func scheduleBoot(_ id: Int) {
@@ -409,6 +510,10 @@ public actor Simulator {
     private func boot(_ id: Int) async {
         if let pending = instances[id]?.termination { await pending.value }
         guard !isShutDown, let instance = instances[id], instance.booting, !instance.destroying else { return }
+        if isOffline(instance.host.machineID) {
+            instances[id]?.bootDeferred = true
+            return
+        }
         instances[id]?.booting = false
         guard launch(instance) else { return }
         guard instances[id]?.isStopped == true else { return }
@@ -526,12 +631,17 @@ public actor Simulator {
         case .faults:
             return .ok((try? JSON.parse(JSONEncoder().encode(faults))) ?? nil)
         case .setFaults(let plan):
+            let wasOffline = Set(faults.offlineMachines)
             faults = plan
+            let isOffline = Set(plan.offlineMachines)
+            for machine in isOffline.subtracting(wasOffline).sorted() { machineWentOffline(machine) }
             // The host is back: the destroys it missed take effect.
-            for (id, orphan) in orphans where !plan.unreachableInstances.contains(id) {
+            for (id, orphan) in orphans where !plan.unreachableInstances.contains(id) && !isOffline.contains(orphan.machineID) {
                 orphans[id] = nil
                 await orphan.processes.terminate(grace: configuration.stopGracePeriod)
             }
+            for machine in wasOffline.subtracting(isOffline).sorted() { await machineCameBack(machine) }
+            settleMarket()
             logger.notice("faults set", metadata: ["sim.faults": "\(plan)"])
             return .ok((try? JSON.parse(JSONEncoder().encode(faults))) ?? nil)
         case .instance(let id):
@@ -541,6 +651,14 @@ public actor Simulator {
                         "launcher_pid": JSON(instance.processes.map { Int($0.launcherPID) }),
                         "processes_alive": .bool(instance.processes?.isAlive == true),
                         "volume_directory": JSON(instance.volumeID.flatMap { volumes[$0]?.directory })])
+        case .outbid(let id):
+            return outbid(id)
+        case .notify(let kind, let machine, let data):
+            let affected = sortedInstances().filter { $0.host.machineID == machine }
+            for instance in affected { notify(kind, instance, data: data) }
+            return .ok(["success": true, "instances": .array(affected.map { JSON($0.id) })])
+        case .notifications:
+            return .ok(["deliveries": await notifications?.log() ?? .array([])])
         case .crash(let id), .freeze(let id), .thaw(let id):
             guard let processes = instances[id]?.processes, processes.isAlive else {
                 return .error(409, "not_running", "instance \(id) has no running processes")
@@ -560,6 +678,86 @@ public actor Simulator {
             }
             return .ok(["success": true])
         }
+    }
+
+    // MARK: Marketplace events
+
+    /// A higher bid takes an interruptible instance's GPUs: its processes are paused (stopped,
+    /// not ended), the provider shows it `stopped` while it still means to run, and an `outbid`
+    /// notification goes out. It resumes when that bid gives the GPUs back (`rented_gpus`
+    /// lowered), or ends if it is stopped or destroyed meanwhile.
+    private func outbid(_ id: Int) -> SimResponse {
+        guard let instance = instances[id], !instance.destroying else {
+            return .error(404, "no_such_instance", "Instance \(id) not found.")
+        }
+        guard instance.interruptible else {
+            return .error(409, "on_demand", "instance \(id) is on-demand: only interruptible (bid) instances are outbid")
+        }
+        guard !instance.outbid, !instance.gpuSlots.isEmpty, let processes = instance.processes, processes.isAlive else {
+            return .error(409, "not_running", "instance \(id) holds no GPU to be outbid for")
+        }
+        processes.signalAll(SIGSTOP)
+        let machine = instance.host.machineID
+        instances[id]?.outbid = true
+        instances[id]?.outbidSlots = instance.gpuSlots
+        instances[id]?.gpuSlots = []
+        instances[id]?.actualStatus = "stopped"
+        instances[id]?.statusMessage = "Outbid: paused until its bid wins a GPU of machine \(machine) again"
+        // The higher bid holds exactly these GPUs, on top of what other renters hold.
+        othersHeld[machine, default: []] += instance.gpuSlots
+        faults.rentedGPUs[String(machine)] = (othersHeld[machine] ?? []).count
+        logger.notice("instance outbid", metadata: ["sim.instance_id": "\(id)"])
+        notify(.outbid, instance, message: "Your bid on instance \(id) was exceeded; the instance is paused.")
+        return .ok(["success": true])
+    }
+
+    private func resumeOutbid(_ id: Int, slots: [Int]) {
+        guard let instance = instances[id] else { return }
+        instances[id]?.gpuSlots = slots
+        instances[id]?.outbid = false
+        instances[id]?.outbidSlots = []
+        if !instance.frozen { instance.processes?.signalAll(SIGCONT) }
+        instances[id]?.actualStatus = instance.processes?.isAlive == true ? "running" : "exited"
+        instances[id]?.statusMessage = "success, running \(instance.image)"
+        notify(.resumed, instance, message: "Instance \(id) resumed after scheduling.")
+    }
+
+    /// Every instance of the machine becomes unreachable at once: processes paused (no
+    /// heartbeat, no SSH, no volume), shown `offline`.
+    private func machineWentOffline(_ machine: Int) {
+        logger.notice("machine offline", metadata: ["sim.machine_id": "\(machine)"])
+        for instance in sortedInstances() where instance.host.machineID == machine {
+            instance.processes?.signalAll(SIGSTOP)
+            notify(.offline, instance, message: "Machine \(machine) hosting instance \(instance.id) is offline.")
+        }
+    }
+
+    /// Back online: processes run again, then what was asked meanwhile takes effect (a stop
+    /// ends them, a boot lands, a start waits for a GPU like any other).
+    private func machineCameBack(_ machine: Int) async {
+        logger.notice("machine back online", metadata: ["sim.machine_id": "\(machine)"])
+        for instance in sortedInstances() where instance.host.machineID == machine {
+            let id = instance.id
+            if !instance.frozen, !instance.outbid { instance.processes?.signalAll(SIGCONT) }
+            notify(.online, instance, message: "Machine \(machine) hosting instance \(id) is back online.")
+            if instance.bootDeferred {
+                instances[id]?.bootDeferred = false
+                Task { await self.boot(id) }
+            } else if instance.isStopped, !instance.booting {
+                await terminateProcesses(id)
+                settleStopped(id)
+            }
+        }
+    }
+
+    private func notify(_ kind: VastNotificationKind, _ instance: SimInstance, message: String? = nil, data: [String: JSON] = [:]) {
+        guard let notifications else { return }
+        var fields = data
+        fields["instance_id"] = JSON(instance.id)
+        fields["machine_id"] = JSON(instance.host.machineID)
+        let text = message ?? "\(kind.subject): instance \(instance.id) on machine \(instance.host.machineID)."
+        let duplicate = faults.duplicateNotifications
+        Task { await notifications.send(kind, message: text, data: fields, duplicate: duplicate) }
     }
 
     // MARK: Shutdown

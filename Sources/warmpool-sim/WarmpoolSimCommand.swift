@@ -67,6 +67,15 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
     @Option(help: "The address of each instance in its namespace, a pattern of {machine} and {slot}, e.g. 10.214.{slot}.{machine}: reported as ssh_host, where its sshd listens on port 22.")
     var instanceAddress: String?
 
+    @Option(help: "A URL Vast.ai's notification webhooks are sent to (repeatable, at most 4).")
+    var notifyURL: [String] = []
+
+    @Option(help: "The webhook secret notifications are signed with (env WARMPOOL_SIM_NOTIFY_SECRET).")
+    var notifySecret = ProcessInfo.processInfo.environment["WARMPOOL_SIM_NOTIFY_SECRET"] ?? ""
+
+    @Option(help: "A rate limit, OPERATION=MS: the least time between two calls of it (* for every operation; repeatable).")
+    var minIntervalMs: [String] = []
+
     @Option(help: "Write the bound HOST:PORT here once listening.")
     var readyFile: String?
 
@@ -87,12 +96,26 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
         faults.noSSHInstances = noSshInstance
         faults.failStartInstances = failStartInstance
         faults.fullHosts = fullHost
+        for limit in minIntervalMs {
+            let parts = limit.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty, let ms = Int(parts[1]), ms >= 0 else {
+                throw ValidationError("--min-interval-ms takes OPERATION=MS, e.g. start_instance=2000 or *=500")
+            }
+            faults.minIntervalMs[parts[0]] = ms
+        }
+        guard notifyURL.count <= 4 else { throw ValidationError("Vast.ai takes at most 4 notification URLs") }
+        guard notifyURL.isEmpty || !notifySecret.isEmpty else {
+            throw ValidationError("--notify-url needs --notify-secret (or WARMPOOL_SIM_NOTIFY_SECRET)")
+        }
         let state = stateDir ?? FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-sim-\(UUID().uuidString)").path
-        let configuration = SimConfiguration(
+        var configuration = SimConfiguration(
             apiKey: apiKey, hosts: try hosts.isEmpty ? [.defaultHost] : hosts.map(HostSpec.init(parsing:)),
             stateDirectory: state, authorizedKeysPath: authorizedKeys, bootDelay: .milliseconds(bootDelayMs),
             stopGracePeriod: .milliseconds(stopGraceMs), mountVolumes: getuid() == 0 && !noMounts, faults: faults,
             instanceNetwork: instanceNetns.map { InstanceNetwork(namespacePattern: $0, addressPattern: instanceAddress ?? "") })
+        configuration.notificationURLs = notifyURL
+        configuration.notificationSecret = notifySecret
+        let mounts = configuration.mountVolumes
 
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -104,7 +127,7 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
         let readyFile = self.readyFile
         let app = SimServer.application(simulator: simulator, host: host, port: port, logger: logger) { bound in
             logger.notice("warmpool-sim listening", metadata: [
-                "sim.address": "\(host):\(bound)", "sim.state_dir": "\(state)", "sim.mounts": "\(configuration.mountVolumes)",
+                "sim.address": "\(host):\(bound)", "sim.state_dir": "\(state)", "sim.mounts": "\(mounts)",
             ])
             if let readyFile { try? "\(host):\(bound)\n".write(toFile: readyFile, atomically: true, encoding: .utf8) }
         }

@@ -27,18 +27,18 @@ final class SimFixture: @unchecked Sendable {
     }
 
     init(hosts: [HostSpec] = [.defaultHost], bootDelay: Duration = .milliseconds(100), faults: FaultPlan = FaultPlan(),
-         mountVolumes: Bool = getuid() == 0) async throws {
+         mountVolumes: Bool = getuid() == 0, notificationURLs: [String] = [], notificationSecret: String = "") async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-simtest-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         clientKeyPath = directory + "/client_ed25519"
         try Command.runChecked("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "sim-test", "-f", clientKeyPath])
         try FileManager.default.copyItem(atPath: clientKeyPath + ".pub", toPath: directory + "/authorized_keys")
-        simulator = try Simulator(
-            configuration: SimConfiguration(apiKey: Self.apiKey, hosts: hosts, stateDirectory: directory + "/state",
-                                            authorizedKeysPath: directory + "/authorized_keys", bootDelay: bootDelay,
-                                            stopGracePeriod: .milliseconds(500), mountVolumes: mountVolumes,
-                                            faults: faults),
-            logger: Self.logger)
+        var configuration = SimConfiguration(apiKey: Self.apiKey, hosts: hosts, stateDirectory: directory + "/state",
+                                             authorizedKeysPath: directory + "/authorized_keys", bootDelay: bootDelay,
+                                             stopGracePeriod: .milliseconds(500), mountVolumes: mountVolumes, faults: faults)
+        configuration.notificationURLs = notificationURLs
+        configuration.notificationSecret = notificationSecret
+        simulator = try Simulator(configuration: configuration, logger: Self.logger)
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         let app = SimServer.application(simulator: simulator, port: 0, logger: Self.logger) { continuation.yield($0) }
         server = Task { try await app.runService(gracefulShutdownSignals: []) }
@@ -70,6 +70,16 @@ final class SimFixture: @unchecked Sendable {
     }
 
     func counters() async -> SimCounters { await simulator.counters }
+
+    /// The instance's `actual_status` as the API shows it.
+    func status(of id: Int) async -> String? {
+        await raw("GET", "/api/v0/instances/\(id)/?owner=me").1["instances"]?["actual_status"]?.stringValue
+    }
+
+    /// Ids of the offers the API lists now.
+    func offerIDs() async -> [Int] {
+        (await raw("POST", "/api/v0/bundles/", body: "{}").1["offers"]?.arrayValue ?? []).compactMap { $0["id"]?.intValue }.sorted()
+    }
 
     /// The instance's host-side facts from GET /admin/instances/{id}.
     func processes(of id: Int) async -> (alive: Bool, pid: Int?, directory: String?) {
