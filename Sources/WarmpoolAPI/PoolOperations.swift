@@ -83,6 +83,8 @@ public struct ProvisionRequest: Sendable, Equatable {
     public var image: String
     public var diskSizeGB: Int
     public var volumeSizeGB: Int
+    /// Rent interruptible instances at this bid ($/hour) instead of on-demand ones.
+    public var bidPricePerHour: Double?
 
     public init(
         poolID: PoolID, hostMachineID: HostMachineID, gpuName: String? = nil, image: String = ProvisionRequest.defaultImage,

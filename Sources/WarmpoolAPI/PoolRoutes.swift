@@ -193,6 +193,7 @@ struct PoolRoutes {
         }
         if let disk = try body.positiveInt("disk_size", maximum: 65_536) { request.diskSizeGB = Int(disk) }
         if let volume = try body.positiveInt("volume_size", maximum: 65_536) { request.volumeSizeGB = Int(volume) }
+        request.bidPricePerHour = try body.positiveNumber("bid_price", maximum: 1000)
         return request
     }
 

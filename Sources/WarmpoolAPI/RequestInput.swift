@@ -87,6 +87,15 @@ struct JSONObjectReader {
         return value
     }
 
+    /// A finite number greater than zero and at most `maximum`.
+    func positiveNumber(_ key: String, maximum: Double) throws -> Double? {
+        guard let value = member(key) else { return nil }
+        guard let number = value.doubleValue, number.isFinite, number > 0, number <= maximum else {
+            throw APIError.badRequest("\(key) must be a number above 0 and at most \(maximum)")
+        }
+        return number
+    }
+
     func string(_ key: String, maximumLength: Int = 256) throws -> String? {
         guard let value = member(key) else { return nil }
         guard case .string(let text) = value else { throw APIError.badRequest("\(key) must be a string, found \(value.typeName)") }

@@ -62,8 +62,11 @@ public struct InstanceRequest: Hashable, Sendable, Codable {
     public var volume: VolumeID
     public var image: String
     public var diskGB: Int
+    /// Interruptible at this bid ($/hour); nil: on-demand.
+    public var bidPricePerHour: Double?
 
-    public init(label: String, offer: GPUOffer, role: Role, volume: VolumeID, image: String, diskGB: Int) {
+    public init(label: String, offer: GPUOffer, role: Role, volume: VolumeID, image: String, diskGB: Int, bidPricePerHour: Double? = nil) {
+        self.bidPricePerHour = bidPricePerHour
         self.label = label
         self.offer = offer
         self.role = role
@@ -84,6 +87,9 @@ public struct TimelineEntry: Hashable, Sendable, Codable {
         case volumeMarked = "volume_marked"
         case sshReady = "ssh_ready", volumeVerified = "volume_verified"
         case standbyAbandoned = "standby_abandoned"
+        /// A degraded pool without a primary tries again: a new primary from the volume on a free
+        /// GPU of the host.
+        case rebuilding
         case promoted
         case standbyProvisioning = "standby_provisioning", standbyReady = "standby_ready"
         case degraded, failed, cleanup, removed

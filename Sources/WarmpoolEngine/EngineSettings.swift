@@ -19,6 +19,10 @@ public struct EngineSettings: Hashable, Sendable, Codable {
     public var fenceTimeout: Duration
     /// Starting the stopped standby until the provider reports it running.
     public var standbyStartTimeout: Duration
+    /// How long a starting standby may sit in `scheduling` (its GPU rented by someone else) or
+    /// `offline` before the failover gives up on it and creates a new instance on a free GPU of
+    /// the host. Vast.ai: "stuck more than 30 seconds means the GPU was likely rented".
+    public var schedulingTimeout: Duration
     /// Creating an instance (or volume) until it exists, and for a replacement standby until it runs:
     /// includes pulling the image.
     public var createTimeout: Duration
@@ -44,6 +48,7 @@ public struct EngineSettings: Hashable, Sendable, Codable {
         leaseSafetyMargin: Duration = .seconds(1),
         fenceTimeout: Duration = .seconds(30),
         standbyStartTimeout: Duration = .seconds(120),
+        schedulingTimeout: Duration = .seconds(45),
         createTimeout: Duration = .seconds(600),
         standbyStopTimeout: Duration = .seconds(120),
         verifyTimeout: Duration = .seconds(60),
@@ -58,6 +63,7 @@ public struct EngineSettings: Hashable, Sendable, Codable {
         self.leaseSafetyMargin = leaseSafetyMargin
         self.fenceTimeout = fenceTimeout
         self.standbyStartTimeout = standbyStartTimeout
+        self.schedulingTimeout = schedulingTimeout
         self.createTimeout = createTimeout
         self.standbyStopTimeout = standbyStopTimeout
         self.verifyTimeout = verifyTimeout
@@ -67,6 +73,29 @@ public struct EngineSettings: Hashable, Sendable, Codable {
         self.retryLimit = retryLimit
         self.replacementLimit = replacementLimit
         self.degradedRetryInterval = degradedRetryInterval
+    }
+
+    private enum CodingKeys: String, CodingKey { case leaseDuration, leaseSafetyMargin, fenceTimeout, standbyStartTimeout, schedulingTimeout, createTimeout, standbyStopTimeout, verifyTimeout, commandTimeout, pollInterval, retryDelay, retryLimit, replacementLimit, degradedRetryInterval }
+
+    /// Settings saved by an older controller lack the newer fields: those take their defaults
+    /// (a restarted controller replaces the saved settings anyway).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let defaults = EngineSettings()
+        leaseDuration = try c.decodeIfPresent(Duration.self, forKey: .leaseDuration) ?? defaults.leaseDuration
+        leaseSafetyMargin = try c.decodeIfPresent(Duration.self, forKey: .leaseSafetyMargin) ?? defaults.leaseSafetyMargin
+        fenceTimeout = try c.decodeIfPresent(Duration.self, forKey: .fenceTimeout) ?? defaults.fenceTimeout
+        standbyStartTimeout = try c.decodeIfPresent(Duration.self, forKey: .standbyStartTimeout) ?? defaults.standbyStartTimeout
+        schedulingTimeout = try c.decodeIfPresent(Duration.self, forKey: .schedulingTimeout) ?? defaults.schedulingTimeout
+        createTimeout = try c.decodeIfPresent(Duration.self, forKey: .createTimeout) ?? defaults.createTimeout
+        standbyStopTimeout = try c.decodeIfPresent(Duration.self, forKey: .standbyStopTimeout) ?? defaults.standbyStopTimeout
+        verifyTimeout = try c.decodeIfPresent(Duration.self, forKey: .verifyTimeout) ?? defaults.verifyTimeout
+        commandTimeout = try c.decodeIfPresent(Duration.self, forKey: .commandTimeout) ?? defaults.commandTimeout
+        pollInterval = try c.decodeIfPresent(Duration.self, forKey: .pollInterval) ?? defaults.pollInterval
+        retryDelay = try c.decodeIfPresent(Duration.self, forKey: .retryDelay) ?? defaults.retryDelay
+        retryLimit = try c.decodeIfPresent(Int.self, forKey: .retryLimit) ?? defaults.retryLimit
+        replacementLimit = try c.decodeIfPresent(Int.self, forKey: .replacementLimit) ?? defaults.replacementLimit
+        degradedRetryInterval = try c.decodeIfPresent(Duration.self, forKey: .degradedRetryInterval) ?? defaults.degradedRetryInterval
     }
 }
 
@@ -84,13 +113,17 @@ public struct ProvisionRequest: Hashable, Sendable, Codable {
     /// new incarnation, and nothing it names (instance labels, agent ids, failover and
     /// notification ids) may collide with what the earlier one left in the store.
     public var incarnation: Int
+    /// Rent interruptible (bid) instances at this price per hour instead of on-demand ones:
+    /// cheaper, but a higher bid pauses the primary (outbid), which is then failed over.
+    public var bidPricePerHour: Double?
 
     public init(
         poolID: PoolID, hostMachineID: HostMachineID, gpuNames: [String] = [],
         image: String = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", diskGB: Int = 50, volumeGB: Int = 100,
-        incarnation: Int = 1
+        incarnation: Int = 1, bidPricePerHour: Double? = nil
     ) {
         self.incarnation = incarnation
+        self.bidPricePerHour = bidPricePerHour
         self.poolID = poolID
         self.hostMachineID = hostMachineID
         self.gpuNames = gpuNames
@@ -99,7 +132,7 @@ public struct ProvisionRequest: Hashable, Sendable, Codable {
         self.volumeGB = volumeGB
     }
 
-    private enum CodingKeys: String, CodingKey { case poolID, hostMachineID, gpuNames, image, diskGB, volumeGB, incarnation }
+    private enum CodingKeys: String, CodingKey { case poolID, hostMachineID, gpuNames, image, diskGB, volumeGB, incarnation, bidPricePerHour }
 
     /// Pools saved before incarnations were counted are the first of their machine id.
     public init(from decoder: any Decoder) throws {
@@ -111,6 +144,7 @@ public struct ProvisionRequest: Hashable, Sendable, Codable {
         diskGB = try container.decode(Int.self, forKey: .diskGB)
         volumeGB = try container.decode(Int.self, forKey: .volumeGB)
         incarnation = try container.decodeIfPresent(Int.self, forKey: .incarnation) ?? 1
+        bidPricePerHour = try container.decodeIfPresent(Double.self, forKey: .bidPricePerHour)
     }
 
     /// What the pool's names start with: `wp-12` for a machine's first pool (the names the

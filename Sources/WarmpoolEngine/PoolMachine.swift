@@ -123,6 +123,9 @@ public struct PoolMachine: Sendable, Codable {
     private enum FailoverReason: Hashable, Sendable, Codable {
         case failure
         case test
+        /// A degraded pool without a primary found a free GPU on its host: a new primary from the
+        /// volume (the old one was fenced by the failover that failed).
+        case rebuild
     }
 
     private struct Failover: Hashable, Sendable, Codable {
@@ -141,6 +144,9 @@ public struct PoolMachine: Sendable, Codable {
         /// A standby create that a failure interrupted (while recovering): adopted by label as the
         /// first replacement, so the instance it may already have made is not left behind.
         var unfinishedStandby: InstanceRequest?
+        /// Since when the instance starting now has been `scheduling` (or `offline`): after
+        /// `schedulingTimeout` it gives way to a new instance on a free GPU.
+        var waitingSince: Instant?
     }
 
     /// The in-flight step's bookkeeping, reset whenever the state changes.
@@ -182,6 +188,10 @@ public struct PoolMachine: Sendable, Codable {
     /// the controller wrote markers: its next verification writes one if the volume has none.
     private var volumeMarkedAt: Instant?
     private var primary: InstanceID?
+    /// The primary a failed failover fenced and retired: a rebuild replaces it.
+    private var lastPrimary: InstanceID?
+    /// When a degraded pool tries again by itself.
+    private var nextRetryAt: Instant?
     private var primarySSH: SSHEndpoint?
     private var standby: InstanceID?
     private var standbySSH: SSHEndpoint?
@@ -389,11 +399,57 @@ public struct PoolMachine: Sendable, Codable {
             }
             return fenced(failover, how: "\(confirmation); its lease ran out (the provider confirmed first)", now: now)
         case .degraded:
-            run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
-            return beginRecovering(now: now)
+            return retryDegraded(now: now)
         default:
             return issue(now: now)
         }
+    }
+
+    /// POST /warmpool/repair: a degraded pool tries its next rung now instead of at
+    /// `nextRetryAt` (a new standby; without a primary, a new one on a free GPU of the host).
+    public mutating func repair(now: Instant) throws(EngineViolation) -> [EngineAction] {
+        try requireNotRemoved()
+        guard case .degraded = state else {
+            throw EngineViolation("pool \(poolID) is \(snapshot.state.rawValue), not degraded: nothing to repair")
+        }
+        guard primary != nil || (lastPrimary != nil && volume != nil) else {
+            throw EngineViolation("pool \(poolID) has no primary and no volume to rebuild one from: clean it up and provision again")
+        }
+        // A search already out answers soon; asking twice would only spend the rate limit.
+        guard progress.operation == nil else { return [] }
+        var actions: [EngineAction] = []
+        if let timer = progress.wakeTimer { actions.append(.cancelTimer(timer)) }
+        progress.wakeTimer = nil
+        return actions + retryDegraded(now: now)
+    }
+
+    /// The degraded pool's next try: a new standby beside the primary, or (none left) a search of
+    /// the host for a free GPU to rebuild the primary on.
+    private mutating func retryDegraded(now: Instant) -> [EngineAction] {
+        nextRetryAt = nil
+        if primary != nil {
+            run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
+            return beginRecovering(now: now)
+        }
+        let operation = newOperation()
+        progress.operation = operation
+        return [.findFreeOffers(operation, hostMachineID: request.hostMachineID, gpuNames: request.gpuNames)]
+    }
+
+    /// A free GPU on the host of a pool without a primary: a failover of its own, from creating a
+    /// new primary with the volume on (the old primary was fenced by the failover that failed, at
+    /// the epoch the pool still has).
+    private mutating func rebuild(on offers: [GPUOffer], now: Instant) -> [EngineAction] {
+        guard let offer = offers.first(where: { $0.machineID == request.hostMachineID }), let volume, let lastPrimary else {
+            return wake(at: now + settings.degradedRetryInterval)
+        }
+        failoversStarted += 1
+        var failover = Failover(number: failoversStarted, reason: .rebuild, oldPrimary: lastPrimary, startedAt: now, leaseExpiredBy: now)
+        failover.stopConfirmed = "fenced by an earlier failover"
+        run = TimelineRun(failover: failover.number, startedAt: now, lastAt: now)
+        let actions = [record(.rebuilding, now: now, detail: "no primary since instance \(lastPrimary) was fenced: a free GPU on host "
+                              + "\(request.hostMachineID) (offer \(offer.id)) for a new primary with volume \(volume)")]
+        return actions + createReplacement(failover, makeRequest(.primary, offer: offer, volume: volume), now: now)
     }
 
     /// After a restart, before `resume`: the controller's settings as configured now replace the
@@ -512,7 +568,13 @@ public struct PoolMachine: Sendable, Codable {
             lastRecoveryDuration: lastRecoveryDuration, errorMessage: errorMessage, epoch: epoch,
             currentFailover: currentFailover, removed: state == .removed, incarnation: request.incarnation,
             cleaningUp: state.isCleaningUp, volumeVerified: volumeMarkedAt != nil,
-            failedAtProvider: provisioningFailure != nil && provisioningFailedAtProvider == true)
+            failedAtProvider: provisioningFailure != nil && provisioningFailedAtProvider == true,
+            degradedRung: degradedRung, nextRetryAt: nextRetryAt)
+    }
+
+    private var degradedRung: DegradedRung? {
+        guard case .degraded = state else { return nil }
+        return primary == nil ? .needsWholeHostRecovery : .noStandby
     }
 
     private var poolState: PoolState {
@@ -615,6 +677,8 @@ public struct PoolMachine: Sendable, Codable {
         case (.provisioning(.standby(let step)), _), (.recovering(let step), _):
             return advanceStandby(step, with: data, now: now)
 
+        case (.degraded, .offers(let offers)) where primary == nil:
+            return rebuild(on: offers, now: now)
         case (.failover(let failover, let step), _):
             return advanceFailover(failover, step, with: data, now: now)
 
@@ -732,6 +796,18 @@ public struct PoolMachine: Sendable, Codable {
 
         case (.awaitStandbyRunning(let id), .instance(let instance)):
             guard let instance else { return stepFailed("standby instance \(id) disappeared", now: now) }
+            if let status = instance.status, status == .scheduling || status == .offline {
+                // A stopped instance reserves no GPU: someone else may have it, for ever. Bounded,
+                // then the next rung: a new instance on a free GPU of the host, with the volume.
+                let since = failover.waitingSince ?? now
+                failover.waitingSince = since
+                state = .failover(failover, step)
+                if now - since >= settings.schedulingTimeout {
+                    let why = status == .scheduling ? "its GPU was likely rented by another user" : "its machine lost contact with the provider"
+                    return giveWay(failover, reason: "instance \(id) still \(status.rawValue) after \(now - since): \(why)", now: now)
+                }
+                return wake(at: now + settings.pollInterval)
+            }
             guard instance.status == .running else { return wake(at: now + settings.pollInterval) }
             guard let volume else { return stepFailed("the pool has no volume", now: now) }
             standbyState = .running
@@ -744,8 +820,8 @@ public struct PoolMachine: Sendable, Codable {
         case (.findReplacement, .offers(let offers)):
             let offer = offers.first { $0.machineID == request.hostMachineID && !failover.triedOffers.contains($0.id) }
             guard let offer else {
-                return failoverFailed(failover, degraded: true,
-                                      reason: "no free GPU left on host \(request.hostMachineID)", now: now)
+                return failoverFailed(failover, degraded: true, reason: "no free GPU left on host \(request.hostMachineID) for a new "
+                                      + "primary: the pool needs a GPU of the host to free up, or whole-host recovery", now: now)
             }
             guard let volume else { return stepFailed("the pool has no volume", now: now) }
             return createReplacement(failover, makeRequest(.primary, offer: offer, volume: volume), now: now)
@@ -789,8 +865,8 @@ public struct PoolMachine: Sendable, Codable {
             let how = cause.map { ": \($0)" } ?? ""
             actions.append(record(.detected, now: now, detail: "primary instance \(oldPrimary) failed\(how)"))
             actions.append(notify(.failureDetected, now: now, message: "pool \(poolID): primary instance \(oldPrimary) failed\(how)"))
-        case .test:
-            break  // Nothing failed: the sequence starts at fencing.
+        case .test, .rebuild:
+            break  // Nothing failed: the sequence starts at fencing (a rebuild never comes here).
         }
         let test = reason == .test ? " (test)" : ""
         actions.append(record(.fencing, now: now, detail: "stopping instance \(oldPrimary)\(test)"))
@@ -868,6 +944,8 @@ public struct PoolMachine: Sendable, Codable {
 
     /// The standby did not come up: destroy it, try a replacement on the next free GPU.
     private mutating func giveWay(_ failover: Failover, reason: String, now: Instant) -> [EngineAction] {
+        var failover = failover
+        failover.waitingSince = nil
         var actions = dropStandby(reason: reason, now: now)
         guard failover.replacementsCreated < settings.replacementLimit else {
             return actions + failoverFailed(failover, degraded: false,
@@ -880,6 +958,7 @@ public struct PoolMachine: Sendable, Codable {
     /// No instance could take over. The old primary is fenced either way, so it goes too.
     private mutating func failoverFailed(_ failover: Failover, degraded: Bool, reason: String, now: Instant) -> [EngineAction] {
         var actions = retire(failover.oldPrimary)
+        lastPrimary = failover.oldPrimary
         primary = nil
         primarySSH = nil
         actions.append(record(degraded ? .degraded : .failed, now: now, detail: reason))
@@ -1072,6 +1151,10 @@ public struct PoolMachine: Sendable, Codable {
             run = nil
             return actions + enter(.error(message: "cleanup failed: \(message)"), deadline: nil, now: now)
 
+        case .degraded where primary == nil && enabled:
+            // The rebuild's search failed: the next try comes at the usual interval.
+            return wake(at: now + settings.degradedRetryInterval)
+
         case .active, .degraded, .error, .removed:
             return []
         }
@@ -1087,6 +1170,7 @@ public struct PoolMachine: Sendable, Codable {
         if let timer = progress.wakeTimer { actions.append(.cancelTimer(timer)) }
         self.state = state
         progress = Progress(deadline: deadline)
+        nextRetryAt = nil
         if let deadline {
             let timer = newTimer()
             progress.deadlineTimer = timer
@@ -1100,7 +1184,8 @@ public struct PoolMachine: Sendable, Codable {
         switch state {
         case .failover(let failover, .awaitLeaseExpiry):
             return wake(at: max(now, failover.leaseExpiredBy))
-        case .degraded where primary != nil:
+        case .degraded where primary != nil || (enabled && lastPrimary != nil && volume != nil):
+            nextRetryAt = now + settings.degradedRetryInterval
             return wake(at: now + settings.degradedRetryInterval)
         default:
             break
@@ -1175,7 +1260,7 @@ public struct PoolMachine: Sendable, Codable {
         instancesCreated += 1
         return InstanceRequest(
             label: "\(request.namePrefix)-\(role.rawValue)-e\(epoch)-a\(instancesCreated)", offer: offer, role: role,
-            volume: volume, image: request.image, diskGB: request.diskGB)
+            volume: volume, image: request.image, diskGB: request.diskGB, bidPricePerHour: request.bidPricePerHour)
     }
 
     private mutating func newOperation() -> OperationID {

@@ -31,4 +31,20 @@ public struct PoolSnapshot: Hashable, Sendable, Codable {
     /// A provisioning's failure (in `errorMessage`) came from the provider (an error answer, or
     /// none by the deadline), not from the host's state (no free GPU) or someone else's action.
     public var failedAtProvider = false
+    /// Degraded: how far the remediation got (`DegradedRung`); nil otherwise.
+    public var degradedRung: DegradedRung?
+    /// Degraded: when the engine tries again by itself (`POST /warmpool/repair` tries now).
+    public var nextRetryAt: Instant?
+}
+
+/// Where a degraded pool stands on the remediation ladder (start the standby, then a new
+/// instance on a free GPU of the host, then whole-host recovery).
+public enum DegradedRung: String, Hashable, Sendable, Codable {
+    /// The primary runs; no standby could be made on the host (no free GPU, or the provider
+    /// failed): one is tried again at `nextRetryAt`.
+    case noStandby = "no_standby"
+    /// No primary: the standby did not start (its GPU taken) and the host had no free GPU for a
+    /// new instance. A GPU freeing up on the host brings the pool back (tried at `nextRetryAt`);
+    /// otherwise only a restore on another host would (whole-host recovery).
+    case needsWholeHostRecovery = "needs_whole_host_recovery"
 }

@@ -4,6 +4,8 @@ import WarmpoolModel
 /// provider has not reported one yet (still provisioning).
 public enum InstanceStatus: String, Hashable, Sendable, Codable {
     case created, loading, running, stopped, frozen, exited, rebooting, unknown, offline
+    /// A start waiting for a GPU of the machine (another renter has it): may last for ever.
+    case scheduling
 
     /// Statuses that prove the instance cannot write to the volume. Stricter than "not running":
     /// `offline` and `unknown` may be a live host behind a partition, `frozen` can thaw, and

@@ -107,7 +107,8 @@ struct ProviderEffects: Sendable {
                 offerID: request.offer.id,
                 CreateInstanceRequest(
                     image: request.image, diskGB: Double(request.diskGB), label: request.label, env: environment,
-                    onstart: launch.onstart, volume: .init(volumeID: request.volume, mountPath: launch.volumePath)))
+                    onstart: launch.onstart, volume: .init(volumeID: request.volume, mountPath: launch.volumePath),
+                    bidPrice: request.bidPricePerHour))
         } catch ProviderError.notFound(let what) {
             // The marketplace's `no_such_ask`: the GPU was rented between our search and this create.
             logger.notice("offer taken before the create", metadata: ["offer.id": "\(request.offer.id)", "detail": "\(what)"])

@@ -98,6 +98,8 @@ public struct CreateInstanceRequest: Hashable, Sendable, CustomStringConvertible
     public var runtype: String
     /// true: fail when the machine cannot run it now, rather than create it stopped.
     public var cancelUnavailable: Bool
+    /// An interruptible rental at this bid ($/hour, the CLI's `--bid_price`); nil: on-demand.
+    public var bidPrice: Double?
 
     public struct VolumeLink: Hashable, Sendable {
         public var volumeID: VolumeID
@@ -109,8 +111,10 @@ public struct CreateInstanceRequest: Hashable, Sendable, CustomStringConvertible
     }
 
     public init(image: String, diskGB: Double = 10, label: String? = nil, env: [String: String] = [:], onstart: String? = nil,
-                volume: VolumeLink? = nil, runtype: String = "ssh_direc ssh_proxy", cancelUnavailable: Bool = false)
+                volume: VolumeLink? = nil, runtype: String = "ssh_direc ssh_proxy", cancelUnavailable: Bool = false,
+                bidPrice: Double? = nil)
     {
+        self.bidPrice = bidPrice
         self.image = image
         self.diskGB = diskGB
         self.label = label
@@ -130,7 +134,7 @@ public struct CreateInstanceRequest: Hashable, Sendable, CustomStringConvertible
     /// The request body, with every key the CLI always sends.
     public var body: JSONValue {
         var body: [String: JSONValue] = [
-            "client_id": "me", "image": .string(image), "env": .object(env.mapValues { .string($0) }), "price": .null,
+            "client_id": "me", "image": .string(image), "env": .object(env.mapValues { .string($0) }), "price": bidPrice.map { .double($0) } ?? .null,
             "disk": .double(diskGB), "label": .string(label), "extra": .null,
             "onstart": .string(onstart), "image_login": .null, "python_utf8": false, "lang_utf8": false,
             "use_jupyter_lab": false, "jupyter_dir": .null, "force": false, "cancel_unavail": .bool(cancelUnavailable),

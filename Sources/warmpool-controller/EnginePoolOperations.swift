@@ -43,7 +43,8 @@ struct EnginePoolOperations: PoolOperations {
         let names = request.gpuName.map { [$0.replacingOccurrences(of: "_", with: " ")] } ?? preferences
         let engineRequest = WarmpoolEngine.ProvisionRequest(
             poolID: request.poolID, hostMachineID: request.hostMachineID, gpuNames: names,
-            image: request.image, diskGB: request.diskSizeGB, volumeGB: request.volumeSizeGB)
+            image: request.image, diskGB: request.diskSizeGB, volumeGB: request.volumeSizeGB,
+            bidPricePerHour: request.bidPricePerHour)
         do {
             return try await mapped { try await coordinator.provision(engineRequest, timeout: timeout) }
         } catch FailoverCoordinator.OperationError.provisioningFailed(let message, let atProvider) {
