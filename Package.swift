@@ -175,6 +175,8 @@ let package = Package(
             name: "WarmpoolAPI",
             dependencies: [
                 "WarmpoolModel",
+                // Vast.ai's notification webhooks are signed like ours (WebhookSignature).
+                "WarmpoolNotify",
                 "WarmpoolJSON",
                 "WarmpoolStore",
                 "WarmpoolLiveness",

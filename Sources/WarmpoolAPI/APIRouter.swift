@@ -25,8 +25,13 @@ public struct APIDependencies: Sendable {
     public var operations: any PoolOperations
     public var hub: LivenessHub?
     public var metrics: ControllerMetrics
+    /// The secret Vast.ai signs its notification webhooks with; nil: the receiver is off (404).
+    public var vastWebhookSecret: String?
 
-    public init(store: any WarmpoolStore, operations: any PoolOperations, hub: LivenessHub?, metrics: ControllerMetrics) {
+    public init(store: any WarmpoolStore, operations: any PoolOperations, hub: LivenessHub?, metrics: ControllerMetrics,
+                vastWebhookSecret: String? = nil)
+    {
+        self.vastWebhookSecret = vastWebhookSecret
         self.store = store
         self.operations = operations
         self.hub = hub
@@ -55,6 +60,9 @@ public enum APIRouter {
         PoolRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         AgentRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         KeyRoutes(store: dependencies.store).register(on: router.group("\(prefix)/keys"))
+        if let secret = dependencies.vastWebhookSecret {
+            ProviderNoticeRoutes(operations: dependencies.operations, secret: secret).register(on: router)
+        }
         known.set(router.routes.map { ($0.method, "\($0.path)") })
         return router
     }
@@ -141,7 +149,8 @@ struct APIKeyMiddleware: RouterMiddleware {
     let store: any WarmpoolStore
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        if request.uri.path == "/healthz" { return try await next(request, context) }
+        // The provider's notifications carry its signature instead of a key (ProviderNoticeRoutes).
+        if request.uri.path == "/healthz" || request.uri.path == ProviderNoticeRoutes.path { return try await next(request, context) }
         guard let header = request.headers[.authorization], header.count > 7, header.prefix(7).lowercased() == "bearer " else {
             throw APIError.unauthorized
         }

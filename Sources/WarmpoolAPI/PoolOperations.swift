@@ -20,6 +20,11 @@ public protocol PoolOperations: Sendable {
     func releaseBreaker() async throws -> Int
     /// Every managed pool's protection now; a pool missing from the answer has no engine behind it.
     func protections() async -> [PoolID: PoolProtection]
+    /// A degraded pool tries its next rung now (a new standby; without a primary, a new one).
+    func repair(_ poolID: PoolID) async throws -> PoolRecord
+    /// A verified provider notification: acted on (a lost primary is failed over), or recorded.
+    /// Returns what was done; nil for an event already handled.
+    func providerNotice(_ notice: ProviderNotice) async -> String?
 }
 
 public enum CleanupOutcome: Sendable, Equatable {
@@ -149,6 +154,13 @@ public struct ProviderlessPoolOperations: PoolOperations {
     public func releaseBreaker() async throws -> Int { 0 }
     /// Nothing fails over without a provider: no pool is protected.
     public func protections() async -> [PoolID: PoolProtection] { [:] }
+
+    public func repair(_ poolID: PoolID) async throws -> PoolRecord {
+        try await requirePool(poolID)
+        throw PoolOperationError.providerNotConfigured
+    }
+
+    public func providerNotice(_ notice: ProviderNotice) async -> String? { "ignored: this controller has no provider" }
 
     private func requirePool(_ poolID: PoolID) async throws {
         guard try await store.pool(id: poolID) != nil else { throw PoolOperationError.unknownPool(poolID) }

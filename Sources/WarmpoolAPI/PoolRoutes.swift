@@ -73,6 +73,17 @@ struct PoolRoutes {
                 ("new_primary_gpu_id", .id(outcome.newPrimaryInstanceID)),
             ]))
         }
+        group.post("repair/:machine_id") { request, context in
+            let poolID = try RequestInput.poolID(context)
+            _ = try await RequestInput.jsonObject(request)
+            let pool = try await operations.repair(poolID)
+            let protection = await operations.protections()[poolID]
+            return JSONResponse.ok(.object([
+                ("success", .bool(true)),
+                ("message", .string("machine \(poolID): the next rung is being tried now")),
+                ("status", Present.poolStatus(pool, lastHeartbeat: nil, protection: protection)),
+            ]))
+        }
         group.delete("cleanup/:machine_id") { _, context in
             let poolID = try RequestInput.poolID(context)
             let message = switch try await operations.cleanup(poolID) {

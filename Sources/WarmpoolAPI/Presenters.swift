@@ -32,6 +32,12 @@ enum Present {
             ("incarnation", .int(Int64(pool.incarnation))),
             ("protected", .bool(protection.protected)),
             ("conditions", .array(protection.conditions.map(condition))),
+            ("remediation", protection.remediation.map { remediation in
+                .object([
+                    ("rung", .string(remediation.rung)),
+                    ("next_retry_at", .date(remediation.nextRetryAt.map { Date(timeIntervalSince1970: $0.secondsSinceEpoch) })),
+                ])
+            } ?? .null),
         ])
     }
 
@@ -41,6 +47,8 @@ enum Present {
             ("status", .string(condition.status ? "True" : "False")),
             ("reason", .string(condition.reason)),
             ("message", .string(condition.message)),
+            ("ok", .bool(condition.ok)),
+            ("affects_protection", .bool(condition.affectsProtection)),
             ("last_transition_time", .date(condition.lastTransition.map { Date(timeIntervalSince1970: $0.secondsSinceEpoch) })),
         ])
     }

@@ -129,7 +129,7 @@ extension FailoverCoordinator {
         operationsInFlight[poolID] = nil
     }
 
-    private func requireIdle(_ poolID: PoolID) throws {
+    func requireIdle(_ poolID: PoolID) throws {
         if let running = operationsInFlight[poolID] {
             throw OperationError.refused("machine \(poolID): \(running) is in progress; try again when it finishes")
         }

@@ -1,3 +1,4 @@
+import Foundation
 import WarmpoolEngine
 import WarmpoolModel
 
@@ -12,16 +13,22 @@ extension FailoverCoordinator {
             standbyAtProvider: standbySeen[poolID].flatMap { $0.instance == snapshot.standbyInstanceID ? .some($0.status) : nil },
             operationInFlight: operationsInFlight[poolID], inRestartGrace: graceEndsAt.map { now < $0 } ?? true,
             breakerTripped: breaker.isTripped,
-            uncommitted: uncommitted[poolID])
+            uncommitted: uncommitted[poolID],
+            freeGPUsOnHost: gpuSeen[snapshot.hostMachineID].map { ($0.free, Date(timeIntervalSince1970: $0.at.secondsSinceEpoch).formatted(.iso8601)) },
+            hostNotice: hostNotices[snapshot.hostMachineID]?.message)
         var since = conditionSince[poolID] ?? [:]
         let conditions = check.evaluate().map { condition in
             if since[condition.type]?.status != condition.status { since[condition.type] = (condition.status, now) }
-            return PoolCondition(
+            var made = PoolCondition(
                 type: condition.type, status: condition.status, reason: condition.reason, message: condition.message,
                 lastTransition: since[condition.type]?.since ?? now)
+            made.problemWhenTrue = condition.problemWhenTrue
+            made.affectsProtection = condition.affectsProtection
+            return made
         }
         conditionSince[poolID] = since
-        return PoolProtection(conditions: conditions)
+        let remediation = snapshot.degradedRung.map { PoolProtection.Remediation(rung: $0.rawValue, nextRetryAt: snapshot.nextRetryAt) }
+        return PoolProtection(conditions: conditions, remediation: remediation)
     }
 
     /// Every pool's protection, by machine id.

@@ -121,7 +121,7 @@ extension FailoverCoordinator {
     }
 
     /// An event in each pool's log, and a webhook for each.
-    private func record(_ kind: String, _ detail: String, pools affected: [PoolID]) {
+    func record(_ kind: String, _ detail: String, pools affected: [PoolID]) {
         let now = clock.now()
         let snapshots = affected.compactMap { pools[$0]?.machine?.snapshot }
         Task { [store, logger] in
@@ -221,6 +221,7 @@ extension FailoverCoordinator {
             try? await Task.sleep(for: configuration.standbyCheckInterval)
             guard !Task.isCancelled else { return }
             await checkInstancesAtProvider()
+            await checkStandbyGPUs()
         }
     }
 

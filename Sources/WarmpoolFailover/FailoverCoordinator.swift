@@ -104,6 +104,14 @@ public actor FailoverCoordinator: Service {
     var lastProviderCheck: (at: Instant, error: String?)?
     /// Each pool's standby as that listing showed it: its id and status (nil: not listed).
     var standbySeen: [PoolID: (instance: InstanceID, status: String?)] = [:]
+    /// Free GPUs offered on each pool host at the last look (`checkStandbyGPUs`).
+    var gpuSeen: [HostMachineID: (free: Int, at: Instant)] = [:]
+    /// Pools whose standby was at risk at the last look, so each change is announced once.
+    var standbyAtRisk: [PoolID: Bool] = [:]
+    /// Maintenance and downtime the provider announced per host, from its notifications.
+    var hostNotices: [HostMachineID: (kind: String, message: String, at: Instant)] = [:]
+    /// Provider notifications already acted on (their event ids), oldest first, bounded.
+    var providerEventsSeen: [String] = []
     /// Until then, primaries that have not reconnected since the start are not yet failed over.
     var graceEndsAt: Instant?
     /// Each pool's conditions' last status and when it last changed.

@@ -23,10 +23,41 @@ struct ProtectionCheck {
     var inRestartGrace: Bool
     var breakerTripped: Bool
     var uncommitted: String?
+    /// Free GPUs the provider offered on the pool's host at the last look, and when; nil before one.
+    var freeGPUsOnHost: (count: Int, at: String)? = nil
+    /// A maintenance or downtime the provider announced for the host (Vast.ai's notifications).
+    var hostNotice: String? = nil
 
-    /// Each condition's type, status, reason and message, in a fixed order.
-    func evaluate() -> [(type: String, status: Bool, reason: String, message: String)] {
-        [enabled, primary, standby, volume, idle, controller, breaker, persisted]
+    typealias Condition = (type: String, status: Bool, reason: String, message: String, problemWhenTrue: Bool, affectsProtection: Bool)
+
+    /// Each condition, in a fixed order.
+    func evaluate() -> [Condition] {
+        func positive(_ c: (type: String, status: Bool, reason: String, message: String)) -> Condition {
+            (c.type, c.status, c.reason, c.message, false, true)
+        }
+        return [positive(enabled), positive(primary), positive(standby), standbyAtRisk, positive(volume), positive(idle),
+                positive(controller), positive(breaker), positive(persisted), hostMaintenance]
+    }
+
+    /// A stopped standby reserves no GPU: with none free on its host, its start would wait in
+    /// `scheduling` (someone else has its GPU) and the failover would have nowhere to go.
+    private var standbyAtRisk: Condition {
+        let type = "StandbyAtRisk"
+        guard snapshot.standbyInstanceID != nil, let seen = freeGPUsOnHost else {
+            return (type, false, "NotChecked", "no look at the host's free GPUs since the controller started (or no standby)", true, true)
+        }
+        if seen.count == 0 {
+            return (type, true, "NoFreeGPU", "host \(snapshot.hostMachineID) offered no free GPU at \(seen.at): a stopped standby holds "
+                    + "none, so its start would wait in scheduling while another renter has the GPU", true, true)
+        }
+        return (type, false, "FreeGPU", "host \(snapshot.hostMachineID) offered \(seen.count) free GPU(s) at \(seen.at)", true, true)
+    }
+
+    private var hostMaintenance: Condition {
+        guard let hostNotice else {
+            return ("HostMaintenance", false, "NoneAnnounced", "the provider announced no maintenance or downtime for the host", true, false)
+        }
+        return ("HostMaintenance", true, "Announced", hostNotice, true, false)
     }
 
     private var enabled: (type: String, status: Bool, reason: String, message: String) {

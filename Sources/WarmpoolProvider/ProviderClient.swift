@@ -39,6 +39,8 @@ public struct OfferQuery: Hashable, Sendable {
     /// true: only offers that can be rented now.
     public var rentable: Bool?
     public var machineID: HostMachineID?
+    /// Any of these machines (`machine_id in [...]`): one search for many hosts.
+    public var machineIDs: [HostMachineID]?
     /// `[[field, "asc"|"desc"]]`; the provider ranks by score when empty.
     public var order: [(field: String, ascending: Bool)]
     /// "on-demand", "reserved" or "bid".
@@ -49,8 +51,9 @@ public struct OfferQuery: Hashable, Sendable {
 
     public init(gpuName: String? = nil, minGPUs: Int? = nil, maxPricePerHour: Double? = nil, verified: Bool? = true,
                 rentable: Bool? = true, machineID: HostMachineID? = nil, order: [(field: String, ascending: Bool)] = [("dph_total", true)],
-                type: String = "on-demand", limit: Int? = nil, allocatedStorageGB: Double = 5)
+                type: String = "on-demand", limit: Int? = nil, allocatedStorageGB: Double = 5, machineIDs: [HostMachineID]? = nil)
     {
+        self.machineIDs = machineIDs
         self.gpuName = gpuName
         self.minGPUs = minGPUs
         self.maxPricePerHour = maxPricePerHour
@@ -72,6 +75,7 @@ public struct OfferQuery: Hashable, Sendable {
         if let minGPUs { body["num_gpus"] = ["gte": .int(minGPUs)] }
         if let maxPricePerHour { body["dph_total"] = ["lte": .double(maxPricePerHour)] }
         if let machineID { body["machine_id"] = ["eq": .int(machineID.rawValue)] }
+        if let machineIDs, machineID == nil { body["machine_id"] = ["in": .array(machineIDs.map { .int($0.rawValue) })] }
         body["order"] = .array(order.map { [.string($0.field), .string($0.ascending ? "asc" : "desc")] })
         body["type"] = .string(type)
         if let limit { body["limit"] = .int(limit) }

@@ -30,6 +30,14 @@ public enum ProviderError: Error, Hashable, Sendable, CustomStringConvertible {
 
     /// Whether the same call may succeed if made again later (the client has already retried
     /// these as often as it was configured to).
+    /// The detail message, without the kind.
+    public var message: String {
+        switch self {
+        case .transport(_, let message), .http(_, let message), .rejected(let message), .notFound(let message): message
+        case .malformedResponse(let what): what
+        }
+    }
+
     public var isTransient: Bool {
         switch self {
         case .transport: true

@@ -19,11 +19,14 @@ public final class VastClient: ProviderClient {
         public var userAgent: String
         /// Rows per page of the v1 instance list (the API allows 1-25).
         public var pageSize: Int
+        /// Spacing of the calls per endpoint (`EndpointPacer`).
+        public var pacing: EndpointPacer.Settings
 
         public init(baseURL: String = "https://console.vast.ai", apiKey: String, timeout: Duration = .seconds(30),
                     connectTimeout: Duration = .seconds(10), retry: RetryPolicy = RetryPolicy(),
-                    userAgent: String = "warmpool/1", pageSize: Int = 25)
+                    userAgent: String = "warmpool/1", pageSize: Int = 25, pacing: EndpointPacer.Settings = .init())
         {
+            self.pacing = pacing
             self.baseURL = baseURL
             self.apiKey = apiKey
             self.timeout = timeout
@@ -43,6 +46,9 @@ public final class VastClient: ProviderClient {
     }
 
     public var configuration: Configuration { transport.configuration }
+
+    /// 429s answered so far, per operation.
+    public var rateLimited: [String: Int] { transport.rateLimited }
 
     // MARK: Offers
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import NIOPosix
 import WarmpoolHTTP
 import WarmpoolJSON
@@ -13,9 +14,11 @@ final class VastTransport: Sendable {
     let configuration: VastClient.Configuration
     private let client: HTTPClient
     private let logger: Logger
+    private let pacer: Mutex<EndpointPacer>
 
     init(configuration: VastClient.Configuration, threadPool: NIOThreadPool, logger: Logger) {
         self.configuration = configuration
+        pacer = Mutex(EndpointPacer(settings: configuration.pacing))
         client = HTTPClient(threadPool: threadPool)
         self.logger = logger
     }
@@ -39,6 +42,16 @@ final class VastTransport: Sendable {
         var attempt = 0
         while true {
             attempt += 1
+            let asked = ContinuousClock.now
+            let slot = pacer.withLock { $0.reserve(operation, now: asked) }
+            if slot - asked > configuration.retry.maxRetryAfter {
+                throw ProviderError.http(status: 429, message: "rate limited: the provider asked us to wait, no \(operation) call for "
+                                         + "another \((slot - asked).formatted(.units(allowed: [.hours, .minutes, .seconds], width: .narrow)))")
+            }
+            if slot > asked {
+                logger.debug("provider call paced", metadata: ["provider.operation": "\(operation)", "provider.wait_ms": "\((slot - asked).milliseconds)"])
+                try await Task.sleep(until: slot)
+            }
             let started = ContinuousClock.now
             let result: Result<HTTPResponse, HTTPTransportError>
             do {
@@ -57,7 +70,17 @@ final class VastTransport: Sendable {
                     "provider.operation": "\(operation)", "provider.status": "\(response.status)",
                     "provider.attempt": "\(attempt)", "provider.ms": "\(elapsed.milliseconds)",
                 ])
-                if (200..<300).contains(response.status) { return try Self.successBody(response) }
+                if (200..<300).contains(response.status) {
+                    pacer.withLock { $0.served(operation) }
+                    return try Self.successBody(response)
+                }
+                if response.status == 429 {
+                    let now = ContinuousClock.now
+                    pacer.withLock { pacer in
+                        pacer.rateLimited(operation, now: now)
+                        if let seconds = Self.retryAfterSeconds(response) { pacer.hold(operation, until: now + .seconds(seconds)) }
+                    }
+                }
                 outcome = .response(status: response.status, retryAfter: response.headers["retry-after"],
                                     quotaExceeded: Self.isQuotaExceeded(response))
                 if case .retry(let wait) = configuration.retry.decide(after: attempt, outcome: outcome, idempotent: idempotent) {
@@ -67,6 +90,11 @@ final class VastTransport: Sendable {
                     ])
                     try await Task.sleep(for: wait)
                     continue
+                }
+                if response.status == 429, let seconds = Self.retryAfterSeconds(response), .seconds(seconds) > configuration.retry.maxRetryAfter {
+                    let until = Date(timeIntervalSinceNow: seconds)
+                    throw ProviderError.http(status: 429, message: "\(Self.httpError(response).message); the provider asks to wait "
+                                             + "\(Int(seconds)) s (Retry-After), until \(until.formatted(.iso8601))")
                 }
                 throw Self.httpError(response)
             case .failure(let failure):
@@ -100,6 +128,12 @@ final class VastTransport: Sendable {
         let text = jsonObject(response.body).flatMap(message(in:)) ?? (response.body.isEmpty ? "(no detail message supplied)" : preview(response.body))
         return response.status == 404 ? .notFound(what: text) : .http(status: response.status, message: text)
     }
+
+    static func retryAfterSeconds(_ response: HTTPResponse) -> Double? {
+        response.headers["retry-after"].flatMap { Double($0.trimmingCharacters(in: .whitespaces)) }.flatMap { $0 >= 0 ? $0 : nil }
+    }
+
+    var rateLimited: [String: Int] { pacer.withLock { $0.rateLimited } }
 
     static func isQuotaExceeded(_ response: HTTPResponse) -> Bool {
         response.status == 429 && jsonObject(response.body)?["error"]?.stringValue == "search_quota_exceeded"

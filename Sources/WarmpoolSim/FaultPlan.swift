@@ -40,6 +40,10 @@ public struct FaultPlan: Codable, Hashable, Sendable {
     /// operation names, `*` for every operation without a key of its own). A call sooner than
     /// that is answered 429 and does not count (Vast.ai: a minimum interval per endpoint).
     public var minIntervalMs: [String: Int] = [:]
+    /// A start (or a resume) waits for the very GPUs the instance was created on, even when others
+    /// of its machine are free (the reading of "scheduling" in which a container is bound to its
+    /// GPUs); off: any free GPU of the machine will do, as the marketplace notes say.
+    public var ownGPURestart = false
     /// Deliver each Vast.ai notification twice: "at least once" made visible.
     public var duplicateNotifications = false
     /// Instances the provider cannot reach (their host is cut off): a stop is accepted but the
@@ -61,7 +65,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         case latencyMs = "latency_ms", timeoutRate = "timeout_rate", timeoutMs = "timeout_ms", bootDelayMs = "boot_delay_ms", noSSHInstances = "no_ssh_instances"
         case failStartInstances = "fail_start_instances", fullHosts = "full_hosts", unreachableInstances = "unreachable_instances"
         case staleStopInstances = "stale_stop_instances", rentedGPUs = "rented_gpus", offlineMachines = "offline_machines"
-        case minIntervalMs = "min_interval_ms", duplicateNotifications = "duplicate_notifications"
+        case minIntervalMs = "min_interval_ms", duplicateNotifications = "duplicate_notifications", ownGPURestart = "own_gpu_restart"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -86,6 +90,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         offlineMachines = try c.decodeIfPresent([Int].self, forKey: .offlineMachines) ?? []
         minIntervalMs = try c.decodeIfPresent([String: Int].self, forKey: .minIntervalMs) ?? [:]
         duplicateNotifications = try c.decodeIfPresent(Bool.self, forKey: .duplicateNotifications) ?? false
+        ownGPURestart = try c.decodeIfPresent(Bool.self, forKey: .ownGPURestart) ?? false
         guard rentedGPUs.allSatisfy({ Int($0.key) != nil && $0.value >= 0 }), minIntervalMs.values.allSatisfy({ $0 >= 0 }) else {
             throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription:
                 "rented_gpus maps machine ids to counts >= 0; min_interval_ms maps operations to milliseconds >= 0"))

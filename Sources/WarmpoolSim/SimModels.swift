@@ -11,6 +11,9 @@ struct SimInstance {
     let gpuCount: Int
     /// GPUs it holds now: empty while stopped, scheduling or paused by a higher bid.
     var gpuSlots: [Int]
+    /// The GPUs it was created on, or that a higher bid took from it: a restart with
+    /// `own_gpu_restart` (and a resume after outbid) waits for these.
+    var homeSlots: [Int]
     let seat: Int
     let offerID: Int
     /// Created with a bid price (`price` not null): a higher bid can pause it (outbid).
@@ -50,8 +53,6 @@ struct SimInstance {
     var frozen = false
     /// Paused by a higher bid: processes stopped, GPU given away, resumed when one is free.
     var outbid = false
-    /// The GPUs a higher bid took from it: it resumes when they are free again.
-    var outbidSlots: [Int] = []
     /// Its machine was offline when the boot came due: it lands once the machine is back.
     var bootDeferred = false
 

@@ -213,6 +213,14 @@ public actor Simulator {
         return (1...host.gpuCount).filter { !held.contains($0) }
     }
 
+    /// The GPUs a start (or a resume) of `instance` would take now, nil if it must wait. An
+    /// outbid instance waits for its own GPUs, which the higher bid holds.
+    private func startableSlots(_ instance: SimInstance) -> [Int]? {
+        let free = freeSlots(instance.host)
+        if instance.outbid || faults.ownGPURestart { return instance.homeSlots.allSatisfy(free.contains) ? instance.homeSlots : nil }
+        return free.count >= instance.gpuCount ? Array(free.prefix(instance.gpuCount)) : nil
+    }
+
     /// Seats (with instance networks: namespaces and addresses, one per GPU) not used by an
     /// instance of the machine, stopped ones included.
     private func freeSeats(_ host: HostSpec) -> [Int] {
@@ -235,14 +243,11 @@ public actor Simulator {
             guard !isOffline(machine) else { continue }
             for id in instances.keys.sorted() {
                 guard let instance = instances[id], instance.host.machineID == machine, instance.isScheduling else { continue }
-                let free = freeSlots(host)
+                guard let slots = startableSlots(instance) else { continue }
                 if instance.outbid {
-                    // Paused by a higher bid: back when that bid gives its GPUs up.
-                    let wanted = instance.outbidSlots
-                    guard wanted.allSatisfy(free.contains) else { continue }
-                    resumeOutbid(id, slots: wanted)
-                } else if free.count >= instance.gpuCount {
-                    instances[id]?.gpuSlots = Array(free.prefix(instance.gpuCount))
+                    resumeOutbid(id, slots: slots)
+                } else {
+                    instances[id]?.gpuSlots = slots
                     instances[id]?.actualStatus = "loading"
                     instances[id]?.statusMessage = "Starting instance (a GPU was free after scheduling)"
                     logger.info("scheduled start got a GPU", metadata: ["sim.instance_id": "\(id)"])
@@ -345,7 +350,7 @@ public actor Simulator {
         }
         nextInstanceID += 1
         instances[id] = SimInstance(
-            id: id, host: host, gpuCount: slots.count, gpuSlots: slots, seat: seat, offerID: offerID,
+            id: id, host: host, gpuCount: slots.count, gpuSlots: slots, homeSlots: slots, seat: seat, offerID: offerID,
             interruptible: body["price"]?.numberValue != nil, label: body["label"]?.stringValue, image: image, env: env,
             onstart: body["onstart"]?.stringValue, volumeID: volumeID, mountPath: mountPath,
             diskGB: body["disk"]?.numberValue ?? 10, runtype: body["runtype"]?.stringValue ?? "ssh",
@@ -410,14 +415,13 @@ public actor Simulator {
         }
         if isOffline(instance.host.machineID) { return .ok(["success": true]) }  // when the machine is back
         if instance.gpuSlots.isEmpty {
-            let free = freeSlots(instance.host)
-            guard free.count >= instance.gpuCount else {
+            guard let slots = startableSlots(instance) else {
                 instances[id]?.actualStatus = "scheduling"
                 instances[id]?.statusMessage = "Scheduling: waiting for a GPU of machine \(instance.host.machineID) to be free"
                 logger.info("start waits for a GPU (scheduling)", metadata: ["sim.instance_id": "\(id)"])
                 return .ok(["success": true])
             }
-            instances[id]?.gpuSlots = Array(free.prefix(instance.gpuCount))
+            instances[id]?.gpuSlots = slots
         }
         instances[id]?.statusMessage = "Starting instance"
         instances[id]?.actualStatus = "loading"
@@ -491,7 +495,6 @@ public actor Simulator {
         instances[id]?.statusMessage = "Instance stopped"
         instances[id]?.gpuSlots = []
         instances[id]?.outbid = false
-        instances[id]?.outbidSlots = []
         settleMarket()
     }
 
@@ -699,7 +702,7 @@ public actor Simulator {
         processes.signalAll(SIGSTOP)
         let machine = instance.host.machineID
         instances[id]?.outbid = true
-        instances[id]?.outbidSlots = instance.gpuSlots
+        instances[id]?.homeSlots = instance.gpuSlots
         instances[id]?.gpuSlots = []
         instances[id]?.actualStatus = "stopped"
         instances[id]?.statusMessage = "Outbid: paused until its bid wins a GPU of machine \(machine) again"
@@ -715,7 +718,6 @@ public actor Simulator {
         guard let instance = instances[id] else { return }
         instances[id]?.gpuSlots = slots
         instances[id]?.outbid = false
-        instances[id]?.outbidSlots = []
         if !instance.frozen { instance.processes?.signalAll(SIGCONT) }
         instances[id]?.actualStatus = instance.processes?.isAlive == true ? "running" : "exited"
         instances[id]?.statusMessage = "success, running \(instance.image)"

@@ -38,6 +38,14 @@ struct EnginePoolOperations: PoolOperations {
 
     func protections() async -> [PoolID: PoolProtection] { await coordinator.protections() }
 
+    func repair(_ poolID: PoolID) async throws -> PoolRecord {
+        _ = try await mapped { try await coordinator.repair(poolID: poolID) }
+        guard let record = await coordinator.record(poolID) else { throw PoolOperationError.unknownPool(poolID) }
+        return record
+    }
+
+    func providerNotice(_ notice: ProviderNotice) async -> String? { await coordinator.providerNotice(notice) }
+
     func provision(_ request: WarmpoolAPI.ProvisionRequest) async throws -> PoolRecord {
         let preferences = await coordinator.record(request.poolID)?.gpuPreferences ?? []
         let names = request.gpuName.map { [$0.replacingOccurrences(of: "_", with: " ")] } ?? preferences

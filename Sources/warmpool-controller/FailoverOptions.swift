@@ -58,6 +58,18 @@ struct FailoverOptions: ParsableArguments {
     @Option(help: "How long the engine waits for the provider to confirm the old primary stopped before it asks again (ms); it never promotes without that confirmation and the end of the old lease. Env: WARMPOOL_FENCE_TIMEOUT_MS.")
     var fenceTimeoutMs: Int = Int(environment["WARMPOOL_FENCE_TIMEOUT_MS"] ?? "") ?? 30_000
 
+    @Option(help: "How long a starting standby may wait in the provider's `scheduling` (its GPU rented by someone else) or `offline` before a new instance on a free GPU of the host takes its place, in seconds. Env: WARMPOOL_SCHEDULING_TIMEOUT_S.")
+    var schedulingTimeoutS: Int = Int(environment["WARMPOOL_SCHEDULING_TIMEOUT_S"] ?? "") ?? 45
+
+    @Option(help: "How often a degraded pool tries its next rung by itself, in seconds (`warmpoolctl repair` tries now).")
+    var degradedRetryS: Int = 300
+
+    @Option(help: "Least spacing of the calls to one provider endpoint, OPERATION=MS (e.g. show_instance=1000, or *=200 for all; repeatable). 429s widen it by themselves.")
+    var providerMinIntervalMs: [String] = []
+
+    @Option(help: "File holding the secret Vast.ai signs its notification webhooks with; turns on POST /api/v1/provider/vast/notifications. Env: WARMPOOL_VAST_WEBHOOK_SECRET_FILE.")
+    var vastWebhookSecretFile: String?
+
     @Option(help: "How long provision, failover test and cleanup requests wait for the engine, in seconds.")
     var operationTimeoutS: Int = 600
 
@@ -71,6 +83,11 @@ struct FailoverOptions: ParsableArguments {
         guard providerPollMs >= 10 else { throw ValidationError("--provider-poll-ms must be at least 10") }
         guard standbyCheckS >= 1 else { throw ValidationError("--standby-check-s must be at least 1") }
         guard fenceTimeoutMs >= 100 else { throw ValidationError("--fence-timeout-ms must be at least 100") }
+        guard schedulingTimeoutS >= 1, degradedRetryS >= 1 else {
+            throw ValidationError("--scheduling-timeout-s and --degraded-retry-s must be at least 1")
+        }
+        _ = try pacingFloors()
+        vastWebhookSecretFile = vastWebhookSecretFile ?? Self.environment["WARMPOOL_VAST_WEBHOOK_SECRET_FILE"]
         guard massFailureMinimum >= 0, (0...1).contains(massFailureFraction), massFailureWindowMs >= 100, massFailureSettleMs >= 0 else {
             throw ValidationError("--mass-failure-minimum must be >= 0, the fraction 0-1, the window >= 100 ms, the settle >= 0 ms")
         }
@@ -93,7 +110,29 @@ struct FailoverOptions: ParsableArguments {
         var configuration = VastClient.Configuration(apiKey: key)
         configuration.baseURL = providerUrl
         configuration.timeout = .seconds(providerTimeoutS)
+        configuration.pacing = EndpointPacer.Settings(floors: try pacingFloors())
         return VastClient(configuration: configuration, logger: logger)
+    }
+
+    func pacingFloors() throws -> [String: Duration] {
+        var floors: [String: Duration] = [:]
+        for pair in providerMinIntervalMs {
+            let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty, let ms = Int(parts[1]), ms >= 0 else {
+                throw ValidationError("--provider-min-interval-ms expects OPERATION=MS, got \(pair)")
+            }
+            floors[parts[0]] = .milliseconds(ms)
+        }
+        return floors
+    }
+
+    /// The Vast.ai webhook secret, when the receiver is configured.
+    func vastWebhookSecret() throws -> String? {
+        guard let vastWebhookSecretFile else { return nil }
+        guard let text = try? String(contentsOfFile: vastWebhookSecretFile, encoding: .utf8),
+            case let secret = text.trimmingCharacters(in: .whitespacesAndNewlines), !secret.isEmpty
+        else { throw ValidationError("cannot read a secret from --vast-webhook-secret-file \(vastWebhookSecretFile)") }
+        return secret
     }
 
     func coordinator(
@@ -114,6 +153,8 @@ struct FailoverOptions: ParsableArguments {
         var engine = EngineSettings()
         engine.pollInterval = .milliseconds(providerPollMs)
         engine.fenceTimeout = .milliseconds(fenceTimeoutMs)
+        engine.schedulingTimeout = .seconds(schedulingTimeoutS)
+        engine.degradedRetryInterval = .seconds(degradedRetryS)
         engine.leaseDuration = .milliseconds(Int(hub.leaseMilliseconds))
         let verifier = SSHVerifier(
             credentials: SSHCredentials(privateKey: .file(path: sshKey)), pins: StoreHostKeyPins(store: store), logger: logger)

@@ -175,7 +175,8 @@ struct Serve: AsyncParsableCommand {
             logger.notice("no provider API key: the failover engine is off (see --provider-api-key-file)")
         }
         let router = APIRouter.build(
-            APIDependencies(store: store, operations: operations, hub: service.hub, metrics: metrics))
+            APIDependencies(store: store, operations: operations, hub: service.hub, metrics: metrics,
+                            vastWebhookSecret: try failover.vastWebhookSecret()))
         let apiAddress = ControllerAddress(apiListen, allowingPortZero: true)!
         let api = Application(
             router: router,

@@ -9,7 +9,7 @@ struct WarmpoolCtl: AsyncParsableCommand {
         abstract: "Operate Warmpool through the controller's REST API.",
         discussion: "The controller URL and API key come from --url and --api-key, or WARMPOOL_URL and WARMPOOL_API_KEY (or WARMPOOL_API_KEY_FILE).",
         subcommands: [
-            Status.self, Hosts.self, Provision.self, Enable.self, Disable.self, Failover.self, Cleanup.self, Events.self,
+            Status.self, Hosts.self, Provision.self, Enable.self, Disable.self, Failover.self, Repair.self, Cleanup.self, Events.self,
             Timeline.self, Agents.self, Keys.self, Settings.self, Breaker.self,
         ])
 
@@ -100,18 +100,28 @@ extension Status {
     /// `yes`, or `no: Reason` with the first condition that does not hold.
     static func protection(_ pool: JSONValue) -> String {
         if pool["protected"]?.boolValue == true { return "yes" }
-        let failing = (pool["conditions"]?.objects ?? []).first { $0["status"]?.stringValue != "True" }
+        let failing = (pool["conditions"]?.objects ?? []).first { Self.failing($0) }
         return "no" + (failing.map { ": \(Output.cell($0["type"]))/\(Output.cell($0["reason"]))" } ?? "")
     }
 
-    /// One line per unprotected enabled pool, each failing condition under it; exit 2 if any.
+    /// A condition that makes the pool unprotected: not `ok` and bearing on protection.
+    static func failing(_ condition: JSONValue) -> Bool {
+        let ok = condition["ok"]?.boolValue ?? (condition["status"]?.stringValue == "True")
+        return !ok && condition["affects_protection"]?.boolValue != false
+    }
+
+    /// One line per unprotected enabled pool, each failing condition under it, and a degraded
+    /// pool's rung and next retry; exit 2 if any.
     static func check(_ pools: [JSONValue]) throws {
         let enabled = pools.filter { $0["state"]?.stringValue != "disabled" }
         let unprotected = enabled.filter { $0["protected"]?.boolValue != true }
         for pool in unprotected {
             print("machine \(Output.cell(pool["machine_id"])): NOT protected (state \(Output.cell(pool["state"])))")
-            for condition in (pool["conditions"]?.objects ?? []) where condition["status"]?.stringValue != "True" {
+            for condition in (pool["conditions"]?.objects ?? []) where Self.failing(condition) {
                 print("  \(Output.cell(condition["type"])) \(Output.cell(condition["reason"])): \(Output.cell(condition["message"]))")
+            }
+            if let remediation = pool["remediation"], remediation != .null {
+                print("  remediation: \(Output.cell(remediation["rung"])), next retry \(Output.cell(remediation["next_retry_at"])) (warmpoolctl repair \(Output.cell(pool["machine_id"])) tries now)")
             }
         }
         guard unprotected.isEmpty else { throw ExitCode(2) }
@@ -212,6 +222,15 @@ struct Disable: MachineAction {
     @Argument var machineID: Int64
     var method: String { "POST" }
     var path: String { "disable" }
+}
+
+struct Repair: MachineAction {
+    static let configuration = CommandConfiguration(
+        abstract: "A degraded pool tries its next rung now: a new standby, or (no primary) a new one on a free GPU of the host.")
+    @OptionGroup var connection: Connection
+    @Argument var machineID: Int64
+    var method: String { "POST" }
+    var path: String { "repair" }
 }
 
 struct Failover: AsyncParsableCommand {
