@@ -441,7 +441,7 @@ public struct PoolMachine: Sendable, Codable {
     /// the epoch the pool still has).
     private mutating func rebuild(on offers: [GPUOffer], now: Instant) -> [EngineAction] {
         guard let offer = offers.first(where: { $0.machineID == request.hostMachineID }), let volume, let lastPrimary else {
-            return wake(at: now + settings.degradedRetryInterval)
+            return retryDegradedLater(now: now)
         }
         failoversStarted += 1
         var failover = Failover(number: failoversStarted, reason: .rebuild, oldPrimary: lastPrimary, startedAt: now, leaseExpiredBy: now)
@@ -1153,7 +1153,7 @@ public struct PoolMachine: Sendable, Codable {
 
         case .degraded where primary == nil && enabled:
             // The rebuild's search failed: the next try comes at the usual interval.
-            return wake(at: now + settings.degradedRetryInterval)
+            return retryDegradedLater(now: now)
 
         case .active, .degraded, .error, .removed:
             return []
@@ -1185,8 +1185,7 @@ public struct PoolMachine: Sendable, Codable {
         case .failover(let failover, .awaitLeaseExpiry):
             return wake(at: max(now, failover.leaseExpiredBy))
         case .degraded where primary != nil || (enabled && lastPrimary != nil && volume != nil):
-            nextRetryAt = now + settings.degradedRetryInterval
-            return wake(at: now + settings.degradedRetryInterval)
+            return retryDegradedLater(now: now)
         default:
             break
         }
@@ -1236,6 +1235,11 @@ public struct PoolMachine: Sendable, Codable {
         case .active, .degraded, .error, .removed:
             return nil
         }
+    }
+
+    private mutating func retryDegradedLater(now: Instant) -> [EngineAction] {
+        nextRetryAt = now + settings.degradedRetryInterval
+        return wake(at: now + settings.degradedRetryInterval)
     }
 
     /// Waits (a poll interval, a retry delay, a lease) with no command in flight.

@@ -73,14 +73,16 @@ import WarmpoolModel
         #expect(snapshot.primaryInstanceID == nil)
         #expect(snapshot.standbyInstanceID == nil)
         #expect(snapshot.standbyState == StandbyState.none)
-        #expect(snapshot.errorMessage == "no free GPU left on host 42")
+        #expect(snapshot.errorMessage == "no free GPU left on host 42 for a new primary: the pool needs a GPU of the host to free up, or whole-host recovery")
+        #expect(snapshot.degradedRung == .needsWholeHostRecovery)
         #expect(snapshot.failoverCount == 0)
         #expect(harness.notificationKinds == [.failureDetected, .standbyStarting, .failoverFailed, .poolDegraded])
         #expect(harness.notifications.map(\.id).suffix(2) == ["wp-7-failover_failed-1", "wp-7-pool_degraded-1"])
         #expect(harness.steps.last == .degraded)
         #expect(harness.provider.liveInstances.isEmpty, "both the fenced primary and the dead standby are destroyed")
         #expect(harness.provider.instances[oldPrimary]!.destroyed)
-        #expect(harness.timers.isEmpty, "without a primary there is nothing to retry for")
+        #expect(harness.timers.count == 1 && harness.timers.values.first == snapshot.nextRetryAt,
+                "only the next look for a free GPU to rebuild the primary on")
     }
 
     @Test func providerErrorsBeyondTheBudgetFailTheFailover() {

@@ -33,6 +33,8 @@ struct FakeProvider {
     var ignoresStop: Set<InstanceID> = []
     /// Start is accepted but the instance never gets past `loading`.
     var neverRuns: Set<InstanceID> = []
+    /// Start is accepted and the instance waits in `scheduling`: someone else rented its GPU.
+    var scheduling: Set<InstanceID> = []
     /// Instances created from these offers never get past `loading` either.
     var brokenOffers: Set<OfferID> = []
     /// Verification fails for good on these.
@@ -82,7 +84,7 @@ struct FakeProvider {
                 effectiveStarts[id, default: 0] += 1
                 instance.status = .loading
             }
-            instance.next = neverRuns.contains(id) ? .loading : .running
+            instance.next = scheduling.contains(id) ? .scheduling : neverRuns.contains(id) ? .loading : .running
             instances[id] = instance
             return .success(.accepted)
         case .stopInstance(_, let id):
