@@ -21,6 +21,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // Header names in tests of the Vast.ai notification receiver (Hummingbird's own types).
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         // The control plane: the REST API, its embedded store and its metrics. The agent links none of them.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
@@ -264,7 +266,11 @@ let package = Package(
             dependencies: [
                 "WarmpoolAPI",
                 "WarmpoolJSON",
+                "WarmpoolModel",
+                "WarmpoolProvider",
                 "WarmpoolStore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

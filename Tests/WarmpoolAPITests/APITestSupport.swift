@@ -14,7 +14,7 @@ struct APIFixture {
     let metrics = ControllerMetrics()
     let application: Application<RouterResponder<APIRequestContext>>
 
-    init(operations: ((SQLiteStore) -> any PoolOperations)? = nil) async throws {
+    init(operations: ((SQLiteStore) -> any PoolOperations)? = nil, vastWebhookSecret: String? = nil) async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("wp-api-\(UUID().uuidString)/warmpool.db").path
         store = try SQLiteStore(path: path, logger: Logger(label: "test.api"))
         let minted = APIKeys.mint(name: "test")
@@ -24,7 +24,7 @@ struct APIFixture {
         let router = APIRouter.build(
             APIDependencies(
                 store: store, operations: operations?(store) ?? ProviderlessPoolOperations(store: store), hub: nil,
-                metrics: metrics))
+                metrics: metrics, vastWebhookSecret: vastWebhookSecret))
         application = Application(router: router, logger: Logger(label: "test.api"))
     }
 

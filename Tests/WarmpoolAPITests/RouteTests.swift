@@ -14,7 +14,7 @@ import WarmpoolStore
         (.get, "/api/v1/warmpool/pools"), (.get, "/api/v1/warmpool/history/1"), (.get, "/api/v1/warmpool/events/1"),
         (.get, "/api/v1/warmpool/settings/1"), (.put, "/api/v1/warmpool/settings/1"), (.get, "/api/v1/warmpool/agents"),
         (.post, "/api/v1/warmpool/agents"), (.delete, "/api/v1/warmpool/agents/a"), (.get, "/api/v1/keys"),
-        (.post, "/api/v1/keys"), (.delete, "/api/v1/keys/abcd0123"), (.get, "/metrics"),
+        (.post, "/api/v1/keys"), (.delete, "/api/v1/keys/abcd0123"), (.get, "/metrics"), (.post, "/api/v1/warmpool/repair/1"),
     ]
 
     @Test func healthzNeedsNoKey() async throws {

@@ -48,10 +48,40 @@ import Glibc
     @Test func aRetryAfterOverSixtySecondsEndsTheRetriesAtOnce() async throws {
         try await ScriptedServer.with({ _, _ in ScriptedAnswer(status: 429, body: #"{"msg": "come back tomorrow"}"#, retryAfter: "120") }) {
             url, server in
-            await Self.expectError(.http(status: 429, message: "come back tomorrow")) {
-                _ = try await Self.client(url).searchOffers(OfferQuery())
+            let client = Self.client(url)
+            do {
+                _ = try await client.searchOffers(OfferQuery())
+                Issue.record("expected a 429")
+            } catch let error as ProviderError {
+                guard case .http(429, let message) = error else { Issue.record("\(error)"); return }
+                #expect(message.hasPrefix("come back tomorrow; the provider asks to wait 120 s (Retry-After), until "), "\(message)")
             }
             #expect(server.requests.count == 1)
+            // Nothing more is sent to that endpoint before the provider's time: the next call says so at once.
+            do {
+                _ = try await client.searchOffers(OfferQuery())
+                Issue.record("expected a refusal without a request")
+            } catch let error as ProviderError {
+                #expect(error.message.hasPrefix("rate limited: the provider asked us to wait, no search_offers call for another"), "\(error)")
+            }
+            #expect(server.requests.count == 1, "held back, not sent")
+            #expect(client.rateLimited == ["search_offers": 1])
+        }
+    }
+
+    @Test func fourTwentyNinesWithoutRetryAfterWidenTheSpacingOfThatEndpoint() async throws {
+        try await ScriptedServer.with({ _, attempt in
+            attempt <= 2 ? ScriptedAnswer(status: 429, body: "API requests too frequent: endpoint threshold=0.5") : ScriptedAnswer(body: Self.offerJSON)
+        }) { url, server in
+            let client = Self.client(url, attempts: 3)
+            let started = ContinuousClock.now
+            let offers = try await client.searchOffers(OfferQuery())
+            #expect(offers.map(\.id) == [7701])
+            let elapsed = ContinuousClock.now - started
+            #expect(server.requests.count == 3)
+            // Spacing after the first 429: 500 ms, after the second: 1 s (the backoff runs inside it).
+            #expect(elapsed >= .milliseconds(1400), "paced: \(elapsed)")
+            #expect(client.rateLimited == ["search_offers": 2])
         }
     }
 
