@@ -192,6 +192,9 @@ public struct PoolMachine: Sendable, Codable {
     private var lastPrimary: InstanceID?
     /// When a degraded pool tries again by itself.
     private var nextRetryAt: Instant?
+    /// Degraded because the host had no free GPU at the provider's last look: the stopped standby
+    /// (which reserves none) could not start. Active again once one is free.
+    private var standbyAtRisk = false
     private var primarySSH: SSHEndpoint?
     private var standby: InstanceID?
     private var standbySSH: SSHEndpoint?
@@ -288,7 +291,29 @@ public struct PoolMachine: Sendable, Codable {
             return dropStandby(reason: reason, now: now)
         case .failover(let failover, _):
             return giveWay(failover, reason: "standby lost: \(reason)", now: now)
+        case .degraded where standbyAtRisk:
+            run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
+            return dropStandby(reason: reason, now: now) + beginRecovering(now: now)
         case .provisioning, .degraded, .error, .cleaningUp, .removed:
+            return []
+        }
+    }
+
+    /// The shell's look at the host's free GPUs (one offer search for all pools). A stopped
+    /// standby reserves no GPU: with none free, its start would wait in `scheduling` while someone
+    /// else has the GPU, so an active pool is not protected and says so (degraded, standby kept);
+    /// it is active again when a GPU is free.
+    public mutating func hostGPUsSeen(free: Int, now: Instant) -> [EngineAction] {
+        switch state {
+        case .active where free == 0 && standby != nil:
+            standbyAtRisk = true
+            let reason = "standby at risk: host \(request.hostMachineID) has no free GPU, so standby instance \(standby.map(String.init) ?? "?") "
+                + "(stopped, holding none) would wait in scheduling"
+            return enter(.degraded(reason: reason), deadline: nil, now: now)
+        case .degraded where standbyAtRisk && free > 0:
+            standbyAtRisk = false
+            return enter(.active, deadline: nil, now: now)
+        default:
             return []
         }
     }
@@ -411,6 +436,9 @@ public struct PoolMachine: Sendable, Codable {
         try requireNotRemoved()
         guard case .degraded = state else {
             throw EngineViolation("pool \(poolID) is \(snapshot.state.rawValue), not degraded: nothing to repair")
+        }
+        guard !standbyAtRisk else {
+            throw EngineViolation("pool \(poolID) keeps its standby and waits for a GPU of host \(request.hostMachineID) to free up: nothing to repair")
         }
         guard primary != nil || (lastPrimary != nil && volume != nil) else {
             throw EngineViolation("pool \(poolID) has no primary and no volume to rebuild one from: clean it up and provision again")
@@ -574,6 +602,7 @@ public struct PoolMachine: Sendable, Codable {
 
     private var degradedRung: DegradedRung? {
         guard case .degraded = state else { return nil }
+        if standbyAtRisk { return .standbyAtRisk }
         return primary == nil ? .needsWholeHostRecovery : .noStandby
     }
 
@@ -1168,6 +1197,7 @@ public struct PoolMachine: Sendable, Codable {
         var actions: [EngineAction] = []
         if let timer = progress.deadlineTimer { actions.append(.cancelTimer(timer)) }
         if let timer = progress.wakeTimer { actions.append(.cancelTimer(timer)) }
+        if case .degraded = state {} else { standbyAtRisk = false }
         self.state = state
         progress = Progress(deadline: deadline)
         nextRetryAt = nil
@@ -1184,7 +1214,7 @@ public struct PoolMachine: Sendable, Codable {
         switch state {
         case .failover(let failover, .awaitLeaseExpiry):
             return wake(at: max(now, failover.leaseExpiredBy))
-        case .degraded where primary != nil || (enabled && lastPrimary != nil && volume != nil):
+        case .degraded where !standbyAtRisk && (primary != nil || (enabled && lastPrimary != nil && volume != nil)):
             return retryDegradedLater(now: now)
         default:
             break

@@ -47,4 +47,7 @@ public enum DegradedRung: String, Hashable, Sendable, Codable {
     /// new instance. A GPU freeing up on the host brings the pool back (tried at `nextRetryAt`);
     /// otherwise only a restore on another host would (whole-host recovery).
     case needsWholeHostRecovery = "needs_whole_host_recovery"
+    /// Primary and stopped standby in place, but the host had no free GPU at the last look: the
+    /// standby's start would wait in `scheduling`. Active again when a GPU frees up.
+    case standbyAtRisk = "standby_at_risk"
 }

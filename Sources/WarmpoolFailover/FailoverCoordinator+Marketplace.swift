@@ -82,6 +82,10 @@ extension FailoverCoordinator {
                 let seen = gpuSeen[snapshot.hostMachineID]
             else { continue }
             let atRisk = seen.free == 0
+            // "Active" means protected: the engine says degraded while the standby is at risk.
+            if (atRisk && snapshot.state == .active) || (!atRisk && snapshot.degradedRung == .standbyAtRisk) {
+                apply(poolID) { machine, now in machine.hostGPUsSeen(free: seen.free, now: now) }
+            }
             guard atRisk != (standbyAtRisk[poolID] ?? false) else { continue }
             standbyAtRisk[poolID] = atRisk
             if atRisk {

@@ -83,6 +83,28 @@ import WarmpoolModel
         #expect(harness.now - before < .seconds(60), "repaired now, not at the 300 s retry")
     }
 
+    @Test func anActivePoolWhoseHostHasNoFreeGPUIsDegradedKeepingItsStandbyUntilOneFrees() throws {
+        var harness = Harness.active(freeGPUs: 2)
+        let (primary, standby) = (harness.snapshot.primaryInstanceID!, harness.snapshot.standbyInstanceID!)
+        #expect(harness.machine.hostGPUsSeen(free: 1, now: harness.now).isEmpty, "a free GPU: nothing changes")
+        harness.feed(harness.machine.hostGPUsSeen(free: 0, now: harness.now))
+        var snapshot = harness.snapshot
+        #expect(snapshot.state == .degraded && snapshot.degradedRung == .standbyAtRisk && snapshot.nextRetryAt == nil)
+        #expect(snapshot.primaryInstanceID == primary && snapshot.standbyInstanceID == standby, "nothing is destroyed or made")
+        #expect(snapshot.errorMessage?.hasPrefix("standby at risk: host 42 has no free GPU") == true)
+        #expect(harness.timers.isEmpty && harness.provider.liveInstances.count == 2)
+        #expect(throws: EngineViolation.self) { try harness.machine.repair(now: harness.now) }
+        harness.feed(harness.machine.hostGPUsSeen(free: 1, now: harness.now))
+        snapshot = harness.snapshot
+        #expect(snapshot.state == .active && snapshot.degradedRung == nil && snapshot.errorMessage == nil)
+        // A failure while at risk is failed over as from active.
+        harness.feed(harness.machine.hostGPUsSeen(free: 0, now: harness.now))
+        harness.provider.offers.append(GPUOffer(id: 9100, machineID: 42, gpuName: "RTX 4090"))
+        harness.failPrimary()
+        harness.settle()
+        #expect(harness.snapshot.primaryInstanceID == standby && harness.snapshot.failoverCount == 1)
+    }
+
     @Test func settingsSavedWithoutTheNewFieldsStillLoad() throws {
         var saved = try JSONSerialization.jsonObject(with: JSONEncoder().encode(EngineSettings(fenceTimeout: .seconds(7)))) as! [String: Any]
         saved["schedulingTimeout"] = nil  // as a controller from before it saved them
