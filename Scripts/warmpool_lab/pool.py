@@ -130,7 +130,7 @@ class WarmPool:
     pool 12 is provisioned on host 77 by `provision()`."""
 
     def __init__(self, binaries, workdir, boot_delay_ms, lab=None, poll_ms=100, log_level=None, sim_log_level=None,
-                 sim_extra=(), controller_extra=(), onstart="", agent_env=(), hosts=(HOST_SPEC,)):
+                 sim_extra=(), controller_extra=(), onstart="", agent_env=(), hosts=(HOST_SPEC,), api_port=None):
         self.workdir = workdir
         self.sim_key = secrets.token_hex(16)
         self.ssh_key = os.path.join(workdir, "ssh_key")
@@ -151,7 +151,8 @@ class WarmPool:
             self.sim_url = "http://" + wait_for_file(os.path.join(workdir, "sim.addr"), "warmpool-sim", self.sim, sim_log)
             self.agent_listen = LAB_AGENT_LISTEN if lab else "127.0.0.1:%d" % free_port()
             self.controller = Controller(
-                binaries, workdir, listen=self.agent_listen, api_listen=LAB_API_LISTEN if lab else "127.0.0.1:0",
+                binaries, workdir, listen=self.agent_listen,
+                api_listen=LAB_API_LISTEN if lab else "127.0.0.1:%d" % (api_port or 0),
                 log_level=log_level, prefix=prefix,
                 extra=["--provider-url", self.sim_url, "--provider-api-key-file", key_file, "--ssh-key", self.ssh_key,
                        "--provider-poll-ms", str(poll_ms), "--agent-onstart",
