@@ -4,8 +4,9 @@ and the emulator, with the invariants of "active means protected" checked all th
 Operators (several threads at once) provision, clean up, enable, disable, test failovers, change
 settings and rotate API keys on pools 12-16 across hosts 77-79 (4 GPUs each); a fault thread
 crashes (SIGKILL) and freezes (SIGSTOP) primaries, stops primaries and destroys standbys through
-the provider's own API, turns provider faults on (5xx, 429, calls held past the client's timeout)
-and SIGKILLs the controller and starts it again. Every primary runs a workload its agent
+the provider's own API, turns provider faults on (5xx, 429, calls held past the client's timeout),
+lets other renters take a host's free GPUs for a while (a stopped standby reserves none: its start
+may then wait in `scheduling`) and SIGKILLs the controller and starts it again. Every primary runs a workload its agent
 supervises, appending epoch-tagged records to the volume.
 
 Invariants, checked every half second:
@@ -71,6 +72,7 @@ class Chaos:
         self.instance_faulted = {}  # machine -> when the drill last broke one of its instances
         self.api_key = pool.api_key
         self.stop = threading.Event()
+        self.plan = {}             # the emulator's fault plan: provider faults and renters, set together
 
     # --- bookkeeping -------------------------------------------------------------------------
 
@@ -221,7 +223,7 @@ class Chaos:
             if self.stop.is_set():
                 return
             fault = rng.choices(["crash_primary", "freeze_primary", "provider_stop_primary", "destroy_standby",
-                                 "provider_faults", "controller_kill"], weights=[4, 2, 3, 2, 2, 2])[0]
+                                 "provider_faults", "controller_kill", "renters"], weights=[4, 2, 3, 2, 2, 2, 2])[0]
             with self.lock:
                 self.faults += 1
             machine = rng.choice(MACHINES)
@@ -244,12 +246,20 @@ class Chaos:
                 machine = None
                 seconds = rng.uniform(3, 10)
                 self.provider_fault_windows.append((time.monotonic(), None))
-                self.pool.sim_call("POST", "/admin/faults", {"failure_rate": 0.2, "rate_limit_rate": 0.1, "timeout_rate": 0.05,
-                                                             "timeout_ms": 2500, "retry_after_seconds": 1})
+                self.set_faults({"failure_rate": 0.2, "rate_limit_rate": 0.1, "timeout_rate": 0.05,
+                                 "timeout_ms": 2500, "retry_after_seconds": 1})
                 self.log("faults", fault, None, "%.1f s" % seconds)
                 time.sleep(seconds)
-                self.pool.sim_call("POST", "/admin/faults", {})
+                self.set_faults({key: None for key in ("failure_rate", "rate_limit_rate", "timeout_rate", "timeout_ms",
+                                                       "retry_after_seconds")})
                 self.provider_fault_windows[-1] = (self.provider_fault_windows[-1][0], time.monotonic())
+                continue
+            elif fault == "renters":
+                machine = None
+                host, taken, seconds = rng.choice(HOSTS), rng.randint(1, 4), rng.uniform(3, 15)
+                self.set_faults({"rented_gpus": {str(host): taken}})
+                self.log("faults", fault, None, "host %d: %d GPU(s) for %.1f s" % (host, taken, seconds))
+                threading.Timer(seconds, self.set_faults, ({"rented_gpus": None},)).start()
                 continue
             elif fault == "controller_kill":
                 machine = None
@@ -264,6 +274,17 @@ class Chaos:
             else:
                 outcome = "no instance to hit"
             self.log("faults", fault, machine, outcome)
+
+    def set_faults(self, changes):
+        """Merges `changes` (None removes a key) into the emulator's fault plan and sets it whole."""
+        with self.lock:
+            for key, value in changes.items():
+                if value is None:
+                    self.plan.pop(key, None)
+                else:
+                    self.plan[key] = value
+            plan = dict(self.plan)
+        self.pool.sim_call("POST", "/admin/faults", plan)
 
     def thaw(self, instance):
         self.pool.sim_call("POST", "/admin/instances/%d/thaw" % instance)
@@ -346,6 +367,8 @@ class Chaos:
 
     def settle_and_clean(self):
         """Faults off, everything thawed; every failover must end and every pool clean up to nothing."""
+        with self.lock:
+            self.plan = {}
         self.pool.sim_call("POST", "/admin/faults", {})
         if self.provider_fault_windows and self.provider_fault_windows[-1][1] is None:
             self.provider_fault_windows[-1] = (self.provider_fault_windows[-1][0], time.monotonic())
@@ -390,7 +413,7 @@ def chaos(args):
             hosts=["%d:4:RTX_4090:0.45" % host for host in HOSTS],
             controller_extra=["--restart-grace-ms", str(RESTART_GRACE_S * 1000), "--standby-check-s", str(PROVIDER_CHECK_S),
                               "--lease-ms", "1000", "--fence-timeout-ms", "3000", "--provider-timeout-s", "2",
-                              "--operation-timeout-s", "120"],
+                              "--operation-timeout-s", "120", "--scheduling-timeout-s", "5"],
             agent_env=["WARMPOOL_WORKLOAD=" + SUPERVISED, "DRILL_WRITE_S=0.2"])
         run = Chaos(pool, args.seed, workdir)
         threads = [threading.Thread(target=run.operator, args=("op%d" % i, random.Random(args.seed * 1000 + i)), daemon=True)
@@ -417,7 +440,7 @@ def chaos(args):
         "unprotected_bound_s": UNPROTECTED_BOUND_S, "failovers": failovers,
         "answers": {str(k): v for k, v in sorted(run.answers.items(), key=lambda kv: str(kv[0]))},
         "provider_502": run.provider_502, "violation_details": run.violations,
-        "not_covered": ["a standby's GPU taken by another renter (not emulated yet: issue 19)"],
+        "not_covered": ["outbid and offline machines (Scripts/drill marketplace)"],
     }
     rows = [
         ("seed / minutes / operator threads", "%d / %g / %d" % (args.seed, args.minutes, args.operators)),
