@@ -198,7 +198,7 @@ def standby_gpu_taken_during_failover(run):
         scenario.faults({"own_gpu_restart": True, "rented_gpus": {str(HOST): 1}})
         scenario.pool.fault(old, "crash")
         failed_over = scenario.failed_over(old, run.args.scheduling_timeout_s + run.args.boot_delay_ms / 1000 + 90)
-        back = scenario.first(protected, 120)
+        back = scenario.first(protected, 120, after=failed_over or 0)
         target = run.args.scheduling_timeout_s + run.args.boot_delay_ms / 1000 + 10
         steps = [s["step"] for s in (scenario.pool.failover_of(old, POOL) or {}).get("timeline", [])]
         notes = "target: failed over within %.0f s (bound + boot + 10 s); steps %s" % (target, ",".join(steps))
@@ -218,7 +218,7 @@ def primary_outbid(run):
             raise RuntimeError("outbid: %s %s" % (status, answer))
         begun = scenario.first(lambda state, _, __: state == "failover", 10)
         failed_over = scenario.failed_over(old, 90)
-        back = scenario.first(protected, 120)
+        back = scenario.first(protected, 120, after=failed_over or 0)
         timeline = (scenario.pool.failover_of(old, POOL) or {}).get("timeline", [])
         detected = next((s.get("detail") or "" for s in timeline if s["step"] == "detected"), "")
         by = "provider notification" if "notification" in detected else "heartbeats"
@@ -245,7 +245,7 @@ def machine_offline(run):
         back_online = scenario.since_fault()
         scenario.faults({})
         failed_over = scenario.failed_over(old, 120)
-        back = scenario.first(protected, 150)
+        back = scenario.first(protected, 150, after=failed_over or 0)
         notes = ("pool left `active` %s s after the machine went offline; back online at %s s; "
                  "failed over once the provider could confirm the old primary stopped") % (not_active, back_online)
         return scenario.result(not_active is not None and failed_over is not None and back is not None,
@@ -262,7 +262,7 @@ def rate_limited(run):
         scenario.faults({"min_interval_ms": {"*": run.args.interval_ms}})
         scenario.pool.fault(old, "crash")
         failed_over = scenario.failed_over(old, 180)
-        back = scenario.first(protected, 240)
+        back = scenario.first(protected, 240, after=failed_over or 0)
         notes = "every endpoint limited to one call per %d ms" % run.args.interval_ms
         return scenario.result(failed_over is not None and back is not None, seconds_to_protected=back,
                                seconds_to_failed_over=failed_over, notes=notes), None
