@@ -286,6 +286,8 @@ let package = Package(
                 "WarmpoolModel",
                 // The live API test checks answers against Protocol/openapi.yaml; every test reads JSON with it.
                 "WarmpoolJSON",
+                // Signs Vast.ai notifications the way Vast.ai does (the same scheme as our webhooks).
+                "WarmpoolNotify",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),

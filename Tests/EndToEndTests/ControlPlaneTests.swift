@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Testing
 import WarmpoolJSON
+import WarmpoolNotify
 import WarmpoolStore
 
 #if canImport(Glibc)
@@ -46,7 +47,9 @@ import Glibc
         let document = try OpenAPIDocument(path: try OpenAPIDocument.locate())
         let harness = try Harness()
         try await seedFailover(harness)
-        try harness.startController()
+        let vastSecret = "vast-webhook-secret"
+        try Data((vastSecret + "\n").utf8).write(to: URL(fileURLWithPath: harness.directory + "/vast-secret"))
+        try harness.startController(extra: ["--vast-webhook-secret-file", harness.directory + "/vast-secret"])
         let base = "http://\(harness.apiAddress)"
         let key = try harness.adminAPIKey()
 
@@ -99,6 +102,9 @@ import Glibc
             ("POST", "/api/v1/keys", "/api/v1/keys", key, #"{"name": "third"}"#, 201),
             ("DELETE", "/api/v1/keys/\(secondID)", "/api/v1/keys/{key_id}", key, nil, 200),
             ("DELETE", "/api/v1/keys/\(secondID)", "/api/v1/keys/{key_id}", key, nil, 404),
+            ("POST", "/api/v1/warmpool/repair/12", "/api/v1/warmpool/repair/{machine_id}", key, nil, 503),
+            ("POST", "/api/v1/warmpool/repair/13", "/api/v1/warmpool/repair/{machine_id}", key, nil, 404),
+            ("POST", "/api/v1/warmpool/repair/12", "/api/v1/warmpool/repair/{machine_id}", nil, nil, 401),
         ]
         var exercised = Set<String>()
         for (method, path, template, callKey, body, expected) in calls {
@@ -107,6 +113,19 @@ import Glibc
             let problems = document.problems(method: method, template: template, status: answer.status, contentType: answer.contentType, body: answer.body)
             #expect(problems.isEmpty, "\(method) \(path) → \(answer.status): \(problems)")
             exercised.insert("\(method) \(template)")
+        }
+        // Vast.ai's notifications: signed instead of a key.
+        let notice = #"{"event_id": "e1", "user_id": 1, "notif_type": "outbid", "subject": "s", "message": "m", "data": {"instance_id": 4242}, "data_truncated": false, "timestamp": 1772490000.5}"#
+        let now = Int64(Date().timeIntervalSince1970)
+        let signed = ["X-Vast-Timestamp": String(now), "X-Vast-Event-Id": "e1", "X-Vast-Delivery-Attempt": "1",
+                      "X-Vast-Signature-256": WebhookSignature.sign(body: Data(notice.utf8), timestamp: now, secret: Data(vastSecret.utf8))]
+        let template = "/api/v1/provider/vast/notifications"
+        for (headers, body, expected) in [(signed, notice, 200), ([:], notice, 401), (signed, notice + " ", 401)] {
+            let answer = try http("POST", base + template, key: nil, body: body, headers: headers)
+            #expect(answer.status == expected, "\(answer.text)")
+            let problems = document.problems(method: "POST", template: template, status: answer.status, contentType: answer.contentType, body: answer.body)
+            #expect(problems.isEmpty, "POST \(template) → \(answer.status): \(problems)")
+            exercised.insert("POST \(template)")
         }
         #expect(document.operations.subtracting(exercised).isEmpty, "never called: \(document.operations.subtracting(exercised).sorted())")
 

@@ -18,10 +18,12 @@ struct HTTPAnswer {
     }
 }
 
-func http(_ method: String, _ url: String, key: String?, body: String? = nil, scheme: String = "Bearer") throws -> HTTPAnswer {
+func http(_ method: String, _ url: String, key: String?, body: String? = nil, scheme: String = "Bearer",
+          headers: [String: String] = [:]) throws -> HTTPAnswer {
     guard let target = URL(string: url) else { throw HarnessError("bad URL \(url)") }
     var request = URLRequest(url: target, timeoutInterval: 30)
     request.httpMethod = method
+    for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
     if let key { request.setValue("\(scheme) \(key)", forHTTPHeaderField: "Authorization") }
     if let body {
         request.httpBody = Data(body.utf8)

@@ -35,9 +35,11 @@ import WarmpoolTestSupport
         _ = try lab.provision()
         let status = try waitProtected(lab)
         let types = (status["conditions"]?.arrayValue ?? []).compactMap { $0["type"]?.stringValue }
-        #expect(types == ["Enabled", "PrimaryHeartbeating", "StandbyReady", "VolumeVerified", "NoOperationInFlight", "ControllerReady",
-                          "BreakerClosed", "StatePersisted"])
-        #expect((status["conditions"]?.arrayValue ?? []).allSatisfy { $0["status"]?.stringValue == "True" && $0["last_transition_time"]?.stringValue != nil })
+        #expect(types == ["Enabled", "PrimaryHeartbeating", "StandbyReady", "StandbyAtRisk", "VolumeVerified", "NoOperationInFlight",
+                          "ControllerReady", "BreakerClosed", "StatePersisted", "HostMaintenance"])
+        #expect((status["conditions"]?.arrayValue ?? []).allSatisfy { $0["ok"]?.boolValue == true && $0["last_transition_time"]?.stringValue != nil })
+        let negative = (status["conditions"]?.arrayValue ?? []).filter { $0["status"]?.stringValue == "False" }.compactMap { $0["type"]?.stringValue }
+        #expect(negative == ["StandbyAtRisk", "HostMaintenance"], "true is the problem for these two: \(negative)")
         let check = try ctl(lab, ["status", "--check"])
         #expect(check.status == 0, "\(check.output)")
         let metrics = try http("GET", "http://\(lab.harness.apiAddress)/metrics", key: try lab.adminKey()).text
@@ -53,6 +55,34 @@ import WarmpoolTestSupport
         let unprotected = try ctl(lab, ["status", "--check"])
         #expect(unprotected.status == 2 && unprotected.output.contains("ControllerReady RestartGrace"), "\(unprotected.output)")
         _ = try waitProtected(lab)
+    }
+
+    @Test func aHostWithNoFreeGPULeavesTheStandbyAtRiskAndThePoolSaysDegradedUntilOneFrees() throws {
+        let lab = try WarmPoolLab()
+        try lab.startController(extra: ["--standby-check-s", "1"])
+        _ = try lab.provision()
+        _ = try waitProtected(lab)
+        // Other renters take every free GPU of host 77: the stopped standby holds none.
+        #expect(try lab.sim("POST", "/admin/faults", body: #"{"full_hosts": [77]}"#).status == 200)
+        try lab.harness.waitUntil("the pool says its standby is at risk", timeout: 20) {
+            (try? lab.status()["remediation"]?["rung"]?.stringValue) == "standby_at_risk"
+        }
+        let status = try lab.status()
+        #expect(status["state"]?.stringValue == "degraded" && status["protected"]?.boolValue == false, "\(status)")
+        #expect(status["standby_gpu_id"]?.intValue != nil, "the standby is kept")
+        let atRisk = (status["conditions"]?.arrayValue ?? []).first { $0["type"]?.stringValue == "StandbyAtRisk" }
+        #expect(atRisk?["status"]?.stringValue == "True" && atRisk?["reason"]?.stringValue == "NoFreeGPU" && atRisk?["ok"]?.boolValue == false)
+        let check = try ctl(lab, ["status", "--check"])
+        #expect(check.status == 2 && check.output.contains("StandbyAtRisk NoFreeGPU") && check.output.contains("remediation: standby_at_risk"),
+                "\(check.output)")
+        let repair = try ctl(lab, ["repair", "12"])
+        #expect(repair.status != 0 && repair.output.contains("waits for a GPU"), "\(repair.output)")
+        let events = try http("GET", "http://\(lab.harness.apiAddress)/api/v1/warmpool/events/12", key: try lab.adminKey()).json
+        #expect((events["events"]?.arrayValue ?? []).contains { $0["kind"]?.stringValue == "standby_at_risk" }, "\(events)")
+        // The renters leave: active and protected again, nothing was replaced.
+        #expect(try lab.sim("POST", "/admin/faults", body: "{}").status == 200)
+        let back = try waitProtected(lab)
+        #expect(back["state"]?.stringValue == "active" && back["standby_gpu_id"] == status["standby_gpu_id"])
     }
 
     @Test func aPrimaryStoppedAtTheProviderIsFailedOver() throws {
