@@ -68,17 +68,21 @@ class Scenario:
         self.stop_watch = threading.Event()
         self.active_unprotected_since = None
         self.max_active_unprotected = 0.0
-        body = {"machine_id": POOL, "host_machine_id": HOST}
-        if bid_price:
-            body["bid_price"] = bid_price
-        answer = http.request("POST", self.pool.api_url + "/api/v1/warmpool/provision", self.pool.api_key, body, timeout=300)
-        if answer["status"]["state"] != "active":
-            raise RuntimeError("provisioning ended in state %s" % answer["status"]["state"])
-        wait_until("the new pool to be protected", lambda: self.status().get("protected"), 60, interval=0.2)
-        if sim_faults:
-            self.faults(sim_faults)
-        self.pool.sim_call("DELETE", "/admin/counters")
         self.watcher = threading.Thread(target=self.watch, daemon=True)
+        try:
+            body = {"machine_id": POOL, "host_machine_id": HOST}
+            if bid_price:
+                body["bid_price"] = bid_price
+            answer = http.request("POST", self.pool.api_url + "/api/v1/warmpool/provision", self.pool.api_key, body, timeout=300)
+            if answer["status"]["state"] != "active":
+                raise RuntimeError("provisioning ended in state %s" % answer["status"]["state"])
+            wait_until("the new pool to be protected", lambda: self.status().get("protected"), 60, interval=0.2)
+            if sim_faults:
+                self.faults(sim_faults)
+            self.pool.sim_call("DELETE", "/admin/counters")
+        except BaseException:
+            self.close()
+            raise
         self.watcher.start()
 
     def status(self):
@@ -152,9 +156,16 @@ class Scenario:
             "passed": bool(passed) and self.max_active_unprotected <= ACTIVE_UNPROTECTED_BOUND_S, "notes": notes,
         }
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.close()
+
     def close(self):
         self.stop_watch.set()
-        self.watcher.join(5)
+        if self.watcher.is_alive():
+            self.watcher.join(5)
         try:
             http.call("DELETE", self.pool.api_url + "/api/v1/warmpool/cleanup/%d" % POOL, self.pool.api_key, timeout=120)
         finally:
@@ -168,8 +179,16 @@ def protected(state, is_protected, _):
 
 def standby_gpu_taken(run):
     # Two GPUs: the primary holds one, the stopped standby none: a renter takes the other.
-    scenario = Scenario(run.args, run.binaries, "standby_gpu_taken", gpus=2)
-    try:
+    with Scenario(run.args, run.binaries, "standby_gpu_taken", gpus=2) as scenario:
+        # First a maintenance announced for the host: a condition that informs, the pool still protected.
+        scenario.pool.sim_call("POST", "/admin/notifications",
+                               {"notif_type": "maintenance_scheduled", "machine_id": HOST, "data": {"start_time": 1900000000}})
+
+        def maintenance():
+            status = scenario.status()
+            condition = next((c for c in status.get("conditions", []) if c["type"] == "HostMaintenance"), {})
+            return condition.get("status") == "True" and status.get("protected") and condition.get("message")
+        announced = wait_until("the host's maintenance to show", maintenance, 10, interval=0.2)
         scenario.mark_fault()
         scenario.faults({"rented_gpus": {str(HOST): 1}})
         reported = scenario.first(lambda state, _, error: state == "degraded" and (error or "").startswith("standby at risk"),
@@ -181,17 +200,15 @@ def standby_gpu_taken(run):
         back = scenario.first(protected, 30, after=released_at)
         seconds = None if back is None else round(back - released_at, 2)
         notes = ("while the GPU was taken: %s (%s), reported %s s after the fault; protected %s s after the renter gave "
-                 "it back") % (while_taken.get("state"), while_taken.get("error_message"), reported, seconds)
+                 "it back; before: HostMaintenance %r, still protected") % (
+            while_taken.get("state"), while_taken.get("error_message"), reported, seconds, announced)
         return scenario.result(reported is not None and reported <= ACTIVE_UNPROTECTED_BOUND_S + 1 and seconds is not None,
-                               seconds_to_protected=seconds, notes=notes), reported
-    finally:
-        scenario.close()
+                               seconds_to_protected=seconds, notes=notes)
 
 
 def standby_gpu_taken_during_failover(run):
-    scenario = Scenario(run.args, run.binaries, "standby_gpu_taken_during_failover", gpus=3,
-                        sim_faults={"own_gpu_restart": True})
-    try:
+    with Scenario(run.args, run.binaries, "standby_gpu_taken_during_failover", gpus=3,
+                  sim_faults={"own_gpu_restart": True}) as scenario:
         old = scenario.status()["primary_gpu_id"]
         scenario.mark_fault()
         # The renter takes the first free GPU: the stopped standby's own (the third stays free).
@@ -203,14 +220,13 @@ def standby_gpu_taken_during_failover(run):
         steps = [s["step"] for s in (scenario.pool.failover_of(old, POOL) or {}).get("timeline", [])]
         notes = "target: failed over within %.0f s (bound + boot + 10 s); steps %s" % (target, ",".join(steps))
         return scenario.result(failed_over is not None and failed_over <= target and back is not None,
-                               seconds_to_protected=back, seconds_to_failed_over=failed_over, notes=notes), None
-    finally:
-        scenario.close()
+                               seconds_to_protected=back, seconds_to_failed_over=failed_over, notes=notes)
 
 
 def primary_outbid(run):
-    scenario = Scenario(run.args, run.binaries, "primary_outbid", gpus=3, bid_price=0.3)
-    try:
+    # Each notification is delivered twice ("at least once"): the controller acts on it once.
+    with Scenario(run.args, run.binaries, "primary_outbid", gpus=3, bid_price=0.3,
+                  sim_faults={"duplicate_notifications": True}) as scenario:
         old = scenario.status()["primary_gpu_id"]
         scenario.mark_fault()
         status, answer = scenario.pool.sim_call("POST", "/admin/instances/%d/outbid" % old, {})
@@ -224,19 +240,20 @@ def primary_outbid(run):
         by = "provider notification" if "notification" in detected else "heartbeats"
         deliveries = scenario.pool.sim_call("GET", "/admin/notifications")[1].get("deliveries", [])
         delivered = [d for d in deliveries if d["notif_type"] == "outbid" and d.get("status") == 200]
+        events = scenario.pool.api("GET", "/events/%d?limit=200" % POOL)[1].get("events", [])
+        recorded = [e for e in events if e.get("kind") == "provider_notification" and "outbid" in (e.get("detail") or "")]
         lease_wait = LEASE_MS / 1000 + 1
         target = 2 + lease_wait + run.args.boot_delay_ms / 1000 + 10
-        notes = ("detected by %s; outbid notification delivered %d time(s); failover begun %s s after the outbid; "
-                 "target: failed over within %.0f s (2 s + lease wait + boot + 10 s)") % (by, len(delivered), begun, target)
+        notes = ("detected by %s; outbid notification delivered %d time(s), recorded %d time(s); failover begun %s s after "
+                 "the outbid; target: failed over within %.0f s (2 s + lease wait + boot + 10 s)") % (
+            by, len(delivered), len(recorded), begun, target)
         return scenario.result(begun is not None and begun <= 2 and failed_over is not None and failed_over <= target
-                               and delivered, seconds_to_protected=back, seconds_to_failed_over=failed_over, notes=notes), None
-    finally:
-        scenario.close()
+                               and len(delivered) == 2 and len(recorded) == 1,
+                               seconds_to_protected=back, seconds_to_failed_over=failed_over, notes=notes)
 
 
 def machine_offline(run):
-    scenario = Scenario(run.args, run.binaries, "machine_offline", gpus=3)
-    try:
+    with Scenario(run.args, run.binaries, "machine_offline", gpus=3) as scenario:
         old = scenario.status()["primary_gpu_id"]
         scenario.mark_fault()
         scenario.faults({"offline_machines": [HOST]})
@@ -249,14 +266,11 @@ def machine_offline(run):
         notes = ("pool left `active` %s s after the machine went offline; back online at %s s; "
                  "failed over once the provider could confirm the old primary stopped") % (not_active, back_online)
         return scenario.result(not_active is not None and failed_over is not None and back is not None,
-                               seconds_to_protected=back, seconds_to_failed_over=failed_over, notes=notes), None
-    finally:
-        scenario.close()
+                               seconds_to_protected=back, seconds_to_failed_over=failed_over, notes=notes)
 
 
 def rate_limited(run):
-    scenario = Scenario(run.args, run.binaries, "rate_limited", gpus=3)
-    try:
+    with Scenario(run.args, run.binaries, "rate_limited", gpus=3) as scenario:
         old = scenario.status()["primary_gpu_id"]
         scenario.mark_fault()
         scenario.faults({"min_interval_ms": {"*": run.args.interval_ms}})
@@ -265,9 +279,7 @@ def rate_limited(run):
         back = scenario.first(protected, 240, after=failed_over or 0)
         notes = "every endpoint limited to one call per %d ms" % run.args.interval_ms
         return scenario.result(failed_over is not None and back is not None, seconds_to_protected=back,
-                               seconds_to_failed_over=failed_over, notes=notes), None
-    finally:
-        scenario.close()
+                               seconds_to_failed_over=failed_over, notes=notes)
 
 
 SCENARIOS = [standby_gpu_taken, standby_gpu_taken_during_failover, primary_outbid, machine_offline, rate_limited]
@@ -285,7 +297,7 @@ def marketplace(args):
     results = []
     for scenario in chosen:
         try:
-            result, _ = scenario(run)
+            result = scenario(run)
         except Exception as error:  # noqa: BLE001 - a scenario that broke is reported, not raised
             result = {"name": scenario.__name__, "outcome": "error", "reason": str(error), "seconds_to_protected": None,
                       "seconds_to_failed_over": None, "calls": None, "rate_limited": None, "passed": False, "notes": ""}

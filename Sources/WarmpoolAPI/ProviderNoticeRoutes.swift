@@ -75,6 +75,7 @@ struct ProviderNoticeRoutes {
         }
         return ProviderNotice(
             eventID: eventID, kind: kind, instanceID: id("instance_id").map(InstanceID.init),
-            machineID: id("machine_id").map(HostMachineID.init), message: String((value["message"]?.stringValue ?? "").prefix(500)))
+            machineID: id("machine_id").map(HostMachineID.init), message: String((value["message"]?.stringValue ?? "").prefix(500)),
+            startsAt: data?["start_time"]?.doubleValue.flatMap { $0.isFinite && $0 > 0 ? $0 : nil })
     }
 }

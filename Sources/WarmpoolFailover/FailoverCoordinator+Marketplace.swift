@@ -45,7 +45,8 @@ extension FailoverCoordinator {
         if Self.hostNoticeKinds.contains(notice.kind) {
             let host = notice.machineID ?? affected.first?.1.hostMachineID
             if let host {
-                hostNotices[host] = (notice.kind, "\(notice.kind) announced for host \(host): \(notice.message)", now)
+                let when = notice.startsAt.map { " from \(Date(timeIntervalSince1970: $0).formatted(.iso8601))" } ?? ""
+                hostNotices[host] = (notice.kind, "\(notice.kind) announced for host \(host)\(when): \(notice.message)", now)
             }
             return "host notice recorded"
         }

@@ -8,8 +8,13 @@ public struct ProviderNotice: Sendable, Equatable {
     public var machineID: HostMachineID?
     /// For people; never parsed.
     public var message: String
+    /// When an announced maintenance or downtime begins, Unix seconds (`data.start_time`, a guess
+    /// at an undocumented key); nil when the notification says nothing of it.
+    public var startsAt: Double?
 
-    public init(eventID: String, kind: String, instanceID: InstanceID?, machineID: HostMachineID?, message: String) {
+    public init(eventID: String, kind: String, instanceID: InstanceID?, machineID: HostMachineID?, message: String,
+                startsAt: Double? = nil) {
+        self.startsAt = startsAt
         self.eventID = eventID
         self.kind = kind
         self.instanceID = instanceID

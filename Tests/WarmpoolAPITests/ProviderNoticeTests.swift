@@ -39,6 +39,17 @@ import WarmpoolStore
         }
     }
 
+    /// A router with the receiver on, over operations that record what reaches them.
+    static func fixture() async throws -> (APIFixture, Recording) {
+        var recording: Recording?
+        let fixture = try await APIFixture(operations: { store in
+            let made = Recording(store: store)
+            recording = made
+            return made
+        }, vastWebhookSecret: secret)
+        return (fixture, try #require(recording))
+    }
+
     static func signed(_ body: String, timestamp: Int64 = Int64(Date().timeIntervalSince1970), secret: String = secret,
                        eventHeader: String? = "7e9a") -> HTTPFields
     {
@@ -55,30 +66,19 @@ import WarmpoolStore
     static let outbid = #"{"event_id": "7e9a", "user_id": 123, "notif_type": "outbid", "subject": "s", "message": "m", "data": {"instance_id": 1001, "machine_id": 77}, "data_truncated": false, "timestamp": 1772490000.123}"#
 
     @Test func aSignedNotificationIsAnsweredAtOnceAndReachesTheOperationsWithoutAnAPIKey() async throws {
-        var recording: Recording?
-        let fixture = try await APIFixture(operations: { store in
-            let made = Recording(store: store)
-            recording = made
-            return made
-        }, vastWebhookSecret: Self.secret)
+        let (fixture, received) = try await Self.fixture()
         try await fixture.application.test(.router) { client in
             try await client.execute(uri: Self.path, method: .post, headers: Self.signed(Self.outbid), body: body(Self.outbid)) { response in
                 #expect(response.status == .ok)
                 #expect(response.json["event_id"] == "7e9a")
             }
         }
-        let received = try #require(recording)
         for _ in 0..<100 where received.notices.withLock({ $0.isEmpty }) { try await Task.sleep(for: .milliseconds(10)) }
         #expect(received.notices.withLock { $0 } == [ProviderNotice(eventID: "7e9a", kind: "outbid", instanceID: 1001, machineID: 77, message: "m")])
     }
 
     @Test func everyBadRequestIsRefusedWithItsReasonAndActedOnNever() async throws {
-        var recording: Recording?
-        let fixture = try await APIFixture(operations: { store in
-            let made = Recording(store: store)
-            recording = made
-            return made
-        }, vastWebhookSecret: Self.secret)
+        let (fixture, received) = try await Self.fixture()
         let now = Int64(Date().timeIntervalSince1970)
         var unsigned = HTTPFields()
         unsigned[.contentType] = "application/json"
@@ -108,7 +108,7 @@ import WarmpoolStore
             }
         }
         try await Task.sleep(for: .milliseconds(100))
-        #expect(try #require(recording).notices.withLock { $0.isEmpty })
+        #expect(received.notices.withLock { $0.isEmpty })
     }
 
     @Test func withoutASecretTheReceiverIsNotThere() async throws {
