@@ -19,6 +19,9 @@ import WarmpoolModel
 ///    └──────────────── no free GPU, or the new standby failed ───────────────┘
 ///
 ///   A primary failing while provisioning makes the first standby starts a failover too.
+///   active ⇄ degraded (standby at risk): the host had no free GPU at the provider's last look, so
+///   the stopped standby (which reserves none) could not start; the standby is kept.
+///   degraded without a primary ── a GPU of the host frees up (or repair) ─▶ failover (rebuild).
 ///   cleanup, from any state: destroy the instances, then the volume ─▶ removed. A failover it
 ///   interrupts is recorded as failed.
 ///   A provisioning that fails cleans up what it made (removed, the failure kept): a refused
@@ -42,7 +45,9 @@ import WarmpoolModel
 /// 7. recovering: a new stopped standby on the same host (find an offer, create, wait until it
 ///    exists, stop, poll until stopped) → active.
 /// A standby that does not start or verify is destroyed and a new instance on the next free GPU of
-/// the host takes its place (at most `replacementLimit` of them). No free GPU left: degraded.
+/// the host takes its place (at most `replacementLimit` of them); so is one left in `scheduling` or
+/// `offline` past `schedulingTimeout` (its GPU rented by someone else). No free GPU left: degraded,
+/// needing whole-host recovery, looking at the host again every `degradedRetryInterval`.
 ///
 /// Durability: the shell saves this value (Codable) before it carries out the actions returned
 /// with it. After a crash, `resume(now:)` sends the in-flight step's command again under a fresh

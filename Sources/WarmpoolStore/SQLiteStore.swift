@@ -14,25 +14,22 @@ public final class SQLiteStore: WarmpoolStore {
 
     public init(path: String, logger: Logger) throws {
         self.path = path
-        let directory = (path as NSString).deletingLastPathComponent
-        if !directory.isEmpty {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        }
+        // Every agent's secret is in the database, its WAL and its shared memory: the directory
+        // this makes is 0700, and each of the three files is 0600 whatever the umask.
+        try SecretFile.makePrivateDirectory((path as NSString).deletingLastPathComponent)
         var configuration = Configuration()
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
             try db.execute(sql: "PRAGMA foreign_keys = ON")
         }
         configuration.busyMode = .timeout(5)
-        let isNew = !FileManager.default.fileExists(atPath: path)
         do {
             database = try DatabasePool(path: path, configuration: configuration)
         } catch {
             throw StoreError.unreadable(path: path, reason: "\(error)")
         }
-        if isNew {
-            // The file holds every agent's secret.
-            chmod(path, 0o600)
+        for file in [path, path + "-wal", path + "-shm"] where FileManager.default.fileExists(atPath: file) {
+            chmod(file, 0o600)
         }
         try Self.migrate(database, logger: logger)
     }

@@ -11,8 +11,7 @@ enum AdminKey {
         guard try await store.apiKeys().isEmpty else { return }
         let minted = APIKeys.mint(name: "admin")
         let path = ((databasePath as NSString).deletingLastPathComponent as NSString).appendingPathComponent("admin-api-key")
-        guard FileManager.default.createFile(atPath: path, contents: Data((minted.plaintext + "\n").utf8), attributes: [.posixPermissions: 0o600])
-        else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path]) }
+        try SecretFile.write(minted.plaintext + "\n", to: path)
         try await store.addAPIKey(minted.record)
         logger.notice("minted the first API key", metadata: ["api_key.file": "\(path)", "api_key.id": "\(minted.record.id)"])
     }

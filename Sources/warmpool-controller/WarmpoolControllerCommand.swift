@@ -118,6 +118,8 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Everything the controller writes (the store, its WAL, key files, pins) is its own.
+        umask(0o077)
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -221,11 +223,10 @@ struct Keygen: ParsableCommand {
     var secretOut: String?
 
     func run() throws {
+        umask(0o077)
         let secret = try KeyFile.addAgent(agentId, path: keysFile)
         if let secretOut {
-            guard FileManager.default.createFile(
-                atPath: secretOut, contents: Data((secret.hex + "\n").utf8), attributes: [.posixPermissions: 0o600])
-            else { throw ValidationError("cannot write \(secretOut)") }
+            try SecretFile.write(secret.hex + "\n", to: secretOut)
         } else {
             print(secret.hex)
         }
@@ -253,6 +254,7 @@ struct APIKey: AsyncParsableCommand {
     var db: String = ProcessInfo.processInfo.environment["WARMPOOL_DB"] ?? "/var/lib/warmpool/warmpool.db"
 
     func run() async throws {
+        umask(0o077)
         let store = try SQLiteStore(path: db, logger: Logger(label: "warmpool.controller"))
         let minted = APIKeys.mint(name: name)
         try await store.addAPIKey(minted.record)

@@ -43,6 +43,28 @@ import Glibc
             events: [PoolEvent(poolID: 12, agentID: "gpu-12", kind: "failed", at: start, detail: "silent 355 ms")]))
     }
 
+    @Test func everyFileTheControllerWritesIsReadableByItAlone() async throws {
+        let harness = try Harness()
+        try harness.startController()
+        let base = "http://\(harness.apiAddress)"
+        // Minting an agent key writes its secret to the store, and so to the WAL first.
+        _ = try registerAgent(harness, base: base, key: try harness.adminAPIKey(), #"{"agent_id": "gpu-9", "role": "primary"}"#)
+        let directory = harness.directory + "/db"
+        let mode = { (path: String) -> Int in
+            ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? NSNumber)?.intValue ?? -1
+        }
+        #expect(mode(directory) == 0o700, "the state directory: \(String(mode(directory), radix: 8))")
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+        for file in ["warmpool.db", "warmpool.db-wal", "warmpool.db-shm", "admin-api-key"] {
+            #expect(files.contains(file), "\(files)")
+        }
+        for file in files {
+            #expect(mode(directory + "/" + file) & 0o077 == 0, "\(file) is \(String(mode(directory + "/" + file), radix: 8))")
+        }
+        let secret = try String(contentsOfFile: directory + "/admin-api-key", encoding: .utf8)
+        #expect(secret.hasSuffix("\n") && secret.count > 20)
+    }
+
     @Test func everyAnswerOfTheLiveServerConformsToOpenAPI() async throws {
         let document = try OpenAPIDocument(path: try OpenAPIDocument.locate())
         let harness = try Harness()

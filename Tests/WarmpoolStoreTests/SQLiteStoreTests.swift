@@ -240,3 +240,19 @@ private let logger = Logger(label: "test.store")
         #expect(try await store.apiKeys().first?.revokedAt != nil)
     }
 }
+
+@Suite struct SecretFileTests {
+    @Test func aSecretIsWrittenWholeAt0600AndReplacesWhatWasThere() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("wp-secret-\(UUID().uuidString)/state").path
+        try SecretFile.makePrivateDirectory(directory)
+        let mode = { (path: String) in ((try FileManager.default.attributesOfItem(atPath: path))[.posixPermissions] as? NSNumber)?.intValue }
+        #expect(try mode(directory) == 0o700)
+        let path = directory + "/admin-api-key"
+        try "old\n".write(toFile: path, atomically: false, encoding: .utf8)
+        try SecretFile.write("new-secret\n", to: path)
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "new-secret\n")
+        #expect(try mode(path) == 0o600)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["admin-api-key"], "no temporary left")
+        #expect(throws: SecretFile.WriteError.self) { try SecretFile.write("x", to: directory + "/missing/dir/key") }
+    }
+}
