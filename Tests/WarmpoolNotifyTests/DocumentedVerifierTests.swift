@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Testing
+import WarmpoolModel
 import WarmpoolStore
 @testable import WarmpoolNotify
 
@@ -71,5 +72,29 @@ import WarmpoolStore
         #expect(WebhookSignature.verify(
             signature: try header("X-Warmpool-Signature"), timestamp: try header("X-Warmpool-Timestamp"), body: Data(body.utf8),
             secret: Array("whsec-test-0123456789".utf8), now: Date(timeIntervalSince1970: 1_764_393_600)) == .valid)
+    }
+}
+
+/// The example request in Protocol/WEBHOOKS.md is what the notifier sends for those values.
+@Suite struct DocumentedExampleTests {
+    @Test func theExampleRequestIsWhatThePayloadAndTheSignatureMake() throws {
+        let document = try String(contentsOf: DocumentedVerifierTests.webhooksDocument, encoding: .utf8)
+        let start = try #require(document.range(of: "POST <your URL>\n"))
+        let end = try #require(document.range(of: "```", range: start.upperBound..<document.endIndex))
+        let lines = document[start.upperBound..<end.lowerBound].split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        var headers: [String: String] = [:]
+        for line in lines.prefix { !$0.isEmpty } {
+            let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            headers[parts[0]] = parts[1]
+        }
+        let body = try #require(lines.drop { !$0.isEmpty }.dropFirst().first)
+        let payload = WebhookPayload(
+            id: "wp-12-failover_complete-2", event: "failover_complete", poolID: 12, at: .seconds(1_764_393_600),
+            message: "pool 12: instance 9002 is primary after \(Duration.milliseconds(12_400))", state: .recovering, epoch: 3,
+            failover: "fo-12-2", primaryInstanceID: 9002, standbyInstanceID: nil)
+        #expect(body == payload.json(), "the documented body is not what is sent")
+        #expect(headers["X-Warmpool-Event"] == payload.event && headers["X-Warmpool-Delivery"] == payload.id)
+        #expect(headers["X-Warmpool-Signature"] == WebhookSignature.sign(
+            body: Data(body.utf8), timestamp: Int64(headers["X-Warmpool-Timestamp"] ?? "") ?? 0, secret: Data("whsec-test-0123456789".utf8)))
     }
 }
