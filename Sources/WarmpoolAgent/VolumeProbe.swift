@@ -47,16 +47,21 @@ public struct VolumeProbe: Sendable {
         if statvfs(normalized, &stats) == 0 {
             report.freeBytes = UInt64(stats.f_bavail) * UInt64(stats.f_frsize)
         }
-        if let marker = readSmallFile(normalized + "/" + markerName) {
+        // Not followed if it is a link: the volume is writable by the workload, the agent is root.
+        let markerPath = normalized + "/" + markerName
+        if let marker = readSmallFile(markerPath, followingLinks: false) {
             let id = String(decoding: marker, as: UTF8.self).trimmingWhitespace()
             report.volumeID = id.isEmpty ? nil : id
         }
+        let markerIsLink = Self.isSymbolicLink(markerPath)
         report.idMatches = report.volumeID != nil && (expectedID == nil || report.volumeID == expectedID)
         report.epoch = Self.readEpoch(volume: normalized)
         report.writable = Self.canWrite(directory: normalized)
 
         if !report.mounted {
             report.problem = "\(normalized) is not a mount point"
+        } else if markerIsLink {
+            report.problem = "the volume-id marker \(markerPath) is a symbolic link: not followed"
         } else if report.volumeID == nil {
             report.problem = "no volume-id marker at \(normalized)/\(markerName)"
         } else if !report.idMatches {
@@ -65,6 +70,11 @@ public struct VolumeProbe: Sendable {
             report.problem = "\(normalized) is not writable"
         }
         return report
+    }
+
+    static func isSymbolicLink(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFLNK
     }
 
     /// The name of the epoch file under the volume's root.
@@ -121,12 +131,26 @@ public struct VolumeProbe: Sendable {
         return trimmed
     }
 
+    /// The agent's own directory on the volume, where it probes writes.
+    public static let probeDirectoryName = ".warmpool-agent"
+
     /// Creates, writes, fsyncs and removes a probe file. A read-only or full volume fails here.
+    /// Anyone who can write the volume (the workload) could plant a link where root is about to
+    /// write, so the probe happens only in a directory the agent made and owns (0700, opened
+    /// without following a link), under a new random name created with `O_EXCL|O_NOFOLLOW`:
+    /// nothing is ever opened through a link, and no existing file is truncated.
     static func canWrite(directory: String) -> Bool {
-        let probePath = directory + "/.warmpool-write-probe-\(getpid())"
-        let fd = open(probePath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let probeDirectory = directory + "/" + probeDirectoryName
+        if mkdir(probeDirectory, 0o700) != 0, errno != EEXIST { return false }
+        let directoryFD = open(probeDirectory, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard directoryFD >= 0 else { return false }
+        defer { close(directoryFD) }
+        var info = stat()
+        guard fstat(directoryFD, &info) == 0, info.st_uid == geteuid(), info.st_mode & 0o022 == 0 else { return false }
+        let name = "write-probe-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        let fd = openat(directoryFD, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return false }
-        defer { unlink(probePath) }
+        defer { unlinkat(directoryFD, name, 0) }
         let payload: [UInt8] = Array("warmpool write probe\n".utf8)
         let written = payload.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         let synced = fsync(fd) == 0
@@ -135,9 +159,10 @@ public struct VolumeProbe: Sendable {
     }
 }
 
-/// Reads a file of at most `limit` bytes; nil if it cannot be opened or read.
-func readSmallFile(_ path: String, limit: Int = 1 << 20) -> [UInt8]? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+/// Reads a file of at most `limit` bytes; nil if it cannot be opened or read (or, unless
+/// `followingLinks`, if it is a symbolic link).
+func readSmallFile(_ path: String, limit: Int = 1 << 20, followingLinks: Bool = true) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC | (followingLinks ? 0 : O_NOFOLLOW | O_NONBLOCK))
     guard fd >= 0 else { return nil }
     defer { close(fd) }
     var result: [UInt8] = []

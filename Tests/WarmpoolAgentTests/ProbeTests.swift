@@ -41,8 +41,27 @@ import WarmpoolWire
             #expect(report.writable)
             #expect(report.freeBytes > 7 << 20 && report.freeBytes <= 8 << 20)
             #expect(report.problem == nil)
-            #expect(!FileManager.default.fileExists(atPath: path + "/.warmpool-write-probe-\(getpid())"))
+            let left = try FileManager.default.contentsOfDirectory(atPath: path + "/" + VolumeProbe.probeDirectoryName)
+            #expect(left.isEmpty, "the probe file is removed: \(left)")
         }
+    }
+
+    @Test func linksPlantedOnTheVolumeAreNeverFollowed() throws {
+        try #require(isRoot, "needs root to mount tmpfs")
+        let outside = try PlainDirectory()
+        let victim = outside.path + "/victim"
+        try "keep me\n".write(toFile: victim, atomically: false, encoding: .utf8)
+        try withTmpfs { path in
+            // The workload can write the volume: it points the marker and the agent's probe directory elsewhere.
+            try FileManager.default.removeItem(atPath: path + "/.warmpool-volume-id")
+            try FileManager.default.createSymbolicLink(atPath: path + "/.warmpool-volume-id", withDestinationPath: victim)
+            try FileManager.default.createSymbolicLink(atPath: path + "/" + VolumeProbe.probeDirectoryName, withDestinationPath: outside.path)
+            let report = VolumeProbe(path: path, expectedID: "vol-42").probe()
+            #expect(report.volumeID == nil && !report.writable)
+            #expect(report.problem == "the volume-id marker \(path)/.warmpool-volume-id is a symbolic link: not followed")
+        }
+        #expect(try String(contentsOfFile: victim, encoding: .utf8) == "keep me\n")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outside.path) == ["victim"], "nothing written through the link")
     }
 
     @Test func aWrongVolumeIsCaught() throws {
