@@ -136,6 +136,7 @@ let package = Package(
                 "WarmpoolProvider",
                 "WarmpoolSSH",
                 "WarmpoolNotify",
+                "WarmpoolHTTP",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

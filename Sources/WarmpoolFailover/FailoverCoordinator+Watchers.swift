@@ -23,14 +23,15 @@ extension FailoverCoordinator {
             // Back before its failure reached the engine: the breaker lets it go. A reconnect storm
             // with nothing held costs no store lookup.
             guard !breaker.pending.isEmpty else { return }
-            let instance = await instanceID(ofAgent: event.agent.agentID) ?? event.agent.instanceID
+            guard let instance = await instanceID(ofAgent: event.agent.agentID) else { return }
             carryOut(breaker: breaker.returned(instance: instance, now: clock.now()))
             return
         default:
             return
         }
-        let instance = await instanceID(ofAgent: event.agent.agentID) ?? event.agent.instanceID
-        guard let poolID = pools.first(where: { $0.value.machine?.snapshot.primaryInstanceID == instance })?.key else {
+        guard let instance = await instanceID(ofAgent: event.agent.agentID),
+            let poolID = pools.first(where: { $0.value.machine?.snapshot.primaryInstanceID == instance })?.key
+        else {
             hub?.releaseHold(instanceID: event.agent.instanceID)
             return
         }
@@ -142,7 +143,11 @@ extension FailoverCoordinator {
         }
     }
 
-    /// The instance the controller created an agent's key for; the agent's own report otherwise.
+    /// The instance the agent's key is bound to in the store (the controller created the key for
+    /// it, or an operator registered it with an `instance_id`); nil for a key that is bound to
+    /// none, a keys-file agent's included. Such an agent is watched, but what it says about
+    /// itself (the instance id it declares) gives it no authority over any pool: otherwise its
+    /// credential could claim another pool's primary and fail it over by dropping the connection.
     private func instanceID(ofAgent agentID: AgentID) async -> InstanceID? {
         (try? await store.agent(id: agentID))?.instanceID
     }
@@ -169,8 +174,7 @@ extension FailoverCoordinator {
     /// a failover now; still running gets the restart grace to reconnect (an agent upgrade),
     /// then a failover.
     private func primaryLeft(_ event: LivenessEvent) async {
-        let instance = await instanceID(ofAgent: event.agent.agentID) ?? event.agent.instanceID
-        guard let poolID = monitoredPool(primary: instance) else { return }
+        guard let instance = await instanceID(ofAgent: event.agent.agentID), let poolID = monitoredPool(primary: instance) else { return }
         logger.warning("primary's agent said goodbye; asking the provider", metadata: ["pool": "\(poolID)", "instance": "\(instance)"])
         var stopped: String?
         do {

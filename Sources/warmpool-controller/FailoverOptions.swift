@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NIOPosix
 import WarmpoolModel
 import WarmpoolAPI
 import WarmpoolLiveness
@@ -70,6 +71,9 @@ struct FailoverOptions: ParsableArguments {
     @Option(help: "File holding the secret Vast.ai signs its notification webhooks with; turns on POST /api/v1/provider/vast/notifications. Env: WARMPOOL_VAST_WEBHOOK_SECRET_FILE.")
     var vastWebhookSecretFile: String?
 
+    @Option(help: "Threads for the failover's blocking work: provider calls (libcurl) and SSH verifications (libssh2), apart from webhook deliveries and the event loops.")
+    var failoverThreads: Int = 8
+
     @Option(help: "How long provision, failover test and cleanup requests wait for the engine, in seconds.")
     var operationTimeoutS: Int = 600
 
@@ -83,6 +87,7 @@ struct FailoverOptions: ParsableArguments {
         guard providerPollMs >= 10 else { throw ValidationError("--provider-poll-ms must be at least 10") }
         guard standbyCheckS >= 1 else { throw ValidationError("--standby-check-s must be at least 1") }
         guard fenceTimeoutMs >= 100 else { throw ValidationError("--fence-timeout-ms must be at least 100") }
+        guard (1...256).contains(failoverThreads) else { throw ValidationError("--failover-threads must be 1-256") }
         guard schedulingTimeoutS >= 1, degradedRetryS >= 1 else {
             throw ValidationError("--scheduling-timeout-s and --degraded-retry-s must be at least 1")
         }
@@ -98,7 +103,7 @@ struct FailoverOptions: ParsableArguments {
     }
 
     /// The provider client, or nil when no key is configured.
-    func provider(logger: Logger) throws -> (any ProviderClient)? {
+    func provider(threadPool: NIOThreadPool, logger: Logger) throws -> (any ProviderClient)? {
         var key = Self.environment["VAST_API_KEY"]
         if let providerApiKeyFile {
             guard let text = try? String(contentsOfFile: providerApiKeyFile, encoding: .utf8) else {
@@ -111,7 +116,7 @@ struct FailoverOptions: ParsableArguments {
         configuration.baseURL = providerUrl
         configuration.timeout = .seconds(providerTimeoutS)
         configuration.pacing = EndpointPacer.Settings(floors: try pacingFloors())
-        return VastClient(configuration: configuration, logger: logger)
+        return VastClient(configuration: configuration, threadPool: threadPool, logger: logger)
     }
 
     func pacingFloors() throws -> [String: Duration] {
@@ -137,7 +142,7 @@ struct FailoverOptions: ParsableArguments {
 
     func coordinator(
         provider: any ProviderClient, store: any WarmpoolStore, hub: LivenessHub, listen: String, metrics: ControllerMetrics,
-        logger: Logger
+        threadPool: NIOThreadPool, logger: Logger
     ) throws -> FailoverCoordinator {
         guard let sshKey else { throw ValidationError("the failover engine needs --ssh-key (the key instances accept for root)") }
         guard FileManager.default.isReadableFile(atPath: sshKey) else { throw ValidationError("cannot read --ssh-key \(sshKey)") }
@@ -157,7 +162,8 @@ struct FailoverOptions: ParsableArguments {
         engine.degradedRetryInterval = .seconds(degradedRetryS)
         engine.leaseDuration = .milliseconds(Int(hub.leaseMilliseconds))
         let verifier = SSHVerifier(
-            credentials: SSHCredentials(privateKey: .file(path: sshKey)), pins: StoreHostKeyPins(store: store), logger: logger)
+            credentials: SSHCredentials(privateKey: .file(path: sshKey)), pins: StoreHostKeyPins(store: store), threadPool: threadPool,
+            logger: logger)
         var configuration = FailoverCoordinator.Configuration(
             engine: engine, restartGrace: .milliseconds(restartGraceMs), standbyCheckInterval: .seconds(standbyCheckS))
         configuration.breaker = MassFailureBreaker.Settings(

@@ -30,9 +30,10 @@ struct LivenessEventRecorder: Service {
         let pending = NIOLockedValueBox<[PoolEvent]>([])
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [events, metrics, store] in
-                // Agents the controller created are filed under their pool; others under the
-                // machine id they report.
-                var pools: [AgentID: PoolID?] = [:]
+                // Agents with a record in the store are filed under its pool; an agent known
+                // only from the keys file is in the event log alone: the machine id it reports is
+                // its own word, and would let any credential write into any pool's log.
+                var pools: [AgentID: PoolID] = [:]
                 for await batch in events.cancelOnGracefulShutdown() {
                     // An agent's role is the pool's word, read once per batch: a promoted standby
                     // keeps the identity (and role) it was created with, but it is the primary now.
@@ -40,13 +41,13 @@ struct LivenessEventRecorder: Service {
                     for event in batch {
                         metrics.record(event)
                         let agentID = event.agent.agentID
-                        if pools[agentID] == nil { pools[agentID] = .some(try? await store.agent(id: agentID)?.poolID) }
-                        let pool = pools[agentID] ?? nil
-                        if let pool, records[pool] == nil { records[pool] = .some(try? await store.pool(id: pool)) }
-                        let record = pool.flatMap { records[$0] ?? nil }
+                        if pools[agentID] == nil, let found = try? await store.agent(id: agentID)?.poolID { pools[agentID] = found }
+                        guard let pool = pools[agentID] else { continue }
+                        if records[pool] == nil { records[pool] = .some(try? await store.pool(id: pool)) }
+                        let record = records[pool] ?? nil
                         let recorded = Self.poolEvent(event, pool: pool, role: Self.role(of: event.agent.instanceID, in: record) ?? "\(event.agent.role)")
                         pending.withLockedValue { $0.append(recorded) }
-                        if let pool, Self.notified.contains(event.kind) { await notify(event, recorded, pool: pool) }
+                        if Self.notified.contains(event.kind) { await notify(event, recorded, pool: pool) }
                     }
                 }
             }
@@ -97,11 +98,11 @@ struct LivenessEventRecorder: Service {
         return nil
     }
 
-    static func poolEvent(_ event: LivenessEvent, pool: PoolID?, role: String? = nil) -> PoolEvent {
+    static func poolEvent(_ event: LivenessEvent, pool: PoolID, role: String? = nil) -> PoolEvent {
         var detail = "\(role ?? "\(event.agent.role)") instance \(event.agent.instanceID): \(event.reason)"
         if let fenced = event.fencedAtEpoch { detail += " (fenced at epoch \(fenced))" }
         return PoolEvent(
-            poolID: pool ?? PoolID(event.agent.machineID.rawValue), agentID: event.agent.agentID, kind: event.kind.rawValue, at: Date(),
+            poolID: pool, agentID: event.agent.agentID, kind: event.kind.rawValue, at: Date(),
             detail: detail)
     }
 }

@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import Logging
 import ServiceLifecycle
+import NIOPosix
+import WarmpoolHTTP
 import WarmpoolModel
 import WarmpoolNotify
 import WarmpoolStore
@@ -16,6 +18,9 @@ struct NotifyOptions: ParsableArguments {
     @Option(name: .customLong("notify-secret-file"),
             help: "File whose contents (trailing newline removed) are the webhooks' HMAC secret; required with --notify-url. Env: WARMPOOL_NOTIFY_SECRET_FILE.")
     var notifySecretFile: String?
+
+    @Option(help: "Threads that deliver webhooks (each blocked for up to the 10 s timeout by a receiver that does not answer), apart from the failover's.")
+    var webhookThreads: Int = 2
 
     var urls: [String] {
         if !notifyURLs.isEmpty { return notifyURLs }
@@ -50,9 +55,10 @@ struct NotifyOptions: ParsableArguments {
     }
 
     /// The notifier as a service when URLs are set; none otherwise.
-    func services(store: any WarmpoolStore, logger: Logger) throws -> [any Service] {
+    func services(store: any WarmpoolStore, threadPool: NIOThreadPool, logger: Logger) throws -> [any Service] {
         guard !urls.isEmpty else { return [] }
-        let notifier = WebhookNotifier(configuration: .init(urls: urls, secret: try secret()), store: store, logger: logger)
+        let notifier = WebhookNotifier(configuration: .init(urls: urls, secret: try secret()), store: store,
+                                       client: HTTPClient(threadPool: threadPool), logger: logger)
         return [notifier]
     }
 }

@@ -164,10 +164,18 @@ struct Serve: AsyncParsableCommand {
         store.observeAgentKeys { await service.reloadKeys() }
         let metrics = ControllerMetrics()
         var services: [any Service] = [service]
+        // Blocking work on pools of its own, so that one kind cannot starve another: a blackholed
+        // webhook receiver holds a delivery thread for its whole timeout, exactly when a failover
+        // emits failure_detected and needs the provider and SSH at once.
+        let failoverThreads = NIOThreadPool(numberOfThreads: failover.failoverThreads)
+        let webhookThreads = NIOThreadPool(numberOfThreads: notify.webhookThreads)
+        failoverThreads.start()
+        webhookThreads.start()
         let operations: any PoolOperations
-        if let provider = try failover.provider(logger: logger) {
+        if let provider = try failover.provider(threadPool: failoverThreads, logger: logger) {
             let coordinator = try failover.coordinator(
-                provider: provider, store: store, hub: service.hub, listen: listen, metrics: metrics, logger: logger)
+                provider: provider, store: store, hub: service.hub, listen: listen, metrics: metrics, threadPool: failoverThreads,
+                logger: logger)
             services.append(coordinator)
             operations = EnginePoolOperations(
                 coordinator: coordinator, provider: provider, timeout: .seconds(failover.operationTimeoutS))
@@ -199,12 +207,14 @@ struct Serve: AsyncParsableCommand {
                 "lossy_silence_timeout_ms": "\(detector.lossySilenceTimeout.milliseconds)", "lease_ms": "\(leaseMs)",
             ])
         // The outbox delivered as signed webhooks, when --notify-url is set.
-        let notifyServices = try notify.services(store: store, logger: logger)
+        let notifyServices = try notify.services(store: store, threadPool: webhookThreads, logger: logger)
         let serviceGroup = ServiceGroup(
             configuration: .init(services: services + [api, recorder] + notifyServices, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await serviceGroup.run()
         bus.finish()
         await eventLog.close()
+        try? await webhookThreads.shutdownGracefully()
+        try? await failoverThreads.shutdownGracefully()
         try await group.shutdownGracefully()
     }
 }

@@ -280,3 +280,27 @@ final class PendingResult<T: Sendable>: @unchecked Sendable {
         return value
     }
 }
+
+/// A credential in the keys file is not bound to any instance: the instance id its agent declares
+/// gives it no authority over a pool (issue 20).
+@Suite(.serialized) struct UnboundAgentTests {
+    @Test func aKeysFileAgentClaimingAPrimaryCannotFailItOverNorWriteItsLog() throws {
+        let lab = try WarmPoolLab()
+        try lab.startController(extra: ["--restart-grace-ms", "2000"])
+        let primary = (try lab.provision()["status"])?["primary_gpu_id"]?.intValue ?? -1
+        let secretFile = try lab.harness.addAgentKey("impostor")
+        let impostor = try lab.harness.startAgent("impostor", secretFile: secretFile, instanceID: Int(primary))
+        _ = try lab.harness.waitForEvent("connected", for: "impostor", timeout: 20)
+        // It "dies" as a crashed primary would: the connection drops, the detector fails it at once.
+        kill(impostor.processIdentifier, SIGKILL)
+        _ = try lab.harness.waitForEvent("failed", for: "impostor", timeout: 20)
+        Thread.sleep(forTimeInterval: 4)  // past the restart grace and a detector timeout many times over
+        let status = try lab.status()
+        #expect(status["primary_gpu_id"]?.intValue == primary && status["failover_count"]?.intValue == 0, "\(status)")
+        #expect(status["state"]?.stringValue == "active")
+        for machine in [12, 77] {
+            let events = try lab.poolEvents(machine)
+            #expect(!events.contains { $0["agent_id"]?.stringValue == "impostor" }, "pool \(machine): \(events)")
+        }
+    }
+}
