@@ -185,7 +185,7 @@ class Chaos:
         self.log(who, action, machine, "%s %s" % (status, message[:100]))
 
     def rotate_key(self):
-        status, created = self.api("POST", "/api/v1/keys", {"name": "chaos-%d" % int(time.time() * 1000)})
+        status, created = self.api("POST", "/api/v1/keys", {"name": "chaos-%d" % int(time.time() * 1000), "scope": "admin"})
         if status != 201 or not isinstance(created, dict):
             return status, created
         old = self.api_key

@@ -163,9 +163,32 @@ struct APIKeyMiddleware: RouterMiddleware {
         if record.lastUsedAt.map({ Date().timeIntervalSince($0) > 60 }) ?? true {
             try await store.touchAPIKey(id: id, at: Date())
         }
+        let required = Self.requiredScope(method: request.method, path: request.uri.path)
+        guard record.scope >= required else {
+            throw APIError(.forbidden, "forbidden",
+                           "this key's scope is \(record.scope.rawValue); \(request.method) \(request.uri.path) needs \(required.rawValue)")
+        }
         var context = context
         context.apiKeyID = id
         return try await next(request, context)
+    }
+
+    /// The least scope a route needs. Reading is `read` (metrics alone: `metrics`); acting on a
+    /// pool's instances through the failover engine is `operate`; what can destroy data or hand out
+    /// credentials (cleanup, settings, agent secrets, API keys) is `admin`, and so is anything
+    /// not listed here.
+    static func requiredScope(method: HTTPRequest.Method, path: String) -> APIKeyRecord.Scope {
+        if path == "/metrics" { return .metrics }
+        if path.hasPrefix(APIRouter.prefix + "/keys") { return .admin }
+        guard path.hasPrefix(APIRouter.prefix + "/warmpool/") else { return .admin }
+        if method == .get || method == .head { return .read }
+        let first = path.dropFirst((APIRouter.prefix + "/warmpool/").count).split(separator: "/").first.map(String.init) ?? ""
+        switch (method, first) {
+        case (.post, "provision"), (.post, "enable"), (.post, "disable"), (.post, "failover"), (.post, "repair"), (.post, "breaker"):
+            return .operate
+        default:
+            return .admin
+        }
     }
 }
 

@@ -85,11 +85,12 @@ struct KeyRoutes {
         }
         group.post("") { request, _ in
             let body = try await RequestInput.jsonObject(request)
-            try PoolRoutes.refuseUnknownFields(body, allowed: ["name"])
+            try PoolRoutes.refuseUnknownFields(body, allowed: ["name", "scope"])
             guard let name = try body.string("name", maximumLength: 64), !name.isEmpty else {
                 throw APIError.badRequest("name is required: 1-64 characters")
             }
-            let minted = APIKeys.mint(name: name)
+            // Least privilege unless asked: a key for a dashboard should not destroy pools.
+            let minted = APIKeys.mint(name: name, scope: try body.oneOf("scope", APIKeyRecord.Scope.self) ?? .read)
             try await store.addAPIKey(minted.record)
             var members: [(String, JSONValue)] = []
             if case .object(let fields) = Present.apiKey(minted.record) { members = fields }

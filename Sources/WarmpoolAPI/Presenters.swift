@@ -196,6 +196,7 @@ enum Present {
         .object([
             ("id", .string(key.id)),
             ("name", .string(key.name)),
+            ("scope", .string(key.scope.rawValue)),
             ("created_at", .date(key.createdAt)),
             ("revoked_at", .date(key.revokedAt)),
             ("last_used_at", .date(key.lastUsedAt)),

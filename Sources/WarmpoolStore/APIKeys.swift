@@ -10,10 +10,11 @@ public enum APIKeys {
         public var plaintext: String
     }
 
-    public static func mint(name: String, now: Date = Date()) -> Minted {
+    public static func mint(name: String, scope: APIKeyRecord.Scope = .admin, now: Date = Date()) -> Minted {
         let id = hex(randomBytes(4))
         let plaintext = "wp_\(id)_\(hex(randomBytes(24)))"
-        return Minted(record: APIKeyRecord(id: id, name: name, hashHex: hash(plaintext), createdAt: now), plaintext: plaintext)
+        return Minted(record: APIKeyRecord(id: id, name: name, hashHex: hash(plaintext), createdAt: now, scope: scope),
+                      plaintext: plaintext)
     }
 
     /// The id inside a well-formed key, or nil for anything else.

@@ -208,12 +208,25 @@ public struct AgentRecord: Codable, Sendable, Equatable {
 
 /// An API key as stored: only its SHA-256 is kept; the plaintext is shown once, at creation.
 public struct APIKeyRecord: Codable, Sendable, Equatable {
+    /// What a key may do, each scope including the ones before it: `metrics` (GET /metrics),
+    /// `read` (status, pools, hosts, history, events, agents, settings, breaker), `operate`
+    /// (provision, enable, disable, failover test, repair, breaker release), `admin` (cleanup,
+    /// settings changes, agent secrets, API keys).
+    public enum Scope: String, Codable, Sendable, CaseIterable, Comparable {
+        case metrics, read, operate, admin
+
+        public static func < (lhs: Scope, rhs: Scope) -> Bool {
+            allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
+        }
+    }
+
     public var id: String
     public var name: String
     public var hashHex: String
     public var createdAt: Date
     public var revokedAt: Date?
     public var lastUsedAt: Date?
+    public var scope: Scope
 
     /// The database columns, spelled out: the Swift names keep their acronyms.
     enum CodingKeys: String, CodingKey {
@@ -223,9 +236,12 @@ public struct APIKeyRecord: Codable, Sendable, Equatable {
         case createdAt = "created_at"
         case revokedAt = "revoked_at"
         case lastUsedAt = "last_used_at"
+        case scope
     }
 
-    public init(id: String, name: String, hashHex: String, createdAt: Date = Date(), revokedAt: Date? = nil, lastUsedAt: Date? = nil) {
+    public init(id: String, name: String, hashHex: String, createdAt: Date = Date(), revokedAt: Date? = nil, lastUsedAt: Date? = nil,
+                scope: Scope = .admin) {
+        self.scope = scope
         self.id = id
         self.name = name
         self.hashHex = hashHex

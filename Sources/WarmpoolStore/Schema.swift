@@ -7,7 +7,13 @@ enum Schema {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1-initial", migrate: createInitialTables)
         migrator.registerMigration("v2-incarnations", migrate: addIncarnations)
+        migrator.registerMigration("v3-api-key-scopes", migrate: addAPIKeyScopes)
         return migrator
+    }
+
+    /// Keys made before scopes could do everything: they stay `admin`.
+    private static func addAPIKeyScopes(_ db: Database) throws {
+        try db.alter(table: "api_key") { t in t.add(column: "scope", .text).notNull().defaults(to: "admin") }
     }
 
     /// A machine id provisioned again after a cleanup is a new pool: its rows carry which one,

@@ -260,13 +260,19 @@ struct APIKey: AsyncParsableCommand {
     @Option(help: "A name for the key, e.g. who uses it.")
     var name: String
 
+    @Option(help: "metrics, read, operate or admin (the default here: this is the way in when no admin key is left).")
+    var scope: String = "admin"
+
     @Option(help: "The SQLite database. Env: WARMPOOL_DB.")
     var db: String = ProcessInfo.processInfo.environment["WARMPOOL_DB"] ?? "/var/lib/warmpool/warmpool.db"
 
     func run() async throws {
         umask(0o077)
         let store = try SQLiteStore(path: db, logger: Logger(label: "warmpool.controller"))
-        let minted = APIKeys.mint(name: name)
+        guard let scope = APIKeyRecord.Scope(rawValue: scope) else {
+            throw ValidationError("--scope must be one of \(APIKeyRecord.Scope.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let minted = APIKeys.mint(name: name, scope: scope)
         try await store.addAPIKey(minted.record)
         print(minted.plaintext)
     }

@@ -385,8 +385,9 @@ struct Keys: AsyncParsableCommand {
                 if connection.json { return Output.json(answer) }
                 let keys = answer["keys"]?.objects ?? []
                 Output.table(
-                    ["ID", "NAME", "CREATED", "LAST USED", "REVOKED"],
-                    keys.map { [Output.cell($0["id"]), Output.cell($0["name"]), Output.cell($0["created_at"]), Output.cell($0["last_used_at"]), Output.cell($0["revoked_at"])] })
+                    ["ID", "NAME", "SCOPE", "CREATED", "LAST USED", "REVOKED"],
+                    keys.map { [Output.cell($0["id"]), Output.cell($0["name"]), Output.cell($0["scope"]), Output.cell($0["created_at"]),
+                                Output.cell($0["last_used_at"]), Output.cell($0["revoked_at"])] })
             }
         }
     }
@@ -395,9 +396,11 @@ struct Keys: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create an API key and print it once.")
         @OptionGroup var connection: Connection
         @Option(help: "Who or what uses it.") var name: String
+        @Option(help: "What it may do: metrics, read (the default), operate (provision, enable, disable, failover test, repair) or admin (cleanup, settings, agents, keys).")
+        var scope = "read"
         func run() async throws {
             try await WarmpoolCtl.run {
-                let answer = try await connection.client().send("POST", "api/v1/keys", body: ["name": .string(name)])
+                let answer = try await connection.client().send("POST", "api/v1/keys", body: ["name": .string(name), "scope": .string(scope)])
                 Output.field("key", of: answer, json: connection.json)
             }
         }

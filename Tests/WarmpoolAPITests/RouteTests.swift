@@ -320,8 +320,9 @@ import WarmpoolStore
         try await fixture.application.test(.router) { client in
             var newKey = ""
             var newID = ""
-            try await client.execute(uri: "/api/v1/keys", method: .post, headers: fixture.authWith(), body: body(#"{"name": "dashboard"}"#)) { response in
+            try await client.execute(uri: "/api/v1/keys", method: .post, headers: fixture.authWith(), body: body(#"{"name": "dashboard", "scope": "admin"}"#)) { response in
                 #expect(response.status == .created)
+                #expect(response.json["scope"] == "admin")
                 guard case .string(let key) = response.json["key"], case .string(let id) = response.json["id"] else {
                     Issue.record("no key"); return
                 }
@@ -343,6 +344,53 @@ import WarmpoolStore
             }
             try await client.execute(uri: "/api/v1/keys", method: .post, headers: fixture.authWith(), body: body(#"{"name": ""}"#)) { response in
                 #expect(response.status == .badRequest)
+            }
+        }
+    }
+
+    /// metrics < read < operate < admin: a key reaches the routes of its scope and those below, and
+    /// every other route answers 403 naming what it needs. With a read key, every mutating route
+    /// answers 403.
+    @Test func eachScopeReachesItsRoutesAndNoMore() async throws {
+        let fixture = try await APIFixture()
+        var minting: [APIKeyRecord.Scope: String] = [:]
+        for scope in APIKeyRecord.Scope.allCases {
+            let minted = APIKeys.mint(name: scope.rawValue, scope: scope)
+            try await fixture.store.addAPIKey(minted.record)
+            minting[scope] = minted.plaintext
+        }
+        let keys = minting
+        let needs: [(HTTPRequest.Method, String, APIKeyRecord.Scope)] = [
+            (.get, "/metrics", .metrics), (.get, "/api/v1/warmpool/pools", .read), (.get, "/api/v1/warmpool/status/1", .read),
+            (.get, "/api/v1/warmpool/agents", .read), (.get, "/api/v1/warmpool/settings/1", .read),
+            (.post, "/api/v1/warmpool/provision", .operate), (.post, "/api/v1/warmpool/enable/1", .operate),
+            (.post, "/api/v1/warmpool/failover/test/1", .operate), (.post, "/api/v1/warmpool/repair/1", .operate),
+            (.delete, "/api/v1/warmpool/cleanup/1", .admin), (.put, "/api/v1/warmpool/settings/1", .admin),
+            (.post, "/api/v1/warmpool/agents", .admin), (.get, "/api/v1/keys", .admin), (.post, "/api/v1/keys", .admin),
+        ]
+        try await fixture.application.test(.router) { client in
+            for (method, path, needed) in needs {
+                for (scope, key) in keys {
+                    var headers = HTTPFields()
+                    headers[.authorization] = "Bearer \(key)"
+                    headers[.contentType] = "application/json"
+                    try await client.execute(uri: path, method: method, headers: headers, body: body("{}")) { response in
+                        if scope < needed {
+                            #expect(response.status == .forbidden, "\(scope) \(method) \(path)")
+                            #expect(response.json["message"] == .string(
+                                "this key's scope is \(scope.rawValue); \(method) \(path) needs \(needed.rawValue)"))
+                        } else {
+                            #expect(response.status != .forbidden && response.status != .unauthorized, "\(scope) \(method) \(path)")
+                        }
+                    }
+                }
+            }
+            var read = HTTPFields()
+            read[.authorization] = "Bearer \(keys[.read] ?? "")"
+            for (method, path) in AuthTests.protectedRoutes where method != .get {
+                try await client.execute(uri: path, method: method, headers: read, body: body("{}")) { response in
+                    #expect(response.status == .forbidden, "a read key: \(method) \(path)")
+                }
             }
         }
     }

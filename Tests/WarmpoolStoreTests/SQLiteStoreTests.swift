@@ -47,13 +47,26 @@ private let logger = Logger(label: "test.store")
     @Test func aNewDatabaseGetsEveryMigrationAndEveryTable() async throws {
         let path = temporaryDatabasePath()
         let store = try SQLiteStore(path: path, logger: logger)
-        #expect(try await store.appliedMigrations() == ["v1-initial", "v2-incarnations"])
+        #expect(try await store.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes"])
         let tables = try await DatabaseQueue(path: path).read { db in
             try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'grdb_%' ORDER BY name")
         }
         #expect(tables == ["agent", "api_key", "failover", "host_key_pin", "outbox", "pool", "pool_event", "pool_incarnation", "timeline_step"])
         let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
         #expect(mode == 0o600)
+    }
+
+    @Test func keysFromBeforeScopesStayAdmin() async throws {
+        let path = temporaryDatabasePath()
+        let store = try SQLiteStore(path: path, logger: logger)
+        // A row as a controller from before the v3 migration wrote it: no scope column given.
+        try await DatabaseQueue(path: path).write { db in
+            try db.execute(sql: "INSERT INTO api_key (id, name, hash_hex, created_at) VALUES ('0123abcd', 'old', 'x', '2026-01-01 00:00:00.000')")
+        }
+        #expect(try await store.apiKey(id: "0123abcd")?.scope == .admin)
+        let minted = APIKeys.mint(name: "dashboard", scope: .read)
+        try await store.addAPIKey(minted.record)
+        #expect(try await store.apiKey(id: minted.record.id)?.scope == .read)
     }
 
     @Test func reopeningKeepsDataAndAppliesNothingTwice() async throws {
@@ -63,7 +76,7 @@ private let logger = Logger(label: "test.store")
             try await store.savePool(PoolRecord(poolID: 7, state: .active, volumeID: 3))
         }
         let reopened = try SQLiteStore(path: path, logger: logger)
-        #expect(try await reopened.appliedMigrations() == ["v1-initial", "v2-incarnations"])
+        #expect(try await reopened.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes"])
         #expect(try await reopened.pool(id: 7)?.volumeID == 3)
     }
 
