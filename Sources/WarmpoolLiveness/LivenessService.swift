@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 import WarmpoolModel
 import WarmpoolWire
 
@@ -31,6 +32,10 @@ public final class LivenessService: Service {
     private let logger: Logger
     private let onListening: @Sendable (SocketAddress) -> Void
     private let storedKeys: @Sendable () async throws -> Keyring
+    /// Reloads numbered as they begin, and the newest one applied: a reload that read the
+    /// sources before another must never replace what that one installed (it could drop a key
+    /// minted in between).
+    private let reloads = Mutex<(started: UInt64, applied: UInt64)>((0, 0))
 
     /// `storedKeys` reads the agents registered in the store; they are merged with the keys file.
     public init(
@@ -51,6 +56,10 @@ public final class LivenessService: Service {
     /// Rebuilds the keyring from the keys file and the store. A source that fails to read keeps
     /// the previous keyring in force, with an error logged: a typo must not lock every agent out.
     public func reloadKeys() async {
+        let generation = reloads.withLock { state -> UInt64 in
+            state.started += 1
+            return state.started
+        }
         do {
             let fromFile = try configuration.keysFile.map { try KeyFile.load(path: $0) } ?? Keyring()
             let fromStore = try await storedKeys()
@@ -59,7 +68,16 @@ public final class LivenessService: Service {
                 logger.warning("agents in both the keys file and the store; the store's key wins", metadata: ["agents": "\(overlap.sorted())"])
             }
             let keyring = fromFile.merging(fromStore)
-            hub.replaceKeyring(keyring)
+            let installed = reloads.withLock { state -> Bool in
+                guard generation > state.applied else { return false }
+                state.applied = generation
+                hub.replaceKeyring(keyring)
+                return true
+            }
+            guard installed else {
+                logger.debug("agent keys read by a reload older than the one in force: dropped", metadata: ["reload": "\(generation)"])
+                return
+            }
             logger.info("agent keys loaded", metadata: ["keys.count": "\(keyring.count)"])
         } catch {
             logger.error("agent keys unreadable, keeping the previous keys", metadata: ["error": "\(error)"])
