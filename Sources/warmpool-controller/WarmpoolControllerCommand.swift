@@ -40,6 +40,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Address the REST API listens on, HOST:PORT. Env: WARMPOOL_API_LISTEN.")
     var apiListen: String = ProcessInfo.processInfo.environment["WARMPOOL_API_LISTEN"] ?? "127.0.0.1:8080"
 
+    @Option(help: "Close an API connection idle this many seconds (nothing sent, or a request's headers left unfinished).")
+    var apiIdleTimeoutS: Int = 30
+
     @Option(help: "Once the API listens, write its bound HOST:PORT to this file. Env: WARMPOOL_API_READY_FILE.")
     var apiReadyFile: String?
 
@@ -190,6 +193,9 @@ struct Serve: AsyncParsableCommand {
         let apiAddress = ControllerAddress(apiListen, allowingPortZero: true)!
         let api = Application(
             router: router,
+            // A connection that sends nothing, or never finishes its request's headers, is closed:
+            // it would otherwise hold a socket (and a descriptor) for ever.
+            server: .http1(configuration: .init(idleTimeout: .seconds(Int64(apiIdleTimeoutS)))),
             configuration: .init(address: .hostname(apiAddress.host, port: apiAddress.port), serverName: "warmpool-controller"),
             onServerRunning: { [apiReadyFile] channel in
                 if let bound = channel.localAddress {

@@ -43,6 +43,32 @@ import Glibc
             events: [PoolEvent(poolID: 12, agentID: "gpu-12", kind: "failed", at: start, detail: "silent 355 ms")]))
     }
 
+    @Test func anAPIConnectionThatNeverFinishesItsRequestIsClosed() throws {
+        let harness = try Harness()
+        try harness.startController(extra: ["--api-idle-timeout-s", "1"])
+        let parts = harness.apiAddress.split(separator: ":")
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(parts.last.map(String.init) ?? "0") ?? 0).bigEndian
+        inet_pton(AF_INET, String(parts.first ?? "127.0.0.1"), &address.sin_addr)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        #expect(connected == 0)
+        let partial = Array("GET /healthz HTTP/1.1\r\nHost: x\r\n".utf8)  // the blank line never comes
+        _ = partial.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let started = Date()
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let read = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        let waited = Date().timeIntervalSince(started)
+        #expect(read == 0, "the controller closed the connection (recv \(read), errno \(errno))")
+        #expect(waited < 4.5, "closed by the idle timeout, not left open: \(waited) s")
+    }
+
     @Test func everyFileTheControllerWritesIsReadableByItAlone() async throws {
         let harness = try Harness()
         try harness.startController()
