@@ -312,6 +312,11 @@ final class SSHSession {
             var progressed = false
             for stream: Int32 in [0, SSH_EXTENDED_DATA_STDERR] {
                 while true {
+                    // Checked on every pass: a peer that streams faster than we read never lets
+                    // a read answer EAGAIN, and would otherwise hold this thread past the deadline.
+                    guard MonotonicClock.now() < deadline else {
+                        return .failure(SSHFailure(.timeout, phase: .command, "the command did not finish in time"))
+                    }
                     let count = buffer.withUnsafeMutableBufferPointer { pointer in
                         pointer.withMemoryRebound(to: CChar.self) { libssh2_channel_read_ex(channel, stream, $0.baseAddress, $0.count) }
                     }
