@@ -255,6 +255,37 @@ final class WarmPoolLab {
         #expect(try lab.status()["primary_gpu_id"]?.intValue == newPrimary)
     }
 
+    /// Webhook receivers that never answer hold a delivery thread each for the whole 10 s timeout;
+    /// the failover's provider calls and SSH run on threads of their own and do not wait for them
+    /// (issue 20: they shared the process's one thread per core).
+    @Test func aBlackholedWebhookReceiverDoesNotSlowAFailover() throws {
+        // A listening socket that never accepts: connects succeed, no answer ever comes.
+        let blackhole = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(blackhole) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(blackhole, $0, length) == 0 && getsockname(blackhole, $0, &length) == 0 && listen(blackhole, 64) == 0
+            }
+        }
+        #expect(listening)
+        let port = UInt16(bigEndian: address.sin_port)
+        let lab = try WarmPoolLab()
+        try Data("whsec-blackhole\n".utf8).write(to: URL(fileURLWithPath: lab.harness.directory + "/notify-secret"))
+        // More silent receivers than this machine has cores: before, they took every thread.
+        let receivers = (1...6).flatMap { ["--notify-url", "http://127.0.0.1:\(port)/hook\($0)"] }
+        try lab.startController(extra: receivers + ["--notify-secret-file", lab.harness.directory + "/notify-secret"])
+        _ = try lab.provision()
+        let started = Date()
+        let test = try http("POST", "\(lab.api)/failover/test/12", key: try lab.adminKey())
+        let took = Date().timeIntervalSince(started)
+        #expect(test.status == 200 && test.json["success"]?.boolValue == true, "\(test.text)")
+        #expect(took < 9, "the failover waited for the webhook deliveries: \(took) s")
+    }
+
     @Test func aFailoversNotificationsWaitInTheOutboxWithStableIDs() async throws {
         let lab = try WarmPoolLab()
         try lab.startController()
