@@ -107,8 +107,15 @@ final class WarmPoolLab {
     }
 
     static func freePort() throws -> Int {
+        let (socket, port) = try loopbackSocket(listening: false)
+        close(socket)
+        return port
+    }
+
+    /// A TCP socket bound to a free loopback port (listening, if asked: connects then succeed
+    /// whether or not anyone accepts); the caller closes it.
+    static func loopbackSocket(listening: Bool) throws -> (socket: Int32, port: Int) {
         let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(socket) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -116,8 +123,11 @@ final class WarmPoolLab {
         let bound = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
         }
-        guard bound else { throw HarnessError("cannot find a free port") }
-        return Int(UInt16(bigEndian: address.sin_port))
+        guard bound, !listening || listen(socket, 64) == 0 else {
+            close(socket)
+            throw HarnessError("cannot bind a loopback socket")
+        }
+        return (socket, Int(UInt16(bigEndian: address.sin_port)))
     }
 }
 
@@ -260,19 +270,8 @@ final class WarmPoolLab {
     /// (issue 20: they shared the process's one thread per core).
     @Test func aBlackholedWebhookReceiverDoesNotSlowAFailover() throws {
         // A listening socket that never accepts: connects succeed, no answer ever comes.
-        let blackhole = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (blackhole, port) = try WarmPoolLab.loopbackSocket(listening: true)
         defer { close(blackhole) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let listening = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(blackhole, $0, length) == 0 && getsockname(blackhole, $0, &length) == 0 && listen(blackhole, 64) == 0
-            }
-        }
-        #expect(listening)
-        let port = UInt16(bigEndian: address.sin_port)
         let lab = try WarmPoolLab()
         try Data("whsec-blackhole\n".utf8).write(to: URL(fileURLWithPath: lab.harness.directory + "/notify-secret"))
         // More silent receivers than this machine has cores: before, they took every thread.
