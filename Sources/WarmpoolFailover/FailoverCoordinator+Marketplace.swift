@@ -30,7 +30,6 @@ extension FailoverCoordinator {
         guard !providerEventsSeen.contains(notice.eventID) else { return nil }
         providerEventsSeen.append(notice.eventID)
         if providerEventsSeen.count > Self.providerEventsKept { providerEventsSeen.removeFirst(providerEventsSeen.count - Self.providerEventsKept) }
-        let now = clock.now()
         let affected = pools.compactMap { poolID, pool -> (PoolID, PoolSnapshot)? in
             guard let snapshot = pool.machine?.snapshot, !snapshot.removed else { return nil }
             let mentions = notice.instanceID.map { [snapshot.primaryInstanceID, snapshot.standbyInstanceID].contains($0) } ?? false
@@ -46,7 +45,7 @@ extension FailoverCoordinator {
             let host = notice.machineID ?? affected.first?.1.hostMachineID
             if let host {
                 let when = notice.startsAt.map { " from \(Date(timeIntervalSince1970: $0).formatted(.iso8601))" } ?? ""
-                hostNotices[host] = (notice.kind, "\(notice.kind) announced for host \(host)\(when): \(notice.message)", now)
+                hostNotices[host] = "\(notice.kind) announced for host \(host)\(when): \(notice.message)"
             }
             return "host notice recorded"
         }

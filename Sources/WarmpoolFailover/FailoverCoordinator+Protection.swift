@@ -15,7 +15,7 @@ extension FailoverCoordinator {
             breakerTripped: breaker.isTripped,
             uncommitted: uncommitted[poolID],
             freeGPUsOnHost: gpuSeen[snapshot.hostMachineID].map { ($0.free, Date(timeIntervalSince1970: $0.at.secondsSinceEpoch).formatted(.iso8601)) },
-            hostNotice: hostNotices[snapshot.hostMachineID]?.message)
+            hostNotice: hostNotices[snapshot.hostMachineID])
         var since = conditionSince[poolID] ?? [:]
         let conditions = check.evaluate().map { condition in
             if since[condition.type]?.status != condition.status { since[condition.type] = (condition.status, now) }

@@ -109,7 +109,7 @@ public actor FailoverCoordinator: Service {
     /// Pools whose standby was at risk at the last look, so each change is announced once.
     var standbyAtRisk: [PoolID: Bool] = [:]
     /// Maintenance and downtime the provider announced per host, from its notifications.
-    var hostNotices: [HostMachineID: (kind: String, message: String, at: Instant)] = [:]
+    var hostNotices: [HostMachineID: String] = [:]
     /// Provider notifications already acted on (their event ids), oldest first, bounded.
     var providerEventsSeen: [String] = []
     /// Until then, primaries that have not reconnected since the start are not yet failed over.

@@ -48,7 +48,7 @@ public struct RetryPolicy: Hashable, Sendable {
         case .response(let status, let retryAfter, let quotaExceeded):
             guard Self.retriedStatuses.contains(status), !quotaExceeded else { return .giveUp }
             guard idempotent || status == 429 else { return .giveUp }
-            if let retryAfter, let seconds = Double(retryAfter.trimmingCharacters(in: .whitespaces)), seconds >= 0 {
+            if let seconds = Self.seconds(retryAfter: retryAfter) {
                 let wait = Duration.milliseconds(Int64((seconds * 1000).rounded()))
                 return wait <= maxRetryAfter ? .retry(after: wait) : .giveUp
             }
@@ -58,6 +58,12 @@ public struct RetryPolicy: Hashable, Sendable {
             guard idempotent || code == 7 else { return .giveUp }
             return .retry(after: backoff(after: attempt))
         }
+    }
+
+    /// A `Retry-After` header given in seconds; nil when absent or not a number of seconds (an
+    /// HTTP-date, say).
+    public static func seconds(retryAfter header: String?) -> Double? {
+        header.flatMap { Double($0.trimmingCharacters(in: .whitespaces)) }.flatMap { $0 >= 0 ? $0 : nil }
     }
 
     /// initialBackoff × multiplier^(attempt-1).

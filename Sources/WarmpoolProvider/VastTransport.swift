@@ -129,9 +129,7 @@ final class VastTransport: Sendable {
         return response.status == 404 ? .notFound(what: text) : .http(status: response.status, message: text)
     }
 
-    static func retryAfterSeconds(_ response: HTTPResponse) -> Double? {
-        response.headers["retry-after"].flatMap { Double($0.trimmingCharacters(in: .whitespaces)) }.flatMap { $0 >= 0 ? $0 : nil }
-    }
+    static func retryAfterSeconds(_ response: HTTPResponse) -> Double? { RetryPolicy.seconds(retryAfter: response.headers["retry-after"]) }
 
     var rateLimited: [String: Int] { pacer.withLock { $0.rateLimited } }
 
