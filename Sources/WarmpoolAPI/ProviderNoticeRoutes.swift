@@ -17,14 +17,7 @@ struct ProviderNoticeRoutes {
 
     func register(on router: Router<APIRequestContext>) {
         router.post(RouterPath(Self.path)) { request, context in
-            var request = request
-            let buffer: ByteBuffer
-            do {
-                buffer = try await request.collectBody(upTo: RequestInput.maximumBodyBytes)
-            } catch {
-                throw APIError(.contentTooLarge, "body_too_large", "the request body exceeds \(RequestInput.maximumBodyBytes) bytes")
-            }
-            let body = Array(buffer.readableBytesView)
+            let body = try await RequestInput.body(request)
             func header(_ name: String) -> String? {
                 request.headers.first { $0.name.canonicalName == name }?.value
             }
@@ -52,13 +45,7 @@ struct ProviderNoticeRoutes {
     /// The documented body: `event_id`, `notif_type`, `message`, `data` (keys vary, may be null).
     /// Unknown slugs and keys are kept as information.
     static func notice(_ body: [UInt8], eventHeader: String?) throws -> ProviderNotice {
-        let value: JSONValue
-        do {
-            value = try JSONValue.parse(body)
-        } catch {
-            throw APIError(.badRequest, "malformed_json", "the body is not valid JSON: \(error)")
-        }
-        guard value.objectValue != nil else { throw APIError.badRequest("the body must be a JSON object, found \(value.typeName)") }
+        let value = try RequestInput.jsonObject(body)
         guard let eventID = value["event_id"]?.stringValue, !eventID.isEmpty, eventID.utf8.count <= 128 else {
             throw APIError.badRequest("event_id is required (a string of at most 128 bytes)")
         }

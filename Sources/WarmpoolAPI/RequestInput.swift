@@ -9,24 +9,31 @@ struct RequestInput {
 
     /// The body as a JSON object. An empty body reads as `{}` (clients post to action routes bare).
     static func jsonObject(_ request: Request) async throws -> JSONObjectReader {
+        let bytes = try await body(request)
+        if bytes.isEmpty { return JSONObjectReader(members: []) }
+        return JSONObjectReader(members: try jsonObject(bytes).objectValue ?? [])
+    }
+
+    /// The raw body, at most `maximumBodyBytes`.
+    static func body(_ request: Request) async throws -> [UInt8] {
         var request = request
-        let buffer: ByteBuffer
         do {
-            buffer = try await request.collectBody(upTo: maximumBodyBytes)
+            return Array(try await request.collectBody(upTo: maximumBodyBytes).readableBytesView)
         } catch {
             throw APIError(.contentTooLarge, "body_too_large", "the request body exceeds \(maximumBodyBytes) bytes")
         }
-        if buffer.readableBytes == 0 { return JSONObjectReader(members: []) }
+    }
+
+    /// `bytes` parsed, and a JSON object.
+    static func jsonObject(_ bytes: [UInt8]) throws -> JSONValue {
         let value: JSONValue
         do {
-            value = try JSONValue.parse(Array(buffer.readableBytesView))
+            value = try JSONValue.parse(bytes)
         } catch {
             throw APIError(.badRequest, "malformed_json", "the body is not valid JSON: \(error)")
         }
-        guard case .object(let members) = value else {
-            throw APIError.badRequest("the body must be a JSON object, found \(value.typeName)")
-        }
-        return JSONObjectReader(members: members)
+        guard case .object = value else { throw APIError.badRequest("the body must be a JSON object, found \(value.typeName)") }
+        return value
     }
 
     /// The path's `machine_id`: a pool's id.

@@ -83,13 +83,8 @@ public struct VolumeProbe: Sendable {
     /// The decimal epoch in `<volume>/.warmpool/epoch`. Opened without following a symlink: the
     /// volume is writable by the workload, and the agent runs as root.
     static func readEpoch(volume: String) -> UInt64? {
-        let fd = open(volume + "/" + epochFile, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 32)
-        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard count > 0 else { return nil }
-        return UInt64(String(decoding: buffer[0..<count], as: UTF8.self).trimmingWhitespace())
+        guard let bytes = readSmallFile(volume + "/" + epochFile, limit: 32, followingLinks: false), !bytes.isEmpty else { return nil }
+        return UInt64(String(decoding: bytes, as: UTF8.self).trimmingWhitespace())
     }
 
     /// Mount points from /proc/self/mountinfo (field 5), with the kernel's octal escapes undone.
