@@ -27,11 +27,14 @@ public struct APIDependencies: Sendable {
     public var metrics: ControllerMetrics
     /// The secret Vast.ai signs its notification webhooks with; nil: the receiver is off (404).
     public var vastWebhookSecret: String?
+    /// How long a request's body may take to arrive, from the moment its route is reached.
+    public var bodyTimeout: Duration
 
     public init(store: any WarmpoolStore, operations: any PoolOperations, hub: LivenessHub?, metrics: ControllerMetrics,
-                vastWebhookSecret: String? = nil)
+                vastWebhookSecret: String? = nil, bodyTimeout: Duration = .seconds(10))
     {
         self.vastWebhookSecret = vastWebhookSecret
+        self.bodyTimeout = bodyTimeout
         self.store = store
         self.operations = operations
         self.hub = hub
@@ -47,6 +50,7 @@ public enum APIRouter {
         let known = KnownRoutes()
         router.add(middleware: JSONErrorMiddleware(known: known))
         router.add(middleware: APIKeyMiddleware(store: dependencies.store))
+        router.add(middleware: BodyDeadlineMiddleware(timeout: dependencies.bodyTimeout))
         router.get("/healthz") { _, _ in
             JSONResponse.ok(.object([("status", .string("ok"))]))
         }

@@ -43,6 +43,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Close an API connection idle this many seconds (nothing sent, or a request's headers left unfinished).")
     var apiIdleTimeoutS: Int = 30
 
+    @Option(help: "Answer 408 to a request whose body has not all arrived this many seconds after its headers (a client dripping bytes is never idle).")
+    var apiBodyTimeoutS: Int = 10
+
     @Option(help: "Once the API listens, write its bound HOST:PORT to this file. Env: WARMPOOL_API_READY_FILE.")
     var apiReadyFile: String?
 
@@ -107,6 +110,7 @@ struct Serve: AsyncParsableCommand {
         }
         resolveEnvironment()
         guard heartbeatIntervalMs >= 10 else { throw ValidationError("--heartbeat-interval-ms must be at least 10") }
+        guard apiIdleTimeoutS >= 1, apiBodyTimeoutS >= 1 else { throw ValidationError("--api-idle-timeout-s and --api-body-timeout-s must be at least 1") }
         if let silenceTimeoutMs, silenceTimeoutMs <= heartbeatIntervalMs {
             throw ValidationError("--silence-timeout-ms must exceed the heartbeat interval")
         }
@@ -189,7 +193,7 @@ struct Serve: AsyncParsableCommand {
         }
         let router = APIRouter.build(
             APIDependencies(store: store, operations: operations, hub: service.hub, metrics: metrics,
-                            vastWebhookSecret: try failover.vastWebhookSecret()))
+                            vastWebhookSecret: try failover.vastWebhookSecret(), bodyTimeout: .seconds(apiBodyTimeoutS)))
         let apiAddress = ControllerAddress(apiListen, allowingPortZero: true)!
         let api = Application(
             router: router,

@@ -43,12 +43,10 @@ import Glibc
             events: [PoolEvent(poolID: 12, agentID: "gpu-12", kind: "failed", at: start, detail: "silent 355 ms")]))
     }
 
-    @Test func anAPIConnectionThatNeverFinishesItsRequestIsClosed() throws {
-        let harness = try Harness()
-        try harness.startController(extra: ["--api-idle-timeout-s", "1"])
+    /// A plain TCP connection to the controller's API, with a receive timeout.
+    private func apiSocket(_ harness: Harness, receiveTimeoutSeconds: Int = 5) throws -> Int32 {
         let parts = harness.apiAddress.split(separator: ":")
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(parts.last.map(String.init) ?? "0") ?? 0).bigEndian
@@ -56,11 +54,59 @@ import Glibc
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        #expect(connected == 0)
+        guard connected == 0 else {
+            close(fd)
+            throw HarnessError("cannot connect to the API at \(harness.apiAddress): errno \(errno)")
+        }
+        var timeout = timeval(tv_sec: receiveTimeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+
+    /// A client that drips its body a byte at a time is never idle, so the idle timeout never
+    /// closes it: the body deadline answers 408 (issue 20's request timeout).
+    @Test func aBodyThatDripsInIsCutOffAtTheBodyDeadline() throws {
+        let harness = try Harness()
+        try harness.startController(extra: ["--api-idle-timeout-s", "5", "--api-body-timeout-s", "1"])
+        let fd = try apiSocket(harness, receiveTimeoutSeconds: 1)
+        defer { close(fd) }
+        let head = Array("POST /api/v1/warmpool/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(try harness.adminAPIKey())\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{".utf8)
+        _ = head.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let started = Date()
+        var answer: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        // One byte every 200 ms: 40 s for the whole body, and never 5 s without one.
+        while Date().timeIntervalSince(started) < 15, !String(decoding: answer, as: UTF8.self).contains("\r\n\r\n") {
+            _ = [UInt8](" ".utf8).withUnsafeBytes { send(fd, $0.baseAddress, 1, Int32(MSG_NOSIGNAL)) }
+            var pollFD = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&pollFD, 1, 200) > 0 {
+                let read = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if read <= 0 { break }
+                answer += buffer[0..<read]
+            }
+        }
+        let waited = Date().timeIntervalSince(started)
+        let text = String(decoding: answer, as: UTF8.self)
+        #expect(text.hasPrefix("HTTP/1.1 408"), "\(text)")
+        #expect(waited < 5, "answered at the 1 s body deadline, not after the body: \(waited) s")
+        // The rest of the body is never read: the connection is not kept for another request.
+        var rest = [UInt8](repeating: 0, count: 4096)
+        var closed = false
+        let closeBy = Date().addingTimeInterval(6)
+        while Date() < closeBy {
+            let read = rest.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if read == 0 || (read < 0 && errno == ECONNRESET) { closed = true; break }
+        }
+        #expect(closed, "the connection closes after the 408")
+    }
+
+    @Test func anAPIConnectionThatNeverFinishesItsRequestIsClosed() throws {
+        let harness = try Harness()
+        try harness.startController(extra: ["--api-idle-timeout-s", "1"])
+        let fd = try apiSocket(harness)
+        defer { close(fd) }
         let partial = Array("GET /healthz HTTP/1.1\r\nHost: x\r\n".utf8)  // the blank line never comes
         _ = partial.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let started = Date()
         var buffer = [UInt8](repeating: 0, count: 256)
         let read = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
