@@ -25,23 +25,14 @@ final class SSHSession {
     /// Connected to `host:port`, with TCP_NODELAY, or a failure (refused, timeout, unreachable).
     static func connect(host: String, port: Int, deadline: Int64) -> Result<SSHSession, SSHFailure> {
         precondition(libssh2Initialised == 0, "libssh2_init failed")
-        var hints = addrinfo()
-        hints.ai_family = AF_UNSPEC
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        hints.ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG
-        var list: UnsafeMutablePointer<addrinfo>?
-        let status = getaddrinfo(host, String(port), &hints, &list)
-        guard status == 0, let first = list else {
-            let message = status == 0 ? "no address" : String(cString: gai_strerror(status))
-            return .failure(SSHFailure(.unreachable, phase: .connect, "cannot resolve \(host): \(message)"))
+        let addresses: [Resolver.Address]
+        switch Resolver.resolve(host: host, port: port, deadline: deadline) {
+        case .success(let resolved): addresses = resolved
+        case .failure(let failure): return .failure(failure)
         }
-        defer { freeaddrinfo(list) }
-
         var lastFailure = SSHFailure(.unreachable, phase: .connect, "no usable address for \(host)")
-        var cursor: UnsafeMutablePointer<addrinfo>? = first
-        while let info = cursor {
-            cursor = info.pointee.ai_next
-            switch connectOne(info.pointee, deadline: deadline) {
+        for address in addresses {
+            switch connectOne(address, deadline: deadline) {
             case .success(let fd):
                 guard let session = SSHSession(fd: fd) else {
                     return .failure(SSHFailure(.handshakeFailed, phase: .handshake, "libssh2 could not allocate a session"))
@@ -55,15 +46,17 @@ final class SSHSession {
         return .failure(lastFailure)
     }
 
-    private static func connectOne(_ info: addrinfo, deadline: Int64) -> Result<Int32, SSHFailure> {
-        let fd = socket(info.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue),
-                        info.ai_protocol)
+    private static func connectOne(_ address: Resolver.Address, deadline: Int64) -> Result<Int32, SSHFailure> {
+        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue),
+                        address.socketProtocol)
         guard fd >= 0 else {
             return .failure(SSHFailure(.unreachable, phase: .connect, "socket(): \(errorText(errno))"))
         }
         var one: Int32 = 1
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        var result = Glibc.connect(fd, info.ai_addr, info.ai_addrlen)
+        var result = address.bytes.withUnsafeBytes {
+            Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
+        }
         var error = result == 0 ? 0 : errno
         if result != 0 && (error == EINPROGRESS || error == EINTR) {
             while true {
