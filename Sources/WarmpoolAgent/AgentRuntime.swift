@@ -21,6 +21,8 @@ public struct AgentConfiguration: Sendable {
     /// nil disables the GPU probe.
     public var nvmlLibrary: String?
     public var workloadPIDFile: String?
+    /// The sshd host key's public half, whose fingerprint telemetry reports; nil reports none.
+    public var sshHostKeyPath: String? = "/etc/ssh/ssh_host_ed25519_key.pub"
     /// Run through /bin/sh when the lease expires (for a workload the agent does not start).
     public var fenceCommand: String?
     /// Run through /bin/sh when a lease that ran out is granted again at the same epoch.
@@ -432,7 +434,7 @@ public final class AgentRuntime: @unchecked Sendable {
         queue.async {
             probeForever(UncheckedBox(HostProbes(
                 volume: configuration.volume, nvmlLibrary: configuration.nvmlLibrary,
-                workloadPIDFile: configuration.workloadPIDFile)))
+                workloadPIDFile: configuration.workloadPIDFile, sshHostKeyPath: configuration.sshHostKeyPath)))
         }
     }
 
@@ -449,6 +451,14 @@ public final class AgentRuntime: @unchecked Sendable {
             logger.info(
                 "GPU probe", metadata: ["gpu.count": "\(report.gpu.gpus.count)", "gpu.problem": "\(report.gpu.problem ?? "none")"])
         }
+        if probeReport == nil || probeReport?.sshHostKey != report.sshHostKey {
+            logger.info("SSH host key", metadata: [
+                "ssh.fingerprint": "\(report.sshHostKey ?? "none")", "ssh.key_file": "\(configuration.sshHostKeyPath ?? "none")",
+            ])
+            // The controller waits for it before its first SSH contact: tell it at the next beat,
+            // not at the next telemetry interval (30 s by default).
+            if report.sshHostKey != nil { nextTelemetryAt = 0 }
+        }
         probeReport = report
     }
 
@@ -459,7 +469,7 @@ public final class AgentRuntime: @unchecked Sendable {
             fencedAtEpoch: supervisor.fencedAtEpoch,
             fence: supervisor.fenceIsFinal ? "final" : supervisor.fencedAtEpoch != nil ? "frozen" : nil,
             workload: "\(reportedWorkload)",
-            volume: probeReport?.volume, gpu: probeReport?.gpu
+            volume: probeReport?.volume, gpu: probeReport?.gpu, sshHostKey: probeReport?.sshHostKey
         ).json()
     }
 }

@@ -10,6 +10,9 @@ public struct ProbeReport: Sendable {
     public var volume: VolumeReport
     public var gpu: GPUReport
     public var workload: WorkloadState
+    /// The SHA-256 fingerprint of this instance's sshd ed25519 host key, read from its public key
+    /// file; nil when the file is absent or unreadable (sshd may not have made it yet).
+    public var sshHostKey: String? = nil
 }
 
 /// Runs the blocking probes (fsync on the volume, NVML calls, a pid check). Owned by one probe
@@ -19,11 +22,13 @@ public final class HostProbes {
     private let nvml: NVMLProbe?
     private let nvmlProblem: String?
     private let workloadPIDFile: String?
+    private let sshHostKeyPath: String?
 
     /// `nvmlLibrary` nil disables the GPU probe; a library that fails to load is reported, not fatal.
-    public init(volume: VolumeProbe, nvmlLibrary: String?, workloadPIDFile: String?) {
+    public init(volume: VolumeProbe, nvmlLibrary: String?, workloadPIDFile: String?, sshHostKeyPath: String? = nil) {
         self.volume = volume
         self.workloadPIDFile = workloadPIDFile
+        self.sshHostKeyPath = sshHostKeyPath
         if let nvmlLibrary {
             do {
                 nvml = try NVMLProbe(library: nvmlLibrary)
@@ -41,7 +46,18 @@ public final class HostProbes {
     public func probe() -> ProbeReport {
         ProbeReport(
             takenAt: MonotonicClock.now(), volume: volume.probe(),
-            gpu: nvml?.probe() ?? .unavailable(nvmlProblem ?? "NVML not loaded"), workload: workloadState())
+            gpu: nvml?.probe() ?? .unavailable(nvmlProblem ?? "NVML not loaded"), workload: workloadState(),
+            sshHostKey: sshHostKeyPath.flatMap(Self.hostKeyFingerprint(publicKeyFile:)))
+    }
+
+    /// What `ssh-keygen -l -E sha256 -f FILE` prints as the key's fingerprint, for an ed25519
+    /// public key file. The controller pins it for this instance before its first SSH contact:
+    /// the key sshd presents must then be the one this agent, authenticated by its secret, saw.
+    static func hostKeyFingerprint(publicKeyFile path: String) -> String? {
+        guard let bytes = readSmallFile(path, limit: 16 << 10),
+            let blob = HostKeyFingerprint.publicKeyBlob(openSSHLine: String(decoding: bytes, as: UTF8.self))
+        else { return nil }
+        return HostKeyFingerprint.sha256(digest: SHA256Hasher.hash(blob).bytes)
     }
 
     /// Running when the pid file names a live process, stopped when it names none; unknown when

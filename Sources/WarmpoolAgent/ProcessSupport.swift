@@ -38,6 +38,7 @@ extension ProbeReport {
         var out = JSONWriter(options: .escapingSlashes)
         out.object { o in
             o.key("gpu"); gpu.write(to: &o)
+            o.field("ssh_host_key", sshHostKey)
             o.key("volume"); volume.write(to: &o)
             o.field("workload", "\(workload)")
         }

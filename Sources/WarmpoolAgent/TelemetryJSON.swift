@@ -20,6 +20,8 @@ struct TelemetryDocument: Equatable, Sendable {
     var workload: String
     var volume: VolumeReport?
     var gpu: GPUReport?
+    /// The sshd ed25519 host key's fingerprint (`SHA256:...`), which the controller pins.
+    var sshHostKey: String? = nil
 
     func json() -> [UInt8] {
         var out = JSONWriter(options: .escapingSlashes)
@@ -32,6 +34,7 @@ struct TelemetryDocument: Equatable, Sendable {
             o.field("instance_id", instanceID)
             o.field("machine_id", machineID)
             o.field("role", role)
+            o.field("ssh_host_key", sshHostKey)
             o.field("version", version)
             if let volume { o.key("volume"); volume.write(to: &o) }
             o.field("workload", workload)

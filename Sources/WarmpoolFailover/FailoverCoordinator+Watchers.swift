@@ -19,6 +19,9 @@ extension FailoverCoordinator {
         case .left:
             await primaryLeft(event)
             return
+        case .hostKeyReported:
+            await hostKeyReported(instance: event.agent.instanceID)
+            return
         case .recovered, .connected:
             // Back before its failure reached the engine: the breaker lets it go. A reconnect storm
             // with nothing held costs no store lookup.
@@ -37,6 +40,26 @@ extension FailoverCoordinator {
         }
         logger.warning("primary failed", metadata: ["pool": "\(poolID)", "instance": "\(instance)", "reason": "\(event.reason)"])
         carryOut(breaker: breaker.failed(instance: instance, pool: poolID, monitored: monitoredPrimaries, now: clock.now()))
+    }
+
+    /// Pins the key an instance's agent reported, before anything contacts the instance (the pin
+    /// store takes only the word of an agent bound to it). A report that differs from the pin in
+    /// force changes nothing but is an alert: SSH to the instance will be refused.
+    private func hostKeyReported(instance: InstanceID) async {
+        let pins = verification.verifier.pins
+        guard let reported = hub?.attestedHostKey(instanceID: instance) else { return }
+        do {
+            guard let pinned = try await pins.pinnedFingerprint(for: instance), pinned != reported else { return }
+            logger.critical("an instance's agent reports a host key other than the one pinned; the pin stands", metadata: [
+                "instance": "\(instance)", "ssh.pinned": "\(pinned)", "ssh.reported": "\(reported)",
+            ])
+            let affected = pools.filter { [$0.value.machine?.snapshot.primaryInstanceID, $0.value.machine?.snapshot.standbyInstanceID].contains(instance) }
+            record("host_key_mismatch",
+                   "instance \(instance)'s agent reports host key \(reported), but \(pinned) is pinned: the pin stands and SSH to the instance will be refused",
+                   pools: Array(affected.keys))
+        } catch {
+            logger.error("cannot pin a reported host key", metadata: ["instance": "\(instance)", "error": "\(error)"])
+        }
     }
 
     /// Primaries a failure would fail over now: the breaker's denominator.

@@ -394,9 +394,12 @@ public actor FailoverCoordinator: Service {
             case .verify(let operation, let instance, let ssh, let volume, let marker):
                 let epoch = epoch ?? 1
                 runner.run { [verification] in
-                    await verification.run(instance: instance, ssh: ssh, volume: volume, marker: marker, epoch: epoch)
-                } deliver: { outcome in
-                    await self.verificationAnswered(poolID, operation, outcome)
+                    await verification.verdict(instance: instance, ssh: ssh, volume: volume, marker: marker, epoch: epoch)
+                } deliver: { verdict in
+                    if let mismatch = verdict.hostKeyMismatch {
+                        await self.record("host_key_mismatch", "instance \(instance) refused: \(mismatch)", pools: [poolID])
+                    }
+                    await self.verificationAnswered(poolID, operation, verdict.outcome)
                 }
             case .findFreeOffers(let operation, _, _), .ensureVolume(let operation, _, _, _), .ensureInstance(let operation, _),
                 .startInstance(let operation, _), .stopInstance(let operation, _), .pollInstance(let operation, _),

@@ -407,8 +407,10 @@ final class AgentListener: @unchecked Sendable {
                 closeLogged(connection, because: "over its byte budget of \(limits.bytesPerSecond) bytes a second (decompressed telemetry counts)")
                 return
             }
-            // Authenticated and decompressed; the store that keeps it comes with the control plane.
             connection.logger.debug("telemetry received", metadata: ["telemetry.bytes": "\(telemetry.document.count)"])
+            if let problem = hub.telemetryReceived(connection.session, document: telemetry.document) {
+                connection.logger.warning("telemetry ignored: \(problem)")
+            }
         case .send(let frame):
             send(frame, on: connection)
         case .established(let identity, let fencedAtEpoch, let welcome):

@@ -1,5 +1,6 @@
 import Logging
 import NIOConcurrencyHelpers
+import WarmpoolJSON
 import WarmpoolModel
 import WarmpoolWire
 
@@ -55,6 +56,10 @@ public final class LivenessHub: Sendable {
         var connections: [SessionID: (agentID: AgentID, instanceID: InstanceID, closer: any AgentConnectionCloser)] = [:]
         var nextSession: SessionID = 1
         var heartbeatsReceived: UInt64 = 0
+        /// The sshd host key each agent last reported in Telemetry, with the instance its session
+        /// named. Kept whatever the agent's binding: the binding is judged when the key is asked
+        /// for (an agent may report before the controller has recorded its instance).
+        var hostKeys: [AgentID: (instanceID: InstanceID, fingerprint: String)] = [:]
     }
 
     public let configuration: Configuration
@@ -202,8 +207,56 @@ public final class LivenessHub: Sendable {
 
     /// The instance is gone at the provider: its agents' detector entries and its lease posture
     /// go too, unless an agent of it still holds a session.
+    /// Reads the host key out of an authenticated Telemetry document. Returns why the document
+    /// was not usable, for the connection's log; the session stays open either way.
+    func telemetryReceived(_ session: SessionID, document: [UInt8]) -> String? {
+        let fingerprint: String
+        do {
+            let parsed = try JSONParser.parse(document)
+            guard parsed.objectValue != nil else { return "telemetry is not a JSON object" }
+            guard let value = parsed["ssh_host_key"] else { return nil }
+            guard let text = value.stringValue, HostKeyFingerprint.isWellFormed(text) else {
+                return "telemetry's ssh_host_key is not a SHA256 fingerprint"
+            }
+            fingerprint = text
+        } catch {
+            return "telemetry is not JSON: \(error)"
+        }
+        let now = MonotonicClock.now()
+        shared.withLockedValue { shared in
+            guard let connection = shared.connections[session] else { return }
+            let previous = shared.hostKeys.updateValue((connection.instanceID, fingerprint), forKey: connection.agentID)
+            guard previous?.fingerprint != fingerprint || previous?.instanceID != connection.instanceID,
+                let identity = shared.tracker.identity(agentID: connection.agentID)
+            else { return }
+            let reason = previous.map { "reported sshd host key \(fingerprint) (was \($0.fingerprint))" } ?? "reported sshd host key \(fingerprint)"
+            publish([LivenessEvent(kind: .hostKeyReported, agent: identity, atNanoseconds: now, reason: reason)], in: &shared)
+        }
+        return nil
+    }
+
+    /// The host key the instance's own agent reported: the agent's key must be bound to this
+    /// instance now (a keys-file agent that merely claims the instance vouches for nothing), and
+    /// agents that disagree vouch for nothing either.
+    public func attestedHostKey(instanceID: InstanceID) -> String? {
+        shared.withLockedValue { shared in
+            let vouched = Set(shared.hostKeys.compactMap { agentID, report -> String? in
+                guard report.instanceID == instanceID, shared.keyring.secret(for: agentID) != nil,
+                    shared.keyring.boundInstance(of: agentID) == instanceID
+                else { return nil }
+                return report.fingerprint
+            })
+            return vouched.count == 1 ? vouched.first : nil
+        }
+    }
+
+    func hasHostKeyReport(from agentID: AgentID) -> Bool {
+        shared.withLockedValue { $0.hostKeys[agentID] != nil }
+    }
+
     public func forget(instanceID: InstanceID) {
         shared.withLockedValue { shared in
+            shared.hostKeys = shared.hostKeys.filter { $0.value.instanceID != instanceID }
             shared.tracker.forget(instanceID: instanceID)
             if shared.tracker.agentIDs(instanceID: instanceID).isEmpty { shared.leases.forget(instanceID) }
         }

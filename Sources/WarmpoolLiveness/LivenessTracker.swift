@@ -25,6 +25,9 @@ public struct LivenessEvent: Hashable, Sendable {
         case fenceFailed = "fence_failed"
         /// Every connection closed after a Goodbye: a clean shutdown, not a failure.
         case left
+        /// The agent reported its sshd's host key for the first time, or a different one
+        /// (Telemetry's `ssh_host_key`): what the controller pins for its instance.
+        case hostKeyReported = "host_key_reported"
     }
 
     public var kind: Kind

@@ -167,34 +167,3 @@ public actor FileHostKeyPinStore: HostKeyPinStore {
         return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
     }
 }
-
-/// Host-key fingerprints as OpenSSH prints them.
-public enum HostKeyFingerprint {
-    /// `SHA256:` and the digest in base64 without padding, as `ssh-keygen -l` prints it.
-    public static func sha256(digest: [UInt8]) -> String {
-        "SHA256:" + base64(digest, padding: false)
-    }
-
-    static func base64(_ bytes: [UInt8], padding: Bool) -> String {
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-        var out: [UInt8] = []
-        var index = 0
-        while index + 3 <= bytes.count {
-            let value = UInt32(bytes[index]) << 16 | UInt32(bytes[index + 1]) << 8 | UInt32(bytes[index + 2])
-            out += [alphabet[Int(value >> 18 & 63)], alphabet[Int(value >> 12 & 63)], alphabet[Int(value >> 6 & 63)],
-                    alphabet[Int(value & 63)]]
-            index += 3
-        }
-        let rest = bytes.count - index
-        if rest == 1 {
-            let value = UInt32(bytes[index]) << 16
-            out += [alphabet[Int(value >> 18 & 63)], alphabet[Int(value >> 12 & 63)]]
-            if padding { out += Array("==".utf8) }
-        } else if rest == 2 {
-            let value = UInt32(bytes[index]) << 16 | UInt32(bytes[index + 1]) << 8
-            out += [alphabet[Int(value >> 18 & 63)], alphabet[Int(value >> 12 & 63)], alphabet[Int(value >> 6 & 63)]]
-            if padding { out += Array("=".utf8) }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-}

@@ -19,7 +19,7 @@ public struct ReadinessPolicy: Hashable, Sendable {
     public var retryable: Set<SSHFailure.Reason>
 
     public static let defaultRetryable: Set<SSHFailure.Reason> = [
-        .refused, .timeout, .noBanner, .unreachable, .handshakeFailed, .commandFailed, .notMounted,
+        .refused, .timeout, .noBanner, .unreachable, .handshakeFailed, .commandFailed, .notMounted, .hostKeyUnattested,
     ]
 
     public init(deadline: Duration = .seconds(300), pollInterval: Duration = .milliseconds(10), connectTimeout: Duration = .milliseconds(250),

@@ -19,6 +19,10 @@ public struct SSHFailure: Error, Hashable, Sendable, CustomStringConvertible {
         case noBanner = "no_banner"
         /// The host key is not the one pinned for this instance. Never retried; raises an alert.
         case hostKeyMismatch = "host_key_mismatch"
+        /// No key is pinned for the instance and its agent has reported none over its
+        /// authenticated session: nothing to hold the host to, so no connection is made. Retried:
+        /// the agent reports as soon as its session opens.
+        case hostKeyUnattested = "host_key_unattested"
         /// The server refused our public key.
         case authRefused = "auth_refused"
         /// The volume path does not exist or is not a mount point.

@@ -98,6 +98,9 @@ final class SSHSession {
         }
         self.session = session
         libssh2_session_set_blocking(session, 0)
+        // The pin is an ed25519 key's (the one the instance's agent reports); with libssh2's
+        // default order an sshd holding ECDSA too would present that one, vouched for by nobody.
+        _ = libssh2_session_method_pref(session, LIBSSH2_METHOD_HOSTKEY, HostKeyFingerprint.keyType)
     }
 
     deinit {

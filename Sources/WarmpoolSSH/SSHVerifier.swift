@@ -2,9 +2,20 @@ import WarmpoolModel
 import Logging
 import NIOPosix
 
-/// Proves a freshly started instance usable: SSH answers with the pinned host key (or one that
-/// gets pinned now, on first contact), our ed25519 key logs in, and the fixed verification command
-/// finds the right volume mounted and writable.
+/// Where the host key an instance must present comes from.
+public enum HostKeyTrust: String, Hashable, Sendable, CaseIterable {
+    /// Only from the pin store, which pins what the instance's agent reported over its
+    /// authenticated session: an instance with no pin yet is not contacted
+    /// (`host_key_unattested`), so whoever answers at the address first gains nothing.
+    case attested
+    /// Whatever key answers first is pinned (trust on first use): for instances that run no
+    /// agent, or agents too old to report. The first contact is then unauthenticated.
+    case firstUse = "first-use"
+}
+
+/// Proves a freshly started instance usable: SSH answers with the pinned host key (with
+/// `.firstUse`, one that gets pinned now, on first contact), our ed25519 key logs in, and the
+/// fixed verification command finds the right volume mounted and writable.
 ///
 /// Every libssh2 call runs on `threadPool` (a NIOThreadPool: plain threads that may block), never
 /// on an event loop or the Swift concurrency pool. One attempt holds one pool thread for at most
@@ -12,6 +23,7 @@ import NIOPosix
 public final class SSHVerifier: Sendable {
     public let credentials: SSHCredentials
     public let pins: any HostKeyPinStore
+    public let trust: HostKeyTrust
     private let threadPool: NIOThreadPool
     private let alert: @Sendable (SSHAlert) -> Void
     private let logger: Logger
@@ -19,10 +31,11 @@ public final class SSHVerifier: Sendable {
     /// - Parameters:
     ///   - threadPool: where the blocking libssh2 work runs; `.singleton` has one thread per core.
     ///   - alert: called for every host key mismatch (after it is logged at `critical`).
-    public init(credentials: SSHCredentials, pins: any HostKeyPinStore, threadPool: NIOThreadPool = .singleton, logger: Logger,
-                alert: @escaping @Sendable (SSHAlert) -> Void = { _ in }) {
+    public init(credentials: SSHCredentials, pins: any HostKeyPinStore, trust: HostKeyTrust = .firstUse,
+                threadPool: NIOThreadPool = .singleton, logger: Logger, alert: @escaping @Sendable (SSHAlert) -> Void = { _ in }) {
         self.credentials = credentials
         self.pins = pins
+        self.trust = trust
         self.threadPool = threadPool
         self.logger = logger
         self.alert = alert
@@ -32,9 +45,8 @@ public final class SSHVerifier: Sendable {
     /// result; this throws only when the check could not be run (pin store error, cancellation,
     /// thread pool shut down).
     public func verify(_ target: SSHTarget, timeout: Int64 = 10_000_000_000) async throws -> SSHVerificationResult {
-        let pinned = try await pins.pinnedFingerprint(for: target.instanceID)
         let deadline = MonotonicClock.now() + timeout
-        let raw = try await attempt(target, pinned: pinned, connectDeadline: deadline, deadline: deadline)
+        let (raw, pinned) = try await attempt(target, connectDeadline: deadline, deadline: deadline)
         let result = try await conclude(raw, target: target, pinned: pinned)
         log(result, target: target, level: result.isVerified ? .info : .warning)
         return result
@@ -50,7 +62,6 @@ public final class SSHVerifier: Sendable {
         var logger = self.logger
         logger[metadataKey: "ssh.instance_id"] = "\(target.instanceID)"
         logger[metadataKey: "ssh.host"] = "\(target.host):\(target.port)"
-        let pinned = try await pins.pinnedFingerprint(for: target.instanceID)
         var attempts = 0
         var lastReason: SSHFailure.Reason?
         while let planned = schedule.pending {
@@ -59,8 +70,8 @@ public final class SSHVerifier: Sendable {
             try Task.checkCancellation()
             attempts += 1
             let startedAt = MonotonicClock.now()
-            let raw = try await attempt(target, pinned: pinned, connectDeadline: startedAt + planned.connectTimeout,
-                                        deadline: origin + planned.deadline)
+            let (raw, pinned) = try await attempt(target, connectDeadline: startedAt + planned.connectTimeout,
+                                                  deadline: origin + planned.deadline)
             let result = try await conclude(raw, target: target, pinned: pinned)
             let decision = schedule.attemptFinished(result.failure, now: MonotonicClock.now() - origin)
             if let reason = result.failure?.reason, reason != lastReason {
@@ -88,21 +99,30 @@ public final class SSHVerifier: Sendable {
         throw CancellationError()
     }
 
-    /// Runs one attempt on the thread pool.
-    private func attempt(_ target: SSHTarget, pinned: String?, connectDeadline: Int64, deadline: Int64) async throws
-        -> SSHVerificationResult
+    /// Runs one attempt on the thread pool, against the pin in force as it starts (looked up
+    /// afresh each time: an agent's report may have arrived since the last one).
+    private func attempt(_ target: SSHTarget, connectDeadline: Int64, deadline: Int64) async throws
+        -> (SSHVerificationResult, pinned: String?)
     {
+        let pinned = try await pins.pinnedFingerprint(for: target.instanceID)
+        if pinned == nil, trust == .attested {
+            var result = SSHVerificationResult(instanceID: target.instanceID, host: target.host, port: target.port)
+            result.failure = SSHFailure(.hostKeyUnattested,
+                                        "no host key is pinned for instance \(target.instanceID) and its agent has reported none over its authenticated session; not connecting")
+            return (result, nil)
+        }
         let credentials = self.credentials
-        return try await threadPool.runIfActive {
+        let result = try await threadPool.runIfActive {
             Self.runAttempt(target, credentials: credentials, pinned: pinned, connectDeadline: min(connectDeadline, deadline),
                             deadline: deadline)
         }
+        return (result, pinned)
     }
 
-    /// Pins on first successful contact; raises the alert on a mismatch.
+    /// Pins on first successful contact (`.firstUse` only); raises the alert on a mismatch.
     private func conclude(_ raw: SSHVerificationResult, target: SSHTarget, pinned: String?) async throws -> SSHVerificationResult {
         var result = raw
-        if result.isVerified, pinned == nil, let fingerprint = result.hostKeyFingerprint {
+        if result.isVerified, pinned == nil, trust == .firstUse, let fingerprint = result.hostKeyFingerprint {
             let inForce = try await pins.pinIfAbsent(fingerprint, for: target.instanceID)
             if inForce == fingerprint {
                 result.pinnedOnThisContact = true

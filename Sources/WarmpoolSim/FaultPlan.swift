@@ -23,6 +23,10 @@ public struct FaultPlan: Codable, Hashable, Sendable {
     public var bootDelayMs: Int?
     /// Instances that run but never get sshd (the onstart still runs).
     public var noSSHInstances: [Int] = []
+    /// Instances whose SSH address someone else answers (a hijacked address, a man in the middle):
+    /// an sshd with a host key of its own, accepting the same logins, while the instance itself
+    /// (its /etc/ssh, its agent) is untouched.
+    public var impostorSSHInstances: [Int] = []
     /// Instances whose start is refused: `200 {"success": false}`.
     public var failStartInstances: [Int] = []
     /// Machines whose every GPU other renters take as soon as it is free: they offer nothing,
@@ -63,6 +67,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         case failureRate = "failure_rate", failNext = "fail_next", failureStatus = "failure_status"
         case rateLimitRate = "rate_limit_rate", rateLimitNext = "rate_limit_next", retryAfterSeconds = "retry_after_seconds"
         case latencyMs = "latency_ms", timeoutRate = "timeout_rate", timeoutMs = "timeout_ms", bootDelayMs = "boot_delay_ms", noSSHInstances = "no_ssh_instances"
+        case impostorSSHInstances = "impostor_ssh_instances"
         case failStartInstances = "fail_start_instances", fullHosts = "full_hosts", unreachableInstances = "unreachable_instances"
         case staleStopInstances = "stale_stop_instances", rentedGPUs = "rented_gpus", offlineMachines = "offline_machines"
         case minIntervalMs = "min_interval_ms", duplicateNotifications = "duplicate_notifications", ownGPURestart = "own_gpu_restart"
@@ -83,6 +88,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         bootDelayMs = try c.decodeIfPresent(Int.self, forKey: .bootDelayMs)
         noSSHInstances = try c.decodeIfPresent([Int].self, forKey: .noSSHInstances) ?? []
         failStartInstances = try c.decodeIfPresent([Int].self, forKey: .failStartInstances) ?? []
+        impostorSSHInstances = try c.decodeIfPresent([Int].self, forKey: .impostorSSHInstances) ?? []
         fullHosts = try c.decodeIfPresent([Int].self, forKey: .fullHosts) ?? []
         unreachableInstances = try c.decodeIfPresent([Int].self, forKey: .unreachableInstances) ?? []
         staleStopInstances = try c.decodeIfPresent([Int].self, forKey: .staleStopInstances) ?? []

@@ -4,9 +4,9 @@ import Foundation
 import Glibc
 #endif
 
-/// What an instance's directory holds: its ed25519 host key (made once at create, so the key a
-/// controller pins survives stop and start, as a real instance's does), its sshd_config, the
-/// launcher script, the onstart script and the logs.
+/// What an instance's directory holds: its own /etc/ssh (`etc-ssh`, with the ed25519 host key
+/// made once at create, so the key a controller pins survives stop and start, as a real
+/// instance's does), its sshd_config, the launcher script, the onstart script and the logs.
 enum InstanceFiles {
     struct SetupError: Error, CustomStringConvertible {
         var description: String
@@ -17,17 +17,22 @@ enum InstanceFiles {
 
     /// The instance's "container" entrypoint. Arguments: instance directory, volume directory
     /// ('' for none: nothing is attached), 1 to bind-mount it (in the private namespace unshare
-    /// made), mount path, 1 to start sshd, the sshd binary. Its shell variables are not exported:
-    /// onstart sees the environment the emulator gave, nothing of the launcher's.
+    /// made), mount path, 1 to start sshd, the sshd binary, the host key sshd serves, 1 to give
+    /// the instance its own /etc/ssh (in that namespace: a container's /etc/ssh is its own, and
+    /// its agent reads sshd's public key there). Its shell variables are not exported: onstart
+    /// sees the environment the emulator gave, nothing of the launcher's.
     static let launcher = """
         #!/bin/sh
         # warmpool-sim instance launcher: the instance's "container".
-        dir=$1 volume=$2 mount=$3 mount_path=$4 ssh=$5 sshd=$6
+        dir=$1 volume=$2 mount=$3 mount_path=$4 ssh=$5 sshd=$6 host_key=$7 own_etc_ssh=$8
         if [ -n "$volume" ] && [ "$mount" = 1 ]; then
           mount --bind "$volume" "$mount_path" || { echo "launcher: cannot bind $volume on $mount_path" >&2; exit 90; }
         fi
+        if [ "$own_etc_ssh" = 1 ]; then
+          mkdir -p /etc/ssh && mount --bind "$dir/etc-ssh" /etc/ssh || { echo "launcher: cannot bind $dir/etc-ssh on /etc/ssh" >&2; exit 91; }
+        fi
         if [ "$ssh" = 1 ]; then
-          "$sshd" -D -e -f "$dir/sshd_config" >>"$dir/sshd.log" 2>&1 &
+          "$sshd" -D -e -f "$dir/sshd_config" -h "$host_key" >>"$dir/sshd.log" 2>&1 &
         fi
         if [ -s "$dir/onstart.sh" ]; then
           sh -c "$(cat "$dir/onstart.sh")" >>"$dir/onstart.log" 2>&1 &
@@ -46,7 +51,6 @@ enum InstanceFiles {
         try """
             Port \(sshPort)
             ListenAddress \(address)
-            HostKey \(directory)/host_ed25519
             PidFile \(directory)/sshd.pid
             AuthorizedKeysFile \(authorizedKeys)
             PermitRootLogin prohibit-password
@@ -63,9 +67,23 @@ enum InstanceFiles {
             SetEnv HOME=\(directory)/home
 
             """.write(toFile: directory + "/sshd_config", atomically: true, encoding: .utf8)
-        let status = try run(keygen, ["-q", "-t", "ed25519", "-N", "", "-C", "warmpool-sim", "-f", directory + "/host_ed25519"],
-                             log: directory + "/setup.log")
-        guard status == 0 else { throw SetupError(description: "ssh-keygen exited \(status); see \(directory)/setup.log") }
+        try FileManager.default.createDirectory(atPath: directory + "/etc-ssh", withIntermediateDirectories: true)
+        try makeHostKey(hostKey(directory), keygen: keygen, log: directory + "/setup.log")
+    }
+
+    /// The instance's own sshd host key (ed25519), in its /etc/ssh.
+    static func hostKey(_ directory: String) -> String { directory + "/etc-ssh/ssh_host_ed25519_key" }
+
+    /// The key an impostor answering at the instance's address serves: made at its first use.
+    static func impostorKey(_ directory: String, keygen: String) throws -> String {
+        let path = directory + "/impostor_ed25519"
+        if !FileManager.default.fileExists(atPath: path) { try makeHostKey(path, keygen: keygen, log: directory + "/setup.log") }
+        return path
+    }
+
+    private static func makeHostKey(_ path: String, keygen: String, log: String) throws {
+        let status = try run(keygen, ["-q", "-t", "ed25519", "-N", "", "-C", "warmpool-sim", "-f", path], log: log)
+        guard status == 0 else { throw SetupError(description: "ssh-keygen exited \(status); see \(log)") }
     }
 
     /// Runs a short tool to completion with output to `log`. Spawned directly (no Foundation

@@ -537,16 +537,22 @@ public actor Simulator {
         let environment = InstanceEnvironment.make(instance: instance,
                                                    sshPublicKey: InstanceEnvironment.firstKey(inAuthorizedKeys: authorizedKeysPath))
         let ssh = !faults.noSSHInstances.contains(id)
+        // As root every instance gets a mount namespace of its own: its volume and its /etc/ssh.
+        // Without root neither: its agent then reads this machine's /etc/ssh (a deviation).
+        let privateMounts = configuration.mountVolumes
         var prefix = instance.netns.map { ["/bin/ip", "netns", "exec", $0] } ?? []
-        if mount { prefix += ["/usr/bin/unshare", "--mount", "--propagation", "private"] }
+        if privateMounts { prefix += ["/usr/bin/unshare", "--mount", "--propagation", "private"] }
         do {
             // The bind needs a mount point; a real host has /data in its image.
             if mount { try FileManager.default.createDirectory(atPath: instance.mountPath, withIntermediateDirectories: true) }
             try? FileManager.default.removeItem(atPath: instance.directory + "/" + InstanceFiles.launchedMarker)
+            let hostKey = faults.impostorSSHInstances.contains(id)
+                ? try InstanceFiles.impostorKey(instance.directory, keygen: configuration.sshKeygenPath)
+                : InstanceFiles.hostKey(instance.directory)
             let processes = try InstanceProcesses(
                 launcher: instance.directory + "/launcher.sh",
                 arguments: [instance.directory, mount ? volume?.directory ?? "" : "", mount ? "1" : "0", instance.mountPath,
-                            ssh ? "1" : "0", configuration.sshdPath],
+                            ssh ? "1" : "0", configuration.sshdPath, hostKey, privateMounts ? "1" : "0"],
                 environment: environment, workingDirectory: instance.home, logPath: instance.directory + "/launcher.log",
                 prefix: prefix)
             instances[id]?.processes = processes

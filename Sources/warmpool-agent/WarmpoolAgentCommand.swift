@@ -36,6 +36,7 @@ struct WarmpoolAgentCommand {
         CommandLineOption(name: "volume-marker", valueName: "volume-marker", help: "Name of the volume-id marker file in the volume's root. Env: WARMPOOL_VOLUME_MARKER. Default: .warmpool-volume-id."),
         CommandLineOption(name: "nvml-library", valueName: "nvml-library", help: "NVML library to dlopen, or `none` to skip the GPU probe. Env: WARMPOOL_NVML_LIBRARY. Default: libnvidia-ml.so.1."),
         CommandLineOption(name: "workload-pidfile", valueName: "workload-pidfile", help: "Pid file of the workload, to report whether it runs. Env: WARMPOOL_WORKLOAD_PIDFILE."),
+        CommandLineOption(name: "ssh-host-key", valueName: "ssh-host-key", help: "sshd's ed25519 public host key, whose fingerprint the controller pins for this instance before its first SSH contact, or `none`. Env: WARMPOOL_SSH_HOST_KEY. Default: /etc/ssh/ssh_host_ed25519_key.pub."),
         CommandLineOption(name: "fence-command", valueName: "fence-command", help: "Shell command run when the lease expires, for a workload the agent does not start (it gets WARMPOOL_FENCED_EPOCH). Env: WARMPOOL_FENCE_COMMAND."),
         CommandLineOption(name: "thaw-command", valueName: "thaw-command", help: "Shell command run when an expired lease is granted again at the same epoch (it gets WARMPOOL_FENCED_EPOCH). Env: WARMPOOL_THAW_COMMAND."),
         CommandLineOption(name: "state-dir", valueName: "state-dir", help: "Where the agent remembers its workload's process group across its own restarts. Env: WARMPOOL_STATE_DIR. Default: /run/warmpool-agent."),
@@ -56,6 +57,7 @@ struct WarmpoolAgentCommand {
     var volumeMarker: String?
     var nvmlLibrary: String?
     var workloadPidfile: String?
+    var sshHostKey: String?
     var fenceCommand: String?
     var thawCommand: String?
     var stateDir: String?
@@ -77,6 +79,7 @@ struct WarmpoolAgentCommand {
         volumeMarker = parsed.string("volume-marker")
         nvmlLibrary = parsed.string("nvml-library")
         workloadPidfile = parsed.string("workload-pidfile")
+        sshHostKey = parsed.string("ssh-host-key")
         fenceCommand = parsed.string("fence-command")
         thawCommand = parsed.string("thaw-command")
         stateDir = parsed.string("state-dir")
@@ -164,7 +167,9 @@ struct WarmpoolAgentCommand {
         guard probeInterval >= 10 else { throw UsageError("the probe interval must be at least 10 ms") }
 
         if probeOnce {
-            let report = HostProbes(volume: volumeProbe, nvmlLibrary: nvml, workloadPIDFile: value(workloadPidfile, "WARMPOOL_WORKLOAD_PIDFILE")).probe()
+            let hostKey = value(sshHostKey, "WARMPOOL_SSH_HOST_KEY") ?? "/etc/ssh/ssh_host_ed25519_key.pub"
+            let report = HostProbes(volume: volumeProbe, nvmlLibrary: nvml, workloadPIDFile: value(workloadPidfile, "WARMPOOL_WORKLOAD_PIDFILE"),
+                                    sshHostKeyPath: hostKey == "none" ? nil : hostKey).probe()
             print(report.json())
             return
         }
@@ -237,6 +242,8 @@ struct WarmpoolAgentCommand {
             fenceCommand: value(fenceCommand, "WARMPOOL_FENCE_COMMAND"),
             probeIntervalNanoseconds: Int64(probeIntervalMilliseconds) * 1_000_000)
         configuration.thawCommand = value(thawCommand, "WARMPOOL_THAW_COMMAND")
+        let hostKey = value(sshHostKey, "WARMPOOL_SSH_HOST_KEY") ?? "/etc/ssh/ssh_host_ed25519_key.pub"
+        configuration.sshHostKeyPath = hostKey == "none" ? nil : hostKey
         configuration.stateDirectory = value(stateDir, "WARMPOOL_STATE_DIR") ?? configuration.stateDirectory
         configuration.workloadCommand = workloadCommand ?? Self.environment["WARMPOOL_WORKLOAD"].map { ["/bin/sh", "-c", $0] }
         return configuration

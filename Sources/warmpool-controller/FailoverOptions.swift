@@ -26,6 +26,9 @@ struct FailoverOptions: ParsableArguments {
     @Option(help: "Private key (ed25519) the controller logs in to instances with, to verify SSH and the volume. Env: WARMPOOL_SSH_KEY.")
     var sshKey: String?
 
+    @Option(help: "Where an instance's SSH host key comes from: `attested` (the fingerprint its own agent reports over its authenticated session, pinned before the first SSH contact; an instance whose agent reports none is not contacted) or `first-use` (whatever answers first is pinned: for instances without our agent). Env: WARMPOOL_HOST_KEY_TRUST.")
+    var hostKeyTrust: String = environment["WARMPOOL_HOST_KEY_TRUST"] ?? HostKeyTrust.attested.rawValue
+
     @Option(help: "HOST:PORT[,HOST:PORT] the instances' agents reach this controller at (default: --listen, which then needs a fixed port). Env: WARMPOOL_AGENT_CONTROLLERS.")
     var agentControllers: String?
 
@@ -83,6 +86,9 @@ struct FailoverOptions: ParsableArguments {
     mutating func validate() throws {
         for variable in ["WARMPOOL_PROVIDER_POLL_MS", "WARMPOOL_RESTART_GRACE_MS", "WARMPOOL_FENCE_TIMEOUT_MS"] {
             if let text = Self.environment[variable], Int(text) == nil { throw ValidationError("\(variable) must be an integer, got \(text)") }
+        }
+        guard HostKeyTrust(rawValue: hostKeyTrust) != nil else {
+            throw ValidationError("--host-key-trust must be \(HostKeyTrust.allCases.map(\.rawValue).joined(separator: " or ")), got \(hostKeyTrust)")
         }
         guard providerPollMs >= 10 else { throw ValidationError("--provider-poll-ms must be at least 10") }
         guard standbyCheckS >= 1 else { throw ValidationError("--standby-check-s must be at least 1") }
@@ -162,8 +168,9 @@ struct FailoverOptions: ParsableArguments {
         engine.degradedRetryInterval = .seconds(degradedRetryS)
         engine.leaseDuration = .milliseconds(Int(hub.leaseMilliseconds))
         let verifier = SSHVerifier(
-            credentials: SSHCredentials(privateKey: .file(path: sshKey)), pins: StoreHostKeyPins(store: store), threadPool: threadPool,
-            logger: logger)
+            credentials: SSHCredentials(privateKey: .file(path: sshKey)),
+            pins: StoreHostKeyPins(store: store, attested: { hub.attestedHostKey(instanceID: $0) }, logger: logger),
+            trust: HostKeyTrust(rawValue: hostKeyTrust) ?? .attested, threadPool: threadPool, logger: logger)
         var configuration = FailoverCoordinator.Configuration(
             engine: engine, restartGrace: .milliseconds(restartGraceMs), standbyCheckInterval: .seconds(standbyCheckS))
         configuration.breaker = MassFailureBreaker.Settings(

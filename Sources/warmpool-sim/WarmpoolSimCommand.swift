@@ -55,6 +55,9 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
     @Option(help: "An instance id that never gets sshd (repeatable).")
     var noSshInstance: [Int] = []
 
+    @Option(help: "An instance id whose SSH address an impostor answers: an sshd with another host key (repeatable).")
+    var impostorSshInstance: [Int] = []
+
     @Option(help: "An instance id whose start is refused (repeatable).")
     var failStartInstance: [Int] = []
 
@@ -95,6 +98,7 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
         faults.latencyMs = latencyMs
         faults.noSSHInstances = noSshInstance
         faults.failStartInstances = failStartInstance
+        faults.impostorSSHInstances = impostorSshInstance
         faults.fullHosts = fullHost
         for limit in minIntervalMs {
             let parts = limit.split(separator: "=", maxSplits: 1).map(String.init)

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Testing
 import WarmpoolJSON
+import WarmpoolModel
 import WarmpoolStore
 
 #if canImport(Glibc)
@@ -263,6 +264,44 @@ final class WarmPoolLab {
         #expect(steps.contains("volume_verified"), "the replacement's volume is checked for the marker: \(steps)")
         #expect(steps.contains("promoted"))
         #expect(try lab.status()["primary_gpu_id"]?.intValue == newPrimary)
+    }
+
+    /// Issue 20: a failover's replacement is first contacted at its verification. An impostor
+    /// answering at its address (another host key, the same logins) is refused there, with an
+    /// alert, and the failover goes on to the next free GPU; every pin in the store is the key
+    /// the instance's own agent reported over its authenticated session, never a first contact.
+    @Test func anImpostorAtAReplacementsAddressIsRefusedAndEveryPinIsTheAgentsWord() async throws {
+        // 1002 (the first standby) will not start, so the failover creates 1003, where an impostor answers.
+        let lab = try WarmPoolLab(simExtra: ["--fail-start-instance", "1002", "--impostor-ssh-instance", "1003"])
+        try lab.startController()
+        _ = try lab.provision()
+        let store = try SQLiteStore(path: lab.harness.databasePath, logger: Logger(label: "test.reader"))
+        /// A standby is stopped as soon as it exists, often before its agent has reported: it is
+        /// pinned at its first start then, before its verification. A pin, when there is one, is
+        /// always the instance's own key.
+        func expectPinnedFromTheAgent(_ instance: Int64, standby: Bool = false) async throws {
+            let own = lab.harness.directory + "/sim/instances/\(instance)/etc-ssh/ssh_host_ed25519_key.pub"
+            let printed = try Command.runChecked("/usr/bin/ssh-keygen", ["-l", "-E", "sha256", "-f", own])
+            let pin = try await store.pinnedHostKey(instanceID: InstanceID(instance))
+            if standby, pin == nil { return }
+            #expect(pin == String(printed.split(separator: " ")[1]), "instance \(instance): pinned \(pin ?? "nothing")")
+        }
+        try await expectPinnedFromTheAgent(1001)
+        try await expectPinnedFromTheAgent(1002, standby: true)
+        let test = try http("POST", "\(lab.api)/failover/test/12", key: try lab.adminKey())
+        #expect(test.json["success"]?.boolValue == true, "\(test.text)")
+        let newPrimary = test.json["new_primary_gpu_id"]?.intValue ?? -1
+        #expect(newPrimary > 1003, "the impostor's instance is never promoted: \(test.text)")
+        let failover = try lab.waitForFailover(1)
+        let refusals = try lab.poolEvents().filter { $0["kind"]?.stringValue == "host_key_mismatch" }
+        #expect(refusals.count == 1, "\(refusals)")
+        let detail = refusals.first?["detail"]?.stringValue ?? ""
+        #expect(detail.hasPrefix("instance 1003 refused: host_key_mismatch: host key SHA256:"), "\(detail)")
+        let timeline = (failover["timeline"]?.arrayValue ?? []).compactMap { $0["detail"]?.stringValue }.joined(separator: "\n")
+        #expect(timeline.contains("does not match the key pinned for instance 1003"), "\(timeline)")
+
+        try await expectPinnedFromTheAgent(newPrimary)
+        try await expectPinnedFromTheAgent(try lab.status()["standby_gpu_id"]?.intValue ?? -1, standby: true)
     }
 
     /// Webhook receivers that never answer hold a delivery thread each for the whole 10 s timeout;

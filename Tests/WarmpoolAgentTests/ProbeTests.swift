@@ -151,3 +151,25 @@ import WarmpoolWire
         #expect(status.gpuMaxTemperatureCelsius == AgentStatus.unknownByte)
     }
 }
+
+/// The fingerprint the agent reports for its sshd's key is the one `ssh-keygen -l` prints for
+/// the same file, and the one an SSH client sees (issue 20: the controller pins it before its
+/// first contact).
+@Suite struct HostKeyProbeTests {
+    @Test func theReportedFingerprintIsWhatSSHKeygenPrints() throws {
+        let directory = NSTemporaryDirectory() + "warmpool-hostkey-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for index in 0..<3 {
+            let key = directory + "/ssh_host_ed25519_key_\(index)"
+            _ = try Command.runChecked("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "host \(index)", "-f", key])
+            let printed = try Command.runChecked("/usr/bin/ssh-keygen", ["-l", "-E", "sha256", "-f", key + ".pub"])
+            let expected = String(printed.split(separator: " ")[1])
+            #expect(HostProbes.hostKeyFingerprint(publicKeyFile: key + ".pub") == expected)
+        }
+        let rsa = directory + "/ssh_host_rsa_key"
+        _ = try Command.runChecked("/usr/bin/ssh-keygen", ["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", rsa])
+        #expect(HostProbes.hostKeyFingerprint(publicKeyFile: rsa + ".pub") == nil, "only ed25519 is reported")
+        #expect(HostProbes.hostKeyFingerprint(publicKeyFile: directory + "/missing.pub") == nil)
+    }
+}

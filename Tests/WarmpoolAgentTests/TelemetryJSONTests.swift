@@ -19,6 +19,7 @@ import Testing
         var workload: String
         var volume: VolumeReport?
         var gpu: GPUReport?
+        var sshHostKey: String?
 
         init(_ d: TelemetryDocument) {
             agentId = d.agentID
@@ -32,6 +33,7 @@ import Testing
             workload = d.workload
             volume = d.volume
             gpu = d.gpu
+            sshHostKey = d.sshHostKey
         }
     }
 
@@ -64,7 +66,8 @@ import Testing
         TelemetryDocument(
             agentID: "gpu-77-a", instanceID: 456_789, machineID: 77, role: "primary", version: "0.1.0", epoch: 12,
             fencedAtEpoch: nil, workload: "running", volume: volume,
-            gpu: GPUReport(available: true, problem: nil, driverVersion: "550.54.15", gpus: [gpu, sparseGPU])),
+            gpu: GPUReport(available: true, problem: nil, driverVersion: "550.54.15", gpus: [gpu, sparseGPU]),
+            sshHostKey: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"),
         // Fenced, no NVML, a sick volume, extreme numbers.
         TelemetryDocument(
             agentID: "A.b_c-9", instanceID: .max, machineID: 0, role: "standby", version: "0.1.0", epoch: .max,

@@ -143,4 +143,39 @@ import WarmpoolWire
             #expect(client.readUntilClosed().closed, "the revoked agent's session is closed")
         }
     }
+
+    /// The host key an agent reports in Telemetry is the instance's attested key only while the
+    /// agent's key is bound to that instance: a keys-file agent that merely names the instance
+    /// vouches for nothing (issue 20).
+    @Test func aReportedHostKeyIsAttestedOnlyForTheInstanceTheAgentIsBoundTo() async throws {
+        try await withListener { hub, port in
+            let client = try RawClient("127.0.0.1:\(port)", receiveTimeout: 0.3)
+            var (agent, _) = try establishedAgent(client)
+            let fingerprint = "SHA256:" + String(repeating: "A", count: 43)
+            let report = agent.sealTelemetry(document: Array(#"{"agent_id":"gpu-1","ssh_host_key":"\#(fingerprint)"}"#.utf8))
+            client.send(try #require(report))
+            try waitFor("the report to arrive") { hub.hasHostKeyReport(from: "gpu-1") }
+            #expect(hub.attestedHostKey(instanceID: 1) == nil, "unbound: the claim of instance 1 is the agent's word only")
+            hub.replaceKeyring(Keyring(["gpu-1": Self.secret], bindings: ["gpu-1": 1]))
+            #expect(hub.attestedHostKey(instanceID: 1) == fingerprint)
+            #expect(hub.attestedHostKey(instanceID: 2) == nil)
+            // Not a fingerprint, not JSON: ignored, the report in hand stands, the session stays open.
+            let short = agent.sealTelemetry(document: Array(#"{"ssh_host_key":"SHA256:short"}"#.utf8))
+            let broken = agent.sealTelemetry(document: Array("[1,2".utf8))
+            client.send(try #require(short))
+            client.send(try #require(broken))
+            #expect(!client.readUntilClosed().closed)
+            #expect(hub.attestedHostKey(instanceID: 1) == fingerprint)
+            hub.forget(instanceID: 1)
+            #expect(hub.attestedHostKey(instanceID: 1) == nil, "a destroyed instance's report goes with it")
+        }
+    }
+
+    private func waitFor(_ what: String, timeout: Double = 5, _ condition: () -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while !condition() {
+            guard Date() < deadline else { throw TestFailure("timed out waiting for \(what)") }
+            usleep(10_000)
+        }
+    }
 }

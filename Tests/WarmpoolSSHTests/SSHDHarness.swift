@@ -24,7 +24,10 @@ final class SSHD: @unchecked Sendable {
 
     static let sshdPath = "/usr/sbin/sshd"
 
-    init(start: Bool = true) throws {
+    /// `ecdsaHostKeyFirst`: sshd also holds an ECDSA host key, listed before the ed25519 one
+    /// (libssh2's default order would pick it).
+    /// `forceCommand`: what sshd runs for every exec request, whatever was asked.
+    init(start: Bool = true, ecdsaHostKeyFirst: Bool = false, forceCommand: String? = nil) throws {
         guard getuid() == 0 else { throw HarnessError("sshd tests need root (CI runs as root)") }
         guard access(Self.sshdPath, X_OK) == 0 else { throw HarnessError("\(Self.sshdPath) is missing: run Scripts/setup") }
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("warmpool-sshd-\(UUID().uuidString)").path
@@ -38,10 +41,16 @@ final class SSHD: @unchecked Sendable {
         try Self.keygen(hostKeyPath)
         try Self.keygen(clientKeyPath)
         try authorize(clientKeyPath)
+        var otherHostKeys = ""
+        if ecdsaHostKeyFirst {
+            try Command.runChecked("/usr/bin/ssh-keygen", ["-q", "-t", "ecdsa", "-N", "", "-f", directory + "/host_ecdsa"])
+            otherHostKeys = "HostKey \(directory)/host_ecdsa\n"
+        }
+        let forced = forceCommand.map { "ForceCommand \($0)\n" } ?? ""
         try """
             Port \(port)
             ListenAddress 127.0.0.1
-            HostKey \(hostKeyPath)
+            \(otherHostKeys)HostKey \(hostKeyPath)
             PidFile \(directory)/sshd.pid
             AuthorizedKeysFile \(directory)/authorized_keys
             PermitRootLogin prohibit-password
@@ -57,7 +66,7 @@ final class SSHD: @unchecked Sendable {
             # bash sources ~/.bashrc for every command sshd runs; this machine's root .bashrc runs
             # `pyenv init` (~230 ms). A fresh instance's does not: measure sshd and us, not that.
             SetEnv HOME=\(directory)
-
+            \(forced)
             """.write(toFile: configPath, atomically: true, encoding: .utf8)
         if start { try self.start() }
     }

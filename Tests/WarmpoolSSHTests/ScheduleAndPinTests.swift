@@ -97,18 +97,6 @@ private let ms: Int64 = 1_000_000
     }
 }
 
-@Suite struct FingerprintTests {
-    @Test func formatsLikeOpenSSH() {
-        #expect(HostKeyFingerprint.sha256(digest: Array(repeating: 0, count: 32)) == "SHA256:" + String(repeating: "A", count: 43))
-        #expect(HostKeyFingerprint.base64(Array("foobar".utf8), padding: true) == "Zm9vYmFy")
-        #expect(HostKeyFingerprint.base64(Array("fooba".utf8), padding: true) == "Zm9vYmE=")
-        #expect(HostKeyFingerprint.base64(Array("foob".utf8), padding: true) == "Zm9vYg==")
-        #expect(HostKeyFingerprint.base64(Array("foob".utf8), padding: false) == "Zm9vYg")
-        #expect(HostKeyFingerprint.base64(Array(0...255), padding: true)
-            == Data(Array(0...255)).base64EncodedString())
-    }
-}
-
 @Suite struct PinStoreTests {
     @Test func inMemoryPinsOnceAndNeverReplaces() async {
         let store = InMemoryHostKeyPinStore()

@@ -48,12 +48,67 @@ final class Recorder: @unchecked Sendable {
 @Suite(.serialized) struct VerifierTests {
     let recorder = Recorder()
 
-    func verifier(_ sshd: SSHD, credentials: SSHCredentials? = nil, pins: any HostKeyPinStore = InMemoryHostKeyPinStore())
-        -> SSHVerifier
+    func verifier(_ sshd: SSHD, credentials: SSHCredentials? = nil, pins: any HostKeyPinStore = InMemoryHostKeyPinStore(),
+                  trust: HostKeyTrust = .firstUse) -> SSHVerifier
     {
         let recorder = self.recorder
-        return SSHVerifier(credentials: credentials ?? sshd.credentials(), pins: pins, logger: recorder.logger,
+        return SSHVerifier(credentials: credentials ?? sshd.credentials(), pins: pins, trust: trust, logger: recorder.logger,
                            alert: { recorder.alert($0) })
+    }
+
+    /// Issue 20: with `attested` trust an instance is not contacted until a pin exists (its agent
+    /// reported its key), so whoever answers first at its address is never pinned; the pin is
+    /// looked up again at every attempt, and a report that arrives mid-wait is used at once.
+    @Test func withAttestedTrustNothingIsContactedBeforeThePinAndThePinIsReadAtEachAttempt() async throws {
+        let sshd = try SSHD()
+        let volume = try TmpfsVolume(markerID: "vol-42")
+        let pins = InMemoryHostKeyPinStore()
+        let target = try sshd.target(instanceID: 4343, volume: VolumeSpec(path: volume.path, expectedID: "vol-42"))
+        let verifier = verifier(sshd, pins: pins, trust: .attested)
+
+        let unattested = try await verifier.verify(target)
+        #expect(unattested.failure?.reason == .hostKeyUnattested)
+        #expect(unattested.failure?.detail == "no host key is pinned for instance 4343 and its agent has reported none over its authenticated session; not connecting")
+        #expect(unattested.timings.connect == nil && unattested.hostKeyFingerprint == nil)
+        #expect(await pins.pinnedFingerprint(for: 4343) == nil, "nothing pinned from a contact")
+        #expect(!sshd.log().contains("Connection from"), "sshd never saw us: \(sshd.log().suffix(500))")
+
+        async let readiness = verifier.waitUntilReady(target, policy: ReadinessPolicy(deadline: .seconds(20), pollInterval: .milliseconds(10)))
+        try await Task.sleep(for: .milliseconds(200))
+        let fingerprint = try sshd.hostKeyFingerprint()
+        _ = await pins.pinIfAbsent(fingerprint, for: 4343)
+        let ready = try await readiness
+        #expect(ready.isVerified, "\(String(describing: ready.failure))")
+        #expect(ready.attempts > 3, "turned away while unattested: \(ready.attempts)")
+        #expect(ready.last.hostKeyFingerprint == fingerprint && !ready.last.pinnedOnThisContact)
+        withExtendedLifetime((sshd, volume)) {}
+    }
+
+    /// A peer that streams output faster than we read it never lets a read answer "again": the
+    /// read loop checks its deadline on every pass, so the verification ends at its deadline
+    /// (issue 20).
+    @Test func aCommandThatStreamsForeverEndsAtTheDeadline() async throws {
+        let sshd = try SSHD(forceCommand: "cat /dev/zero")
+        let volume = try TmpfsVolume(markerID: "vol-42")
+        let target = try sshd.target(volume: VolumeSpec(path: volume.path, expectedID: "vol-42"))
+        let started = monotonicNow()
+        let result = try await verifier(sshd).verify(target, timeout: 1_000 * ms)
+        let took = monotonicNow() - started
+        #expect(result.failure?.reason == .timeout && result.failure?.phase == .command, "\(String(describing: result.failure))")
+        #expect(took < 1_500 * ms, "held \(Double(took) / 1e6) ms past a 1 s deadline")
+        withExtendedLifetime((sshd, volume)) {}
+    }
+
+    /// The pin is an ed25519 key's; an sshd that also holds ECDSA must present the ed25519 one
+    /// (libssh2's default order prefers ECDSA, which no agent vouched for).
+    @Test func anSSHDWithSeveralHostKeysPresentsItsEd25519Key() async throws {
+        let sshd = try SSHD(ecdsaHostKeyFirst: true)
+        let volume = try TmpfsVolume(markerID: "vol-42")
+        let target = try sshd.target(volume: VolumeSpec(path: volume.path, expectedID: "vol-42"))
+        let result = try await verifier(sshd).verify(target)
+        #expect(result.isVerified, "\(String(describing: result.failure)) \(sshd.log().suffix(1_000))")
+        #expect(result.hostKeyFingerprint == (try sshd.hostKeyFingerprint()))
+        withExtendedLifetime((sshd, volume)) {}
     }
 
     @Test func aHealthyVolumeVerifiesAndTheHostKeyIsPinnedOnFirstContact() async throws {

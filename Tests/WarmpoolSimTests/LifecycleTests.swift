@@ -44,6 +44,7 @@ import Glibc
             onstart: """
                 [ -s \(marker) ] || { echo \(volumeID) > \(marker).$CONTAINER_ID && mv \(marker).$CONTAINER_ID \(marker); }
                 echo "$CONTAINER_ID $VAST_CONTAINERLABEL $GPU_COUNT $WARMPOOL_ROLE" > /data/onstart-$CONTAINER_ID
+                cp /etc/ssh/ssh_host_ed25519_key.pub /data/hostkey-$CONTAINER_ID
                 """,
             volume: .init(volumeID: volumeID))
         let primaryID = try await client.createInstance(offerID: host.offers[0].offerID, request)
@@ -86,6 +87,20 @@ import Glibc
         // The host key pinned on first contact survived the stop and the start.
         let pinnedAfter = await pins.pinnedFingerprint(for: standbyID)
         #expect(pinnedAfter != nil && pinnedAfter == ready.last.hostKeyFingerprint)
+
+        // Each instance has its own /etc/ssh, whose key is the one its sshd serves (what its agent
+        // reports, and the controller pins), not this machine's.
+        var seen: Set<String> = []
+        for id in [primaryID, standbyID] {
+            let copied = try String(contentsOfFile: volumeDirectory + "/hostkey-\(id)", encoding: .utf8)
+            let own = try String(contentsOfFile: fixture.directory + "/state/instances/\(id)/etc-ssh/ssh_host_ed25519_key.pub", encoding: .utf8)
+            #expect(copied == own)
+            let blob = try #require(HostKeyFingerprint.publicKeyBlob(openSSHLine: copied))
+            seen.insert(HostKeyFingerprint.base64(blob, padding: false))
+        }
+        #expect(seen.count == 2, "two instances, two host keys")
+        let machineKey = (try? String(contentsOfFile: "/etc/ssh/ssh_host_ed25519_key.pub", encoding: .utf8)) ?? ""
+        #expect(!machineKey.isEmpty && !seen.contains(where: { machineKey.contains($0) }), "not this machine's key")
 
         // Both onstarts ran with the instance env, and wrote through /data into the one volume.
         for id in [primaryID, standbyID] {
