@@ -401,6 +401,26 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // S3-compatible object storage over the shared libcurl client: SigV4, multipart, retries.
+        .target(
+            name: "WarmpoolStorage",
+            dependencies: [
+                "WarmpoolHTTP",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // SigV4 against AWS's documented examples and botocore's signer; the client against a real
+        // S3 server (moto, verifying signatures), read and written by boto3 too.
+        .testTarget(
+            name: "WarmpoolStorageTests",
+            dependencies: [
+                "WarmpoolStorage",
+                "WarmpoolHTTP",
+                "WarmpoolTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The pure parts alone, and the notifier against real receivers on loopback and a real SQLite file.
         .testTarget(
             name: "WarmpoolNotifyTests",
