@@ -401,6 +401,18 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // The snapshot format: content-defined chunks, named by a keyed hash, compressed, sealed.
+        .target(
+            name: "WarmpoolSnapshot",
+            dependencies: [
+                "WarmpoolWire",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .testTarget(
+            name: "WarmpoolSnapshotTests",
+            dependencies: ["WarmpoolSnapshot", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         // S3-compatible object storage over the shared libcurl client: SigV4, multipart, retries.
         .target(
             name: "WarmpoolStorage",
