@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "warmpool-controller", targets: ["warmpool-controller"]),
         .executable(name: "warmpool-loadgen", targets: ["warmpool-loadgen"]),
         .executable(name: "warmpool-sshcheck", targets: ["warmpool-sshcheck"]),
+        .executable(name: "warmpool-snapshot", targets: ["warmpool-snapshot"]),
         .executable(name: "warmpoolctl", targets: ["warmpoolctl"]),
         .executable(name: "warmpool-sim", targets: ["warmpool-sim"]),
         .library(name: "WarmpoolWire", targets: ["WarmpoolWire"]),
@@ -406,7 +407,20 @@ let package = Package(
             name: "WarmpoolSnapshot",
             dependencies: [
                 "WarmpoolWire",
+                "WarmpoolStorage",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // Snapshots of /data, run beside the agent (never inside it: it links libcurl).
+        .executableTarget(
+            name: "warmpool-snapshot",
+            dependencies: [
+                "WarmpoolSnapshot",
+                "WarmpoolStorage",
+                "WarmpoolHTTP",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(

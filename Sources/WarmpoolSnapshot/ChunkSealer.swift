@@ -81,3 +81,27 @@ public struct ChunkSealer: Sendable {
         return String(decoding: out, as: UTF8.self)
     }
 }
+
+extension ChunkSealer {
+    /// A manifest (or any other named document) sealed like a chunk, but bound to its name
+    /// instead of a content hash: it is found by name, and must not open under another.
+    public func sealDocument(_ plaintext: [UInt8], name: String) throws -> [UInt8] {
+        let compressed = Zstd.compress(plaintext, level: compressionLevel)
+        return Array(try ChaChaPoly.seal(compressed, using: dataKey, authenticating: Array("document:\(name)".utf8)).combined)
+    }
+
+    public func openDocument(_ object: [UInt8], name: String, maximumSize: Int) throws(ChunkError) -> [UInt8] {
+        let compressed: Data
+        do {
+            compressed = try ChaChaPoly.open(ChaChaPoly.SealedBox(combined: object), using: dataKey,
+                                             authenticating: Array("document:\(name)".utf8))
+        } catch {
+            throw .notAuthentic(id: name)
+        }
+        do {
+            return try Zstd.decompress(Array(compressed), maximumSize: maximumSize)
+        } catch {
+            throw .undecodable(id: name, reason: "\(error)")
+        }
+    }
+}
