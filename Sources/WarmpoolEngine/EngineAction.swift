@@ -27,6 +27,10 @@ public enum EngineAction: Hashable, Sendable, Codable {
     /// Look an instance up by its label (a create whose answer never came). Answer: `.instance`
     /// (`nil` when no instance has it).
     case findInstance(OperationID, label: String)
+    /// Any instance whose label starts with one of `labelPrefixes` and is not in `excluding`: what
+    /// a cleanup might otherwise leave behind (a create that took effect after its answer was
+    /// given up on). Answer: `.instance` (`nil` when there is none).
+    case findLeftover(OperationID, labelPrefixes: [String], excluding: [InstanceID])
     /// Answer: `.accepted` (also when it is already gone).
     case deleteVolume(OperationID, VolumeID)
     /// Over libssh2: SSH answers with the pinned host key, and `volume` is mounted at the mount
@@ -52,7 +56,7 @@ public enum EngineAction: Hashable, Sendable, Codable {
 
 /// An instance the engine wants to exist.
 public struct InstanceRequest: Hashable, Sendable, Codable {
-    public enum Role: String, Hashable, Sendable, Codable { case primary, standby }
+    public enum Role: String, Hashable, Sendable, Codable, CaseIterable { case primary, standby }
 
     /// Deterministic and unique per pool: `wp-<pool>-<role>-e<epoch>-a<n>`. The shell finds an
     /// instance made by an earlier, interrupted attempt by this label.

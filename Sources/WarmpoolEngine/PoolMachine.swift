@@ -167,6 +167,12 @@ public struct PoolMachine: Sendable, Codable {
     }
 
     /// An instance the pool no longer uses, being destroyed beside the main sequence.
+    private struct LeftoverSweep: Hashable, Sendable, Codable {
+        /// Found and destroyed in this sweep (the provider may list them a while longer).
+        var found: [InstanceID] = []
+        var done = false
+    }
+
     private struct Retirement: Hashable, Sendable, Codable {
         var instance: InstanceID
         /// nil after a failed destroy: sent again at the next `resume`.
@@ -225,6 +231,11 @@ public struct PoolMachine: Sendable, Codable {
     /// the provider (and destroys what it finds) before it deletes the volume, or the instance
     /// the create made would be left behind, holding the volume.
     private var sweepLabels: [String]?
+    /// Before a cleanup deletes the volume, it lists the provider's instances once more for any
+    /// that carries this incarnation's labels (a create answered too late for the label sweep
+    /// above, or one whose answer never came): nil when no cleanup is under way; optional so
+    /// that states saved before it decode.
+    private var leftoverSweep: LeftoverSweep?
     /// That create's operation, while its answer may still come: the cleanup waits for it.
     private var awaitingCreate: OperationID?
     /// New standbys that vanished at the provider before they were ready, in a row: each is
@@ -572,6 +583,7 @@ public struct PoolMachine: Sendable, Codable {
         var doomed: [InstanceID] = []
         var actions: [EngineAction] = []
         sweepLabels = createsInFlight.isEmpty ? nil : createsInFlight
+        leftoverSweep = LeftoverSweep()
         awaitingCreate = isCreating ? progress.operation : nil
         if case .failover(let failover, _) = state {
             doomed.append(failover.oldPrimary)
@@ -716,11 +728,21 @@ public struct PoolMachine: Sendable, Codable {
         case (.failover(let failover, let step), _):
             return advanceFailover(failover, step, with: data, now: now)
 
-        case (.cleaningUp(let remaining), .instance(let found)):
+        case (.cleaningUp(let remaining), .instance(let found)) where !(sweepLabels?.isEmpty ?? true):
             // The label sweep's answer.
-            if !(sweepLabels?.isEmpty ?? true) { sweepLabels?.removeFirst() }
+            sweepLabels?.removeFirst()
             if sweepLabels?.isEmpty == true { sweepLabels = nil }
             return continueCleanup(remaining: remaining + [found?.id].compactMap { $0 }.filter { !remaining.contains($0) }, now: now)
+
+        case (.cleaningUp(let remaining), .instance(let found)):
+            // The leftover sweep's answer: destroy what it found, then look again.
+            guard let found, !remaining.contains(found.id) else {
+                leftoverSweep?.done = true
+                return continueCleanup(remaining: remaining, now: now)
+            }
+            leftoverSweep?.found.append(found.id)
+            return [record(.cleanup, now: now, detail: "instance \(found.id) carries this pool's labels but was not on its books; destroying it")]
+                + continueCleanup(remaining: remaining + [found.id], now: now)
 
         case (.cleaningUp(let remaining), .accepted):
             if let destroyed = remaining.first {
@@ -1051,7 +1073,8 @@ public struct PoolMachine: Sendable, Codable {
     // MARK: - Cleanup
 
     private mutating func continueCleanup(remaining: [InstanceID], now: Instant) -> [EngineAction] {
-        if remaining.isEmpty, volume == nil, awaitingCreate == nil, sweepLabels?.isEmpty ?? true {
+        if remaining.isEmpty, volume == nil, awaitingCreate == nil, sweepLabels?.isEmpty ?? true, leftoverSweep?.done ?? true {
+            leftoverSweep = nil
             let actions = [record(.removed, now: now)]
             run = nil
             return actions + enter(.removed, deadline: nil, now: now)
@@ -1134,6 +1157,7 @@ public struct PoolMachine: Sendable, Codable {
             // A create that failed may have made its instance all the same (a timeout after the
             // provider acted): its label is looked up too.
             sweepLabels = createsInFlight.isEmpty ? nil : createsInFlight
+            leftoverSweep = LeftoverSweep()
             var actions = [record(.failed, now: now, detail: message)]
             if let primary { actions.append(.revokeLease(primary)) }
             if let standby { actions.append(.revokeLease(standby)) }
@@ -1266,6 +1290,10 @@ public struct PoolMachine: Sendable, Codable {
             if let instance = remaining.first { return .destroyInstance(operation, instance) }
             if awaitingCreate != nil { return nil }  // its answer comes first
             if let label = sweepLabels?.first { return .findInstance(operation, label: label) }
+            if let sweep = leftoverSweep, !sweep.done {
+                return .findLeftover(operation, labelPrefixes: InstanceRequest.Role.allCases.map { "\(request.namePrefix)-\($0.rawValue)-" },
+                                     excluding: sweep.found)
+            }
             return volume.map { .deleteVolume(operation, $0) }
         case .active, .degraded, .error, .removed:
             return nil

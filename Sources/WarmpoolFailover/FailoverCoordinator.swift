@@ -403,7 +403,8 @@ public actor FailoverCoordinator: Service {
                 }
             case .findFreeOffers(let operation, _, _), .ensureVolume(let operation, _, _, _), .ensureInstance(let operation, _),
                 .startInstance(let operation, _), .stopInstance(let operation, _), .pollInstance(let operation, _),
-                .destroyInstance(let operation, _), .deleteVolume(let operation, _), .findInstance(let operation, _):
+                .destroyInstance(let operation, _), .deleteVolume(let operation, _), .findInstance(let operation, _),
+                .findLeftover(let operation, _, _):
                 runner.run { [effects] in
                     await effects.run(action, poolID: poolID)
                 } deliver: { outcome in

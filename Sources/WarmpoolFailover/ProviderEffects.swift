@@ -41,6 +41,11 @@ struct ProviderEffects: Sendable {
                 return .success(.instance(try await provider.instance(id: id).map(Self.snapshot)))
             case .findInstance(_, let label):
                 return .success(.instance(try await provider.listInstances().first { $0.label == label }.map(Self.snapshot)))
+            case .findLeftover(_, let prefixes, let excluding):
+                let leftover = try await provider.listInstances().first { instance in
+                    !excluding.contains(instance.id) && prefixes.contains { instance.label?.hasPrefix($0) == true }
+                }
+                return .success(.instance(leftover.map(Self.snapshot)))
             case .destroyInstance(_, let id):
                 do { try await provider.destroyInstance(id: id) } catch ProviderError.notFound {}
                 await forgetInstance(id)
@@ -171,6 +176,7 @@ struct ProviderEffects: Sendable {
         case .pollInstance: "poll_instance"
         case .destroyInstance: "destroy_instance"
         case .findInstance: "find_instance"
+        case .findLeftover: "find_leftover"
         case .deleteVolume: "delete_volume"
         case .verify: "verify"
         case .scheduleTimer: "schedule_timer"

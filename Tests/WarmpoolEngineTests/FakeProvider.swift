@@ -108,6 +108,12 @@ struct FakeProvider {
         case .findInstance(_, let label):
             if let failure = injected("poll") { return failure }
             return .success(.instance(instances.values.first { $0.label == label && !$0.destroyed }.map(snapshot)))
+        case .findLeftover(_, let prefixes, let excluding):
+            if let failure = injected("poll") { return failure }
+            let leftover = instances.values.sorted { $0.id < $1.id }.first { instance in
+                !instance.destroyed && !excluding.contains(instance.id) && prefixes.contains { instance.label.hasPrefix($0) }
+            }
+            return .success(.instance(leftover.map(snapshot)))
         case .destroyInstance(_, let id):
             if let failure = injected("destroy") { return failure }
             instances[id]?.destroyed = true

@@ -160,7 +160,8 @@ extension EngineAction {
         switch self {
         case .findFreeOffers(let op, _, _), .ensureVolume(let op, _, _, _), .ensureInstance(let op, _),
              .startInstance(let op, _), .stopInstance(let op, _), .pollInstance(let op, _),
-             .destroyInstance(let op, _), .deleteVolume(let op, _), .verify(let op, _, _, _, _), .findInstance(let op, _):
+             .destroyInstance(let op, _), .deleteVolume(let op, _), .verify(let op, _, _, _, _), .findInstance(let op, _),
+             .findLeftover(let op, _, _):
             op
         case .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
             nil

@@ -92,6 +92,26 @@ import WarmpoolModel
         #expect(harness.commands { if case .findInstance = $0 { true } else { false } }.count >= 1)
     }
 
+    /// Found by the chaos drill in CI: a standby's create that the provider carried out after the
+    /// engine had given up on its answer (and after the label sweep looked) left an instance on
+    /// no book, holding the volume: every cleanup after it answered 502. Before the volume, a
+    /// cleanup now destroys every instance carrying this incarnation's labels, and only those.
+    @Test func aCleanupDestroysAnInstanceWithThePoolsLabelsThatItsBooksMissed() throws {
+        var harness = Harness.active()
+        let volume = try #require(harness.snapshot.volumeID)
+        harness.provider.instances[900] = .init(id: 900, label: "wp-7-standby-e3-a9", machineID: 42, status: .running, next: .running)
+        harness.provider.instances[901] = .init(id: 901, label: "wp-7-primary-e4-a12", machineID: 42, status: .stopped, next: .stopped)
+        // Another pool's, and another incarnation's: not ours to destroy.
+        harness.provider.instances[902] = .init(id: 902, label: "wp-77-standby-e1-a1", machineID: 42, status: .running, next: .running)
+        harness.provider.instances[903] = .init(id: 903, label: "wp-7-i2-standby-e1-a1", machineID: 42, status: .running, next: .running)
+        _ = try harness.feedThrowing { try $0.cleanup(now: $1) }
+        harness.settle()
+        #expect(harness.snapshot.removed)
+        #expect(harness.provider.liveInstances.map(\.id) == [902, 903])
+        #expect(harness.provider.deletedVolumes == [volume])
+        #expect(harness.commands { if case .findLeftover = $0 { true } else { false } }.count == 3, "two found, then none")
+    }
+
     /// Found by the chaos drill: a standby destroyed at the provider while provisioning waited for
     /// it to stop failed the whole provisioning (a 502 on a healthy provider).
     @Test func aNewStandbyDestroyedBehindOurBackIsReplaced() {
