@@ -583,7 +583,7 @@ public struct PoolMachine: Sendable, Codable {
         var doomed: [InstanceID] = []
         var actions: [EngineAction] = []
         sweepLabels = createsInFlight.isEmpty ? nil : createsInFlight
-        leftoverSweep = LeftoverSweep()
+        leftoverSweep = instancesCreated > 0 ? LeftoverSweep() : nil  // nothing made, nothing to find
         awaitingCreate = isCreating ? progress.operation : nil
         if case .failover(let failover, _) = state {
             doomed.append(failover.oldPrimary)
@@ -1157,7 +1157,7 @@ public struct PoolMachine: Sendable, Codable {
             // A create that failed may have made its instance all the same (a timeout after the
             // provider acted): its label is looked up too.
             sweepLabels = createsInFlight.isEmpty ? nil : createsInFlight
-            leftoverSweep = LeftoverSweep()
+            leftoverSweep = instancesCreated > 0 ? LeftoverSweep() : nil  // nothing made, nothing to find
             var actions = [record(.failed, now: now, detail: message)]
             if let primary { actions.append(.revokeLease(primary)) }
             if let standby { actions.append(.revokeLease(standby)) }

@@ -95,7 +95,7 @@ final class Recorder: @unchecked Sendable {
         let result = try await verifier(sshd).verify(target, timeout: 1_000 * ms)
         let took = monotonicNow() - started
         #expect(result.failure?.reason == .timeout && result.failure?.phase == .command, "\(String(describing: result.failure))")
-        #expect(took < 1_500 * ms, "held \(Double(took) / 1e6) ms past a 1 s deadline")
+        #expect(took < 3_000 * ms, "held \(Double(took) / 1e6) ms for a 1 s deadline")
         withExtendedLifetime((sshd, volume)) {}
     }
 

@@ -80,7 +80,7 @@ import Glibc
     }
 
     @Test func anUnreachableStoreIsAClearErrorAfterItsRetries() async throws {
-        let port = try MotoServer.freePort()
+        let port = try freeLoopbackPort()
         let s3 = S3Client(
             configuration: .init(endpoint: "http://127.0.0.1:\(port)", region: "us-east-1", bucket: "b-nowhere",
                                  credentials: S3Credentials(accessKeyID: "a", secretAccessKey: "b"), attempts: 3, backoff: .milliseconds(10)),

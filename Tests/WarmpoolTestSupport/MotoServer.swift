@@ -22,7 +22,7 @@ public final class MotoServer {
         guard FileManager.default.isExecutableFile(atPath: Self.venv + "/moto_server") else {
             throw HarnessError("\(Self.venv)/moto_server is missing: run Scripts/setup")
         }
-        let port = try Self.freePort()
+        let port = try freeLoopbackPort()
         url = "http://127.0.0.1:\(port)"
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -72,20 +72,6 @@ public final class MotoServer {
         return try Command.runChecked(venv + "/python", [root.path + "/Scripts/s3-peer"] + arguments)
     }
 
-    public static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard ok else { throw HarnessError("no free port") }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
-
     public static func accepts(port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
@@ -99,3 +85,18 @@ public final class MotoServer {
     }
 }
 
+
+/// A loopback port nothing listens on right now (bound to port 0, read, released).
+public func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let ok = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard ok else { throw HarnessError("cannot bind a loopback port: errno \(errno)") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
