@@ -20,7 +20,7 @@ public struct SnapshotManifest: Codable, Equatable, Sendable {
     }
 
     public var version: Int
-    /// `20261204T123000Z-1a2b3c4d`: sorts by time.
+    /// `20261204T123000.250Z-1a2b3c4d`: sorts by time, to the millisecond.
     public var id: String
     public var createdAt: Date
     public var entries: [Entry]

@@ -228,7 +228,11 @@ public final class SnapshotRepository: Sendable {
         var parts = tm()
         gmtime_r(&seconds, &parts)
         func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        let stamp = "\(parts.tm_year + 1900)\(two(parts.tm_mon + 1))\(two(parts.tm_mday))T\(two(parts.tm_hour))\(two(parts.tm_min))\(two(parts.tm_sec))Z"
+        // Milliseconds: ids sort by time, and two snapshots within a second (a test, an operator's
+        // `snapshot` right after a scheduled one) still sort in the order they were made.
+        let milliseconds = Int(date.timeIntervalSince1970 * 1000) % 1000
+        let fraction = String(milliseconds).count < 3 ? String(repeating: "0", count: 3 - String(milliseconds).count) + String(milliseconds) : String(milliseconds)
+        let stamp = "\(parts.tm_year + 1900)\(two(parts.tm_mon + 1))\(two(parts.tm_mday))T\(two(parts.tm_hour))\(two(parts.tm_min))\(two(parts.tm_sec)).\(fraction)Z"
         return stamp + "-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
     }
 

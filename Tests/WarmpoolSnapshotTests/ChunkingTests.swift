@@ -110,3 +110,14 @@ func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
         #expect(throws: ChunkError.self) { try sealer.open(object, id: id, maximumSize: 50_000) }
     }
 }
+
+@Suite struct SnapshotIDTests {
+    /// Ids sort by time to the millisecond: "the newest" and `list` read their order from them
+    /// (CI made two snapshots within one second, and the random suffix decided).
+    @Test func idsSortInTheOrderTheyWereMade() {
+        let start = Date(timeIntervalSince1970: 1_796_000_000.5)
+        let ids = (0..<200).map { SnapshotRepository.snapshotID(start.addingTimeInterval(Double($0) * 0.002)) }
+        #expect(ids.sorted() == ids)
+        #expect(ids[0].hasPrefix("20261130T005320") && ids[0].contains(".500Z-"), "\(ids[0])")
+    }
+}
