@@ -425,7 +425,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WarmpoolSnapshotTests",
-            dependencies: ["WarmpoolSnapshot", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["WarmpoolSnapshot", "WarmpoolWire", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // S3-compatible object storage over the shared libcurl client: SigV4, multipart, retries.
         .target(

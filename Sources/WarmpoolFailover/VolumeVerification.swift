@@ -14,9 +14,6 @@ struct VolumeVerification: Sendable {
     let attemptWindow: Duration
     let clock: any WallClock
 
-    /// `epoch`: the pool's epoch, written to the volume's `.warmpool/epoch` once it is proven the
-    /// pool's (before a promotion grants anything, so an old primary that wakes reads it and
-    /// fences for good).
     struct Verdict: Sendable {
         var outcome: VerificationOutcome
         /// Set when the instance presented a host key other than the one pinned for it: beside
@@ -24,16 +21,11 @@ struct VolumeVerification: Sendable {
         var hostKeyMismatch: String? = nil
     }
 
+    /// `epoch`: the pool's epoch, written to the volume's `.warmpool/epoch` once it is proven the
+    /// pool's (before a promotion grants anything, so an old primary that wakes reads it and
+    /// fences for good).
     func verdict(instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID, marker: VolumeMarkerCheck, epoch: Epoch) async -> Verdict {
-        let outcome = await run(instance: instance, ssh: ssh, volume: volume, marker: marker, epoch: epoch)
-        guard case .failed(let message) = outcome.0 else { return Verdict(outcome: outcome.0) }
-        return Verdict(outcome: outcome.0, hostKeyMismatch: outcome.1 == .hostKeyMismatch ? message : nil)
-    }
-
-    private func run(instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID, marker: VolumeMarkerCheck, epoch: Epoch) async
-        -> (VerificationOutcome, SSHFailure.Reason?)
-    {
-        guard let ssh else { return (.notReady(message: "the provider shows no SSH address for instance \(instance) yet"), nil) }
+        guard let ssh else { return Verdict(outcome: .notReady(message: "the provider shows no SSH address for instance \(instance) yet")) }
         let target: SSHTarget
         do {
             target = try SSHTarget(
@@ -41,7 +33,7 @@ struct VolumeVerification: Sendable {
                 volume: VolumeSpec(path: volumePath, expectedID: "\(volume)", establishMarker: marker == .establish,
                                    writeEpoch: epoch.rawValue))
         } catch {
-            return (.failed(message: "cannot verify instance \(instance): \(error)"), nil)
+            return Verdict(outcome: .failed(message: "cannot verify instance \(instance): \(error)"))
         }
         let policy = ReadinessPolicy(deadline: attemptWindow, pollInterval: .milliseconds(20))
         do {
@@ -49,15 +41,16 @@ struct VolumeVerification: Sendable {
             guard let failure = result.failure else {
                 // SSH was ready when the login finished; the volume check (the command) came after.
                 let command = Duration.nanoseconds(result.last.timings.command ?? 0)
-                return (.passed(sshReadyAt: clock.now() - command, markerWritten: result.last.volume?.markerWritten == true), nil)
+                return Verdict(outcome: .passed(sshReadyAt: clock.now() - command, markerWritten: result.last.volume?.markerWritten == true))
             }
-            if failure.reason == .markerMissing { return (.markerMissing(message: failure.description), failure.reason) }
+            if failure.reason == .markerMissing { return Verdict(outcome: .markerMissing(message: failure.description)) }
             if failure.reason == .deadlineExceeded || policy.retryable.contains(failure.reason) {
-                return (.notReady(message: failure.description), failure.reason)
+                return Verdict(outcome: .notReady(message: failure.description))
             }
-            return (.failed(message: failure.description), failure.reason)
+            return Verdict(outcome: .failed(message: failure.description),
+                           hostKeyMismatch: failure.reason == .hostKeyMismatch ? failure.description : nil)
         } catch {
-            return (.notReady(message: "verification could not run: \(error)"), nil)
+            return Verdict(outcome: .notReady(message: "verification could not run: \(error)"))
         }
     }
 }

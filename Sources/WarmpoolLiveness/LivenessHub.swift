@@ -205,8 +205,6 @@ public final class LivenessHub: Sendable {
         shared.withLockedValue { $0.leases.posture(of: instanceID) }
     }
 
-    /// The instance is gone at the provider: its agents' detector entries and its lease posture
-    /// go too, unless an agent of it still holds a session.
     /// Reads the host key out of an authenticated Telemetry document. Returns why the document
     /// was not usable, for the connection's log; the session stays open either way.
     func telemetryReceived(_ session: SessionID, document: [UInt8]) -> String? {
@@ -254,6 +252,8 @@ public final class LivenessHub: Sendable {
         shared.withLockedValue { $0.hostKeys[agentID] != nil }
     }
 
+    /// The instance is gone at the provider: its agents' detector entries, its host key reports
+    /// and its lease posture go too, unless an agent of it still holds a session.
     public func forget(instanceID: InstanceID) {
         shared.withLockedValue { shared in
             shared.hostKeys = shared.hostKeys.filter { $0.value.instanceID != instanceID }

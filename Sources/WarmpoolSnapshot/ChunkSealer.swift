@@ -44,7 +44,7 @@ public struct ChunkSealer: Sendable {
 
     /// The chunk's name: HMAC-SHA256 under the id key, in hex.
     public func id(of plaintext: some DataProtocol) -> String {
-        Self.hex(HMAC<SHA256>.authenticationCode(for: plaintext, using: idKey))
+        Array(HMAC<SHA256>.authenticationCode(for: plaintext, using: idKey)).hexString
     }
 
     /// The id and the object to store.
@@ -74,11 +74,9 @@ public struct ChunkSealer: Sendable {
         return plaintext
     }
 
-    static func hex(_ bytes: some Sequence<UInt8>) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        for byte in bytes { out += [digits[Int(byte >> 4)], digits[Int(byte & 15)]] }
-        return String(decoding: out, as: UTF8.self)
+    /// A snapshot key as an operator keeps it: 64 hex characters; nil for anything else.
+    public static func snapshotKey(hex: String) -> [UInt8]? {
+        [UInt8](hexString: hex).flatMap { $0.count == 32 ? $0 : nil }
     }
 }
 

@@ -222,14 +222,14 @@ public final class S3Client: Sendable {
         let schemeEnd = configuration.endpoint.range(of: "://")
         let scheme = schemeEnd.map { String(configuration.endpoint[..<$0.lowerBound]) } ?? "https"
         var host = schemeEnd.map { String(configuration.endpoint[$0.upperBound...]) } ?? configuration.endpoint
-        var path = ""
+        let keyPath = key.map { "/" + configuration.prefix + $0 } ?? ""
+        let path: String
         if configuration.virtualHostAddressing {
             host = configuration.bucket + "." + host
+            path = keyPath.isEmpty ? "/" : keyPath
         } else {
-            path = "/" + configuration.bucket
+            path = "/" + configuration.bucket + keyPath
         }
-        path += "/" + (key.map { configuration.prefix + $0 } ?? "")
-        if key == nil, !configuration.virtualHostAddressing { path = "/" + configuration.bucket }
         return ("\(scheme)://\(host)\(SigV4Signer.uriEncode(path, encodingSlash: false))", host, path)
     }
 }

@@ -64,25 +64,15 @@ struct StoreOptions: ParsableArguments {
         guard let keyPath = keyFile ?? Self.environment["WARMPOOL_SNAPSHOT_KEY_FILE"],
             let keyText = try? String(contentsOfFile: keyPath, encoding: .utf8)
         else { throw ValidationError("--key-file (or WARMPOOL_SNAPSHOT_KEY_FILE) must name a readable file") }
-        let key = Self.hexBytes(keyText.trimmingCharacters(in: .whitespacesAndNewlines))
-        guard let key, key.count == 32 else { throw ValidationError("the snapshot key must be 64 hex characters") }
+        guard let key = ChunkSealer.snapshotKey(hex: keyText.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw ValidationError("the snapshot key must be 64 hex characters")
+        }
         let store = S3Client(
             configuration: .init(endpoint: endpoint, region: region, bucket: bucket, prefix: prefix,
                                  credentials: S3Credentials(accessKeyID: accessKeyId, secretAccessKey: secret),
                                  virtualHostAddressing: virtualHost),
             http: HTTPClient(), logger: Logger(label: "warmpool.snapshot.s3"))
         return SnapshotRepository(store: store, sealer: ChunkSealer(snapshotKey: key), logger: Logger(label: "warmpool.snapshot"))
-    }
-
-    static func hexBytes(_ text: String) -> [UInt8]? {
-        let digits = Array(text.utf8)
-        guard digits.count % 2 == 0 else { return nil }
-        var bytes: [UInt8] = []
-        for index in stride(from: 0, to: digits.count, by: 2) {
-            guard let byte = UInt8(String(decoding: digits[index..<(index + 2)], as: UTF8.self), radix: 16) else { return nil }
-            bytes.append(byte)
-        }
-        return bytes
     }
 }
 
