@@ -247,6 +247,7 @@ let package = Package(
             name: "WarmpoolLivenessTests",
             dependencies: [
                 "WarmpoolLiveness",
+                "WarmpoolJSON",
                 "WarmpoolTestSupport",
                 "WarmpoolModel",
                 "WarmpoolWire",

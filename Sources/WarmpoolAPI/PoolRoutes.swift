@@ -17,7 +17,8 @@ struct PoolRoutes {
             let pool = try await requirePool(try RequestInput.poolID(context))
             let protection = await operations.protections()[pool.poolID]
             return JSONResponse.ok(Present.poolStatus(
-                pool, lastHeartbeat: pool.primaryInstanceID.flatMap { lastHeartbeats()[$0] }, protection: protection))
+                pool, lastHeartbeat: pool.primaryInstanceID.flatMap { lastHeartbeats()[$0] }, protection: protection,
+                recoveryPoint: recoveryPoint(of: pool)))
         }
         group.get("pools") { _, _ in
             let pools = try await store.pools()
@@ -25,7 +26,8 @@ struct PoolRoutes {
             let protections = await operations.protections()
             return JSONResponse.ok(.object([
                 ("pools", .array(pools.map {
-                    Present.poolStatus($0, lastHeartbeat: $0.primaryInstanceID.flatMap { heartbeats[$0] }, protection: protections[$0.poolID])
+                    Present.poolStatus($0, lastHeartbeat: $0.primaryInstanceID.flatMap { heartbeats[$0] }, protection: protections[$0.poolID],
+                                       recoveryPoint: recoveryPoint(of: $0))
                 })),
                 ("count", .int(Int64(pools.count))),
             ]))
@@ -150,6 +152,12 @@ struct PoolRoutes {
             throw APIError.notFound("no warm pool for machine \(poolID)")
         }
         return pool
+    }
+
+    /// What the primary's agent last reported of its checkpoints and snapshots.
+    private func recoveryPoint(of pool: PoolRecord) -> Present.RecoveryPoint? {
+        guard let hub = dependencies.hub, let primary = pool.primaryInstanceID, let report = hub.recoveryPoint(instanceID: primary) else { return nil }
+        return Present.RecoveryPoint(report: report, now: Date(), monotonicNow: MonotonicClock.now())
     }
 
     /// The newest heartbeat this controller heard from each instance's agents, read once per

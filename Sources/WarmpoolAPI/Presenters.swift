@@ -9,7 +9,15 @@ import WarmpoolWire
 /// Records turned into the JSON shapes of the API reference (`../shared/reference/warmpool-api.md`)
 /// and of Protocol/openapi.yaml. Field names are spelled here and nowhere else.
 enum Present {
-    static func poolStatus(_ pool: PoolRecord, lastHeartbeat: Date?, protection: PoolProtection? = nil) -> JSONValue {
+    /// A recovery point report, with the moment it is read at on both clocks.
+    struct RecoveryPoint {
+        var report: RecoveryPointReport
+        var now: Date
+        var monotonicNow: Int64
+    }
+
+    static func poolStatus(_ pool: PoolRecord, lastHeartbeat: Date?, protection: PoolProtection? = nil,
+                           recoveryPoint: RecoveryPoint? = nil) -> JSONValue {
         let protection = protection ?? PoolProtection(conditions: [PoolCondition(
             type: "Managed", status: false, reason: "NoEngine",
             message: "no failover engine manages this pool (the controller has no provider configured)", lastTransition: nil)])
@@ -38,6 +46,32 @@ enum Present {
                     ("next_retry_at", .date(remediation.nextRetryAt.map { Date(timeIntervalSince1970: $0.secondsSinceEpoch) })),
                 ])
             } ?? .null),
+            ("recovery_point", recoveryPoint.map(Self.recoveryPoint) ?? .null),
+        ])
+    }
+
+    /// The work a failover now would lose (the primary's newest checkpoint) and what a restore
+    /// onto another host would start from (its newest snapshot), as its agent last reported.
+    static func recoveryPoint(_ point: RecoveryPoint) -> JSONValue {
+        let checkpointAge = point.report.checkpointAge(at: point.monotonicNow)
+        let snapshotAge = point.report.snapshotAge(at: point.monotonicNow)
+        func seconds(_ value: Double?) -> JSONValue { value.map { .double(($0 * 1000).rounded() / 1000) } ?? .null }
+        let checkpoint = point.report.checkpoint
+        let snapshots = point.report.snapshots
+        return .object([
+            ("checkpoint_age_seconds", seconds(checkpointAge)),
+            ("checkpoint_at", .date(checkpointAge.map { point.now.addingTimeInterval(-$0) })),
+            ("checkpoint_pattern", .string(checkpoint?.pattern)),
+            ("checkpoint_files", .int(checkpoint?.files)),
+            ("checkpoint_newest", .string(checkpoint?.newest)),
+            ("checkpoint_problem", .string(checkpoint?.problem)),
+            ("snapshot_interval_seconds", .int(snapshots?.intervalSeconds)),
+            ("last_snapshot_id", .string(snapshots?.lastID)),
+            ("last_snapshot_at", .date(snapshotAge.map { point.now.addingTimeInterval(-$0) })),
+            ("snapshot_age_seconds", seconds(snapshotAge)),
+            ("snapshot_running", snapshots.map { .bool($0.running) } ?? .null),
+            ("snapshot_error", .string(snapshots?.lastError)),
+            ("snapshot_failures_in_a_row", .int(snapshots?.failuresInARow)),
         ])
     }
 
@@ -121,6 +155,8 @@ enum Present {
             ("finished_at", .date(failover.finishedAt)),
             ("duration_seconds", failover.durationSeconds.map { .double(($0 * 1000).rounded() / 1000) } ?? .null),
             ("error_message", .string(failover.errorMessage)),
+            ("work_lost_seconds", failover.workLostSeconds.map { .double(($0 * 1000).rounded() / 1000) } ?? .null),
+            ("last_checkpoint_at", .date(failover.lastCheckpointAt)),
             ("timeline", .array(steps)),
         ])
     }

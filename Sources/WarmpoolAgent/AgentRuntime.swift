@@ -23,6 +23,14 @@ public struct AgentConfiguration: Sendable {
     public var workloadPIDFile: String?
     /// The sshd host key's public half, whose fingerprint telemetry reports; nil reports none.
     public var sshHostKeyPath: String? = "/etc/ssh/ssh_host_ed25519_key.pub"
+    /// Files the workload's checkpoints match (`/data/checkpoints/**`): telemetry reports the newest
+    /// one's age, the work a failover now would lose. nil reports none.
+    public var checkpointPattern: CheckpointPattern? = CheckpointPattern("/data/checkpoints/**")
+    /// Run through /bin/sh every `snapshotIntervalNanoseconds` while this instance holds the lease
+    /// (`SnapshotSchedule`), with `WARMPOOL_SNAPSHOT_SOURCE` set to the volume's path.
+    public var snapshotCommand = #"warmpool-snapshot create --source "$WARMPOOL_SNAPSHOT_SOURCE""#
+    /// 0: no snapshots.
+    public var snapshotIntervalNanoseconds: Int64 = 0
     /// Run through /bin/sh when the lease expires (for a workload the agent does not start).
     public var fenceCommand: String?
     /// Run through /bin/sh when a lease that ran out is granted again at the same epoch.
@@ -102,6 +110,8 @@ public final class AgentRuntime: @unchecked Sendable {
     /// second: every beat is stamped at least a millisecond after the one before.
     private var lastBeatStamp: Int64 = 0
     private var probeReport: ProbeReport?
+    private var snapshots: SnapshotSchedule?
+    private var snapshotRun: SnapshotProcess?
     private var stopping = false
     private let probeQueue = DispatchQueue(label: "warmpool.agent.probes")
     private let fenceQueue = DispatchQueue(label: "warmpool.agent.fence")
@@ -114,6 +124,9 @@ public final class AgentRuntime: @unchecked Sendable {
         self.logger = logger
         self.slots = Array(repeating: Slot(), count: configuration.connections)
         self.supervisor = WorkloadSupervisor(supervises: configuration.workloadCommand != nil)
+        if configuration.snapshotIntervalNanoseconds > 0 {
+            self.snapshots = SnapshotSchedule(intervalNanoseconds: configuration.snapshotIntervalNanoseconds)
+        }
         let fileName = configuration.agentID.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" }
         self.workloadStateFile = configuration.stateDirectory + "/" + fileName + ".workload"
     }
@@ -141,6 +154,7 @@ public final class AgentRuntime: @unchecked Sendable {
             self.heartbeatTask?.cancel()
             self.leaseTimer?.cancel()
             self.stopWorkload()
+            self.snapshotRun?.cancel()
             var closing: [EventLoopFuture<Void>] = []
             for index in self.slots.indices {
                 self.slots[index].reconnect?.cancel()
@@ -299,7 +313,12 @@ public final class AgentRuntime: @unchecked Sendable {
             case .start, .refuseGrant: false
             }
         }
-        defer { if fenceChanged { heartbeatTick() } }
+        defer {
+            if fenceChanged {
+                heartbeatTick()
+                runSnapshotSchedule()  // a snapshot in progress stops with the right to write
+            }
+        }
         for action in actions {
             switch action {
             case .start(let epoch):
@@ -434,7 +453,8 @@ public final class AgentRuntime: @unchecked Sendable {
         queue.async {
             probeForever(UncheckedBox(HostProbes(
                 volume: configuration.volume, nvmlLibrary: configuration.nvmlLibrary,
-                workloadPIDFile: configuration.workloadPIDFile, sshHostKeyPath: configuration.sshHostKeyPath)))
+                workloadPIDFile: configuration.workloadPIDFile, sshHostKeyPath: configuration.sshHostKeyPath,
+                checkpointPattern: configuration.checkpointPattern)))
         }
     }
 
@@ -459,7 +479,61 @@ public final class AgentRuntime: @unchecked Sendable {
             // not at the next telemetry interval (30 s by default).
             if report.sshHostKey != nil { nextTelemetryAt = 0 }
         }
+        if let checkpoint = report.checkpoint, checkpoint.newestModifiedNanoseconds != probeReport?.checkpoint?.newestModifiedNanoseconds {
+            // The recovery point moved: the controller's figure of the work a failover would lose
+            // is only as fresh as its last telemetry.
+            if checkpoint.newestModifiedNanoseconds != nil { nextTelemetryAt = 0 }
+        }
         probeReport = report
+        runSnapshotSchedule()
+    }
+
+    // MARK: Snapshots
+
+    private func runSnapshotSchedule() {
+        guard var schedule = snapshots, !stopping else { return }
+        let now = MonotonicClock.now()
+        let mayWrite = supervisor.holdsLease(now: now) && supervisor.fencedAtEpoch == nil
+        let decision = schedule.tick(now: now, mayWrite: mayWrite)
+        snapshots = schedule
+        switch decision {
+        case .none:
+            return
+        case .cancel:
+            logger.warning("snapshot cancelled: this instance no longer holds the lease", metadata: [
+                "snapshot.pid": "\(snapshotRun.map { "\($0.group)" } ?? "-")",
+            ])
+            snapshotRun?.cancel()
+        case .start:
+            let environment = [
+                "WARMPOOL_SNAPSHOT_SOURCE=\(configuration.volume.path)", "WARMPOOL_EPOCH=\(supervisor.knownEpoch)",
+            ]
+            let started = SnapshotProcess.start(configuration.snapshotCommand, environment: environment) { [weak self] (outcome: SnapshotSchedule.Outcome) in
+                guard let self else { return }
+                self.loop.execute { self.snapshotFinished(outcome) }
+            }
+            switch started {
+            case .success(let process):
+                snapshotRun = process
+                logger.info("snapshot started", metadata: ["snapshot.pid": "\(process.group)"])
+            case .failure(let error):
+                snapshotFinished(.failed("did not start: \(error)"))
+            }
+        }
+    }
+
+    private func snapshotFinished(_ outcome: SnapshotSchedule.Outcome) {
+        snapshotRun = nil
+        snapshots?.finished(outcome, now: MonotonicClock.now())
+        switch outcome {
+        case .succeeded(let id):
+            logger.notice("snapshot taken", metadata: ["snapshot.id": "\(id ?? "-")"])
+        case .failed(let reason):
+            logger.error("snapshot failed", metadata: [
+                "snapshot.error": "\(reason)", "snapshot.failures_in_a_row": "\(snapshots?.failuresInARow ?? 0)",
+            ])
+        }
+        nextTelemetryAt = 0  // the controller's view of the recovery point changes now
     }
 
     private func telemetryDocument() -> [UInt8]? {
@@ -469,7 +543,9 @@ public final class AgentRuntime: @unchecked Sendable {
             fencedAtEpoch: supervisor.fencedAtEpoch,
             fence: supervisor.fenceIsFinal ? "final" : supervisor.fencedAtEpoch != nil ? "frozen" : nil,
             workload: "\(reportedWorkload)",
-            volume: probeReport?.volume, gpu: probeReport?.gpu, sshHostKey: probeReport?.sshHostKey
+            volume: probeReport?.volume, gpu: probeReport?.gpu, sshHostKey: probeReport?.sshHostKey,
+            checkpoint: probeReport?.checkpoint.map { CheckpointTelemetry($0, wallNow: wallClockNanoseconds()) },
+            snapshot: snapshots.map { SnapshotTelemetry($0, now: MonotonicClock.now()) }
         ).json()
     }
 }

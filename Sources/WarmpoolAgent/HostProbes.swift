@@ -13,6 +13,8 @@ public struct ProbeReport: Sendable {
     /// The SHA-256 fingerprint of this instance's sshd ed25519 host key, read from its public key
     /// file; nil when the file is absent or unreadable (sshd may not have made it yet).
     public var sshHostKey: String? = nil
+    /// The workload's newest checkpoint file; nil when no checkpoint pattern is configured.
+    public var checkpoint: CheckpointReport? = nil
 }
 
 /// Runs the blocking probes (fsync on the volume, NVML calls, a pid check). Owned by one probe
@@ -23,12 +25,15 @@ public final class HostProbes {
     private let nvmlProblem: String?
     private let workloadPIDFile: String?
     private let sshHostKeyPath: String?
+    private let checkpoints: CheckpointProbe?
 
     /// `nvmlLibrary` nil disables the GPU probe; a library that fails to load is reported, not fatal.
-    public init(volume: VolumeProbe, nvmlLibrary: String?, workloadPIDFile: String?, sshHostKeyPath: String? = nil) {
+    public init(volume: VolumeProbe, nvmlLibrary: String?, workloadPIDFile: String?, sshHostKeyPath: String? = nil,
+                checkpointPattern: CheckpointPattern? = nil) {
         self.volume = volume
         self.workloadPIDFile = workloadPIDFile
         self.sshHostKeyPath = sshHostKeyPath
+        self.checkpoints = checkpointPattern.map(CheckpointProbe.init(pattern:))
         if let nvmlLibrary {
             do {
                 nvml = try NVMLProbe(library: nvmlLibrary)
@@ -47,7 +52,7 @@ public final class HostProbes {
         ProbeReport(
             takenAt: MonotonicClock.now(), volume: volume.probe(),
             gpu: nvml?.probe() ?? .unavailable(nvmlProblem ?? "NVML not loaded"), workload: workloadState(),
-            sshHostKey: sshHostKeyPath.flatMap(Self.hostKeyFingerprint(publicKeyFile:)))
+            sshHostKey: sshHostKeyPath.flatMap(Self.hostKeyFingerprint(publicKeyFile:)), checkpoint: checkpoints?.probe())
     }
 
     /// What `ssh-keygen -l -E sha256 -f FILE` prints as the key's fingerprint, for an ed25519

@@ -37,6 +37,7 @@ extension ProbeReport {
     public func json() -> String {
         var out = JSONWriter(options: .escapingSlashes)
         out.object { o in
+            if let checkpoint { o.key("checkpoint"); CheckpointTelemetry(checkpoint, wallNow: wallClockNanoseconds()).write(to: &o) }
             o.key("gpu"); gpu.write(to: &o)
             o.field("ssh_host_key", sshHostKey)
             o.key("volume"); volume.write(to: &o)

@@ -22,11 +22,16 @@ struct TelemetryDocument: Equatable, Sendable {
     var gpu: GPUReport?
     /// The sshd ed25519 host key's fingerprint (`SHA256:...`), which the controller pins.
     var sshHostKey: String? = nil
+    /// The workload's newest checkpoint: a failover now would lose the work since.
+    var checkpoint: CheckpointTelemetry? = nil
+    /// The snapshot schedule's last results (only when snapshots are configured).
+    var snapshot: SnapshotTelemetry? = nil
 
     func json() -> [UInt8] {
         var out = JSONWriter(options: .escapingSlashes)
         out.object { o in
             o.field("agent_id", agentID)
+            if let checkpoint { o.key("checkpoint"); checkpoint.write(to: &o) }
             o.field("epoch", epoch)
             o.field("fence", fence)
             o.field("fenced_at_epoch", fencedAtEpoch)
@@ -34,12 +39,77 @@ struct TelemetryDocument: Equatable, Sendable {
             o.field("instance_id", instanceID)
             o.field("machine_id", machineID)
             o.field("role", role)
+            if let snapshot { o.key("snapshot"); snapshot.write(to: &o) }
             o.field("ssh_host_key", sshHostKey)
             o.field("version", version)
             if let volume { o.key("volume"); volume.write(to: &o) }
             o.field("workload", workload)
         }
         return out.bytes
+    }
+}
+
+/// Telemetry's `checkpoint` (PROTOCOL.md §3.8). Ages, not times: each is measured on the
+/// instance's own clock when the document is written, so the controller needs no clock agreement.
+struct CheckpointTelemetry: Equatable, Sendable, Encodable {
+    /// Since the newest matching file was last modified, ms; nil when none matched.
+    var ageMs: Int64?
+    var files: Int
+    var newest: String?
+    var pattern: String
+    var problem: String?
+    /// Present (true) only when the walk was cut short.
+    var truncated: Bool?
+
+    init(_ report: CheckpointReport, wallNow: Int64) {
+        ageMs = report.newestModifiedNanoseconds.map { max(0, wallNow - $0) / 1_000_000 }
+        files = report.files
+        newest = report.newestPath
+        pattern = report.pattern
+        problem = report.problem
+        truncated = report.truncated ? true : nil
+    }
+
+    func write(to out: inout JSONWriter) {
+        out.object { o in
+            o.field("age_ms", ageMs)
+            o.field("files", files)
+            o.field("newest", newest)
+            o.field("pattern", pattern)
+            o.field("problem", problem)
+            if let truncated { o.field("truncated", truncated) }
+        }
+    }
+}
+
+/// Telemetry's `snapshot` (PROTOCOL.md §3.8).
+struct SnapshotTelemetry: Equatable, Sendable, Encodable {
+    var failuresInARow: Int
+    var intervalS: Int64
+    var lastError: String?
+    var lastId: String?
+    /// Since the last snapshot that succeeded finished, ms (agent monotonic clock); nil before one.
+    var lastSuccessAgeMs: Int64?
+    var running: Bool
+
+    init(_ schedule: SnapshotSchedule, now: Int64) {
+        failuresInARow = schedule.failuresInARow
+        intervalS = schedule.interval / 1_000_000_000
+        lastError = schedule.lastError
+        lastId = schedule.lastID
+        lastSuccessAgeMs = schedule.lastSucceededAt.map { max(0, now - $0) / 1_000_000 }
+        running = schedule.running
+    }
+
+    func write(to out: inout JSONWriter) {
+        out.object { o in
+            o.field("failures_in_a_row", failuresInARow)
+            o.field("interval_s", intervalS)
+            o.field("last_error", lastError)
+            o.field("last_id", lastId)
+            o.field("last_success_age_ms", lastSuccessAgeMs)
+            o.field("running", running)
+        }
     }
 }
 

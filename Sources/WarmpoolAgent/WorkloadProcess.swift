@@ -24,31 +24,14 @@ final class WorkloadProcess: @unchecked Sendable {
     static func start(
         _ command: [String], environment extra: [String], epoch: UInt64, exited: @escaping @Sendable (Int32) -> Void
     ) -> Result<WorkloadProcess, SpawnError> {
-        // The agent's own secret stays with the agent.
-        let inherited = inheritedEnvironment().filter { !$0.hasPrefix("WARMPOOL_AGENT_SECRET=") }
-        let argv = command.map { strdup($0) } + [nil]
-        let envp = (inherited + extra).map { strdup($0) } + [nil]
-        defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
+        let pid: pid_t
+        switch spawnGroupLeader(command, environment: extra) {
+        case .success(let leader): pid = leader
+        case .failure(let error): return .failure(error)
         }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-        var pid: pid_t = 0
-        let status = posix_spawnp(&pid, command[0], nil, &attributes, argv, envp)
-        guard status == 0 else { return .failure(SpawnError(command: command[0], errno: status)) }
         let process = WorkloadProcess(group: pid, epoch: epoch)
         let leader = pid
-        Thread.detach {
+        ReaperThread.detach {
             var raw: Int32 = 0
             while waitpid(leader, &raw, 0) < 0, errno == EINTR {}
             exited(exitStatus(waitStatus: raw))
@@ -60,12 +43,6 @@ final class WorkloadProcess: @unchecked Sendable {
     static func adopt(group: pid_t, epoch: UInt64) -> WorkloadProcess? {
         guard group > 1, kill(-group, 0) == 0 else { return nil }
         return WorkloadProcess(group: group, epoch: epoch)
-    }
-
-    struct SpawnError: Error, CustomStringConvertible {
-        var command: String
-        var errno: Int32
-        var description: String { "cannot start \(command): \(String(cString: strerror(errno)))" }
     }
 
     /// True when the signal reached the group.
@@ -106,9 +83,48 @@ final class WorkloadProcess: @unchecked Sendable {
     }
 }
 
+struct SpawnError: Error, CustomStringConvertible {
+    var command: String
+    var errno: Int32
+    var description: String { "cannot start \(command): \(String(cString: strerror(errno)))" }
+}
+
+/// Starts `command` (looked up in PATH) as the leader of a new process group, with the agent's
+/// environment (less its secret) plus `extra`, default signal handling, and, when given, its
+/// standard output on `standardOutput`.
+func spawnGroupLeader(_ command: [String], environment extra: [String], standardOutput: Int32? = nil) -> Result<pid_t, SpawnError> {
+    // The agent's own secret stays with the agent.
+    let inherited = inheritedEnvironment().filter { !$0.hasPrefix("WARMPOOL_AGENT_SECRET=") }
+    let argv = command.map { strdup($0) } + [nil]
+    let envp = (inherited + extra).map { strdup($0) } + [nil]
+    defer {
+        argv.forEach { free($0) }
+        envp.forEach { free($0) }
+    }
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var defaults = sigset_t()
+    sigfillset(&defaults)
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
+    var empty = sigset_t()
+    sigemptyset(&empty)
+    posix_spawnattr_setsigmask(&attributes, &empty)
+    posix_spawnattr_setpgroup(&attributes, 0)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    if let standardOutput { posix_spawn_file_actions_adddup2(&actions, standardOutput, STDOUT_FILENO) }
+    var pid: pid_t = 0
+    let status = posix_spawnp(&pid, command[0], &actions, &attributes, argv, envp)
+    guard status == 0 else { return .failure(SpawnError(command: command[0], errno: status)) }
+    return .success(pid)
+}
+
 /// A plain thread for the one blocking wait of each workload: Dispatch's pool is small, and a
 /// workload can run for weeks.
-private enum Thread {
+enum ReaperThread {
     static func detach(_ body: @escaping @Sendable () -> Void) {
         let box = Unmanaged.passRetained(Box(body)).toOpaque()
         var thread = pthread_t()

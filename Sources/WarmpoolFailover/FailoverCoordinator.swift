@@ -268,9 +268,10 @@ public actor FailoverCoordinator: Service {
         guard var pool = pools[poolID] else { return }
         pool.machine = machine
         let snapshot = machine.snapshot
+        let checkpointAge = (previous?.primaryInstanceID).flatMap { hub?.recoveryPoint(instanceID: $0)?.checkpointAge(at: MonotonicClock.now()) }
         let recorded = TransitionRecorder.record(
             actions, ledger: &pool.ledger, previous: previous, snapshot: snapshot,
-            engineState: try? JSONEncoder().encode(machine), now: now)
+            engineState: try? JSONEncoder().encode(machine), checkpointAge: checkpointAge, now: now)
         for finished in recorded.finishedFailovers { onFailoverFinished(finished.result.rawValue, finished.seconds) }
         if snapshot.removed {
             pools[poolID] = nil

@@ -27,20 +27,26 @@ struct FinishedFailover: Sendable, Equatable {
 /// store transaction that records it: the pool's row, the failover's row and timeline steps, the
 /// outbox entries and the pool events. No clock, no I/O; the coordinator commits what it returns.
 enum TransitionRecorder {
+    /// `checkpointAge`: how old the newest checkpoint of the primary before this transition
+    /// (`previous`) is now, in seconds, from its agent's last report; nil when unknown. A failover
+    /// this transition starts records it as the work lost.
     static func record(
         _ actions: [EngineAction], ledger: inout PoolLedger, previous: PoolSnapshot?, snapshot: PoolSnapshot,
-        engineState: Data?, now: Instant
+        engineState: Data?, checkpointAge: Double? = nil, now: Instant
     ) -> RecordedTransition {
         var transition = PoolTransition(pool: ledger.record)
         var finished: [FinishedFailover] = []
         for action in actions {
             switch action {
             case .timeline(let entry):
-                if let done = file(entry, into: &ledger, transition: &transition, snapshot: snapshot, previous: previous) {
+                if let done = file(entry, into: &ledger, transition: &transition, snapshot: snapshot, previous: previous,
+                                   checkpointAge: checkpointAge, now: now) {
                     finished.append(done)
                 }
             case .notify(let notification):
-                transition.notifications.append(payload(notification, snapshot: snapshot).outboxEntry())
+                var payload = payload(notification, snapshot: snapshot)
+                if let failover = ledger.failover, payload.failover == failover.id { payload.workLostSeconds = failover.workLostSeconds }
+                transition.notifications.append(payload.outboxEntry())
             default:
                 break
             }
@@ -80,7 +86,7 @@ enum TransitionRecorder {
     /// cleanup) as pool events. Returns the failover it finished, if it finished one.
     private static func file(
         _ entry: TimelineEntry, into ledger: inout PoolLedger, transition: inout PoolTransition, snapshot: PoolSnapshot,
-        previous: PoolSnapshot?
+        previous: PoolSnapshot?, checkpointAge: Double?, now: Instant
     ) -> FinishedFailover? {
         guard let number = entry.failover else {
             transition.events.append(PoolEvent(
@@ -95,6 +101,12 @@ enum TransitionRecorder {
                 oldPrimaryInstanceID: previous?.primaryInstanceID ?? snapshot.primaryInstanceID,
                 epoch: snapshot.epoch, startedAt: date(started))
             ledger.failover?.incarnation = snapshot.incarnation
+            if let checkpointAge {
+                // Aged back to the detection: what the primary had not checkpointed when it was lost.
+                let checkpointedAt = now - Duration.nanoseconds(Int64(checkpointAge * 1e9))
+                ledger.failover?.lastCheckpointAt = date(checkpointedAt)
+                ledger.failover?.workLostSeconds = max(0, (started - checkpointedAt).seconds)
+            }
             ledger.stepsWritten = 0
         }
         guard var failover = ledger.failover else { return nil }

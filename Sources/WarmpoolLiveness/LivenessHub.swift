@@ -60,6 +60,8 @@ public final class LivenessHub: Sendable {
         /// named. Kept whatever the agent's binding: the binding is judged when the key is asked
         /// for (an agent may report before the controller has recorded its instance).
         var hostKeys: [AgentID: (instanceID: InstanceID, fingerprint: String)] = [:]
+        /// Telemetry's `checkpoint` and `snapshot`, by the instance the session named.
+        var recoveryPoints: [InstanceID: RecoveryPointReport] = [:]
     }
 
     public let configuration: Configuration
@@ -205,24 +207,32 @@ public final class LivenessHub: Sendable {
         shared.withLockedValue { $0.leases.posture(of: instanceID) }
     }
 
-    /// Reads the host key out of an authenticated Telemetry document. Returns why the document
-    /// was not usable, for the connection's log; the session stays open either way.
+    /// Reads the host key and the recovery point out of an authenticated Telemetry document.
+    /// Returns why (part of) the document was not usable, for the connection's log; the session
+    /// stays open either way, and a bad key spoils only itself.
     func telemetryReceived(_ session: SessionID, document: [UInt8]) -> String? {
-        let fingerprint: String
+        let parsed: JSONValue
         do {
-            let parsed = try JSONParser.parse(document)
-            guard parsed.objectValue != nil else { return "telemetry is not a JSON object" }
-            guard let value = parsed["ssh_host_key"] else { return nil }
-            guard let text = value.stringValue, HostKeyFingerprint.isWellFormed(text) else {
-                return "telemetry's ssh_host_key is not a SHA256 fingerprint"
-            }
-            fingerprint = text
+            parsed = try JSONParser.parse(document)
         } catch {
             return "telemetry is not JSON: \(error)"
         }
+        guard parsed.objectValue != nil else { return "telemetry is not a JSON object" }
         let now = MonotonicClock.now()
+        var problem: String?
+        var fingerprint: String?
+        if let value = parsed["ssh_host_key"] {
+            if let text = value.stringValue, HostKeyFingerprint.isWellFormed(text) {
+                fingerprint = text
+            } else {
+                problem = "telemetry's ssh_host_key is not a SHA256 fingerprint"
+            }
+        }
+        let recoveryPoint = RecoveryPointReport(telemetry: parsed, receivedAt: now)
         shared.withLockedValue { shared in
             guard let connection = shared.connections[session] else { return }
+            if let recoveryPoint { shared.recoveryPoints[connection.instanceID] = recoveryPoint }
+            guard let fingerprint else { return }
             let previous = shared.hostKeys.updateValue((connection.instanceID, fingerprint), forKey: connection.agentID)
             guard previous?.fingerprint != fingerprint || previous?.instanceID != connection.instanceID,
                 let identity = shared.tracker.identity(agentID: connection.agentID)
@@ -230,7 +240,13 @@ public final class LivenessHub: Sendable {
             let reason = previous.map { "reported sshd host key \(fingerprint) (was \($0.fingerprint))" } ?? "reported sshd host key \(fingerprint)"
             publish([LivenessEvent(kind: .hostKeyReported, agent: identity, atNanoseconds: now, reason: reason)], in: &shared)
         }
-        return nil
+        return problem
+    }
+
+    /// What the instance's agent last said of its newest checkpoint and its snapshots; nil before
+    /// any report (or when its agent reports neither).
+    public func recoveryPoint(instanceID: InstanceID) -> RecoveryPointReport? {
+        shared.withLockedValue { $0.recoveryPoints[instanceID] }
     }
 
     /// The host key the instance's own agent reported: the agent's key must be bound to this
@@ -257,6 +273,7 @@ public final class LivenessHub: Sendable {
     public func forget(instanceID: InstanceID) {
         shared.withLockedValue { shared in
             shared.hostKeys = shared.hostKeys.filter { $0.value.instanceID != instanceID }
+            shared.recoveryPoints[instanceID] = nil
             shared.tracker.forget(instanceID: instanceID)
             if shared.tracker.agentIDs(instanceID: instanceID).isEmpty { shared.leases.forget(instanceID) }
         }

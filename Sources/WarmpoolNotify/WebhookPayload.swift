@@ -19,6 +19,8 @@ public struct WebhookPayload: Sendable, Equatable {
     public var failover: String?
     public var primaryInstanceID: InstanceID?
     public var standbyInstanceID: InstanceID?
+    /// A failover's events: the work it lost (the old primary's checkpoint age at detection), when known.
+    public var workLostSeconds: Double?
 
     public init(
         id: String, event: String, poolID: PoolID, at: Instant, message: String, state: PoolState, epoch: Epoch,
@@ -38,7 +40,7 @@ public struct WebhookPayload: Sendable, Equatable {
 
     /// The JSON text the outbox stores and the notifier sends: keys in byte order, slashes as they are.
     public func json() -> String {
-        let body: [String: JSONValue] = [
+        var body: [String: JSONValue] = [
             "id": .string(id),
             "event": .string(event),
             "machine_id": .int(poolID.rawValue),
@@ -50,6 +52,9 @@ public struct WebhookPayload: Sendable, Equatable {
             "primary_gpu_id": .int(primaryInstanceID?.rawValue),
             "standby_gpu_id": .int(standbyInstanceID?.rawValue),
         ]
+        // Only a failover's events with a known recovery point carry it (receivers of older
+        // payloads see no new null key).
+        if let workLostSeconds { body["work_lost_seconds"] = .double((workLostSeconds * 1000).rounded() / 1000) }
         return String(decoding: JSONValue.object(body).serialized(options: .sortedKeys), as: UTF8.self)
     }
 

@@ -107,6 +107,11 @@ public struct FailoverRecord: Codable, Sendable, Equatable {
     public var errorMessage: String?
     /// The incarnation of the pool it belonged to.
     public var incarnation: Int = 1
+    /// The work the failover lost: how old the old primary's newest checkpoint was when its failure
+    /// was detected (its agent's last report, aged since). nil when its agent reported none.
+    public var workLostSeconds: Double?
+    /// When that checkpoint was written, by the same reckoning.
+    public var lastCheckpointAt: Date?
 
     /// The database columns, spelled out: the Swift names keep their acronyms.
     enum CodingKeys: String, CodingKey {
@@ -121,6 +126,8 @@ public struct FailoverRecord: Codable, Sendable, Equatable {
         case startedAt = "started_at"
         case finishedAt = "finished_at"
         case errorMessage = "error_message"
+        case workLostSeconds = "work_lost_seconds"
+        case lastCheckpointAt = "last_checkpoint_at"
     }
 
     public init(

@@ -8,7 +8,16 @@ enum Schema {
         migrator.registerMigration("v1-initial", migrate: createInitialTables)
         migrator.registerMigration("v2-incarnations", migrate: addIncarnations)
         migrator.registerMigration("v3-api-key-scopes", migrate: addAPIKeyScopes)
+        migrator.registerMigration("v4-work-lost", migrate: addWorkLost)
         return migrator
+    }
+
+    /// Each failover records the work it lost (the old primary's checkpoint age); older rows have none.
+    private static func addWorkLost(_ db: Database) throws {
+        try db.alter(table: "failover") { t in
+            t.add(column: "work_lost_seconds", .double)
+            t.add(column: "last_checkpoint_at", .datetime)
+        }
     }
 
     /// Keys made before scopes could do everything: they stay `admin`.

@@ -37,6 +37,9 @@ struct WarmpoolAgentCommand {
         CommandLineOption(name: "nvml-library", valueName: "nvml-library", help: "NVML library to dlopen, or `none` to skip the GPU probe. Env: WARMPOOL_NVML_LIBRARY. Default: libnvidia-ml.so.1."),
         CommandLineOption(name: "workload-pidfile", valueName: "workload-pidfile", help: "Pid file of the workload, to report whether it runs. Env: WARMPOOL_WORKLOAD_PIDFILE."),
         CommandLineOption(name: "ssh-host-key", valueName: "ssh-host-key", help: "sshd's ed25519 public host key, whose fingerprint the controller pins for this instance before its first SSH contact, or `none`. Env: WARMPOOL_SSH_HOST_KEY. Default: /etc/ssh/ssh_host_ed25519_key.pub."),
+        CommandLineOption(name: "checkpoint-pattern", valueName: "checkpoint-pattern", help: "Files the workload's checkpoints match (`*`, `?`, `[...]` within a component, `**` for any depth), or `none`; telemetry reports the newest one's age, the work a failover would lose. Env: WARMPOOL_CHECKPOINT_PATTERN. Default: VOLUME-PATH/checkpoints/**."),
+        CommandLineOption(name: "snapshot-interval-s", valueName: "snapshot-interval-s", help: "Run the snapshot command this often while this instance holds the lease; 0: never. Env: WARMPOOL_SNAPSHOT_INTERVAL_S (the controller's --snapshot-interval-s sets it). Default: 0."),
+        CommandLineOption(name: "snapshot-command", valueName: "snapshot-command", help: "Shell command that snapshots the volume (it gets WARMPOOL_SNAPSHOT_SOURCE, the volume's path, and WARMPOOL_EPOCH; the S3 settings come from its own WARMPOOL_S3_* environment). Env: WARMPOOL_SNAPSHOT_COMMAND. Default: warmpool-snapshot create --source \"$WARMPOOL_SNAPSHOT_SOURCE\"."),
         CommandLineOption(name: "fence-command", valueName: "fence-command", help: "Shell command run when the lease expires, for a workload the agent does not start (it gets WARMPOOL_FENCED_EPOCH). Env: WARMPOOL_FENCE_COMMAND."),
         CommandLineOption(name: "thaw-command", valueName: "thaw-command", help: "Shell command run when an expired lease is granted again at the same epoch (it gets WARMPOOL_FENCED_EPOCH). Env: WARMPOOL_THAW_COMMAND."),
         CommandLineOption(name: "state-dir", valueName: "state-dir", help: "Where the agent remembers its workload's process group across its own restarts. Env: WARMPOOL_STATE_DIR. Default: /run/warmpool-agent."),
@@ -58,6 +61,9 @@ struct WarmpoolAgentCommand {
     var nvmlLibrary: String?
     var workloadPidfile: String?
     var sshHostKey: String?
+    var checkpointPattern: String?
+    var snapshotIntervalS: Int?
+    var snapshotCommand: String?
     var fenceCommand: String?
     var thawCommand: String?
     var stateDir: String?
@@ -80,6 +86,9 @@ struct WarmpoolAgentCommand {
         nvmlLibrary = parsed.string("nvml-library")
         workloadPidfile = parsed.string("workload-pidfile")
         sshHostKey = parsed.string("ssh-host-key")
+        checkpointPattern = parsed.string("checkpoint-pattern")
+        snapshotIntervalS = try parsed.integer("snapshot-interval-s")
+        snapshotCommand = parsed.string("snapshot-command")
         fenceCommand = parsed.string("fence-command")
         thawCommand = parsed.string("thaw-command")
         stateDir = parsed.string("state-dir")
@@ -169,7 +178,7 @@ struct WarmpoolAgentCommand {
         if probeOnce {
             let hostKey = value(sshHostKey, "WARMPOOL_SSH_HOST_KEY") ?? "/etc/ssh/ssh_host_ed25519_key.pub"
             let report = HostProbes(volume: volumeProbe, nvmlLibrary: nvml, workloadPIDFile: value(workloadPidfile, "WARMPOOL_WORKLOAD_PIDFILE"),
-                                    sshHostKeyPath: hostKey == "none" ? nil : hostKey).probe()
+                                    sshHostKeyPath: hostKey == "none" ? nil : hostKey, checkpointPattern: try checkpoints).probe()
             print(report.json())
             return
         }
@@ -191,6 +200,18 @@ struct WarmpoolAgentCommand {
                 services: [AgentService(runtime: runtime)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await serviceGroup.run()
         try await group.shutdownGracefully()
+    }
+
+    /// The checkpoint pattern: under the volume unless told otherwise; `none` for no report.
+    private var checkpoints: CheckpointPattern? {
+        get throws(UsageError) {
+            let text = value(checkpointPattern, "WARMPOOL_CHECKPOINT_PATTERN") ?? volumeProbe.path + "/checkpoints/**"
+            guard text != "none" else { return nil }
+            guard let pattern = CheckpointPattern(text) else {
+                throw UsageError("--checkpoint-pattern must be an absolute path pattern, got \(text)")
+            }
+            return pattern
+        }
     }
 
     private func makeConfiguration(probeIntervalMilliseconds: Int) throws -> AgentConfiguration {
@@ -244,6 +265,11 @@ struct WarmpoolAgentCommand {
         configuration.thawCommand = value(thawCommand, "WARMPOOL_THAW_COMMAND")
         let hostKey = value(sshHostKey, "WARMPOOL_SSH_HOST_KEY") ?? "/etc/ssh/ssh_host_ed25519_key.pub"
         configuration.sshHostKeyPath = hostKey == "none" ? nil : hostKey
+        configuration.checkpointPattern = try checkpoints
+        let snapshotInterval = try integer(snapshotIntervalS, "WARMPOOL_SNAPSHOT_INTERVAL_S", default: 0)
+        guard snapshotInterval >= 0 else { throw UsageError("--snapshot-interval-s must not be negative") }
+        configuration.snapshotIntervalNanoseconds = Int64(snapshotInterval) * 1_000_000_000
+        configuration.snapshotCommand = value(snapshotCommand, "WARMPOOL_SNAPSHOT_COMMAND") ?? configuration.snapshotCommand
         configuration.stateDirectory = value(stateDir, "WARMPOOL_STATE_DIR") ?? configuration.stateDirectory
         configuration.workloadCommand = workloadCommand ?? Self.environment["WARMPOOL_WORKLOAD"].map { ["/bin/sh", "-c", $0] }
         return configuration

@@ -38,6 +38,9 @@ struct FailoverOptions: ParsableArguments {
     @Option(help: "Extra KEY=VALUE for every created instance's environment (repeatable), e.g. WARMPOOL_FENCE_COMMAND=...")
     var agentEnv: [String] = []
 
+    @Option(help: "Every primary the controller creates snapshots its volume this often, in seconds (the agent runs warmpool-snapshot while it holds the lease; the store's WARMPOOL_S3_* settings and WARMPOOL_SNAPSHOT_KEY_FILE go in with --agent-env); 0: no snapshots. Env: WARMPOOL_SNAPSHOT_INTERVAL_S.")
+    var snapshotIntervalS: Int = Int(environment["WARMPOOL_SNAPSHOT_INTERVAL_S"] ?? "") ?? 0
+
     @Option(help: "How often the engine polls the provider while it waits (ms). Env: WARMPOOL_PROVIDER_POLL_MS.")
     var providerPollMs: Int = Int(environment["WARMPOOL_PROVIDER_POLL_MS"] ?? "") ?? 500
 
@@ -103,6 +106,7 @@ struct FailoverOptions: ParsableArguments {
             throw ValidationError("--mass-failure-minimum must be >= 0, the fraction 0-1, the window >= 100 ms, the settle >= 0 ms")
         }
         for pair in agentEnv where !pair.contains("=") { throw ValidationError("--agent-env expects KEY=VALUE, got \(pair)") }
+        guard snapshotIntervalS >= 0 else { throw ValidationError("--snapshot-interval-s must not be negative") }
         providerApiKeyFile = providerApiKeyFile ?? Self.environment["WARMPOOL_PROVIDER_API_KEY_FILE"]
         sshKey = sshKey ?? Self.environment["WARMPOOL_SSH_KEY"]
         agentControllers = agentControllers ?? Self.environment["WARMPOOL_AGENT_CONTROLLERS"]
@@ -161,6 +165,7 @@ struct FailoverOptions: ParsableArguments {
             let parts = pair.split(separator: "=", maxSplits: 1)
             environment[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
         }
+        if snapshotIntervalS > 0 { environment["WARMPOOL_SNAPSHOT_INTERVAL_S"] = "\(snapshotIntervalS)" }
         var engine = EngineSettings()
         engine.pollInterval = .milliseconds(providerPollMs)
         engine.fenceTimeout = .milliseconds(fenceTimeoutMs)

@@ -474,6 +474,12 @@ final class WarmPoolLab {
         try lab.startController(extra: ["--notify-url", "http://127.0.0.1:\(port)/hooks/warmpool", "--notify-secret-file", directory + "/hook-secret"])
 
         let primary = (try lab.provision()["status"])?["primary_gpu_id"]?.intValue ?? -1
+        // A checkpoint 20 s old: the failover loses the work since, and says so.
+        let primaryPort = Int(try lab.status()["primary_ssh_port"]?.intValue ?? 0)
+        _ = try lab.ssh(port: primaryPort, "mkdir -p /data/checkpoints && echo w > /data/checkpoints/a.pt && touch -d @\(Int(Date().timeIntervalSince1970) - 20) /data/checkpoints/a.pt")
+        try lab.harness.waitUntil("the primary reports its checkpoint", timeout: 20) {
+            (try? lab.status()["recovery_point"]?["checkpoint_newest"]?.stringValue) == "a.pt"
+        }
         #expect(try lab.sim("POST", "/admin/instances/\(primary)/crash").status == 200)
         _ = try lab.waitForFailover(1)
         let wanted: Set<String> = ["failure_detected", "standby_starting", "failover_complete", "standby_provisioned"]
@@ -490,5 +496,9 @@ final class WarmPoolLab {
         let complete = hooks.first { $0["event"]?.stringValue == "failover_complete" }?["body"]
         #expect(complete?["machine_id"]?.intValue == 12)
         #expect(complete?["failover"]?.stringValue == "fo-12-1")
+        let lost = complete?["work_lost_seconds"]?.doubleValue ?? -1
+        #expect(lost >= 20 && lost < 80, "the work the failover lost: \(complete ?? .null)")
+        let detected = hooks.first { $0["event"]?.stringValue == "failure_detected" }?["body"]
+        #expect(detected?["work_lost_seconds"]?.doubleValue == complete?["work_lost_seconds"]?.doubleValue)
     }
 }

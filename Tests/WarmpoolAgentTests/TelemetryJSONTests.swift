@@ -20,6 +20,8 @@ import Testing
         var volume: VolumeReport?
         var gpu: GPUReport?
         var sshHostKey: String?
+        var checkpoint: CheckpointTelemetry?
+        var snapshot: SnapshotTelemetry?
 
         init(_ d: TelemetryDocument) {
             agentId = d.agentID
@@ -34,6 +36,8 @@ import Testing
             volume = d.volume
             gpu = d.gpu
             sshHostKey = d.sshHostKey
+            checkpoint = d.checkpoint
+            snapshot = d.snapshot
         }
     }
 
@@ -57,6 +61,16 @@ import Testing
         index: 3, name: nil, uuid: nil, temperatureCelsius: nil, utilizationPercent: nil, memoryTotalBytes: nil,
         memoryUsedBytes: nil, eccUncorrectedVolatile: nil, xidCriticalErrors: 0, lastXid: nil, healthy: true)
 
+    /// A schedule with one snapshot taken and one failed since.
+    private static var schedule: SnapshotSchedule {
+        var schedule = SnapshotSchedule(intervalNanoseconds: 60_000_000_000)
+        _ = schedule.tick(now: 0, mayWrite: true)
+        schedule.finished(.succeeded(id: "20261204T123000.250Z-1a2b3c4d"), now: 5_000_000_000)
+        _ = schedule.tick(now: 60_000_000_000, mayWrite: true)
+        schedule.finished(.failed("exit status 1: \"bucket\" not found"), now: 61_000_000_000)
+        return schedule
+    }
+
     static let documents: [TelemetryDocument] = [
         // Probes not in yet.
         TelemetryDocument(
@@ -67,7 +81,12 @@ import Testing
             agentID: "gpu-77-a", instanceID: 456_789, machineID: 77, role: "primary", version: "0.1.0", epoch: 12,
             fencedAtEpoch: nil, workload: "running", volume: volume,
             gpu: GPUReport(available: true, problem: nil, driverVersion: "550.54.15", gpus: [gpu, sparseGPU]),
-            sshHostKey: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"),
+            sshHostKey: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
+            checkpoint: CheckpointTelemetry(
+                CheckpointReport(pattern: "/data/checkpoints/**", files: 3, newestPath: "run-1/step_900.pt",
+                                 newestModifiedNanoseconds: 1_000_000_000_000, truncated: true),
+                wallNow: 1_012_500_000_000),
+            snapshot: SnapshotTelemetry(Self.schedule, now: 95_000_000_000)),
         // Fenced, no NVML, a sick volume, extreme numbers.
         TelemetryDocument(
             agentID: "A.b_c-9", instanceID: .max, machineID: 0, role: "standby", version: "0.1.0", epoch: .max,
@@ -79,7 +98,10 @@ import Testing
         // No GPUs at all.
         TelemetryDocument(
             agentID: "x", instanceID: 1, machineID: 2, role: "primary", version: "0.1.0", epoch: 3, fencedAtEpoch: 0,
-            workload: "stopped", volume: volume, gpu: GPUReport(available: true, problem: nil, driverVersion: nil, gpus: [])),
+            workload: "stopped", volume: volume, gpu: GPUReport(available: true, problem: nil, driverVersion: nil, gpus: []),
+            checkpoint: CheckpointTelemetry(CheckpointReport(pattern: "/data/ckpt/*.pt", files: 0, problem: "cannot read /data/ckpt: Permission denied"),
+                                            wallNow: 5),
+            snapshot: SnapshotTelemetry(SnapshotSchedule(intervalNanoseconds: 3_600_000_000_000), now: 1)),
     ]
 
     @Test(arguments: documents)

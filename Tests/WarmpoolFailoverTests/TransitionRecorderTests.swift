@@ -109,4 +109,32 @@ struct TransitionRecorderTests {
         #expect(entry.payload == #"{"at":"2027-01-15T08:00:00.123Z","epoch":2,"event":"failover_complete","failover":"fo-7-1","id":"n-7-3","machine_id":7,"message":"standby 102 promoted","primary_gpu_id":102,"standby_gpu_id":null,"state":"recovering"}"#)
         #expect(entry.nextAttemptAt == entry.createdAt)
     }
+
+    /// The work a failover lost is the old primary's checkpoint age, aged back to the detection,
+    /// and every notification of that failover carries it.
+    @Test func aFailoverRecordsTheWorkItLostAndItsNotificationsCarryIt() throws {
+        var ledger = PoolLedger(record: PoolRecord(poolID: 7, state: .active))
+        let detected = Self.t0 + .milliseconds(400)
+        let now = detected + .milliseconds(100)
+        let notification = EngineNotification(id: "n-7-1", kind: .failureDetected, pool: 7, failover: 1, at: detected, message: "failed")
+        let recorded = TransitionRecorder.record(
+            [Self.step(.detected, failover: 1, at: detected, sinceDetection: .milliseconds(400)), .notify(notification)],
+            ledger: &ledger, previous: Self.snapshot(.active), snapshot: Self.snapshot(.failover, current: 1), engineState: nil,
+            checkpointAge: 42.5, now: now)
+        let failover = try #require(recorded.transition.failover)
+        // Checkpointed 42.5 s before `now`; the primary failed (detection's start) 0.5 s before it.
+        #expect(abs((failover.workLostSeconds ?? -1) - 42.0) < 1e-6)
+        #expect(failover.lastCheckpointAt == Date(timeIntervalSince1970: (now - .milliseconds(42_500)).secondsSinceEpoch))
+        let payload = try #require(recorded.transition.notifications.first?.payload)
+        #expect(payload.contains(#""work_lost_seconds":42"#), "\(payload)")
+
+        // Without a report: nothing is claimed.
+        var other = PoolLedger(record: PoolRecord(poolID: 7, state: .active))
+        let unknown = TransitionRecorder.record(
+            [Self.step(.detected, failover: 1, at: detected), .notify(notification)],
+            ledger: &other, previous: Self.snapshot(.active), snapshot: Self.snapshot(.failover, current: 1), engineState: nil, now: now)
+        #expect(unknown.transition.failover?.workLostSeconds == nil)
+        let unknownPayload = unknown.transition.notifications.first?.payload ?? ""
+        #expect(unknownPayload.contains("failure_detected") && !unknownPayload.contains("work_lost"), "\(unknownPayload)")
+    }
 }

@@ -47,7 +47,7 @@ private let logger = Logger(label: "test.store")
     @Test func aNewDatabaseGetsEveryMigrationAndEveryTable() async throws {
         let path = temporaryDatabasePath()
         let store = try SQLiteStore(path: path, logger: logger)
-        #expect(try await store.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes"])
+        #expect(try await store.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes", "v4-work-lost"])
         let tables = try await DatabaseQueue(path: path).read { db in
             try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'grdb_%' ORDER BY name")
         }
@@ -76,7 +76,7 @@ private let logger = Logger(label: "test.store")
             try await store.savePool(PoolRecord(poolID: 7, state: .active, volumeID: 3))
         }
         let reopened = try SQLiteStore(path: path, logger: logger)
-        #expect(try await reopened.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes"])
+        #expect(try await reopened.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes", "v4-work-lost"])
         #expect(try await reopened.pool(id: 7)?.volumeID == 3)
     }
 
@@ -123,7 +123,9 @@ private let logger = Logger(label: "test.store")
     @Test func aTransitionIsAllOrNothing() async throws {
         let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
         let start = Date()
-        let failover = FailoverRecord(id: "fo-12-1", poolID: 12, reason: "primary failed", epoch: 2, startedAt: start)
+        var failover = FailoverRecord(id: "fo-12-1", poolID: 12, reason: "primary failed", epoch: 2, startedAt: start)
+        failover.workLostSeconds = 41.25
+        failover.lastCheckpointAt = start.addingTimeInterval(-41.25)
         try await store.commit(PoolTransition(
             pool: PoolRecord(poolID: 12, state: .failover), failover: failover,
             steps: [TimelineStep(failoverID: "fo-12-1", sequence: 1, step: "detected", at: start)],
@@ -139,6 +141,9 @@ private let logger = Logger(label: "test.store")
         }
         #expect(try await store.pool(id: 12)?.state == .failover)
         #expect(try await store.timeline(failoverID: "fo-12-1").map(\.step) == ["detected"])
+        let stored = try await store.failovers(poolID: 12, limit: 10).first
+        #expect(stored?.workLostSeconds == 41.25)
+        #expect(abs((stored?.lastCheckpointAt?.timeIntervalSince1970 ?? 0) - start.addingTimeInterval(-41.25).timeIntervalSince1970) < 0.001)
         #expect(try await store.events(poolID: 12, limit: 10).count == 1)
     }
 

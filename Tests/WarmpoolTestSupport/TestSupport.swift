@@ -15,10 +15,19 @@ public struct HarnessError: Error, CustomStringConvertible {
 
 public enum Command {
     /// Runs a command to completion; returns its exit status and its stdout and stderr together.
-    public static func run(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    /// `environment`: `NAME=value` entries added to this process's.
+    public static func run(_ path: String, _ arguments: [String], environment: [String] = []) throws -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
+        if !environment.isEmpty {
+            var merged = ProcessInfo.processInfo.environment
+            for entry in environment {
+                let parts = entry.split(separator: "=", maxSplits: 1)
+                merged[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
+            }
+            process.environment = merged
+        }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe

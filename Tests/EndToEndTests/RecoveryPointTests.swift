@@ -1,0 +1,89 @@
+import Foundation
+import Testing
+import WarmpoolJSON
+import WarmpoolTestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The recovery point end to end (issue 21): real instances (warmpool-sim: sshd + the real agent,
+/// the volume at /data), the real controller, a real S3 server (moto). The controller's
+/// `--snapshot-interval-s` reaches the primary's agent through the instance's environment, the
+/// agent runs the real `warmpool-snapshot` while it holds the lease, and its telemetry carries the
+/// newest checkpoint's age and the last snapshot; a failover records the work it lost.
+@Suite(.serialized) struct RecoveryPointEndToEndTests {
+    @Test func snapshotsFollowTheLeaseAndAFailoverRecordsTheWorkItLost() throws {
+        let server = try MotoServer()
+        let lab = try WarmPoolLab()
+        let directory = lab.harness.directory
+        try MotoServer.peer(["mb", server.url, server.accessKeyID, server.secretAccessKey, "snapshots"])
+        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        try (key + "\n").write(toFile: directory + "/snapshot-key", atomically: true, encoding: .utf8)
+        let store = [
+            "WARMPOOL_S3_ENDPOINT=\(server.url)", "WARMPOOL_S3_BUCKET=snapshots", "WARMPOOL_S3_PREFIX=pool-12/",
+            "WARMPOOL_S3_ACCESS_KEY_ID=\(server.accessKeyID)", "WARMPOOL_S3_SECRET_ACCESS_KEY=\(server.secretAccessKey)",
+            "WARMPOOL_SNAPSHOT_KEY_FILE=\(directory)/snapshot-key",
+        ]
+        let command = #"\#(lab.harness.binaries)/warmpool-snapshot create --source "$WARMPOOL_SNAPSHOT_SOURCE""#
+        try lab.startController(extra: ["--snapshot-interval-s", "2", "--agent-env", "WARMPOOL_SNAPSHOT_COMMAND=\(command)"]
+            + store.flatMap { ["--agent-env", $0] })
+        let provisioned = try lab.provision()["status"] ?? [:]
+        let primary = provisioned["primary_gpu_id"]?.intValue ?? -1
+        let standby = provisioned["standby_gpu_id"]?.intValue ?? -1
+        let port = Int(try lab.status()["primary_ssh_port"]?.intValue ?? 0)
+
+        // The workload's last checkpoint, written 30 s ago; a newer file that is not a checkpoint.
+        let written = Int(Date().timeIntervalSince1970) - 30
+        _ = try lab.ssh(port: port, "mkdir -p /data/checkpoints/run-1 && head -c 300000 /dev/urandom > /data/checkpoints/run-1/step_900.pt"
+                        + " && touch -d @\(written) /data/checkpoints/run-1/step_900.pt && echo log > /data/train.log"
+                        + " && sha256sum /data/checkpoints/run-1/step_900.pt")
+        var point: JSONValue = .null
+        try lab.harness.waitUntil("the primary reports its checkpoint and a snapshot taken after it", timeout: 60) {
+            point = (try? lab.status()["recovery_point"]) ?? .null
+            return (point["checkpoint_newest"]?.stringValue == "run-1/step_900.pt") && point["last_snapshot_id"]?.stringValue != nil
+                && (point["snapshot_running"]?.boolValue == false)
+        }
+        let age = point["checkpoint_age_seconds"]?.doubleValue ?? -1
+        #expect(age >= 30 && age < 90, "\(point)")
+        #expect(point["checkpoint_pattern"]?.stringValue == "/data/checkpoints/**")
+        #expect(point["checkpoint_files"]?.intValue == 1)
+        #expect(point["snapshot_interval_seconds"]?.intValue == 2)
+        #expect(point["snapshot_error"] == .null, "\(point)")
+
+        // The snapshot the agent reported is in the store and holds the volume as it was.
+        let (listed, listing) = try Command.run(lab.harness.binaries + "/warmpool-snapshot", ["list"], environment: store)
+        #expect(listed == 0, "\(listing)")
+        let reported = point["last_snapshot_id"]?.stringValue ?? "?"
+        #expect(listing.contains(reported), "\(listing)")
+        let restored = directory + "/restored"
+        let (status, output) = try Command.run(lab.harness.binaries + "/warmpool-snapshot",
+                                               ["restore", "--snapshot", reported, "--target", restored], environment: store)
+        #expect(status == 0, "\(output)")
+        let original = try lab.ssh(port: port, "cat /data/checkpoints/run-1/step_900.pt | sha256sum").prefix(64)
+        let copy = try Command.runChecked("/bin/sh", ["-c", "sha256sum < '\(restored)/checkpoints/run-1/step_900.pt'"]).prefix(64)
+        #expect(original == copy)
+
+        #expect(try lab.sim("POST", "/admin/instances/\(primary)/crash").status == 200)
+        let failover = try lab.waitForFailover(1)
+        #expect(failover["new_primary_gpu_id"]?.intValue == standby)
+        let lost = failover["work_lost_seconds"]?.doubleValue ?? -1
+        #expect(lost >= 30 && lost < 120, "the work since the checkpoint: \(failover)")
+        let checkpointAt = ISO8601DateFormatter.withFractions.date(from: failover["last_checkpoint_at"]?.stringValue ?? "")
+        #expect(abs((checkpointAt?.timeIntervalSince1970 ?? 0) - Double(written)) < 2.5, "\(failover)")
+
+        // The new primary snapshots the volume too (the old one is gone with its lease).
+        try lab.harness.waitUntil("the new primary reports a snapshot of its own", timeout: 60) {
+            let now = (try? lab.status()["recovery_point"]) ?? .null
+            return now["last_snapshot_id"]?.stringValue.map { $0 != reported } ?? false
+        }
+    }
+}
+
+extension ISO8601DateFormatter {
+    static var withFractions: ISO8601DateFormatter {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter
+    }
+}
