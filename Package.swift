@@ -368,7 +368,7 @@ let package = Package(
             name: "WarmpoolFailover",
             dependencies: [
                 "WarmpoolModel", "WarmpoolEngine", "WarmpoolProvider", "WarmpoolSSH", "WarmpoolStore", "WarmpoolNotify",
-                "WarmpoolLiveness", "WarmpoolWire",
+                "WarmpoolLiveness", "WarmpoolWire", "WarmpoolJSON",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

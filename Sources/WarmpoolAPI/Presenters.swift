@@ -157,6 +157,8 @@ enum Present {
             ("error_message", .string(failover.errorMessage)),
             ("work_lost_seconds", failover.workLostSeconds.map { .double(($0 * 1000).rounded() / 1000) } ?? .null),
             ("last_checkpoint_at", .date(failover.lastCheckpointAt)),
+            ("restored_snapshot", .string(failover.restoredSnapshot)),
+            ("recovery_point_seconds", failover.recoveryPointSeconds.map { .double(($0 * 1000).rounded() / 1000) } ?? .null),
             ("timeline", .array(steps)),
         ])
     }

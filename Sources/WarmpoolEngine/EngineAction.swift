@@ -10,6 +10,9 @@ public enum EngineAction: Hashable, Sendable, Codable {
     /// Free single-GPU offers on `hostMachineID`, matching `gpuNames` (any if empty), best first.
     /// Answer: `.offers`.
     case findFreeOffers(OperationID, hostMachineID: HostMachineID, gpuNames: [String])
+    /// Free single-GPU offers on any host but `excludingHosts`, matching `gpuNames` (any if empty),
+    /// best first: where a pool whose host is lost goes. Answer: `.offers`.
+    case findFreeOffersAnywhere(OperationID, gpuNames: [String], excludingHosts: [HostMachineID])
     /// Make sure a volume named `name` exists on the host: look it up by name and adopt it, or
     /// create it. Answer: `.volume`.
     case ensureVolume(OperationID, name: String, hostMachineID: HostMachineID, sizeGB: Int)
@@ -37,6 +40,10 @@ public enum EngineAction: Hashable, Sendable, Codable {
     /// path, is the expected volume (its identity marker holds its id), and is writable. With
     /// `marker: .establish` a missing marker is written first. Answer: `verificationResult`.
     case verify(OperationID, instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID, marker: VolumeMarkerCheck)
+    /// Over libssh2, on the instance itself (the host key pinned): restore the newest complete
+    /// snapshot onto its volume (streaming, every chunk verified), then remove the old volume's
+    /// identity marker and epoch, which are not data. Answer: `restoreResult`.
+    case restoreSnapshot(OperationID, instance: InstanceID, ssh: SSHEndpoint?)
 
     /// Call `timerFired(id, now:)` at `at` (at once if it has passed). Replaces nothing: ids are unique.
     case scheduleTimer(TimerID, at: Instant)
@@ -94,6 +101,10 @@ public struct TimelineEntry: Hashable, Sendable, Codable {
         /// A degraded pool without a primary tries again: a new primary from the volume on a free
         /// GPU of the host.
         case rebuilding
+        /// The host is lost (offline past the bound): the pool moves to another host.
+        case relocating
+        /// The newest snapshot was restored onto the new primary's volume.
+        case restored
         case promoted
         case standbyProvisioning = "standby_provisioning", standbyReady = "standby_ready"
         case degraded, failed, cleanup, removed
@@ -109,6 +120,10 @@ public struct TimelineEntry: Hashable, Sendable, Codable {
     /// Since the failure was detected (or the test failover began): nil outside a failover.
     public var sinceDetection: Duration?
     public var detail: String?
+    /// `restored` only: the snapshot restored, and how old it was when the failure was detected
+    /// (the work the move lost; nil when its time is unknown).
+    public var snapshot: String? = nil
+    public var recoveryPoint: Duration? = nil
 }
 
 /// A message for people, sent through the shell's notifier.

@@ -42,6 +42,12 @@ public struct EngineSettings: Hashable, Sendable, Codable {
     public var replacementLimit: Int
     /// How often a degraded pool with a primary looks again for a free GPU for a standby.
     public var degradedRetryInterval: Duration
+    /// The last rung: a failover whose old primary's machine has been `offline` this long (and whose
+    /// lease has run out) stops waiting for the host and restores the newest snapshot onto a new
+    /// volume and primary on another host. nil: never (no snapshots to restore from).
+    public var hostLossTimeout: Duration?
+    /// Restoring the snapshot onto the new primary's volume, from the first SSH attempt.
+    public var restoreTimeout: Duration
 
     public init(
         leaseDuration: Duration = .seconds(10),
@@ -57,8 +63,12 @@ public struct EngineSettings: Hashable, Sendable, Codable {
         retryDelay: Duration = .seconds(2),
         retryLimit: Int = 3,
         replacementLimit: Int = 3,
-        degradedRetryInterval: Duration = .seconds(300)
+        degradedRetryInterval: Duration = .seconds(300),
+        hostLossTimeout: Duration? = nil,
+        restoreTimeout: Duration = .seconds(3600)
     ) {
+        self.hostLossTimeout = hostLossTimeout
+        self.restoreTimeout = restoreTimeout
         self.leaseDuration = leaseDuration
         self.leaseSafetyMargin = leaseSafetyMargin
         self.fenceTimeout = fenceTimeout
@@ -75,7 +85,7 @@ public struct EngineSettings: Hashable, Sendable, Codable {
         self.degradedRetryInterval = degradedRetryInterval
     }
 
-    private enum CodingKeys: String, CodingKey { case leaseDuration, leaseSafetyMargin, fenceTimeout, standbyStartTimeout, schedulingTimeout, createTimeout, standbyStopTimeout, verifyTimeout, commandTimeout, pollInterval, retryDelay, retryLimit, replacementLimit, degradedRetryInterval }
+    private enum CodingKeys: String, CodingKey { case leaseDuration, leaseSafetyMargin, fenceTimeout, standbyStartTimeout, schedulingTimeout, createTimeout, standbyStopTimeout, verifyTimeout, commandTimeout, pollInterval, retryDelay, retryLimit, replacementLimit, degradedRetryInterval, hostLossTimeout, restoreTimeout }
 
     /// Settings saved by an older controller lack the newer fields: those take their defaults
     /// (a restarted controller replaces the saved settings anyway).
@@ -96,6 +106,8 @@ public struct EngineSettings: Hashable, Sendable, Codable {
         retryLimit = try c.decodeIfPresent(Int.self, forKey: .retryLimit) ?? defaults.retryLimit
         replacementLimit = try c.decodeIfPresent(Int.self, forKey: .replacementLimit) ?? defaults.replacementLimit
         degradedRetryInterval = try c.decodeIfPresent(Duration.self, forKey: .degradedRetryInterval) ?? defaults.degradedRetryInterval
+        hostLossTimeout = try c.decodeIfPresent(Duration.self, forKey: .hostLossTimeout)
+        restoreTimeout = try c.decodeIfPresent(Duration.self, forKey: .restoreTimeout) ?? defaults.restoreTimeout
     }
 }
 

@@ -44,6 +44,13 @@ import WarmpoolModel
 /// 6. promoted: it becomes the primary and is granted a lease at the new epoch.
 /// 7. recovering: a new stopped standby on the same host (find an offer, create, wait until it
 ///    exists, stop, poll until stopped) → active.
+/// Whole-host loss (with `hostLossTimeout` set): while fencing, an old primary whose machine has
+/// been `offline` that long and whose lease has run out cannot write, and its volume is on that
+/// machine: the failover becomes a relocation. Find a host with two free GPUs of the pool's
+/// preferences (else one), create a volume and a primary there, restore the newest snapshot onto
+/// the volume from the primary itself (`restoreSnapshot`), write the volume's identity marker and
+/// the epoch (verify), promote, then make a standby on that host. The lost host's instances are
+/// destroyed and its volume deleted at cleanup.
 /// A standby that does not start or verify is destroyed and a new instance on the next free GPU of
 /// the host takes its place (at most `replacementLimit` of them); so is one left in `scheduling` or
 /// `offline` past `schedulingTimeout` (its GPU rented by someone else). No free GPU left: degraded,
@@ -115,6 +122,12 @@ public struct PoolMachine: Sendable, Codable {
         case findReplacement
         case createReplacement(InstanceRequest)
         case verify(InstanceID, ssh: SSHEndpoint?, volume: VolumeID, marker: VolumeMarkerCheck)
+        /// Relocation: a host to move to, other than the lost ones.
+        case findHost
+        /// Relocation: a new volume on the chosen host (its free GPUs, best first).
+        case createVolume(host: HostMachineID, offers: [GPUOffer])
+        /// Relocation: the newest snapshot onto the new volume, through the new primary.
+        case restore(InstanceID, ssh: SSHEndpoint?)
 
         /// Before the old primary is known to be unable to write.
         var isFencing: Bool {
@@ -131,6 +144,8 @@ public struct PoolMachine: Sendable, Codable {
         /// A degraded pool without a primary found a free GPU on its host: a new primary from the
         /// volume (the old one was fenced by the failover that failed).
         case rebuild
+        /// The host is lost: a new volume and primary on another host, from the newest snapshot.
+        case relocation
     }
 
     private struct Failover: Hashable, Sendable, Codable {
@@ -152,6 +167,10 @@ public struct PoolMachine: Sendable, Codable {
         /// Since when the instance starting now has been `scheduling` (or `offline`): after
         /// `schedulingTimeout` it gives way to a new instance on a free GPU.
         var waitingSince: Instant?
+        /// Since when the old primary has been `offline` while fencing (`hostLossTimeout`).
+        var offlineSince: Instant?
+        /// Relocation: the snapshot is on the new volume (a replacement after this needs no restore).
+        var restored: Bool?
     }
 
     /// The in-flight step's bookkeeping, reset whenever the state changes.
@@ -246,6 +265,12 @@ public struct PoolMachine: Sendable, Codable {
     /// step back to a new search, up to `replacementLimit` (other pools on the host, or other
     /// renters, take GPUs at any time).
     private var offersTaken: Int?
+    /// Hosts this pool left because they were lost: never chosen again.
+    private var lostHosts: [HostMachineID]?
+    /// Volumes left on lost hosts: deleted by cleanup, after the current one.
+    private var abandonedVolumes: [VolumeID]?
+    /// Volumes made by relocations, for their names (`wp-12-volume-r1`, ...).
+    private var relocations: Int?
     /// Source of operation and timer ids.
     private var nextID: UInt64 = 1
 
@@ -418,6 +443,33 @@ public struct PoolMachine: Sendable, Codable {
         }
     }
 
+    /// The answer to `EngineAction.restoreSnapshot`.
+    public mutating func restoreResult(_ operation: OperationID, _ outcome: RestoreOutcome, now: Instant) -> [EngineAction] {
+        guard operation == progress.operation, case .failover(var failover, .restore(let candidate, let ssh)) = state else { return [] }
+        progress.operation = nil
+        switch outcome {
+        case .restored(let snapshot, let takenAt, let files, let bytes):
+            guard let volume else { return stepFailed("the pool has no volume", now: now) }
+            failover.restored = true
+            // What the move lost: the work between the snapshot and the failure.
+            let point = takenAt.map { max(.zero, failover.startedAt - $0) }
+            let age = point.map { " (\($0) before the failure)" } ?? ""
+            var entry = record(.restored, now: now, detail: "snapshot \(snapshot)\(age): \(files) files, \(bytes) bytes onto volume \(volume) through instance \(candidate)")
+            if case .timeline(var timeline) = entry {
+                timeline.snapshot = snapshot
+                timeline.recoveryPoint = point
+                entry = .timeline(timeline)
+            }
+            return [entry] + enter(.failover(failover, .verify(candidate, ssh: ssh, volume: volume, marker: .establish)),
+                                   deadline: now + settings.verifyTimeout, now: now)
+        case .notReady(let message):
+            progress.lastError = message
+            return wake(at: now + settings.pollInterval)
+        case .failed(let message):
+            return stepFailed("restore failed: \(message)", now: now)
+        }
+    }
+
     public mutating func timerFired(_ timer: TimerID, now: Instant) -> [EngineAction] {
         if timer == progress.deadlineTimer, case .cleaningUp(let remaining) = state, awaitingCreate != nil {
             // The create never answered: the label sweep finds what it made, if anything.
@@ -474,6 +526,15 @@ public struct PoolMachine: Sendable, Codable {
         if primary != nil {
             run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
             return beginRecovering(now: now)
+        }
+        if lostHosts?.contains(request.hostMachineID) == true, let lastPrimary {
+            // The host is gone for good: only another host can take the pool.
+            failoversStarted += 1
+            var failover = Failover(number: failoversStarted, reason: .relocation, oldPrimary: lastPrimary, startedAt: now, leaseExpiredBy: now)
+            failover.stopConfirmed = "fenced by an earlier failover"
+            run = TimelineRun(failover: failover.number, startedAt: now, lastAt: now)
+            return [record(.relocating, now: now, detail: "host \(request.hostMachineID) is lost: looking again for another host")]
+                + enter(.failover(failover, .findHost), deadline: now + settings.commandTimeout, now: now)
         }
         let operation = newOperation()
         progress.operation = operation
@@ -672,6 +733,9 @@ public struct PoolMachine: Sendable, Codable {
             case .findReplacement: "finding a free GPU for a replacement"
             case .createReplacement: "creating a replacement"
             case .verify: "verifying SSH and the volume"
+            case .findHost: "finding another host"
+            case .createVolume: "creating a volume on another host"
+            case .restore: "restoring the newest snapshot"
             }
         case .cleaningUp: "cleaning up"
         case .active, .degraded, .error, .removed: "resting"
@@ -748,8 +812,10 @@ public struct PoolMachine: Sendable, Codable {
             if let destroyed = remaining.first {
                 if destroyed == primary { primary = nil; primarySSH = nil }
                 if destroyed == standby { clearStandby() }
-            } else {
+            } else if volume != nil {
                 volume = nil
+            } else {
+                abandonedVolumes?.removeFirst()
             }
             return continueCleanup(remaining: Array(remaining.dropFirst()), now: now)
 
@@ -843,7 +909,10 @@ public struct PoolMachine: Sendable, Codable {
         case (.awaitPrimaryStopped, .instance(.none)):
             return stopConfirmed(failover, "the provider no longer lists instance \(failover.oldPrimary)", now: now)
         case (.awaitPrimaryStopped, .instance(let instance?)):
-            guard let status = instance.status, status.provesStopped else { return wake(at: now + settings.pollInterval) }
+            guard let status = instance.status, status.provesStopped else {
+                if let relocation = relocateIfHostLost(&failover, status: instance.status, step: step, now: now) { return relocation }
+                return wake(at: now + settings.pollInterval)
+            }
             return stopConfirmed(failover, "the provider reports instance \(instance.id) \(status.rawValue)", now: now)
 
         case (.startStandby(let id), .accepted):
@@ -868,6 +937,10 @@ public struct PoolMachine: Sendable, Codable {
             guard let volume else { return stepFailed("the pool has no volume", now: now) }
             standbyState = .running
             standbySSH = instance.ssh
+            if failover.reason == .relocation, failover.restored != true {
+                return [record(.standbyRunning, now: now, detail: "instance \(id)")]
+                    + enter(.failover(failover, .restore(id, ssh: instance.ssh)), deadline: now + settings.restoreTimeout, now: now)
+            }
             return [record(.standbyRunning, now: now, detail: "instance \(id)")]
                 + enter(.failover(failover, .verify(id, ssh: instance.ssh, volume: volume,
                                                     marker: volumeMarkedAt == nil ? .establish : .required)),
@@ -881,6 +954,30 @@ public struct PoolMachine: Sendable, Codable {
             }
             guard let volume else { return stepFailed("the pool has no volume", now: now) }
             return createReplacement(failover, makeRequest(.primary, offer: offer, volume: volume), now: now)
+
+        case (.findHost, .offers(let offers)):
+            let lost = Set(lostHosts ?? [])
+            var hosts: [HostMachineID] = []
+            var free: [HostMachineID: [GPUOffer]] = [:]
+            for offer in offers where !lost.contains(offer.machineID) {
+                if free[offer.machineID] == nil { hosts.append(offer.machineID) }
+                free[offer.machineID, default: []].append(offer)
+            }
+            // Two free GPUs make a warm pool again; one at least brings the workload back.
+            guard let host = hosts.first(where: { free[$0]!.count >= 2 }) ?? hosts.first else {
+                return failoverFailed(failover, degraded: true, reason: "host \(request.hostMachineID) is lost and no other host has a free GPU"
+                                      + " to restore the pool onto", now: now)
+            }
+            relocations = (relocations ?? 0) + 1
+            return enter(.failover(failover, .createVolume(host: host, offers: free[host]!)), deadline: now + settings.createTimeout, now: now)
+
+        case (.createVolume(let host, let offers), .volume(let id)):
+            if let old = volume, old != id { abandonedVolumes = (abandonedVolumes ?? []) + [old] }
+            volume = id
+            volumeMarkedAt = nil  // a new volume: its marker is written once the snapshot is on it
+            request.hostMachineID = host
+            return [record(.volumeReady, now: now, detail: "volume \(id) on host \(host), which has \(offers.count) free GPU(s)")]
+                + createReplacement(failover, makeRequest(.primary, offer: offers[0], volume: id), now: now)
 
         case (.createReplacement(let create), .offerTaken):
             // The next free GPU the failover has not tried yet (this one counts as tried).
@@ -921,12 +1018,52 @@ public struct PoolMachine: Sendable, Codable {
             let how = cause.map { ": \($0)" } ?? ""
             actions.append(record(.detected, now: now, detail: "primary instance \(oldPrimary) failed\(how)"))
             actions.append(notify(.failureDetected, now: now, message: "pool \(poolID): primary instance \(oldPrimary) failed\(how)"))
-        case .test, .rebuild:
-            break  // Nothing failed: the sequence starts at fencing (a rebuild never comes here).
+        case .test, .rebuild, .relocation:
+            break  // Nothing failed: the sequence starts at fencing (a rebuild or relocation never comes here).
         }
         let test = reason == .test ? " (test)" : ""
         actions.append(record(.fencing, now: now, detail: "stopping instance \(oldPrimary)\(test)"))
         return actions + enter(.failover(failover, .stopPrimary), deadline: now + settings.fenceTimeout, now: now)
+    }
+
+    /// While fencing: the old primary `offline` past `hostLossTimeout`, and its lease run out.
+    /// Its machine may never come back, and with it the volume: the failover moves the pool to
+    /// another host (nil: not yet, or not configured). The lease is what fences it then: a
+    /// machine that does come back finds its agent without a lease (frozen) and a newer epoch.
+    private mutating func relocateIfHostLost(_ failover: inout Failover, status: InstanceStatus?, step: FailoverStep, now: Instant) -> [EngineAction]? {
+        guard let bound = settings.hostLossTimeout, failover.reason != .relocation else { return nil }
+        guard status == .offline else {
+            failover.offlineSince = nil
+            state = .failover(failover, step)
+            return nil
+        }
+        let since = failover.offlineSince ?? now
+        failover.offlineSince = since
+        state = .failover(failover, step)
+        guard now - since >= bound, now >= failover.leaseExpiredBy else { return nil }
+        return relocate(failover, why: "machine \(request.hostMachineID) offline for \(now - since)", now: now)
+    }
+
+    private mutating func relocate(_ failover: Failover, why: String, now: Instant) -> [EngineAction] {
+        var failover = failover
+        failover.reason = .relocation
+        failover.triedOffers = []
+        failover.replacementsCreated = 0
+        failover.waitingSince = nil
+        failover.offlineSince = nil
+        failover.stopConfirmed = "\(why); its lease ran out"
+        let lostHost = request.hostMachineID
+        lostHosts = (lostHosts ?? []) + [lostHost]
+        epoch = epoch.next
+        var actions = [
+            record(.fenced, now: now, detail: "\(why): instance \(failover.oldPrimary)'s lease has run out, so it cannot write"),
+            record(.epochIncreased, now: now, detail: "epoch \(epoch.rawValue - 1) -> \(epoch)"),
+            record(.relocating, now: now, detail: "host \(lostHost) is lost, volume \(volume.map(String.init) ?? "none") with it: "
+                   + "the newest snapshot goes onto a new volume on another host"),
+        ]
+        // The standby is on the lost machine too.
+        actions += dropStandby(reason: "on lost host \(lostHost)", now: now)
+        return actions + enter(.failover(failover, .findHost), deadline: now + settings.commandTimeout, now: now)
     }
 
     private func leaseExpiry(revokedAt: Instant) -> Instant {
@@ -1073,7 +1210,7 @@ public struct PoolMachine: Sendable, Codable {
     // MARK: - Cleanup
 
     private mutating func continueCleanup(remaining: [InstanceID], now: Instant) -> [EngineAction] {
-        if remaining.isEmpty, volume == nil, awaitingCreate == nil, sweepLabels?.isEmpty ?? true, leftoverSweep?.done ?? true {
+        if remaining.isEmpty, volume == nil, abandonedVolumes?.isEmpty ?? true, awaitingCreate == nil, sweepLabels?.isEmpty ?? true, leftoverSweep?.done ?? true {
             leftoverSweep = nil
             let actions = [record(.removed, now: now)]
             run = nil
@@ -1194,10 +1331,13 @@ public struct PoolMachine: Sendable, Codable {
                 return actions + enter(.failover(failover, .stopPrimary), deadline: now + settings.fenceTimeout, now: now)
             case .awaitLeaseExpiry:
                 return []  // waits for its timer only; nothing in it can fail
-            case .startStandby, .awaitStandbyRunning, .createReplacement, .verify:
+            case .startStandby, .awaitStandbyRunning, .createReplacement, .verify, .restore:
                 return giveWay(failover, reason: message, now: now)
             case .findReplacement:
                 return failoverFailed(failover, degraded: false, reason: message, now: now)
+            case .findHost, .createVolume:
+                // Retried every degraded interval (`retryDegraded`): the host stays lost.
+                return failoverFailed(failover, degraded: true, reason: "moving off lost host: \(message)", now: now)
             }
 
         case .cleaningUp(let remaining):
@@ -1285,6 +1425,13 @@ public struct PoolMachine: Sendable, Codable {
             case .createReplacement(let create): return .ensureInstance(operation, create)
             case .verify(let id, let ssh, let volume, let marker):
                 return .verify(operation, instance: id, ssh: ssh, volume: volume, marker: marker)
+            case .findHost:
+                return .findFreeOffersAnywhere(operation, gpuNames: request.gpuNames, excludingHosts: lostHosts ?? [])
+            case .createVolume(let host, _):
+                return .ensureVolume(operation, name: "\(request.namePrefix)-volume-r\(relocations ?? 1)", hostMachineID: host,
+                                     sizeGB: request.volumeGB)
+            case .restore(let id, let ssh):
+                return .restoreSnapshot(operation, instance: id, ssh: ssh)
             }
         case .cleaningUp(let remaining):
             if let instance = remaining.first { return .destroyInstance(operation, instance) }
@@ -1294,7 +1441,7 @@ public struct PoolMachine: Sendable, Codable {
                 return .findLeftover(operation, labelPrefixes: InstanceRequest.Role.allCases.map { "\(request.namePrefix)-\($0.rawValue)-" },
                                      excluding: sweep.found)
             }
-            return volume.map { .deleteVolume(operation, $0) }
+            return (volume ?? abandonedVolumes?.first).map { .deleteVolume(operation, $0) }
         case .active, .degraded, .error, .removed:
             return nil
         }

@@ -85,3 +85,13 @@ public enum VerificationOutcome: Hashable, Sendable, Codable {
     /// data on it cannot be vouched for. Not a fault of the instance, so no replacement helps.
     case markerMissing(message: String)
 }
+
+/// The answer to `EngineAction.restoreSnapshot`.
+public enum RestoreOutcome: Hashable, Sendable, Codable {
+    /// `snapshot` is on the volume, whole and verified. `takenAt`: when it was taken (from its id).
+    case restored(snapshot: String, takenAt: Instant?, files: Int, bytes: Int64)
+    /// SSH does not answer yet (a booting instance, its host key not yet reported): try again shortly.
+    case notReady(message: String)
+    /// No snapshot to restore, a store that refuses, a chunk that does not verify, a wrong host key.
+    case failed(message: String)
+}

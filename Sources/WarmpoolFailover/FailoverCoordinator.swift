@@ -35,6 +35,10 @@ public actor FailoverCoordinator: Service {
         public var standbyCheckInterval: Duration
         /// When many primaries fail at once (`MassFailureBreaker`).
         public var breaker = MassFailureBreaker.Settings()
+        /// Run on a pool's new primary over SSH when its host is lost (`EngineSettings.hostLossTimeout`).
+        public var restoreCommand = SnapshotRestore.defaultRestoreCommand
+        /// The snapshot store's settings for that command (`WARMPOOL_S3_*`, `WARMPOOL_SNAPSHOT_KEY_FILE`).
+        public var restoreEnvironment: [String: String] = [:]
 
         public init(
             engine: EngineSettings = EngineSettings(), restartGrace: Duration = .seconds(10),
@@ -80,6 +84,7 @@ public actor FailoverCoordinator: Service {
     let store: any WarmpoolStore
     let effects: ProviderEffects
     let verification: VolumeVerification
+    let restorer: SnapshotRestore
     let hub: LivenessHub?
     let liveness: AsyncStream<[LivenessEvent]>?
     let logger: Logger
@@ -132,6 +137,11 @@ public actor FailoverCoordinator: Service {
         self.effects = ProviderEffects(provider: provider, store: store, launch: launch, logger: logger)
         self.verification = VolumeVerification(
             verifier: verifier, volumePath: configuration.volumePath, attemptWindow: configuration.verificationWindow, clock: clock)
+        self.restorer = SnapshotRestore(
+            verifier: verifier,
+            command: SnapshotRestore.command(restore: configuration.restoreCommand, environment: configuration.restoreEnvironment,
+                                             volumePath: configuration.volumePath),
+            timeout: configuration.engine.restoreTimeout)
         self.hub = hub
         // Subscribed now, not in run(): no failure may slip between construction and start.
         self.liveness = hub?.bus.subscribe()
@@ -213,6 +223,10 @@ public actor FailoverCoordinator: Service {
 
     func providerAnswered(_ poolID: PoolID, _ operation: OperationID, _ outcome: ProviderOutcome) {
         apply(poolID) { machine, now in machine.providerResult(operation, outcome, now: now) }
+    }
+
+    func restoreAnswered(_ poolID: PoolID, _ operation: OperationID, _ outcome: RestoreOutcome) {
+        apply(poolID) { machine, now in machine.restoreResult(operation, outcome, now: now) }
     }
 
     func verificationAnswered(_ poolID: PoolID, _ operation: OperationID, _ outcome: VerificationOutcome) {
@@ -402,7 +416,13 @@ public actor FailoverCoordinator: Service {
                     }
                     await self.verificationAnswered(poolID, operation, verdict.outcome)
                 }
-            case .findFreeOffers(let operation, _, _), .ensureVolume(let operation, _, _, _), .ensureInstance(let operation, _),
+            case .restoreSnapshot(let operation, let instance, let ssh):
+                runner.run { [restorer] in
+                    await restorer.restore(instance: instance, ssh: ssh)
+                } deliver: { outcome in
+                    await self.restoreAnswered(poolID, operation, outcome)
+                }
+            case .findFreeOffers(let operation, _, _), .findFreeOffersAnywhere(let operation, _, _), .ensureVolume(let operation, _, _, _), .ensureInstance(let operation, _),
                 .startInstance(let operation, _), .stopInstance(let operation, _), .pollInstance(let operation, _),
                 .destroyInstance(let operation, _), .deleteVolume(let operation, _), .findInstance(let operation, _),
                 .findLeftover(let operation, _, _):

@@ -20,6 +20,9 @@ struct ProviderEffects: Sendable {
             switch action {
             case .findFreeOffers(_, let host, let gpuNames):
                 return .success(.offers(try await freeOffers(host: host, gpuNames: gpuNames)))
+            case .findFreeOffersAnywhere(_, let gpuNames, let excluding):
+                let offers = try await provider.freeSingleGPUOffersAnywhere(gpuNames: gpuNames, excluding: Set(excluding))
+                return .success(.offers(offers.map { GPUOffer(id: $0.id, machineID: $0.machineID, gpuName: $0.gpuName) }))
             case .ensureVolume(_, let name, let host, let sizeGB):
                 return .success(.volume(try await ensureVolume(name: name, host: host, sizeGB: sizeGB)))
             case .ensureInstance(_, let request):
@@ -53,7 +56,7 @@ struct ProviderEffects: Sendable {
             case .deleteVolume(_, let id):
                 do { try await provider.deleteVolume(id: id) } catch ProviderError.notFound {}
                 return .success(.accepted)
-            case .verify, .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
+            case .verify, .restoreSnapshot, .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
                 return .failure(message: "not a provider command: \(action)", retryable: false)
             }
         } catch let error as RevokedAgentKey {
@@ -169,6 +172,8 @@ struct ProviderEffects: Sendable {
     static func name(_ action: EngineAction) -> String {
         switch action {
         case .findFreeOffers: "find_free_offers"
+        case .findFreeOffersAnywhere: "find_free_offers_anywhere"
+        case .restoreSnapshot: "restore_snapshot"
         case .ensureVolume: "ensure_volume"
         case .ensureInstance: "ensure_instance"
         case .startInstance: "start_instance"

@@ -116,6 +116,9 @@ enum TransitionRecorder {
         failover.epoch = snapshot.epoch
         let wasOpen = failover.result == .inProgress
         switch entry.step {
+        case .restored:
+            failover.restoredSnapshot = entry.snapshot
+            failover.recoveryPointSeconds = entry.recoveryPoint?.seconds
         case .promoted:
             failover.result = .succeeded
             failover.finishedAt = date(entry.at)

@@ -157,6 +157,17 @@ extension ProviderClient {
     /// The rentable single-GPU offers on `host`, for any of `gpuNames` (any GPU when empty): what
     /// a warm pool places its primary and standby on, one GPU each. The provisioning engine and the
     /// API's "not enough free GPUs" answer both count with this one query.
+    /// Free one-GPU offers on any machine but `excluding`, best first: where a pool whose host is
+    /// lost can go.
+    public func freeSingleGPUOffersAnywhere(gpuNames: [String], excluding: Set<HostMachineID>) async throws -> [Offer] {
+        var offers: [Offer] = []
+        for name in gpuNames.isEmpty ? [nil] : gpuNames.map(Optional.some) {
+            let query = OfferQuery(gpuName: name, verified: nil, rentable: true)
+            offers += try await searchOffers(query).filter { !excluding.contains($0.machineID) && $0.numGPUs == 1 }
+        }
+        return offers
+    }
+
     public func freeSingleGPUOffers(host: HostMachineID, gpuNames: [String]) async throws -> [Offer] {
         var offers: [Offer] = []
         for name in gpuNames.isEmpty ? [nil] : gpuNames.map(Optional.some) {

@@ -119,6 +119,11 @@ public final class SSHVerifier: Sendable {
         return (result, pinned)
     }
 
+    /// Runs blocking libssh2 work on the verifier's thread pool (never an event loop).
+    func runBlocking<T: Sendable>(_ body: @escaping @Sendable () -> T) async throws -> T {
+        try await threadPool.runIfActive(body)
+    }
+
     /// Pins on first successful contact (`.firstUse` only); raises the alert on a mismatch.
     private func conclude(_ raw: SSHVerificationResult, target: SSHTarget, pinned: String?) async throws -> SSHVerificationResult {
         var result = raw

@@ -40,6 +40,11 @@ public struct FaultPlan: Codable, Hashable, Sendable {
     /// unreachable (its processes paused, its volume with it); stops, starts and destroys are
     /// recorded and take effect when the machine is back. Nothing on them is offered.
     public var offlineMachines: [Int] = []
+    /// Machines gone for good (a dead host, a disk that will not come back): offline as above,
+    /// and never back. Their instances' processes are dead, not paused, and their volumes' contents
+    /// are lost; a destroy of their instances takes effect at once (there is nothing left to
+    /// end). Sticky: a later plan that leaves a machine out does not bring it back.
+    public var lostMachines: [Int] = []
     /// The provider's rate limits: the least time between two calls of one operation (keys are
     /// operation names, `*` for every operation without a key of its own). A call sooner than
     /// that is answered 429 and does not count (Vast.ai: a minimum interval per endpoint).
@@ -70,6 +75,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         case impostorSSHInstances = "impostor_ssh_instances"
         case failStartInstances = "fail_start_instances", fullHosts = "full_hosts", unreachableInstances = "unreachable_instances"
         case staleStopInstances = "stale_stop_instances", rentedGPUs = "rented_gpus", offlineMachines = "offline_machines"
+        case lostMachines = "lost_machines"
         case minIntervalMs = "min_interval_ms", duplicateNotifications = "duplicate_notifications", ownGPURestart = "own_gpu_restart"
     }
 
@@ -94,6 +100,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         staleStopInstances = try c.decodeIfPresent([Int].self, forKey: .staleStopInstances) ?? []
         rentedGPUs = try c.decodeIfPresent([String: Int].self, forKey: .rentedGPUs) ?? [:]
         offlineMachines = try c.decodeIfPresent([Int].self, forKey: .offlineMachines) ?? []
+        lostMachines = try c.decodeIfPresent([Int].self, forKey: .lostMachines) ?? []
         minIntervalMs = try c.decodeIfPresent([String: Int].self, forKey: .minIntervalMs) ?? [:]
         duplicateNotifications = try c.decodeIfPresent(Bool.self, forKey: .duplicateNotifications) ?? false
         ownGPURestart = try c.decodeIfPresent(Bool.self, forKey: .ownGPURestart) ?? false

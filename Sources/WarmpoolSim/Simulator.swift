@@ -265,7 +265,9 @@ public actor Simulator {
         instance.row(volume: instance.volumeID.flatMap { volumes[$0] }, offline: isOffline(instance.host.machineID))
     }
 
-    private func isOffline(_ machine: Int) -> Bool { faults.offlineMachines.contains(machine) }
+    private func isOffline(_ machine: Int) -> Bool { faults.offlineMachines.contains(machine) || isLost(machine) }
+
+    private func isLost(_ machine: Int) -> Bool { faults.lostMachines.contains(machine) }
 
     private func instanceIDs(linkedTo volumeID: Int) -> [Int] {
         instances.values.filter { $0.volumeID == volumeID }.map(\.id).sorted()
@@ -461,7 +463,8 @@ public actor Simulator {
         }
         // From here on no start, stop or boot touches it, while its processes end.
         instances[id]?.destroying = true
-        if faults.unreachableInstances.contains(id) || isOffline(instance.host.machineID), let processes = instance.processes {
+        if faults.unreachableInstances.contains(id) || (isOffline(instance.host.machineID) && !isLost(instance.host.machineID)),
+            let processes = instance.processes {
             orphans[id] = (processes, instance.host.machineID, instance.gpuSlots, instance.seat)
         } else {
             await terminateProcesses(id)
@@ -640,10 +643,14 @@ public actor Simulator {
         case .faults:
             return .ok((try? JSON.parse(JSONEncoder().encode(faults))) ?? nil)
         case .setFaults(let plan):
-            let wasOffline = Set(faults.offlineMachines)
+            let wasLost = Set(faults.lostMachines)
+            let wasOffline = Set(faults.offlineMachines).union(wasLost)
+            var plan = plan
+            plan.lostMachines = wasLost.union(plan.lostMachines).sorted()  // never back
             faults = plan
-            let isOffline = Set(plan.offlineMachines)
+            let isOffline = Set(plan.offlineMachines).union(plan.lostMachines)
             for machine in isOffline.subtracting(wasOffline).sorted() { machineWentOffline(machine) }
+            for machine in Set(plan.lostMachines).subtracting(wasLost).sorted() { await machineLost(machine) }
             // The host is back: the destroys it missed take effect.
             for (id, orphan) in orphans where !plan.unreachableInstances.contains(id) && !isOffline.contains(orphan.machineID) {
                 orphans[id] = nil
@@ -737,6 +744,22 @@ public actor Simulator {
         for instance in sortedInstances() where instance.host.machineID == machine {
             instance.processes?.signalAll(SIGSTOP)
             notify(.offline, instance, message: "Machine \(machine) hosting instance \(instance.id) is offline.")
+        }
+    }
+
+    /// Gone for good: its instances' processes die with the hardware (they stay listed, `offline`),
+    /// and what its volumes held is lost (each volume's directory is emptied; the volume stays
+    /// listed, as a record at the provider, until it is deleted).
+    private func machineLost(_ machine: Int) async {
+        logger.notice("machine lost for good", metadata: ["sim.machine_id": "\(machine)"])
+        for instance in sortedInstances() where instance.host.machineID == machine {
+            guard let processes = instance.processes else { continue }
+            instances[instance.id]?.processes = nil
+            await processes.crash()
+        }
+        for volume in volumes.values where volume.host.machineID == machine {
+            let contents = (try? FileManager.default.contentsOfDirectory(atPath: volume.directory)) ?? []
+            for name in contents { try? FileManager.default.removeItem(atPath: volume.directory + "/" + name) }
         }
     }
 

@@ -112,6 +112,10 @@ public struct FailoverRecord: Codable, Sendable, Equatable {
     public var workLostSeconds: Double?
     /// When that checkpoint was written, by the same reckoning.
     public var lastCheckpointAt: Date?
+    /// A move to another host (its host lost): the snapshot restored, and its recovery point,
+    /// how old it was when the failure was detected.
+    public var restoredSnapshot: String?
+    public var recoveryPointSeconds: Double?
 
     /// The database columns, spelled out: the Swift names keep their acronyms.
     enum CodingKeys: String, CodingKey {
@@ -128,6 +132,8 @@ public struct FailoverRecord: Codable, Sendable, Equatable {
         case errorMessage = "error_message"
         case workLostSeconds = "work_lost_seconds"
         case lastCheckpointAt = "last_checkpoint_at"
+        case restoredSnapshot = "restored_snapshot"
+        case recoveryPointSeconds = "recovery_point_seconds"
     }
 
     public init(

@@ -8,15 +8,18 @@ enum Schema {
         migrator.registerMigration("v1-initial", migrate: createInitialTables)
         migrator.registerMigration("v2-incarnations", migrate: addIncarnations)
         migrator.registerMigration("v3-api-key-scopes", migrate: addAPIKeyScopes)
-        migrator.registerMigration("v4-work-lost", migrate: addWorkLost)
+        migrator.registerMigration("v4-recovery-points", migrate: addRecoveryPoints)
         return migrator
     }
 
-    /// Each failover records the work it lost (the old primary's checkpoint age); older rows have none.
-    private static func addWorkLost(_ db: Database) throws {
+    /// Each failover records the work it lost (the old primary's checkpoint age), and a move to
+    /// another host the snapshot it restored and how old it was; older rows have none.
+    private static func addRecoveryPoints(_ db: Database) throws {
         try db.alter(table: "failover") { t in
             t.add(column: "work_lost_seconds", .double)
             t.add(column: "last_checkpoint_at", .datetime)
+            t.add(column: "restored_snapshot", .text)
+            t.add(column: "recovery_point_seconds", .double)
         }
     }
 

@@ -71,6 +71,12 @@ struct FailoverOptions: ParsableArguments {
     @Option(help: "How often a degraded pool tries its next rung by itself, in seconds (`warmpoolctl repair` tries now).")
     var degradedRetryS: Int = 300
 
+    @Option(help: "The last rung: a failover whose old primary's machine has been offline this many seconds (its lease run out) moves the pool to another host and restores the newest snapshot there; 0: never. Needs snapshots (--snapshot-interval-s and the store's settings in --agent-env). Env: WARMPOOL_HOST_LOSS_AFTER_S.")
+    var hostLossAfterS: Int = Int(environment["WARMPOOL_HOST_LOSS_AFTER_S"] ?? "") ?? 0
+
+    @Option(help: "Run over SSH on the new primary to restore the newest snapshot onto its volume; it gets WARMPOOL_VOLUME_PATH and the --agent-env entries named WARMPOOL_S3_* and WARMPOOL_SNAPSHOT_*. Env: WARMPOOL_RESTORE_COMMAND.")
+    var restoreCommand: String = environment["WARMPOOL_RESTORE_COMMAND"] ?? SnapshotRestore.defaultRestoreCommand
+
     @Option(help: "Least spacing of the calls to one provider endpoint, OPERATION=MS (e.g. show_instance=1000, or *=200 for all; repeatable). 429s widen it by themselves.")
     var providerMinIntervalMs: [String] = []
 
@@ -106,6 +112,7 @@ struct FailoverOptions: ParsableArguments {
             throw ValidationError("--mass-failure-minimum must be >= 0, the fraction 0-1, the window >= 100 ms, the settle >= 0 ms")
         }
         for pair in agentEnv where !pair.contains("=") { throw ValidationError("--agent-env expects KEY=VALUE, got \(pair)") }
+        guard hostLossAfterS >= 0 else { throw ValidationError("--host-loss-after-s must not be negative") }
         guard snapshotIntervalS >= 0 else { throw ValidationError("--snapshot-interval-s must not be negative") }
         providerApiKeyFile = providerApiKeyFile ?? Self.environment["WARMPOOL_PROVIDER_API_KEY_FILE"]
         sshKey = sshKey ?? Self.environment["WARMPOOL_SSH_KEY"]
@@ -171,6 +178,7 @@ struct FailoverOptions: ParsableArguments {
         engine.fenceTimeout = .milliseconds(fenceTimeoutMs)
         engine.schedulingTimeout = .seconds(schedulingTimeoutS)
         engine.degradedRetryInterval = .seconds(degradedRetryS)
+        engine.hostLossTimeout = hostLossAfterS > 0 ? .seconds(hostLossAfterS) : nil
         engine.leaseDuration = .milliseconds(Int(hub.leaseMilliseconds))
         let verifier = SSHVerifier(
             credentials: SSHCredentials(privateKey: .file(path: sshKey)),
@@ -178,6 +186,9 @@ struct FailoverOptions: ParsableArguments {
             trust: HostKeyTrust(rawValue: hostKeyTrust) ?? .attested, threadPool: threadPool, logger: logger)
         var configuration = FailoverCoordinator.Configuration(
             engine: engine, restartGrace: .milliseconds(restartGraceMs), standbyCheckInterval: .seconds(standbyCheckS))
+        configuration.restoreCommand = restoreCommand
+        configuration.restoreEnvironment = environment.filter { $0.key.hasPrefix("WARMPOOL_S3_") || $0.key.hasPrefix("WARMPOOL_SNAPSHOT_") }
+            .filter { $0.key != "WARMPOOL_SNAPSHOT_INTERVAL_S" && $0.key != "WARMPOOL_SNAPSHOT_COMMAND" }
         configuration.breaker = MassFailureBreaker.Settings(
             minimumFailures: massFailureMinimum, fraction: massFailureFraction, window: .milliseconds(massFailureWindowMs),
             settle: .milliseconds(massFailureSettleMs))

@@ -80,6 +80,82 @@ import Glibc
     }
 }
 
+/// The last rung end to end: the pool's machine is lost for good (the emulator's `lost_machines`:
+/// its instances dead, its volume's contents gone); the controller moves the pool to the other
+/// host and restores the newest snapshot onto a new volume there, through the new primary, over
+/// SSH with the host key its agent reported.
+@Suite(.serialized) struct HostLossEndToEndTests {
+    @Test func aLostHostsPoolIsRestoredOntoAnotherHostFromItsNewestSnapshot() throws {
+        let server = try MotoServer()
+        let lab = try WarmPoolLab(simExtra: ["--host", "88:4:RTX_4090:0.50"])
+        let directory = lab.harness.directory
+        try MotoServer.peer(["mb", server.url, server.accessKeyID, server.secretAccessKey, "snapshots"])
+        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        try (key + "\n").write(toFile: directory + "/snapshot-key", atomically: true, encoding: .utf8)
+        let store = [
+            "WARMPOOL_S3_ENDPOINT=\(server.url)", "WARMPOOL_S3_BUCKET=snapshots", "WARMPOOL_S3_PREFIX=pool-12/",
+            "WARMPOOL_S3_ACCESS_KEY_ID=\(server.accessKeyID)", "WARMPOOL_S3_SECRET_ACCESS_KEY=\(server.secretAccessKey)",
+            "WARMPOOL_SNAPSHOT_KEY_FILE=\(directory)/snapshot-key",
+        ]
+        let binaries = lab.harness.binaries
+        try lab.startController(extra: [
+            "--snapshot-interval-s", "1", "--host-loss-after-s", "2",
+            "--agent-env", #"WARMPOOL_SNAPSHOT_COMMAND=\#(binaries)/warmpool-snapshot create --source "$WARMPOOL_SNAPSHOT_SOURCE""#,
+            "--restore-command", #"\#(binaries)/warmpool-snapshot restore --target "$WARMPOOL_VOLUME_PATH""#,
+        ] + store.flatMap { ["--agent-env", $0] })
+        let before = try lab.provision()["status"] ?? [:]
+        #expect(before["host_machine_id"]?.intValue == 77)
+        let oldVolume = before["volume_id"]?.intValue ?? -1
+        let port = Int(try lab.status()["primary_ssh_port"]?.intValue ?? 0)
+        let written = Date()
+        let sums = try lab.ssh(port: port, "mkdir -p /data/checkpoints /data/models && head -c 3000000 /dev/urandom > /data/models/w.bin"
+                               + " && seq 1 200000 > /data/checkpoints/step_10.txt && cd /data && sha256sum models/w.bin checkpoints/step_10.txt")
+        try lab.harness.waitUntil("a snapshot taken after the data was written", timeout: 60) {
+            let point = (try? lab.status()["recovery_point"]) ?? .null
+            guard let id = point["last_snapshot_id"]?.stringValue, point["snapshot_running"]?.boolValue == false,
+                let at = ISO8601DateFormatter.withFractions.date(from: point["last_snapshot_at"]?.stringValue ?? "") else { return false }
+            return at > written.addingTimeInterval(1) && !id.isEmpty
+        }
+
+        // The machine is gone, and its volume with it.
+        #expect(try lab.sim("POST", "/admin/faults", body: #"{"lost_machines": [77]}"#).status == 200)
+        let failover = try lab.waitForFailover(1, timeout: 120)
+        #expect(failover["result"]?.stringValue == "succeeded", "\(failover)")
+        let steps = (failover["timeline"]?.arrayValue ?? []).compactMap { $0["step"]?.stringValue }
+        for step in ["detected", "fencing", "fenced", "relocating", "volume_ready", "standby_running", "restored", "volume_verified", "promoted"] {
+            #expect(steps.contains(step), "timeline lacks \(step): \(steps)")
+        }
+        #expect(failover["restored_snapshot"]?.stringValue != nil)
+        let recoveryPoint = failover["recovery_point_seconds"]?.doubleValue ?? -1
+        #expect(recoveryPoint >= 0 && recoveryPoint < 30, "\(failover)")
+
+        let after = try lab.status()
+        #expect(after["host_machine_id"]?.intValue == 88)
+        #expect(after["volume_id"]?.intValue != oldVolume)
+        #expect(after["epoch"]?.intValue == 2)
+        #expect(after["standby_state"]?.stringValue == "stopped", "a standby on the new host: \(after)")
+        var protection: JSONValue = .null
+        let protected = (try? lab.harness.waitUntil("the moved pool is protected", timeout: 20) {
+            protection = (try? lab.status()) ?? .null
+            return protection["protected"]?.boolValue == true
+        }) != nil
+        #expect(protected, "\(protection["conditions"] ?? .null)")
+        // The files are back, byte for byte, and the new volume carries its own identity.
+        let newPort = Int(after["primary_ssh_port"]?.intValue ?? 0)
+        #expect(try lab.ssh(port: newPort, "cd /data && sha256sum models/w.bin checkpoints/step_10.txt") == sums)
+        #expect(try lab.ssh(port: newPort, "cat /data/.warmpool-volume-id") == "\(after["volume_id"]?.intValue ?? -1)\n")
+
+        // Cleanup leaves nothing at the provider: the new pool's instances and volume, the lost
+        // host's instances and its volume.
+        #expect(try http("DELETE", "\(lab.api)/cleanup/12", key: try lab.adminKey()).status == 200)
+        try lab.harness.waitUntil("nothing is left at the provider", timeout: 60) {
+            let instances = (try? lab.sim("GET", "/api/v0/instances").json["instances"]?.arrayValue) ?? [.null]
+            let volumes = (try? lab.sim("GET", "/api/v0/volumes").json["volumes"]?.arrayValue) ?? [.null]
+            return instances.isEmpty && volumes.isEmpty
+        }
+    }
+}
+
 extension ISO8601DateFormatter {
     static var withFractions: ISO8601DateFormatter {
         let formatter = ISO8601DateFormatter()

@@ -43,6 +43,14 @@ struct FakeProvider {
     var refusesSSH: Set<InstanceID> = []
     /// Volumes whose identity marker is written; a test removes one to wipe it.
     var markedVolumes: Set<VolumeID> = []
+    /// Machines that lost contact: their instances show `offline`, a stop there is accepted and
+    /// does nothing, and they offer nothing.
+    var offlineMachines: Set<HostMachineID> = []
+    /// What a restore answers (the newest snapshot, by default one taken at this time).
+    var restoreAnswers: [RestoreOutcome] = []
+    var snapshotTakenAt = Instant.seconds(1_700_000_000)
+    /// Restores carried out, per instance.
+    var restores: [InstanceID: Int] = [:]
     private var nextID: Int64 = 100
 
     init(host: HostMachineID, freeGPUs: Int) {
@@ -54,7 +62,9 @@ struct FakeProvider {
     mutating func perform(_ action: EngineAction) -> ProviderOutcome? {
         switch action {
         case .findFreeOffers(_, let host, _):
-            return injected("offers") ?? .success(.offers(offers.filter { $0.machineID == host }))
+            return injected("offers") ?? .success(.offers(offers.filter { $0.machineID == host && !offlineMachines.contains(host) }))
+        case .findFreeOffersAnywhere(_, _, let excluding):
+            return injected("offers") ?? .success(.offers(offers.filter { !excluding.contains($0.machineID) && !offlineMachines.contains($0.machineID) }))
         case .ensureVolume(_, let name, _, _):
             if let failure = injected("volume") { return failure }
             if let id = volumes[name] { return .success(.volume(id)) }
@@ -89,7 +99,7 @@ struct FakeProvider {
             return .success(.accepted)
         case .stopInstance(_, let id):
             if let failure = injected("stop") { return failure }
-            if var instance = instances[id], !instance.destroyed, !ignoresStop.contains(id) {
+            if var instance = instances[id], !instance.destroyed, !ignoresStop.contains(id), !offlineMachines.contains(instance.machineID) {
                 instance.next = .stopped
                 instances[id] = instance
             }
@@ -97,6 +107,9 @@ struct FakeProvider {
         case .pollInstance(_, let id):
             if let failure = injected("poll") { return failure }
             guard var instance = instances[id], !instance.destroyed else { return .success(.instance(nil)) }
+            if offlineMachines.contains(instance.machineID) {
+                return .success(.instance(InstanceSnapshot(id: id, status: .offline, ssh: snapshot(instance).ssh)))
+            }
             let shown = snapshot(instance)
             if instance.next == .running, let polls = slowBoots[id], polls > 0 {
                 slowBoots[id] = polls - 1
@@ -122,7 +135,7 @@ struct FakeProvider {
             if let failure = injected("deleteVolume") { return failure }
             if !deletedVolumes.contains(id) { deletedVolumes.append(id) }
             return .success(.accepted)
-        case .verify, .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
+        case .verify, .restoreSnapshot, .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
             return nil
         }
     }
@@ -141,6 +154,15 @@ struct FakeProvider {
             written = true
         }
         return .passed(sshReadyAt: now + .milliseconds(-20), markerWritten: written)
+    }
+
+    mutating func restore(_ id: InstanceID) -> RestoreOutcome {
+        if !restoreAnswers.isEmpty { return restoreAnswers.removeFirst() }
+        guard let instance = instances[id], !instance.destroyed, instance.status == .running else {
+            return .notReady(message: "connection refused")
+        }
+        restores[id, default: 0] += 1
+        return .restored(snapshot: "20231114T221320.000Z-0a0b0c0d", takenAt: snapshotTakenAt, files: 12, bytes: 4096)
     }
 
     private mutating func injected(_ command: String) -> ProviderOutcome? {

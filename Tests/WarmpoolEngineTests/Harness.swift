@@ -10,6 +10,7 @@ struct Harness {
     enum Answer {
         case provider(OperationID, ProviderOutcome)
         case verification(OperationID, VerificationOutcome)
+        case restore(OperationID, RestoreOutcome)
     }
 
     /// Where a crash falls relative to the actions of the event it follows: before any is carried
@@ -98,6 +99,9 @@ struct Harness {
             case .verify(let operation, let instance, _, let volume, let marker):
                 commandLog.append((now, action))
                 inbox.append(.verification(operation, provider.verify(instance, volume: volume, marker: marker, now: now)))
+            case .restoreSnapshot(let operation, let instance, _):
+                commandLog.append((now, action))
+                inbox.append(.restore(operation, provider.restore(instance)))
             default:
                 commandLog.append((now, action))
                 if let outcome = provider.perform(action), let operation = action.operation {
@@ -115,6 +119,7 @@ struct Harness {
             switch inbox.removeFirst() {
             case .provider(let operation, let outcome): feed(machine.providerResult(operation, outcome, now: now))
             case .verification(let operation, let outcome): feed(machine.verificationResult(operation, outcome, now: now))
+            case .restore(let operation, let outcome): feed(machine.restoreResult(operation, outcome, now: now))
             }
             return true
         }
@@ -161,7 +166,7 @@ extension EngineAction {
         case .findFreeOffers(let op, _, _), .ensureVolume(let op, _, _, _), .ensureInstance(let op, _),
              .startInstance(let op, _), .stopInstance(let op, _), .pollInstance(let op, _),
              .destroyInstance(let op, _), .deleteVolume(let op, _), .verify(let op, _, _, _, _), .findInstance(let op, _),
-             .findLeftover(let op, _, _):
+             .findLeftover(let op, _, _), .findFreeOffersAnywhere(let op, _, _), .restoreSnapshot(let op, _, _):
             op
         case .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
             nil

@@ -3,6 +3,8 @@ import Foundation
 import Hummingbird
 import Synchronization
 import Testing
+import WarmpoolModel
+import WarmpoolProvider
 import WarmpoolSim
 import WarmpoolTestSupport
 
@@ -120,6 +122,37 @@ import WarmpoolTestSupport
         #expect(counters.rateLimited == ["show_instance": 3] && counters.calls == ["show_instance": 1])
         // Other endpoints are limited apart.
         #expect(await fixture.raw("GET", "/api/v1/instances/").0 == 200)
+        await fixture.stop()
+    }
+
+    /// A machine lost for good (issue 21's host-loss drill): offline, and never back; its
+    /// instances dead, not paused; what its volume held gone; a destroy done at once, so that the
+    /// volume can be deleted.
+    @Test func aLostMachineIsOfflineForGoodWithItsInstancesDeadAndItsVolumeEmptied() async throws {
+        try SimFixture.requireRoot()
+        let fixture = try await SimFixture(hosts: [Self.twoGPUs], bootDelay: .milliseconds(50), mountVolumes: true)
+        let client = fixture.client()
+        let volumeID = try await client.createVolume(offerID: OfferID(Int64(Self.twoGPUs.volumeOfferID)), sizeGB: 1, name: "doomed")
+        let volumeDirectory = fixture.directory + "/state/volumes/\(volumeID)"
+        let id = try await client.createInstance(offerID: 7701, CreateInstanceRequest(
+            image: "img", onstart: "echo precious > /data/model.bin", volume: .init(volumeID: volumeID, mountPath: "/data")))
+        #expect(await SimFixture.eventually { FileManager.default.fileExists(atPath: volumeDirectory + "/model.bin") })
+        let pid = try #require(await fixture.processes(of: Int(id.rawValue)).pid)
+
+        #expect(await fixture.raw("POST", "/admin/faults", body: #"{"lost_machines": [77]}"#).0 == 200)
+        #expect(await fixture.status(of: Int(id.rawValue)) == "offline")
+        #expect(await SimFixture.eventually { processState(pid) == nil || processState(pid) == "Z" }, "dead, not paused")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: volumeDirectory).isEmpty, "the volume's contents are lost")
+        #expect(await fixture.offerIDs().isEmpty)
+        // A plan without it does not bring it back.
+        #expect(await fixture.raw("POST", "/admin/faults", body: "{}").0 == 200)
+        #expect(await fixture.status(of: Int(id.rawValue)) == "offline")
+        #expect(await fixture.raw("GET", "/admin/faults").1["lost_machines"] == [77])
+        // Nothing is left to end: the destroy takes effect, then the volume can go.
+        try await client.destroyInstance(id: id)
+        #expect(try await client.instance(id: id) == nil)
+        try await client.deleteVolume(id: volumeID)
+        #expect(try await client.listVolumes().isEmpty)
         await fixture.stop()
     }
 

@@ -47,7 +47,7 @@ private let logger = Logger(label: "test.store")
     @Test func aNewDatabaseGetsEveryMigrationAndEveryTable() async throws {
         let path = temporaryDatabasePath()
         let store = try SQLiteStore(path: path, logger: logger)
-        #expect(try await store.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes", "v4-work-lost"])
+        #expect(try await store.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes", "v4-recovery-points"])
         let tables = try await DatabaseQueue(path: path).read { db in
             try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'grdb_%' ORDER BY name")
         }
@@ -76,7 +76,7 @@ private let logger = Logger(label: "test.store")
             try await store.savePool(PoolRecord(poolID: 7, state: .active, volumeID: 3))
         }
         let reopened = try SQLiteStore(path: path, logger: logger)
-        #expect(try await reopened.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes", "v4-work-lost"])
+        #expect(try await reopened.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes", "v4-recovery-points"])
         #expect(try await reopened.pool(id: 7)?.volumeID == 3)
     }
 

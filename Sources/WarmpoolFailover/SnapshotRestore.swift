@@ -1,0 +1,78 @@
+import Foundation
+import WarmpoolEngine
+import WarmpoolJSON
+import WarmpoolModel
+import WarmpoolSSH
+
+/// Carries out the engine's `restoreSnapshot`: on the new primary itself, over SSH with its pinned
+/// host key, `warmpool-snapshot restore` streams the newest complete snapshot onto the volume,
+/// every chunk verified before it is written. The store's settings travel in the command's
+/// environment (an SSH session gets none of the instance's: Vast.ai's docs, VASTAI-SIM.md), so
+/// they are visible to the instance's root, which holds them in its agent's environment anyway.
+/// The old volume's identity marker and epoch are removed after: they are not data, and the
+/// verification that follows writes the new volume's.
+public struct SnapshotRestore: Sendable {
+    let verifier: SSHVerifier
+    /// The whole shell command run on the instance (`command(...)`).
+    let command: String
+    let timeout: Duration
+
+    public static let defaultRestoreCommand = #"warmpool-snapshot restore --target "$WARMPOOL_VOLUME_PATH""#
+
+    /// `environment`: the store's settings (`WARMPOOL_S3_*`, `WARMPOOL_SNAPSHOT_KEY_FILE`).
+    static func command(restore: String, environment: [String: String], volumePath: String, markerName: String = ".warmpool-volume-id") -> String {
+        let exports = (["WARMPOOL_VOLUME_PATH": volumePath].merging(environment) { first, _ in first })
+            .sorted { $0.key < $1.key }
+            .map { "\($0.key)=\(VerificationCommand.shellQuote($0.value))" }
+            .joined(separator: " ")
+        return "export \(exports) && \(restore) && rm -rf \"$WARMPOOL_VOLUME_PATH\"/\(VerificationCommand.shellQuote(markerName)) \"$WARMPOOL_VOLUME_PATH\"/.warmpool"
+    }
+
+    func restore(instance: InstanceID, ssh: SSHEndpoint?) async -> RestoreOutcome {
+        guard let ssh else { return .notReady(message: "the provider shows no SSH address for instance \(instance) yet") }
+        do {
+            let result = try await verifier.run(command, instanceID: instance, host: ssh.host, port: ssh.port, timeout: timeout.nanoseconds)
+            return Self.outcome(result)
+        } catch {
+            return .notReady(message: "the restore could not run: \(error)")
+        }
+    }
+
+    /// An SSH failure that a booting instance gets over is "not ready"; the rest, and a command
+    /// that ran and failed, is a failed restore.
+    static func outcome(_ result: Result<RemoteCommandOutput, SSHFailure>) -> RestoreOutcome {
+        switch result {
+        case .failure(let failure):
+            if failure.reason != .hostKeyMismatch, ReadinessPolicy.defaultRetryable.contains(failure.reason) || failure.reason == .hostKeyUnattested {
+                return .notReady(message: failure.description)
+            }
+            return .failed(message: failure.description)
+        case .success(let output):
+            let summary = String(decoding: output.stdout, as: UTF8.self).split(separator: "\n").reversed()
+                .lazy.compactMap { try? JSONParser.parse(Array($0.utf8)) }.first { $0.objectValue != nil }
+            guard output.exitStatus == 0, let summary, let snapshot = summary["snapshot"]?.stringValue else {
+                let stderr = String(decoding: output.stderr.suffix(400), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                let status = output.exitStatus.map { "exit status \($0)" } ?? "killed"
+                return .failed(message: "\(status)\(stderr.isEmpty ? "" : ": \(stderr)")")
+            }
+            return .restored(snapshot: snapshot, takenAt: takenAt(snapshotID: snapshot),
+                             files: Int(summary["files"]?.intValue ?? 0), bytes: summary["bytes"]?.intValue ?? 0)
+        }
+    }
+
+    /// A snapshot id begins with when it was taken, `yyyyMMddTHHmmss.SSSZ` (UTC).
+    static func takenAt(snapshotID: String) -> Instant? {
+        let bytes = Array(snapshotID.utf8)
+        guard bytes.count >= 20, bytes[8] == UInt8(ascii: "T"), bytes[15] == UInt8(ascii: "."), bytes[19] == UInt8(ascii: "Z") else { return nil }
+        func number(_ range: Range<Int>) -> Int? { Int(String(decoding: bytes[range], as: UTF8.self)) }
+        guard let year = number(0..<4), let month = number(4..<6), let day = number(6..<8), let hour = number(9..<11),
+            let minute = number(11..<13), let second = number(13..<15), let millisecond = number(16..<19)
+        else { return nil }
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        guard let date = calendar.date(from: DateComponents(year: year, month: month, day: day, hour: hour, minute: minute, second: second)),
+            calendar.component(.day, from: date) == day
+        else { return nil }
+        return Instant(nanosecondsSinceEpoch: Int64(date.timeIntervalSince1970) * 1_000_000_000 + Int64(millisecond) * 1_000_000)
+    }
+}

@@ -1,0 +1,56 @@
+import Logging
+import WarmpoolModel
+
+/// What a command run on an instance over SSH printed, and how it ended.
+public struct RemoteCommandOutput: Sendable, Equatable {
+    public var stdout: [UInt8]
+    public var stderr: [UInt8]
+    /// nil when sshd sent none (the command was killed by a signal).
+    public var exitStatus: Int32?
+}
+
+extension SSHVerifier {
+    /// Runs `command` on the instance as `username`, under the same host key rules as a
+    /// verification (the pin in force, or none with `.attested` trust: not contacted), and waits
+    /// for it to end by `timeout` (nanoseconds). SSH-level failures (refused, unattested, a wrong
+    /// key, a timeout) are the `failure` side; a command that ran and failed is an output with its
+    /// exit status. Blocking work runs on the verifier's thread pool. Output is capped at `limit`
+    /// bytes per stream.
+    public func run(
+        _ command: String, instanceID: InstanceID, host: String, port: Int, username: String = "root", timeout: Int64,
+        limit: Int = 1 << 20
+    ) async throws -> Result<RemoteCommandOutput, SSHFailure> {
+        let pinned = try await pins.pinnedFingerprint(for: instanceID)
+        if pinned == nil, trust == .attested {
+            return .failure(SSHFailure(.hostKeyUnattested, "no host key is pinned for instance \(instanceID) and its agent has reported none; not connecting"))
+        }
+        guard let pinned else {
+            // First use is for verification, which pins; a command waits for that pin.
+            return .failure(SSHFailure(.hostKeyUnattested, "no host key is pinned for instance \(instanceID) yet; not connecting"))
+        }
+        let credentials = self.credentials
+        return try await runBlocking {
+            let deadline = MonotonicClock.now() + timeout
+            let session: SSHSession
+            switch SSHSession.connect(host: host, port: port, deadline: min(deadline, MonotonicClock.now() + 5_000_000_000)) {
+            case .failure(let failure): return .failure(failure)
+            case .success(let connected): session = connected
+            }
+            defer { session.close() }
+            switch session.handshake(deadline: deadline) {
+            case .failure(let failure): return .failure(failure)
+            case .success(let fingerprint) where fingerprint != pinned:
+                return .failure(SSHFailure(.hostKeyMismatch, phase: .handshake,
+                                           "host key \(fingerprint) does not match the key pinned for instance \(instanceID) (\(pinned)); not authenticating"))
+            case .success:
+                break
+            }
+            if case .failure(let failure) = session.authenticate(username: username, credentials: credentials, deadline: deadline) {
+                return .failure(failure)
+            }
+            return session.run(command, deadline: deadline, limit: limit).map {
+                RemoteCommandOutput(stdout: $0.stdout, stderr: $0.stderr, exitStatus: $0.exitStatus)
+            }
+        }
+    }
+}
