@@ -37,6 +37,14 @@ public struct AgentLaunch: Sendable {
         environment["WARMPOOL_VOLUME_ID"] = "\(request.volume)"
         environment["WARMPOOL_VOLUME_PATH"] = volumePath
         environment["WARMPOOL_POOL_ID"] = "\(poolID)"
+        if let prefix = Self.snapshotPrefix(extraEnvironment, poolID: poolID) { environment["WARMPOOL_S3_PREFIX"] = prefix }
         return environment
+    }
+
+    /// Each pool's snapshots live under a prefix of their own, `<WARMPOOL_S3_PREFIX>pool-<id>/`,
+    /// so that "the newest snapshot" of one pool is never another's. nil when no store is set.
+    public static func snapshotPrefix(_ environment: [String: String], poolID: PoolID) -> String? {
+        guard environment.keys.contains(where: { $0.hasPrefix("WARMPOOL_S3_") }) else { return nil }
+        return (environment["WARMPOOL_S3_PREFIX"] ?? "") + "pool-\(poolID)/"
     }
 }

@@ -138,10 +138,8 @@ public actor FailoverCoordinator: Service {
         self.verification = VolumeVerification(
             verifier: verifier, volumePath: configuration.volumePath, attemptWindow: configuration.verificationWindow, clock: clock)
         self.restorer = SnapshotRestore(
-            verifier: verifier,
-            command: SnapshotRestore.command(restore: configuration.restoreCommand, environment: configuration.restoreEnvironment,
-                                             volumePath: configuration.volumePath),
-            timeout: configuration.engine.restoreTimeout)
+            verifier: verifier, restoreCommand: configuration.restoreCommand, environment: configuration.restoreEnvironment,
+            volumePath: configuration.volumePath, timeout: configuration.engine.restoreTimeout)
         self.hub = hub
         // Subscribed now, not in run(): no failure may slip between construction and start.
         self.liveness = hub?.bus.subscribe()
@@ -418,7 +416,7 @@ public actor FailoverCoordinator: Service {
                 }
             case .restoreSnapshot(let operation, let instance, let ssh):
                 runner.run { [restorer] in
-                    await restorer.restore(instance: instance, ssh: ssh)
+                    await restorer.restore(poolID: poolID, instance: instance, ssh: ssh)
                 } deliver: { outcome in
                     await self.restoreAnswered(poolID, operation, outcome)
                 }

@@ -13,8 +13,10 @@ import WarmpoolSSH
 /// verification that follows writes the new volume's.
 public struct SnapshotRestore: Sendable {
     let verifier: SSHVerifier
-    /// The whole shell command run on the instance (`command(...)`).
-    let command: String
+    let restoreCommand: String
+    /// The store's settings (`WARMPOOL_S3_*`, `WARMPOOL_SNAPSHOT_KEY_FILE`); each pool's prefix is added.
+    let environment: [String: String]
+    let volumePath: String
     let timeout: Duration
 
     public static let defaultRestoreCommand = #"warmpool-snapshot restore --target "$WARMPOOL_VOLUME_PATH""#
@@ -28,8 +30,11 @@ public struct SnapshotRestore: Sendable {
         return "export \(exports) && \(restore) && rm -rf \"$WARMPOOL_VOLUME_PATH\"/\(VerificationCommand.shellQuote(markerName)) \"$WARMPOOL_VOLUME_PATH\"/.warmpool"
     }
 
-    func restore(instance: InstanceID, ssh: SSHEndpoint?) async -> RestoreOutcome {
+    func restore(poolID: PoolID, instance: InstanceID, ssh: SSHEndpoint?) async -> RestoreOutcome {
         guard let ssh else { return .notReady(message: "the provider shows no SSH address for instance \(instance) yet") }
+        var environment = self.environment
+        if let prefix = AgentLaunch.snapshotPrefix(environment, poolID: poolID) { environment["WARMPOOL_S3_PREFIX"] = prefix }
+        let command = Self.command(restore: restoreCommand, environment: environment, volumePath: volumePath)
         do {
             let result = try await verifier.run(command, instanceID: instance, host: ssh.host, port: ssh.port, timeout: timeout.nanoseconds)
             return Self.outcome(result)

@@ -21,7 +21,7 @@ import Glibc
         let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
         try (key + "\n").write(toFile: directory + "/snapshot-key", atomically: true, encoding: .utf8)
         let store = [
-            "WARMPOOL_S3_ENDPOINT=\(server.url)", "WARMPOOL_S3_BUCKET=snapshots", "WARMPOOL_S3_PREFIX=pool-12/",
+            "WARMPOOL_S3_ENDPOINT=\(server.url)", "WARMPOOL_S3_BUCKET=snapshots", "WARMPOOL_S3_PREFIX=warmpool/",
             "WARMPOOL_S3_ACCESS_KEY_ID=\(server.accessKeyID)", "WARMPOOL_S3_SECRET_ACCESS_KEY=\(server.secretAccessKey)",
             "WARMPOOL_SNAPSHOT_KEY_FILE=\(directory)/snapshot-key",
         ]
@@ -52,13 +52,15 @@ import Glibc
         #expect(point["snapshot_error"] == .null, "\(point)")
 
         // The snapshot the agent reported is in the store and holds the volume as it was.
-        let (listed, listing) = try Command.run(lab.harness.binaries + "/warmpool-snapshot", ["list"], environment: store)
+        // Each pool's snapshots under a prefix of its own.
+        let own = store.map { $0 == "WARMPOOL_S3_PREFIX=warmpool/" ? "WARMPOOL_S3_PREFIX=warmpool/pool-12/" : $0 }
+        let (listed, listing) = try Command.run(lab.harness.binaries + "/warmpool-snapshot", ["list"], environment: own)
         #expect(listed == 0, "\(listing)")
         let reported = point["last_snapshot_id"]?.stringValue ?? "?"
         #expect(listing.contains(reported), "\(listing)")
         let restored = directory + "/restored"
         let (status, output) = try Command.run(lab.harness.binaries + "/warmpool-snapshot",
-                                               ["restore", "--snapshot", reported, "--target", restored], environment: store)
+                                               ["restore", "--snapshot", reported, "--target", restored], environment: own)
         #expect(status == 0, "\(output)")
         let original = try lab.ssh(port: port, "cat /data/checkpoints/run-1/step_900.pt | sha256sum").prefix(64)
         let copy = try Command.runChecked("/bin/sh", ["-c", "sha256sum < '\(restored)/checkpoints/run-1/step_900.pt'"]).prefix(64)
@@ -93,7 +95,7 @@ import Glibc
         let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
         try (key + "\n").write(toFile: directory + "/snapshot-key", atomically: true, encoding: .utf8)
         let store = [
-            "WARMPOOL_S3_ENDPOINT=\(server.url)", "WARMPOOL_S3_BUCKET=snapshots", "WARMPOOL_S3_PREFIX=pool-12/",
+            "WARMPOOL_S3_ENDPOINT=\(server.url)", "WARMPOOL_S3_BUCKET=snapshots", "WARMPOOL_S3_PREFIX=warmpool/",
             "WARMPOOL_S3_ACCESS_KEY_ID=\(server.accessKeyID)", "WARMPOOL_S3_SECRET_ACCESS_KEY=\(server.secretAccessKey)",
             "WARMPOOL_SNAPSHOT_KEY_FILE=\(directory)/snapshot-key",
         ]

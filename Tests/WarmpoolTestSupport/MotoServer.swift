@@ -18,11 +18,27 @@ public final class MotoServer {
     /// descriptor the child inherited to close (the server's threads keep them).
     private let pid: pid_t
 
-    public init() throws {
+    /// A free port is free only until someone else binds it: a server that lost that race is
+    /// started again on another, up to three times.
+    public convenience init() throws {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                try self.init(port: try freeLoopbackPort())
+                return
+            } catch let error as PortTaken where attempt < 3 {
+                _ = error
+            }
+        }
+    }
+
+    struct PortTaken: Error {}
+
+    private init(port: Int) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.venv + "/moto_server") else {
             throw HarnessError("\(Self.venv)/moto_server is missing: run Scripts/setup")
         }
-        let port = try freeLoopbackPort()
         url = "http://127.0.0.1:\(port)"
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -42,7 +58,9 @@ public final class MotoServer {
         while !Self.accepts(port: port) {
             guard Date() < deadline, waitpid(child, nil, WNOHANG) == 0 else {
                 kill(child, SIGKILL)
-                throw HarnessError("moto_server did not start on \(port)")
+                let log = (try? String(contentsOfFile: NSTemporaryDirectory() + "warmpool-moto-\(port).log", encoding: .utf8)) ?? ""
+                if log.contains("Address already in use") { throw PortTaken() }
+                throw HarnessError("moto_server did not start on \(port): \(log.suffix(300))")
             }
             usleep(50_000)
         }
