@@ -377,7 +377,7 @@ let package = Package(
         // The pure transition recorder and the effect runner's bookkeeping.
         .testTarget(
             name: "WarmpoolFailoverTests",
-            dependencies: ["WarmpoolFailover", "WarmpoolEngine", "WarmpoolModel", "WarmpoolStore"]
+            dependencies: ["WarmpoolFailover", "WarmpoolEngine", "WarmpoolModel", "WarmpoolStore", "WarmpoolSSH"]
         ),
 
         // The generic libcurl HTTP client: the provider client and the webhook notifier share it.

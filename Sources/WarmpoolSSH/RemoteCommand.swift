@@ -7,6 +7,12 @@ public struct RemoteCommandOutput: Sendable, Equatable {
     public var stderr: [UInt8]
     /// nil when sshd sent none (the command was killed by a signal).
     public var exitStatus: Int32?
+
+    public init(stdout: [UInt8], stderr: [UInt8], exitStatus: Int32?) {
+        self.stdout = stdout
+        self.stderr = stderr
+        self.exitStatus = exitStatus
+    }
 }
 
 extension SSHVerifier {
