@@ -138,6 +138,8 @@ let package = Package(
                 "WarmpoolSSH",
                 "WarmpoolNotify",
                 "WarmpoolHTTP",
+                "WarmpoolStorage",
+                "WarmpoolJSON",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

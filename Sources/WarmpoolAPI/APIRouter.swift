@@ -29,6 +29,8 @@ public struct APIDependencies: Sendable {
     public var vastWebhookSecret: String?
     /// How long a request's body may take to arrive, from the moment its route is reached.
     public var bodyTimeout: Duration
+    /// Snapshots of pools' volumes; nil: no store configured (the snapshot routes answer 409).
+    public var snapshots: (any SnapshotOperations)?
 
     public init(store: any WarmpoolStore, operations: any PoolOperations, hub: LivenessHub?, metrics: ControllerMetrics,
                 vastWebhookSecret: String? = nil, bodyTimeout: Duration = .seconds(10))
@@ -63,6 +65,7 @@ public enum APIRouter {
         }
         PoolRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         AgentRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
+        SnapshotRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         KeyRoutes(store: dependencies.store).register(on: router.group("\(prefix)/keys"))
         if let secret = dependencies.vastWebhookSecret {
             ProviderNoticeRoutes(operations: dependencies.operations, secret: secret).register(on: router)

@@ -40,10 +40,10 @@ public enum EngineAction: Hashable, Sendable, Codable {
     /// path, is the expected volume (its identity marker holds its id), and is writable. With
     /// `marker: .establish` a missing marker is written first. Answer: `verificationResult`.
     case verify(OperationID, instance: InstanceID, ssh: SSHEndpoint?, volume: VolumeID, marker: VolumeMarkerCheck)
-    /// Over libssh2, on the instance itself (the host key pinned): restore the newest complete
-    /// snapshot onto its volume (streaming, every chunk verified), then remove the old volume's
-    /// identity marker and epoch, which are not data. Answer: `restoreResult`.
-    case restoreSnapshot(OperationID, instance: InstanceID, ssh: SSHEndpoint?)
+    /// Over libssh2, on the instance itself (the host key pinned): restore `snapshot` (the newest
+    /// complete one when nil) onto its volume (streaming, every chunk verified), then remove the
+    /// old volume's identity marker and epoch, which are not data. Answer: `restoreResult`.
+    case restoreSnapshot(OperationID, instance: InstanceID, ssh: SSHEndpoint?, snapshot: String?)
 
     /// Call `timerFired(id, now:)` at `at` (at once if it has passed). Replaces nothing: ids are unique.
     case scheduleTimer(TimerID, at: Instant)

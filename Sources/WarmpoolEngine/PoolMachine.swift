@@ -146,6 +146,12 @@ public struct PoolMachine: Sendable, Codable {
         case rebuild
         /// The host is lost: a new volume and primary on another host, from the newest snapshot.
         case relocation
+        /// POST /warmpool/restore: the pool's data from a snapshot, onto a new volume (a host with
+        /// free GPUs, this one included), after fencing the primary as a failover does.
+        case restoreRequested
+
+        /// The failover makes a new volume and restores a snapshot onto it.
+        var movesVolume: Bool { self == .relocation || self == .restoreRequested }
     }
 
     private struct Failover: Hashable, Sendable, Codable {
@@ -171,6 +177,8 @@ public struct PoolMachine: Sendable, Codable {
         var offlineSince: Instant?
         /// Relocation: the snapshot is on the new volume (a replacement after this needs no restore).
         var restored: Bool?
+        /// The snapshot to restore; nil: the newest.
+        var snapshot: String?
     }
 
     /// The in-flight step's bookkeeping, reset whenever the state changes.
@@ -496,6 +504,27 @@ public struct PoolMachine: Sendable, Codable {
         default:
             return issue(now: now)
         }
+    }
+
+    /// POST /warmpool/restore: the pool's data from `snapshot` (the newest when nil) onto a new
+    /// volume. The primary is fenced as in a failover (its writes stop before the copy is taken
+    /// as the pool's), then the move runs as for a lost host; the old volume stays, untouched,
+    /// until cleanup. Needs a pool at rest with a primary.
+    public mutating func restore(snapshot: String?, now: Instant) throws(EngineViolation) -> [EngineAction] {
+        try requireNotRemoved()
+        guard enabled else { throw EngineViolation("pool \(poolID) is disabled") }
+        switch state {
+        case .active, .degraded where primary != nil:
+            break
+        default:
+            throw EngineViolation("a restore needs a pool at rest with a primary; pool \(poolID) is \(self.snapshot.state.rawValue)")
+        }
+        let actions = beginFailover(.restoreRequested, now: now)
+        if case .failover(var failover, let step) = state {
+            failover.snapshot = snapshot
+            state = .failover(failover, step)
+        }
+        return actions
     }
 
     /// POST /warmpool/repair: a degraded pool tries its next rung now instead of at
@@ -937,7 +966,7 @@ public struct PoolMachine: Sendable, Codable {
             guard let volume else { return stepFailed("the pool has no volume", now: now) }
             standbyState = .running
             standbySSH = instance.ssh
-            if failover.reason == .relocation, failover.restored != true {
+            if failover.reason.movesVolume, failover.restored != true {
                 return [record(.standbyRunning, now: now, detail: "instance \(id)")]
                     + enter(.failover(failover, .restore(id, ssh: instance.ssh)), deadline: now + settings.restoreTimeout, now: now)
             }
@@ -1018,10 +1047,10 @@ public struct PoolMachine: Sendable, Codable {
             let how = cause.map { ": \($0)" } ?? ""
             actions.append(record(.detected, now: now, detail: "primary instance \(oldPrimary) failed\(how)"))
             actions.append(notify(.failureDetected, now: now, message: "pool \(poolID): primary instance \(oldPrimary) failed\(how)"))
-        case .test, .rebuild, .relocation:
+        case .test, .rebuild, .relocation, .restoreRequested:
             break  // Nothing failed: the sequence starts at fencing (a rebuild or relocation never comes here).
         }
-        let test = reason == .test ? " (test)" : ""
+        let test = reason == .test ? " (test)" : reason == .restoreRequested ? " (a restore was asked for)" : ""
         actions.append(record(.fencing, now: now, detail: "stopping instance \(oldPrimary)\(test)"))
         return actions + enter(.failover(failover, .stopPrimary), deadline: now + settings.fenceTimeout, now: now)
     }
@@ -1031,7 +1060,7 @@ public struct PoolMachine: Sendable, Codable {
     /// another host (nil: not yet, or not configured). The lease is what fences it then: a
     /// machine that does come back finds its agent without a lease (frozen) and a newer epoch.
     private mutating func relocateIfHostLost(_ failover: inout Failover, status: InstanceStatus?, step: FailoverStep, now: Instant) -> [EngineAction]? {
-        guard let bound = settings.hostLossTimeout, failover.reason != .relocation else { return nil }
+        guard let bound = settings.hostLossTimeout, !failover.reason.movesVolume else { return nil }
         guard status == .offline else {
             failover.offlineSince = nil
             state = .failover(failover, step)
@@ -1090,6 +1119,13 @@ public struct PoolMachine: Sendable, Codable {
             record(.fenced, now: now, detail: how),
             record(.epochIncreased, now: now, detail: "epoch \(epoch.rawValue - 1) -> \(epoch)"),
         ]
+        if failover.reason == .restoreRequested {
+            // The standby is linked to the volume being replaced: it goes, and a new one follows.
+            actions += dropStandby(reason: "linked to volume \(volume.map(String.init) ?? "none"), which the restore replaces", now: now)
+            actions.append(record(.relocating, now: now, detail: "snapshot \(failover.snapshot ?? "(the newest)") onto a new volume; "
+                                  + "volume \(volume.map(String.init) ?? "none") is kept until cleanup"))
+            return actions + enter(.failover(failover, .findHost), deadline: now + settings.commandTimeout, now: now)
+        }
         if let standby {
             actions += announceStandbyStarting(&failover, detail: "instance \(standby)", now: now)
             return actions + enter(.failover(failover, .startStandby(standby)), deadline: now + settings.standbyStartTimeout, now: now)
@@ -1431,7 +1467,7 @@ public struct PoolMachine: Sendable, Codable {
                 return .ensureVolume(operation, name: "\(request.namePrefix)-volume-r\(relocations ?? 1)", hostMachineID: host,
                                      sizeGB: request.volumeGB)
             case .restore(let id, let ssh):
-                return .restoreSnapshot(operation, instance: id, ssh: ssh)
+                return .restoreSnapshot(operation, instance: id, ssh: ssh, snapshot: failover.snapshot)
             }
         case .cleaningUp(let remaining):
             if let instance = remaining.first { return .destroyInstance(operation, instance) }

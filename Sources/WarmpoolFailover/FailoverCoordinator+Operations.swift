@@ -96,6 +96,38 @@ extension FailoverCoordinator {
         return snapshot
     }
 
+    /// Restores `snapshot` (the newest when nil) onto a new volume, fencing the primary first
+    /// (`PoolMachine.restore`); waits until the move has ended.
+    public func restore(poolID: PoolID, snapshot: String?, timeout: Duration) async throws -> PoolSnapshot {
+        guard pools[poolID]?.machine != nil else { throw OperationError.unknownPool(poolID) }
+        guard !configuration.restoreEnvironment.isEmpty else {
+            throw OperationError.refused("this controller has no snapshot store configured (--agent-env WARMPOOL_S3_*)")
+        }
+        try beginOperation("a restore", on: poolID)
+        defer { endOperation(on: poolID) }
+        try applyThrowing(poolID) { machine, now in try machine.restore(snapshot: snapshot, now: now) }
+        guard let end = await waitUntil(poolID, timeout: timeout, { $0.state != .failover }), !end.removed else {
+            throw OperationError.refused("machine \(poolID)'s pool was removed while its restore ran")
+        }
+        return end
+    }
+
+    /// Takes a snapshot of the pool's volume now, on its primary over SSH (the agent's own schedule
+    /// goes on). Answers the tool's JSON summary.
+    public func snapshotNow(poolID: PoolID) async throws -> String {
+        guard let snapshot = pools[poolID]?.machine?.snapshot else { throw OperationError.unknownPool(poolID) }
+        guard !configuration.restoreEnvironment.isEmpty else {
+            throw OperationError.refused("this controller has no snapshot store configured (--agent-env WARMPOOL_S3_*)")
+        }
+        guard let primary = snapshot.primaryInstanceID, let ssh = snapshot.primarySSH else {
+            throw OperationError.refused("machine \(poolID)'s pool has no primary to snapshot (state \(snapshot.state.rawValue))")
+        }
+        switch await restorer.takeSnapshot(poolID: poolID, instance: primary, ssh: ssh) {
+        case .success(let summary): return summary
+        case .failure(let reason): throw OperationError.refused("the snapshot failed: \(reason)")
+        }
+    }
+
     public enum CleanupResult: Sendable, Equatable {
         case removed
         /// The machine has no pool (any more): a retried cleanup is not an error.

@@ -37,6 +37,8 @@ public actor FailoverCoordinator: Service {
         public var breaker = MassFailureBreaker.Settings()
         /// Run on a pool's new primary over SSH when its host is lost (`EngineSettings.hostLossTimeout`).
         public var restoreCommand = SnapshotRestore.defaultRestoreCommand
+        /// Run on a pool's primary over SSH for a snapshot now (the agent's own command, usually).
+        public var snapshotCommand = SnapshotRestore.defaultSnapshotCommand
         /// The snapshot store's settings for that command (`WARMPOOL_S3_*`, `WARMPOOL_SNAPSHOT_KEY_FILE`).
         public var restoreEnvironment: [String: String] = [:]
 
@@ -138,7 +140,8 @@ public actor FailoverCoordinator: Service {
         self.verification = VolumeVerification(
             verifier: verifier, volumePath: configuration.volumePath, attemptWindow: configuration.verificationWindow, clock: clock)
         self.restorer = SnapshotRestore(
-            verifier: verifier, restoreCommand: configuration.restoreCommand, environment: configuration.restoreEnvironment,
+            verifier: verifier, restoreCommand: configuration.restoreCommand, snapshotCommand: configuration.snapshotCommand,
+            environment: configuration.restoreEnvironment,
             volumePath: configuration.volumePath, timeout: configuration.engine.restoreTimeout)
         self.hub = hub
         // Subscribed now, not in run(): no failure may slip between construction and start.
@@ -414,9 +417,9 @@ public actor FailoverCoordinator: Service {
                     }
                     await self.verificationAnswered(poolID, operation, verdict.outcome)
                 }
-            case .restoreSnapshot(let operation, let instance, let ssh):
+            case .restoreSnapshot(let operation, let instance, let ssh, let snapshot):
                 runner.run { [restorer] in
-                    await restorer.restore(poolID: poolID, instance: instance, ssh: ssh)
+                    await restorer.restore(poolID: poolID, instance: instance, ssh: ssh, snapshot: snapshot)
                 } deliver: { outcome in
                     await self.restoreAnswered(poolID, operation, outcome)
                 }

@@ -14,12 +14,15 @@ import WarmpoolSSH
 public struct SnapshotRestore: Sendable {
     let verifier: SSHVerifier
     let restoreCommand: String
+    /// Run on the primary for a snapshot now (`warmpoolctl snapshot`).
+    let snapshotCommand: String
     /// The store's settings (`WARMPOOL_S3_*`, `WARMPOOL_SNAPSHOT_KEY_FILE`); each pool's prefix is added.
     let environment: [String: String]
     let volumePath: String
     let timeout: Duration
 
     public static let defaultRestoreCommand = #"warmpool-snapshot restore --target "$WARMPOOL_VOLUME_PATH""#
+    public static let defaultSnapshotCommand = #"warmpool-snapshot create --source "$WARMPOOL_SNAPSHOT_SOURCE""#
 
     /// `environment`: the store's settings (`WARMPOOL_S3_*`, `WARMPOOL_SNAPSHOT_KEY_FILE`).
     static func command(restore: String, environment: [String: String], volumePath: String, markerName: String = ".warmpool-volume-id") -> String {
@@ -30,17 +33,49 @@ public struct SnapshotRestore: Sendable {
         return "export \(exports) && \(restore) && rm -rf \"$WARMPOOL_VOLUME_PATH\"/\(VerificationCommand.shellQuote(markerName)) \"$WARMPOOL_VOLUME_PATH\"/.warmpool"
     }
 
-    func restore(poolID: PoolID, instance: InstanceID, ssh: SSHEndpoint?) async -> RestoreOutcome {
+    /// `snapshot`: nil restores the newest.
+    func restore(poolID: PoolID, instance: InstanceID, ssh: SSHEndpoint?, snapshot: String?) async -> RestoreOutcome {
         guard let ssh else { return .notReady(message: "the provider shows no SSH address for instance \(instance) yet") }
         var environment = self.environment
         if let prefix = AgentLaunch.snapshotPrefix(environment, poolID: poolID) { environment["WARMPOOL_S3_PREFIX"] = prefix }
-        let command = Self.command(restore: restoreCommand, environment: environment, volumePath: volumePath)
+        let restore = restoreCommand + (snapshot.map { " --snapshot \(VerificationCommand.shellQuote($0))" } ?? "")
+        let command = Self.command(restore: restore, environment: environment, volumePath: volumePath)
         do {
             let result = try await verifier.run(command, instanceID: instance, host: ssh.host, port: ssh.port, timeout: timeout.nanoseconds)
             return Self.outcome(result)
         } catch {
             return .notReady(message: "the restore could not run: \(error)")
         }
+    }
+
+    /// Runs `snapshotCommand` on the pool's primary now; the tool's JSON summary, or why not.
+    func takeSnapshot(poolID: PoolID, instance: InstanceID, ssh: SSHEndpoint) async -> Result<String, SnapshotFailure> {
+        var environment = self.environment
+        if let prefix = AgentLaunch.snapshotPrefix(environment, poolID: poolID) { environment["WARMPOOL_S3_PREFIX"] = prefix }
+        let exports = (["WARMPOOL_VOLUME_PATH": volumePath, "WARMPOOL_SNAPSHOT_SOURCE": volumePath].merging(environment) { first, _ in first })
+            .sorted { $0.key < $1.key }.map { "\($0.key)=\(VerificationCommand.shellQuote($0.value))" }.joined(separator: " ")
+        do {
+            let result = try await verifier.run("export \(exports) && \(snapshotCommand)", instanceID: instance, host: ssh.host,
+                                                port: ssh.port, timeout: timeout.nanoseconds)
+            switch result {
+            case .failure(let failure):
+                return .failure(SnapshotFailure(description: failure.description))
+            case .success(let output):
+                let summary = String(decoding: output.stdout, as: UTF8.self).split(separator: "\n").last { $0.hasPrefix("{") }
+                guard output.exitStatus == 0, let summary else {
+                    let stderr = String(decoding: output.stderr.suffix(400), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                    return .failure(SnapshotFailure(description: "\(output.exitStatus.map { "exit status \($0)" } ?? "killed")"
+                                                    + (stderr.isEmpty ? "" : ": \(stderr)")))
+                }
+                return .success(String(summary))
+            }
+        } catch {
+            return .failure(SnapshotFailure(description: "could not run: \(error)"))
+        }
+    }
+
+    struct SnapshotFailure: Error, CustomStringConvertible {
+        var description: String
     }
 
     /// An SSH failure that a booting instance gets over is "not ready"; the rest, and a command
@@ -66,7 +101,7 @@ public struct SnapshotRestore: Sendable {
     }
 
     /// A snapshot id begins with when it was taken, `yyyyMMddTHHmmss.SSSZ` (UTC).
-    static func takenAt(snapshotID: String) -> Instant? {
+    public static func takenAt(snapshotID: String) -> Instant? {
         let bytes = Array(snapshotID.utf8)
         guard bytes.count >= 20, bytes[8] == UInt8(ascii: "T"), bytes[15] == UInt8(ascii: "."), bytes[19] == UInt8(ascii: "Z") else { return nil }
         func number(_ range: Range<Int>) -> Int? { Int(String(decoding: bytes[range], as: UTF8.self)) }

@@ -149,6 +149,18 @@ struct FailoverOptions: ParsableArguments {
     }
 
     /// The Vast.ai webhook secret, when the receiver is configured.
+    /// The snapshot store's settings among the instances' environment: `WARMPOOL_S3_*` and the
+    /// snapshot key (the schedule and the command are the agent's business).
+    func snapshotStore() -> [String: String] {
+        var store: [String: String] = [:]
+        for pair in agentEnv {
+            let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts[0].hasPrefix("WARMPOOL_S3_") || parts[0].hasPrefix("WARMPOOL_SNAPSHOT_KEY") else { continue }
+            store[parts[0]] = parts.count > 1 ? parts[1] : ""
+        }
+        return store
+    }
+
     func vastWebhookSecret() throws -> String? {
         guard let vastWebhookSecretFile else { return nil }
         guard let text = try? String(contentsOfFile: vastWebhookSecretFile, encoding: .utf8),
@@ -187,8 +199,8 @@ struct FailoverOptions: ParsableArguments {
         var configuration = FailoverCoordinator.Configuration(
             engine: engine, restartGrace: .milliseconds(restartGraceMs), standbyCheckInterval: .seconds(standbyCheckS))
         configuration.restoreCommand = restoreCommand
-        configuration.restoreEnvironment = environment.filter { $0.key.hasPrefix("WARMPOOL_S3_") || $0.key.hasPrefix("WARMPOOL_SNAPSHOT_") }
-            .filter { $0.key != "WARMPOOL_SNAPSHOT_INTERVAL_S" && $0.key != "WARMPOOL_SNAPSHOT_COMMAND" }
+        configuration.restoreEnvironment = snapshotStore()
+        if let command = environment["WARMPOOL_SNAPSHOT_COMMAND"] { configuration.snapshotCommand = command }
         configuration.breaker = MassFailureBreaker.Settings(
             minimumFailures: massFailureMinimum, fraction: massFailureFraction, window: .milliseconds(massFailureWindowMs),
             settle: .milliseconds(massFailureSettleMs))

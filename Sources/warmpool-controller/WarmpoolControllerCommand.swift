@@ -179,11 +179,14 @@ struct Serve: AsyncParsableCommand {
         failoverThreads.start()
         webhookThreads.start()
         let operations: any PoolOperations
+        var snapshots: (any SnapshotOperations)?
         if let provider = try failover.provider(threadPool: failoverThreads, logger: logger) {
             let coordinator = try failover.coordinator(
                 provider: provider, store: store, hub: service.hub, listen: listen, metrics: metrics, threadPool: failoverThreads,
                 logger: logger)
             services.append(coordinator)
+            snapshots = EngineSnapshotOperations(
+                coordinator: coordinator, environment: failover.snapshotStore(), timeout: .seconds(failover.operationTimeoutS), logger: logger)
             operations = EnginePoolOperations(
                 coordinator: coordinator, provider: provider, timeout: .seconds(failover.operationTimeoutS))
             logger.info("failover engine on", metadata: ["provider.url": "\(failover.providerUrl)"])
@@ -191,9 +194,10 @@ struct Serve: AsyncParsableCommand {
             operations = ProviderlessPoolOperations(store: store)
             logger.notice("no provider API key: the failover engine is off (see --provider-api-key-file)")
         }
-        let router = APIRouter.build(
-            APIDependencies(store: store, operations: operations, hub: service.hub, metrics: metrics,
-                            vastWebhookSecret: try failover.vastWebhookSecret(), bodyTimeout: .seconds(apiBodyTimeoutS)))
+        var dependencies = APIDependencies(store: store, operations: operations, hub: service.hub, metrics: metrics,
+                                           vastWebhookSecret: try failover.vastWebhookSecret(), bodyTimeout: .seconds(apiBodyTimeoutS))
+        dependencies.snapshots = snapshots
+        let router = APIRouter.build(dependencies)
         let apiAddress = ControllerAddress(apiListen, allowingPortZero: true)!
         let api = Application(
             router: router,

@@ -10,7 +10,7 @@ struct WarmpoolCtl: AsyncParsableCommand {
         discussion: "The controller URL and API key come from --url and --api-key, or WARMPOOL_URL and WARMPOOL_API_KEY (or WARMPOOL_API_KEY_FILE).",
         subcommands: [
             Status.self, Hosts.self, Provision.self, Enable.self, Disable.self, Failover.self, Repair.self, Cleanup.self, Events.self,
-            Timeline.self, Agents.self, Keys.self, Settings.self, Breaker.self,
+            Timeline.self, Agents.self, Keys.self, Settings.self, Breaker.self, Snapshots.self, Snapshot.self, Restore.self,
         ])
 
     /// Errors are one line on stderr and a non-zero exit, whatever the command.

@@ -158,6 +158,66 @@ import Glibc
     }
 }
 
+/// The operator's snapshot commands, through the real warmpoolctl: list a pool's snapshots, take
+/// one now, and restore an older one onto a new volume (the primary fenced first, the old volume
+/// kept until cleanup).
+@Suite(.serialized) struct SnapshotCommandsEndToEndTests {
+    @Test func anOperatorListsTakesAndRestoresSnapshots() throws {
+        let server = try MotoServer()
+        let lab = try WarmPoolLab()
+        let directory = lab.harness.directory
+        try MotoServer.peer(["mb", server.url, server.accessKeyID, server.secretAccessKey, "snapshots"])
+        try ((0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined() + "\n")
+            .write(toFile: directory + "/snapshot-key", atomically: true, encoding: .utf8)
+        let binaries = lab.harness.binaries
+        let store = [
+            "WARMPOOL_S3_ENDPOINT=\(server.url)", "WARMPOOL_S3_BUCKET=snapshots", "WARMPOOL_S3_PREFIX=warmpool/",
+            "WARMPOOL_S3_ACCESS_KEY_ID=\(server.accessKeyID)", "WARMPOOL_S3_SECRET_ACCESS_KEY=\(server.secretAccessKey)",
+            "WARMPOOL_SNAPSHOT_KEY_FILE=\(directory)/snapshot-key",
+            #"WARMPOOL_SNAPSHOT_COMMAND=\#(binaries)/warmpool-snapshot create --source "$WARMPOOL_SNAPSHOT_SOURCE""#,
+        ]
+        try lab.startController(extra: ["--restore-command", #"\#(binaries)/warmpool-snapshot restore --target "$WARMPOOL_VOLUME_PATH""#]
+            + store.flatMap { ["--agent-env", $0] })
+        func ctl(_ arguments: String...) throws -> (status: Int32, output: String) {
+            try Command.run(binaries + "/warmpoolctl", [arguments[0], "--url", "http://\(lab.harness.apiAddress)", "--api-key", try lab.adminKey()]
+                            + arguments.dropFirst())
+        }
+        let before = try lab.provision()["status"] ?? [:]
+        let port = Int(try lab.status()["primary_ssh_port"]?.intValue ?? 0)
+        #expect(try ctl("snapshots", "12").output.contains("no snapshots"))
+
+        _ = try lab.ssh(port: port, "echo first > /data/state.txt")
+        let first = try ctl("snapshot", "12", "--json")
+        #expect(first.status == 0, "\(first.output)")
+        let firstID = try JSONValue.parse(first.output)["snapshot"]?["snapshot"]?.stringValue ?? "?"
+        _ = try lab.ssh(port: port, "echo second > /data/state.txt && echo later > /data/later.txt")
+        let second = try ctl("snapshot", "12", "--json")
+        let secondID = try JSONValue.parse(second.output)["snapshot"]?["snapshot"]?.stringValue ?? "?"
+        let listed = try ctl("snapshots", "12", "--json")
+        let ids = (try JSONValue.parse(listed.output)["snapshots"]?.arrayValue ?? []).compactMap { $0["id"]?.stringValue }
+        #expect(ids == [secondID, firstID], "newest first: \(listed.output)")
+
+        #expect(try ctl("restore", "12", "--snapshot", firstID).status != 0, "a restore needs --yes")
+        let restored = try ctl("restore", "12", "--snapshot", firstID, "--yes")
+        #expect(restored.status == 0, "\(restored.output)")
+        #expect(restored.output.contains("snapshot \(firstID) restored onto volume"), "\(restored.output)")
+        let failover = try lab.waitForFailover(1)
+        #expect(failover["restored_snapshot"]?.stringValue == firstID)
+        let steps = (failover["timeline"]?.arrayValue ?? []).compactMap { $0["step"]?.stringValue }
+        #expect(steps.contains("fenced") && steps.contains("restored") && steps.contains("promoted") && !steps.contains("detected"), "\(steps)")
+        let after = try lab.status()
+        #expect(after["volume_id"]?.intValue != before["volume_id"]?.intValue, "a new volume")
+        #expect(after["epoch"]?.intValue == 2)
+        let newPort = Int(after["primary_ssh_port"]?.intValue ?? 0)
+        #expect(try lab.ssh(port: newPort, "cat /data/state.txt; ls /data") == "first\nstate.txt\n", "the first snapshot's data, nothing later")
+
+        // Bad input is a clear refusal.
+        let bad = try http("POST", "\(lab.api)/restore/12", key: try lab.adminKey(), body: #"{"snapshot": "x; rm -rf /"}"#)
+        #expect(bad.status == 400, "\(bad.text)")
+        #expect(try http("GET", "\(lab.api)/snapshots/99", key: try lab.adminKey()).status == 404)
+    }
+}
+
 extension ISO8601DateFormatter {
     static var withFractions: ISO8601DateFormatter {
         let formatter = ISO8601DateFormatter()

@@ -156,13 +156,13 @@ struct FakeProvider {
         return .passed(sshReadyAt: now + .milliseconds(-20), markerWritten: written)
     }
 
-    mutating func restore(_ id: InstanceID) -> RestoreOutcome {
+    mutating func restore(_ id: InstanceID, snapshot: String? = nil) -> RestoreOutcome {
         if !restoreAnswers.isEmpty { return restoreAnswers.removeFirst() }
         guard let instance = instances[id], !instance.destroyed, instance.status == .running else {
             return .notReady(message: "connection refused")
         }
         restores[id, default: 0] += 1
-        return .restored(snapshot: "20231114T221320.000Z-0a0b0c0d", takenAt: snapshotTakenAt, files: 12, bytes: 4096)
+        return .restored(snapshot: snapshot ?? "20231114T221320.000Z-0a0b0c0d", takenAt: snapshotTakenAt, files: 12, bytes: 4096)
     }
 
     private mutating func injected(_ command: String) -> ProviderOutcome? {

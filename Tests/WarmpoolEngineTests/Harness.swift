@@ -99,9 +99,9 @@ struct Harness {
             case .verify(let operation, let instance, _, let volume, let marker):
                 commandLog.append((now, action))
                 inbox.append(.verification(operation, provider.verify(instance, volume: volume, marker: marker, now: now)))
-            case .restoreSnapshot(let operation, let instance, _):
+            case .restoreSnapshot(let operation, let instance, _, let snapshot):
                 commandLog.append((now, action))
-                inbox.append(.restore(operation, provider.restore(instance)))
+                inbox.append(.restore(operation, provider.restore(instance, snapshot: snapshot)))
             default:
                 commandLog.append((now, action))
                 if let outcome = provider.perform(action), let operation = action.operation {
@@ -166,7 +166,7 @@ extension EngineAction {
         case .findFreeOffers(let op, _, _), .ensureVolume(let op, _, _, _), .ensureInstance(let op, _),
              .startInstance(let op, _), .stopInstance(let op, _), .pollInstance(let op, _),
              .destroyInstance(let op, _), .deleteVolume(let op, _), .verify(let op, _, _, _, _), .findInstance(let op, _),
-             .findLeftover(let op, _, _), .findFreeOffersAnywhere(let op, _, _), .restoreSnapshot(let op, _, _):
+             .findLeftover(let op, _, _), .findFreeOffersAnywhere(let op, _, _), .restoreSnapshot(let op, _, _, _):
             op
         case .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
             nil

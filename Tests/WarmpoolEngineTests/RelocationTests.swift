@@ -121,4 +121,27 @@ import WarmpoolModel
             #expect(harness.provider.creations.values.allSatisfy { $0 == 1 })
         }
     }
+
+    @Test func aRestoreAskedForFencesThePrimaryAndMovesTheDataOntoANewVolume() throws {
+        var harness = Self.lab()
+        let old = harness.snapshot
+        _ = try harness.feedThrowing { try $0.restore(snapshot: "20231114T000000.000Z-01", now: $1) }
+        #expect(throws: EngineViolation.self) { _ = try harness.machine.restore(snapshot: nil, now: harness.now) }
+        harness.settle()
+        let pool = harness.snapshot
+        #expect(pool.state == .active, "\(pool)")
+        #expect(pool.volumeID != old.volumeID && pool.epoch == old.epoch.next)
+        #expect(harness.commands { if case .stopInstance(_, let id) = $0 { id == old.primaryInstanceID } else { false } }.count >= 1,
+                "fenced through the provider like any failover")
+        #expect(harness.steps.firstIndex(of: .fenced)! < harness.steps.firstIndex(of: .restored)!)
+        #expect(!harness.steps.contains(.detected))
+        #expect(harness.commands { if case .restoreSnapshot(_, _, _, let snapshot) = $0 { snapshot == "20231114T000000.000Z-01" } else { false } }.count == 1)
+        #expect(harness.timeline.first { $0.step == .restored }?.snapshot == "20231114T000000.000Z-01")
+        #expect(!harness.provider.deletedVolumes.contains(old.volumeID!), "the old volume is kept until cleanup")
+        #expect(throws: EngineViolation("pool 7 is disabled")) {
+            var disabled = Self.lab()
+            _ = try disabled.feedThrowing { try $0.disable(now: $1) }
+            _ = try disabled.machine.restore(snapshot: nil, now: disabled.now)
+        }
+    }
 }
