@@ -121,23 +121,26 @@ struct EnginePoolOperations: PoolOperations {
         }
     }
 
-    private func mapped<T>(_ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch let error as FailoverCoordinator.OperationError {
-            switch error {
-            case .unknownPool(let id): throw PoolOperationError.unknownPool(id)
-            case .refused(let reason): throw PoolOperationError.conflict(reason)
-            case .provisioningFailed: throw error
-            }
-        }
-    }
+    private func mapped<T>(_ body: () async throws -> T) async throws -> T { try await coordinatorErrorsMapped(body) }
 
     private func provided<T>(_ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
         } catch let error as ProviderError {
             throw PoolOperationError.providerFailed(error.description)
+        }
+    }
+}
+
+/// The coordinator's refusals as the API's errors (a failed provisioning is left to its caller).
+func coordinatorErrorsMapped<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch let error as FailoverCoordinator.OperationError {
+        switch error {
+        case .unknownPool(let id): throw PoolOperationError.unknownPool(id)
+        case .refused(let reason): throw PoolOperationError.conflict(reason)
+        case .provisioningFailed: throw error
         }
     }
 }

@@ -54,25 +54,13 @@ struct EngineSnapshotOperations: SnapshotOperations {
     }
 
     func snapshotNow(_ poolID: PoolID) async throws -> JSONValue {
-        let summary = try await mapped { try await coordinator.snapshotNow(poolID: poolID) }
+        let summary = try await coordinatorErrorsMapped { try await coordinator.snapshotNow(poolID: poolID) }
         return (try? JSONValue.parse(summary)) ?? .string(summary)
     }
 
     func restore(_ poolID: PoolID, snapshot: String?) async throws -> PoolRecord {
-        _ = try await mapped { try await coordinator.restore(poolID: poolID, snapshot: snapshot, timeout: timeout) }
+        _ = try await coordinatorErrorsMapped { try await coordinator.restore(poolID: poolID, snapshot: snapshot, timeout: timeout) }
         guard let record = await coordinator.record(poolID) else { throw PoolOperationError.unknownPool(poolID) }
         return record
-    }
-
-    private func mapped<T>(_ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch let error as FailoverCoordinator.OperationError {
-            switch error {
-            case .unknownPool(let id): throw PoolOperationError.unknownPool(id)
-            case .refused(let reason): throw PoolOperationError.conflict(reason)
-            case .provisioningFailed(let message, _): throw PoolOperationError.conflict(message)
-            }
-        }
     }
 }

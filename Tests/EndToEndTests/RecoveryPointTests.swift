@@ -7,6 +7,43 @@ import WarmpoolTestSupport
 import Glibc
 #endif
 
+/// A real S3 server (moto, checking signatures) with a bucket and a snapshot key for a lab's
+/// controller: the store's settings as the instances get them (`--agent-env`), the snapshot
+/// command the agents run, and the restore command the controller runs on a new primary.
+struct SnapshotStore {
+    let server: MotoServer
+    /// `NAME=value`, with the deployment's prefix (each pool's snapshots go under `pool-<id>/` in it).
+    let environment: [String]
+    let agentFlags: [String]
+    let restoreFlags: [String]
+
+    init(lab: WarmPoolLab) throws {
+        server = try MotoServer()
+        let directory = lab.harness.directory
+        try MotoServer.peer(["mb", server.url, server.accessKeyID, server.secretAccessKey, "snapshots"])
+        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        try (key + "\n").write(toFile: directory + "/snapshot-key", atomically: true, encoding: .utf8)
+        environment = [
+            "WARMPOOL_S3_ENDPOINT=\(server.url)", "WARMPOOL_S3_BUCKET=snapshots", "WARMPOOL_S3_PREFIX=warmpool/",
+            "WARMPOOL_S3_ACCESS_KEY_ID=\(server.accessKeyID)", "WARMPOOL_S3_SECRET_ACCESS_KEY=\(server.secretAccessKey)",
+            "WARMPOOL_SNAPSHOT_KEY_FILE=\(directory)/snapshot-key",
+        ]
+        let binaries = lab.harness.binaries
+        agentFlags = (environment + [#"WARMPOOL_SNAPSHOT_COMMAND=\#(binaries)/warmpool-snapshot create --source "$WARMPOOL_SNAPSHOT_SOURCE""#])
+            .flatMap { ["--agent-env", $0] }
+        restoreFlags = ["--restore-command", #"\#(binaries)/warmpool-snapshot restore --target "$WARMPOOL_VOLUME_PATH""#]
+    }
+
+    /// A snapshot id's leading time (`yyyyMMddTHHmmss.SSSZ`): ids of snapshots begun later sort after it.
+    static func id(of date: Date) -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyyMMdd'T'HHmmss.SSS'Z'"
+        return formatter.string(from: date)
+    }
+}
+
 /// The recovery point end to end (issue 21): real instances (warmpool-sim: sshd + the real agent,
 /// the volume at /data), the real controller, a real S3 server (moto). The controller's
 /// `--snapshot-interval-s` reaches the primary's agent through the instance's environment, the
@@ -14,20 +51,11 @@ import Glibc
 /// newest checkpoint's age and the last snapshot; a failover records the work it lost.
 @Suite(.serialized) struct RecoveryPointEndToEndTests {
     @Test func snapshotsFollowTheLeaseAndAFailoverRecordsTheWorkItLost() throws {
-        let server = try MotoServer()
         let lab = try WarmPoolLab()
+        let snapshots = try SnapshotStore(lab: lab)
+        let store = snapshots.environment
         let directory = lab.harness.directory
-        try MotoServer.peer(["mb", server.url, server.accessKeyID, server.secretAccessKey, "snapshots"])
-        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-        try (key + "\n").write(toFile: directory + "/snapshot-key", atomically: true, encoding: .utf8)
-        let store = [
-            "WARMPOOL_S3_ENDPOINT=\(server.url)", "WARMPOOL_S3_BUCKET=snapshots", "WARMPOOL_S3_PREFIX=warmpool/",
-            "WARMPOOL_S3_ACCESS_KEY_ID=\(server.accessKeyID)", "WARMPOOL_S3_SECRET_ACCESS_KEY=\(server.secretAccessKey)",
-            "WARMPOOL_SNAPSHOT_KEY_FILE=\(directory)/snapshot-key",
-        ]
-        let command = #"\#(lab.harness.binaries)/warmpool-snapshot create --source "$WARMPOOL_SNAPSHOT_SOURCE""#
-        try lab.startController(extra: ["--snapshot-interval-s", "2", "--agent-env", "WARMPOOL_SNAPSHOT_COMMAND=\(command)"]
-            + store.flatMap { ["--agent-env", $0] })
+        try lab.startController(extra: ["--snapshot-interval-s", "2"] + snapshots.agentFlags)
         let provisioned = try lab.provision()["status"] ?? [:]
         let primary = provisioned["primary_gpu_id"]?.intValue ?? -1
         let standby = provisioned["standby_gpu_id"]?.intValue ?? -1
@@ -35,14 +63,16 @@ import Glibc
 
         // The workload's last checkpoint, written 30 s ago; a newer file that is not a checkpoint.
         let written = Int(Date().timeIntervalSince1970) - 30
+        let writingStarts = SnapshotStore.id(of: Date())
         _ = try lab.ssh(port: port, "mkdir -p /data/checkpoints/run-1 && head -c 300000 /dev/urandom > /data/checkpoints/run-1/step_900.pt"
                         + " && touch -d @\(written) /data/checkpoints/run-1/step_900.pt && echo log > /data/train.log"
                         + " && sha256sum /data/checkpoints/run-1/step_900.pt")
         var point: JSONValue = .null
         try lab.harness.waitUntil("the primary reports its checkpoint and a snapshot taken after it", timeout: 60) {
             point = (try? lab.status()["recovery_point"]) ?? .null
-            return (point["checkpoint_newest"]?.stringValue == "run-1/step_900.pt") && point["last_snapshot_id"]?.stringValue != nil
-                && (point["snapshot_running"]?.boolValue == false)
+            // Snapshot ids begin with when they were taken: one begun after the write holds it.
+            return (point["checkpoint_newest"]?.stringValue == "run-1/step_900.pt")
+                && (point["last_snapshot_id"]?.stringValue ?? "") > writingStarts && (point["snapshot_running"]?.boolValue == false)
         }
         let age = point["checkpoint_age_seconds"]?.doubleValue ?? -1
         #expect(age >= 30 && age < 90, "\(point)")
@@ -88,35 +118,19 @@ import Glibc
 /// SSH with the host key its agent reported.
 @Suite(.serialized) struct HostLossEndToEndTests {
     @Test func aLostHostsPoolIsRestoredOntoAnotherHostFromItsNewestSnapshot() throws {
-        let server = try MotoServer()
         let lab = try WarmPoolLab(simExtra: ["--host", "88:4:RTX_4090:0.50"])
-        let directory = lab.harness.directory
-        try MotoServer.peer(["mb", server.url, server.accessKeyID, server.secretAccessKey, "snapshots"])
-        let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-        try (key + "\n").write(toFile: directory + "/snapshot-key", atomically: true, encoding: .utf8)
-        let store = [
-            "WARMPOOL_S3_ENDPOINT=\(server.url)", "WARMPOOL_S3_BUCKET=snapshots", "WARMPOOL_S3_PREFIX=warmpool/",
-            "WARMPOOL_S3_ACCESS_KEY_ID=\(server.accessKeyID)", "WARMPOOL_S3_SECRET_ACCESS_KEY=\(server.secretAccessKey)",
-            "WARMPOOL_SNAPSHOT_KEY_FILE=\(directory)/snapshot-key",
-        ]
-        let binaries = lab.harness.binaries
-        try lab.startController(extra: [
-            "--snapshot-interval-s", "1", "--host-loss-after-s", "2",
-            "--agent-env", #"WARMPOOL_SNAPSHOT_COMMAND=\#(binaries)/warmpool-snapshot create --source "$WARMPOOL_SNAPSHOT_SOURCE""#,
-            "--restore-command", #"\#(binaries)/warmpool-snapshot restore --target "$WARMPOOL_VOLUME_PATH""#,
-        ] + store.flatMap { ["--agent-env", $0] })
+        let snapshots = try SnapshotStore(lab: lab)
+        try lab.startController(extra: ["--snapshot-interval-s", "1", "--host-loss-after-s", "2"] + snapshots.agentFlags + snapshots.restoreFlags)
         let before = try lab.provision()["status"] ?? [:]
         #expect(before["host_machine_id"]?.intValue == 77)
         let oldVolume = before["volume_id"]?.intValue ?? -1
         let port = Int(try lab.status()["primary_ssh_port"]?.intValue ?? 0)
-        let written = Date()
+        let writingStarts = SnapshotStore.id(of: Date())
         let sums = try lab.ssh(port: port, "mkdir -p /data/checkpoints /data/models && head -c 3000000 /dev/urandom > /data/models/w.bin"
                                + " && seq 1 200000 > /data/checkpoints/step_10.txt && cd /data && sha256sum models/w.bin checkpoints/step_10.txt")
         try lab.harness.waitUntil("a snapshot taken after the data was written", timeout: 60) {
             let point = (try? lab.status()["recovery_point"]) ?? .null
-            guard let id = point["last_snapshot_id"]?.stringValue, point["snapshot_running"]?.boolValue == false,
-                let at = ISO8601DateFormatter.withFractions.date(from: point["last_snapshot_at"]?.stringValue ?? "") else { return false }
-            return at > written.addingTimeInterval(1) && !id.isEmpty
+            return (point["last_snapshot_id"]?.stringValue ?? "") > writingStarts && point["snapshot_running"]?.boolValue == false
         }
 
         // The machine is gone, and its volume with it.
@@ -163,21 +177,10 @@ import Glibc
 /// kept until cleanup).
 @Suite(.serialized) struct SnapshotCommandsEndToEndTests {
     @Test func anOperatorListsTakesAndRestoresSnapshots() throws {
-        let server = try MotoServer()
         let lab = try WarmPoolLab()
-        let directory = lab.harness.directory
-        try MotoServer.peer(["mb", server.url, server.accessKeyID, server.secretAccessKey, "snapshots"])
-        try ((0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined() + "\n")
-            .write(toFile: directory + "/snapshot-key", atomically: true, encoding: .utf8)
         let binaries = lab.harness.binaries
-        let store = [
-            "WARMPOOL_S3_ENDPOINT=\(server.url)", "WARMPOOL_S3_BUCKET=snapshots", "WARMPOOL_S3_PREFIX=warmpool/",
-            "WARMPOOL_S3_ACCESS_KEY_ID=\(server.accessKeyID)", "WARMPOOL_S3_SECRET_ACCESS_KEY=\(server.secretAccessKey)",
-            "WARMPOOL_SNAPSHOT_KEY_FILE=\(directory)/snapshot-key",
-            #"WARMPOOL_SNAPSHOT_COMMAND=\#(binaries)/warmpool-snapshot create --source "$WARMPOOL_SNAPSHOT_SOURCE""#,
-        ]
-        try lab.startController(extra: ["--restore-command", #"\#(binaries)/warmpool-snapshot restore --target "$WARMPOOL_VOLUME_PATH""#]
-            + store.flatMap { ["--agent-env", $0] })
+        let snapshots = try SnapshotStore(lab: lab)
+        try lab.startController(extra: snapshots.agentFlags + snapshots.restoreFlags)
         func ctl(_ arguments: String...) throws -> (status: Int32, output: String) {
             try Command.run(binaries + "/warmpoolctl", [arguments[0], "--url", "http://\(lab.harness.apiAddress)", "--api-key", try lab.adminKey()]
                             + arguments.dropFirst())
