@@ -409,6 +409,8 @@ let package = Package(
         .target(
             name: "WarmpoolSnapshot",
             dependencies: [
+                // zstd contexts reused chunk after chunk (the wire's stateless calls make one per call).
+                "CZstd",
                 "WarmpoolWire",
                 "WarmpoolStorage",
                 .product(name: "Logging", package: "swift-log"),
@@ -422,13 +424,20 @@ let package = Package(
                 "WarmpoolSnapshot",
                 "WarmpoolStorage",
                 "WarmpoolHTTP",
+                // A thread pool sized to --parallel: each transfer blocks one of its threads.
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The pure parts alone, and the repository (prune beside a create, parallel transfers)
+        // against a real S3 server (moto).
         .testTarget(
             name: "WarmpoolSnapshotTests",
-            dependencies: ["WarmpoolSnapshot", "WarmpoolWire", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: [
+                "WarmpoolSnapshot", "WarmpoolWire", "WarmpoolStorage", "WarmpoolHTTP", "WarmpoolTestSupport",
+                .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // S3-compatible object storage over the shared libcurl client: SigV4, multipart, retries.
         .target(

@@ -50,14 +50,32 @@ public struct ChunkSealer: Sendable {
     /// The id and the object to store.
     public func seal(_ plaintext: [UInt8]) throws -> (id: String, object: [UInt8]) {
         let id = id(of: plaintext)
-        let compressed = Zstd.compress(plaintext, level: compressionLevel)
-        let box = try ChaChaPoly.seal(compressed, using: dataKey, authenticating: Array(id.utf8))
-        return (id, Array(box.combined))
+        let object = try plaintext.withUnsafeBytes { try seal($0, id: id, codec: ChunkCodec(level: compressionLevel)) }
+        return (id, Array(object))
+    }
+
+    /// The object to store for a chunk whose id the caller already computed (a snapshot names
+    /// every chunk to find the new ones, and seals only those), with a reused codec.
+    func seal(_ plaintext: UnsafeRawBufferPointer, id: String, codec: ChunkCodec) throws -> Data {
+        let compressed = codec.compressor.compress(plaintext)
+        return try ChaChaPoly.seal(compressed, using: dataKey, authenticating: Array(id.utf8)).combined
+    }
+
+    /// The same for a snapshot's chunk, whose plaintext is released once compressed (before the
+    /// cipher makes its copies): one less chunk-sized buffer per chunk at the moment of most.
+    func seal(_ box: PlaintextBox, id: String, codec: ChunkCodec) throws -> Data {
+        let compressed = box.withBytes { codec.compressor.compress($0) }
+        box.release()
+        return try ChaChaPoly.seal(compressed, using: dataKey, authenticating: Array(id.utf8)).combined
     }
 
     /// The plaintext of the object stored under `id`, verified: authentic, and the content its
     /// id names. `maximumSize`: the largest chunk the reader accepts (the chunker's maximum).
     public func open(_ object: [UInt8], id: String, maximumSize: Int) throws(ChunkError) -> [UInt8] {
+        try open(Data(object), id: id, maximumSize: maximumSize, codec: ChunkCodec(level: compressionLevel))
+    }
+
+    func open(_ object: Data, id: String, maximumSize: Int, codec: ChunkCodec) throws(ChunkError) -> [UInt8] {
         let compressed: Data
         do {
             compressed = try ChaChaPoly.open(ChaChaPoly.SealedBox(combined: object), using: dataKey, authenticating: Array(id.utf8))
@@ -66,7 +84,9 @@ public struct ChunkSealer: Sendable {
         }
         let plaintext: [UInt8]
         do {
-            plaintext = try Zstd.decompress(Array(compressed), maximumSize: maximumSize)
+            plaintext = try compressed.withUnsafeBytes { (bytes) throws(ZstdDecompressor.Failure) in
+                try codec.decompressor.decompress(bytes, maximumSize: maximumSize)
+            }
         } catch {
             throw .undecodable(id: id, reason: "\(error)")
         }

@@ -70,6 +70,8 @@ public enum SnapshotError: Error, CustomStringConvertible, Equatable {
     case noSnapshot(String)
     case io(String)
     case changedWhileRead(String)
+    /// This process's lock went unrefreshed long enough that another could take it for stale.
+    case lockExpired(String)
 
     public var description: String {
         switch self {
@@ -78,6 +80,7 @@ public enum SnapshotError: Error, CustomStringConvertible, Equatable {
         case .noSnapshot(let detail): "no snapshot: \(detail)"
         case .io(let detail): detail
         case .changedWhileRead(let path): "\(path) kept changing while it was read"
+        case .lockExpired(let key): "the lock \(key) went unrefreshed past half its stale bound; stopped before acting on it"
         }
     }
 }

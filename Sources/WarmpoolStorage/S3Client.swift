@@ -27,6 +27,15 @@ public enum S3Error: Error, CustomStringConvertible, Equatable, Sendable {
 public struct S3Object: Sendable, Hashable {
     public var key: String
     public var size: Int64
+    /// The store's clock when the object was last written (nil if the listing did not say):
+    /// what the snapshot locks compare, so that no host's clock decides whether a lock is stale.
+    public var lastModified: Date?
+
+    public init(key: String, size: Int64, lastModified: Date? = nil) {
+        self.key = key
+        self.size = size
+        self.lastModified = lastModified
+    }
 }
 
 /// A client for S3's object API (Amazon S3, Backblaze B2, Cloudflare R2 and other compatible
@@ -82,11 +91,21 @@ public final class S3Client: Sendable {
     // MARK: Objects
 
     public func put(_ key: String, _ bytes: [UInt8], contentType: String = "application/octet-stream") async throws {
-        _ = try await call("PUT", key: key, headers: [("content-type", contentType)], body: bytes)
+        _ = try await call("PUT", key: key, headers: [("content-type", contentType)], body: Data(bytes))
+    }
+
+    /// The same, for a body that is already `Data` (a sealed chunk is): no copy on the way to curl.
+    public func put(_ key: String, data: Data, contentType: String = "application/octet-stream") async throws {
+        _ = try await call("PUT", key: key, headers: [("content-type", contentType)], body: data)
     }
 
     public func get(_ key: String) async throws -> [UInt8] {
         Array(try await call("GET", key: key).body)
+    }
+
+    /// The object as curl delivered it (no copy into an array).
+    public func getData(_ key: String) async throws -> Data {
+        try await call("GET", key: key).body
     }
 
     /// The object's size, or nil when there is none.
@@ -122,7 +141,8 @@ public final class S3Client: Sendable {
                 guard let key = S3XML.value("Key", in: contents), let size = S3XML.value("Size", in: contents).flatMap({ Int64($0) }) else {
                     throw S3Error.malformed("a listed object without a key or a size")
                 }
-                objects.append(S3Object(key: String(key.dropFirst(configuration.prefix.count)), size: size))
+                objects.append(S3Object(key: String(key.dropFirst(configuration.prefix.count)), size: size,
+                                        lastModified: S3XML.value("LastModified", in: contents).flatMap(S3XML.timestamp)))
             }
             token = S3XML.value("IsTruncated", in: xml) == "true" ? S3XML.value("NextContinuationToken", in: xml) : nil
         } while token != nil
@@ -150,12 +170,12 @@ public final class S3Client: Sendable {
             var etags: [String] = []
             while let part = try await nextPart() {
                 let number = etags.count + 1
-                let response = try await call("PUT", key: key, query: [("partNumber", "\(number)"), ("uploadId", uploadID)], body: part)
+                let response = try await call("PUT", key: key, query: [("partNumber", "\(number)"), ("uploadId", uploadID)], body: Data(part))
                 guard let etag = response.headers["etag"] else { throw S3Error.malformed("part \(number) answered without an ETag") }
                 etags.append(etag)
             }
             let parts = etags.enumerated().map { "<Part><PartNumber>\($0.offset + 1)</PartNumber><ETag>\(S3XML.escape($0.element))</ETag></Part>" }
-            let body = Array("<CompleteMultipartUpload>\(parts.joined())</CompleteMultipartUpload>".utf8)
+            let body = Data("<CompleteMultipartUpload>\(parts.joined())</CompleteMultipartUpload>".utf8)
             let completed = try await call("POST", key: key, query: [("uploadId", uploadID)], headers: [("content-type", "application/xml")], body: body)
             // S3 may answer 200 with an error in the body when the completion fails late.
             let text = String(decoding: completed.body, as: UTF8.self)
@@ -171,7 +191,7 @@ public final class S3Client: Sendable {
     // MARK: Calls
 
     private func call(_ method: String, key: String?, query: [(String, String)] = [], headers: [(String, String)] = [],
-                      body: [UInt8] = [], bucketOnly: Bool = false) async throws -> HTTPResponse
+                      body: Data = Data(), bucketOnly: Bool = false) async throws -> HTTPResponse
     {
         let (url, host, path) = location(key: key)
         let payloadHash = body.isEmpty ? SigV4Signer.emptyPayloadHash : SigV4Signer.payloadHash(body)
@@ -194,7 +214,7 @@ public final class S3Client: Sendable {
             do {
                 let response = try await http.send(
                     method: method, url: fullURL, headers: (headers + signed).map { (name: $0.0, value: $0.1) },
-                    body: method == "GET" ? nil : Data(body), timeout: configuration.timeout)
+                    body: method == "GET" ? nil : body, timeout: configuration.timeout)
                 if response.isSuccess { return response }
                 let text = String(decoding: response.body, as: UTF8.self)
                 let code = S3XML.value("Code", in: text) ?? "HTTP\(response.status)"
@@ -258,6 +278,41 @@ enum S3XML {
         return text.replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&apos;", with: "'")
             .replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
             .replacingOccurrences(of: "&#34;", with: "\"").replacingOccurrences(of: "&amp;", with: "&")
+    }
+
+    /// `2026-12-04T12:30:00.000Z` (ListObjectsV2's LastModified; the fraction is optional), UTC.
+    static func timestamp(_ text: String) -> Date? {
+        let digits = Array(text.utf8)
+        func number(_ range: Range<Int>) -> Int? {
+            guard range.upperBound <= digits.count else { return nil }
+            var value = 0
+            for byte in digits[range] {
+                guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+                value = value * 10 + Int(byte - UInt8(ascii: "0"))
+            }
+            return value
+        }
+        guard digits.count >= 20, digits[4] == UInt8(ascii: "-"), digits[7] == UInt8(ascii: "-"), digits[10] == UInt8(ascii: "T"),
+            digits[13] == UInt8(ascii: ":"), digits[16] == UInt8(ascii: ":"), digits.last == UInt8(ascii: "Z"),
+            let year = number(0..<4), let month = number(5..<7), let day = number(8..<10), let hour = number(11..<13),
+            let minute = number(14..<16), let second = number(17..<19)
+        else { return nil }
+        var fraction = 0.0
+        if digits[19] == UInt8(ascii: ".") {
+            let end = digits.count - 1
+            guard end > 20, let value = number(20..<end) else { return nil }
+            fraction = Double(value) / pow(10, Double(end - 20))
+        } else if digits.count != 20 {
+            return nil
+        }
+        var parts = tm()
+        parts.tm_year = Int32(year - 1900)
+        parts.tm_mon = Int32(month - 1)
+        parts.tm_mday = Int32(day)
+        parts.tm_hour = Int32(hour)
+        parts.tm_min = Int32(minute)
+        parts.tm_sec = Int32(second)
+        return Date(timeIntervalSince1970: Double(timegm(&parts)) + fraction)
     }
 
     /// Text content: quotes stay as they are (an ETag is quoted, and S3 compares it as sent).

@@ -9,7 +9,8 @@ import Glibc
 
 /// The real `warmpool-snapshot` against a real S3 server (moto, checking every signature): a
 /// tree survives the round trip, the second snapshot uploads what changed only, an old snapshot
-/// is restored as it was, and a changed object or a wrong key is refused (issue 21).
+/// is restored as it was, and a changed object or a wrong key is refused; `prune` and
+/// `create --keep-last` keep what the policy says and collect the rest (issue 21).
 @Suite(.serialized) struct SnapshotTests {
     let server: MotoServer
     let directory: String
@@ -120,5 +121,64 @@ import Glibc
         try MotoServer.peer(["put", server.url, server.accessKeyID, server.secretAccessKey, "snapshots", chunk, directory + "/junk"])
         let tampered = try snapshot(["restore", "--target", directory + "/tampered", "--snapshot", firstID])
         #expect(tampered.status != 0 && tampered.output.contains("failed authentication"), "\(tampered.output)")
+    }
+
+    func ids(_ json: JSONValue?, _ key: String) -> [String] { json?[key]?.arrayValue?.compactMap(\.stringValue) ?? [] }
+
+    @Test func pruneAndCreateWithRetentionKeepWhatThePolicySaysAndCollectTheRest() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let data = directory + "/data"
+        var model = pseudoRandom(3 << 20, seed: 1)
+        var made: [String] = []
+        for round in 0..<3 {
+            model.replaceSubrange((round << 20)..<((round << 20) + 1000), with: pseudoRandom(1000, seed: UInt64(10 + round)))
+            try Data(model).write(to: URL(fileURLWithPath: data + "/model.bin"))
+            try Data(pseudoRandom(200_000, seed: UInt64(20 + round))).write(to: URL(fileURLWithPath: data + "/step.pt"))
+            let created = try snapshot(["create", "--source", data, "--parallel", "\(1 + round * 3)"])
+            #expect(created.status == 0 && created.json?["prune"] == nil, "\(created.output)")
+            made.append(created.json?["snapshot"]?.stringValue ?? "")
+        }
+
+        let noPolicy = try snapshot(["prune"])
+        #expect(noPolicy.status != 0 && noPolicy.output.contains("--keep-last"), "\(noPolicy.output)")
+        let keepNone = try snapshot(["prune", "--keep-last", "0"])
+        #expect(keepNone.status != 0, "\(keepNone.output)")
+
+        let dry = try snapshot(["prune", "--keep-last", "1", "--dry-run"])
+        #expect(dry.status == 0 && dry.json?["dry_run"]?.boolValue == true, "\(dry.output)")
+        #expect(ids(dry.json, "deleted") == Array(made.prefix(2)) && ids(dry.json, "kept") == [made[2]], "\(dry.output)")
+        let wouldFree = dry.json?["chunks_deleted"]?.intValue ?? 0
+        #expect(wouldFree > 0, "the replaced chunks and the old step.pt: \(dry.output)")
+        #expect(ids(try snapshot(["list"]).json, "snapshots") == made, "a dry run deletes nothing")
+
+        let pruned = try snapshot(["prune", "--keep-last", "1"])
+        #expect(pruned.status == 0 && ids(pruned.json, "deleted") == Array(made.prefix(2)), "\(pruned.output)")
+        #expect(pruned.json?["chunks_deleted"]?.intValue == wouldFree && (pruned.json?["bytes_freed"]?.intValue ?? 0) > 0, "\(pruned.output)")
+        #expect(pruned.json?["collection_skipped"] == nil, "\(pruned.output)")
+        #expect(ids(try snapshot(["list"]).json, "snapshots") == [made[2]])
+
+        // The agent's form: a create followed by a prune, in one run.
+        try Data(pseudoRandom(200_000, seed: 99)).write(to: URL(fileURLWithPath: data + "/step.pt"))
+        let scheduled = try snapshot(["create", "--source", data, "--keep-last", "1", "--keep-daily", "1"])
+        let newest = scheduled.json?["snapshot"]?.stringValue ?? ""
+        #expect(scheduled.status == 0, "\(scheduled.output)")
+        // Today's newest and the last one are the same snapshot: the one before goes.
+        #expect(ids(scheduled.json?["prune"], "kept") == [newest] && ids(scheduled.json?["prune"], "deleted") == [made[2]], "\(scheduled.output)")
+        #expect((scheduled.json?["prune"]?["chunks_deleted"]?.intValue ?? 0) > 0, "the old step.pt's chunks: \(scheduled.output)")
+
+        let restored = try snapshot(["restore", "--target", directory + "/restored", "--parallel", "8"])
+        #expect(restored.status == 0 && restored.json?["snapshot"]?.stringValue == newest, "\(restored.output)")
+        #expect(bytes(directory + "/restored/model.bin") == model)
+        #expect(bytes(directory + "/restored/step.pt") == pseudoRandom(200_000, seed: 99))
+        let keys = try MotoServer.peer(["ls", server.url, server.accessKeyID, server.secretAccessKey, "snapshots", "pool-12/locks/"])
+        #expect(keys.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "every lock released: \(keys)")
+    }
+
+    /// A failure is reported where the agent reads the outcome: `{"error": ...}` on stdout.
+    @Test func aFailureIsReportedAsJSON() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let missing = try snapshot(["create", "--source", directory + "/no-such-directory"])
+        #expect(missing.status != 0 && missing.json?["error"]?.stringValue != nil, "\(missing.output)")
+        #expect(ids(try snapshot(["list"]).json, "snapshots").isEmpty)
     }
 }

@@ -79,6 +79,23 @@ import Glibc
         #expect(try await client(server).list().isEmpty, "nothing was written with the wrong secret")
     }
 
+    /// The snapshot locks age each other on the store's clock: a listing carries it.
+    @Test func listingsCarryTheStoresTimes() async throws {
+        let server = try MotoServer()
+        let s3 = client(server)
+        try await s3.createBucket()
+        let before = Date().addingTimeInterval(-5)
+        try await s3.put("locks/a", Array("{}".utf8))
+        try await s3.put("locks/b", data: Data("{}".utf8))
+        let listed = try await s3.list(prefix: "locks/")
+        #expect(listed.map(\.key) == ["locks/a", "locks/b"])
+        for object in listed {
+            let written = try #require(object.lastModified, "\(object.key) listed without LastModified")
+            #expect(written > before && written < Date().addingTimeInterval(5), "\(written)")
+        }
+        #expect(try await s3.getData("locks/b") == Data("{}".utf8))
+    }
+
     @Test func anUnreachableStoreIsAClearErrorAfterItsRetries() async throws {
         let port = try freeLoopbackPort()
         let s3 = S3Client(
@@ -97,6 +114,18 @@ import Glibc
         let words = try MotoServer.peer(["sha256", server.url, server.credentials.accessKeyID, server.credentials.secretAccessKey,
                                          "warmpool-test", key]).split(whereSeparator: \.isWhitespace)
         return (String(words.first ?? ""), Int(words.last ?? "") ?? -1)
+    }
+}
+
+/// ListObjectsV2's LastModified, with and without a fraction; anything else is nil.
+@Suite struct S3TimestampTests {
+    @Test func parsesWhatStoresSend() {
+        #expect(S3XML.timestamp("2026-12-04T12:30:00.000Z") == Date(timeIntervalSince1970: 1_796_387_400))
+        #expect(S3XML.timestamp("2026-12-04T12:30:00Z") == Date(timeIntervalSince1970: 1_796_387_400))
+        #expect(S3XML.timestamp("2026-12-04T12:30:00.25Z") == Date(timeIntervalSince1970: 1_796_387_400.25))
+        for bad in ["", "2026-12-04", "2026-12-04T12:30:00", "2026-12-04T12:30:00.Z", "2026-12-04 12:30:00Z", "2026-1a-04T12:30:00Z"] {
+            #expect(S3XML.timestamp(bad) == nil, "\(bad)")
+        }
     }
 }
 
