@@ -63,16 +63,16 @@ struct SnapshotStore {
 
         // The workload's last checkpoint, written 30 s ago; a newer file that is not a checkpoint.
         let written = Int(Date().timeIntervalSince1970) - 30
-        let writingStarts = SnapshotStore.id(of: Date())
         _ = try lab.ssh(port: port, "mkdir -p /data/checkpoints/run-1 && head -c 300000 /dev/urandom > /data/checkpoints/run-1/step_900.pt"
                         + " && touch -d @\(written) /data/checkpoints/run-1/step_900.pt && echo log > /data/train.log"
                         + " && sha256sum /data/checkpoints/run-1/step_900.pt")
+        let writtenBy = SnapshotStore.id(of: Date())  // a snapshot begun after this holds the files
         var point: JSONValue = .null
         try lab.harness.waitUntil("the primary reports its checkpoint and a snapshot taken after it", timeout: 60) {
             point = (try? lab.status()["recovery_point"]) ?? .null
             // Snapshot ids begin with when they were taken: one begun after the write holds it.
             return (point["checkpoint_newest"]?.stringValue == "run-1/step_900.pt")
-                && (point["last_snapshot_id"]?.stringValue ?? "") > writingStarts && (point["snapshot_running"]?.boolValue == false)
+                && (point["last_snapshot_id"]?.stringValue ?? "") > writtenBy && (point["snapshot_running"]?.boolValue == false)
         }
         let age = point["checkpoint_age_seconds"]?.doubleValue ?? -1
         #expect(age >= 30 && age < 90, "\(point)")
@@ -125,12 +125,12 @@ struct SnapshotStore {
         #expect(before["host_machine_id"]?.intValue == 77)
         let oldVolume = before["volume_id"]?.intValue ?? -1
         let port = Int(try lab.status()["primary_ssh_port"]?.intValue ?? 0)
-        let writingStarts = SnapshotStore.id(of: Date())
         let sums = try lab.ssh(port: port, "mkdir -p /data/checkpoints /data/models && head -c 3000000 /dev/urandom > /data/models/w.bin"
                                + " && seq 1 200000 > /data/checkpoints/step_10.txt && cd /data && sha256sum models/w.bin checkpoints/step_10.txt")
+        let written = SnapshotStore.id(of: Date())  // a snapshot begun after this holds the files
         try lab.harness.waitUntil("a snapshot taken after the data was written", timeout: 60) {
             let point = (try? lab.status()["recovery_point"]) ?? .null
-            return (point["last_snapshot_id"]?.stringValue ?? "") > writingStarts && point["snapshot_running"]?.boolValue == false
+            return (point["last_snapshot_id"]?.stringValue ?? "") > written && point["snapshot_running"]?.boolValue == false
         }
 
         // The machine is gone, and its volume with it.
