@@ -411,6 +411,7 @@ let package = Package(
             dependencies: [
                 // zstd contexts reused chunk after chunk (the wire's stateless calls make one per call).
                 "CZstd",
+                "WarmpoolModel",
                 "WarmpoolWire",
                 "WarmpoolStorage",
                 .product(name: "Logging", package: "swift-log"),
@@ -435,7 +436,7 @@ let package = Package(
         .testTarget(
             name: "WarmpoolSnapshotTests",
             dependencies: [
-                "WarmpoolSnapshot", "WarmpoolWire", "WarmpoolStorage", "WarmpoolHTTP", "WarmpoolTestSupport",
+                "WarmpoolSnapshot", "WarmpoolModel", "WarmpoolWire", "WarmpoolStorage", "WarmpoolHTTP", "WarmpoolTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
             ]
         ),

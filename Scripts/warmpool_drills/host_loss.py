@@ -133,7 +133,7 @@ def host_loss(args):
         new_primary = status.get("primary_gpu_id")
         new_volume = pool.sim_call("GET", "/admin/instances/%d" % new_primary)[1]["volume_directory"] if new_primary else None
         independent = os.path.join(workdir, "independent")
-        environment = dict(os.environ, **store, WARMPOOL_S3_PREFIX="warmpool/pool-%d/" % POOL)  # each pool's own
+        environment = dict(os.environ, **dict(store, WARMPOOL_S3_PREFIX="warmpool/pool-%d/" % POOL))  # each pool's own
         subprocess.run([snapshot_binary, "restore", "--snapshot", failover.get("restored_snapshot") or "none",
                         "--target", independent], env=environment, check=False, stdout=subprocess.DEVNULL)
         # The volume's identity marker and epoch are not data: the new volume has its own.

@@ -95,24 +95,8 @@ public struct SnapshotRestore: Sendable {
                 let status = output.exitStatus.map { "exit status \($0)" } ?? "killed"
                 return .failed(message: "\(status)\(stderr.isEmpty ? "" : ": \(stderr)")")
             }
-            return .restored(snapshot: snapshot, takenAt: takenAt(snapshotID: snapshot),
+            return .restored(snapshot: snapshot, takenAt: SnapshotID.instant(of: snapshot),
                              files: Int(summary["files"]?.intValue ?? 0), bytes: summary["bytes"]?.intValue ?? 0)
         }
-    }
-
-    /// A snapshot id begins with when it was taken, `yyyyMMddTHHmmss.SSSZ` (UTC).
-    public static func takenAt(snapshotID: String) -> Instant? {
-        let bytes = Array(snapshotID.utf8)
-        guard bytes.count >= 20, bytes[8] == UInt8(ascii: "T"), bytes[15] == UInt8(ascii: "."), bytes[19] == UInt8(ascii: "Z") else { return nil }
-        func number(_ range: Range<Int>) -> Int? { Int(String(decoding: bytes[range], as: UTF8.self)) }
-        guard let year = number(0..<4), let month = number(4..<6), let day = number(6..<8), let hour = number(9..<11),
-            let minute = number(11..<13), let second = number(13..<15), let millisecond = number(16..<19)
-        else { return nil }
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(identifier: "UTC")!
-        guard let date = calendar.date(from: DateComponents(year: year, month: month, day: day, hour: hour, minute: minute, second: second)),
-            calendar.component(.day, from: date) == day
-        else { return nil }
-        return Instant(nanosecondsSinceEpoch: Int64(date.timeIntervalSince1970) * 1_000_000_000 + Int64(millisecond) * 1_000_000)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Synchronization
+import WarmpoolModel
 import WarmpoolStorage
 
 /// How often a held lock is rewritten, when an unrefreshed one stops counting, and how often a
@@ -52,10 +53,6 @@ enum LockTable {
         }
         return assessment
     }
-}
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }
 
 /// A lock this process holds: written at once, rewritten every `refresh` by a task of its own,

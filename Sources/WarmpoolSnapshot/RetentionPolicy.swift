@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolModel
 
 /// Which snapshots a prune keeps: the newest `keepLast`, and the newest of each UTC day for the
 /// `keepDaily` days that end with today (`now`'s UTC day), so the oldest daily snapshot is never

@@ -1,4 +1,5 @@
 import Foundation
+import WarmpoolModel
 import Logging
 import WarmpoolStorage
 

@@ -48,7 +48,7 @@ struct EngineSnapshotOperations: SnapshotOperations {
         }
         return objects.map { object in
             let id = String(object.key.dropFirst(prefix.count))
-            let takenAt = SnapshotRestore.takenAt(snapshotID: id).map { Date(timeIntervalSince1970: $0.secondsSinceEpoch) }
+            let takenAt = SnapshotID.instant(of: id).map { Date(timeIntervalSince1970: $0.secondsSinceEpoch) }
             return SnapshotListing(id: id, takenAt: takenAt, manifestBytes: object.size)
         }.sorted { $0.id > $1.id }
     }

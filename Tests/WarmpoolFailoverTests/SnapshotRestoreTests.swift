@@ -44,6 +44,6 @@ import WarmpoolSSH
         ("", nil),
     ])
     func snapshotIdsBeginWithWhenTheyWereTaken(_ id: String, _ expected: Instant?) {
-        #expect(SnapshotRestore.takenAt(snapshotID: id) == expected)
+        #expect(SnapshotID.instant(of: id) == expected)
     }
 }

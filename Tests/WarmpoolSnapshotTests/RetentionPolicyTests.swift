@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarmpoolModel
 @testable import WarmpoolSnapshot
 
 /// Retention over fixed dates: `now` is 2026-12-04 12:30:00 UTC throughout.

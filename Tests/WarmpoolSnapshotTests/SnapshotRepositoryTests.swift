@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Synchronization
 import Testing
+import WarmpoolModel
 import WarmpoolHTTP
 import WarmpoolStorage
 import WarmpoolTestSupport
