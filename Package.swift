@@ -445,6 +445,7 @@ let package = Package(
             name: "WarmpoolStorage",
             dependencies: [
                 "WarmpoolHTTP",
+                "WarmpoolModel",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]

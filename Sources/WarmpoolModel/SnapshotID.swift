@@ -48,21 +48,9 @@ public enum SnapshotID {
             return value
         }
         guard let year = number(0..<4), let month = number(4..<6), let day = number(6..<8), let hour = number(9..<11),
-            let minute = number(11..<13), let second = number(13..<15), let milliseconds = number(16..<19),
-            (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second < 61
+            let minute = number(11..<13), let second = number(13..<15), let milliseconds = number(16..<19)
         else { return nil }
-        var parts = tm()
-        parts.tm_year = Int32(year - 1900)
-        parts.tm_mon = Int32(month - 1)
-        parts.tm_mday = Int32(day)
-        parts.tm_hour = Int32(hour)
-        parts.tm_min = Int32(minute)
-        parts.tm_sec = Int32(second)
-        var seconds = timegm(&parts)
-        // timegm normalises (31 February is 3 March): a date it had to move is no date.
-        var back = tm()
-        gmtime_r(&seconds, &back)
-        guard back.tm_mday == Int32(day), back.tm_mon == Int32(month - 1) else { return nil }
-        return Instant(nanosecondsSinceEpoch: Int64(seconds) * 1_000_000_000 + Int64(milliseconds) * 1_000_000)
+        return Instant.utc(year: year, month: month, day: day, hour: hour, minute: minute, second: second,
+                           nanoseconds: Int64(milliseconds) * 1_000_000)
     }
 }

@@ -119,3 +119,25 @@ extension Duration {
     }
 
 }
+
+extension Instant {
+    /// A UTC calendar time (month 1-12); nil for fields out of range or a date that does not exist
+    /// (31 February: timegm would quietly take it for 3 March).
+    public static func utc(year: Int, month: Int, day: Int, hour: Int, minute: Int, second: Int, nanoseconds: Int64 = 0) -> Instant? {
+        guard (1...12).contains(month), (1...31).contains(day), (0..<24).contains(hour), (0..<60).contains(minute), (0..<61).contains(second),
+            (0..<1_000_000_000).contains(nanoseconds)
+        else { return nil }
+        var parts = tm()
+        parts.tm_year = Int32(year - 1900)
+        parts.tm_mon = Int32(month - 1)
+        parts.tm_mday = Int32(day)
+        parts.tm_hour = Int32(hour)
+        parts.tm_min = Int32(minute)
+        parts.tm_sec = Int32(second)
+        var seconds = timegm(&parts)
+        var back = tm()
+        gmtime_r(&seconds, &back)
+        guard back.tm_mday == Int32(day), back.tm_mon == Int32(month - 1) else { return nil }
+        return Instant(nanosecondsSinceEpoch: Int64(seconds) * 1_000_000_000 + nanoseconds)
+    }
+}

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import WarmpoolHTTP
+import WarmpoolModel
 
 /// What went wrong with one S3 call, after its retries.
 public enum S3Error: Error, CustomStringConvertible, Equatable, Sendable {
@@ -305,14 +306,8 @@ enum S3XML {
         } else if digits.count != 20 {
             return nil
         }
-        var parts = tm()
-        parts.tm_year = Int32(year - 1900)
-        parts.tm_mon = Int32(month - 1)
-        parts.tm_mday = Int32(day)
-        parts.tm_hour = Int32(hour)
-        parts.tm_min = Int32(minute)
-        parts.tm_sec = Int32(second)
-        return Date(timeIntervalSince1970: Double(timegm(&parts)) + fraction)
+        guard let whole = Instant.utc(year: year, month: month, day: day, hour: hour, minute: minute, second: second) else { return nil }
+        return Date(timeIntervalSince1970: whole.secondsSinceEpoch + fraction)
     }
 
     /// Text content: quotes stay as they are (an ETag is quoted, and S3 compares it as sent).
