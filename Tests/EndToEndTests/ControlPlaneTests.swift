@@ -199,6 +199,12 @@ import Glibc
             ("POST", "/api/v1/warmpool/repair/12", "/api/v1/warmpool/repair/{machine_id}", key, nil, 503),
             ("POST", "/api/v1/warmpool/repair/13", "/api/v1/warmpool/repair/{machine_id}", key, nil, 404),
             ("POST", "/api/v1/warmpool/repair/12", "/api/v1/warmpool/repair/{machine_id}", nil, nil, 401),
+            // No snapshot store here: a clear 409; bad input is a 400 before that.
+            ("GET", "/api/v1/warmpool/snapshots/12", "/api/v1/warmpool/snapshots/{machine_id}", key, nil, 409),
+            ("GET", "/api/v1/warmpool/snapshots/x", "/api/v1/warmpool/snapshots/{machine_id}", key, nil, 400),
+            ("POST", "/api/v1/warmpool/snapshot/12", "/api/v1/warmpool/snapshot/{machine_id}", key, nil, 409),
+            ("POST", "/api/v1/warmpool/restore/12", "/api/v1/warmpool/restore/{machine_id}", key, #"{"snapshot": "$(reboot)"}"#, 400),
+            ("POST", "/api/v1/warmpool/restore/12", "/api/v1/warmpool/restore/{machine_id}", key, nil, 409),
         ]
         var exercised = Set<String>()
         for (method, path, template, callKey, body, expected) in calls {
