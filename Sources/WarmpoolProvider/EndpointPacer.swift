@@ -31,17 +31,33 @@ public struct EndpointPacer: Sendable {
     /// The spacing `operation` is held to now.
     public func spacing(_ operation: String) -> Duration { max(spacing[operation] ?? .zero, settings.floor(operation)) }
 
-    /// When a call of `operation` asked for at `now` may go out; the slot after it is taken.
-    public mutating func reserve(_ operation: String, now: ContinuousClock.Instant) -> ContinuousClock.Instant {
+    /// When a call of `operation` asked for at `now` may go out; the slot after it is taken. A
+    /// caller that will not wait past `now + patience` gets nil and takes no slot: refused calls
+    /// that each took one pushed the next slot on by a spacing apiece, and with many pools polling
+    /// (the chaos drill: ten a second) a 30 s spacing ran the queue minutes ahead, stalling every
+    /// failover behind it.
+    public mutating func reserve(_ operation: String, now: ContinuousClock.Instant, patience: Duration? = nil) -> ContinuousClock.Instant? {
         let at = max(now, nextSlot[operation] ?? now)
+        if let patience, at - now > patience { return nil }
         nextSlot[operation] = at + spacing(operation)
         return at
     }
 
+    /// When the next call of `operation` could go out, without taking it.
+    public func nextAvailable(_ operation: String, now: ContinuousClock.Instant) -> ContinuousClock.Instant {
+        max(now, nextSlot[operation] ?? now)
+    }
+
     /// A call of `operation` was answered 429 at `now`: wider spacing, and nothing more goes out
-    /// before one spacing has passed.
-    public mutating func rateLimited(_ operation: String, now: ContinuousClock.Instant) {
+    /// before one spacing has passed. With a `Retry-After`, the provider said how long: that is
+    /// held, and nothing is learnt (a burst of 429s that each said "1 s" had the spacing doubled
+    /// to its 30 s maximum).
+    public mutating func rateLimited(_ operation: String, now: ContinuousClock.Instant, retryAfter: Duration? = nil) {
         rateLimited[operation, default: 0] += 1
+        if let retryAfter {
+            hold(operation, until: now + retryAfter)
+            return
+        }
         let wider = spacing[operation].map { $0 * 2 } ?? settings.firstSpacing
         spacing[operation] = min(settings.maximumSpacing, max(wider, settings.firstSpacing))
         nextSlot[operation] = max(nextSlot[operation] ?? now, now + spacing(operation))

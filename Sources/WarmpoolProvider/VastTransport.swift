@@ -43,10 +43,13 @@ final class VastTransport: Sendable {
         while true {
             attempt += 1
             let asked = ContinuousClock.now
-            let slot = pacer.withLock { $0.reserve(operation, now: asked) }
-            if slot - asked > configuration.retry.maxRetryAfter {
-                throw ProviderError.http(status: 429, message: "rate limited: the provider asked us to wait, no \(operation) call for "
-                                         + "another \((slot - asked).formatted(.units(allowed: [.hours, .minutes, .seconds], width: .narrow)))")
+            let patience = configuration.retry.maxRetryAfter
+            let (reserved, available) = pacer.withLock { pacer in
+                (pacer.reserve(operation, now: asked, patience: patience), pacer.nextAvailable(operation, now: asked))
+            }
+            guard let slot = reserved else {
+                let wait = (available - asked).formatted(.units(allowed: [.hours, .minutes, .seconds], width: .narrow))
+                throw ProviderError.http(status: 429, message: "rate limited: the provider asked us to wait, no \(operation) call for another \(wait)")
             }
             if slot > asked {
                 logger.debug("provider call paced", metadata: ["provider.operation": "\(operation)", "provider.wait_ms": "\((slot - asked).milliseconds)"])
@@ -76,10 +79,8 @@ final class VastTransport: Sendable {
                 }
                 if response.status == 429 {
                     let now = ContinuousClock.now
-                    pacer.withLock { pacer in
-                        pacer.rateLimited(operation, now: now)
-                        if let seconds = Self.retryAfterSeconds(response) { pacer.hold(operation, until: now + .seconds(seconds)) }
-                    }
+                    let retryAfter = Self.retryAfterSeconds(response).map { Duration.seconds($0) }
+                    pacer.withLock { $0.rateLimited(operation, now: now, retryAfter: retryAfter) }
                 }
                 outcome = .response(status: response.status, retryAfter: response.headers["retry-after"],
                                     quotaExceeded: Self.isQuotaExceeded(response))

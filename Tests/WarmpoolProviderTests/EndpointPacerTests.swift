@@ -30,4 +30,25 @@ import WarmpoolProvider
         pacer.hold("destroy_instance", until: start + .seconds(3600))
         #expect(pacer.reserve("destroy_instance", now: start) == start + .seconds(3600))
     }
+
+    /// Callers that give up take no slot: a crowd of refused calls must not push the queue ahead.
+    @Test func aCallerThatWillNotWaitTakesNoSlot() {
+        var pacer = EndpointPacer(settings: .init(firstSpacing: .seconds(1), maximumSpacing: .seconds(30)))
+        for _ in 0..<6 { pacer.rateLimited("show_instance", now: start) }
+        #expect(pacer.spacing("show_instance") == .seconds(30))
+        let first = pacer.reserve("show_instance", now: start, patience: .seconds(60))
+        #expect(first == start + .seconds(30))
+        #expect(pacer.reserve("show_instance", now: start, patience: .seconds(60)) == start + .seconds(60))
+        for _ in 0..<1000 { #expect(pacer.reserve("show_instance", now: start, patience: .seconds(60)) == nil) }
+        #expect(pacer.nextAvailable("show_instance", now: start) == start + .seconds(90), "a thousand refusals moved nothing")
+        #expect(pacer.reserve("show_instance", now: start + .seconds(31), patience: .seconds(60)) == start + .seconds(90))
+    }
+
+    @Test func aRetryAfterIsHeldAndTeachesNothing() {
+        var pacer = EndpointPacer(settings: .init(firstSpacing: .seconds(1), maximumSpacing: .seconds(30)))
+        for _ in 0..<10 { pacer.rateLimited("show_instance", now: start, retryAfter: .seconds(1)) }
+        #expect(pacer.spacing("show_instance") == .zero, "the provider said how long")
+        #expect(pacer.reserve("show_instance", now: start) == start + .seconds(1))
+        #expect(pacer.rateLimited == ["show_instance": 10])
+    }
 }
