@@ -62,6 +62,12 @@ import Glibc
         try harness.startController()
         let agent = try harness.startAgent("gpu-1", secretFile: secret)
         _ = try harness.waitForEvent("connected", for: "gpu-1")
+        // Both sessions up (each gets telemetry once established): "connected" comes with the
+        // first, and a SIGTERM while the second is still in its handshake closes that one without
+        // a goodbye (it has no session keys yet), which is no clean leave.
+        try harness.waitUntil("telemetry on both sessions", timeout: 10) {
+            harness.log("controller").components(separatedBy: "telemetry received").count - 1 >= 2
+        }
         kill(agent.processIdentifier, SIGTERM)
         _ = try harness.waitForEvent("left", for: "gpu-1", timeout: 5)
         agent.waitUntilExit()
