@@ -544,7 +544,7 @@ public final class AgentRuntime: @unchecked Sendable {
             fence: supervisor.fenceIsFinal ? "final" : supervisor.fencedAtEpoch != nil ? "frozen" : nil,
             workload: "\(reportedWorkload)",
             volume: probeReport?.volume, gpu: probeReport?.gpu, sshHostKey: probeReport?.sshHostKey,
-            checkpoint: probeReport?.checkpoint.map { CheckpointTelemetry($0, wallNow: wallClockNanoseconds()) },
+            checkpoint: probeReport?.checkpoint.map { CheckpointTelemetry($0, wallNow: SystemWallClock().now().nanosecondsSinceEpoch) },
             snapshot: snapshots.map { SnapshotTelemetry($0, now: MonotonicClock.now()) }
         ).json()
     }

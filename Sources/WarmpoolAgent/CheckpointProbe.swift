@@ -115,10 +115,3 @@ public struct CheckpointProbe: Sendable {
         return report
     }
 }
-
-/// CLOCK_REALTIME in nanoseconds: the clock file modification times are on.
-func wallClockNanoseconds() -> Int64 {
-    var spec = timespec()
-    clock_gettime(CLOCK_REALTIME, &spec)
-    return Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec)
-}

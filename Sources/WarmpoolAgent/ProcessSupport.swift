@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import WarmpoolJSON
+import WarmpoolModel
 
 /// What the agent's command line needs of the process without Foundation: the static agent
 /// linked FoundationEssentials for `ProcessInfo.environment`, one file read and the
@@ -37,7 +38,7 @@ extension ProbeReport {
     public func json() -> String {
         var out = JSONWriter(options: .escapingSlashes)
         out.object { o in
-            if let checkpoint { o.key("checkpoint"); CheckpointTelemetry(checkpoint, wallNow: wallClockNanoseconds()).write(to: &o) }
+            if let checkpoint { o.key("checkpoint"); CheckpointTelemetry(checkpoint, wallNow: SystemWallClock().now().nanosecondsSinceEpoch).write(to: &o) }
             o.key("gpu"); gpu.write(to: &o)
             o.field("ssh_host_key", sshHostKey)
             o.key("volume"); volume.write(to: &o)

@@ -1,4 +1,5 @@
 import WarmpoolEngine
+import WarmpoolJSON
 import WarmpoolModel
 import WarmpoolStore
 
@@ -114,7 +115,7 @@ extension FailoverCoordinator {
 
     /// Takes a snapshot of the pool's volume now, on its primary over SSH (the agent's own schedule
     /// goes on). Answers the tool's JSON summary.
-    public func snapshotNow(poolID: PoolID) async throws -> String {
+    public func snapshotNow(poolID: PoolID) async throws -> JSONValue {
         guard let snapshot = pools[poolID]?.machine?.snapshot else { throw OperationError.unknownPool(poolID) }
         guard !configuration.restoreEnvironment.isEmpty else {
             throw OperationError.refused("this controller has no snapshot store configured (--agent-env WARMPOOL_S3_*)")

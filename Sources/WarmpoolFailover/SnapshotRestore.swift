@@ -26,20 +26,39 @@ public struct SnapshotRestore: Sendable {
 
     /// `environment`: the store's settings (`WARMPOOL_S3_*`, `WARMPOOL_SNAPSHOT_KEY_FILE`).
     static func command(restore: String, environment: [String: String], volumePath: String, markerName: String = ".warmpool-volume-id") -> String {
-        let exports = (["WARMPOOL_VOLUME_PATH": volumePath].merging(environment) { first, _ in first })
-            .sorted { $0.key < $1.key }
-            .map { "\($0.key)=\(VerificationCommand.shellQuote($0.value))" }
-            .joined(separator: " ")
-        return "export \(exports) && \(restore) && rm -rf \"$WARMPOOL_VOLUME_PATH\"/\(VerificationCommand.shellQuote(markerName)) \"$WARMPOOL_VOLUME_PATH\"/.warmpool"
+        exports(["WARMPOOL_VOLUME_PATH": volumePath].merging(environment) { first, _ in first }) + " && \(restore) && rm -rf \"$WARMPOOL_VOLUME_PATH\"/\(VerificationCommand.shellQuote(markerName)) \"$WARMPOOL_VOLUME_PATH\"/.warmpool"
+    }
+
+    /// `export NAME='value' …`, names sorted: the prefix of every command run on an instance (an
+    /// SSH session gets none of its environment).
+    static func exports(_ variables: [String: String]) -> String {
+        "export " + variables.sorted { $0.key < $1.key }.map { "\($0.key)=\(VerificationCommand.shellQuote($0.value))" }.joined(separator: " ")
+    }
+
+    /// Why a run that printed no summary failed: its exit status and the end of its standard error.
+    static func failure(_ output: RemoteCommandOutput) -> String {
+        let stderr = String(decoding: output.stderr.suffix(400), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return (output.exitStatus.map { "exit status \($0)" } ?? "killed") + (stderr.isEmpty ? "" : ": \(stderr)")
+    }
+
+    /// The store's settings for one pool: its snapshots under a prefix of their own.
+    private func environment(for poolID: PoolID) -> [String: String] {
+        var environment = self.environment
+        if let prefix = AgentLaunch.snapshotPrefix(environment, poolID: poolID) { environment["WARMPOOL_S3_PREFIX"] = prefix }
+        return environment
+    }
+
+    /// The last JSON object a run printed on its standard output: `warmpool-snapshot`'s summary.
+    static func summary(_ stdout: [UInt8]) -> JSONValue? {
+        String(decoding: stdout, as: UTF8.self).split(separator: "\n").reversed()
+            .lazy.compactMap { try? JSONParser.parse(Array($0.utf8)) }.first { $0.objectValue != nil }
     }
 
     /// `snapshot`: nil restores the newest.
     func restore(poolID: PoolID, instance: InstanceID, ssh: SSHEndpoint?, snapshot: String?) async -> RestoreOutcome {
         guard let ssh else { return .notReady(message: "the provider shows no SSH address for instance \(instance) yet") }
-        var environment = self.environment
-        if let prefix = AgentLaunch.snapshotPrefix(environment, poolID: poolID) { environment["WARMPOOL_S3_PREFIX"] = prefix }
         let restore = restoreCommand + (snapshot.map { " --snapshot \(VerificationCommand.shellQuote($0))" } ?? "")
-        let command = Self.command(restore: restore, environment: environment, volumePath: volumePath)
+        let command = Self.command(restore: restore, environment: environment(for: poolID), volumePath: volumePath)
         do {
             let result = try await verifier.run(command, instanceID: instance, host: ssh.host, port: ssh.port, timeout: timeout.nanoseconds)
             return Self.outcome(result)
@@ -49,25 +68,19 @@ public struct SnapshotRestore: Sendable {
     }
 
     /// Runs `snapshotCommand` on the pool's primary now; the tool's JSON summary, or why not.
-    func takeSnapshot(poolID: PoolID, instance: InstanceID, ssh: SSHEndpoint) async -> Result<String, SnapshotFailure> {
-        var environment = self.environment
-        if let prefix = AgentLaunch.snapshotPrefix(environment, poolID: poolID) { environment["WARMPOOL_S3_PREFIX"] = prefix }
-        let exports = (["WARMPOOL_VOLUME_PATH": volumePath, "WARMPOOL_SNAPSHOT_SOURCE": volumePath].merging(environment) { first, _ in first })
-            .sorted { $0.key < $1.key }.map { "\($0.key)=\(VerificationCommand.shellQuote($0.value))" }.joined(separator: " ")
+    func takeSnapshot(poolID: PoolID, instance: InstanceID, ssh: SSHEndpoint) async -> Result<JSONValue, SnapshotFailure> {
+        let variables = ["WARMPOOL_VOLUME_PATH": volumePath, "WARMPOOL_SNAPSHOT_SOURCE": volumePath].merging(environment(for: poolID)) { first, _ in first }
+        let command = Self.exports(variables) + " && \(snapshotCommand)"
         do {
-            let result = try await verifier.run("export \(exports) && \(snapshotCommand)", instanceID: instance, host: ssh.host,
-                                                port: ssh.port, timeout: timeout.nanoseconds)
+            let result = try await verifier.run(command, instanceID: instance, host: ssh.host, port: ssh.port, timeout: timeout.nanoseconds)
             switch result {
             case .failure(let failure):
                 return .failure(SnapshotFailure(description: failure.description))
             case .success(let output):
-                let summary = String(decoding: output.stdout, as: UTF8.self).split(separator: "\n").last { $0.hasPrefix("{") }
-                guard output.exitStatus == 0, let summary else {
-                    let stderr = String(decoding: output.stderr.suffix(400), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-                    return .failure(SnapshotFailure(description: "\(output.exitStatus.map { "exit status \($0)" } ?? "killed")"
-                                                    + (stderr.isEmpty ? "" : ": \(stderr)")))
+                guard output.exitStatus == 0, let summary = Self.summary(output.stdout) else {
+                    return .failure(SnapshotFailure(description: Self.failure(output)))
                 }
-                return .success(String(summary))
+                return .success(summary)
             }
         } catch {
             return .failure(SnapshotFailure(description: "could not run: \(error)"))
@@ -88,12 +101,8 @@ public struct SnapshotRestore: Sendable {
             }
             return .failed(message: failure.description)
         case .success(let output):
-            let summary = String(decoding: output.stdout, as: UTF8.self).split(separator: "\n").reversed()
-                .lazy.compactMap { try? JSONParser.parse(Array($0.utf8)) }.first { $0.objectValue != nil }
-            guard output.exitStatus == 0, let summary, let snapshot = summary["snapshot"]?.stringValue else {
-                let stderr = String(decoding: output.stderr.suffix(400), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-                let status = output.exitStatus.map { "exit status \($0)" } ?? "killed"
-                return .failed(message: "\(status)\(stderr.isEmpty ? "" : ": \(stderr)")")
+            guard output.exitStatus == 0, let summary = summary(output.stdout), let snapshot = summary["snapshot"]?.stringValue else {
+                return .failed(message: failure(output))
             }
             return .restored(snapshot: snapshot, takenAt: SnapshotID.instant(of: snapshot),
                              files: Int(summary["files"]?.intValue ?? 0), bytes: summary["bytes"]?.intValue ?? 0)

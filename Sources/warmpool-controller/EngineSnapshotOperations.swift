@@ -54,8 +54,7 @@ struct EngineSnapshotOperations: SnapshotOperations {
     }
 
     func snapshotNow(_ poolID: PoolID) async throws -> JSONValue {
-        let summary = try await coordinatorErrorsMapped { try await coordinator.snapshotNow(poolID: poolID) }
-        return (try? JSONValue.parse(summary)) ?? .string(summary)
+        try await coordinatorErrorsMapped { try await coordinator.snapshotNow(poolID: poolID) }
     }
 
     func restore(_ poolID: PoolID, snapshot: String?) async throws -> PoolRecord {

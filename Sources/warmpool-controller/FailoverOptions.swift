@@ -152,13 +152,17 @@ struct FailoverOptions: ParsableArguments {
     /// The snapshot store's settings among the instances' environment: `WARMPOOL_S3_*` and the
     /// snapshot key (the schedule and the command are the agent's business).
     func snapshotStore() -> [String: String] {
-        var store: [String: String] = [:]
+        agentEnvironment().filter { $0.key.hasPrefix("WARMPOOL_S3_") || $0.key.hasPrefix("WARMPOOL_SNAPSHOT_KEY") }
+    }
+
+    /// `--agent-env`'s KEY=VALUE pairs (validated at start-up).
+    private func agentEnvironment() -> [String: String] {
+        var environment: [String: String] = [:]
         for pair in agentEnv {
-            let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts[0].hasPrefix("WARMPOOL_S3_") || parts[0].hasPrefix("WARMPOOL_SNAPSHOT_KEY") else { continue }
-            store[parts[0]] = parts.count > 1 ? parts[1] : ""
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            environment[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
         }
-        return store
+        return environment
     }
 
     func vastWebhookSecret() throws -> String? {
@@ -179,11 +183,7 @@ struct FailoverOptions: ParsableArguments {
         if agentControllers == nil, ControllerAddress(listen, allowingPortZero: true)?.port == 0 {
             throw ValidationError("with a provider, agents need a fixed address: give --listen a port, or pass --agent-controllers")
         }
-        var environment: [String: String] = [:]
-        for pair in agentEnv {
-            let parts = pair.split(separator: "=", maxSplits: 1)
-            environment[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
-        }
+        var environment = agentEnvironment()
         if snapshotIntervalS > 0 { environment["WARMPOOL_SNAPSHOT_INTERVAL_S"] = "\(snapshotIntervalS)" }
         var engine = EngineSettings()
         engine.pollInterval = .milliseconds(providerPollMs)

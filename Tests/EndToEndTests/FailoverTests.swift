@@ -4,6 +4,7 @@ import Testing
 import WarmpoolJSON
 import WarmpoolModel
 import WarmpoolStore
+import WarmpoolTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -30,7 +31,7 @@ final class WarmPoolLab {
         ] + simExtra, log: harness.logPath("sim"))
         try harness.waitUntil("the emulator listens", timeout: 20) { FileManager.default.fileExists(atPath: ready) }
         simAddress = try String(contentsOfFile: ready, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        agentListen = "127.0.0.1:\(try Self.freePort())"
+        agentListen = "127.0.0.1:\(try freeLoopbackPort())"
     }
 
     deinit {
@@ -105,30 +106,6 @@ final class WarmPoolLab {
                 && (try? status()["state"]?.stringValue) == "active"
         }
         return try history().first!
-    }
-
-    static func freePort() throws -> Int {
-        let (socket, port) = try loopbackSocket(listening: false)
-        close(socket)
-        return port
-    }
-
-    /// A TCP socket bound to a free loopback port (listening, if asked: connects then succeed
-    /// whether or not anyone accepts); the caller closes it.
-    static func loopbackSocket(listening: Bool) throws -> (socket: Int32, port: Int) {
-        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
-        }
-        guard bound, !listening || listen(socket, 64) == 0 else {
-            close(socket)
-            throw HarnessError("cannot bind a loopback socket")
-        }
-        return (socket, Int(UInt16(bigEndian: address.sin_port)))
     }
 }
 
@@ -309,7 +286,7 @@ final class WarmPoolLab {
     /// (issue 20: they shared the process's one thread per core).
     @Test func aBlackholedWebhookReceiverDoesNotSlowAFailover() throws {
         // A listening socket that never accepts: connects succeed, no answer ever comes.
-        let (blackhole, port) = try WarmPoolLab.loopbackSocket(listening: true)
+        let (blackhole, port) = try loopbackSocket(listening: true)
         defer { close(blackhole) }
         let lab = try WarmPoolLab()
         try Data("whsec-blackhole\n".utf8).write(to: URL(fileURLWithPath: lab.harness.directory + "/notify-secret"))

@@ -106,15 +106,25 @@ public final class MotoServer {
 
 /// A loopback port nothing listens on right now (bound to port 0, read, released).
 public func freeLoopbackPort() throws -> Int {
+    let (socket, port) = try loopbackSocket(listening: false)
+    close(socket)
+    return port
+}
+
+/// A TCP socket bound to a free loopback port (listening, if asked: connects then succeed
+/// whether or not anyone accepts); the caller closes it.
+public func loopbackSocket(listening: Bool) throws -> (socket: Int32, port: Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let ok = withUnsafeMutablePointer(to: &address) {
+    let bound = withUnsafeMutablePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
     }
-    guard ok else { throw HarnessError("cannot bind a loopback port: errno \(errno)") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    guard bound, !listening || listen(fd, 64) == 0 else {
+        close(fd)
+        throw HarnessError("cannot bind a loopback socket: errno \(errno)")
+    }
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }
