@@ -309,6 +309,8 @@ let package = Package(
                 "WarmpoolModel",
                 "WarmpoolHTTP",
                 "WarmpoolJSON",
+                // Signs the GCE service account's JWT (RS256).
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -320,6 +322,8 @@ let package = Package(
                 // Vast.ai's notification webhooks: sent over libcurl, signed with HMAC-SHA256.
                 "WarmpoolHTTP",
                 .product(name: "Crypto", package: "swift-crypto"),
+                // The emulated Compute Engine's service account: RSA keys, JWT signatures checked.
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -341,6 +345,8 @@ let package = Package(
             dependencies: [
                 "WarmpoolModel",
                 "WarmpoolProvider",
+                // Checks the GCE JWT's signature with the service account's public key.
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -356,6 +362,8 @@ let package = Package(
                 "WarmpoolSSH",
                 "WarmpoolTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
+                // Signs a JWT with a key the emulated GCE service account does not have.
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -373,13 +381,15 @@ let package = Package(
                 "WarmpoolLiveness", "WarmpoolWire", "WarmpoolJSON",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                // Ed25519 key pairs for the primaries' syncs to their CPU standbys (SyncKeys).
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
 
         // The pure transition recorder and the effect runner's bookkeeping.
         .testTarget(
             name: "WarmpoolFailoverTests",
-            dependencies: ["WarmpoolFailover", "WarmpoolEngine", "WarmpoolModel", "WarmpoolStore", "WarmpoolSSH"]
+            dependencies: ["WarmpoolFailover", "WarmpoolEngine", "WarmpoolModel", "WarmpoolStore", "WarmpoolSSH", "WarmpoolProvider"]
         ),
 
         // The generic libcurl HTTP client: the provider client and the webhook notifier share it.

@@ -65,6 +65,9 @@ public struct FaultPlan: Codable, Hashable, Sendable {
     /// answer a fencing controller must not trust alone (issue 17); drills pair it with
     /// `unreachable_instances`.
     public var staleStopInstances: [Int] = []
+    /// Compute Engine's API answers every call 503 UNAVAILABLE (its token endpoint still works):
+    /// a regional outage, in the shape Google documents for 503.
+    public var gceUnavailable = false
 
     public init() {}
 
@@ -77,6 +80,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         case staleStopInstances = "stale_stop_instances", rentedGPUs = "rented_gpus", offlineMachines = "offline_machines"
         case lostMachines = "lost_machines"
         case minIntervalMs = "min_interval_ms", duplicateNotifications = "duplicate_notifications", ownGPURestart = "own_gpu_restart"
+        case gceUnavailable = "gce_unavailable"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -104,6 +108,7 @@ public struct FaultPlan: Codable, Hashable, Sendable {
         minIntervalMs = try c.decodeIfPresent([String: Int].self, forKey: .minIntervalMs) ?? [:]
         duplicateNotifications = try c.decodeIfPresent(Bool.self, forKey: .duplicateNotifications) ?? false
         ownGPURestart = try c.decodeIfPresent(Bool.self, forKey: .ownGPURestart) ?? false
+        gceUnavailable = try c.decodeIfPresent(Bool.self, forKey: .gceUnavailable) ?? false
         guard rentedGPUs.allSatisfy({ Int($0.key) != nil && $0.value >= 0 }), minIntervalMs.values.allSatisfy({ $0 >= 0 }) else {
             throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription:
                 "rented_gpus maps machine ids to counts >= 0; min_interval_ms maps operations to milliseconds >= 0"))

@@ -24,6 +24,8 @@ enum Route {
         /// Send a notification about every instance of a machine (maintenance, downtime, ...).
         case notify(kind: VastNotificationKind, machine: Int, data: [String: JSON])
         case notifications
+        /// The emulated Compute Engine's VMs, for tests and drills (not Google's API).
+        case gceInstances
     }
 
     struct BadRequest: Error {
@@ -120,6 +122,7 @@ enum Route {
             default: throw BadRequest(status: 404, kind: "not_found", message: "admin actions: crash, freeze, thaw, outbid")
             }
         case ("GET", ["admin", "notifications"]): self = .admin(.notifications)
+        case ("GET", ["admin", "gce", "instances"]): self = .admin(.gceInstances)
         case ("POST", ["admin", "notifications"]):
             let fields = try body()
             let kinds = VastNotificationKind.allCases.map(\.rawValue)

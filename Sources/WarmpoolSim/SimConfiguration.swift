@@ -31,6 +31,8 @@ public struct SimConfiguration: Sendable {
     /// `notificationSecret`.
     public var notificationURLs: [String] = []
     public var notificationSecret = ""
+    /// Compute Engine emulated beside Vast.ai (Protocol/GCE.md); nil: not served.
+    public var gce: GCESimConfiguration?
 
     public init(apiKey: String, hosts: [HostSpec] = [.defaultHost], stateDirectory: String, authorizedKeysPath: String? = nil,
                 bootDelay: Duration = .milliseconds(500), stopGracePeriod: Duration = .seconds(1),

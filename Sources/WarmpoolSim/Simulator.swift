@@ -31,6 +31,8 @@ public actor Simulator {
     private let authorizedKeysPath: String
     /// Set by `shutdown`: a boot that lands afterwards launches nothing.
     private var isShutDown = false
+    /// Compute Engine, when emulated (`configuration.gce`).
+    private let gce: GCECompute?
 
     public init(configuration: SimConfiguration, logger: Logger) throws {
         self.configuration = configuration
@@ -53,6 +55,16 @@ public actor Simulator {
         }
         // sshd refuses to start without its privilege-separation directory.
         try? FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
+        gce = try configuration.gce.map {
+            try GCECompute(configuration: $0, stateDirectory: state, bootDelay: configuration.bootDelay,
+                           stopGrace: configuration.stopGracePeriod, sshdPath: configuration.sshdPath,
+                           keygenPath: configuration.sshKeygenPath, logger: logger,
+                           instanceNamespaces: configuration.instanceNetwork.map { network in
+                               configuration.hosts.flatMap { host in
+                                   (1...host.gpuCount).map { (network.namespace(machine: host.machineID, slot: $0), network.address(machine: host.machineID, slot: $0)) }
+                               }
+                           } ?? [])
+        }
         let machines = Set(configuration.hosts.map(\.machineID))
         guard machines.count == configuration.hosts.count else {
             throw InstanceFiles.SetupError(description: "two hosts share a machine id")
@@ -62,6 +74,8 @@ public actor Simulator {
     // MARK: Requests
 
     public func handle(_ request: SimRequest) async -> SimResponse {
+        // Google's paths (`/token`, `/compute/v1/…`) are not Vast.ai's, and Google's own auth applies.
+        if let gce, let answer = await gce.handle(request, unavailable: faults.gceUnavailable) { return answer }
         reapExitedInstances()
         let route: Route
         do {
@@ -675,6 +689,8 @@ public actor Simulator {
             return .ok(["success": true, "instances": .array(affected.map { JSON($0.id) })])
         case .notifications:
             return .ok(["deliveries": await notifications?.log() ?? .array([])])
+        case .gceInstances:
+            return .ok(["instances": .array(await gce?.adminListing() ?? [])])
         case .crash(let id), .freeze(let id), .thaw(let id):
             guard let processes = instances[id]?.processes, processes.isAlive else {
                 return .error(409, "not_running", "instance \(id) has no running processes")
@@ -793,10 +809,16 @@ public actor Simulator {
 
     // MARK: Shutdown
 
+    /// The server is bound: the emulated GCE service account's key file names its token endpoint.
+    public func listening(host: String, port: Int) async throws {
+        try await gce?.listening(host: host, port: port)
+    }
+
     /// Stops every instance's processes (their mount namespaces, and so their mounts, go with
     /// them). The state directory is left for inspection.
     public func shutdown() async {
         isShutDown = true
+        await gce?.shutdown()
         for id in instances.keys.sorted() {
             await terminateProcesses(id)
         }

@@ -79,6 +79,24 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
     @Option(help: "A rate limit, OPERATION=MS: the least time between two calls of it (* for every operation; repeatable).")
     var minIntervalMs: [String] = []
 
+    @Option(help: "Emulate Compute Engine too (Protocol/GCE.md): write its service account's JSON key file here once listening (token_uri: this server's /token).")
+    var gceKeyOut: String?
+
+    @Option(help: "The emulated GCE project.")
+    var gceProject = "warmpool-sim"
+
+    @Option(help: "The emulated GCE zone.")
+    var gceZone = "us-central1-a"
+
+    @Option(help: "Lifetime (expires_in) of the emulated GCE access tokens, seconds.")
+    var gceTokenTtlS = 3600
+
+    @Option(help: "First two octets of the external addresses (natIP) of GCE VMs.")
+    var gceNatPrefix = "10.216"
+
+    @Flag(help: "Start with Compute Engine unavailable (every compute call 503; fault gce_unavailable).")
+    var gceUnavailable = false
+
     @Option(help: "Write the bound HOST:PORT here once listening.")
     var readyFile: String?
 
@@ -100,6 +118,7 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
         faults.failStartInstances = failStartInstance
         faults.impostorSSHInstances = impostorSshInstance
         faults.fullHosts = fullHost
+        faults.gceUnavailable = gceUnavailable
         for limit in minIntervalMs {
             let parts = limit.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, !parts[0].isEmpty, let ms = Int(parts[1]), ms >= 0 else {
@@ -119,6 +138,14 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
             instanceNetwork: instanceNetns.map { InstanceNetwork(namespacePattern: $0, addressPattern: instanceAddress ?? "") })
         configuration.notificationURLs = notifyURL
         configuration.notificationSecret = notifySecret
+        if let gceKeyOut {
+            guard getuid() == 0 else { throw ValidationError("--gce-key-out: GCE VMs are network namespaces, which need root") }
+            guard gceTokenTtlS > 0 else { throw ValidationError("--gce-token-ttl-s must be positive") }
+            let octets = gceNatPrefix.split(separator: ".")
+            guard octets.count == 2, octets.allSatisfy({ UInt8($0) != nil }) else { throw ValidationError("--gce-nat-prefix takes two octets, e.g. 10.216") }
+            configuration.gce = GCESimConfiguration(project: gceProject, zone: gceZone, keyOutPath: gceKeyOut,
+                                                    tokenLifetime: .seconds(gceTokenTtlS), natPrefix: gceNatPrefix)
+        }
         let mounts = configuration.mountVolumes
 
         LoggingSystem.bootstrap { label in
@@ -133,6 +160,12 @@ struct WarmpoolSimCommand: AsyncParsableCommand {
             logger.notice("warmpool-sim listening", metadata: [
                 "sim.address": "\(host):\(bound)", "sim.state_dir": "\(state)", "sim.mounts": "\(mounts)",
             ])
+            do {
+                try await simulator.listening(host: host, port: bound)
+            } catch {
+                logger.critical("cannot write the GCE key file", metadata: ["sim.error": "\(error)"])
+            }
+            // Written last: a test that sees it may read the key file.
             if let readyFile { try? "\(host):\(bound)\n".write(toFile: readyFile, atomically: true, encoding: .utf8) }
         }
         let group = ServiceGroup(configuration: .init(
