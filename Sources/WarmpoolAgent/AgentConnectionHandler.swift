@@ -17,6 +17,8 @@ final class AgentConnectionHandler: ChannelInboundHandler {
     /// Grants answer one of the last few beats; older ones are not worth keeping.
     private var sentTimes = HeartbeatSendTimes()
     private(set) var lastInboundAt: Int64 = MonotonicClock.now()
+    /// A LeaseGrant arrived on this session: the controller renews here, so its silence is news.
+    private(set) var hasBeenGranted = false
 
     init(hello: Hello, secret: AgentSecret, runtime: AgentRuntime, slot: Int, logger: Logger) {
         self.machine = AgentSessionStateMachine(hello: hello, secret: secret)
@@ -100,6 +102,7 @@ final class AgentConnectionHandler: ChannelInboundHandler {
         case .established(let welcome):
             runtime.established(slot: slot, handler: self, welcome: welcome)
         case .lease(let grant):
+            hasBeenGranted = true
             guard let anchor = sentTimes.sentAt(grant.acknowledgedSequence) else {
                 // A grant for a beat we no longer remember cannot be anchored safely: ignore it.
                 logger.debug("lease grant for an unknown beat", metadata: ["sequence": "\(grant.acknowledgedSequence)"])

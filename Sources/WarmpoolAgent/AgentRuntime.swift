@@ -31,6 +31,14 @@ public struct AgentConfiguration: Sendable {
     public var snapshotCommand = #"warmpool-snapshot create --source "$WARMPOOL_SNAPSHOT_SOURCE""#
     /// 0: no snapshots.
     public var snapshotIntervalNanoseconds: Int64 = 0
+    /// Where the controller writes the CPU standby this primary pushes its volume to (`SyncTarget`,
+    /// read again at each probe when it changed); nil: never sync.
+    public var syncTargetFile: String? = "/data/.warmpool/sync-target.json"
+    /// Between one completed sync pass and the next.
+    public var syncGapNanoseconds: Int64 = 1_000_000_000
+    /// rsync and ssh, looked up in PATH unless absolute.
+    public var rsyncCommand = "rsync"
+    public var sshCommand = "ssh"
     /// Run through /bin/sh when the lease expires (for a workload the agent does not start).
     public var fenceCommand: String?
     /// Run through /bin/sh when a lease that ran out is granted again at the same epoch.
@@ -112,6 +120,21 @@ public final class AgentRuntime: @unchecked Sendable {
     private var probeReport: ProbeReport?
     private var snapshots: SnapshotSchedule?
     private var snapshotRun: SnapshotProcess?
+    private var sync: SyncSchedule?
+    private var syncRun: SyncPass?
+    private var syncTimer: Scheduled<Void>?
+    /// When `syncTimer` fires: it is moved only when that changes, not at every grant (NIO
+    /// cancels a timer by a linear search of the loop's timer heap).
+    private var syncTimerAt: Int64?
+    /// The target file's last reading: an unreadable file is read again at every probe, and says
+    /// so once.
+    private var syncReading: SyncTargetReading?
+    /// Read on the probe queue only.
+    private let syncTargetFile: SyncTargetFile?
+    private let syncSetup: SyncSetup?
+    /// When Telemetry last went out: while syncing it goes at least every 2 s, so that a lag
+    /// percentile measured from the controller's status sees the lag move.
+    private var lastTelemetryAt: Int64 = 0
     private var stopping = false
     private let probeQueue = DispatchQueue(label: "warmpool.agent.probes")
     private let fenceQueue = DispatchQueue(label: "warmpool.agent.fence")
@@ -129,6 +152,19 @@ public final class AgentRuntime: @unchecked Sendable {
         }
         let fileName = configuration.agentID.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" }
         self.workloadStateFile = configuration.stateDirectory + "/" + fileName + ".workload"
+        // Without probes nothing reads the target file (load generation).
+        if let path = configuration.syncTargetFile, configuration.probesEnabled {
+            let file = SyncTargetFile(path: path, stateDirectory: configuration.stateDirectory, fileStem: String(fileName))
+            self.syncTargetFile = file
+            self.syncSetup = SyncSetup(
+                volumePath: configuration.volume.path, identityPath: file.identityPath, knownHostsPath: file.knownHostsPath,
+                manifestDirectory: configuration.stateDirectory + "/" + fileName + ".sync-manifest", source: configuration.agentID,
+                instanceID: configuration.instanceID, rsync: configuration.rsyncCommand, ssh: configuration.sshCommand)
+            self.sync = SyncSchedule(gapNanoseconds: configuration.syncGapNanoseconds)
+        } else {
+            self.syncTargetFile = nil
+            self.syncSetup = nil
+        }
     }
 
     /// The shell hooks the fence runs, for workloads the agent does not start.
@@ -155,6 +191,8 @@ public final class AgentRuntime: @unchecked Sendable {
             self.leaseTimer?.cancel()
             self.stopWorkload()
             self.snapshotRun?.cancel()
+            self.syncTimer?.cancel()
+            self.syncRun?.cancel()
             var closing: [EventLoopFuture<Void>] = []
             for index in self.slots.indices {
                 self.slots[index].reconnect?.cancel()
@@ -189,6 +227,13 @@ public final class AgentRuntime: @unchecked Sendable {
         ClientBootstrap(group: loop)
             .connectTimeout(.nanoseconds(configuration.connectTimeoutNanoseconds))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            // A session the controller grants nothing on (a standby it withholds, §7) hears
+            // nothing for as long as it is withheld: TCP's keepalive, not the silence watchdog,
+            // finds a controller that vanished under it (about 11 s).
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelOption(ChannelOptions.Types.SocketOption(level: .tcp, name: .init(rawValue: TCP_KEEPIDLE)), value: 5)
+            .channelOption(ChannelOptions.Types.SocketOption(level: .tcp, name: .init(rawValue: TCP_KEEPINTVL)), value: 2)
+            .channelOption(ChannelOptions.Types.SocketOption(level: .tcp, name: .init(rawValue: TCP_KEEPCNT)), value: 3)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = AgentConnectionHandler(
@@ -267,18 +312,23 @@ public final class AgentRuntime: @unchecked Sendable {
         var telemetrySent = false
         for slot in slots {
             guard let handler = slot.handler else { continue }
-            if now - handler.lastInboundAt > inboundTimeout {
+            // Only where the controller grants: it renews every quarter lease there, so silence
+            // means a dead session; a withheld one is silent by design.
+            if handler.hasBeenGranted, now - handler.lastInboundAt > inboundTimeout {
                 handler.close(reason: "nothing from the controller for \((now - handler.lastInboundAt) / 1_000_000) ms")
                 continue
             }
             guard handler.isEstablished else { continue }
             handler.sendHeartbeat(status: status, now: now, stamp: stamp)
-            if !telemetrySent, now >= nextTelemetryAt, let document = telemetryDocument() {
+            if !telemetrySent, now >= nextTelemetryAt || syncWantsTelemetry(now: now), let document = telemetryDocument() {
                 handler.sendTelemetry(document: document)
                 telemetrySent = true
             }
         }
-        if telemetrySent { nextTelemetryAt = now + Int64(terms.telemetryIntervalMilliseconds) * 1_000_000 }
+        if telemetrySent {
+            nextTelemetryAt = now + Int64(terms.telemetryIntervalMilliseconds) * 1_000_000
+            lastTelemetryAt = now
+        }
     }
 
     func leaseGranted(_ grant: LeaseGrant, anchor: Int64) {
@@ -286,6 +336,7 @@ public final class AgentRuntime: @unchecked Sendable {
         carryOut(supervisor.granted(
             anchor: anchor, leaseNanoseconds: Int64(grant.leaseMilliseconds) * 1_000_000, epoch: grant.epoch, now: now))
         if leaseTimer == nil { scheduleLeaseCheck(now: now) }
+        runSyncSchedule()  // the first grant starts the sync without waiting for a probe
     }
 
     private func scheduleLeaseCheck(now: Int64) {
@@ -296,6 +347,7 @@ public final class AgentRuntime: @unchecked Sendable {
         leaseTimer = loop.scheduleTask(in: .nanoseconds(max(0, expiresAt - now))) {
             let now = MonotonicClock.now()
             self.carryOut(self.supervisor.tick(now: now))
+            self.runSyncSchedule()  // at the expiry itself, fence or not: no push past the lease
             self.scheduleLeaseCheck(now: now)
         }
     }
@@ -317,6 +369,7 @@ public final class AgentRuntime: @unchecked Sendable {
             if fenceChanged {
                 heartbeatTick()
                 runSnapshotSchedule()  // a snapshot in progress stops with the right to write
+                runSyncSchedule()  // so does a sync pass: a fenced primary must not push
             }
         }
         for action in actions {
@@ -442,9 +495,14 @@ public final class AgentRuntime: @unchecked Sendable {
     private func startProbing() {
         let configuration = self.configuration
         let queue = probeQueue
+        let targetFile = UncheckedBox(syncTargetFile)
         @Sendable func probeForever(_ probes: UncheckedBox<HostProbes>) {
             let report = probes.value.probe()
-            loop.execute { self.received(report) }
+            let reading = targetFile.value?.check()
+            loop.execute {
+                if let reading { self.syncTargetRead(reading) }
+                self.received(report)
+            }
             queue.asyncAfter(deadline: .now() + .nanoseconds(Int(configuration.probeIntervalNanoseconds))) {
                 probeForever(probes)
             }
@@ -486,6 +544,7 @@ public final class AgentRuntime: @unchecked Sendable {
         }
         probeReport = report
         runSnapshotSchedule()
+        runSyncSchedule()
     }
 
     // MARK: Snapshots
@@ -536,6 +595,99 @@ public final class AgentRuntime: @unchecked Sendable {
         nextTelemetryAt = 0  // the controller's view of the recovery point changes now
     }
 
+    // MARK: Sync to the CPU standby
+
+    private func syncTargetRead(_ reading: SyncTargetReading) {
+        guard var schedule = sync, !stopping, reading != syncReading else { return }
+        let previous = syncReading
+        syncReading = reading
+        let action = schedule.targetRead(reading, now: MonotonicClock.now())
+        sync = schedule
+        switch reading {
+        case .absent where previous == nil: break  // no target at start: the usual case, nothing to say
+        case .absent: logger.notice("sync target removed: sync off", metadata: ["sync.file": "\(configuration.syncTargetFile ?? "-")"])
+        case .malformed(let reason): logger.error("sync target unusable: sync off", metadata: ["sync.error": "\(reason)"])
+        case .target(let target):
+            logger.notice("sync target", metadata: [
+                "sync.target": "\(target.name)", "sync.destination": "\(target.destination)", "sync.epoch": "\(target.epoch)",
+            ])
+        }
+        carryOut(action)
+        nextTelemetryAt = 0
+        runSyncSchedule()
+    }
+
+    private func runSyncSchedule() {
+        guard var schedule = sync, !stopping else { return }
+        let now = MonotonicClock.now()
+        let leaseEpoch = supervisor.holdsLease(now: now) && supervisor.fencedAtEpoch == nil ? supervisor.knownEpoch : nil
+        let before = schedule.state
+        let action = schedule.tick(now: now, leaseEpoch: leaseEpoch)
+        sync = schedule
+        carryOut(action)
+        if schedule.state != before { nextTelemetryAt = 0 }
+        let wakeAt = schedule.running == nil && schedule.mayPush ? schedule.nextAt.flatMap { $0 > now ? $0 : nil } : nil
+        guard wakeAt != syncTimerAt else { return }
+        syncTimer?.cancel()
+        syncTimer = nil
+        syncTimerAt = wakeAt
+        if let wakeAt {
+            syncTimer = loop.scheduleTask(in: .nanoseconds(wakeAt - now)) {
+                self.syncTimerAt = nil
+                self.runSyncSchedule()
+            }
+        }
+    }
+
+    private func carryOut(_ action: SyncSchedule.Action) {
+        switch action {
+        case .none:
+            return
+        case .cancel(let pass):
+            logger.warning("sync pass cancelled: the lease or the target changed", metadata: [
+                "sync.pass": "\(pass)", "sync.pid": "\(syncRun?.group.map { "\($0)" } ?? "-")",
+            ])
+            syncRun?.cancel()
+            syncRun = nil
+        case .start(let pass, let target):
+            guard let setup = syncSetup else { return }
+            syncRun = SyncPass.start(pass: pass, target: target, epoch: target.epoch, setup: setup) { [weak self] run, outcome in
+                guard let self else { return }
+                self.loop.execute { self.syncFinished(run, outcome) }
+            }
+            logger.debug("sync pass started", metadata: ["sync.pass": "\(pass)", "sync.target": "\(target.name)"])
+        }
+    }
+
+    /// A pass ended. One cancelled meanwhile (its end was already on its way here) is not counted.
+    private func syncFinished(_ run: SyncPass, _ outcome: SyncSchedule.Outcome) {
+        guard syncRun === run, var schedule = sync else { return }
+        syncRun = nil
+        let pass = run.pass
+        let failuresBefore = schedule.failuresInARow
+        schedule.finished(pass: pass, outcome, now: MonotonicClock.now())
+        sync = schedule
+        switch outcome {
+        case .succeeded(let result):
+            if failuresBefore > 0 { logger.notice("sync recovered", metadata: ["sync.pass": "\(pass)"]) }
+            logger.debug("sync pass done", metadata: [
+                "sync.pass": "\(pass)", "sync.sent_bytes": "\(result.sentBytes ?? -1)", "sync.files_pending": "\(result.pendingFiles)",
+            ])
+        case .failed(let reason):
+            // Every failure while it keeps failing would flood the log at one line a second.
+            if failuresBefore == 0 || schedule.failuresInARow.nonzeroBitCount == 1 {
+                logger.error("sync pass failed", metadata: ["sync.error": "\(reason)", "sync.failures": "\(schedule.failuresInARow)"])
+            }
+        }
+        nextTelemetryAt = 0
+        runSyncSchedule()
+    }
+
+    private func syncWantsTelemetry(now: Int64) -> Bool {
+        guard let sync, sync.target != nil, sync.mayPush else { return false }
+        return now - lastTelemetryAt >= 2_000_000_000
+    }
+
     private func telemetryDocument() -> [UInt8]? {
         TelemetryDocument(
             agentID: configuration.agentID, instanceID: configuration.instanceID, machineID: configuration.machineID,
@@ -545,7 +697,8 @@ public final class AgentRuntime: @unchecked Sendable {
             workload: "\(reportedWorkload)",
             volume: probeReport?.volume, gpu: probeReport?.gpu, sshHostKey: probeReport?.sshHostKey,
             checkpoint: probeReport?.checkpoint.map { CheckpointTelemetry($0, wallNow: SystemWallClock().now().nanosecondsSinceEpoch) },
-            snapshot: snapshots.map { SnapshotTelemetry($0, now: MonotonicClock.now()) }
+            snapshot: snapshots.map { SnapshotTelemetry($0, now: MonotonicClock.now()) },
+            sync: sync.flatMap { $0.target != nil || $0.targetProblem != nil ? SyncTelemetry($0, now: MonotonicClock.now()) : nil }
         ).json()
     }
 }

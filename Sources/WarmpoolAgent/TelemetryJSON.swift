@@ -26,6 +26,8 @@ struct TelemetryDocument: Equatable, Sendable {
     var checkpoint: CheckpointTelemetry? = nil
     /// The snapshot schedule's last results (only when snapshots are configured).
     var snapshot: SnapshotTelemetry? = nil
+    /// The continuous copy to the CPU standby (only while a sync target file is present).
+    var sync: SyncTelemetry? = nil
 
     func json() -> [UInt8] {
         var out = JSONWriter(options: .escapingSlashes)
@@ -41,6 +43,7 @@ struct TelemetryDocument: Equatable, Sendable {
             o.field("role", role)
             if let snapshot { o.key("snapshot"); snapshot.write(to: &o) }
             o.field("ssh_host_key", sshHostKey)
+            if let sync { o.key("sync"); sync.write(to: &o) }
             o.field("version", version)
             if let volume { o.key("volume"); volume.write(to: &o) }
             o.field("workload", workload)
@@ -109,6 +112,69 @@ struct SnapshotTelemetry: Equatable, Sendable, Encodable {
             o.field("last_id", lastId)
             o.field("last_success_age_ms", lastSuccessAgeMs)
             o.field("running", running)
+        }
+    }
+}
+
+/// Telemetry's `sync` (PROTOCOL.md §3.8). Durations, not times, except the manifest's start,
+/// which is the wall-clock stamp written into the target's manifest for the controller to match.
+struct SyncTelemetry: Equatable, Sendable, Encodable {
+    struct Manifest: Equatable, Sendable, Encodable {
+        var pass: Int
+        var startedAtMs: Int64
+    }
+
+    var bytesPending: Int64?
+    var error: String?
+    var failures: Int
+    var filesPending: Int64?
+    /// How many seconds of the volume's writes the copy lacks, ms (agent monotonic clock).
+    var lagMs: Int64?
+    var lastPassMs: Int64?
+    var lastSentBytes: Int64?
+    var manifest: Manifest?
+    var passes: Int
+    /// Present (true) only when the pending walk was cut short.
+    var pendingTruncated: Bool?
+    var state: String
+    var target: String?
+
+    init(_ schedule: SyncSchedule, now: Int64) {
+        let last = schedule.lastPass
+        bytesPending = last?.result.pendingBytes
+        error = schedule.lastError ?? schedule.targetProblem
+        failures = schedule.failuresInARow
+        filesPending = last?.result.pendingFiles
+        lagMs = schedule.lag(now: now).map { $0 / 1_000_000 }
+        lastPassMs = last.map { $0.duration / 1_000_000 }
+        lastSentBytes = last?.result.sentBytes
+        manifest = last.map { Manifest(pass: $0.pass, startedAtMs: $0.result.startedAtWallMilliseconds) }
+        passes = schedule.passes
+        pendingTruncated = last?.result.pendingTruncated == true ? true : nil
+        state = schedule.state.rawValue
+        target = schedule.target?.name
+    }
+
+    func write(to out: inout JSONWriter) {
+        out.object { o in
+            o.field("bytes_pending", bytesPending)
+            o.field("error", error)
+            o.field("failures", failures)
+            o.field("files_pending", filesPending)
+            o.field("lag_ms", lagMs)
+            o.field("last_pass_ms", lastPassMs)
+            o.field("last_sent_bytes", lastSentBytes)
+            if let manifest {
+                o.key("manifest")
+                o.object { m in
+                    m.field("pass", manifest.pass)
+                    m.field("started_at_ms", manifest.startedAtMs)
+                }
+            }
+            o.field("passes", passes)
+            if let pendingTruncated { o.field("pending_truncated", pendingTruncated) }
+            o.field("state", state)
+            o.field("target", target)
         }
     }
 }

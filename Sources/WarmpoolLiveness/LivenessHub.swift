@@ -62,6 +62,8 @@ public final class LivenessHub: Sendable {
         var hostKeys: [AgentID: (instanceID: InstanceID, fingerprint: String)] = [:]
         /// Telemetry's `checkpoint` and `snapshot`, by the instance the session named.
         var recoveryPoints: [InstanceID: RecoveryPointReport] = [:]
+        /// Telemetry's `sync`, by the instance the session named.
+        var syncReports: [InstanceID: SyncReport] = [:]
     }
 
     public let configuration: Configuration
@@ -229,9 +231,13 @@ public final class LivenessHub: Sendable {
             }
         }
         let recoveryPoint = RecoveryPointReport(telemetry: parsed, receivedAt: now)
+        let sync = SyncReport(telemetry: parsed, receivedAt: now)
+        if parsed["sync"] != nil, sync == nil { problem = problem ?? "telemetry's sync is malformed (dropped)" }
         shared.withLockedValue { shared in
             guard let connection = shared.connections[session] else { return }
             if let recoveryPoint { shared.recoveryPoints[connection.instanceID] = recoveryPoint }
+            // An agent whose target was removed stops sending the key: its copy is no longer kept.
+            shared.syncReports[connection.instanceID] = parsed["sync"] == nil ? nil : sync ?? shared.syncReports[connection.instanceID]
             guard let fingerprint else { return }
             let previous = shared.hostKeys.updateValue((connection.instanceID, fingerprint), forKey: connection.agentID)
             guard previous?.fingerprint != fingerprint || previous?.instanceID != connection.instanceID,
@@ -247,6 +253,13 @@ public final class LivenessHub: Sendable {
     /// any report (or when its agent reports neither).
     public func recoveryPoint(instanceID: InstanceID) -> RecoveryPointReport? {
         shared.withLockedValue { $0.recoveryPoints[instanceID] }
+    }
+
+    /// What the instance's agent last said of its sync to a CPU standby; nil before any report, or
+    /// when its agent has no sync target. The failover engine's shell reads the manifest pass it
+    /// must find on the VM from here (`manifest?.pass`).
+    public func syncReport(for instanceID: InstanceID) -> SyncReport? {
+        shared.withLockedValue { $0.syncReports[instanceID] }
     }
 
     /// The host key the instance's own agent reported: the agent's key must be bound to this
@@ -274,6 +287,7 @@ public final class LivenessHub: Sendable {
         shared.withLockedValue { shared in
             shared.hostKeys = shared.hostKeys.filter { $0.value.instanceID != instanceID }
             shared.recoveryPoints[instanceID] = nil
+            shared.syncReports[instanceID] = nil
             shared.tracker.forget(instanceID: instanceID)
             if shared.tracker.agentIDs(instanceID: instanceID).isEmpty { shared.leases.forget(instanceID) }
         }

@@ -40,6 +40,8 @@ struct WarmpoolAgentCommand {
         CommandLineOption(name: "checkpoint-pattern", valueName: "checkpoint-pattern", help: "Files the workload's checkpoints match (`*`, `?`, `[...]` within a component, `**` for any depth), or `none`; telemetry reports the newest one's age, the work a failover would lose. Env: WARMPOOL_CHECKPOINT_PATTERN. Default: VOLUME-PATH/checkpoints/**."),
         CommandLineOption(name: "snapshot-interval-s", valueName: "snapshot-interval-s", help: "Run the snapshot command this often while this instance holds the lease; 0: never. Env: WARMPOOL_SNAPSHOT_INTERVAL_S (the controller's --snapshot-interval-s sets it). Default: 0."),
         CommandLineOption(name: "snapshot-command", valueName: "snapshot-command", help: "Shell command that snapshots the volume (it gets WARMPOOL_SNAPSHOT_SOURCE, the volume's path, and WARMPOOL_EPOCH; the S3 settings come from its own WARMPOOL_S3_* environment). Env: WARMPOOL_SNAPSHOT_COMMAND. Default: warmpool-snapshot create --source \"$WARMPOOL_SNAPSHOT_SOURCE\"."),
+        CommandLineOption(name: "sync-target-file", valueName: "sync-target-file", help: "The CPU standby this primary copies its volume to (JSON the controller writes: name, host, port, user, path, identity, host_key, epoch, bwlimit_kib), read again when it changes; absent: no sync; `none`: never. Passes run only while this instance holds an unexpired lease at the target's epoch. Env: WARMPOOL_SYNC_TARGET_FILE. Default: VOLUME/.warmpool/sync-target.json."),
+        CommandLineOption(name: "sync-gap-ms", valueName: "sync-gap-ms", help: "Pause between one completed sync pass and the next, in ms. Env: WARMPOOL_SYNC_GAP_MS. Default: 1000."),
         CommandLineOption(name: "fence-command", valueName: "fence-command", help: "Shell command run when the lease expires, for a workload the agent does not start (it gets WARMPOOL_FENCED_EPOCH). Env: WARMPOOL_FENCE_COMMAND."),
         CommandLineOption(name: "thaw-command", valueName: "thaw-command", help: "Shell command run when an expired lease is granted again at the same epoch (it gets WARMPOOL_FENCED_EPOCH). Env: WARMPOOL_THAW_COMMAND."),
         CommandLineOption(name: "state-dir", valueName: "state-dir", help: "Where the agent remembers its workload's process group across its own restarts. Env: WARMPOOL_STATE_DIR. Default: /run/warmpool-agent."),
@@ -64,6 +66,8 @@ struct WarmpoolAgentCommand {
     var checkpointPattern: String?
     var snapshotIntervalS: Int?
     var snapshotCommand: String?
+    var syncTargetFile: String?
+    var syncGapMs: Int?
     var fenceCommand: String?
     var thawCommand: String?
     var stateDir: String?
@@ -89,6 +93,8 @@ struct WarmpoolAgentCommand {
         checkpointPattern = parsed.string("checkpoint-pattern")
         snapshotIntervalS = try parsed.integer("snapshot-interval-s")
         snapshotCommand = parsed.string("snapshot-command")
+        syncTargetFile = parsed.string("sync-target-file")
+        syncGapMs = try parsed.integer("sync-gap-ms")
         fenceCommand = parsed.string("fence-command")
         thawCommand = parsed.string("thaw-command")
         stateDir = parsed.string("state-dir")
@@ -271,6 +277,14 @@ struct WarmpoolAgentCommand {
         configuration.snapshotIntervalNanoseconds = Int64(snapshotInterval) * 1_000_000_000
         configuration.snapshotCommand = value(snapshotCommand, "WARMPOOL_SNAPSHOT_COMMAND") ?? configuration.snapshotCommand
         configuration.stateDirectory = value(stateDir, "WARMPOOL_STATE_DIR") ?? configuration.stateDirectory
+        // On the volume, beside its epoch (the sync never copies `.warmpool/`): written through the
+        // primary, it names the epoch it is for, so no other instance of the volume acts on it.
+        let volume = value(volumePath, "WARMPOOL_VOLUME_PATH") ?? "/data"
+        let syncTarget = value(syncTargetFile, "WARMPOOL_SYNC_TARGET_FILE") ?? volume + "/.warmpool/sync-target.json"
+        configuration.syncTargetFile = syncTarget == "none" ? nil : syncTarget
+        let syncGap = try integer(syncGapMs, "WARMPOOL_SYNC_GAP_MS", default: 1_000)
+        guard syncGap >= 0 else { throw UsageError("--sync-gap-ms must not be negative") }
+        configuration.syncGapNanoseconds = Int64(syncGap) * 1_000_000
         configuration.workloadCommand = workloadCommand ?? Self.environment["WARMPOOL_WORKLOAD"].map { ["/bin/sh", "-c", $0] }
         return configuration
     }

@@ -22,6 +22,7 @@ import Testing
         var sshHostKey: String?
         var checkpoint: CheckpointTelemetry?
         var snapshot: SnapshotTelemetry?
+        var sync: SyncTelemetry?
 
         init(_ d: TelemetryDocument) {
             agentId = d.agentID
@@ -38,6 +39,7 @@ import Testing
             sshHostKey = d.sshHostKey
             checkpoint = d.checkpoint
             snapshot = d.snapshot
+            sync = d.sync
         }
     }
 
@@ -68,6 +70,29 @@ import Testing
         schedule.finished(.succeeded(id: "20261204T123000.250Z-1a2b3c4d"), now: 5_000_000_000)
         _ = schedule.tick(now: 60_000_000_000, mayWrite: true)
         schedule.finished(.failed("exit status 1: \"bucket\" not found"), now: 61_000_000_000)
+        return schedule
+    }
+
+    /// A sync with two passes done (the last left writes behind) and one failed since.
+    private static var syncing: SyncSchedule {
+        var schedule = SyncSchedule()
+        let target = SyncTarget(name: "wp-7-cpu-1", host: "10.88.0.5", path: "/data", identity: "k", hostKey: "ssh-ed25519 AAAA", epoch: 3)
+        _ = schedule.targetRead(.target(target), now: 0)
+        for pass in 1...2 {
+            _ = schedule.tick(now: Int64(pass) * 10_000_000_000, leaseEpoch: 3)
+            schedule.finished(pass: pass, .succeeded(SyncSchedule.PassResult(
+                startedAtWallMilliseconds: 1_780_000_000_000 + Int64(pass), finishedAtWallMilliseconds: 1_780_000_001_500,
+                files: 12, bytes: 34_567_890, sentBytes: pass == 1 ? nil : 4_321, pendingFiles: Int64(pass), pendingBytes: 77,
+                pendingTruncated: pass == 2)), now: Int64(pass) * 10_000_000_000 + 1_234_567_890)
+        }
+        _ = schedule.tick(now: 30_000_000_000, leaseEpoch: 3)
+        schedule.finished(pass: 3, .failed("rsync exit status 255: ssh: connect to host 10.88.0.5 port 22: Connection refused"), now: 31_000_000_000)
+        return schedule
+    }
+
+    private static var syncOff: SyncSchedule {
+        var schedule = SyncSchedule()
+        _ = schedule.targetRead(.malformed("sync target: \"epoch\" is missing"), now: 0)
         return schedule
     }
 
@@ -102,6 +127,13 @@ import Testing
             checkpoint: CheckpointTelemetry(CheckpointReport(pattern: "/data/ckpt/*.pt", files: 0, problem: "cannot read /data/ckpt: Permission denied"),
                                             wallNow: 5),
             snapshot: SnapshotTelemetry(SnapshotSchedule(intervalNanoseconds: 3_600_000_000_000), now: 1)),
+        // Syncing to a CPU standby, failing now; and a sync target that cannot be used.
+        TelemetryDocument(
+            agentID: "gpu-77-a", instanceID: 456_789, machineID: 77, role: "primary", version: "0.1.0", epoch: 3,
+            fencedAtEpoch: nil, workload: "running", volume: volume, gpu: nil, sync: SyncTelemetry(Self.syncing, now: 33_000_000_000)),
+        TelemetryDocument(
+            agentID: "gpu-77-a", instanceID: 456_789, machineID: 77, role: "primary", version: "0.1.0", epoch: 3,
+            fencedAtEpoch: nil, workload: "running", volume: nil, gpu: nil, sync: SyncTelemetry(Self.syncOff, now: 5)),
     ]
 
     @Test(arguments: documents)
