@@ -157,7 +157,9 @@ class WarmPool:
                 extra=["--provider-url", self.sim_url, "--provider-api-key-file", key_file, "--ssh-key", self.ssh_key,
                        "--provider-poll-ms", str(poll_ms), "--agent-onstart",
                        onstart + "exec %s --nvml-library none" % os.path.join(binaries, "warmpool-agent")]
-                + [flag for variable in agent_env for flag in ("--agent-env", variable)] + list(controller_extra))
+                + [flag for variable in agent_env for flag in ("--agent-env", variable)]
+                # "SIM/..." names one of the emulator's URLs, known only now.
+                + [self.sim_url + flag[3:] if flag.startswith("SIM/") else flag for flag in controller_extra])
         except BaseException:
             self.stop()
             raise

@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import WarmpoolJSON
 import WarmpoolLiveness
+import WarmpoolModel
 import WarmpoolStore
 
 public struct APIRequestContext: RequestContext {
@@ -31,6 +32,8 @@ public struct APIDependencies: Sendable {
     public var bodyTimeout: Duration
     /// Snapshots of pools' volumes; nil: no store configured (the snapshot routes answer 409).
     public var snapshots: (any SnapshotOperations)?
+    /// A pool's costs per strategy, from the providers' prices; nil: no provider (409).
+    public var costs: (@Sendable (PoolID) async throws -> PoolCosts)?
 
     public init(store: any WarmpoolStore, operations: any PoolOperations, hub: LivenessHub?, metrics: ControllerMetrics,
                 vastWebhookSecret: String? = nil, bodyTimeout: Duration = .seconds(10))
@@ -66,6 +69,7 @@ public enum APIRouter {
         PoolRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         AgentRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         SnapshotRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
+        CostRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         KeyRoutes(store: dependencies.store).register(on: router.group("\(prefix)/keys"))
         if let secret = dependencies.vastWebhookSecret {
             ProviderNoticeRoutes(operations: dependencies.operations, secret: secret).register(on: router)

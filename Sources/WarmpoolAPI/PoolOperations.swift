@@ -90,6 +90,9 @@ public struct ProvisionRequest: Sendable, Equatable {
     public var volumeSizeGB: Int
     /// Rent interruptible instances at this bid ($/hour) instead of on-demand ones.
     public var bidPricePerHour: Double?
+    /// `cpu_standby`: a CPU standby even where the host has two free GPUs. Otherwise the product's
+    /// rule: two free GPUs make a warm pool, one a CPU standby (when the controller has that cloud).
+    public var prefersCPUStandby = false
 
     public init(
         poolID: PoolID, hostMachineID: HostMachineID, gpuName: String? = nil, image: String = ProvisionRequest.defaultImage,

@@ -18,7 +18,7 @@ struct PoolRoutes {
             let protection = await operations.protections()[pool.poolID]
             return JSONResponse.ok(Present.poolStatus(
                 pool, lastHeartbeat: pool.primaryInstanceID.flatMap { lastHeartbeats()[$0] }, protection: protection,
-                recoveryPoint: recoveryPoint(of: pool)))
+                recoveryPoint: recoveryPoint(of: pool), sync: sync(of: pool)))
         }
         group.get("pools") { _, _ in
             let pools = try await store.pools()
@@ -27,7 +27,7 @@ struct PoolRoutes {
             return JSONResponse.ok(.object([
                 ("pools", .array(pools.map {
                     Present.poolStatus($0, lastHeartbeat: $0.primaryInstanceID.flatMap { heartbeats[$0] }, protection: protections[$0.poolID],
-                                       recoveryPoint: recoveryPoint(of: $0))
+                                       recoveryPoint: recoveryPoint(of: $0), sync: sync(of: $0))
                 })),
                 ("count", .int(Int64(pools.count))),
             ]))
@@ -160,6 +160,12 @@ struct PoolRoutes {
         return Present.RecoveryPoint(report: report, now: Date(), monotonicNow: MonotonicClock.now())
     }
 
+    /// What the primary's agent last reported of its sync to a CPU standby.
+    private func sync(of pool: PoolRecord) -> Present.Sync? {
+        guard let hub = dependencies.hub, let primary = pool.primaryInstanceID, let report = hub.syncReport(for: primary) else { return nil }
+        return Present.Sync(report: report, now: Date(), monotonicNow: MonotonicClock.now())
+    }
+
     /// The newest heartbeat this controller heard from each instance's agents, read once per
     /// request: the pool list must not take a snapshot of every agent for every pool.
     private func lastHeartbeats() -> [InstanceID: Date] {
@@ -213,6 +219,11 @@ struct PoolRoutes {
         if let disk = try body.positiveInt("disk_size", maximum: 65_536) { request.diskSizeGB = Int(disk) }
         if let volume = try body.positiveInt("volume_size", maximum: 65_536) { request.volumeSizeGB = Int(volume) }
         request.bidPricePerHour = try body.positiveNumber("bid_price", maximum: 1000)
+        switch try body.oneOf("strategy", FailoverStrategy.self) {
+        case .cpuStandby: request.prefersCPUStandby = true
+        case .disabled: throw APIError.badRequest("strategy must be gpu_warm_pool (the default: a CPU standby where the host has one free GPU) or cpu_standby")
+        case .gpuWarmPool, nil: break
+        }
         return request
     }
 

@@ -16,8 +16,15 @@ enum Present {
         var monotonicNow: Int64
     }
 
+    /// A sync report, with the moment it is read at on both clocks.
+    struct Sync {
+        var report: SyncReport
+        var now: Date
+        var monotonicNow: Int64
+    }
+
     static func poolStatus(_ pool: PoolRecord, lastHeartbeat: Date?, protection: PoolProtection? = nil,
-                           recoveryPoint: RecoveryPoint? = nil) -> JSONValue {
+                           recoveryPoint: RecoveryPoint? = nil, sync: Sync? = nil) -> JSONValue {
         let protection = protection ?? PoolProtection(conditions: [PoolCondition(
             type: "Managed", status: false, reason: "NoEngine",
             message: "no failover engine manages this pool (the controller has no provider configured)", lastTransition: nil)])
@@ -36,6 +43,12 @@ enum Present {
             ("last_failover_at", .date(pool.lastFailoverAt)),
             ("error_message", .string(pool.errorMessage)),
             ("strategy", .string(pool.strategy.rawValue)),
+            ("cpu_standby", pool.cpuStandbyName.map { name in
+                .object([
+                    ("name", .string(name)), ("instance_id", .id(pool.cpuStandbyInstanceID)), ("ssh_host", .string(pool.cpuStandbySSHHost)),
+                ])
+            } ?? .null),
+            ("cpu_primary_name", .string(pool.cpuPrimaryName)),
             ("epoch", .epoch(pool.epoch)),
             ("incarnation", .int(Int64(pool.incarnation))),
             ("protected", .bool(protection.protected)),
@@ -47,6 +60,28 @@ enum Present {
                 ])
             } ?? .null),
             ("recovery_point", recoveryPoint.map(Self.recoveryPoint) ?? .null),
+            ("sync", sync.map(Self.sync) ?? .null),
+        ])
+    }
+
+    /// The primary's continuous copy to its CPU standby, as its agent last reported it, the lag
+    /// aged to now on the controller's clock.
+    static func sync(_ sync: Sync) -> JSONValue {
+        let report = sync.report
+        func seconds(_ value: Double?) -> JSONValue { value.map { .double(($0 * 1000).rounded() / 1000) } ?? .null }
+        return .object([
+            ("target", .string(report.target)),
+            ("state", .string(report.state)),
+            ("lag_seconds", seconds(report.lag(at: sync.monotonicNow))),
+            ("bytes_pending", .int(report.bytesPending)),
+            ("files_pending", .int(report.filesPending)),
+            ("passes", .int(report.passes)),
+            ("failures", .int(report.failuresInARow)),
+            ("error", .string(report.error)),
+            ("last_pass_seconds", seconds(report.lastPassMilliseconds.map { Double($0) / 1e3 })),
+            ("last_sent_bytes", .int(report.lastSentBytes)),
+            ("manifest_pass", .int(report.manifest?.pass)),
+            ("manifest_started_at", .date(report.manifest.map { Date(timeIntervalSince1970: Double($0.startedAtMilliseconds) / 1e3) })),
         ])
     }
 

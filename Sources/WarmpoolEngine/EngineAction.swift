@@ -45,6 +45,32 @@ public enum EngineAction: Hashable, Sendable, Codable {
     /// old volume's identity marker and epoch, which are not data. Answer: `restoreResult`.
     case restoreSnapshot(OperationID, instance: InstanceID, ssh: SSHEndpoint?, snapshot: String?)
 
+    /// Make sure the CPU VM `request.name` exists at the cloud: look the name up and adopt it, or
+    /// create it. Answer: `.instance`, in the engine's terms (id: `request.agent`; the cloud's
+    /// statuses mapped: booting `loading`, `running`, stopped `stopped`, repairing `offline`).
+    case ensureCPUInstance(OperationID, CPUInstanceRequest)
+    /// Answer: `.accepted` (also when it already runs).
+    case startCPUInstance(OperationID, name: String)
+    /// Answer: `.accepted` (also when it is already stopped or gone).
+    case stopCPUInstance(OperationID, name: String)
+    /// Answer: `.instance` with id `agent` (`nil` when the cloud has no VM of that name).
+    case pollCPUInstance(OperationID, name: String, agent: InstanceID)
+    /// Answer: `.accepted` (also when it is already gone). Its disk goes with it.
+    case deleteCPUInstance(OperationID, name: String)
+    /// Over libssh2, on the primary: tell its agent where to sync the volume to (`target`), or to
+    /// stop syncing (nil). The target's host key is the one its agent attested. Answer:
+    /// `verificationResult` (`notReady` until the target's agent has attested its key).
+    case configureSync(OperationID, primary: InstanceID, ssh: SSHEndpoint?, target: SyncTarget?)
+    /// Over libssh2, on the CPU VM about to be promoted (its host key pinned): its copy of the
+    /// volume is mounted and writable, and the sync manifest on it is the last pass that
+    /// `syncedFrom` (the old primary) reported, or newer; the epoch is written beside it. Answer:
+    /// `verificationResult`.
+    case verifyCPUCopy(OperationID, instance: InstanceID, ssh: SSHEndpoint?, name: String, syncedFrom: InstanceID)
+
+    /// Over libssh2, on the instance (its host key pinned): take a snapshot of its volume now.
+    /// Answer: `restoreResult` (`.restored` naming the snapshot taken).
+    case takeSnapshot(OperationID, instance: InstanceID, ssh: SSHEndpoint?)
+
     /// Call `timerFired(id, now:)` at `at` (at once if it has passed). Replaces nothing: ids are unique.
     case scheduleTimer(TimerID, at: Instant)
     case cancelTimer(TimerID)
@@ -106,6 +132,10 @@ public struct TimelineEntry: Hashable, Sendable, Codable {
         /// The newest snapshot was restored onto the new primary's volume.
         case restored
         case promoted
+        /// The primary's agent was told to sync the volume to the CPU standby.
+        case syncConfigured = "sync_configured"
+        /// The pool runs on a CPU VM and found a free GPU: it moves back, planned.
+        case failingBack = "failing_back"
         case standbyProvisioning = "standby_provisioning", standbyReady = "standby_ready"
         case degraded, failed, cleanup, removed
     }

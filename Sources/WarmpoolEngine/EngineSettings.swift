@@ -48,6 +48,8 @@ public struct EngineSettings: Hashable, Sendable, Codable {
     public var hostLossTimeout: Duration?
     /// Restoring the snapshot onto the new primary's volume, from the first SSH attempt.
     public var restoreTimeout: Duration
+    /// The CPU standby strategy; nil: off (a host without two free GPUs cannot be protected).
+    public var cpuStandby: CPUStandbySettings?
 
     public init(
         leaseDuration: Duration = .seconds(10),
@@ -65,8 +67,10 @@ public struct EngineSettings: Hashable, Sendable, Codable {
         replacementLimit: Int = 3,
         degradedRetryInterval: Duration = .seconds(300),
         hostLossTimeout: Duration? = nil,
-        restoreTimeout: Duration = .seconds(3600)
+        restoreTimeout: Duration = .seconds(3600),
+        cpuStandby: CPUStandbySettings? = nil
     ) {
+        self.cpuStandby = cpuStandby
         self.hostLossTimeout = hostLossTimeout
         self.restoreTimeout = restoreTimeout
         self.leaseDuration = leaseDuration
@@ -85,7 +89,7 @@ public struct EngineSettings: Hashable, Sendable, Codable {
         self.degradedRetryInterval = degradedRetryInterval
     }
 
-    private enum CodingKeys: String, CodingKey { case leaseDuration, leaseSafetyMargin, fenceTimeout, standbyStartTimeout, schedulingTimeout, createTimeout, standbyStopTimeout, verifyTimeout, commandTimeout, pollInterval, retryDelay, retryLimit, replacementLimit, degradedRetryInterval, hostLossTimeout, restoreTimeout }
+    private enum CodingKeys: String, CodingKey { case leaseDuration, leaseSafetyMargin, fenceTimeout, standbyStartTimeout, schedulingTimeout, createTimeout, standbyStopTimeout, verifyTimeout, commandTimeout, pollInterval, retryDelay, retryLimit, replacementLimit, degradedRetryInterval, hostLossTimeout, restoreTimeout, cpuStandby }
 
     /// Settings saved by an older controller lack the newer fields: those take their defaults
     /// (a restarted controller replaces the saved settings anyway).
@@ -108,6 +112,7 @@ public struct EngineSettings: Hashable, Sendable, Codable {
         degradedRetryInterval = try c.decodeIfPresent(Duration.self, forKey: .degradedRetryInterval) ?? defaults.degradedRetryInterval
         hostLossTimeout = try c.decodeIfPresent(Duration.self, forKey: .hostLossTimeout)
         restoreTimeout = try c.decodeIfPresent(Duration.self, forKey: .restoreTimeout) ?? defaults.restoreTimeout
+        cpuStandby = try c.decodeIfPresent(CPUStandbySettings.self, forKey: .cpuStandby)
     }
 }
 
@@ -128,12 +133,15 @@ public struct ProvisionRequest: Hashable, Sendable, Codable {
     /// Rent interruptible (bid) instances at this price per hour instead of on-demand ones:
     /// cheaper, but a higher bid pauses the primary (outbid), which is then failed over.
     public var bidPricePerHour: Double?
+    /// The operator picked the CPU standby even where the host has two free GPUs.
+    public var prefersCPUStandby: Bool
 
     public init(
         poolID: PoolID, hostMachineID: HostMachineID, gpuNames: [String] = [],
         image: String = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime", diskGB: Int = 50, volumeGB: Int = 100,
-        incarnation: Int = 1, bidPricePerHour: Double? = nil
+        incarnation: Int = 1, bidPricePerHour: Double? = nil, prefersCPUStandby: Bool = false
     ) {
+        self.prefersCPUStandby = prefersCPUStandby
         self.incarnation = incarnation
         self.bidPricePerHour = bidPricePerHour
         self.poolID = poolID
@@ -144,7 +152,7 @@ public struct ProvisionRequest: Hashable, Sendable, Codable {
         self.volumeGB = volumeGB
     }
 
-    private enum CodingKeys: String, CodingKey { case poolID, hostMachineID, gpuNames, image, diskGB, volumeGB, incarnation, bidPricePerHour }
+    private enum CodingKeys: String, CodingKey { case poolID, hostMachineID, gpuNames, image, diskGB, volumeGB, incarnation, bidPricePerHour, prefersCPUStandby }
 
     /// Pools saved before incarnations were counted are the first of their machine id.
     public init(from decoder: any Decoder) throws {
@@ -157,6 +165,7 @@ public struct ProvisionRequest: Hashable, Sendable, Codable {
         volumeGB = try container.decode(Int.self, forKey: .volumeGB)
         incarnation = try container.decodeIfPresent(Int.self, forKey: .incarnation) ?? 1
         bidPricePerHour = try container.decodeIfPresent(Double.self, forKey: .bidPricePerHour)
+        prefersCPUStandby = try container.decodeIfPresent(Bool.self, forKey: .prefersCPUStandby) ?? false
     }
 
     /// What the pool's names start with: `wp-12` for a machine's first pool (the names the

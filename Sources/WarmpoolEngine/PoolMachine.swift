@@ -91,12 +91,12 @@ public struct PoolMachine: Sendable, Codable {
     private enum ProvisioningStep: Hashable, Sendable, Codable {
         /// Two free GPUs on the host, one for each role (PoolState `searching`).
         case findOffers
-        case ensureVolume(primary: GPUOffer, standby: GPUOffer)
-        case createPrimary(InstanceRequest, standby: GPUOffer)
-        case awaitPrimaryRunning(InstanceID, standby: GPUOffer)
+        case ensureVolume(primary: GPUOffer, standby: GPUOffer?)
+        case createPrimary(InstanceRequest, standby: GPUOffer?)
+        case awaitPrimaryRunning(InstanceID, standby: GPUOffer?)
         /// The marketplace writes nothing on a volume: its identity marker is written through the
         /// primary, over SSH, before anything else relies on it.
-        case markVolume(InstanceID, ssh: SSHEndpoint?, standby: GPUOffer)
+        case markVolume(InstanceID, ssh: SSHEndpoint?, standby: GPUOffer?)
         /// Then the standby, exactly as `recovering` makes one.
         case standby(StandbyStep)
     }
@@ -109,6 +109,25 @@ public struct PoolMachine: Sendable, Codable {
         case awaitExists(InstanceID)
         case stop(InstanceID)
         case awaitStopped(InstanceID)
+        /// The CPU standby: create the VM (or adopt it by name), wait until it runs, then tell the
+        /// primary's agent to sync the volume to it.
+        case cpuCreate(CPUInstanceRequest)
+        case cpuAwaitRunning(CPUInstanceRequest)
+        case cpuSync(SyncTarget)
+
+        var cpuVM: CPUInstanceRequest? {
+            switch self {
+            case .cpuCreate(let create), .cpuAwaitRunning(let create): create
+            default: nil
+            }
+        }
+
+        var isCPU: Bool {
+            switch self {
+            case .cpuCreate, .cpuAwaitRunning, .cpuSync: true
+            default: false
+            }
+        }
     }
 
     private enum FailoverStep: Hashable, Sendable, Codable {
@@ -128,12 +147,23 @@ public struct PoolMachine: Sendable, Codable {
         case createVolume(host: HostMachineID, offers: [GPUOffer])
         /// Relocation: the newest snapshot onto the new volume, through the new primary.
         case restore(InstanceID, ssh: SSHEndpoint?)
+        /// Failback: a snapshot of the CPU primary, taken over SSH once its lease has run out (so
+        /// nothing writes any more), before it is stopped.
+        case finalSnapshot(InstanceID, ssh: SSHEndpoint?)
 
         /// Before the old primary is known to be unable to write.
         var isFencing: Bool {
             switch self {
             case .stopPrimary, .awaitPrimaryStopped, .awaitLeaseExpiry: true
             default: false
+            }
+        }
+
+        /// The instance this step is bringing up, if any.
+        var candidate: InstanceID? {
+            switch self {
+            case .startStandby(let id), .awaitStandbyRunning(let id), .verify(let id, _, _, _), .restore(let id, _): id
+            default: nil
             }
         }
     }
@@ -150,8 +180,13 @@ public struct PoolMachine: Sendable, Codable {
         /// free GPUs, this one included), after fencing the primary as a failover does.
         case restoreRequested
 
+        /// The pool runs on its CPU VM and a GPU is free: planned, the workload's lease is revoked
+        /// (its fence hook checkpoints it), a final snapshot of the VM is taken, the VM stopped,
+        /// and the snapshot restored onto a new volume on the GPU's host.
+        case failback
+
         /// The failover makes a new volume and restores a snapshot onto it.
-        var movesVolume: Bool { self == .relocation || self == .restoreRequested }
+        var movesVolume: Bool { self == .relocation || self == .restoreRequested || self == .failback }
     }
 
     private struct Failover: Hashable, Sendable, Codable {
@@ -279,6 +314,22 @@ public struct PoolMachine: Sendable, Codable {
     private var abandonedVolumes: [VolumeID]?
     /// Volumes made by relocations, for their names (`wp-12-volume-r1`, ...).
     private var relocations: Int?
+    /// The CPU standby, once created (its VM may still be booting).
+    private var cpuStandby: CPUInstanceRequest?
+    private var cpuStandbySSH: SSHEndpoint?
+    /// The primary is this CPU VM (the CPU standby, promoted).
+    private var cpuPrimary: CPUInstanceRequest?
+    /// Every CPU VM this pool asked for and has not seen deleted: the cleanup's books.
+    private var cpuVMs: [CPUInstanceRequest]?
+    /// Numbers the CPU VMs' names and agent ids.
+    private var cpuVMsCreated: Int?
+    /// The volume is not the pool's data: the CPU standby was promoted (the volume holds the data
+    /// as of that failover, older than the workload's), or a move made it and its restore has not
+    /// finished. Never a rebuild's volume: only a snapshot brings the pool back.
+    private var volumeStale: Bool?
+    /// Failbacks abandoned in a row: each one froze the workload for a lease, so the next waits
+    /// twice as long (up to 16 degraded intervals).
+    private var failBacksAbandoned: Int?
     /// Source of operation and timer ids.
     private var nextID: UInt64 = 1
 
@@ -372,7 +423,8 @@ public struct PoolMachine: Sendable, Codable {
     public mutating func providerResult(_ operation: OperationID, _ outcome: ProviderOutcome, now: Instant) -> [EngineAction] {
         if let index = retiring.firstIndex(where: { $0.operation == operation }) {
             if case .success(.accepted) = outcome {
-                retiring.remove(at: index)
+                let gone = retiring.remove(at: index)
+                cpuVMs?.removeAll { $0.agent == gone.instance }
             } else {
                 retiring[index].operation = nil
             }
@@ -409,15 +461,30 @@ public struct PoolMachine: Sendable, Codable {
                 guard let volume else { return stepFailed("the pool has no volume", now: now) }
                 volumeMarkedAt = now
                 let how = written ? "written" : "already there, holding its id"
+                let marked = [record(.volumeMarked, now: now, detail: "volume \(volume): identity marker \(how), through instance \(id)"),
+                              record(.standbyProvisioning, now: now)]
+                guard let standbyOffer else {
+                    return marked + enter(.provisioning(.standby(.cpuCreate(makeCPURequest()))), deadline: now + settings.createTimeout, now: now)
+                }
                 let create = makeRequest(.standby, offer: standbyOffer, volume: volume)
-                return [record(.volumeMarked, now: now, detail: "volume \(volume): identity marker \(how), through instance \(id)"),
-                        record(.standbyProvisioning, now: now)]
-                    + enter(.provisioning(.standby(.create(create))), deadline: now + settings.createTimeout, now: now)
+                return marked + enter(.provisioning(.standby(.create(create))), deadline: now + settings.createTimeout, now: now)
             case .notReady(let message):
                 progress.lastError = message
                 return wake(at: now + settings.pollInterval)
             case .failed(let message), .markerMissing(let message):
                 return stepFailed("cannot mark the volume: \(message)", now: now)
+            }
+
+        case .provisioning(.standby(.cpuSync(let target))), .recovering(.cpuSync(let target)):
+            progress.operation = nil
+            switch outcome {
+            case .passed:
+                return cpuStandbyReady(target, now: now)
+            case .notReady(let message):
+                progress.lastError = message
+                return wake(at: now + settings.pollInterval)
+            case .failed(let message), .markerMissing(let message):
+                return stepFailed("cannot start the sync to CPU VM \(target.name): \(message)", now: now)
             }
 
         case .failover(let failover, .verify(let candidate, let ssh, let volume, let marker)):
@@ -434,8 +501,13 @@ public struct PoolMachine: Sendable, Codable {
                         actions.append(record(.volumeMarked, now: now, detail: "volume \(volume): identity marker written, through instance \(candidate)"))
                     }
                 }
-                actions.append(record(.volumeVerified, now: now,
-                                      detail: "volume \(volume) mounted, its identity marker holds its id, writable"))
+                if let cpu = cpuStandby, cpu.agent == candidate {
+                    actions.append(record(.volumeVerified, now: now,
+                                          detail: "CPU VM \(cpu.name): its copy of the volume is mounted, writable, and holds the last sync the old primary reported"))
+                } else {
+                    actions.append(record(.volumeVerified, now: now,
+                                          detail: "volume \(volume) mounted, its identity marker holds its id, writable"))
+                }
                 return actions + promote(failover, candidate: candidate, ssh: ssh, now: now)
             case .notReady(let message):
                 progress.lastError = message
@@ -453,12 +525,28 @@ public struct PoolMachine: Sendable, Codable {
 
     /// The answer to `EngineAction.restoreSnapshot`.
     public mutating func restoreResult(_ operation: OperationID, _ outcome: RestoreOutcome, now: Instant) -> [EngineAction] {
+        if operation == progress.operation, case .failover(var failover, .finalSnapshot) = state {
+            progress.operation = nil
+            switch outcome {
+            case .restored(let snapshot, _, let files, let bytes):
+                failover.snapshot = snapshot
+                return [record(.fencing, now: now, detail: "final snapshot \(snapshot) of instance \(failover.oldPrimary): \(files) files, "
+                               + "\(bytes) bytes; stopping it")]
+                    + enter(.failover(failover, .stopPrimary), deadline: now + settings.fenceTimeout, now: now)
+            case .notReady(let message):
+                progress.lastError = message
+                return wake(at: now + settings.pollInterval)
+            case .failed(let message):
+                return stepFailed("final snapshot failed: \(message)", now: now)
+            }
+        }
         guard operation == progress.operation, case .failover(var failover, .restore(let candidate, let ssh)) = state else { return [] }
         progress.operation = nil
         switch outcome {
         case .restored(let snapshot, let takenAt, let files, let bytes):
             guard let volume else { return stepFailed("the pool has no volume", now: now) }
             failover.restored = true
+            volumeStale = nil
             // What the move lost: the work between the snapshot and the failure.
             let point = takenAt.map { max(.zero, failover.startedAt - $0) }
             let age = point.map { " (\($0) before the failure)" } ?? ""
@@ -493,6 +581,9 @@ public struct PoolMachine: Sendable, Codable {
         guard timer == progress.wakeTimer else { return [] }
         progress.wakeTimer = nil
         switch state {
+        case .failover(let failover, .awaitLeaseExpiry) where failover.reason == .failback && failover.stopConfirmed == nil:
+            return [record(.fencing, now: now, detail: "instance \(failover.oldPrimary)'s lease has run out: taking its final snapshot")]
+                + enter(.failover(failover, .finalSnapshot(failover.oldPrimary, ssh: primarySSH)), deadline: now + settings.restoreTimeout, now: now)
         case .failover(let failover, .awaitLeaseExpiry):
             guard let confirmation = failover.stopConfirmed else {
                 // Saved by a version that let the lease alone suffice: get the provider's word too.
@@ -552,11 +643,16 @@ public struct PoolMachine: Sendable, Codable {
     /// the host for a free GPU to rebuild the primary on.
     private mutating func retryDegraded(now: Instant) -> [EngineAction] {
         nextRetryAt = nil
+        if cpuPrimary != nil {
+            let operation = newOperation()
+            progress.operation = operation
+            return [.findFreeOffersAnywhere(operation, gpuNames: request.gpuNames, excludingHosts: lostHosts ?? [])]
+        }
         if primary != nil {
             run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
             return beginRecovering(now: now)
         }
-        if lostHosts?.contains(request.hostMachineID) == true, let lastPrimary {
+        if lostHosts?.contains(request.hostMachineID) == true || volumeStale == true, let lastPrimary {
             // The host is gone for good: only another host can take the pool.
             failoversStarted += 1
             var failover = Failover(number: failoversStarted, reason: .relocation, oldPrimary: lastPrimary, startedAt: now, leaseExpiredBy: now)
@@ -617,6 +713,7 @@ public struct PoolMachine: Sendable, Codable {
         // The lease authority forgot its postures with the process: a standby (or a replacement
         // not yet promoted) is withheld again before its agent can reconnect.
         if let standby, !isRemoving { actions.append(.revokeLease(standby)) }
+        if let cpuStandby, !isRemoving { actions.append(.revokeLease(cpuStandby.agent)) }
         progress.operation = nil
         progress.wakeTimer = nil
         awaitingCreate = nil  // a call in flight died with the process; the label sweep covers it
@@ -629,7 +726,7 @@ public struct PoolMachine: Sendable, Codable {
         for index in retiring.indices {
             let operation = newOperation()
             retiring[index].operation = operation
-            actions.append(.destroyInstance(operation, retiring[index].instance))
+            actions.append(destroyCommand(operation, retiring[index].instance))
         }
         return actions
     }
@@ -684,12 +781,15 @@ public struct PoolMachine: Sendable, Codable {
         for instance in [primary, standby].compactMap({ $0 }) + retiring.map(\.instance) where !doomed.contains(instance) {
             doomed.append(instance)
         }
+        // CPU VMs go through the other cloud, by name, from the books (`cpuVMs`).
+        doomed.removeAll { cpuVM($0) != nil }
         if let primary { actions.append(.revokeLease(primary)) }
         // Primary and standby stay recorded until their destroy is accepted: a cleanup that
         // fails must not forget what is left.
         retiring = []
         run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
-        actions.append(record(.cleanup, now: now, detail: "destroying \(doomed.map(String.init)), volume \(volume.map(String.init) ?? "none")"))
+        let vms = (cpuVMs ?? []).isEmpty ? "" : ", CPU VMs \((cpuVMs ?? []).map(\.name))"
+        actions.append(record(.cleanup, now: now, detail: "destroying \(doomed.map(String.init))\(vms), volume \(volume.map(String.init) ?? "none")"))
         return actions + continueCleanup(remaining: doomed, now: now)
     }
 
@@ -704,12 +804,16 @@ public struct PoolMachine: Sendable, Codable {
             currentFailover: currentFailover, removed: state == .removed, incarnation: request.incarnation,
             cleaningUp: state.isCleaningUp, volumeVerified: volumeMarkedAt != nil,
             failedAtProvider: provisioningFailure != nil && provisioningFailedAtProvider == true,
-            degradedRung: degradedRung, nextRetryAt: nextRetryAt)
+            degradedRung: degradedRung, nextRetryAt: nextRetryAt,
+            strategy: cpuStandby != nil || cpuPrimary != nil ? .cpuStandby : .gpuWarmPool,
+            cpuStandbyName: cpuStandby?.name, cpuStandbyInstanceID: cpuStandby?.agent, cpuStandbySSH: cpuStandbySSH,
+            cpuPrimaryName: cpuPrimary?.name)
     }
 
     private var degradedRung: DegradedRung? {
         guard case .degraded = state else { return nil }
         if standbyAtRisk { return .standbyAtRisk }
+        if cpuPrimary != nil { return .runningOnCPU }
         return primary == nil ? .needsWholeHostRecovery : .noStandby
     }
 
@@ -753,6 +857,9 @@ public struct PoolMachine: Sendable, Codable {
             case .findOffer: "finding a free GPU for the standby"
             case .create, .awaitExists: "creating the standby"
             case .stop, .awaitStopped: "stopping the new standby"
+            case .cpuCreate: "creating the CPU standby"
+            case .cpuAwaitRunning: "starting the CPU standby"
+            case .cpuSync: "starting the sync to the CPU standby"
             }
         case .failover(_, let step):
             switch step {
@@ -765,6 +872,7 @@ public struct PoolMachine: Sendable, Codable {
             case .findHost: "finding another host"
             case .createVolume: "creating a volume on another host"
             case .restore: "restoring the newest snapshot"
+            case .finalSnapshot: "taking the CPU primary's final snapshot"
             }
         case .cleaningUp: "cleaning up"
         case .active, .degraded, .error, .removed: "resting"
@@ -777,12 +885,20 @@ public struct PoolMachine: Sendable, Codable {
         switch (state, data) {
         case (.provisioning(.findOffers), .offers(let offers)):
             let usable = offers.filter { $0.machineID == request.hostMachineID }
-            guard usable.count >= 2 else {
-                return stepFailed(
-                    "host \(request.hostMachineID) has \(usable.count) free GPU(s); a warm pool needs 2", now: now)
+            // The product's rule: two free GPUs make a warm pool; fewer (or the operator's pick)
+            // a CPU standby, unless that strategy is off.
+            if usable.count >= 2, !request.prefersCPUStandby {
+                return enter(.provisioning(.ensureVolume(primary: usable[0], standby: usable[1])),
+                             deadline: now + settings.createTimeout, now: now)
             }
-            return enter(.provisioning(.ensureVolume(primary: usable[0], standby: usable[1])),
-                         deadline: now + settings.createTimeout, now: now)
+            guard settings.cpuStandby != nil, let primaryOffer = usable.first else {
+                let cpu = settings.cpuStandby == nil ? " (the CPU standby strategy is off)" : ""
+                return stepFailed(
+                    "host \(request.hostMachineID) has \(usable.count) free GPU(s); a warm pool needs 2, a CPU standby 1\(cpu)", now: now)
+            }
+            let why = request.prefersCPUStandby ? "the operator chose it" : "host \(request.hostMachineID) has \(usable.count) free GPU, a warm pool needs 2"
+            return [record(.provisioning, now: now, detail: "strategy cpu_standby: \(why)")]
+                + enter(.provisioning(.ensureVolume(primary: primaryOffer, standby: nil)), deadline: now + settings.createTimeout, now: now)
 
         case (.provisioning(.ensureVolume(let primaryOffer, let standbyOffer)), .volume(let id)):
             volume = id
@@ -818,6 +934,8 @@ public struct PoolMachine: Sendable, Codable {
 
         case (.degraded, .offers(let offers)) where primary == nil:
             return rebuild(on: offers, now: now)
+        case (.degraded, .offers(let offers)) where cpuPrimary != nil:
+            return failBack(seeing: offers, now: now)
         case (.failover(let failover, let step), _):
             return advanceFailover(failover, step, with: data, now: now)
 
@@ -841,6 +959,10 @@ public struct PoolMachine: Sendable, Codable {
             if let destroyed = remaining.first {
                 if destroyed == primary { primary = nil; primarySSH = nil }
                 if destroyed == standby { clearStandby() }
+            } else if let vm = cpuVMs?.first {
+                cpuVMs?.removeFirst()
+                if vm == cpuStandby { cpuStandby = nil; cpuStandbySSH = nil }
+                if vm == cpuPrimary { cpuPrimary = nil; primary = nil; primarySSH = nil }
             } else if volume != nil {
                 volume = nil
             } else {
@@ -861,6 +983,10 @@ public struct PoolMachine: Sendable, Codable {
         switch (step, data) {
         case (.findOffer, .offers(let offers)):
             guard let offer = offers.first(where: { $0.machineID == request.hostMachineID }) else {
+                if settings.cpuStandby?.replacesMissingGPUStandby == true, primary != nil {
+                    return [record(.standbyProvisioning, now: now, detail: "no free GPU left on host \(request.hostMachineID): a CPU standby instead")]
+                        + enter(wrap(.cpuCreate(makeCPURequest())), deadline: now + settings.createTimeout, now: now)
+                }
                 return stepFailed("no free GPU left on host \(request.hostMachineID) for a standby", now: now)
             }
             guard let volume else { return stepFailed("the pool has no volume", now: now) }
@@ -887,6 +1013,26 @@ public struct PoolMachine: Sendable, Codable {
         case (.stop(let id), .accepted):
             return enter(wrap(.awaitStopped(id)), deadline: progress.deadline, now: now)
 
+        case (.cpuCreate(let create), .instance(let vm)):
+            guard vm != nil else { return stepFailed("the cloud lists no VM named \(create.name) after creating it", now: now) }
+            cpuStandby = create
+            // It boots with our agent, which must not be granted (and start the workload) before
+            // a promotion says it is the primary.
+            return [.revokeLease(create.agent)] + enter(wrap(.cpuAwaitRunning(create)), deadline: progress.deadline, now: now)
+
+        case (.cpuAwaitRunning(let create), .instance(let vm)):
+            guard let vm else {
+                cpuVMs?.removeAll { $0 == create }
+                cpuStandby = nil
+                return stepFailed("CPU VM \(create.name) disappeared before it ran", now: now)
+            }
+            guard vm.status == .running, let ssh = vm.ssh else { return wake(at: now + settings.pollInterval) }
+            cpuStandbySSH = ssh
+            guard primary != nil else { return stepFailed("the pool has no primary to sync from", now: now) }
+            return [record(.standbyRunning, now: now, detail: "CPU VM \(create.name) (agent \(create.agent)) at \(ssh.host):\(ssh.port)")]
+                + enter(wrap(.cpuSync(SyncTarget(name: create.name, agent: create.agent, ssh: ssh, epoch: epoch))),
+                        deadline: now + settings.createTimeout, now: now)
+
         case (.awaitStopped(let id), .instance(let instance)):
             guard let instance else { return standbyVanished(id, wrap: wrap, now: now) }
             guard instance.status?.provesStopped == true else { return wake(at: now + settings.pollInterval) }
@@ -903,6 +1049,39 @@ public struct PoolMachine: Sendable, Codable {
         default:
             return stepFailed("unexpected answer while \(stepName): \(data)", now: now)
         }
+    }
+
+    /// The primary's agent syncs to the CPU standby: the pool is protected (the sync's lag is the
+    /// shell's to watch: `sync_behind`).
+    private mutating func cpuStandbyReady(_ target: SyncTarget, now: Instant) -> [EngineAction] {
+        standbysVanished = nil
+        degradedAnnounced = false
+        let actions = [
+            record(.syncConfigured, now: now, detail: "instance \(primary.map(String.init) ?? "?") syncs the volume to CPU VM \(target.name) at epoch \(target.epoch)"),
+            record(.standbyReady, now: now, detail: "CPU VM \(target.name), running, kept in sync"),
+            notify(.standbyProvisioned, now: now, message: "pool \(poolID): CPU standby \(target.name) is ready (running, kept in sync)"),
+        ]
+        run = nil
+        return actions + enter(.active, deadline: nil, now: now)
+    }
+
+    private mutating func makeCPURequest() -> CPUInstanceRequest {
+        let made = (cpuVMsCreated ?? 0) + 1
+        cpuVMsCreated = made
+        let agent = CPUInstanceRequest.agentIDBase | (poolID.rawValue << 24) | (Int64(request.incarnation & 0xff) << 16) | Int64(made & 0xffff)
+        let cpu = settings.cpuStandby ?? CPUStandbySettings()
+        let create = CPUInstanceRequest(
+            name: "\(request.namePrefix)-cpu-e\(epoch)-a\(made)", agent: InstanceID(rawValue: agent),
+            machineType: cpu.machineType, diskSizeGB: cpu.diskSizeGB ?? request.volumeGB)
+        // On the books before the create goes out: an answer lost to a crash or a timeout must
+        // not leave a VM that nobody deletes.
+        cpuVMs = (cpuVMs ?? []) + [create]
+        return create
+    }
+
+    /// The CPU VM whose agent is `instance`, if it is one of this pool's.
+    private func cpuVM(_ instance: InstanceID) -> CPUInstanceRequest? {
+        cpuVMs?.first { $0.agent == instance }
     }
 
     /// An offer rented by someone else before our create: the caller searches again, unless that
@@ -964,6 +1143,12 @@ public struct PoolMachine: Sendable, Codable {
             }
             guard instance.status == .running else { return wake(at: now + settings.pollInterval) }
             guard let volume else { return stepFailed("the pool has no volume", now: now) }
+            if let cpu = cpuStandby, cpu.agent == id {
+                cpuStandbySSH = instance.ssh ?? cpuStandbySSH
+                return [record(.standbyRunning, now: now, detail: "CPU VM \(cpu.name)")]
+                    + enter(.failover(failover, .verify(id, ssh: cpuStandbySSH, volume: volume, marker: .required)),
+                            deadline: now + settings.verifyTimeout, now: now)
+            }
             standbyState = .running
             standbySSH = instance.ssh
             if failover.reason.movesVolume, failover.restored != true {
@@ -1003,6 +1188,7 @@ public struct PoolMachine: Sendable, Codable {
         case (.createVolume(let host, let offers), .volume(let id)):
             if let old = volume, old != id { abandonedVolumes = (abandonedVolumes ?? []) + [old] }
             volume = id
+            volumeStale = true  // empty until the snapshot is on it: never a rebuild's volume before that
             volumeMarkedAt = nil  // a new volume: its marker is written once the snapshot is on it
             request.hostMachineID = host
             return [record(.volumeReady, now: now, detail: "volume \(id) on host \(host), which has \(offers.count) free GPU(s)")]
@@ -1047,7 +1233,7 @@ public struct PoolMachine: Sendable, Codable {
             let how = cause.map { ": \($0)" } ?? ""
             actions.append(record(.detected, now: now, detail: "primary instance \(oldPrimary) failed\(how)"))
             actions.append(notify(.failureDetected, now: now, message: "pool \(poolID): primary instance \(oldPrimary) failed\(how)"))
-        case .test, .rebuild, .relocation, .restoreRequested:
+        case .test, .rebuild, .relocation, .restoreRequested, .failback:
             break  // Nothing failed: the sequence starts at fencing (a rebuild or relocation never comes here).
         }
         let test = reason == .test ? " (test)" : reason == .restoreRequested ? " (a restore was asked for)" : ""
@@ -1070,6 +1256,13 @@ public struct PoolMachine: Sendable, Codable {
         failover.offlineSince = since
         state = .failover(failover, step)
         guard now - since >= bound, now >= failover.leaseExpiredBy else { return nil }
+        if cpuStandby != nil {
+            // The CPU standby is on another cloud, with the last synced copy: no snapshot needed.
+            lostHosts = (lostHosts ?? []) + [request.hostMachineID]
+            failover.stopConfirmed = "machine \(request.hostMachineID) offline for \(now - since)"
+            return fenced(failover, how: "machine \(request.hostMachineID) offline for \(now - since): instance \(failover.oldPrimary)'s "
+                          + "lease has run out, so it cannot write", now: now)
+        }
         return relocate(failover, why: "machine \(request.hostMachineID) offline for \(now - since)", now: now)
     }
 
@@ -1093,6 +1286,42 @@ public struct PoolMachine: Sendable, Codable {
         // The standby is on the lost machine too.
         actions += dropStandby(reason: "on lost host \(lostHost)", now: now)
         return actions + enter(.failover(failover, .findHost), deadline: now + settings.commandTimeout, now: now)
+    }
+
+    /// A degraded pool running on its CPU VM saw free GPUs: move back, planned, to the first host
+    /// that is not lost (the search ranks them).
+    private mutating func failBack(seeing offers: [GPUOffer], now: Instant) -> [EngineAction] {
+        let lost = Set(lostHosts ?? [])
+        guard let cpu = cpuPrimary, let primary, let offer = offers.first(where: { !lost.contains($0.machineID) }) else {
+            return retryDegradedLater(now: now)
+        }
+        failoversStarted += 1
+        let failover = Failover(number: failoversStarted, reason: .failback, oldPrimary: primary, startedAt: now,
+                                leaseExpiredBy: leaseExpiry(revokedAt: now))
+        run = TimelineRun(failover: failover.number, startedAt: now, lastAt: now)
+        let actions: [EngineAction] = [
+            .revokeLease(primary),
+            record(.failingBack, now: now, detail: "a free GPU (\(offer.gpuName), host \(offer.machineID)): CPU VM \(cpu.name)'s lease is revoked, "
+                   + "so its workload is checkpointed and frozen; then a final snapshot, and onto a new volume on a GPU host"),
+        ]
+        return actions + enter(.failover(failover, .awaitLeaseExpiry), deadline: nil, now: now)
+    }
+
+    /// The final snapshot could not be taken: the CPU primary, untouched but for its lease, is
+    /// given its lease back (nothing else wrote: same epoch) and the pool tries again later.
+    private mutating func failBackAbandoned(_ failover: Failover, reason: String, now: Instant) -> [EngineAction] {
+        var actions: [EngineAction] = [.grantLease(failover.oldPrimary, epoch: epoch)]
+        let abandoned = (failBacksAbandoned ?? 0) + 1
+        failBacksAbandoned = abandoned
+        let wait = settings.degradedRetryInterval * (1 << min(abandoned, 4))
+        actions.append(record(.degraded, now: now, detail: "failback \(failover.number) abandoned: \(reason); instance \(failover.oldPrimary) keeps "
+                              + "running; the next try in \(wait)"))
+        run = nil
+        let cpu = cpuPrimary?.name ?? "?"
+        actions += becomeDegraded("the primary is CPU VM \(cpu): the workload runs at CPU speed, unprotected, until the pool "
+                                  + "moves back to a free GPU (the last try: \(reason))", now: now, recordStep: false)
+        nextRetryAt = now + wait
+        return actions + wake(at: now + wait)
     }
 
     private func leaseExpiry(revokedAt: Instant) -> Instant {
@@ -1119,7 +1348,16 @@ public struct PoolMachine: Sendable, Codable {
             record(.fenced, now: now, detail: how),
             record(.epochIncreased, now: now, detail: "epoch \(epoch.rawValue - 1) -> \(epoch)"),
         ]
-        if failover.reason == .restoreRequested {
+        if volumeStale == true, !failover.reason.movesVolume {
+            // The primary that failed was the CPU VM: the volume holds the data as of the failover
+            // to it, so only its newest snapshot can bring the pool back.
+            failover.reason = .relocation
+            actions += dropStandby(reason: "linked to volume \(volume.map(String.init) ?? "none"), which is older than the CPU VM's data", now: now)
+            actions.append(record(.relocating, now: now, detail: "the CPU primary failed and volume \(volume.map(String.init) ?? "none") is stale: "
+                                  + "the newest snapshot goes onto a new volume on a GPU host"))
+            return actions + enter(.failover(failover, .findHost), deadline: now + settings.commandTimeout, now: now)
+        }
+        if failover.reason == .restoreRequested || failover.reason == .failback {
             // The standby is linked to the volume being replaced: it goes, and a new one follows.
             actions += dropStandby(reason: "linked to volume \(volume.map(String.init) ?? "none"), which the restore replaces", now: now)
             actions.append(record(.relocating, now: now, detail: "snapshot \(failover.snapshot ?? "(the newest)") onto a new volume; "
@@ -1129,6 +1367,12 @@ public struct PoolMachine: Sendable, Codable {
         if let standby {
             actions += announceStandbyStarting(&failover, detail: "instance \(standby)", now: now)
             return actions + enter(.failover(failover, .startStandby(standby)), deadline: now + settings.standbyStartTimeout, now: now)
+        }
+        if let cpu = cpuStandby {
+            // Its copy is as fresh as the last sync pass; the old primary's agent stopped
+            // syncing when its lease ran out, so the copy no longer changes under us.
+            actions += announceStandbyStarting(&failover, detail: "CPU VM \(cpu.name)", now: now)
+            return actions + enter(.failover(failover, .startStandby(cpu.agent)), deadline: now + settings.standbyStartTimeout, now: now)
         }
         if let unfinished = failover.unfinishedStandby {
             failover.unfinishedStandby = nil
@@ -1159,6 +1403,15 @@ public struct PoolMachine: Sendable, Codable {
         primary = candidate
         primarySSH = ssh
         clearStandby()
+        if let cpu = cpuStandby, cpu.agent == candidate {
+            cpuPrimary = cpu
+            cpuStandby = nil
+            cpuStandbySSH = nil
+            volumeStale = true
+        } else if cpuPrimary != nil {
+            cpuPrimary = nil  // a GPU instance took over from the CPU VM
+            failBacksAbandoned = nil
+        }
         failoverCount += 1
         lastFailoverAt = now
         let took = now - failover.startedAt
@@ -1168,6 +1421,10 @@ public struct PoolMachine: Sendable, Codable {
         actions.append(record(.promoted, now: now, detail: "instance \(candidate) is primary at epoch \(epoch)"))
         actions.append(notify(.failoverComplete, now: now,
                               message: "pool \(poolID): instance \(candidate) is primary after \(took)"))
+        if let cpu = cpuPrimary {
+            return actions + becomeDegraded("the primary is CPU VM \(cpu.name): the workload runs at CPU speed, unprotected, "
+                                            + "until the pool moves back to a free GPU", now: now)
+        }
         return actions + beginRecovering(now: now)
     }
 
@@ -1176,6 +1433,12 @@ public struct PoolMachine: Sendable, Codable {
         var failover = failover
         failover.waitingSince = nil
         var actions = dropStandby(reason: reason, now: now)
+        if let cpu = cpuStandby, case .failover(_, let step) = state, step.candidate == cpu.agent {
+            // Kept on the books (the cleanup deletes it): it holds the last synced copy.
+            actions.append(record(.standbyAbandoned, now: now, detail: "CPU VM \(cpu.name): \(reason)"))
+            cpuStandby = nil
+            cpuStandbySSH = nil
+        }
         guard failover.replacementsCreated < settings.replacementLimit else {
             return actions + failoverFailed(failover, degraded: false,
                                             reason: "\(failover.replacementsCreated) replacement(s) failed; last: \(reason)", now: now)
@@ -1190,6 +1453,7 @@ public struct PoolMachine: Sendable, Codable {
         lastPrimary = failover.oldPrimary
         primary = nil
         primarySSH = nil
+        if cpuPrimary?.agent == failover.oldPrimary { cpuPrimary = nil }
         actions.append(record(degraded ? .degraded : .failed, now: now, detail: reason))
         actions.append(notify(.failoverFailed, now: now, message: "pool \(poolID): failover \(failover.number) failed: \(reason)"))
         run = nil
@@ -1212,7 +1476,11 @@ public struct PoolMachine: Sendable, Codable {
     // MARK: - Standby
 
     private mutating func beginRecovering(now: Instant) -> [EngineAction] {
-        [record(.standbyProvisioning, now: now)]
+        if request.prefersCPUStandby, settings.cpuStandby != nil {
+            return [record(.standbyProvisioning, now: now, detail: "a CPU standby, as the operator chose")]
+                + enter(.recovering(.cpuCreate(makeCPURequest())), deadline: now + settings.createTimeout, now: now)
+        }
+        return [record(.standbyProvisioning, now: now)]
             + enter(.recovering(.findOffer), deadline: now + settings.commandTimeout, now: now)
     }
 
@@ -1246,7 +1514,9 @@ public struct PoolMachine: Sendable, Codable {
     // MARK: - Cleanup
 
     private mutating func continueCleanup(remaining: [InstanceID], now: Instant) -> [EngineAction] {
-        if remaining.isEmpty, volume == nil, abandonedVolumes?.isEmpty ?? true, awaitingCreate == nil, sweepLabels?.isEmpty ?? true, leftoverSweep?.done ?? true {
+        if remaining.isEmpty, volume == nil, abandonedVolumes?.isEmpty ?? true, awaitingCreate == nil, sweepLabels?.isEmpty ?? true,
+           leftoverSweep?.done ?? true, cpuVMs?.isEmpty ?? true
+        {
             leftoverSweep = nil
             let actions = [record(.removed, now: now)]
             run = nil
@@ -1345,6 +1615,11 @@ public struct PoolMachine: Sendable, Codable {
                 actions += retire(standby)
                 clearStandby()
             }
+            if case .recovering(let step) = state, let vm = step.cpuVM ?? (step.isCPU ? cpuStandby : nil) {
+                actions += retire(vm.agent)
+                cpuStandby = nil
+                cpuStandbySSH = nil
+            }
             actions += becomeDegraded(message, now: now)
             // A provider that failed a few attempts in a row is having a bad minute, not running
             // out of GPUs: waiting the degraded interval (5 min) would leave the pool without a
@@ -1369,6 +1644,8 @@ public struct PoolMachine: Sendable, Codable {
                 return []  // waits for its timer only; nothing in it can fail
             case .startStandby, .awaitStandbyRunning, .createReplacement, .verify, .restore:
                 return giveWay(failover, reason: message, now: now)
+            case .finalSnapshot:
+                return failBackAbandoned(failover, reason: message, now: now)
             case .findReplacement:
                 return failoverFailed(failover, degraded: false, reason: message, now: now)
             case .findHost, .createVolume:
@@ -1449,17 +1726,24 @@ public struct PoolMachine: Sendable, Codable {
             case .create(let create): return .ensureInstance(operation, create)
             case .awaitExists(let id), .awaitStopped(let id): return .pollInstance(operation, id)
             case .stop(let id): return .stopInstance(operation, id)
+            case .cpuCreate(let create): return .ensureCPUInstance(operation, create)
+            case .cpuAwaitRunning(let create): return .pollCPUInstance(operation, name: create.name, agent: create.agent)
+            case .cpuSync(let target):
+                return primary.map { .configureSync(operation, primary: $0, ssh: primarySSH, target: target) }
             }
         case .failover(let failover, let step):
             switch step {
-            case .stopPrimary: return .stopInstance(operation, failover.oldPrimary)
-            case .awaitPrimaryStopped: return .pollInstance(operation, failover.oldPrimary)
+            case .stopPrimary: return stopCommand(operation, failover.oldPrimary)
+            case .awaitPrimaryStopped: return pollCommand(operation, failover.oldPrimary)
             case .awaitLeaseExpiry: return nil
-            case .startStandby(let id): return .startInstance(operation, id)
-            case .awaitStandbyRunning(let id): return .pollInstance(operation, id)
+            case .startStandby(let id):
+                if let vm = cpuVM(id) { return .startCPUInstance(operation, name: vm.name) }
+                return .startInstance(operation, id)
+            case .awaitStandbyRunning(let id): return pollCommand(operation, id)
             case .findReplacement: return .findFreeOffers(operation, hostMachineID: host, gpuNames: request.gpuNames)
             case .createReplacement(let create): return .ensureInstance(operation, create)
             case .verify(let id, let ssh, let volume, let marker):
+                if let vm = cpuVM(id) { return .verifyCPUCopy(operation, instance: id, ssh: ssh, name: vm.name, syncedFrom: failover.oldPrimary) }
                 return .verify(operation, instance: id, ssh: ssh, volume: volume, marker: marker)
             case .findHost:
                 return .findFreeOffersAnywhere(operation, gpuNames: request.gpuNames, excludingHosts: lostHosts ?? [])
@@ -1468,6 +1752,8 @@ public struct PoolMachine: Sendable, Codable {
                                      sizeGB: request.volumeGB)
             case .restore(let id, let ssh):
                 return .restoreSnapshot(operation, instance: id, ssh: ssh, snapshot: failover.snapshot)
+            case .finalSnapshot(let id, let ssh):
+                return .takeSnapshot(operation, instance: id, ssh: ssh)
             }
         case .cleaningUp(let remaining):
             if let instance = remaining.first { return .destroyInstance(operation, instance) }
@@ -1477,6 +1763,7 @@ public struct PoolMachine: Sendable, Codable {
                 return .findLeftover(operation, labelPrefixes: InstanceRequest.Role.allCases.map { "\(request.namePrefix)-\($0.rawValue)-" },
                                      excluding: sweep.found)
             }
+            if let vm = cpuVMs?.first { return .deleteCPUInstance(operation, name: vm.name) }
             return (volume ?? abandonedVolumes?.first).map { .deleteVolume(operation, $0) }
         case .active, .degraded, .error, .removed:
             return nil
@@ -1503,7 +1790,21 @@ public struct PoolMachine: Sendable, Codable {
         guard !retiring.contains(where: { $0.instance == instance }) else { return [] }
         let operation = newOperation()
         retiring.append(Retirement(instance: instance, operation: operation))
-        return [.destroyInstance(operation, instance)]
+        return [destroyCommand(operation, instance)]
+    }
+
+    // A CPU VM is reached through the other cloud, by name; the engine's steps are the same.
+
+    private func destroyCommand(_ operation: OperationID, _ instance: InstanceID) -> EngineAction {
+        cpuVM(instance).map { .deleteCPUInstance(operation, name: $0.name) } ?? .destroyInstance(operation, instance)
+    }
+
+    private func stopCommand(_ operation: OperationID, _ instance: InstanceID) -> EngineAction {
+        cpuVM(instance).map { .stopCPUInstance(operation, name: $0.name) } ?? .stopInstance(operation, instance)
+    }
+
+    private func pollCommand(_ operation: OperationID, _ instance: InstanceID) -> EngineAction {
+        cpuVM(instance).map { .pollCPUInstance(operation, name: $0.name, agent: instance) } ?? .pollInstance(operation, instance)
     }
 
     private mutating func makeRequest(_ role: InstanceRequest.Role, offer: GPUOffer, volume: VolumeID) -> InstanceRequest {

@@ -35,6 +35,14 @@ public struct PoolSnapshot: Hashable, Sendable, Codable {
     public var degradedRung: DegradedRung?
     /// Degraded: when the engine tries again by itself (`POST /warmpool/repair` tries now).
     public var nextRetryAt: Instant?
+    /// `cpu_standby` while a CPU VM is the standby or the primary, else `gpu_warm_pool`.
+    public var strategy: FailoverStrategy = .gpuWarmPool
+    /// The CPU standby (the VM's name, its agent's id, where SSH answers), when there is one.
+    public var cpuStandbyName: String? = nil
+    public var cpuStandbyInstanceID: InstanceID? = nil
+    public var cpuStandbySSH: SSHEndpoint? = nil
+    /// The primary is this CPU VM (degraded performance until the pool moves back to a GPU).
+    public var cpuPrimaryName: String? = nil
 }
 
 /// Where a degraded pool stands on the remediation ladder (start the standby, then a new
@@ -50,4 +58,7 @@ public enum DegradedRung: String, Hashable, Sendable, Codable {
     /// Primary and stopped standby in place, but the host had no free GPU at the last look: the
     /// standby's start would wait in `scheduling`. Active again when a GPU frees up.
     case standbyAtRisk = "standby_at_risk"
+    /// The primary is the CPU standby, promoted: the workload runs, slowly, and nothing protects
+    /// it. The pool looks for a free GPU to move back to at `nextRetryAt`.
+    case runningOnCPU = "running_on_cpu"
 }

@@ -201,7 +201,7 @@ extension FailoverCoordinator {
         logger.warning("primary's agent said goodbye; asking the provider", metadata: ["pool": "\(poolID)", "instance": "\(instance)"])
         var stopped: String?
         do {
-            stopped = Self.stopReason(try await effects.provider.instance(id: instance), instance: instance)
+            stopped = try await stopReason(of: instance, inPool: poolID)
         } catch {
             // Nothing concluded: the grace below still fails it over if it stays away.
             logger.warning("cannot ask the provider about a primary that left", metadata: ["pool": "\(poolID)", "error": "\(error)"])
@@ -215,6 +215,15 @@ extension FailoverCoordinator {
             guard await self.monitoredPool(primary: instance) == poolID, !(await self.isHeartbeating(instance)) else { return }
             await self.primaryStopped(poolID, instance: instance, reason: "its agent said goodbye and did not come back within \(grace)")
         }
+    }
+
+    /// Why the provider that runs the primary proves it stopped: the marketplace, or for a CPU VM
+    /// (the promoted CPU standby) the other cloud, by the VM's name. nil when it does not.
+    private func stopReason(of instance: InstanceID, inPool poolID: PoolID) async throws -> String? {
+        if let name = pools[poolID]?.machine?.snapshot.cpuPrimaryName {
+            return try await cpu.stopReason(name: name)
+        }
+        return Self.stopReason(try await effects.provider.instance(id: instance), instance: instance)
     }
 
     /// Why the provider's listing proves the instance stopped; nil when it does not.
@@ -270,6 +279,15 @@ extension FailoverCoordinator {
                 before == (snapshot.primaryInstanceID, snapshot.standbyInstanceID)
             else { continue }
             if let standby = snapshot.standbyInstanceID { standbySeen[poolID] = (standby, listed[standby].map { $0.actualStatus ?? "unknown" }) }
+            if let name = snapshot.cpuPrimaryName, let primary = snapshot.primaryInstanceID {
+                // On the other cloud: the marketplace's listing says nothing about it.
+                if monitoredPool(primary: primary) == poolID, let stopped = try? await cpu.stopReason(name: name),
+                    pools[poolID]?.machine?.snapshot.primaryInstanceID == primary
+                {
+                    primaryStopped(poolID, instance: primary, reason: stopped)
+                }
+                continue
+            }
             if let primary = snapshot.primaryInstanceID, monitoredPool(primary: primary) == poolID,
                 let stopped = Self.stopReason(listed[primary], instance: primary)
             {

@@ -41,6 +41,17 @@ public actor FailoverCoordinator: Service {
         public var snapshotCommand = SnapshotRestore.defaultSnapshotCommand
         /// The snapshot store's settings for that command (`WARMPOOL_S3_*`, `WARMPOOL_SNAPSHOT_KEY_FILE`).
         public var restoreEnvironment: [String: String] = [:]
+        /// The CPU standby: where the primaries' agents read their sync target (their
+        /// `--sync-target-file`), where the pools' sync keys are kept, and the controller's public
+        /// key (installed on every CPU VM, beside the pool's sync key).
+        public var syncTargetFile = "/data/.warmpool/sync-target.json"
+        public var syncKeyDirectory = "/var/lib/warmpool/sync-keys"
+        public var sshPublicKey: String?
+        /// Where the CPU VMs' agents reach this controller (nil: where the marketplace's do); the
+        /// other cloud may see the control plane at another address.
+        public var cpuAgentControllers: String?
+        /// The most lag the primary's sync to its CPU standby may have before `SyncBehind`.
+        public var syncLagBoundSeconds: Double = 60
 
         public init(
             engine: EngineSettings = EngineSettings(), restartGrace: Duration = .seconds(10),
@@ -87,6 +98,7 @@ public actor FailoverCoordinator: Service {
     let effects: ProviderEffects
     let verification: VolumeVerification
     let restorer: SnapshotRestore
+    let cpu: CPUStandbyEffects
     let hub: LivenessHub?
     let liveness: AsyncStream<[LivenessEvent]>?
     let logger: Logger
@@ -131,6 +143,7 @@ public actor FailoverCoordinator: Service {
     public init(
         configuration: Configuration, store: any WarmpoolStore, provider: any ProviderClient, verifier: SSHVerifier,
         launch: AgentLaunch, hub: LivenessHub?, logger: Logger, clock: any WallClock = SteadyWallClock(),
+        cpuCloud: (any CPUProviderClient)? = nil,
         onFailoverFinished: @escaping @Sendable (_ result: String, _ seconds: Double) -> Void = { _, _ in },
         onBreakerChange: @escaping @Sendable (_ tripped: Bool, _ held: Int, _ newTrip: Bool) -> Void = { _, _, _ in }
     ) {
@@ -143,6 +156,13 @@ public actor FailoverCoordinator: Service {
             verifier: verifier, restoreCommand: configuration.restoreCommand, snapshotCommand: configuration.snapshotCommand,
             environment: configuration.restoreEnvironment,
             volumePath: configuration.volumePath, timeout: configuration.engine.restoreTimeout)
+        self.cpu = CPUStandbyEffects(
+            cloud: cpuCloud, store: store, launch: launch, verifier: verifier, restorer: restorer,
+            syncKeys: SyncKeys(directory: configuration.syncKeyDirectory), controllerPublicKey: configuration.sshPublicKey,
+            controllers: configuration.cpuAgentControllers ?? launch.controllers,
+            syncTargetFile: configuration.syncTargetFile, volumePath: configuration.volumePath,
+            timeout: configuration.verificationWindow, lastSyncedPass: { [hub] instance in hub?.syncReport(for: instance)?.manifest?.pass },
+            clock: clock, logger: logger)
         self.hub = hub
         // Subscribed now, not in run(): no failure may slip between construction and start.
         self.liveness = hub?.bus.subscribe()
@@ -416,6 +436,32 @@ public actor FailoverCoordinator: Service {
                         await self.record("host_key_mismatch", "instance \(instance) refused: \(mismatch)", pools: [poolID])
                     }
                     await self.verificationAnswered(poolID, operation, verdict.outcome)
+                }
+            case .ensureCPUInstance(let operation, _), .startCPUInstance(let operation, _), .stopCPUInstance(let operation, _),
+                .pollCPUInstance(let operation, _, _), .deleteCPUInstance(let operation, _):
+                runner.run { [cpu] in
+                    await cpu.run(action, poolID: poolID)
+                } deliver: { outcome in
+                    await self.providerAnswered(poolID, operation, outcome)
+                }
+            case .configureSync(let operation, let primary, let ssh, let target):
+                runner.run { [cpu] in
+                    await cpu.configureSync(primary: primary, ssh: ssh, target: target, poolID: poolID)
+                } deliver: { outcome in
+                    await self.verificationAnswered(poolID, operation, outcome)
+                }
+            case .verifyCPUCopy(let operation, let instance, let ssh, let name, let syncedFrom):
+                let epoch = epoch ?? 1
+                runner.run { [cpu] in
+                    await cpu.verifyCopy(instance: instance, ssh: ssh, name: name, syncedFrom: syncedFrom, epoch: epoch)
+                } deliver: { outcome in
+                    await self.verificationAnswered(poolID, operation, outcome)
+                }
+            case .takeSnapshot(let operation, let instance, let ssh):
+                runner.run { [cpu] in
+                    await cpu.takeSnapshot(instance: instance, ssh: ssh, poolID: poolID)
+                } deliver: { outcome in
+                    await self.restoreAnswered(poolID, operation, outcome)
                 }
             case .restoreSnapshot(let operation, let instance, let ssh, let snapshot):
                 runner.run { [restorer] in

@@ -16,6 +16,8 @@ struct ProtectionCheck {
     var snapshot: PoolSnapshot
     /// nil when no agent of the primary is known to the detector.
     var primaryAgent: PrimaryAgent?
+    /// The CPU standby's agent, when the pool has one (nil: not known to the detector).
+    var cpuStandbyAgent: PrimaryAgent? = nil
     /// The standby's status in the provider's last listing; `.some(nil)` when the listing did not
     /// have it; nil when no listing was made since the controller started.
     var standbyAtProvider: String??
@@ -27,6 +29,19 @@ struct ProtectionCheck {
     var freeGPUsOnHost: (count: Int, at: String)? = nil
     /// A maintenance or downtime the provider announced for the host (Vast.ai's notifications).
     var hostNotice: String? = nil
+    /// The primary's sync to its CPU standby as its agent reports it, the lag aged to now; nil when
+    /// it reports none (a pool whose standby is a GPU on the same volume syncs nothing).
+    var primarySync: PrimarySync? = nil
+    /// The most lag `SyncBehind` accepts (the controller's `--sync-lag-bound-s`).
+    var syncLagBoundSeconds: Double = 60
+
+    struct PrimarySync: Equatable {
+        var target: String?
+        var state: String
+        /// nil before the sync began.
+        var lagSeconds: Double?
+        var error: String?
+    }
 
     typealias Condition = (type: String, status: Bool, reason: String, message: String, problemWhenTrue: Bool, affectsProtection: Bool)
 
@@ -36,7 +51,28 @@ struct ProtectionCheck {
             (c.type, c.status, c.reason, c.message, false, true)
         }
         return [positive(enabled), positive(primary), positive(standby), standbyAtRisk, positive(volume), positive(idle),
-                positive(controller), positive(breaker), positive(persisted), hostMaintenance]
+                positive(controller), positive(breaker), positive(persisted), hostMaintenance] + (syncBehind.map { [$0] } ?? [])
+    }
+
+    /// The CPU standby's copy lags the primary by more than the bound: a failover now would lose
+    /// that many seconds of writes. Listed only while the primary reports a sync.
+    private var syncBehind: Condition? {
+        guard let sync = primarySync else { return nil }
+        let type = "SyncBehind"
+        let target = sync.target.map { "CPU standby \($0)" } ?? "the CPU standby"
+        let bound = "\(Int(syncLagBoundSeconds.rounded())) s"
+        guard let lag = sync.lagSeconds else {
+            if sync.state == "off" {
+                return (type, true, "SyncOff", "the primary's sync is off" + (sync.error.map { ": \($0)" } ?? ""), true, true)
+            }
+            return (type, false, "NotStarted", "the primary's sync to \(target) has not begun (\(sync.state))", true, true)
+        }
+        let seconds = (lag * 10).rounded() / 10
+        guard lag > syncLagBoundSeconds else {
+            return (type, false, "WithinBound", "\(target) lags the primary by \(seconds) s (bound \(bound))", true, true)
+        }
+        let why = sync.error.map { "; the last pass failed: \($0)" } ?? ""
+        return (type, true, "LagOverBound", "\(target) lags the primary by \(seconds) s, over the \(bound) bound\(why)", true, true)
     }
 
     /// A stopped standby reserves no GPU: with none free on its host, its start would wait in
@@ -84,6 +120,14 @@ struct ProtectionCheck {
 
     private var standby: (type: String, status: Bool, reason: String, message: String) {
         let type = "StandbyReady"
+        if let name = snapshot.cpuStandbyName, snapshot.standbyInstanceID == nil {
+            // A CPU VM runs, its agent heard but withheld from the workload; how fresh its copy
+            // is, is `SyncBehind`'s to say.
+            guard let agent = cpuStandbyAgent, agent.heartbeating else {
+                return (type, false, "CPUStandbySilent", "CPU standby \(name)'s agent is \(cpuStandbyAgent?.detectorState ?? "not heard by this controller")")
+            }
+            return (type, true, "CPUStandbyRunning", "CPU standby \(name) runs and its agent heartbeats")
+        }
         guard let instance = snapshot.standbyInstanceID else { return (type, false, "NoStandby", "the pool has no standby instance") }
         guard snapshot.standbyState == .stopped else {
             return (type, false, "NotStopped", "standby instance \(instance) is \(snapshot.standbyState.rawValue), not stopped and ready to start")

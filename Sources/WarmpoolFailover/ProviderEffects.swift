@@ -56,8 +56,10 @@ struct ProviderEffects: Sendable {
             case .deleteVolume(_, let id):
                 do { try await provider.deleteVolume(id: id) } catch ProviderError.notFound {}
                 return .success(.accepted)
-            case .verify, .restoreSnapshot, .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
-                return .failure(message: "not a provider command: \(action)", retryable: false)
+            case .verify, .restoreSnapshot, .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline,
+                 .ensureCPUInstance, .startCPUInstance, .stopCPUInstance, .pollCPUInstance, .deleteCPUInstance, .configureSync,
+                 .verifyCPUCopy, .takeSnapshot:
+                return .failure(message: "not a marketplace command: \(action)", retryable: false)
             }
         } catch let error as RevokedAgentKey {
             logger.error("refusing to reuse a revoked agent key", metadata: ["pool": "\(poolID)", "agent.id": "\(error.agentID)"])
@@ -190,6 +192,14 @@ struct ProviderEffects: Sendable {
         case .grantLease: "grant_lease"
         case .notify: "notify"
         case .timeline: "timeline"
+        case .ensureCPUInstance: "ensure_cpu_instance"
+        case .startCPUInstance: "start_cpu_instance"
+        case .stopCPUInstance: "stop_cpu_instance"
+        case .pollCPUInstance: "poll_cpu_instance"
+        case .deleteCPUInstance: "delete_cpu_instance"
+        case .configureSync: "configure_sync"
+        case .verifyCPUCopy: "verify_cpu_copy"
+        case .takeSnapshot: "take_snapshot"
         }
     }
 }

@@ -151,6 +151,13 @@ extension PoolRecord {
         primaryInstanceID = snapshot.primaryInstanceID
         standbyInstanceID = snapshot.standbyInstanceID
         standbyState = snapshot.standbyState
+        // What protects the pool now (the engine chose it: a CPU standby where the host has no
+        // second GPU); a disabled pool keeps the operator's word.
+        if snapshot.enabled { strategy = snapshot.strategy }
+        cpuStandbyName = snapshot.cpuStandbyName
+        cpuStandbyInstanceID = snapshot.cpuStandbyInstanceID
+        cpuStandbySSHHost = snapshot.cpuStandbySSH?.host
+        cpuPrimaryName = snapshot.cpuPrimaryName
         primarySSHHost = snapshot.primarySSH?.host
         primarySSHPort = snapshot.primarySSH?.port
         failoverCount = snapshot.failoverCount

@@ -59,4 +59,33 @@ extension SSHVerifier {
             }
         }
     }
+
+    /// The instance's host key as a known_hosts key (`TYPE BASE64`), once it matches the pin in
+    /// force: what another machine needs to check the instance's sshd by itself (the primary's
+    /// agent syncing to a CPU standby). Nothing is authenticated. Same host key rules as `run`.
+    public func pinnedHostKey(instanceID: InstanceID, host: String, port: Int, timeout: Int64) async throws -> Result<String, SSHFailure> {
+        guard let pinned = try await pins.pinnedFingerprint(for: instanceID) else {
+            return .failure(SSHFailure(.hostKeyUnattested, "no host key is pinned for instance \(instanceID) yet; not connecting"))
+        }
+        return try await runBlocking {
+            let deadline = MonotonicClock.now() + timeout
+            let session: SSHSession
+            switch SSHSession.connect(host: host, port: port, deadline: deadline) {
+            case .failure(let failure): return .failure(failure)
+            case .success(let connected): session = connected
+            }
+            defer { session.close() }
+            switch session.handshake(deadline: deadline) {
+            case .failure(let failure): return .failure(failure)
+            case .success(let fingerprint) where fingerprint != pinned:
+                return .failure(SSHFailure(.hostKeyMismatch, phase: .handshake,
+                                           "host key \(fingerprint) does not match the key pinned for instance \(instanceID) (\(pinned))"))
+            case .success:
+                guard let line = session.hostKeyLine() else {
+                    return .failure(SSHFailure(.handshakeFailed, phase: .handshake, "the server's host key could not be read"))
+                }
+                return .success(line)
+            }
+        }
+    }
 }

@@ -218,6 +218,20 @@ final class SSHSession {
         return .success(HostKeyFingerprint.sha256(digest: digest))
     }
 
+    /// The server's host key as a known_hosts key (`TYPE BASE64`), after the handshake: the wire
+    /// blob starts with the key type's name.
+    func hostKeyLine() -> String? {
+        guard let session, handshaken else { return nil }
+        var length = 0
+        var type: Int32 = 0
+        guard let key = libssh2_session_hostkey(session, &length, &type), length > 4 else { return nil }
+        let blob = key.withMemoryRebound(to: UInt8.self, capacity: length) { Array(UnsafeBufferPointer(start: $0, count: length)) }
+        let nameLength = Int(blob[0]) << 24 | Int(blob[1]) << 16 | Int(blob[2]) << 8 | Int(blob[3])
+        guard nameLength > 0, 4 + nameLength <= blob.count else { return nil }
+        let name = String(decoding: blob[4..<(4 + nameLength)], as: UTF8.self)
+        return "\(name) \(HostKeyFingerprint.base64(blob, padding: true))"
+    }
+
     // MARK: Authentication
 
     func authenticate(username: String, credentials: SSHCredentials, deadline: Int64) -> Result<Void, SSHFailure> {

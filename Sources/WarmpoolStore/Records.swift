@@ -27,6 +27,12 @@ public struct PoolRecord: Codable, Sendable, Equatable {
     public var updatedAt: Date
     /// Which of the machine id's pools this is (`WarmpoolStore.beginIncarnation`).
     public var incarnation: Int = 1
+    /// The CPU standby: the VM's name at the other cloud, its agent's id, its address.
+    public var cpuStandbyName: String?
+    public var cpuStandbyInstanceID: InstanceID?
+    public var cpuStandbySSHHost: String?
+    /// The primary is this CPU VM (degraded: CPU speed) until the pool moves back to a GPU.
+    public var cpuPrimaryName: String?
 
     public static let defaultVolumeSizeGB = 100
 
@@ -53,6 +59,10 @@ public struct PoolRecord: Codable, Sendable, Equatable {
         case createdAt = "created_at"
         case updatedAt = "updated_at"
         case incarnation
+        case cpuStandbyName = "cpu_standby_name"
+        case cpuStandbyInstanceID = "cpu_standby_instance_id"
+        case cpuStandbySSHHost = "cpu_standby_ssh_host"
+        case cpuPrimaryName = "cpu_primary_name"
     }
 
     public init(

@@ -9,7 +9,18 @@ enum Schema {
         migrator.registerMigration("v2-incarnations", migrate: addIncarnations)
         migrator.registerMigration("v3-api-key-scopes", migrate: addAPIKeyScopes)
         migrator.registerMigration("v4-recovery-points", migrate: addRecoveryPoints)
+        migrator.registerMigration("v5-cpu-standby", migrate: addCPUStandby)
         return migrator
+    }
+
+    /// A pool protected by a CPU VM (its name, its agent's id, its address), or running on one.
+    private static func addCPUStandby(_ db: Database) throws {
+        try db.alter(table: "pool") { t in
+            t.add(column: "cpu_standby_name", .text)
+            t.add(column: "cpu_standby_instance_id", .integer)
+            t.add(column: "cpu_standby_ssh_host", .text)
+            t.add(column: "cpu_primary_name", .text)
+        }
     }
 
     /// Each failover records the work it lost (the old primary's checkpoint age), and a move to

@@ -52,7 +52,7 @@ struct EnginePoolOperations: PoolOperations {
         let engineRequest = WarmpoolEngine.ProvisionRequest(
             poolID: request.poolID, hostMachineID: request.hostMachineID, gpuNames: names,
             image: request.image, diskGB: request.diskSizeGB, volumeGB: request.volumeSizeGB,
-            bidPricePerHour: request.bidPricePerHour)
+            bidPricePerHour: request.bidPricePerHour, prefersCPUStandby: request.prefersCPUStandby)
         do {
             return try await mapped { try await coordinator.provision(engineRequest, timeout: timeout) }
         } catch FailoverCoordinator.OperationError.provisioningFailed(let message, let atProvider) {

@@ -92,6 +92,33 @@ struct FailoverOptions: ParsableArguments {
     @Option(help: "Provider request timeout in seconds.")
     var providerTimeoutS: Int = 30
 
+    @Option(help: "Google Cloud service-account key file (JSON); turns the CPU standby strategy on: a host with fewer than two free GPUs gets a CPU VM its primary keeps in sync. Env: WARMPOOL_GCE_KEY_FILE.")
+    var gceKeyFile: String?
+
+    @Option(help: "Google Cloud project of the CPU standbys (default: the key file's project_id).")
+    var gceProject: String?
+
+    @Option(help: "Google Cloud zone of the CPU standbys.")
+    var gceZone: String = "us-central1-a"
+
+    @Option(help: "Compute Engine API base URL (warmpool-sim's /compute/v1 in drills).")
+    var gceUrl: String = "https://compute.googleapis.com/compute/v1"
+
+    @Option(help: "Machine type of the CPU standbys (see Protocol/GCE.md for prices).")
+    var cpuStandbyMachineType: String = "e2-small"
+
+    @Option(help: "yes: a warm pool whose host has no free GPU left for a new standby gets a CPU standby instead of staying unprotected; no: it stays degraded until a GPU frees up.")
+    var cpuStandbyFallback: String = "yes"
+
+    @Option(help: "HOST:PORT[,HOST:PORT] the CPU standbys' agents reach this controller at (default: --agent-controllers).")
+    var cpuAgentControllers: String?
+
+    @Option(help: "Where the primaries' agents read their sync target (the agent's --sync-target-file): on the volume, beside its epoch, never synced itself.")
+    var syncTargetFile: String = "/data/.warmpool/sync-target.json"
+
+    @Option(help: "A pool whose primary's sync to its CPU standby lags more than this many seconds is not protected (condition SyncBehind). Env: WARMPOOL_SYNC_LAG_BOUND_S.")
+    var syncLagBoundS: Int = Int(ProcessInfo.processInfo.environment["WARMPOOL_SYNC_LAG_BOUND_S"] ?? "") ?? 60
+
     mutating func validate() throws {
         for variable in ["WARMPOOL_PROVIDER_POLL_MS", "WARMPOOL_RESTART_GRACE_MS", "WARMPOOL_FENCE_TIMEOUT_MS"] {
             if let text = Self.environment[variable], Int(text) == nil { throw ValidationError("\(variable) must be an integer, got \(text)") }
@@ -115,6 +142,8 @@ struct FailoverOptions: ParsableArguments {
         guard hostLossAfterS >= 0 else { throw ValidationError("--host-loss-after-s must not be negative") }
         guard snapshotIntervalS >= 0 else { throw ValidationError("--snapshot-interval-s must not be negative") }
         providerApiKeyFile = providerApiKeyFile ?? Self.environment["WARMPOOL_PROVIDER_API_KEY_FILE"]
+        gceKeyFile = gceKeyFile ?? Self.environment["WARMPOOL_GCE_KEY_FILE"]
+        guard ["yes", "no"].contains(cpuStandbyFallback) else { throw ValidationError("--cpu-standby-fallback must be yes or no") }
         sshKey = sshKey ?? Self.environment["WARMPOOL_SSH_KEY"]
         agentControllers = agentControllers ?? Self.environment["WARMPOOL_AGENT_CONTROLLERS"]
     }
@@ -134,6 +163,19 @@ struct FailoverOptions: ParsableArguments {
         configuration.timeout = .seconds(providerTimeoutS)
         configuration.pacing = EndpointPacer.Settings(floors: try pacingFloors())
         return VastClient(configuration: configuration, threadPool: threadPool, logger: logger)
+    }
+
+    /// The CPU standbys' cloud, or nil when no key is configured (the strategy is then off).
+    func cpuCloud(threadPool: NIOThreadPool, logger: Logger) throws -> (any CPUProviderClient)? {
+        guard let gceKeyFile else { return nil }
+        let key: ServiceAccountKey
+        do { key = try ServiceAccountKey(contentsOfFile: gceKeyFile) } catch {
+            throw ValidationError("cannot use --gce-key-file \(gceKeyFile): \(error)")
+        }
+        guard let project = gceProject ?? key.projectID else { throw ValidationError("--gce-project is needed: the key file names no project_id") }
+        var configuration = GCEConfiguration(project: project, zone: gceZone, baseURL: gceUrl, key: key)
+        configuration.timeout = .seconds(providerTimeoutS)
+        return GCEClient(configuration: configuration, threadPool: threadPool, logger: logger)
     }
 
     func pacingFloors() throws -> [String: Duration] {
@@ -175,7 +217,7 @@ struct FailoverOptions: ParsableArguments {
 
     func coordinator(
         provider: any ProviderClient, store: any WarmpoolStore, hub: LivenessHub, listen: String, metrics: ControllerMetrics,
-        threadPool: NIOThreadPool, logger: Logger
+        threadPool: NIOThreadPool, databasePath: String, logger: Logger
     ) throws -> FailoverCoordinator {
         guard let sshKey else { throw ValidationError("the failover engine needs --ssh-key (the key instances accept for root)") }
         guard FileManager.default.isReadableFile(atPath: sshKey) else { throw ValidationError("cannot read --ssh-key \(sshKey)") }
@@ -192,6 +234,10 @@ struct FailoverOptions: ParsableArguments {
         engine.degradedRetryInterval = .seconds(degradedRetryS)
         engine.hostLossTimeout = hostLossAfterS > 0 ? .seconds(hostLossAfterS) : nil
         engine.leaseDuration = .milliseconds(Int(hub.leaseMilliseconds))
+        let cpuCloud = try cpuCloud(threadPool: threadPool, logger: logger)
+        if cpuCloud != nil {
+            engine.cpuStandby = CPUStandbySettings(machineType: cpuStandbyMachineType, replacesMissingGPUStandby: cpuStandbyFallback == "yes")
+        }
         let verifier = SSHVerifier(
             credentials: SSHCredentials(privateKey: .file(path: sshKey)),
             pins: StoreHostKeyPins(store: store, attested: { hub.attestedHostKey(instanceID: $0) }, logger: logger),
@@ -201,6 +247,14 @@ struct FailoverOptions: ParsableArguments {
         configuration.restoreCommand = restoreCommand
         configuration.restoreEnvironment = snapshotStore()
         if let command = environment["WARMPOOL_SNAPSHOT_COMMAND"] { configuration.snapshotCommand = command }
+        configuration.syncTargetFile = syncTargetFile
+        configuration.cpuAgentControllers = cpuAgentControllers
+        configuration.syncLagBoundSeconds = Double(syncLagBoundS)
+        configuration.syncKeyDirectory = URL(fileURLWithPath: databasePath).deletingLastPathComponent().path + "/sync-keys"
+        configuration.sshPublicKey = (try? String(contentsOfFile: sshKey + ".pub", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        if cpuCloud != nil, configuration.sshPublicKey == nil {
+            throw ValidationError("the CPU standby needs the controller's public key beside --ssh-key (\(sshKey).pub), for the VMs' ssh-keys")
+        }
         configuration.breaker = MassFailureBreaker.Settings(
             minimumFailures: massFailureMinimum, fraction: massFailureFraction, window: .milliseconds(massFailureWindowMs),
             settle: .milliseconds(massFailureSettleMs))
@@ -208,7 +262,7 @@ struct FailoverOptions: ParsableArguments {
             configuration: configuration,
             store: store, provider: provider,
             verifier: verifier, launch: AgentLaunch(controllers: controllers, onstart: agentOnstart, extraEnvironment: environment),
-            hub: hub, logger: logger,
+            hub: hub, logger: logger, cpuCloud: cpuCloud,
             onFailoverFinished: { result, seconds in metrics.failoverFinished(result: result, durationSeconds: seconds) },
             onBreakerChange: { tripped, held, newTrip in metrics.breaker(tripped: tripped, held: held, newTrip: newTrip) })
     }

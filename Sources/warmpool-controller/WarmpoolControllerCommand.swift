@@ -180,15 +180,21 @@ struct Serve: AsyncParsableCommand {
         webhookThreads.start()
         let operations: any PoolOperations
         var snapshots: (any SnapshotOperations)?
+        var costs: (@Sendable (PoolID) async throws -> PoolCosts)?
         if let provider = try failover.provider(threadPool: failoverThreads, logger: logger) {
             let coordinator = try failover.coordinator(
-                provider: provider, store: store, hub: service.hub, listen: listen, metrics: metrics, threadPool: failoverThreads,
+                provider: provider, store: store, hub: service.hub, listen: listen, metrics: metrics, threadPool: failoverThreads, databasePath: db,
                 logger: logger)
             services.append(coordinator)
             snapshots = EngineSnapshotOperations(
                 coordinator: coordinator, environment: failover.snapshotStore(), timeout: .seconds(failover.operationTimeoutS), logger: logger)
             operations = EnginePoolOperations(
                 coordinator: coordinator, provider: provider, timeout: .seconds(failover.operationTimeoutS))
+            costs = { poolID in
+                try await coordinatorErrorsMapped {
+                    do { return try await coordinator.costs(poolID) } catch let error as ProviderError { throw PoolOperationError.providerFailed(error.description) }
+                }
+            }
             logger.info("failover engine on", metadata: ["provider.url": "\(failover.providerUrl)"])
         } else {
             operations = ProviderlessPoolOperations(store: store)
@@ -197,6 +203,7 @@ struct Serve: AsyncParsableCommand {
         var dependencies = APIDependencies(store: store, operations: operations, hub: service.hub, metrics: metrics,
                                            vastWebhookSecret: try failover.vastWebhookSecret(), bodyTimeout: .seconds(apiBodyTimeoutS))
         dependencies.snapshots = snapshots
+        dependencies.costs = costs
         let router = APIRouter.build(dependencies)
         let apiAddress = ControllerAddress(apiListen, allowingPortZero: true)!
         let api = Application(

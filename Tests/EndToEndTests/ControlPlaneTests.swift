@@ -205,6 +205,8 @@ import Glibc
             ("POST", "/api/v1/warmpool/snapshot/12", "/api/v1/warmpool/snapshot/{machine_id}", key, nil, 409),
             ("POST", "/api/v1/warmpool/restore/12", "/api/v1/warmpool/restore/{machine_id}", key, #"{"snapshot": "$(reboot)"}"#, 400),
             ("POST", "/api/v1/warmpool/restore/12", "/api/v1/warmpool/restore/{machine_id}", key, nil, 409),
+            // No provider, no prices.
+            ("GET", "/api/v1/warmpool/costs/12", "/api/v1/warmpool/costs/{machine_id}", key, nil, 409),
         ]
         var exercised = Set<String>()
         for (method, path, template, callKey, body, expected) in calls {

@@ -29,7 +29,8 @@ final class Harness {
     deinit {
         for process in agents.values { stop(process) }
         if let controller { stop(controller) }
-        try? FileManager.default.removeItem(atPath: directory)
+        // WARMPOOL_KEEP_E2E=1 keeps the logs of a failing run to read.
+        if ProcessInfo.processInfo.environment["WARMPOOL_KEEP_E2E"] == nil { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     /// WARMPOOL_BIN_DIR, else the directory of the test bundle (where SwiftPM puts executables).

@@ -17,8 +17,9 @@ struct SnapshotStore {
     let agentFlags: [String]
     let restoreFlags: [String]
 
-    init(lab: WarmPoolLab) throws {
-        server = try MotoServer()
+    /// `reachableAt`: an address the emulated VMs reach the store at (they are namespaces of their own).
+    init(lab: WarmPoolLab, reachableAt address: String? = nil) throws {
+        server = try MotoServer(reachableAt: address)
         let directory = lab.harness.directory
         try MotoServer.peer(["mb", server.url, server.accessKeyID, server.secretAccessKey, "snapshots"])
         let key = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()

@@ -53,6 +53,26 @@ struct FakeProvider {
     var restores: [InstanceID: Int] = [:]
     private var nextID: Int64 = 100
 
+    /// The other cloud's VMs (CPU standbys), by name.
+    struct VM {
+        var request: CPUInstanceRequest
+        var status: InstanceStatus?
+        var next: InstanceStatus?
+        var deleted = false
+    }
+    var vms: [String: VM] = [:]
+    /// Creates per VM name that really made one.
+    var vmCreations: [String: Int] = [:]
+    /// Sync targets configured, per primary, in order.
+    var syncTargets: [InstanceID: [SyncTarget?]] = [:]
+    /// The CPU copies verified (SSH and manifest), per agent.
+    var cpuCopiesVerified: [InstanceID: Int] = [:]
+    /// Snapshots taken over SSH, per instance.
+    var snapshotsTaken: [InstanceID: Int] = [:]
+    /// Polls a started VM shows `loading` before it runs.
+    var vmBootPolls = 2
+    var liveVMs: [VM] { vms.values.filter { !$0.deleted }.sorted { $0.request.name < $1.request.name } }
+
     init(host: HostMachineID, freeGPUs: Int) {
         offers = (0..<freeGPUs).map { GPUOffer(id: OfferID(Int64(9000 + $0)), machineID: host, gpuName: "RTX 4090") }
     }
@@ -135,7 +155,49 @@ struct FakeProvider {
             if let failure = injected("deleteVolume") { return failure }
             if !deletedVolumes.contains(id) { deletedVolumes.append(id) }
             return .success(.accepted)
-        case .verify, .restoreSnapshot, .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
+        case .ensureCPUInstance(_, let request):
+            if let failure = injected("cpuCreate") { return failure }
+            if let vm = vms[request.name], !vm.deleted { return .success(.instance(vmSnapshot(vm))) }
+            vms[request.name] = VM(request: request, status: nil, next: .loading)
+            vmCreations[request.name, default: 0] += 1
+            return .success(.instance(vmSnapshot(vms[request.name]!)))
+        case .startCPUInstance(_, let name):
+            if let failure = injected("cpuStart") { return failure }
+            guard var vm = vms[name], !vm.deleted else { return .failure(message: "HTTP 404: no VM \(name)", retryable: false) }
+            if vm.status == .stopped { vm.status = .loading }
+            vm.next = .running
+            vms[name] = vm
+            return .success(.accepted)
+        case .stopCPUInstance(_, let name):
+            if let failure = injected("cpuStop") { return failure }
+            if var vm = vms[name], !vm.deleted {
+                vm.next = .stopped
+                vms[name] = vm
+            }
+            return .success(.accepted)
+        case .pollCPUInstance(_, let name, _):
+            if let failure = injected("cpuPoll") { return failure }
+            guard var vm = vms[name], !vm.deleted else { return .success(.instance(nil)) }
+            let shown = vmSnapshot(vm)
+            if vm.status == nil || vm.status == .loading, vm.next == .loading || vm.next == .running {
+                if vmBootPolls > 0 {
+                    vmBootPolls -= 1
+                    vm.status = .loading
+                } else {
+                    vm.status = .running
+                    vm.next = .running
+                }
+            } else {
+                vm.status = vm.next
+            }
+            vms[name] = vm
+            return .success(.instance(shown))
+        case .deleteCPUInstance(_, let name):
+            if let failure = injected("cpuDelete") { return failure }
+            vms[name]?.deleted = true
+            return .success(.accepted)
+        case .verify, .restoreSnapshot, .configureSync, .verifyCPUCopy, .takeSnapshot, .scheduleTimer, .cancelTimer, .revokeLease,
+             .grantLease, .notify, .timeline:
             return nil
         }
     }
@@ -163,6 +225,41 @@ struct FakeProvider {
         }
         restores[id, default: 0] += 1
         return .restored(snapshot: snapshot ?? "20231114T221320.000Z-0a0b0c0d", takenAt: snapshotTakenAt, files: 12, bytes: 4096)
+    }
+
+    /// As the shell does: the primary must run (SSH to it), and the target's agent must have
+    /// attested its host key, which it does once its VM runs.
+    mutating func configureSync(primary: InstanceID, target: SyncTarget?) -> VerificationOutcome {
+        guard let instance = instances[primary] ?? nil, !instance.destroyed, instance.status == .running else {
+            if let vm = vms.values.first(where: { $0.request.agent == primary }), vm.status == .running {
+                syncTargets[primary, default: []].append(target)
+                return .passed(sshReadyAt: .seconds(0))
+            }
+            return .notReady(message: "connection refused")
+        }
+        if let target, vms[target.name]?.status != .running { return .notReady(message: "the target's agent has not attested a host key yet") }
+        syncTargets[primary, default: []].append(target)
+        return .passed(sshReadyAt: .seconds(0))
+    }
+
+    mutating func verifyCPUCopy(_ agent: InstanceID, name: String, now: Instant) -> VerificationOutcome {
+        guard let vm = vms[name], !vm.deleted, vm.status == .running else { return .notReady(message: "connection refused") }
+        if failsVerification.contains(agent) { return .failed(message: "sync manifest: pass 3 on disk, pass 7 reported") }
+        cpuCopiesVerified[agent, default: 0] += 1
+        return .passed(sshReadyAt: now + .milliseconds(-20))
+    }
+
+    mutating func takeSnapshot(_ id: InstanceID) -> RestoreOutcome {
+        if !restoreAnswers.isEmpty { return restoreAnswers.removeFirst() }
+        let running = instances[id].map { !$0.destroyed && $0.status == .running }
+            ?? vms.values.contains { $0.request.agent == id && !$0.deleted && $0.status == .running }
+        guard running else { return .notReady(message: "connection refused") }
+        snapshotsTaken[id, default: 0] += 1
+        return .restored(snapshot: "20231114T230000.000Z-final\(snapshotsTaken[id]!)", takenAt: snapshotTakenAt, files: 12, bytes: 4096)
+    }
+
+    private func vmSnapshot(_ vm: VM) -> InstanceSnapshot {
+        InstanceSnapshot(id: vm.request.agent, status: vm.status, ssh: vm.status == .running ? SSHEndpoint(host: "34.1.2.3", port: 22) : nil)
     }
 
     private mutating func injected(_ command: String) -> ProviderOutcome? {

@@ -102,6 +102,15 @@ struct Harness {
             case .restoreSnapshot(let operation, let instance, _, let snapshot):
                 commandLog.append((now, action))
                 inbox.append(.restore(operation, provider.restore(instance, snapshot: snapshot)))
+            case .configureSync(let operation, let primary, _, let target):
+                commandLog.append((now, action))
+                inbox.append(.verification(operation, provider.configureSync(primary: primary, target: target)))
+            case .verifyCPUCopy(let operation, let instance, _, let name, _):
+                commandLog.append((now, action))
+                inbox.append(.verification(operation, provider.verifyCPUCopy(instance, name: name, now: now)))
+            case .takeSnapshot(let operation, let instance, _):
+                commandLog.append((now, action))
+                inbox.append(.restore(operation, provider.takeSnapshot(instance)))
             default:
                 commandLog.append((now, action))
                 if let outcome = provider.perform(action), let operation = action.operation {
@@ -166,7 +175,9 @@ extension EngineAction {
         case .findFreeOffers(let op, _, _), .ensureVolume(let op, _, _, _), .ensureInstance(let op, _),
              .startInstance(let op, _), .stopInstance(let op, _), .pollInstance(let op, _),
              .destroyInstance(let op, _), .deleteVolume(let op, _), .verify(let op, _, _, _, _), .findInstance(let op, _),
-             .findLeftover(let op, _, _), .findFreeOffersAnywhere(let op, _, _), .restoreSnapshot(let op, _, _, _):
+             .findLeftover(let op, _, _), .findFreeOffersAnywhere(let op, _, _), .restoreSnapshot(let op, _, _, _),
+             .ensureCPUInstance(let op, _), .startCPUInstance(let op, _), .stopCPUInstance(let op, _), .pollCPUInstance(let op, _, _),
+             .deleteCPUInstance(let op, _), .configureSync(let op, _, _, _), .verifyCPUCopy(let op, _, _, _, _), .takeSnapshot(let op, _, _):
             op
         case .scheduleTimer, .cancelTimer, .revokeLease, .grantLease, .notify, .timeline:
             nil

@@ -38,7 +38,7 @@ import WarmpoolModel
                               provider: FakeProvider(host: 42, freeGPUs: 1))
         harness.settle()
         #expect(harness.snapshot.removed, "a refused provision leaves no pool in the way of a retry")
-        #expect(harness.snapshot.errorMessage == "provisioning failed: host 42 has 1 free GPU(s); a warm pool needs 2")
+        #expect(harness.snapshot.errorMessage == "provisioning failed: host 42 has 1 free GPU(s); a warm pool needs 2, a CPU standby 1 (the CPU standby strategy is off)")
         #expect(harness.provider.instances.isEmpty)
         #expect(harness.steps.suffix(3) == [.failed, .cleanup, .removed])
     }

@@ -20,12 +20,14 @@ public final class MotoServer {
 
     /// A free port is free only until someone else binds it: a server that lost that race is
     /// started again on another, up to three times.
-    public convenience init() throws {
+    /// `reachableAt`: an address of this machine that other network namespaces reach (an
+    /// emulated VM's): the server then listens on every address and its URL names that one.
+    public convenience init(reachableAt address: String? = nil) throws {
         var attempt = 0
         while true {
             attempt += 1
             do {
-                try self.init(port: try freeLoopbackPort())
+                try self.init(port: try freeLoopbackPort(), address: address)
                 return
             } catch let error as PortTaken where attempt < 3 {
                 _ = error
@@ -35,18 +37,18 @@ public final class MotoServer {
 
     struct PortTaken: Error {}
 
-    private init(port: Int) throws {
+    private init(port: Int, address: String?) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.venv + "/moto_server") else {
             throw HarnessError("\(Self.venv)/moto_server is missing: run Scripts/setup")
         }
-        url = "http://127.0.0.1:\(port)"
+        url = "http://\(address ?? "127.0.0.1"):\(port)"
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, NSTemporaryDirectory() + "warmpool-moto-\(port).log", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let arguments = [Self.venv + "/moto_server", "-H", "127.0.0.1", "-p", "\(port)"]
+        let arguments = [Self.venv + "/moto_server", "-H", address == nil ? "127.0.0.1" : "0.0.0.0", "-p", "\(port)"]
         let environment = ProcessInfo.processInfo.environment.merging(["INITIAL_NO_AUTH_ACTION_COUNT": "3"]) { $1 }.map { "\($0.key)=\($0.value)" }
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.map { strdup($0) } + [nil]
