@@ -166,17 +166,19 @@ def tree_digest(root):
 
 
 class Moto:
-    """moto's standalone S3 server on loopback, without auth (any credentials are accepted)."""
+    """moto's standalone S3 server on loopback, without auth (any credentials are accepted).
+    `reachable_at`: an address of this machine other network namespaces reach (an emulated VM's):
+    the server then listens on every address and its URL names that one."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, reachable_at=None):
         if not os.access(MOTO, os.X_OK):
             raise RuntimeError("%s is missing: run Scripts/setup" % MOTO)
         self.port = free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.url = "http://%s:%d" % (reachable_at or "127.0.0.1", self.port)
         self.log = os.path.join(workdir, "moto.log")
         env = dict(os.environ, TMPDIR=workdir)
         env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
-        self.process = spawn([MOTO, "-H", "127.0.0.1", "-p", str(self.port)], self.log, env=env)
+        self.process = spawn([MOTO, "-H", "0.0.0.0" if reachable_at else "127.0.0.1", "-p", str(self.port)], self.log, env=env)
         wait_until("moto on %d" % self.port, self.answers, 30)
 
     def answers(self):

@@ -52,6 +52,17 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))] if ordered else None
 
 
+def host_address():
+    """One of this machine's global IPv4 addresses (not an emulated VM's link): what the VMs reach."""
+    listing = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        fields = line.split()
+        address = fields[fields.index("inet") + 1].split("/")[0] if "inet" in fields else None
+        if address and not address.startswith("10.216."):
+            return address
+    raise RuntimeError("this machine has no global IPv4 address for the emulated VMs to reach")
+
+
 def remote_digests(key, host, root):
     """{relative path: sha256} of the files under `root` on `host`, over SSH as root."""
     command = "cd %s && find . -type f -print0 | sort -z | xargs -0 -r sha256sum" % root
@@ -71,7 +82,8 @@ def cpu_standby(args):
     moto = pool = None
     summary = {"strategy": None, "failed_back": False}
     try:
-        moto = Moto(workdir)
+        address = host_address()
+        moto = Moto(workdir, reachable_at=address)
         moto.make_bucket("snapshots")
         key_file = os.path.join(workdir, "snapshot-key")
         with open(key_file, "w") as handle:
@@ -87,7 +99,7 @@ def cpu_standby(args):
         pool = WarmPool(
             binaries, workdir, args.boot_delay_ms, log_level="info", sim_log_level="notice",
             hosts=["%d:1:RTX_4090:0.45" % HOST, "%d:2:RTX_4090:0.50" % OTHER], agent_env=agent_env,
-            sim_extra=["--gce-key-out", gce_key],
+            sim_extra=["--gce-key-out", gce_key], vm_reach=address,
             controller_extra=["--gce-key-file", gce_key, "--gce-url", "SIM/compute/v1", "--lease-ms", "2000",
                               "--restart-grace-ms", "3000", "--degraded-retry-s", "5",
                               "--restore-command", '%s restore --target "$WARMPOOL_VOLUME_PATH"' % snapshot_binary])

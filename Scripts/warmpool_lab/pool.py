@@ -130,7 +130,8 @@ class WarmPool:
     pool 12 is provisioned on host 77 by `provision()`."""
 
     def __init__(self, binaries, workdir, boot_delay_ms, lab=None, poll_ms=100, log_level=None, sim_log_level=None,
-                 sim_extra=(), controller_extra=(), onstart="", agent_env=(), hosts=(HOST_SPEC,), api_port=None):
+                 sim_extra=(), controller_extra=(), onstart="", agent_env=(), hosts=(HOST_SPEC,), api_port=None,
+                 vm_reach=None):
         self.workdir = workdir
         self.sim_key = secrets.token_hex(16)
         self.ssh_key = os.path.join(workdir, "ssh_key")
@@ -150,13 +151,20 @@ class WarmPool:
         try:
             self.sim_url = "http://" + wait_for_file(os.path.join(workdir, "sim.addr"), "warmpool-sim", self.sim, sim_log)
             self.agent_listen = LAB_AGENT_LISTEN if lab else "127.0.0.1:%d" % free_port()
+            listen, reach = self.agent_listen, []
+            if vm_reach:
+                # Emulated VMs are namespaces whose default route is this machine: they reach the
+                # controller at `vm_reach`, one of its own addresses; the marketplace's on loopback.
+                port = self.agent_listen.rsplit(":", 1)[1]
+                listen = "0.0.0.0:" + port
+                reach = ["--agent-controllers", self.agent_listen, "--cpu-agent-controllers", "%s:%s" % (vm_reach, port)]
             self.controller = Controller(
-                binaries, workdir, listen=self.agent_listen,
+                binaries, workdir, listen=listen,
                 api_listen=LAB_API_LISTEN if lab else "127.0.0.1:%d" % (api_port or 0),
                 log_level=log_level, prefix=prefix,
                 extra=["--provider-url", self.sim_url, "--provider-api-key-file", key_file, "--ssh-key", self.ssh_key,
                        "--provider-poll-ms", str(poll_ms), "--agent-onstart",
-                       onstart + "exec %s --nvml-library none" % os.path.join(binaries, "warmpool-agent")]
+                       onstart + "exec %s --nvml-library none" % os.path.join(binaries, "warmpool-agent")] + reach
                 + [flag for variable in agent_env for flag in ("--agent-env", variable)]
                 # "SIM/..." names one of the emulator's URLs, known only now.
                 + [self.sim_url + flag[3:] if flag.startswith("SIM/") else flag for flag in controller_extra])
