@@ -20,17 +20,16 @@ with a workload writing 10 MiB/s.
 """
 import json
 import os
-import secrets
 import subprocess
 import tempfile
 import time
 
-from warmpool_bench.snapshot import Moto, generate
+from warmpool_bench.snapshot import generate
 from warmpool_lab.processes import keep_or_remove, wait_until
 from warmpool_lab.pool import WarmPool
 
 from . import binaries_for, report
-from .host_loss import file_digests, parse_time
+from .host_loss import file_digests, parse_time, snapshot_store
 
 POOL, HOST, OTHER = 12, 77, 88
 FAILOVER_TARGET_S, LAG_TARGET_S = 30, 10
@@ -83,14 +82,7 @@ def cpu_standby(args):
     summary = {"strategy": None, "failed_back": False}
     try:
         address = host_address()
-        moto = Moto(workdir, reachable_at=address)
-        moto.make_bucket("snapshots")
-        key_file = os.path.join(workdir, "snapshot-key")
-        with open(key_file, "w") as handle:
-            handle.write(secrets.token_hex(32) + "\n")
-        store = {"WARMPOOL_S3_ENDPOINT": moto.url, "WARMPOOL_S3_BUCKET": "snapshots", "WARMPOOL_S3_PREFIX": "warmpool/",
-                 "WARMPOOL_S3_ACCESS_KEY_ID": "drill", "WARMPOOL_S3_SECRET_ACCESS_KEY": "drill",
-                 "WARMPOOL_SNAPSHOT_KEY_FILE": key_file}
+        moto, store = snapshot_store(workdir, reachable_at=address)
         snapshot_binary = args.snapshot_binary or os.path.join(binaries, "warmpool-snapshot")
         gce_key = os.path.join(workdir, "gce-service-account.json")
         agent_env = ["%s=%s" % item for item in sorted(store.items())] + [

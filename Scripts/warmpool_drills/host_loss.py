@@ -59,6 +59,19 @@ def file_digests(root, skip=()):
     return digests
 
 
+def snapshot_store(workdir, reachable_at=None):
+    """A local S3 server (moto) with a bucket and a snapshot key: (server, the store's settings as
+    the instances get them)."""
+    moto = Moto(workdir, reachable_at=reachable_at)
+    moto.make_bucket("snapshots")
+    key_file = os.path.join(workdir, "snapshot-key")
+    with open(key_file, "w") as handle:
+        handle.write(secrets.token_hex(32) + "\n")
+    return moto, {"WARMPOOL_S3_ENDPOINT": moto.url, "WARMPOOL_S3_BUCKET": "snapshots", "WARMPOOL_S3_PREFIX": "warmpool/",
+                  "WARMPOOL_S3_ACCESS_KEY_ID": "drill", "WARMPOOL_S3_SECRET_ACCESS_KEY": "drill",
+                  "WARMPOOL_SNAPSHOT_KEY_FILE": key_file}
+
+
 def snapshot_started(snapshot_id):
     """When a snapshot began, from its id (yyyyMMddTHHmmss.SSSZ-...), in Unix seconds."""
     stamp = time.strptime(snapshot_id[:15], "%Y%m%dT%H%M%S")
@@ -77,14 +90,7 @@ def host_loss(args):
     workdir = tempfile.mkdtemp(prefix="warmpool-host-loss-")
     moto = pool = None
     try:
-        moto = Moto(workdir)
-        moto.make_bucket("snapshots")
-        key_file = os.path.join(workdir, "snapshot-key")
-        with open(key_file, "w") as handle:
-            handle.write(secrets.token_hex(32) + "\n")
-        store = {"WARMPOOL_S3_ENDPOINT": moto.url, "WARMPOOL_S3_BUCKET": "snapshots", "WARMPOOL_S3_PREFIX": "warmpool/",
-                 "WARMPOOL_S3_ACCESS_KEY_ID": "drill", "WARMPOOL_S3_SECRET_ACCESS_KEY": "drill",
-                 "WARMPOOL_SNAPSHOT_KEY_FILE": key_file}
+        moto, store = snapshot_store(workdir)
         snapshot_binary = args.snapshot_binary or os.path.join(binaries, "warmpool-snapshot")
         agent_env = ["%s=%s" % item for item in sorted(store.items())] + [
             "WARMPOOL_WORKLOAD=" + WORKLOAD, "DRILL_CHECKPOINT_S=%g" % args.checkpoint_s,

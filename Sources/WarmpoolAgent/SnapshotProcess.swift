@@ -55,18 +55,4 @@ final class SnapshotProcess: @unchecked Sendable {
         }
         return .succeeded(id: summary?["id"]?.stringValue ?? summary?["snapshot"]?.stringValue)
     }
-
-    /// Reads `fd` to its end, keeping the last `limit` bytes.
-    private static func readTail(_ fd: Int32, limit: Int) -> [UInt8] {
-        var kept: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 16 << 10)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else { break }
-            kept.append(contentsOf: buffer[..<count])
-            if kept.count > 2 * limit { kept.removeFirst(kept.count - limit) }
-        }
-        return kept.count > limit ? Array(kept.suffix(limit)) : kept
-    }
 }

@@ -157,7 +157,8 @@ final class SyncPass: Sendable {
         for end in pipeEnds { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         let spawned: Result<pid_t, SpawnError>? = children.withLock { children in
             guard !children.cancelled else { return nil }
-            let result = spawnSyncChild(arguments, output: pipeEnds[1])
+            // Standard input from /dev/null: ssh must never wait for a password.
+            let result = spawnGroupLeader(arguments, environment: [], standardOutput: pipeEnds[1], standardErrorToo: true, noInput: true)
             if case .success(let pid) = result { children.group = pid }
             return result
         }
@@ -237,52 +238,4 @@ extension String {
         for character in self { if character == target { result += replacement } else { result.append(character) } }
         return result
     }
-}
-
-/// Starts `arguments` (looked up in PATH) as the leader of a new process group, with standard
-/// input from /dev/null (ssh must never wait for a password) and both output streams on
-/// `output`; the agent's environment less its secret, and default signal handling.
-private func spawnSyncChild(_ arguments: [String], output: Int32) -> Result<pid_t, SpawnError> {
-    let inherited = inheritedEnvironment().filter { !$0.hasPrefix("WARMPOOL_AGENT_SECRET=") }
-    let argv = arguments.map { strdup($0) } + [nil]
-    let envp = inherited.map { strdup($0) } + [nil]
-    defer {
-        argv.forEach { free($0) }
-        envp.forEach { free($0) }
-    }
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var defaults = sigset_t()
-    sigfillset(&defaults)
-    posix_spawnattr_setsigdefault(&attributes, &defaults)
-    var empty = sigset_t()
-    sigemptyset(&empty)
-    posix_spawnattr_setsigmask(&attributes, &empty)
-    posix_spawnattr_setpgroup(&attributes, 0)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_adddup2(&actions, output, STDOUT_FILENO)
-    posix_spawn_file_actions_adddup2(&actions, output, STDERR_FILENO)
-    var pid: pid_t = 0
-    let status = posix_spawnp(&pid, arguments[0], &actions, &attributes, argv, envp)
-    guard status == 0 else { return .failure(SpawnError(command: arguments[0], errno: status)) }
-    return .success(pid)
-}
-
-/// Reads `fd` to its end, keeping the last `limit` bytes.
-private func readTail(_ fd: Int32, limit: Int) -> [UInt8] {
-    var kept: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 16 << 10)
-    while true {
-        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if count < 0, errno == EINTR { continue }
-        guard count > 0 else { break }
-        kept.append(contentsOf: buffer[..<count])
-        if kept.count > 2 * limit { kept.removeFirst(kept.count - limit) }
-    }
-    return kept.count > limit ? Array(kept.suffix(limit)) : kept
 }

@@ -91,8 +91,10 @@ struct SpawnError: Error, CustomStringConvertible {
 
 /// Starts `command` (looked up in PATH) as the leader of a new process group, with the agent's
 /// environment (less its secret) plus `extra`, default signal handling, and, when given, its
-/// standard output on `standardOutput`.
-func spawnGroupLeader(_ command: [String], environment extra: [String], standardOutput: Int32? = nil) -> Result<pid_t, SpawnError> {
+/// standard output (and error) on `standardOutput` and its standard input from /dev/null.
+func spawnGroupLeader(
+    _ command: [String], environment extra: [String], standardOutput: Int32? = nil, standardErrorToo: Bool = false, noInput: Bool = false
+) -> Result<pid_t, SpawnError> {
     // The agent's own secret stays with the agent.
     let inherited = inheritedEnvironment().filter { !$0.hasPrefix("WARMPOOL_AGENT_SECRET=") }
     let argv = command.map { strdup($0) } + [nil]
@@ -115,11 +117,27 @@ func spawnGroupLeader(_ command: [String], environment extra: [String], standard
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
+    if noInput { posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0) }
     if let standardOutput { posix_spawn_file_actions_adddup2(&actions, standardOutput, STDOUT_FILENO) }
+    if let standardOutput, standardErrorToo { posix_spawn_file_actions_adddup2(&actions, standardOutput, STDERR_FILENO) }
     var pid: pid_t = 0
     let status = posix_spawnp(&pid, command[0], &actions, &attributes, argv, envp)
     guard status == 0 else { return .failure(SpawnError(command: command[0], errno: status)) }
     return .success(pid)
+}
+
+/// Reads `fd` to its end, keeping the last `limit` bytes (what a child printed last).
+func readTail(_ fd: Int32, limit: Int) -> [UInt8] {
+    var kept: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 16 << 10)
+    while true {
+        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0, errno == EINTR { continue }
+        guard count > 0 else { break }
+        kept.append(contentsOf: buffer[..<count])
+        if kept.count > 2 * limit { kept.removeFirst(kept.count - limit) }
+    }
+    return kept.count > limit ? Array(kept.suffix(limit)) : kept
 }
 
 /// A plain thread for the one blocking wait of each workload: Dispatch's pool is small, and a

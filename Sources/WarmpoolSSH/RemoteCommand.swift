@@ -38,19 +38,11 @@ extension SSHVerifier {
         return try await runBlocking {
             let deadline = MonotonicClock.now() + timeout
             let session: SSHSession
-            switch SSHSession.connect(host: host, port: port, deadline: min(deadline, MonotonicClock.now() + 5_000_000_000)) {
+            switch Self.connectPinned(instanceID: instanceID, host: host, port: port, pinned: pinned, deadline: deadline) {
             case .failure(let failure): return .failure(failure)
             case .success(let connected): session = connected
             }
             defer { session.close() }
-            switch session.handshake(deadline: deadline) {
-            case .failure(let failure): return .failure(failure)
-            case .success(let fingerprint) where fingerprint != pinned:
-                return .failure(SSHFailure(.hostKeyMismatch, phase: .handshake,
-                                           "host key \(fingerprint) does not match the key pinned for instance \(instanceID) (\(pinned)); not authenticating"))
-            case .success:
-                break
-            }
             if case .failure(let failure) = session.authenticate(username: username, credentials: credentials, deadline: deadline) {
                 return .failure(failure)
             }
@@ -68,24 +60,37 @@ extension SSHVerifier {
             return .failure(SSHFailure(.hostKeyUnattested, "no host key is pinned for instance \(instanceID) yet; not connecting"))
         }
         return try await runBlocking {
-            let deadline = MonotonicClock.now() + timeout
-            let session: SSHSession
-            switch SSHSession.connect(host: host, port: port, deadline: deadline) {
-            case .failure(let failure): return .failure(failure)
-            case .success(let connected): session = connected
-            }
-            defer { session.close() }
-            switch session.handshake(deadline: deadline) {
-            case .failure(let failure): return .failure(failure)
-            case .success(let fingerprint) where fingerprint != pinned:
-                return .failure(SSHFailure(.hostKeyMismatch, phase: .handshake,
-                                           "host key \(fingerprint) does not match the key pinned for instance \(instanceID) (\(pinned))"))
-            case .success:
+            switch Self.connectPinned(instanceID: instanceID, host: host, port: port, pinned: pinned, deadline: MonotonicClock.now() + timeout) {
+            case .failure(let failure):
+                return .failure(failure)
+            case .success(let session):
+                defer { session.close() }
                 guard let line = session.hostKeyLine() else {
                     return .failure(SSHFailure(.handshakeFailed, phase: .handshake, "the server's host key could not be read"))
                 }
                 return .success(line)
             }
+        }
+    }
+
+    /// Blocking: a session through the key exchange, its host key the pinned one (nothing
+    /// authenticated yet). The caller closes it.
+    private static func connectPinned(instanceID: InstanceID, host: String, port: Int, pinned: String, deadline: Int64) -> Result<SSHSession, SSHFailure> {
+        let session: SSHSession
+        switch SSHSession.connect(host: host, port: port, deadline: min(deadline, MonotonicClock.now() + 5_000_000_000)) {
+        case .failure(let failure): return .failure(failure)
+        case .success(let connected): session = connected
+        }
+        switch session.handshake(deadline: deadline) {
+        case .failure(let failure):
+            session.close()
+            return .failure(failure)
+        case .success(let fingerprint) where fingerprint != pinned:
+            session.close()
+            return .failure(SSHFailure(.hostKeyMismatch, phase: .handshake,
+                                       "host key \(fingerprint) does not match the key pinned for instance \(instanceID) (\(pinned)); not authenticating"))
+        case .success:
+            return .success(session)
         }
     }
 }
