@@ -30,7 +30,8 @@ struct CostRoutes {
             ("primary_per_hour", costs.primaryPerHour.map { .double(($0 * 10_000).rounded() / 10_000) } ?? .null),
             ("primary_per_month", money(primaryMonth)),
             ("protection_per_month", .object([
-                ("gpu_warm_pool", money(costs.warmPoolPerMonth)), ("cpu_standby", money(costs.cpuStandbyPerMonth)), ("none", .double(0)),
+                ("gpu_warm_pool", money(costs.warmPoolPerMonth)), ("cpu_standby", money(costs.cpuStandbyPerMonth)),
+                ("cpu_standby_stopped", money(costs.cpuStandbyStoppedPerMonth)), ("none", .double(0)),
             ])),
             ("total_per_month", money(primaryMonth.flatMap { p in protection.map { p + $0 } })),
             ("items", .array(costs.items.map { .object([("item", .string($0.name)), ("per_month", money($0.perMonth))]) })),

@@ -376,6 +376,7 @@ public struct PoolMachine: Sendable, Codable {
     /// The shell learnt that the standby instance is gone or broken (the provider lists it
     /// missing or offline). Only a new standby is made; the primary is not touched.
     public mutating func standbyLost(instance: InstanceID, reason: String, now: Instant) -> [EngineAction] {
+        if let cpu = cpuStandby, cpu.agent == instance { return cpuStandbyLost(cpu, reason: reason, now: now) }
         guard instance == standby else { return [] }
         switch state {
         case .active:
@@ -397,6 +398,20 @@ public struct PoolMachine: Sendable, Codable {
         case .provisioning, .degraded, .error, .cleaningUp, .removed:
             return []
         }
+    }
+
+    /// The CPU standby is gone or stopped at its cloud while the pool rests on it: another VM
+    /// takes its place (the pool chose a CPU standby, so it gets one again). During a failover
+    /// the failover itself finds out.
+    private mutating func cpuStandbyLost(_ cpu: CPUInstanceRequest, reason: String, now: Instant) -> [EngineAction] {
+        guard case .active = state else { return [] }
+        run = TimelineRun(failover: nil, startedAt: now, lastAt: now)
+        var actions = retire(cpu.agent)
+        actions.append(record(.standbyAbandoned, now: now, detail: "CPU VM \(cpu.name): \(reason)"))
+        cpuStandby = nil
+        cpuStandbySSH = nil
+        return actions + [record(.standbyProvisioning, now: now, detail: "a new CPU standby")]
+            + enter(.recovering(.cpuCreate(makeCPURequest())), deadline: now + settings.createTimeout, now: now)
     }
 
     /// The shell's look at the host's free GPUs (one offer search for all pools). A stopped

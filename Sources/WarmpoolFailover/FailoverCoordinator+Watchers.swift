@@ -294,6 +294,13 @@ extension FailoverCoordinator {
                 primaryStopped(poolID, instance: primary, reason: stopped)
                 continue
             }
+            if snapshot.state == .active, let name = snapshot.cpuStandbyName, let agent = snapshot.cpuStandbyInstanceID,
+                let lost = try? await cpu.stopReason(name: name), pools[poolID]?.machine?.snapshot.cpuStandbyName == name
+            {
+                logger.warning("CPU standby gone or stopped at its cloud", metadata: ["pool": "\(poolID)", "vm": "\(name)"])
+                apply(poolID) { machine, now in machine.standbyLost(instance: agent, reason: lost, now: now) }
+                continue
+            }
             if snapshot.state == .active, let standby = snapshot.standbyInstanceID, listed[standby] == nil {
                 logger.warning("standby gone at the provider", metadata: ["pool": "\(poolID)", "instance": "\(standby)"])
                 apply(poolID) { machine, now in

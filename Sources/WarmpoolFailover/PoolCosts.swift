@@ -26,7 +26,10 @@ extension PoolCosts {
         var basis = ["Compute Engine list prices, \(prices.region) (Protocol/GCE.md)"]
         if storagePerGBMonth != nil { basis.insert("Vast.ai: the host's storage_cost per GB-month", at: 0) }
         if primaryPerHour != nil { basis.insert("Vast.ai: the primary's dph_total", at: 0) }
-        return PoolCosts(strategy: strategy, primaryPerHour: primaryPerHour, warmPoolPerMonth: warm, cpuStandbyPerMonth: cpu,
-                         items: items, basis: basis)
+        var costs = PoolCosts(strategy: strategy, primaryPerHour: primaryPerHour, warmPoolPerMonth: warm, cpuStandbyPerMonth: cpu,
+                              items: items, basis: basis)
+        let stoppedVM = cpuMachineType == nil ? nil : try? prices.monthlyStopped(diskGB: cpuDiskGB)
+        costs.cpuStandbyStoppedPerMonth = stoppedVM.flatMap { s in volume.map { s + $0 } }
+        return costs
     }
 }

@@ -52,6 +52,15 @@ struct ProtectionCheck {
         }
         return [positive(enabled), positive(primary), positive(standby), standbyAtRisk, positive(volume), positive(idle),
                 positive(controller), positive(breaker), positive(persisted), hostMaintenance] + (syncBehind.map { [$0] } ?? [])
+            + (primaryOnCPU.map { [$0] } ?? [])
+    }
+
+    /// The CPU standby was promoted: the workload runs, at CPU speed, until a free GPU takes it
+    /// back. Listed only then; nothing protects such a pool (no standby), which StandbyReady says.
+    private var primaryOnCPU: Condition? {
+        guard let name = snapshot.cpuPrimaryName else { return nil }
+        return ("PrimaryOnCPU", true, "CPUStandbyPromoted", "the primary is CPU VM \(name): degraded (CPU) performance until the pool moves "
+                + "back to a free GPU", true, false)
     }
 
     /// The CPU standby's copy lags the primary by more than the bound: a failover now would lose

@@ -20,6 +20,9 @@ public struct PoolCosts: Sendable, Equatable {
     /// running VM and its disk, beside the volume; no failover costs nothing more.
     public var warmPoolPerMonth: Double?
     public var cpuStandbyPerMonth: Double?
+    /// The same VM kept stopped (its disk only): cheaper, but a stopped VM takes no sync, so its
+    /// copy would be the newest snapshot restored at failover. Quoted, not offered yet.
+    public var cpuStandbyStoppedPerMonth: Double? = nil
     /// The strategy in force, item by item.
     public var items: [Item]
     /// Where each price came from.

@@ -69,6 +69,8 @@ import WarmpoolTestSupport
         status = try lab.status()
         #expect(status["cpu_primary_name"]?.stringValue == vm, "\(status)")
         #expect(status["remediation"]?["rung"]?.stringValue == "running_on_cpu")
+        #expect((status["conditions"]?.arrayValue ?? []).contains { $0["type"]?.stringValue == "PrimaryOnCPU" && $0["status"]?.boolValue == true },
+                "a condition says so: \(status["conditions"] ?? .null)")
         #expect(status["epoch"]?.intValue == 2)
         let steps = (failover["timeline"]?.arrayValue ?? []).compactMap { $0["step"]?.stringValue }
         for step in ["detected", "fencing", "fenced", "standby_starting", "standby_running", "volume_verified", "promoted"] {

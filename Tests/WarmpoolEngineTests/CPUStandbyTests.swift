@@ -211,6 +211,19 @@ import WarmpoolModel
         #expect(harness.provider.vms.values.allSatisfy { $0.deleted || $0.request.agent != cpu }, "the dead CPU VM is deleted")
     }
 
+    @Test func aCPUStandbyLostAtItsCloudIsReplacedByAnotherVM() throws {
+        var harness = Self.oneGPUPool()
+        let old = try #require(harness.snapshot.cpuStandbyInstanceID)
+        let oldName = harness.snapshot.cpuStandbyName!
+        harness.feed(harness.machine.standbyLost(instance: old, reason: "the cloud no longer lists CPU VM \(oldName)", now: harness.now))
+        harness.settle()
+        let pool = harness.snapshot
+        #expect(pool.state == .active && pool.cpuStandbyName == "wp-7-cpu-e1-a2", "\(pool)")
+        #expect(harness.provider.vms[oldName]?.deleted == true, "the lost one is deleted (it may come back)")
+        #expect(harness.provider.syncTargets[pool.primaryInstanceID!]?.last??.name == "wp-7-cpu-e1-a2", "the primary syncs to the new one")
+        #expect(harness.provider.liveVMs.count == 1)
+    }
+
     @Test func aControllerCrashDuringTheFailbackLeavesOnePrimaryAndNoVM() {
         for event in 1...40 {
             var harness = Self.oneGPUPool()

@@ -12,6 +12,7 @@ import WarmpoolProvider
         #expect(abs((quote.warmPoolPerMonth ?? 0) - 15.0) < 1e-9)
         // CPU standby: the VM running all month (its external address too) and its disk, beside the volume.
         #expect(abs((quote.cpuStandbyPerMonth ?? 0) - ((0.016751 + 0.005) * 730 + 10 + 10)) < 1e-9)
+        #expect(abs((quote.cpuStandbyStoppedPerMonth ?? 0) - 20.0) < 1e-9, "a stopped VM: its disk and the volume")
         #expect(quote.items.map(\.name) == ["volume, 100 GB", "CPU VM e2-small, running, 100 GB disk"])
         #expect(quote.basis.first == "Vast.ai: the primary's dph_total")
 
