@@ -47,7 +47,7 @@ private let logger = Logger(label: "test.store")
     @Test func aNewDatabaseGetsEveryMigrationAndEveryTable() async throws {
         let path = temporaryDatabasePath()
         let store = try SQLiteStore(path: path, logger: logger)
-        #expect(try await store.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes", "v4-recovery-points"])
+        #expect(try await store.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes", "v4-recovery-points", "v5-cpu-standby"])
         let tables = try await DatabaseQueue(path: path).read { db in
             try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'grdb_%' ORDER BY name")
         }
@@ -76,7 +76,7 @@ private let logger = Logger(label: "test.store")
             try await store.savePool(PoolRecord(poolID: 7, state: .active, volumeID: 3))
         }
         let reopened = try SQLiteStore(path: path, logger: logger)
-        #expect(try await reopened.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes", "v4-recovery-points"])
+        #expect(try await reopened.appliedMigrations() == ["v1-initial", "v2-incarnations", "v3-api-key-scopes", "v4-recovery-points", "v5-cpu-standby"])
         #expect(try await reopened.pool(id: 7)?.volumeID == 3)
     }
 
@@ -108,11 +108,15 @@ private let logger = Logger(label: "test.store")
     @Test func poolsRoundTripWithEveryColumn() async throws {
         let store = try SQLiteStore(path: temporaryDatabasePath(), logger: logger)
         let now = Date(timeIntervalSince1970: 1_800_000_000.25)
-        let pool = PoolRecord(
+        var pool = PoolRecord(
             poolID: 12, hostMachineID: 77, strategy: .cpuStandby, gpuPreferences: ["RTX 4090", "A100"], volumeSizeGB: 250,
             state: .active, volumeID: 5, primaryInstanceID: 101, standbyInstanceID: 102, standbyState: .stopped,
             primarySSHHost: "10.0.0.1", primarySSHPort: 2222, lastHealthCheck: now, failoverCount: 3, lastFailoverAt: now,
             errorMessage: "none", epoch: 4, engineState: Data("{\"x\":1}".utf8), createdAt: now, updatedAt: now)
+        pool.cpuStandbyName = "wp-12-cpu-e4-a2"
+        pool.cpuStandbyInstanceID = InstanceID(rawValue: (1 << 62) + 5)
+        pool.cpuStandbySSHHost = "10.216.0.1"
+        pool.cpuPrimaryName = "wp-12-cpu-e3-a1"
         try await store.savePool(pool)
         #expect(try await store.pool(id: 12) == pool)
         #expect(try await store.pools().map(\.poolID) == [12])
