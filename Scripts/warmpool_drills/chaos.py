@@ -2,7 +2,9 @@
 and the emulator, with the invariants of "active means protected" checked all the time.
 
 Operators (several threads at once) provision, clean up, enable, disable, test failovers, change
-settings and rotate API keys on pools 12-16 across hosts 77-79 (4 GPUs each); a fault thread
+settings and rotate API keys on pools 12-16 across hosts 77-79 (4 GPUs each) and 80 (one GPU: a
+pool there gets a CPU standby, a VM of the emulated Compute Engine its primary syncs to, and a
+failure promotes the VM; free GPUs then bring it back through a final snapshot); a fault thread
 crashes (SIGKILL) and freezes (SIGSTOP) primaries, stops primaries and destroys standbys through
 the provider's own API, turns provider faults on (5xx, 429, calls held past the client's timeout),
 lets other renters take a host's free GPUs for a while (a stopped standby reserves none: its start
@@ -16,12 +18,12 @@ Invariants, checked every half second:
     during the call: a provisioning whose new primary it crashed);
   - no pool is `active` and unprotected for longer than the bound (restart grace + provider check
     interval + 10 s: a failure is acted on well within it);
-  - after a cleanup answers 200, nothing of the pool is left at the provider;
+  - after a cleanup answers 200, nothing of the pool is left at the provider, nor at the CPU cloud;
   - at most one instance writes the workload's records at any epoch of a volume;
   - every failover ends (succeeded, failed or degraded) within 180 s, and no failover id is used
     for two failovers;
   - at the end, once the faults stop: every failover has ended, every pool is cleaned up, and the
-    provider has no instance and no volume left.
+    provider has no instance and no volume left, and the CPU cloud no VM.
 
 On a violation it prints the seed and, for the pool concerned, the actions and faults since its
 last provision (with the global ones: controller kills, provider faults): the shortest sequence it
@@ -39,9 +41,11 @@ from warmpool_lab.pool import WarmPool
 from warmpool_lab.processes import keep_or_remove, wait_until
 
 from . import binaries_for, report
+from .cpu_standby import host_address
 from .failover_lab import SUPERVISED, read_records
 
-HOSTS = [77, 78, 79]
+HOSTS = [77, 78, 79, 80]
+ONE_GPU_HOST = 80
 MACHINES = [12, 13, 14, 15, 16]
 RESTART_GRACE_S, PROVIDER_CHECK_S = 3, 2
 UNPROTECTED_BOUND_S = RESTART_GRACE_S + PROVIDER_CHECK_S + 10
@@ -210,10 +214,16 @@ class Chaos:
             return  # the listing itself was a faulted call
         left = [i.get("label") for i in listed.get("instances", []) if (i.get("label") or "").startswith(prefixes)]
         left += [v.get("label") for v in volumes.get("volumes", []) if (v.get("label") or "").startswith(prefixes)]
+        left += [vm["name"] for vm in self.vms() if vm["name"].startswith(prefixes)]
         with self.lock:
             overlapping = self.unlocked.get(machine, 0) > 0
         if left and not overlapping:
             self.violate(machine, "machine %d cleaned up but left at the provider: %s" % (machine, left))
+
+    def vms(self):
+        """The emulated Compute Engine's VMs (name, status, disk directory)."""
+        status, answer = self.pool.sim_call("GET", "/admin/gce/instances")
+        return answer.get("instances", []) if status == 200 and isinstance(answer, dict) else []
 
     # --- faults --------------------------------------------------------------------------------
 
@@ -355,7 +365,9 @@ class Chaos:
                     self.failover_open.pop(key, None)
 
     def check_epochs(self):
-        for path in glob.glob(os.path.join(self.workdir, "sim", "volumes", "*")):
+        # The CPU VMs' disks too: a promoted VM runs the workload on its copy of the volume.
+        volumes = glob.glob(os.path.join(self.workdir, "sim", "volumes", "*"))
+        for path in volumes + glob.glob(os.path.join(self.workdir, "sim", "gce", "*", "disk")):
             for instance, epoch, _, _ in read_records(path):
                 writers = self.epoch_writers.setdefault((path, epoch), set())
                 writers.add(instance)
@@ -392,6 +404,7 @@ class Chaos:
         _, listed = self.pool.sim_call("GET", "/api/v0/instances")
         _, volumes = self.pool.sim_call("GET", "/api/v0/volumes")
         left = [i.get("label") for i in listed.get("instances", [])] + [v.get("label") for v in volumes.get("volumes", [])]
+        left += [vm["name"] for vm in self.vms()]
         if left:
             self.violate(None, "after cleaning up every pool the provider still has %s" % left)
 
@@ -408,10 +421,13 @@ def chaos(args):
     workdir = tempfile.mkdtemp(prefix="warmpool-chaos-")
     pool = None
     try:
+        gce_key = os.path.join(workdir, "gce-service-account.json")
         pool = WarmPool(
             binaries, workdir, 300, log_level="info", sim_log_level="notice",
-            hosts=["%d:4:RTX_4090:0.45" % host for host in HOSTS],
-            controller_extra=["--restart-grace-ms", str(RESTART_GRACE_S * 1000), "--standby-check-s", str(PROVIDER_CHECK_S),
+            hosts=["%d:%d:RTX_4090:0.45" % (host, 1 if host == ONE_GPU_HOST else 4) for host in HOSTS],
+            sim_extra=["--gce-key-out", gce_key], vm_reach=host_address(),
+            controller_extra=["--gce-key-file", gce_key, "--gce-url", "SIM/compute/v1", "--degraded-retry-s", "10",
+                              "--restart-grace-ms", str(RESTART_GRACE_S * 1000), "--standby-check-s", str(PROVIDER_CHECK_S),
                               "--lease-ms", "1000", "--fence-timeout-ms", "3000", "--provider-timeout-s", "2",
                               "--operation-timeout-s", "120", "--scheduling-timeout-s", "5"],
             agent_env=["WARMPOOL_WORKLOAD=" + SUPERVISED, "DRILL_WRITE_S=0.2"])
@@ -440,7 +456,10 @@ def chaos(args):
         "unprotected_bound_s": UNPROTECTED_BOUND_S, "failovers": failovers,
         "answers": {str(k): v for k, v in sorted(run.answers.items(), key=lambda kv: str(kv[0]))},
         "provider_502": run.provider_502, "violation_details": run.violations,
-        "not_covered": ["outbid and offline machines (Scripts/drill marketplace)"],
+        "not_covered": ["outbid and offline machines (Scripts/drill marketplace)",
+                        "faults aimed at a CPU VM (the emulator's crash and freeze are the marketplace's instances')",
+                        "the failback's restore (no snapshot store here: its final snapshot fails and is backed off; "
+                        "Scripts/drill cpu-standby and the end-to-end test cover it)"],
     }
     rows = [
         ("seed / minutes / operator threads", "%d / %g / %d" % (args.seed, args.minutes, args.operators)),

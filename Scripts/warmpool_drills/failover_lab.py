@@ -19,7 +19,7 @@ FAILOVER_STEPS = ["detected", "fencing", "fenced", "epoch_increased", "standby_s
 # writer that wakes from a pause cannot commit under an old epoch. Records: "w INSTANCE EPOCH PID NS".
 SUPERVISED = ('while :; do e=$(cat "$WARMPOOL_EPOCH_FILE" 2>/dev/null || echo 0); '
               'if [ "${e:-0}" -le "$WARMPOOL_EPOCH" ]; then '
-              'echo "w $CONTAINER_ID $WARMPOOL_EPOCH $$ $(date +%s%N)" >>"$WARMPOOL_VOLUME_PATH/drill.log"; fi; '
+              'echo "w ${WARMPOOL_INSTANCE_ID:-$CONTAINER_ID} $WARMPOOL_EPOCH $$ $(date +%s%N)" >>"$WARMPOOL_VOLUME_PATH/drill.log"; fi; '
               'sleep "$DRILL_WRITE_S"; done')
 
 

@@ -56,6 +56,15 @@ struct CPUStandbyEffects: Sendable {
                 return .success(.instance(try await cloud.instance(named: name).map { Self.snapshot($0, agent: agent) }))
             case .deleteCPUInstance(_, let name):
                 try await cloud.deleteInstance(named: name)
+                // Google deletes in the background (the VM shows STOPPING meanwhile): done is
+                // gone, or a cleanup would answer while the VM, and its bill, are still there.
+                let deadline = ContinuousClock.now + timeout
+                while try await cloud.instance(named: name) != nil {
+                    guard ContinuousClock.now < deadline else {
+                        return .failure(message: "CPU VM \(name) is still listed \(timeout) after its delete was accepted", retryable: true)
+                    }
+                    try await Task.sleep(for: .milliseconds(500))
+                }
                 await forgetAgent(AgentID(name))
                 return .success(.accepted)
             default:
