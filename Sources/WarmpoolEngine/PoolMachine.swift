@@ -1560,6 +1560,8 @@ public struct PoolMachine: Sendable, Codable {
         guard progress.operation != nil else { return false }
         switch state {
         case .provisioning(.createPrimary), .provisioning(.standby(.create)), .recovering(.create), .failover(_, .createReplacement): return true
+        // An insert still out could land after the cleanup's delete of that name: wait for it.
+        case .provisioning(.standby(.cpuCreate)), .recovering(.cpuCreate): return true
         default: return false
         }
     }
@@ -1568,7 +1570,8 @@ public struct PoolMachine: Sendable, Codable {
     private mutating func awaitedCreateAnswered(_ outcome: ProviderOutcome, now: Instant) -> [EngineAction] {
         awaitingCreate = nil
         guard case .cleaningUp(var remaining) = state else { return [] }
-        if case .success(.instance(let made?)) = outcome, !remaining.contains(made.id) { remaining.append(made.id) }
+        // A CPU VM is on the books already (deleted by name after the instances).
+        if case .success(.instance(let made?)) = outcome, !remaining.contains(made.id), cpuVM(made.id) == nil { remaining.append(made.id) }
         guard progress.operation == nil, progress.wakeTimer == nil else {
             state = .cleaningUp(remaining: remaining)  // after the destroy in flight
             return []
