@@ -82,7 +82,8 @@ final class SyncPass: Sendable {
 
     static func rsyncArguments(target: SyncTarget, setup: SyncSetup) -> [String] {
         var arguments = [
-            setup.rsync, "-a", "--delete", "--exclude=/.warmpool/", "--exclude=/.warmpool-sync/", "--stats",
+            setup.rsync, "-a", "--delete", "--exclude=/.warmpool/", "--exclude=/.warmpool-sync/",
+            "--exclude=/\(VolumeProbe.probeDirectoryName)/", "--stats",
         ]
         if target.bandwidthLimitKiB > 0 { arguments.append("--bwlimit=\(target.bandwidthLimitKiB)") }
         arguments += ["-e", sshCommand(target: target, setup: setup), setup.volumePath + "/", target.destination]

@@ -17,7 +17,9 @@ struct SyncPending: Equatable, Sendable {
 /// volume's root (`.warmpool`, `.warmpool-sync`) are not the workload's and are never synced.
 struct SyncPendingWalk: Sendable {
     static let entryLimit = 200_000
-    static let excluded: Set<String> = [".warmpool", ".warmpool-sync"]
+    /// The agent's own probe files (`.warmpool-agent`, rewritten every probe) too: counted, they
+    /// kept the lag from ever reading 0 for long (the CPU standby's end-to-end test caught it).
+    static let excluded: Set<String> = [".warmpool", ".warmpool-sync", VolumeProbe.probeDirectoryName]
     let root: String
     var entryLimit = SyncPendingWalk.entryLimit
 

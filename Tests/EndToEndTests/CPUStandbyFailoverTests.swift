@@ -42,7 +42,7 @@ import WarmpoolTestSupport
             let sync = status["sync"] ?? .null
             return sync["lag_seconds"]?.doubleValue == 0 && (sync["passes"]?.intValue ?? 0) >= 2 && status["protected"]?.boolValue == true
         }) != nil
-        try #require(synced, "\(status["sync"] ?? .null) \((status["conditions"]?.arrayValue ?? []).filter { $0["status"]?.boolValue == ($0["type"]?.stringValue == "SyncBehind" || $0["type"]?.stringValue == "StandbyAtRisk") })")
+        try #require(synced, "\(status["sync"] ?? .null) \((status["conditions"]?.arrayValue ?? []).filter { $0["ok"]?.boolValue == false })")
         #expect(status["sync"]?["target"]?.stringValue == vm, "\(status["sync"] ?? .null)")
         #expect(status["cpu_standby"]?["instance_id"]?.intValue ?? 0 >= 1 << 62)
 
@@ -69,7 +69,7 @@ import WarmpoolTestSupport
         status = try lab.status()
         #expect(status["cpu_primary_name"]?.stringValue == vm, "\(status)")
         #expect(status["remediation"]?["rung"]?.stringValue == "running_on_cpu")
-        #expect((status["conditions"]?.arrayValue ?? []).contains { $0["type"]?.stringValue == "PrimaryOnCPU" && $0["status"]?.boolValue == true },
+        #expect((status["conditions"]?.arrayValue ?? []).contains { $0["type"]?.stringValue == "PrimaryOnCPU" && $0["status"]?.stringValue == "True" },
                 "a condition says so: \(status["conditions"] ?? .null)")
         #expect(status["epoch"]?.intValue == 2)
         let steps = (failover["timeline"]?.arrayValue ?? []).compactMap { $0["step"]?.stringValue }
