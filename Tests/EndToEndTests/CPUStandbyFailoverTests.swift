@@ -40,7 +40,9 @@ import WarmpoolTestSupport
         let synced = (try? lab.harness.waitUntil("the sync copies the new files and the pool is protected", timeout: 90) {
             status = (try? lab.status()) ?? .null
             let sync = status["sync"] ?? .null
-            return sync["lag_seconds"]?.doubleValue == 0 && (sync["passes"]?.intValue ?? 0) >= 2 && status["protected"]?.boolValue == true
+            // Nothing pending after a pass: the lag shown is then only the report's age, aged on the controller's clock.
+            return sync["bytes_pending"]?.intValue == 0 && sync["files_pending"]?.intValue == 0 && (sync["lag_seconds"]?.doubleValue ?? 99) < 5
+                && (sync["passes"]?.intValue ?? 0) >= 2 && status["protected"]?.boolValue == true
         }) != nil
         try #require(synced, "\(status["sync"] ?? .null) \((status["conditions"]?.arrayValue ?? []).filter { $0["ok"]?.boolValue == false })")
         #expect(status["sync"]?["target"]?.stringValue == vm, "\(status["sync"] ?? .null)")
