@@ -27,7 +27,6 @@ let package = Package(
         // The control plane: the REST API, its embedded store and its metrics. The agent links none of them.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
-        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
@@ -192,14 +191,19 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                .product(name: "CoreMetrics", package: "swift-metrics"),
-            ]
+            ],
+            // GET /openapi.yaml serves Protocol/openapi.yaml, compiled in.
+            plugins: ["EmbedOpenAPIPlugin"]
         ),
+        .executableTarget(name: "warmpool-embed"),
+        .plugin(name: "EmbedOpenAPIPlugin", capability: .buildTool(), dependencies: ["warmpool-embed"], path: "Sources/EmbedOpenAPIPlugin"),
         // The operator CLI: speaks only the REST API.
         .executableTarget(
             name: "warmpoolctl",
-            dependencies: ["WarmpoolJSON", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["WarmpoolJSON", "WarmpoolModel", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // What --follow and the progress of long commands print from successive polls.
+        .testTarget(name: "WarmpoolCtlTests", dependencies: ["warmpoolctl", "WarmpoolJSON"]),
 
         // Thin command line over WarmpoolSSH, used by `Scripts/bench ssh`.
         .executableTarget(
@@ -334,6 +338,7 @@ let package = Package(
             name: "warmpool-sim",
             dependencies: [
                 "WarmpoolSim",
+                "WarmpoolModel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -433,6 +438,7 @@ let package = Package(
             name: "warmpool-snapshot",
             dependencies: [
                 "WarmpoolSnapshot",
+                "WarmpoolModel",
                 "WarmpoolStorage",
                 "WarmpoolHTTP",
                 // A thread pool sized to --parallel: each transfer blocks one of its threads.

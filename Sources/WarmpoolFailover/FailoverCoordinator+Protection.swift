@@ -1,5 +1,6 @@
 import Foundation
 import WarmpoolEngine
+import WarmpoolLiveness
 import WarmpoolModel
 import WarmpoolProvider
 
@@ -7,8 +8,13 @@ import WarmpoolProvider
 extension FailoverCoordinator {
     /// The pool's protection now; nil for a machine with no pool.
     public func protection(_ poolID: PoolID) -> PoolProtection? {
+        protection(poolID, agents: agentsByInstance())
+    }
+
+    private func protection(_ poolID: PoolID, agents: [InstanceID: [AgentLivenessSnapshot]]) -> PoolProtection? {
         guard let snapshot = pools[poolID]?.machine?.snapshot, !snapshot.removed else { return nil }
         let now = clock.now()
+        let primaryAgent = { (instance: InstanceID) in Self.agent(agents[instance] ?? []) }
         var check = ProtectionCheck(
             snapshot: snapshot, primaryAgent: snapshot.primaryInstanceID.flatMap(primaryAgent),
             standbyAtProvider: standbySeen[poolID].flatMap { $0.instance == snapshot.standbyInstanceID ? .some($0.status) : nil },
@@ -40,15 +46,19 @@ extension FailoverCoordinator {
     /// Every pool's protection, by machine id.
     public func protections() -> [PoolID: PoolProtection] {
         var all: [PoolID: PoolProtection] = [:]
-        for poolID in pools.keys { all[poolID] = protection(poolID) }
+        // One look at the agents for every pool: a status read must not cost pools x agents.
+        let agents = agentsByInstance()
+        for poolID in pools.keys { all[poolID] = protection(poolID, agents: agents) }
         conditionSince = conditionSince.filter { pools[$0.key] != nil }
         return all
     }
 
-    /// The instance's agent as the detector sees it (its liveliest session's view); nil when unknown.
-    func primaryAgent(_ instance: InstanceID) -> ProtectionCheck.PrimaryAgent? {
-        guard let hub else { return nil }
-        let agents = hub.agentSnapshots().filter { $0.identity.instanceID == instance }
+    private func agentsByInstance() -> [InstanceID: [AgentLivenessSnapshot]] {
+        Dictionary(grouping: hub?.agentSnapshots() ?? [], by: \.identity.instanceID)
+    }
+
+    /// An instance's agent as the detector sees it (its liveliest session's view); nil when unknown.
+    static func agent(_ agents: [AgentLivenessSnapshot]) -> ProtectionCheck.PrimaryAgent? {
         guard !agents.isEmpty else { return nil }
         let best = agents.first { $0.state == "alive" } ?? agents.first { $0.state == "suspected" } ?? agents[0]
         return ProtectionCheck.PrimaryAgent(

@@ -410,7 +410,7 @@ public actor FailoverCoordinator: Service {
 
     /// True while the instance's agent is heard (alive, or suspected but not yet failed).
     func isHeartbeating(_ instance: InstanceID) -> Bool {
-        primaryAgent(instance)?.heartbeating ?? false
+        Self.agent(hub?.agentSnapshots().filter { $0.identity.instanceID == instance } ?? [])?.heartbeating ?? false
     }
 
     /// `epoch`: the pool's after the transition, which a verification writes on the volume.

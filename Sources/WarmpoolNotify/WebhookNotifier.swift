@@ -147,7 +147,7 @@ public final class WebhookNotifier: Service, Sendable {
             logger.warning("webhook attempt failed; will retry", metadata: metadata)
         case .giveUp(let reason):
             // Left in the outbox, undelivered, with the reason: visible, never silently dropped.
-            try await store.markAttemptFailed(id: entry.id, error: reason, nextAttemptAt: .distantFuture)
+            try await store.markAttemptFailed(id: entry.id, error: reason, nextAttemptAt: OutboxEntry.givenUpNextAttemptAt)
             accepted.forget(entry.id)
             metadata["notify.error"] = "\(reason)"
             logger.error("webhook given up; the entry stays undelivered in the outbox", metadata: metadata)

@@ -55,6 +55,17 @@ public enum APIKeys {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// What asking to revoke a key came to.
+    public enum Revocation: Equatable, Sendable {
+        case revoked
+        /// No such key, or it is revoked already.
+        case notFound
+        /// It is the last active admin key: revoking it would leave no one able to manage keys,
+        /// agents or settings through the API (only `warmpool-controller apikey` on the database's
+        /// machine could mint one again).
+        case lastAdminKey
+    }
+
     private static func isLowerHex(_ byte: UInt8) -> Bool {
         (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
     }

@@ -124,6 +124,25 @@ public final class SQLiteStore: WarmpoolStore {
         }
     }
 
+    public func failoverTallies() async throws -> [FailoverTally] {
+        try await database.read { db in
+            // SQLite fills the bare columns of a group from the row holding its MAX(): the newest
+            // finished failover of each group comes with its start, in the same single pass.
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT machine_id, incarnation, result, COUNT(*) AS count, MAX(finished_at) AS last_finished_at,
+                       started_at AS last_started_at
+                FROM failover GROUP BY machine_id, incarnation, result
+                """)
+            return rows.compactMap { row -> FailoverTally? in
+                guard let result = FailoverRecord.Result(rawValue: row["result"] as String) else { return nil }
+                let finished: Date? = row["last_finished_at"]
+                return FailoverTally(
+                    poolID: row["machine_id"], incarnation: row["incarnation"], result: result, count: row["count"],
+                    lastStartedAt: finished == nil ? nil : row["last_started_at"], lastFinishedAt: finished)
+            }
+        }
+    }
+
     // MARK: Events
 
     public func recordEvents(_ events: [PoolEvent]) async throws {
@@ -252,6 +271,18 @@ public final class SQLiteStore: WarmpoolStore {
         }
     }
 
+    public func outboxBacklog() async throws -> OutboxBacklog {
+        try await database.read { db in
+            let givenUp = OutboxEntry.givenUpNextAttemptAt
+            let row = try Row.fetchOne(db, sql: """
+                SELECT COALESCE(SUM(next_attempt_at < ?), 0) AS pending, MIN(CASE WHEN next_attempt_at < ? THEN created_at END) AS oldest,
+                       COALESCE(SUM(next_attempt_at >= ?), 0) AS given_up
+                FROM outbox WHERE delivered_at IS NULL
+                """, arguments: [givenUp, givenUp, givenUp])
+            return OutboxBacklog(pending: row?["pending"] ?? 0, oldestPendingCreatedAt: row?["oldest"], givenUp: row?["given_up"] ?? 0)
+        }
+    }
+
     // MARK: API keys
 
     public func addAPIKey(_ key: APIKeyRecord) async throws {
@@ -275,6 +306,19 @@ public final class SQLiteStore: WarmpoolStore {
             key.revokedAt = at
             try key.update(db)
             return true
+        }
+    }
+
+    public func revokeAPIKeyKeepingAnAdmin(id: String, at: Date) async throws -> APIKeys.Revocation {
+        try await database.write { db in
+            guard var key = try APIKeyRecord.fetchOne(db, key: id), key.revokedAt == nil else { return .notFound }
+            if key.scope == .admin {
+                let activeAdmins = try APIKeyRecord.filter(Column("scope") == APIKeyRecord.Scope.admin.rawValue && Column("revoked_at") == nil).fetchCount(db)
+                if activeAdmins <= 1 { return .lastAdminKey }
+            }
+            key.revokedAt = at
+            try key.update(db)
+            return .revoked
         }
     }
 

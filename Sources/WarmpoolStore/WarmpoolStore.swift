@@ -23,6 +23,9 @@ public protocol WarmpoolStore: Sendable {
     func failovers(poolID: PoolID, limit: Int) async throws -> [FailoverRecord]
     func failover(id: String) async throws -> FailoverRecord?
     func timeline(failoverID: String) async throws -> [TimelineStep]
+    /// Every pool incarnation's failovers counted by result, removed pools' included, in one
+    /// query however many pools there are: what `/metrics` counts.
+    func failoverTallies() async throws -> [FailoverTally]
 
     // Events.
     func recordEvents(_ events: [PoolEvent]) async throws
@@ -49,12 +52,17 @@ public protocol WarmpoolStore: Sendable {
     func markDelivered(id: String, at: Date) async throws
     func markAttemptFailed(id: String, error: String, nextAttemptAt: Date) async throws
     func notifications(limit: Int) async throws -> [OutboxEntry]
+    /// The undelivered entries, pending and given up, in one query: what `/metrics` shows.
+    func outboxBacklog() async throws -> OutboxBacklog
 
     // API keys.
     func addAPIKey(_ key: APIKeyRecord) async throws
     func apiKey(id: String) async throws -> APIKeyRecord?
     func apiKeys() async throws -> [APIKeyRecord]
     func revokeAPIKey(id: String, at: Date) async throws -> Bool
+    /// Revokes the key unless it is the last active admin key; checked and written in one
+    /// transaction, so two revocations at once cannot each leave the other key as the last one.
+    func revokeAPIKeyKeepingAnAdmin(id: String, at: Date) async throws -> APIKeys.Revocation
     func touchAPIKey(id: String, at: Date) async throws
 }
 

@@ -263,7 +263,7 @@ struct FailoverOptions: ParsableArguments {
             store: store, provider: provider,
             verifier: verifier, launch: AgentLaunch(controllers: controllers, onstart: agentOnstart, extraEnvironment: environment),
             hub: hub, logger: logger, cpuCloud: cpuCloud,
-            onFailoverFinished: { result, seconds in metrics.failoverFinished(result: result, durationSeconds: seconds) },
+            onFailoverFinished: { _, seconds in metrics.failoverFinished(durationSeconds: seconds) },
             onBreakerChange: { tripped, held, newTrip in metrics.breaker(tripped: tripped, held: held, newTrip: newTrip) })
     }
 }

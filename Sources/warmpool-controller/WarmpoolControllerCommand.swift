@@ -20,6 +20,7 @@ struct WarmpoolControllerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warmpool-controller",
         abstract: "The Warmpool control plane: agents' liveness, the REST API and the store.",
+        version: WarmpoolVersion.current,
         subcommands: [Serve.self, Keygen.self, APIKey.self],
         defaultSubcommand: Serve.self)
 }
@@ -169,7 +170,7 @@ struct Serve: AsyncParsableCommand {
         // Every committed change to an agent's key, from the API or the failover engine, reaches
         // the listener's keyring before the change returns.
         store.observeAgentKeys { await service.reloadKeys() }
-        let metrics = ControllerMetrics()
+        let metrics = ControllerMetrics(countsWebhooks: !notify.urls.isEmpty)
         var services: [any Service] = [service]
         // Blocking work on pools of its own, so that one kind cannot starve another: a blackholed
         // webhook receiver holds a delivery thread for its whole timeout, exactly when a failover
