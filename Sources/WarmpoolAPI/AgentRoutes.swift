@@ -99,8 +99,18 @@ struct KeyRoutes {
         }
         group.delete(":key_id") { _, context in
             let id = context.parameters.get("key_id") ?? ""
-            guard try await store.revokeAPIKey(id: id, at: Date()) else { throw APIError.notFound("no active API key \(id)") }
-            return JSONResponse.ok(.object([("success", .bool(true)), ("message", .string("API key \(id) revoked"))]))
+            // Without an admin key nothing can mint keys, register agents or change settings through
+            // the API again: only `warmpool-controller apikey` on the database's own machine could.
+            switch try await store.revokeAPIKeyKeepingAnAdmin(id: id, at: Date()) {
+            case .revoked:
+                return JSONResponse.ok(.object([("success", .bool(true)), ("message", .string("API key \(id) revoked"))]))
+            case .notFound:
+                throw APIError.notFound("no active API key \(id)")
+            case .lastAdminKey:
+                let yours = id == context.apiKeyID ? " (the key this request is made with)" : ""
+                throw APIError.conflict("API key \(id)\(yours) is the last admin key: create another admin key first "
+                                        + "(warmpoolctl keys create --name NAME --scope admin), then revoke this one")
+            }
         }
     }
 }

@@ -79,7 +79,7 @@ public struct AgentConfiguration: Sendable {
     }
 }
 
-public let warmpoolAgentVersion = "0.1.0"
+public let warmpoolAgentVersion = WarmpoolVersion.current
 
 /// The agent's I/O shell. Everything here runs on `loop` (hence `@unchecked Sendable`: the state
 /// is confined to that one thread); blocking probes and the fence command run on their own queues.

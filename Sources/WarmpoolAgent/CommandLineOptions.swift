@@ -3,13 +3,14 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import WarmpoolModel
 
 /// The agent's command line (warmpool-agent), parsed by hand. swift-argument-parser imports FoundationEssentials,
 /// and in a static binary that brought FoundationEssentials, its collections and the regex
 /// runtime along: megabytes of code that the loader's relocations and the kernel's fault-around
 /// kept partly resident in every GPU instance, for a dozen `--name value` options. The agent's
 /// grammar is that small: `--name value` or `--name=value`, a repeatable `--controller`, one
-/// flag, `-h`/`--help`; anything else is a usage error (exit 64, as the parser gave).
+/// flag, `-h`/`--help`, `--version`; anything else is a usage error (exit 64, as the parser gave).
 public struct CommandLineOption: Sendable {
     /// The long name without dashes.
     public var name: String
@@ -36,6 +37,8 @@ public struct ParsedCommandLine: Sendable {
     private(set) var values: [String: [String]] = [:]
     private(set) var flags: Set<String> = []
     public private(set) var wantsHelp = false
+    /// `--version`: print `ParsedCommandLine.version` and exit, as swift-argument-parser does.
+    public private(set) var wantsVersion = false
     /// What follows `--`: a command line of its own, not options.
     public private(set) var trailing: [String]?
 
@@ -53,6 +56,10 @@ public struct ParsedCommandLine: Sendable {
             }
             if argument == "-h" || argument == "--help" {
                 wantsHelp = true
+                continue
+            }
+            if argument == "--version" {
+                wantsVersion = true
                 continue
             }
             guard argument.hasPrefix("--"), argument.count > 2 else {
@@ -97,13 +104,17 @@ public struct ParsedCommandLine: Sendable {
 
     public func flag(_ name: String) -> Bool { flags.contains(name) }
 
+    /// What `--version` prints: the version every Warmpool executable prints (the agent's
+    /// executable reaches WarmpoolModel through this module).
+    public static var version: String { WarmpoolVersion.current }
+
     /// OVERVIEW, the discussion, USAGE and the options with their help, wrapped at 100 columns.
     public static func help(command: String, abstract: String, discussion: String, options: [CommandLineOption]) -> String {
         var lines = ["OVERVIEW: \(abstract)", "", discussion, "", "USAGE: \(command) [<options>] [-- <command> ...]", "", "OPTIONS:"]
         let entries = options.map { option -> (String, String) in
             let name = "--\(option.name)" + (option.valueName.map { " <\($0)>" } ?? "")
             return (option.repeatable ? name + " ..." : name, option.help)
-        } + [("-h, --help", "Show help information.")]
+        } + [("--version", "Show the version."), ("-h, --help", "Show help information.")]
         let width = entries.map(\.0.count).max()! + 4
         for (name, help) in entries {
             var line = "  " + name + String(repeating: " ", count: width - name.count)

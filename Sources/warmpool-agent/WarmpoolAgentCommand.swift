@@ -136,6 +136,10 @@ struct WarmpoolAgentCommand {
                 print(ParsedCommandLine.help(command: "warmpool-agent", abstract: abstract, discussion: discussion, options: options))
                 return 0
             }
+            if parsed.wantsVersion {
+                print(ParsedCommandLine.version)
+                return 0
+            }
             try await WarmpoolAgentCommand(parsed).run()
             return 0
         } catch let error as UsageError {

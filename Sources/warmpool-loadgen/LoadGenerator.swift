@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import UnixSignals
 import WarmpoolAgent
+import WarmpoolModel
 import WarmpoolWire
 
 /// Many real agents in one process: real handshakes, real frames, real sockets. The soak and
@@ -16,6 +17,7 @@ struct LoadGenerator: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warmpool-loadgen",
         abstract: "Simulated agents for benchmarks: writes their keys, then runs them.",
+        version: WarmpoolVersion.current,
         subcommands: [Keys.self, Run.self, Beats.self, Floor.self, Handshakes.self, TelemetryFlood.self])
 
     struct Options: ParsableArguments {

@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import Logging
 import ServiceLifecycle
+import WarmpoolModel
 import WarmpoolSim
 
 #if canImport(Glibc)
@@ -14,7 +15,8 @@ import Glibc
 struct WarmpoolSimCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warmpool-sim",
-        abstract: "A local Vast.ai API emulator whose instances are real sshd + onstart processes.")
+        abstract: "A local Vast.ai API emulator whose instances are real sshd + onstart processes.",
+        version: WarmpoolVersion.current)
 
     @Option(help: "HOST:PORT to serve the API on (port 0 picks one).")
     var listen = "127.0.0.1:0"

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOPosix
 import WarmpoolHTTP
+import WarmpoolModel
 import WarmpoolSnapshot
 import WarmpoolStorage
 
@@ -13,6 +14,7 @@ struct SnapshotCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warmpool-snapshot",
         abstract: "Encrypted, incremental, content-defined snapshots of a directory to S3-compatible storage.",
+        version: WarmpoolVersion.current,
         subcommands: [Create.self, Restore.self, List.self, Prune.self])
 }
 

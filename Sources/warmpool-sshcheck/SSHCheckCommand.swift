@@ -15,6 +15,7 @@ struct SSHCheckCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warmpool-sshcheck",
         abstract: "Verify an instance over SSH: pinned host key, key login, the right volume mounted and writable.",
+        version: WarmpoolVersion.current,
         subcommands: [Verify.self, Wait.self])
 }
 

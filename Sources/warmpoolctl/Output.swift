@@ -57,6 +57,64 @@ enum Output {
     static func parseDate(_ text: String) -> Date? {
         try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true))
     }
+
+    /// A line on stderr: progress and remarks, which a script reading stdout (the answer, the
+    /// key, the JSON) does not want. What stdout holds so far is written first, so on a terminal
+    /// the two come out in the order they were printed.
+    static func note(_ text: String) {
+        flush()
+        FileHandle.standardError.write(Data((text + "\n").utf8))
+    }
+
+    /// Writes out what `print` buffered: stdout into a pipe is written only when its buffer fills,
+    /// and a watch or a follow must show each round as it comes. (`fflush(nil)`: every stream,
+    /// without naming the C global `stdout`, which strict concurrency cannot vouch for.)
+    static func flush() {
+        fflush(nil)
+    }
+
+    /// `  +3.2 s  primary_running  instance 1001`: a step of a long command, `seconds` after its first
+    /// step, both as the controller dated them (the CLI's clock may be set otherwise).
+    static func progressLine(seconds: Double, _ step: String, _ detail: String) -> String {
+        String(format: "%+7.1f s  ", seconds) + step.padding(toLength: max(step.count, 20), withPad: " ", startingAt: 0) + "  " + detail
+    }
+
+    /// One event as `events --follow` prints it: when, what, which agent, detail.
+    static func eventLine(_ event: JSONValue) -> String {
+        let kind = cell(event["kind"])
+        return "\(cell(event["at"]))  \(kind.padding(toLength: max(kind.count, 20), withPad: " ", startingAt: 0))  \(cell(event["agent_id"]))  \(cell(event["detail"]))"
+    }
+
+    /// A failover's beginning, one of its steps, or its end, as `history --follow` and
+    /// `failover test` print them as they happen.
+    static func historyLine(_ change: FollowedHistory.Change) -> String {
+        switch change {
+        case .began(let failover):
+            return "\(cell(failover["id"])) began: \(cell(failover["reason"]))"
+        case .step(let id, let step):
+            let name = cell(step["step"])
+            let since = step["since_start_ms"]?.doubleValue.map { String(format: "%5.0f", $0) } ?? "-"
+            return "\(id)  +\(since) ms  \(name.padding(toLength: max(name.count, 20), withPad: " ", startingAt: 0))  \(cell(step["detail"]))"
+        case .ended(let failover):
+            let error = failover["error_message"]?.stringValue.map { ": \($0)" } ?? ""
+            return "\(cell(failover["id"])) \(cell(failover["result"])) in \(cell(failover["duration_seconds"])) s, epoch \(cell(failover["epoch"])), "
+                + "primary \(cell(failover["old_primary_gpu_id"])) -> \(cell(failover["new_primary_gpu_id"]))\(error)"
+        }
+    }
+
+    /// A change as one line of JSON, for `--follow --json`.
+    static func historyJSON(_ change: FollowedHistory.Change) -> JSONValue {
+        switch change {
+        case .began(let failover): .object([("change", "began"), ("failover", failover)])
+        case .step(let id, let step): .object([("change", "step"), ("failover_id", .string(id)), ("step", step)])
+        case .ended(let failover): .object([("change", "ended"), ("failover", failover)])
+        }
+    }
+
+    /// One compact line of JSON (JSON Lines), for what `--follow --json` streams.
+    static func jsonLine(_ value: JSONValue) {
+        print(String(decoding: value.serialized(options: .sortedKeys), as: UTF8.self))
+    }
 }
 
 /// What the commands read of an answer, as the `as?` casts on JSONSerialization's objects did.

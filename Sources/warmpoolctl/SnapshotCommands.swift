@@ -28,7 +28,7 @@ struct Snapshot: AsyncParsableCommand {
 
     func run() async throws {
         try await WarmpoolCtl.run {
-            let answer = try await connection.client().send("POST", "\(warmpool)/snapshot/\(machineID)", body: [:])
+            let answer = try await connection.client(defaultTimeout: Connection.longOperationTimeout).send("POST", "\(warmpool)/snapshot/\(machineID)", body: [:])
             if connection.json { return Output.json(answer) }
             let summary = answer["snapshot"]?.objectOrEmpty ?? [:]
             print("snapshot \(Output.cell(summary["snapshot"])): \(Output.cell(summary["files"])) files, \(Output.cell(summary["bytes"])) bytes, "
@@ -50,7 +50,7 @@ struct Restore: AsyncParsableCommand {
         guard yes else { throw ValidationError("a restore stops the primary and replaces its data with the snapshot's: add --yes to confirm") }
         try await WarmpoolCtl.run {
             let body: JSONValue = snapshot.map { .object([("snapshot", .string($0))]) } ?? [:]
-            let answer = try await connection.client().send("POST", "\(warmpool)/restore/\(machineID)", body: body)
+            let answer = try await connection.client(defaultTimeout: Connection.longOperationTimeout).send("POST", "\(warmpool)/restore/\(machineID)", body: body)
             Output.field("message", of: answer, json: connection.json)
         }
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import WarmpoolJSON
+import WarmpoolModel
 
 @main
 struct WarmpoolCtl: AsyncParsableCommand {
@@ -8,9 +9,10 @@ struct WarmpoolCtl: AsyncParsableCommand {
         commandName: "warmpoolctl",
         abstract: "Operate Warmpool through the controller's REST API.",
         discussion: "The controller URL and API key come from --url and --api-key, or WARMPOOL_URL and WARMPOOL_API_KEY (or WARMPOOL_API_KEY_FILE).",
+        version: WarmpoolVersion.current,
         subcommands: [
             Status.self, Hosts.self, Provision.self, Enable.self, Disable.self, Failover.self, Repair.self, Cleanup.self, Events.self,
-            Timeline.self, Agents.self, Keys.self, Settings.self, Breaker.self, Snapshots.self, Snapshot.self, Restore.self,
+            History.self, Agents.self, Keys.self, Settings.self, Breaker.self, Snapshots.self, Snapshot.self, Restore.self,
         ])
 
     /// Errors are one line on stderr and a non-zero exit, whatever the command.
@@ -31,13 +33,22 @@ struct Connection: ParsableArguments {
     @Option(help: "An API key. Env: WARMPOOL_API_KEY, or a file named by WARMPOOL_API_KEY_FILE.")
     var apiKey: String?
 
-    @Option(help: "Seconds to wait for an answer.")
-    var timeout: Double = 60
+    @Option(help: ArgumentHelp(
+        "Seconds a request may take in all, answer included; then it fails with \"no answer within N s\".",
+        discussion: "Default: 60; 900 for provision, failover test, repair, snapshot and restore, which answer only when done."))
+    var timeout: Double?
 
     @Flag(help: "Print the API's JSON instead of a table.")
     var json = false
 
-    func client() throws -> APIClient {
+    /// For the commands whose answer comes only when their work is done: a provisioning or a
+    /// restore takes minutes.
+    static let longOperationTimeout: Double = 900
+
+    /// `defaultTimeout`: the deadline when --timeout is not given.
+    func client(defaultTimeout: Double = 60) throws -> APIClient {
+        let timeout = timeout ?? defaultTimeout
+        guard timeout > 0, timeout.isFinite else { throw ValidationError("--timeout must be a positive number of seconds, got \(timeout)") }
         let environment = ProcessInfo.processInfo.environment
         let text = url ?? environment["WARMPOOL_URL"] ?? "http://127.0.0.1:8080"
         guard let base = URL(string: text), base.scheme == "http" || base.scheme == "https", base.host != nil else {
@@ -62,37 +73,67 @@ private let warmpool = "api/v1/warmpool"
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Pools with state, protection, primary, standby, volume, last heartbeat, epoch and failovers.",
-        discussion: "With --check, exits 2 when any enabled pool is not protected (for cron and monitoring), naming each and why.")
+        discussion: """
+            With --check, exits 2 when any enabled pool is not protected (for cron and monitoring), naming each and why. \
+            With --watch, redraws every --interval seconds until Ctrl-C: in place on a terminal, one block after another \
+            (each headed by the time, no escape codes) into a file or a pipe.
+            """,
+        // The API lists them at GET /warmpool/pools.
+        aliases: ["pools"])
     @OptionGroup var connection: Connection
     @Argument(help: "One machine id; all pools when omitted.") var machineID: Int64?
     @Flag(help: "Exit 2 when an enabled pool is unprotected; print only the unprotected pools' conditions.") var check = false
+    @Flag(help: "Redraw every --interval seconds until Ctrl-C.") var watch = false
+    @Option(help: "Seconds between redraws with --watch.") var interval: Double = 2
+
+    func validate() throws {
+        if watch && check { throw ValidationError("--check answers once, with its exit status: it does not go with --watch") }
+    }
 
     func run() async throws {
         try await WarmpoolCtl.run {
             let client = try connection.client()
-            let pools: [JSONValue]
-            let answer: JSONValue
-            if let machineID {
-                answer = try await client.get("\(warmpool)/status/\(machineID)")
-                pools = [answer.objectOrEmpty]
-            } else {
-                answer = try await client.get("\(warmpool)/pools")
-                pools = answer["pools"]?.objects ?? []
+            guard watch else { return try await show(client) }
+            let every = try Watch.interval(interval)
+            let terminal = Watch.standardOutputIsTerminal
+            let command = "warmpoolctl status" + (machineID.map { " \($0)" } ?? "")
+            var first = true
+            try await Watch.forever(every: every) {
+                let now = Date().formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: false))
+                // Home and erase on a terminal; elsewhere a blank line between blocks.
+                if terminal { print("\u{1B}[H\u{1B}[2J", terminator: "") } else if !first { print("") }
+                first = false
+                print("\(command), every \(APIClient.seconds(interval)) s: \(now)" + (terminal ? " (Ctrl-C to stop)" : ""))
+                defer { Output.flush() }
+                try await show(client)
             }
-            if check { return try Self.check(pools) }
-            if connection.json { return Output.json(answer) }
-            Output.table(
-                ["MACHINE", "STATE", "PROTECTED", "HOST", "PRIMARY", "STANDBY", "VOLUME", "LAST HEARTBEAT", "EPOCH", "FAILOVERS", "ERROR"],
-                pools.map { pool in
-                    [
-                        Output.cell(pool["machine_id"]), Output.cell(pool["state"]), Self.protection(pool), Output.cell(pool["host_machine_id"]),
-                        Output.cell(pool["primary_gpu_id"]),
-                        "\(Output.cell(pool["standby_gpu_id"])) (\(Output.cell(pool["standby_state"])))",
-                        Output.cell(pool["volume_id"]), Output.ago(pool["last_health_check"]), Output.cell(pool["epoch"]),
-                        Output.cell(pool["failover_count"]), Output.cell(pool["error_message"]),
-                    ]
-                })
         }
+    }
+
+    /// The table (or the JSON) once.
+    private func show(_ client: APIClient) async throws {
+        let pools: [JSONValue]
+        let answer: JSONValue
+        if let machineID {
+            answer = try await client.get("\(warmpool)/status/\(machineID)")
+            pools = [answer.objectOrEmpty]
+        } else {
+            answer = try await client.get("\(warmpool)/pools")
+            pools = answer["pools"]?.objects ?? []
+        }
+        if check { return try Self.check(pools) }
+        if connection.json { return Output.json(answer) }
+        Output.table(
+            ["MACHINE", "STATE", "PROTECTED", "HOST", "PRIMARY", "STANDBY", "VOLUME", "LAST HEARTBEAT", "EPOCH", "FAILOVERS", "ERROR"],
+            pools.map { pool in
+                [
+                    Output.cell(pool["machine_id"]), Output.cell(pool["state"]), Self.protection(pool), Output.cell(pool["host_machine_id"]),
+                    Output.cell(pool["primary_gpu_id"]),
+                    "\(Output.cell(pool["standby_gpu_id"])) (\(Output.cell(pool["standby_state"])))",
+                    Output.cell(pool["volume_id"]), Output.ago(pool["last_health_check"]), Output.cell(pool["epoch"]),
+                    Output.cell(pool["failover_count"]), Output.cell(pool["error_message"]),
+                ]
+            })
     }
 }
 
@@ -159,7 +200,9 @@ struct Hosts: AsyncParsableCommand {
 }
 
 struct Provision: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Create the volume, the primary and a stopped standby on one host.")
+    static let configuration = CommandConfiguration(
+        abstract: "Create the volume, the primary and a stopped standby on one host.",
+        discussion: "The controller answers when the pool is ready (minutes); meanwhile each step is printed on stderr as it is recorded (not with --json).")
     @OptionGroup var connection: Connection
     @Option(help: "The machine id the pool is known by.") var machineID: Int64
     @Option(help: "The provider's physical machine to put it on.") var hostMachineID: Int64
@@ -175,7 +218,10 @@ struct Provision: AsyncParsableCommand {
             if let image { body.append(("image", .string(image))) }
             if let diskSize { body.append(("disk_size", .int(diskSize))) }
             if let volumeSize { body.append(("volume_size", .int(volumeSize))) }
-            let answer = try await connection.client().send("POST", "\(warmpool)/provision", body: .object(body))
+            let client = try connection.client(defaultTimeout: Connection.longOperationTimeout)
+            let progress = connection.json ? nil : try await EventProgress(client: client, machineID: machineID)
+            let request = JSONValue.object(body)
+            let answer = try await Watch.withProgress(progress) { try await client.send("POST", "\(warmpool)/provision", body: request) }
             if connection.json { return Output.json(answer) }
             let object = answer.objectOrEmpty
             print(Output.cell(object["message"]))
@@ -192,18 +238,28 @@ protocol MachineAction: AsyncParsableCommand {
     var machineID: Int64 { get }
     var method: String { get }
     var path: String { get }
+    /// Seconds the request may take unless --timeout says otherwise.
+    var defaultTimeout: Double { get }
 }
 
 extension MachineAction {
+    var defaultTimeout: Double { 60 }
+
     func run() async throws {
         try await WarmpoolCtl.run {
-            let answer = try await connection.client().send(method, "\(warmpool)/\(path)/\(machineID)", body: method == "DELETE" ? nil : [:])
-            if connection.json { return Output.json(answer) }
-            let object = answer.objectOrEmpty
-            print(Output.cell(object["message"]))
-            if let seconds = object["recovery_time_seconds"]?.numberText {
-                print("recovered in \(seconds) s; new primary \(Output.cell(object["new_primary_gpu_id"]))")
-            }
+            let answer = try await connection.client(defaultTimeout: defaultTimeout)
+                .send(method, "\(warmpool)/\(path)/\(machineID)", body: method == "DELETE" ? nil : [:])
+            Self.show(answer, json: connection.json)
+        }
+    }
+
+    /// The answer's message, and a failover's recovery time.
+    static func show(_ answer: JSONValue, json: Bool) {
+        if json { return Output.json(answer) }
+        let object = answer.objectOrEmpty
+        print(Output.cell(object["message"]))
+        if let seconds = object["recovery_time_seconds"]?.numberText {
+            print("recovered in \(seconds) s; new primary \(Output.cell(object["new_primary_gpu_id"]))")
         }
     }
 }
@@ -231,17 +287,31 @@ struct Repair: MachineAction {
     @Argument var machineID: Int64
     var method: String { "POST" }
     var path: String { "repair" }
+    var defaultTimeout: Double { Connection.longOperationTimeout }
 }
 
 struct Failover: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Failover drills.", subcommands: [Test.self])
 
     struct Test: MachineAction {
-        static let configuration = CommandConfiguration(abstract: "Run a real failover on purpose: stop the primary, start the standby.")
+        static let configuration = CommandConfiguration(
+            abstract: "Run a real failover on purpose: stop the primary, start the standby.",
+            discussion: "The controller answers when the failover is done; meanwhile its timeline is printed on stderr step by step (not with --json).")
         @OptionGroup var connection: Connection
         @Argument var machineID: Int64
         var method: String { "POST" }
         var path: String { "failover/test" }
+
+        func run() async throws {
+            try await WarmpoolCtl.run {
+                let client = try connection.client(defaultTimeout: Connection.longOperationTimeout)
+                let progress = connection.json ? nil : try await TimelineProgress(client: client, machineID: machineID)
+                let answer = try await Watch.withProgress(progress) { [machineID] in
+                    try await client.send("POST", "\(warmpool)/failover/test/\(machineID)", body: [:])
+                }
+                Self.show(answer, json: connection.json)
+            }
+        }
     }
 }
 
@@ -261,43 +331,103 @@ struct Cleanup: AsyncParsableCommand {
 }
 
 struct Events: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "A pool's recent events: agents connecting, suspected, failed, fenced, thawed, fenced for good.")
+    static let configuration = CommandConfiguration(
+        abstract: "A pool's recent events: agents connecting, suspected, failed, fenced, thawed, fenced for good; provisioning steps.",
+        discussion: """
+            Oldest first, as the API lists them. With --follow, prints each new event as it is recorded (one line each; \
+            one JSON object per line with --json) until Ctrl-C.
+            """)
     @OptionGroup var connection: Connection
     @Argument var machineID: Int64
     @Option(help: "How many, newest last.") var limit: Int = 50
+    @Flag(help: "Keep printing new events until Ctrl-C.") var follow = false
+    @Option(help: "Seconds between polls with --follow.") var interval: Double = 1
 
     func run() async throws {
         try await WarmpoolCtl.run {
-            let answer = try await connection.client().get("\(warmpool)/events/\(machineID)", query: ["limit": "\(limit)"])
-            if connection.json { return Output.json(answer) }
-            let events = answer["events"]?.objects ?? []
-            Output.table(
-                ["AT", "EVENT", "AGENT", "DETAIL"],
-                events.map { [Output.cell($0["at"]), Output.cell($0["kind"]), Output.cell($0["agent_id"]), Output.cell($0["detail"])] })
+            let client = try connection.client()
+            guard follow else {
+                let answer = try await client.get("\(warmpool)/events/\(machineID)", query: ["limit": "\(limit)"])
+                if connection.json { return Output.json(answer) }
+                let events = answer["events"]?.objects ?? []
+                return Output.table(
+                    ["AT", "EVENT", "AGENT", "DETAIL"],
+                    events.map { [Output.cell($0["at"]), Output.cell($0["kind"]), Output.cell($0["agent_id"]), Output.cell($0["detail"])] })
+            }
+            let every = try Watch.interval(interval)
+            // Each poll reads a window wide enough that a second's events cannot overrun it; the
+            // first shows only the newest --limit of it.
+            let window = max(limit, EventProgress.limit)
+            let first = try await EventProgress.events(client, machineID)
+            var newEvents = NewEvents(limit: window, baseline: first)
+            show(first.suffix(limit))
+            try await Watch.forever(every: every) {
+                let (events, mayHaveMissed) = newEvents.take(try await EventProgress.events(client, machineID))
+                if mayHaveMissed { Output.note("warmpoolctl: more than \(window) events since the last poll: some are not shown") }
+                show(events)
+            }
         }
+    }
+
+    private func show(_ events: some Collection<JSONValue>) {
+        for event in events {
+            if connection.json { Output.jsonLine(event) } else { print(Output.eventLine(event)) }
+        }
+        Output.flush()
     }
 }
 
-struct Timeline: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "A pool's failovers, each step with its time.")
+/// The API's `history`; `timeline` was its first name here and stays an alias.
+struct History: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "history",
+        abstract: "A pool's failovers, newest first as the API lists them, each with its steps and their times.",
+        discussion: """
+            With --follow, then prints each failover as it begins, each step as it is recorded and the result when it \
+            has one, for every failover that follows, until Ctrl-C (one JSON object per line with --json).
+            """,
+        aliases: ["timeline"])
     @OptionGroup var connection: Connection
     @Argument var machineID: Int64
     @Option(help: "How many failovers, newest first.") var limit: Int = 5
+    @Flag(help: "Keep printing failovers' steps as they are recorded until Ctrl-C.") var follow = false
+    @Option(help: "Seconds between polls with --follow.") var interval: Double = 1
 
     func run() async throws {
         try await WarmpoolCtl.run {
-            let answer = try await connection.client().get("\(warmpool)/history/\(machineID)", query: ["limit": "\(limit)"])
-            if connection.json { return Output.json(answer) }
+            let client = try connection.client()
+            let answer = try await client.get("\(warmpool)/history/\(machineID)", query: ["limit": "\(limit)"])
             let failovers = answer["failovers"]?.objects ?? []
-            if failovers.isEmpty { print("no failovers for machine \(machineID)") }
-            for failover in failovers {
-                print("\(Output.cell(failover["id"])): \(Output.cell(failover["result"])), \(Output.cell(failover["reason"])), epoch \(Output.cell(failover["epoch"])), primary \(Output.cell(failover["old_primary_gpu_id"])) -> \(Output.cell(failover["new_primary_gpu_id"])), \(Output.cell(failover["duration_seconds"])) s")
-                let steps = failover["timeline"]?.objects ?? []
-                Output.table(
-                    ["  +MS", "STEP", "TOOK MS", "DETAIL"],
-                    steps.map { ["  +" + Output.cell($0["since_start_ms"]), Output.cell($0["step"]), Output.cell($0["duration_ms"]), Output.cell($0["detail"])] })
-                print("")
+            if connection.json && follow {
+                failovers.reversed().forEach { Output.jsonLine(Output.historyJSON(.began($0))) }
+            } else if connection.json {
+                Output.json(answer)
+            } else {
+                Self.show(failovers, machineID: machineID)
             }
+            guard follow else { return }
+            let every = try Watch.interval(interval)
+            var history = FollowedHistory(baseline: failovers)
+            Output.flush()
+            try await Watch.forever(every: every) {
+                let answer = try await client.get("\(warmpool)/history/\(machineID)", query: ["limit": "\(limit)"])
+                for change in history.take(answer["failovers"]?.objects ?? []) {
+                    if connection.json { Output.jsonLine(Output.historyJSON(change)) } else { print(Output.historyLine(change)) }
+                }
+                Output.flush()
+            }
+        }
+    }
+
+    static func show(_ failovers: [JSONValue], machineID: Int64) {
+        if failovers.isEmpty { print("no failovers for machine \(machineID)") }
+        for failover in failovers {
+            print("\(Output.cell(failover["id"])): \(Output.cell(failover["result"])), \(Output.cell(failover["reason"])), epoch \(Output.cell(failover["epoch"])), primary \(Output.cell(failover["old_primary_gpu_id"])) -> \(Output.cell(failover["new_primary_gpu_id"])), \(Output.cell(failover["duration_seconds"])) s")
+            let steps = failover["timeline"]?.objects ?? []
+            Output.table(
+                ["  +MS", "STEP", "TOOK MS", "DETAIL"],
+                steps.map { ["  +" + Output.cell($0["since_start_ms"]), Output.cell($0["step"]), Output.cell($0["duration_ms"]), Output.cell($0["detail"])] })
+            print("")
         }
     }
 }
@@ -393,7 +523,9 @@ struct Keys: AsyncParsableCommand {
     }
 
     struct Create: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create an API key and print it once.")
+        static let configuration = CommandConfiguration(
+            abstract: "Create an API key and print it once.",
+            discussion: "The key alone goes to stdout (KEY=$(warmpoolctl keys create ...)); its id and the reminder that it is shown only once go to stderr.")
         @OptionGroup var connection: Connection
         @Option(help: "Who or what uses it.") var name: String
         @Option(help: "What it may do: metrics, read (the default), operate (provision, enable, disable, failover test, repair) or admin (cleanup, settings, agents, keys).")
@@ -402,12 +534,18 @@ struct Keys: AsyncParsableCommand {
             try await WarmpoolCtl.run {
                 let answer = try await connection.client().send("POST", "api/v1/keys", body: ["name": .string(name), "scope": .string(scope)])
                 Output.field("key", of: answer, json: connection.json)
+                if connection.json { return }
+                let id = Output.cell(answer["id"])
+                Output.note("API key \(id) (\(Output.cell(answer["name"])), scope \(Output.cell(answer["scope"]))) created. The key is shown once: "
+                            + "store it now; the controller keeps only its hash. `warmpoolctl keys revoke \(id)` revokes it.")
             }
         }
     }
 
     struct Revoke: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Revoke an API key by its id.")
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke an API key by its id.",
+            discussion: "The last admin key cannot be revoked (409): create another admin key first.")
         @OptionGroup var connection: Connection
         @Argument var id: String
         func run() async throws {
@@ -433,6 +571,7 @@ struct Keys: AsyncParsableCommand {
                 if let role { body.append(("role", .string(role))) }
                 let answer = try await connection.client().send("POST", "\(warmpool)/agents", body: .object(body))
                 Output.field("secret", of: answer, json: connection.json)
+                if !connection.json { Output.note("agent \(agentId) registered. Its secret is shown once: store it now.") }
             }
         }
     }

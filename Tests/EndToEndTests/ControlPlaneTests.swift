@@ -193,6 +193,7 @@ import Glibc
             ("DELETE", "/api/v1/warmpool/agents/gpu-13", "/api/v1/warmpool/agents/{agent_id}", key, nil, 200),
             ("DELETE", "/api/v1/warmpool/agents/gpu-13", "/api/v1/warmpool/agents/{agent_id}", key, nil, 404),
             ("GET", "/api/v1/keys", "/api/v1/keys", key, nil, 200),
+            ("GET", "/api/v1/version", "/api/v1/version", key, nil, 200),
             ("POST", "/api/v1/keys", "/api/v1/keys", key, #"{"name": "third"}"#, 201),
             ("DELETE", "/api/v1/keys/\(secondID)", "/api/v1/keys/{key_id}", key, nil, 200),
             ("DELETE", "/api/v1/keys/\(secondID)", "/api/v1/keys/{key_id}", key, nil, 404),

@@ -50,6 +50,16 @@ import WarmpoolAgent
         #expect(text.contains("-h, --help"))
     }
 
+    @Test func version() throws {
+        #expect(try parse("--version").wantsVersion)
+        #expect(try parse("--agent-id", "a", "--version").wantsVersion)
+        #expect(try !parse("--agent-id", "a").wantsVersion)
+        // The string itself is WarmpoolVersion.current; OperatorCLITests checks all seven executables agree.
+        #expect(!ParsedCommandLine.version.isEmpty)
+        let text = ParsedCommandLine.help(command: "warmpool-agent", abstract: "Beats.", discussion: "More.", options: Self.options)
+        #expect(text.contains("--version"))
+    }
+
     @Test(arguments: [
         (["--bogus"], "unknown option '--bogus'"),
         (["positional"], "unexpected argument 'positional'"),
