@@ -34,6 +34,8 @@ public struct APIDependencies: Sendable {
     public var snapshots: (any SnapshotOperations)?
     /// A pool's costs per strategy, from the providers' prices; nil: no provider (409).
     public var costs: (@Sendable (PoolID) async throws -> PoolCosts)?
+    /// The status page's logins; in memory, so a restart asks browsers for the key again.
+    public var consoleSessions = ConsoleSessions()
 
     public init(store: any WarmpoolStore, operations: any PoolOperations, hub: LivenessHub?, metrics: ControllerMetrics,
                 vastWebhookSecret: String? = nil, bodyTimeout: Duration = .seconds(10))
@@ -53,24 +55,34 @@ public enum APIRouter {
     public static func build(_ dependencies: APIDependencies) -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
         let known = KnownRoutes()
+        router.add(middleware: ServerTimingMiddleware())
         router.add(middleware: JSONErrorMiddleware(known: known))
         router.add(middleware: APIKeyMiddleware(store: dependencies.store))
         router.add(middleware: BodyDeadlineMiddleware(timeout: dependencies.bodyTimeout))
         router.get("/healthz") { _, _ in
             JSONResponse.ok(.object([("status", .string("ok"))]))
         }
+        // The contract this server is tested against, for client generators and readers.
+        router.get("/openapi.yaml") { _, _ in
+            var headers = HTTPFields()
+            headers[.contentType] = "application/yaml; charset=utf-8"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.text)))
+        }
         router.get("/metrics") { _, _ in
-            if let hub = dependencies.hub { dependencies.metrics.refresh(from: hub) }
-            dependencies.metrics.protection(await dependencies.operations.protections().mapValues(\.protected))
+            let exposition = try await dependencies.metrics.scrape(
+                store: dependencies.store, operations: dependencies.operations, hub: dependencies.hub)
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: dependencies.metrics.exposition())))
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: exposition)))
         }
         PoolRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         AgentRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         SnapshotRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         CostRoutes(dependencies: dependencies).register(on: router.group("\(prefix)/warmpool"))
         KeyRoutes(store: dependencies.store).register(on: router.group("\(prefix)/keys"))
+        VersionRoutes(startedAt: Date()).register(on: router)
+        ConsoleRoutes(dependencies: dependencies, sessions: dependencies.consoleSessions, costQuotes: dependencies.costs.map { CostQuotes(quote: $0) })
+            .register(on: router)
         if let secret = dependencies.vastWebhookSecret {
             ProviderNoticeRoutes(operations: dependencies.operations, secret: secret).register(on: router)
         }
@@ -161,7 +173,12 @@ struct APIKeyMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         // The provider's notifications carry its signature instead of a key (ProviderNoticeRoutes).
-        if request.uri.path == "/healthz" || request.uri.path == ProviderNoticeRoutes.path { return try await next(request, context) }
+        // The status page authenticates with its session cookie (ConsoleRoutes); the OpenAPI
+        // document is the public contract.
+        let path = request.uri.path
+        if path == "/healthz" || path == "/openapi.yaml" || path == ProviderNoticeRoutes.path || ConsoleRoutes.owns(path) {
+            return try await next(request, context)
+        }
         guard let header = request.headers[.authorization], header.count > 7, header.prefix(7).lowercased() == "bearer " else {
             throw APIError.unauthorized
         }
@@ -190,6 +207,7 @@ struct APIKeyMiddleware: RouterMiddleware {
     /// not listed here.
     static func requiredScope(method: HTTPRequest.Method, path: String) -> APIKeyRecord.Scope {
         if path == "/metrics" { return .metrics }
+        if path == VersionRoutes.path { return .read }
         if path.hasPrefix(APIRouter.prefix + "/keys") { return .admin }
         guard path.hasPrefix(APIRouter.prefix + "/warmpool/") else { return .admin }
         if method == .get || method == .head { return .read }

@@ -16,18 +16,20 @@ struct PoolRoutes {
         group.get("status/:machine_id") { _, context in
             let pool = try await requirePool(try RequestInput.poolID(context))
             let protection = await operations.protections()[pool.poolID]
+            let live = LiveReadings(hub: dependencies.hub)
             return JSONResponse.ok(Present.poolStatus(
-                pool, lastHeartbeat: pool.primaryInstanceID.flatMap { lastHeartbeats()[$0] }, protection: protection,
-                recoveryPoint: recoveryPoint(of: pool), sync: sync(of: pool)))
+                pool, lastHeartbeat: pool.primaryInstanceID.flatMap { live.lastHeartbeats()[$0] }, protection: protection,
+                recoveryPoint: live.recoveryPoint(primary: pool.primaryInstanceID), sync: live.sync(primary: pool.primaryInstanceID)))
         }
         group.get("pools") { _, _ in
             let pools = try await store.pools()
-            let heartbeats = lastHeartbeats()
+            let live = LiveReadings(hub: dependencies.hub)
+            let heartbeats = live.lastHeartbeats()
             let protections = await operations.protections()
             return JSONResponse.ok(.object([
                 ("pools", .array(pools.map {
                     Present.poolStatus($0, lastHeartbeat: $0.primaryInstanceID.flatMap { heartbeats[$0] }, protection: protections[$0.poolID],
-                                       recoveryPoint: recoveryPoint(of: $0), sync: sync(of: $0))
+                                       recoveryPoint: live.recoveryPoint(primary: $0.primaryInstanceID), sync: live.sync(primary: $0.primaryInstanceID))
                 })),
                 ("count", .int(Int64(pools.count))),
             ]))
@@ -152,31 +154,6 @@ struct PoolRoutes {
             throw APIError.notFound("no warm pool for machine \(poolID)")
         }
         return pool
-    }
-
-    /// What the primary's agent last reported of its checkpoints and snapshots.
-    private func recoveryPoint(of pool: PoolRecord) -> Present.RecoveryPoint? {
-        guard let hub = dependencies.hub, let primary = pool.primaryInstanceID, let report = hub.recoveryPoint(instanceID: primary) else { return nil }
-        return Present.RecoveryPoint(report: report, now: Date(), monotonicNow: MonotonicClock.now())
-    }
-
-    /// What the primary's agent last reported of its sync to a CPU standby.
-    private func sync(of pool: PoolRecord) -> Present.Sync? {
-        guard let hub = dependencies.hub, let primary = pool.primaryInstanceID, let report = hub.syncReport(for: primary) else { return nil }
-        return Present.Sync(report: report, now: Date(), monotonicNow: MonotonicClock.now())
-    }
-
-    /// The newest heartbeat this controller heard from each instance's agents, read once per
-    /// request: the pool list must not take a snapshot of every agent for every pool.
-    private func lastHeartbeats() -> [InstanceID: Date] {
-        guard let hub = dependencies.hub else { return [:] }
-        let now = Date()
-        var newest: [InstanceID: Date] = [:]
-        for snapshot in hub.agentSnapshots() {
-            let heard = now.addingTimeInterval(-Double(snapshot.silenceNanoseconds) / 1e9)
-            newest[snapshot.identity.instanceID] = max(newest[snapshot.identity.instanceID] ?? heard, heard)
-        }
-        return newest
     }
 
     static func hostFilter(_ request: Request) throws -> WarmPoolHosts.Filter {
