@@ -280,6 +280,7 @@ let package = Package(
                 "WarmpoolModel",
                 "WarmpoolProvider",
                 "WarmpoolStore",
+                "WarmpoolTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

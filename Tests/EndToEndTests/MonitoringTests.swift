@@ -55,7 +55,7 @@ import WarmpoolTestSupport
         #expect(wanted.subtracting(exposition.names).isEmpty, "missing: \(wanted.subtracting(exposition.names).sorted())")
         #expect(exposition.problems.isEmpty, "\(exposition.problems)")
         #expect(exposition.types.count >= 20 && exposition.types.keys.allSatisfy { exposition.help[$0]?.isEmpty == false })
-        let linted = try promtoolCheckMetrics(text, in: directory)
+        let linted = try Promtool.checkMetrics(text)
         #expect(linted.status == 0 && linted.output.isEmpty, "\(linted.output)")
         let totals = [
             #"warmpool_failovers_total{result="succeeded"} 1"#, #"warmpool_pool_failovers_total{machine_id="12"} 1"#,
@@ -79,48 +79,4 @@ import WarmpoolTestSupport
         #expect(after.contains(#"warmpool_failovers_total{result="succeeded"} 1"# + "\n"))
         #expect(Exposition(after).problems.isEmpty)
     }
-
-    /// `promtool check metrics` reads the exposition on stdin and prints nothing when it finds no
-    /// problem. A missing promtool fails the test: CI installs it with Scripts/setup.
-    private func promtoolCheckMetrics(_ exposition: String, in directory: String) throws -> (status: Int32, output: String) {
-        guard let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"].first(where: FileManager.default.isExecutableFile(atPath:)) else {
-            Issue.record("promtool is not installed: run Scripts/setup (Debian's prometheus package provides it)")
-            return (-1, "promtool missing")
-        }
-        let file = directory + "/exposition.txt"
-        try exposition.write(toFile: file, atomically: true, encoding: .utf8)
-        return try Command.run("/bin/sh", ["-c", "\"$0\" check metrics < \"$1\"", promtool, file])
-    }
-}
-
-/// The Prometheus text format as far as these checks need it (MetricsTests has the same reader).
-private struct Exposition {
-    var help: [String: String] = [:]
-    var types: [String: String] = [:]
-    var sampleNames: Set<String> = []
-    /// Samples whose family has no HELP or no TYPE line.
-    var problems: [String] = []
-
-    init(_ text: String) {
-        for line in text.split(separator: "\n").map(String.init) {
-            let words = line.split(separator: " ", maxSplits: 3).map(String.init)
-            if line.hasPrefix("# HELP "), words.count >= 4 {
-                help[words[2]] = words[3]
-            } else if line.hasPrefix("# TYPE "), words.count >= 4 {
-                types[words[2]] = words[3]
-            } else if !line.hasPrefix("#") {
-                sampleNames.insert(String(line.prefix { $0 != "{" && $0 != " " }))
-            }
-        }
-        for sample in sampleNames.sorted() {
-            var family = sample
-            for suffix in ["_bucket", "_sum", "_count"] where sample.hasSuffix(suffix) && types[String(sample.dropLast(suffix.count))] != nil {
-                family = String(sample.dropLast(suffix.count))
-            }
-            if help[family] == nil || types[family] == nil { problems.append("\(sample): no HELP or TYPE for \(family)") }
-        }
-    }
-
-    /// What a query may name: every family and every sample name (a histogram's `_bucket`...).
-    var names: Set<String> { sampleNames.union(types.keys) }
 }
