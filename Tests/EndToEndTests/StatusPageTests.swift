@@ -105,6 +105,9 @@ import WarmpoolJSON
         for path in ["/ui", "/ui/pools/12"] {
             try browser.navigate(site + path)
             try browser.waitFor("\(path) on a phone", "document.querySelector('#live') && document.documentElement.scrollWidth <= window.innerWidth")
+            if let directory = screenshotDirectory {
+                try browser.screenshot(to: directory + "/status-page-phone\(path.replacingOccurrences(of: "/", with: "-")).png")
+            }
         }
         #expect(try browser.text("#live").contains("Machine 12"))
     }
