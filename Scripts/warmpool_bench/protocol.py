@@ -13,7 +13,8 @@ from warmpool_lab import ROOT
 from warmpool_lab.events import Events
 from warmpool_lab.pool import Controller, freeze_trials, loadgen_keys, real_agent_starter
 from warmpool_lab.processes import cpu_seconds, free_port, spawn, status_field, stop, wait_for_file
-from warmpool_lab.stats import percentile
+
+from . import rounded_percentile
 
 
 BASELINES = os.path.join(ROOT, "Scripts", "baselines")
@@ -129,7 +130,9 @@ def measure_protocol(kind, binaries, baselines, agents, seconds, trials):
             print("protocol %s: %d sockets at the start, %d at the end: the payload count is off" % (
                 kind, sockets_start, sockets_end), file=sys.stderr)
         rss = server.rss_mib()
-        detections = freeze_trials(server.events, trials, "%s-%d" % (kind, agents), start_real_agent)
+        trial_errors = []
+        detections = freeze_trials(server.events, trials, "%s-%d" % (kind, agents), start_real_agent,
+                                   errors=trial_errors)
         server.events.poll()
         false_failures = sum(1 for e in server.events.seen[steady_from:]
                              if e["event"] == "failed" and e["agent_id"].startswith("load-"))
@@ -139,11 +142,15 @@ def measure_protocol(kind, binaries, baselines, agents, seconds, trials):
         counter.close()
         shutil.rmtree(workdir, ignore_errors=True)
     beats = agents * 10 * wall
-    return {"protocol": kind, "agents": agents, "cpu_us_per_heartbeat": round(cpu * 1e6 / beats, 2),
-            # The issue's measure: bytes per heartbeat counted at the socket (TCP payload, both ways).
-            "bytes_per_heartbeat": round((payload_end - payload_start) / beats, 1),
-            "wire_bytes_per_heartbeat": round(wire / beats, 1), "detect_p99_ms": round(percentile(detections, 0.99), 1),
-            "controller_rss_mib": round(rss, 1), "false_failures": false_failures}
+    result = {"protocol": kind, "agents": agents, "cpu_us_per_heartbeat": round(cpu * 1e6 / beats, 2),
+              # The issue's measure: bytes per heartbeat counted at the socket (TCP payload, both ways).
+              "bytes_per_heartbeat": round((payload_end - payload_start) / beats, 1),
+              "wire_bytes_per_heartbeat": round(wire / beats, 1),
+              "detect_p99_ms": rounded_percentile(detections, 0.99),
+              "controller_rss_mib": round(rss, 1), "false_failures": false_failures}
+    if trial_errors:
+        result["detect_errors"] = trial_errors
+    return result
 
 
 # Both ends of every pair live in one process: two descriptors a socket, under this machine's
@@ -151,8 +158,13 @@ def measure_protocol(kind, binaries, baselines, agents, seconds, trials):
 FLOOR_MAX_SOCKETS = 9000
 
 
-def measure_floor(binaries, sockets):
-    """`warmpool-loadgen floor`: what loopback TCP alone costs at the capacity load, no protocol."""
+def measure_floor(binaries, sockets, seconds=20, pin=False):
+    """`warmpool-loadgen floor`: what loopback TCP alone costs at the capacity load, no protocol.
+    `pin`: its receiver on CPU 0 and its senders on CPU 1, as `bench capacity` places the
+    controller and the load generator (on a machine with two CPUs or more)."""
+    pinned = ["--pin"] if pin and (os.cpu_count() or 1) >= 2 else []
     result = subprocess.run([os.path.join(binaries, "warmpool-loadgen"), "floor", "--count", str(sockets),
-                             "--seconds", "20", "--json"], check=True, capture_output=True, text=True)
+                             "--seconds", str(seconds), "--json"] + pinned, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError("warmpool-loadgen floor exited %d: %s" % (result.returncode, result.stderr.strip()[-500:]))
     return json.loads(result.stdout.strip().splitlines()[-1])

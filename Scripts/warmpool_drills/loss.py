@@ -4,6 +4,7 @@ import json
 import os
 import tempfile
 import time
+import traceback
 
 from warmpool_lab.namespaces import CONTROL, CONTROL_IP, Lab, in_namespace
 from warmpool_lab.pool import HOST, LAB_AGENT_LISTEN, Controller, freeze_trials, loadgen_keys, real_agent_starter
@@ -16,11 +17,14 @@ from . import binaries_for
 def loss(args):
     binaries = binaries_for(args)
     workdir = tempfile.mkdtemp(prefix="warmpool-drill-")
-    keys = os.path.join(workdir, "keys")
-    loadgen_keys(binaries, args.agents, keys)
     loadgen = None
     controller = None
+    summary = {"agents": args.agents, "loss_pct": args.loss}
+    clean, lossy, steady, elapsed = [], [], [], 0.0
+    breaches = []
     try:
+        keys = os.path.join(workdir, "keys")
+        loadgen_keys(binaries, args.agents, keys)
         # The control plane's namespace and one host's, joined by veth: the agents run on the host.
         with Lab([(HOST, 1)]) as lab:
             host_namespace, host_address = lab.namespace(HOST, 1), lab.address(HOST, 1)
@@ -48,27 +52,41 @@ def loss(args):
                 stop(loadgen, 30)
                 if controller is not None:
                     controller.stop()
+    except Exception as error:  # noqa: BLE001 - reported with the figures that exist
+        traceback.print_exc()
+        summary["error"] = "%s: %s" % (type(error).__name__, error)
+        breaches.append("the drill could not finish: " + summary["error"])
     finally:
         keep_or_remove(workdir, args.keep_logs, "drill")
 
     count = lambda kind: sum(1 for e in steady if e["event"] == kind)
-    summary = {
-        "agents": args.agents, "minutes": round(elapsed / 60, 2), "loss_pct": args.loss,
+    rounded = lambda values, fraction: round(percentile(values, fraction), 1) if values else None
+    summary.update({
+        "minutes": round(elapsed / 60, 2),
         "false_failures": count("failed"), "suspected": count("suspected"),
-        "clean_detect_p50_ms": round(percentile(clean, 0.5), 1),
-        "clean_detect_p99_ms": round(percentile(clean, 0.99), 1),
-        "lossy_detect_p50_ms": round(percentile(lossy, 0.5), 1),
-        "lossy_detect_p99_ms": round(percentile(lossy, 0.99), 1),
-        "lossy_detect_max_ms": round(max(lossy), 1),
+        "clean_detect_p50_ms": rounded(clean, 0.5),
+        "clean_detect_p99_ms": rounded(clean, 0.99),
+        "lossy_detect_p50_ms": rounded(lossy, 0.5),
+        "lossy_detect_p99_ms": rounded(lossy, 0.99),
+        "lossy_detect_max_ms": round(max(lossy), 1) if lossy else None,
         "false_failure_reasons": [e["reason"] for e in steady if e["event"] == "failed"][:10],
-    }
+    })
+    show = lambda value: "-" if value is None else "%.0f" % value
     print("loss drill: %d agents x 2 sessions, %d %% loss each way, %.1f min" % (args.agents, args.loss, elapsed / 60))
     print("%-40s %s" % ("false failures (target 0)", summary["false_failures"]))
     print("%-40s %s" % ("suspicions", summary["suspected"]))
-    print("%-40s p50 %.0f ms, p99 %.0f ms" % ("freeze detection, clean link", summary["clean_detect_p50_ms"],
-                                               summary["clean_detect_p99_ms"]))
-    print("%-40s p50 %.0f ms, p99 %.0f ms (target <= 1000)" % (
-        "freeze detection, %d %% loss" % args.loss, summary["lossy_detect_p50_ms"], summary["lossy_detect_p99_ms"]))
+    print("%-40s p50 %s ms, p99 %s ms" % ("freeze detection, clean link", show(summary["clean_detect_p50_ms"]),
+                                           show(summary["clean_detect_p99_ms"])))
+    print("%-40s p50 %s ms, p99 %s ms (target <= 1000)" % (
+        "freeze detection, %d %% loss" % args.loss, show(summary["lossy_detect_p50_ms"]),
+        show(summary["lossy_detect_p99_ms"])))
+    if summary["false_failures"]:
+        breaches.append("%d false failures" % summary["false_failures"])
+    if summary["lossy_detect_p99_ms"] is not None and summary["lossy_detect_p99_ms"] > 1000:
+        breaches.append("detection under loss p99 %.0f ms > 1000 ms" % summary["lossy_detect_p99_ms"])
+    summary["breaches"] = breaches
+    for breach in breaches:
+        print("BREACH: %s" % breach)
     if args.json:
         print(json.dumps(summary))
-    return 1 if summary["false_failures"] or summary["lossy_detect_p99_ms"] > 1000 else 0
+    return 1 if breaches else 0

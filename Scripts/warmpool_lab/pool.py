@@ -103,24 +103,41 @@ def real_agent_starter(binaries, controller, workdir, prefix=()):
     return start
 
 
-def freeze_trials(events, trials, label, start_agent):
+def freeze_trials(events, trials, label, start_agent, errors=None):
     """Freezes (SIGSTOP) a real agent `trials` times, one fresh agent per trial, started by
-    `start_agent(agent_id)`, and returns the times from the signal to its `failed` event, in ms."""
+    `start_agent(agent_id)`, and returns the times from the signal to its `failed` event, in ms.
+
+    Without `errors` a trial that times out (the agent never connected, or was never failed)
+    raises, as a drill wants. A bench passes a list instead: each such trial adds its reason there
+    and the next trial runs, so that a saturated controller (at 10,000 agents a fresh agent once
+    took longer than 30 s to connect) costs that trial, not the figures of the whole run."""
     results = []
     for trial in range(trials):
         agent_id = "real-%s-%d" % (label, trial)
-        agent = start_agent(agent_id)
+        agent = None
         try:
-            events.wait(lambda e: e["agent_id"] == agent_id and e["event"] == "connected", 30)
+            agent = start_agent(agent_id)
+            try:
+                events.wait(lambda e: e["agent_id"] == agent_id and e["event"] == "connected", 30)
+            except TimeoutError:
+                raise TimeoutError("trial %d: agent %s not connected within 30 s" % (trial, agent_id)) from None
             time.sleep(2 + random.random())
             start = time.monotonic_ns()
             agent.send_signal(signal.SIGSTOP)
-            failed = events.wait(lambda e: e["agent_id"] == agent_id and e["event"] == "failed", 10)
+            try:
+                failed = events.wait(lambda e: e["agent_id"] == agent_id and e["event"] == "failed", 10)
+            except TimeoutError:
+                raise TimeoutError("trial %d: frozen agent %s not failed within 10 s" % (trial, agent_id)) from None
             results.append((failed["monotonic_ns"] - start) / 1e6)
+        except TimeoutError as error:
+            if errors is None:
+                raise
+            errors.append(str(error))
         finally:
-            agent.send_signal(signal.SIGCONT)
-            agent.kill()
-            agent.wait()
+            if agent is not None:
+                agent.send_signal(signal.SIGCONT)
+                agent.kill()
+                agent.wait()
     return results
 
 

@@ -17,12 +17,20 @@ import Glibc
 /// is left is the kernel's loopback TCP path, which the sender pays for the receiver too.
 ///
 /// Every 5 s each thread prints one line: agents connected, beats sent and over how long, its
-/// worst lateness, sessions closed. An agent here connects once and never reconnects; a session the controller closes is counted
-/// and stays closed. Leases are checked (grants are opened and verified) but not kept: every beat
-/// reports a healthy, lease-holding primary, which is what the controller's hot path sees.
+/// worst lateness behind its schedule, the beats that left a silence longer than an interval plus
+/// `lateThreshold` since the agent's previous beat and the agents they were for (`late=` their
+/// indices, as ranges), sessions closed, and when the window ended (`at_ns`: CLOCK_MONOTONIC, as
+/// the controller's events carry it, so that a verdict can be matched to its window). A silence
+/// this process made is one the controller rightly judges: the bench leaves those verdicts out
+/// of the controller's. An agent here connects once and never reconnects; a session the
+/// controller closes is counted and stays closed. Leases are checked (grants are opened and
+/// verified) but not kept: every beat reports a healthy, lease-holding primary, which is what the
+/// controller's hot path sees.
 final class BeatEngine: @unchecked Sendable {
     struct Agent {
         var fd: Int32
+        /// Its number in the agent ids (`PREFIX<index>`): what the late list names.
+        var index: Int
         var machine: AgentSessionStateMachine
         var pending = ByteBuffer()
     }
@@ -31,16 +39,18 @@ final class BeatEngine: @unchecked Sendable {
     private let agents: [(id: String, secret: AgentSecret, index: Int)]
     private let interval: Int64
     private let rampPerSecond: Int
+    private let lateThreshold: Int64
     private let name: String
     private let stop: StopFlag
 
     init(name: String, address: ControllerAddress, agents: [(id: String, secret: AgentSecret, index: Int)],
-         interval: Int64, rampPerSecond: Int, stop: StopFlag) {
+         interval: Int64, rampPerSecond: Int, lateThreshold: Int64, stop: StopFlag) {
         self.name = name
         self.address = address
         self.agents = agents
         self.interval = interval
         self.rampPerSecond = rampPerSecond
+        self.lateThreshold = lateThreshold
         self.stop = stop
     }
 
@@ -59,6 +69,15 @@ final class BeatEngine: @unchecked Sendable {
         var failedHandshakes = 0
         var worstLateness: Int64 = 0
         var beatsSent = 0
+        var lateBeats = 0
+        // What the controller sees is the silence between an agent's beats, not how far behind
+        // its schedule the generator runs: one uniformly 700 ms behind still beats every agent
+        // once an interval. So a beat is late by how much later it came than its phase's
+        // previous beat did (the silence past one interval), and each phase keeps its worst in
+        // the window: an agent beats in one phase (its slot modulo the phases), so this is every
+        // agent's worst at the cost of one store per phase rather than one per beat.
+        var previousLateness = [Int64](repeating: 0, count: clock.phases)
+        var phaseLateness = [Int64](repeating: 0, count: clock.phases)
         var windowStart = start
         var reportAt = start + 5_000_000_000
         var scratch = ByteBuffer()
@@ -68,16 +87,15 @@ final class BeatEngine: @unchecked Sendable {
             gpuMaxTemperatureCelsius: 61, gpuMaxUtilizationPercent: 97, volumeFreeMebibytes: 512_000,
             workload: .running)
         while !stop.isSet {
-            let (phase, lateness) = clock.next()
-            worstLateness = max(worstLateness, lateness)
+            let (phase, _, due) = clock.next()
             let now = MonotonicClock.now()
 
             // New agents, at the ramp rate: the controller sees a stream of handshakes, not a herd.
-            let due = min(agents.count, Int((now - start) / 1_000_000 * Int64(rampPerSecond) / 1_000) + 1)
+            let connectsDue = min(agents.count, Int((now - start) / 1_000_000 * Int64(rampPerSecond) / 1_000) + 1)
             // At most two per tick: a handshake blocks for a round trip or two, and a thread that
             // caught up on a backlog of them would beat its live agents late.
             var handshakes = 0
-            while next < due, handshakes < 2 {
+            while next < connectsDue, handshakes < 2 {
                 handshakes += 1
                 if let agent = handshake(agents[next], epoll: epoll, slot: live.count) {
                     live.append(agent)
@@ -87,15 +105,23 @@ final class BeatEngine: @unchecked Sendable {
                 next += 1
             }
 
-            // This phase's beats.
-            let sentAt = UInt64(MonotonicClock.now())
+            // This phase's beats, late by however long the handshakes and the sleep's overshoot
+            // took past the phase's deadline (the writes themselves take microseconds).
+            let sentAt = MonotonicClock.now()
+            let lateness = sentAt - due
+            worstLateness = max(worstLateness, lateness)
+            let silencePastInterval = lateness - previousLateness[phase]
+            previousLateness[phase] = lateness
+            phaseLateness[phase] = max(phaseLateness[phase], silencePastInterval)
+            let isLate = silencePastInterval > lateThreshold
             var index = phase
             while index < live.count {
-                if live[index].fd >= 0, let sealed = live[index].machine.sealHeartbeat(sentAtNanoseconds: sentAt, status: status) {
+                if live[index].fd >= 0, let sealed = live[index].machine.sealHeartbeat(sentAtNanoseconds: UInt64(sentAt), status: status) {
                     scratch.clear()
                     sealed.frame.write(into: &scratch)
                     let written = scratch.withUnsafeReadableBytes { write(live[index].fd, $0.baseAddress, $0.count) }
                     beatsSent += 1
+                    if isLate { lateBeats += 1 }
                     if written != scratch.readableBytes {
                         closed += 1
                         close(live[index].fd)
@@ -124,16 +150,38 @@ final class BeatEngine: @unchecked Sendable {
                 // beat at 10 Hz (a saturated machine beats them slower, and hides it).
                 let connected = live.count { $0.fd >= 0 }
                 let seconds = Double(now - windowStart) / 1e9
+                var late: [Int] = []
+                for slot in live.indices where phaseLateness[slot % clock.phases] > lateThreshold {
+                    late.append(live[slot].index)
+                }
                 FileHandle.standardError.write(Data(
                     ("loadgen: \(name) agents=\(connected) beats=\(beatsSent) seconds=\(String(format: "%.3f", seconds)) "
-                        + "late_max_ms=\(worstLateness / 1_000_000) closed=\(closed) failed_handshakes=\(failedHandshakes)\n").utf8))
+                        + "late_max_ms=\(worstLateness / 1_000_000) late_beats=\(lateBeats) late_agents=\(late.count) "
+                        + "closed=\(closed) failed_handshakes=\(failedHandshakes) at_ns=\(now) late=\(Self.ranges(late))\n").utf8))
                 worstLateness = 0
                 beatsSent = 0
+                lateBeats = 0
+                for phase in phaseLateness.indices { phaseLateness[phase] = 0 }
                 windowStart = now
                 reportAt = now + 5_000_000_000
             }
         }
         for agent in live where agent.fd >= 0 { close(agent.fd) }
+    }
+
+    /// Agent indices as "3-7,9,12" ("-" for none): at 10,000 agents a generator that fell behind
+    /// has most of them late, and as ranges that line stays short.
+    static func ranges(_ indices: [Int]) -> String {
+        let sorted = indices.sorted()
+        var parts: [String] = []
+        var position = 0
+        while position < sorted.count {
+            var end = position
+            while end + 1 < sorted.count, sorted[end + 1] == sorted[end] + 1 { end += 1 }
+            parts.append(end == position ? "\(sorted[position])" : "\(sorted[position])-\(sorted[end])")
+            position = end + 1
+        }
+        return parts.isEmpty ? "-" : parts.joined(separator: ",")
     }
 
     /// Connects and completes the handshake, blocking (a loopback round trip or two); returns the
@@ -150,7 +198,7 @@ final class BeatEngine: @unchecked Sendable {
             clientNonce: HandshakeCrypto.randomNonce(), role: agent.index % 2 == 0 ? .primary : .standby,
             instanceID: UInt64(agent.index + 1), machineID: UInt64(agent.index / 2 + 1), agentID: agent.id,
             softwareVersion: "loadgen", incarnation: Hello.newIncarnation())
-        var result = Agent(fd: fd, machine: AgentSessionStateMachine(hello: hello, secret: agent.secret))
+        var result = Agent(fd: fd, index: agent.index, machine: AgentSessionStateMachine(hello: hello, secret: agent.secret))
         guard connected == 0, send(result.machine.start(), to: fd) else {
             close(fd)
             return nil

@@ -162,7 +162,9 @@ extension LoadGenerator {
                 Each thread handshakes its share of the agents at the ramp rate and beats them straight to \
                 their sockets: no NIO pipelines, timers or probes, about 30 % less CPU per beat than `run` at \
                 5,000 agents (most of what is left is the kernel's loopback TCP path). Every 5 s each thread prints \
-                one line: agents, beats sent and in how many seconds, worst lateness, sessions closed. \
+                one line: agents, beats sent and in how many seconds, worst lateness behind the schedule, the beats \
+                that left a silence longer than an interval plus --late-threshold-ms and the agents they were for \
+                (late=, agent indices as ranges), sessions closed, the window's end (at_ns, CLOCK_MONOTONIC). \
                 The controller must be at an IPv4 address.
                 """)
         @OptionGroup var options: Options
@@ -171,6 +173,13 @@ extension LoadGenerator {
 
         @Option(help: "Beat threads.")
         var threads: Int = 2
+
+        @Option(help: """
+            A beat that comes more than this many ms later than one interval after its agent's previous beat is late: \
+            its agent is named on the report's late= list (default: one interval; a silence of two intervals is \
+            the controller's suspicion threshold).
+            """)
+        var lateThresholdMs: Int64?
 
         func run() async throws {
             let address = try pace.address()
@@ -182,7 +191,8 @@ extension LoadGenerator {
                 let share = stride(from: thread, to: ids.count, by: threads).map { (id: ids[$0], secret: options.secret(for: ids[$0]), index: $0) }
                 let engine = BeatEngine(
                     name: "thread \(thread)", address: address, agents: share, interval: pace.intervalMs * 1_000_000,
-                    rampPerSecond: max(1, pace.rampPerSecond / threads), stop: stop)
+                    rampPerSecond: max(1, pace.rampPerSecond / threads),
+                    lateThreshold: (lateThresholdMs ?? pace.intervalMs) * 1_000_000, stop: stop)
                 let worker = Thread { engine.run() }
                 worker.start()
                 workers.append(worker)
@@ -216,15 +226,18 @@ extension LoadGenerator {
         @Option(help: "Seconds to measure.")
         var seconds: Double = 20
 
+        @Flag(help: "The receiver thread on CPU 0 and the senders on CPU 1 (as `bench capacity` pins the controller and the load generator).")
+        var pin = false
+
         @Flag(help: "One JSON object instead of the line.")
         var json = false
 
         func run() throws {
             let result = try TransportFloor.measure(
-                count: count, senders: max(1, senders), interval: intervalMs * 1_000_000, seconds: seconds)
+                count: count, senders: max(1, senders), interval: intervalMs * 1_000_000, seconds: seconds, pin: pin)
             let frames = Double(max(1, result.framesSent))
             let fields: [(String, String)] = [
-                ("sockets", "\(count)"), ("frames_per_second", String(format: "%.0f", frames / result.seconds)),
+                ("sockets", "\(count)"), ("pinned", "\(pin)"), ("frames_per_second", String(format: "%.0f", frames / result.seconds)),
                 ("sender_us_per_frame", String(format: "%.2f", result.senderCPUSeconds * 1e6 / frames)),
                 ("receiver_us_per_frame", String(format: "%.2f", result.receiverCPUSeconds * 1e6 / frames)),
                 ("cpu_pct_of_a_core", String(format: "%.1f", 100 * (result.senderCPUSeconds + result.receiverCPUSeconds) / result.seconds)),

@@ -20,17 +20,19 @@ struct PhasedClock {
         deadline = now
     }
 
-    /// Sleeps until the next phase is due; returns it and how late it was handed out (ns).
-    mutating func next() -> (phase: Int, lateness: Int64) {
+    /// Sleeps until the next phase is due; returns it, how late it was handed out (ns) and when
+    /// it was due (a caller that does more work before the phase's writes measures their
+    /// lateness against `due`).
+    mutating func next() -> (phase: Int, lateness: Int64, due: Int64) {
         var now = MonotonicClock.now()
         while now < deadline {
             var pause = timespec(tv_sec: 0, tv_nsec: Int(deadline - now))
             nanosleep(&pause, nil)
             now = MonotonicClock.now()
         }
-        let lateness = now - deadline
+        let due = deadline
         deadline += period
         defer { handedOut += 1 }
-        return (handedOut % phases, lateness)
+        return (handedOut % phases, now - due, due)
     }
 }

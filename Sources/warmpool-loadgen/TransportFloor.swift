@@ -19,7 +19,10 @@ enum TransportFloor {
         var framesSent: Int
     }
 
-    static func measure(count: Int, senders: Int, interval: Int64, seconds: Double) throws -> Result {
+    /// `pin`: the receiver on CPU 0 and the senders on CPU 1, as the capacity bench pins the
+    /// controller and the load generator, so that the floor and the controller's cost per beat
+    /// are read under the same placement.
+    static func measure(count: Int, senders: Int, interval: Int64, seconds: Double, pin: Bool = false) throws -> Result {
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard listener >= 0 else { throw ValidationErrorText("socket: \(errno)") }
         var address = sockaddr_in()
@@ -63,6 +66,7 @@ enum TransportFloor {
         let finished = DispatchGroup()
         finished.enter()
         Thread {
+            if pin { pinCurrentThread(toCPU: 0) }
             let epoll = epoll_create1(0)
             for (index, fd) in accepted.enumerated() {
                 var event = epoll_event()
@@ -92,6 +96,7 @@ enum TransportFloor {
             finished.enter()
             let mine = stride(from: thread, to: clients.count, by: senders).map { clients[$0] }
             Thread {
+                if pin { pinCurrentThread(toCPU: 1) }
                 let start = threadCPUSeconds()
                 var clock = PhasedClock(interval: interval)
                 var frames = 0
@@ -125,6 +130,18 @@ final class Handed<Value>: @unchecked Sendable {
     var value: Value { lock.withLock { stored } }
     func set(_ value: Value) { lock.withLock { stored = value } }
     func update(_ change: (inout Value) -> Void) { lock.withLock { change(&stored) } }
+}
+
+/// Puts the calling thread on one CPU (Linux: sched_setaffinity of thread id 0 is the caller).
+/// Glibc declares it only under _GNU_SOURCE, which Swift's Glibc module is not built with, and
+/// CPU_SET is a macro: the function is looked up by name and the bit set in the mask's bytes.
+func pinCurrentThread(toCPU cpu: Int) {
+    typealias SetAffinity = @convention(c) (pid_t, Int, UnsafeRawPointer) -> Int32
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sched_setaffinity") else { return }
+    var mask = [UInt8](repeating: 0, count: 128)  // glibc's cpu_set_t: 1,024 CPUs
+    guard cpu / 8 < mask.count else { return }
+    mask[cpu / 8] |= UInt8(1 << (cpu % 8))
+    _ = mask.withUnsafeBytes { unsafeBitCast(symbol, to: SetAffinity.self)(0, $0.count, $0.baseAddress!) }
 }
 
 /// CPU seconds of the calling thread, user and system.

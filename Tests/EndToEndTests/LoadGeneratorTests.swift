@@ -39,6 +39,31 @@ import WarmpoolJSON
         }
     }
 
+    /// The late list names agents by their index in the ids, as ranges. A negative threshold makes
+    /// every beat late (no silence is shorter than an interval minus a second), so the one thread
+    /// names all of its agents and counts every beat.
+    @Test func lateBeatsNameTheirAgents() throws {
+        let harness = try Harness()
+        try harness.run("warmpool-loadgen", ["keys", "--count", "6", "--keys-file", harness.keysPath])
+        try harness.startController(intervalMilliseconds: 100)
+        let loadgen = try harness.spawn("warmpool-loadgen", [
+            "beats", "--count", "6", "--controller", harness.controllerAddress, "--threads", "1", "--seconds", "12",
+            "--late-threshold-ms=-1000",
+        ], log: harness.logPath("loadgen"))
+        defer { harness.stop(loadgen) }
+        try harness.waitUntil("two reports", timeout: 20) {
+            harness.log("loadgen").components(separatedBy: "loadgen: thread ").count - 1 >= 2
+        }
+        let report = try #require(
+            harness.log("loadgen").split(separator: "\n").filter { $0.hasPrefix("loadgen: thread ") }.dropFirst().first)
+        #expect(report.contains(" late_agents=6 "), "\(report)")
+        #expect(report.hasSuffix(" late=0-5"), "\(report)")
+        #expect(report.contains(" at_ns="), "\(report)")
+        let lateBeats = try #require(report.split(separator: " ").first { $0.hasPrefix("late_beats=") })
+        let beats = try #require(report.split(separator: " ").first { $0.hasPrefix("beats=") })
+        #expect(lateBeats.dropFirst("late_beats=".count) == beats.dropFirst("beats=".count), "every beat is late")
+    }
+
     @Test func theTransportFloorWritesAndReadsAtTheRate() throws {
         let harness = try Harness()
         let output = try harness.run("warmpool-loadgen", ["floor", "--count", "50", "--seconds", "2", "--json"])
@@ -47,6 +72,11 @@ import WarmpoolJSON
         // 50 sockets at 10 Hz; generous bounds on a shared machine.
         #expect((400...600).contains(try #require(object["frames_per_second"]?.doubleValue)))
         #expect(try #require(object["receiver_us_per_frame"]?.doubleValue) > 0)
+        // Pinned as `bench capacity` pins the controller and the load generator.
+        let pinned = try JSONValue.parse(
+            try harness.run("warmpool-loadgen", ["floor", "--count", "50", "--seconds", "1", "--pin", "--json"]))
+        #expect(pinned["pinned"] == .bool(true))
+        #expect(try #require(pinned["frames_per_second"]?.doubleValue) > 300)
     }
 
     @Test func agentsTheControllerDoesNotKnowAreRefused() throws {
