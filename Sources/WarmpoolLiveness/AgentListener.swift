@@ -416,14 +416,17 @@ final class AgentListener: @unchecked Sendable {
         case .established(let identity, let fencedAtEpoch, let welcome):
             leaveHandshake(connection)
             connection.logger[metadataKey: "agent.id"] = "\(identity.agentID)"
-            if let refusal = hub.admit(
+            switch hub.admit(
                 connection.session, agent: identity, secret: connection.machine.keyring.secret(for: identity.agentID),
                 fencedAtEpoch: fencedAtEpoch, closer: SessionCloser(listener: self, session: connection.session))
             {
+            case .refused(let refusal):
                 connection.stopped = true
                 connection.logger.warning("closing connection: \(refusal)")
                 closeConnection(connection)
                 return
+            case .admitted(let slot):
+                connection.slot = slot
             }
             connection.registered = identity.agentID
             connection.logger.info(
@@ -434,9 +437,9 @@ final class AgentListener: @unchecked Sendable {
                 ])
             send(welcome, on: connection)
         case .heartbeat(let heartbeat):
-            guard let agentID = connection.machine.agentID else { return }
+            guard let slot = connection.slot else { return }
             let (now, leaseEpoch) = hub.heartbeat(
-                connection.session, agentID: agentID, sentAt: heartbeat.sentAtMilliseconds, status: heartbeat.status,
+                connection.session, slot: slot, sentAt: heartbeat.sentAtMilliseconds, status: heartbeat.status,
                 lastGrantAt: connection.lastLeaseGrantAt)
             if let leaseEpoch,
                 let grant = connection.machine.sealLease(
@@ -603,6 +606,8 @@ final class AgentListener: @unchecked Sendable {
         var saidGoodbye = false
         /// The agent this session was registered for with the hub, from establishment to close.
         var registered: AgentID?
+        /// Where the hub's detector keeps that agent: what each beat goes by.
+        var slot: AgentSlot?
 
         init(
             fd: Int32, session: SessionID, address: String, machine: ControllerSessionStateMachine,

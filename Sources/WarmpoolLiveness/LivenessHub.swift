@@ -136,6 +136,12 @@ public final class LivenessHub: Sendable {
 
     public var leaseMilliseconds: UInt32 { configuration.leaseMilliseconds }
 
+    /// What `admit` decided: the session's agent slot (what its beats go by), or why not.
+    enum Admission: Equatable {
+        case admitted(AgentSlot)
+        case refused(String)
+    }
+
     /// Registers an authenticated session, or returns why it may not be registered. `secret` is
     /// the one the handshake was checked against, from the keyring of the moment it began: a key
     /// revoked, changed or bound elsewhere while the handshake was in flight is refused here, as
@@ -143,39 +149,41 @@ public final class LivenessHub: Sendable {
     func admit(
         _ session: SessionID, agent: AgentIdentity, secret: AgentSecret?, fencedAtEpoch: UInt64?,
         closer: any AgentConnectionCloser
-    ) -> String? {
+    ) -> Admission {
         let now = MonotonicClock.now()
         return shared.withLockedValue { shared in
             guard let current = shared.keyring.secret(for: agent.agentID), current == secret else {
-                return "the agent's key was revoked or changed during the handshake"
+                return .refused("the agent's key was revoked or changed during the handshake")
             }
             if let bound = shared.keyring.boundInstance(of: agent.agentID), bound != agent.instanceID {
-                return "the agent's key was bound to instance \(bound) during the handshake"
+                return .refused("the agent's key was bound to instance \(bound) during the handshake")
             }
             let open = shared.tracker.openSessions(agentID: agent.agentID)
             guard open < configuration.limits.sessionsPerAgent else {
-                return "the agent already holds \(open) sessions, the most one agent may"
+                return .refused("the agent already holds \(open) sessions, the most one agent may")
             }
             shared.connections[session] = (agent.agentID, agent.instanceID, closer)
             publish(
                 shared.tracker.sessionEstablished(session, agent: agent, fencedAtEpoch: fencedAtEpoch, now: now),
                 in: &shared)
-            return nil
+            // sessionEstablished has just filed the agent: it has a slot.
+            return .admitted(shared.tracker.slot(agentID: agent.agentID)!)
         }
     }
 
-    /// Records a heartbeat; returns the epoch to grant a lease under, when one is due and allowed.
+    /// Records a heartbeat on a session admitted under `slot`; returns the epoch to grant a lease
+    /// under, when one is due and allowed. The hot path: no lookup by the agent's id.
     func heartbeat(
-        _ session: SessionID, agentID: AgentID, sentAt: UInt64, status: AgentStatus, lastGrantAt: Int64?
+        _ session: SessionID, slot: AgentSlot, sentAt: UInt64, status: AgentStatus, lastGrantAt: Int64?
     ) -> (now: Int64, leaseEpoch: Epoch?) {
         let now = MonotonicClock.now()
         return shared.withLockedValue { shared in
             shared.heartbeatsReceived += 1
-            publish(
-                shared.tracker.heartbeat(session, agentID: agentID, sentAt: sentAt, status: status, now: now), in: &shared)
+            let events = shared.tracker.heartbeat(session, slot: slot, sentAt: sentAt, status: status, now: now)
+            if !events.isEmpty { publish(events, in: &shared) }
             let due = lastGrantAt.map { now - $0 >= configuration.leaseRenewalNanoseconds } ?? true
-            guard due else { return (now, nil) }
-            return (now, Self.leaseEpoch(for: agentID, in: shared))
+            guard due, let agent = shared.tracker.identity(slot: slot), agent.isLive else { return (now, nil) }
+            return (now, shared.leases.grantEpoch(forLiveAgentOn: agent.identity.instanceID, role: agent.identity.role))
         }
     }
 

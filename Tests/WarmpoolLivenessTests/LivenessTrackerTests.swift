@@ -290,6 +290,54 @@ import WarmpoolWire
         #expect(tracker.snapshots(now: 0).map(\.identity.agentID) == ["gpu-2"])
     }
 
+    /// A session's beats go by its agent's slot: the same verdicts as by id.
+    @Test func beatsBySlotAreBeatsByID() throws {
+        var bySlot = tracker()
+        var byID = tracker()
+        _ = bySlot.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        _ = byID.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        let slot = try #require(bySlot.slot(agentID: "gpu-1"))
+        var events: (slot: [LivenessEvent], id: [LivenessEvent]) = ([], [])
+        // Beats, a silence that fails the agent, beats again (a recovery).
+        for step in Int64(1)...30 {
+            let now = step * 100 * Self.ms
+            if !(8...14).contains(step) {
+                events.slot += bySlot.heartbeat(1, slot: slot, sentAt: UInt64(now), status: AgentStatus(), now: now)
+                events.id += byID.heartbeat(1, agentID: "gpu-1", sentAt: UInt64(now), status: AgentStatus(), now: now)
+            }
+            events.slot += bySlot.tick(now: now + 50 * Self.ms)
+            events.id += byID.tick(now: now + 50 * Self.ms)
+        }
+        #expect(kinds(events.slot) == [.suspected, .failed, .recovered])
+        #expect(events.slot == events.id)
+        #expect(bySlot.identity(slot: slot)?.identity == agent)
+        #expect(bySlot.identity(slot: slot)?.isLive == true)
+    }
+
+    /// A forgotten agent's slot goes to the next new agent; a beat naming the old session there is
+    /// ignored (session ids are never reused), and each id still finds its own agent.
+    @Test func aForgottenAgentsSlotIsReusedSafely() throws {
+        var tracker = tracker()
+        _ = tracker.sessionEstablished(1, agent: agent, fencedAtEpoch: nil, now: 0)
+        let old = try #require(tracker.slot(agentID: "gpu-1"))
+        _ = tracker.sessionClosed(1, agentID: "gpu-1", graceful: true, now: 10 * Self.ms)
+        tracker.forget(instanceID: 11)
+        #expect(tracker.slot(agentID: "gpu-1") == nil)
+        #expect(tracker.identity(slot: old) == nil)
+        let other = AgentIdentity(agentID: "gpu-2", instanceID: 12, machineID: 7, role: .standby, softwareVersion: "t")
+        _ = tracker.sessionEstablished(2, agent: other, fencedAtEpoch: nil, now: 20 * Self.ms)
+        #expect(tracker.slot(agentID: "gpu-2") == old, "the free slot is reused")
+        #expect(tracker.heartbeat(1, slot: old, sentAt: 30, status: AgentStatus(), now: 30 * Self.ms).isEmpty)
+        #expect(tracker.identity(agentID: "gpu-1") == nil)
+        #expect(tracker.identity(agentID: "gpu-2") == other)
+        #expect(tracker.snapshots(now: 40 * Self.ms).map(\.identity.agentID) == ["gpu-2"])
+        #expect(tracker.connectedAgentCount == 1)
+        // The old agent back: a slot of its own, beside gpu-2's.
+        _ = tracker.sessionEstablished(3, agent: agent, fencedAtEpoch: nil, now: 50 * Self.ms)
+        #expect(tracker.slot(agentID: "gpu-1") != old)
+        #expect(Set(tracker.snapshots(now: 60 * Self.ms).map(\.identity.agentID)) == ["gpu-1", "gpu-2"])
+    }
+
     @Test func oneAgentsFailureLeavesOthersAlone() {
         var tracker = tracker()
         let other = AgentIdentity(agentID: "gpu-2", instanceID: 12, machineID: 7, role: .standby, softwareVersion: "t")

@@ -21,6 +21,30 @@ import WarmpoolWire
         #expect(SHA256Hasher.hash(Array(message.utf8)).bytes.hexString == digest)
     }
 
+    /// "a" repeated across the padding's boundaries: 55 bytes is the longest message padded in its
+    /// own block, 56 and 63 push the length into a second, 64 fills a block exactly, 119/120 and
+    /// 127/128 are the same edges one block on. Digests from coreutils' sha256sum
+    /// (`head -c N /dev/zero | tr '\0' a | sha256sum`), an implementation apart from both of ours.
+    @Test(arguments: [
+        (55, "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318"),
+        (56, "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a"),
+        (63, "7d3e74a05d7db15bce4ad9ec0658ea98e3f06eeecf16b4c6fff2da457ddc2f34"),
+        (64, "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb"),
+        (65, "635361c48bb9eab14198e76ea8ab7f1a41685d6ad62aa9146d301d4f17eb0ae0"),
+        (119, "31eba51c313a5c08226adf18d4a359cfdfd8d2e816b13f4af952f7ea6584dcfb"),
+        (120, "2f3d335432c70b580af0e8e1b3674a7c020d683aa5f73aaaedfdc55af904c21c"),
+        (127, "c57e9278af78fa3cab38667bef4ce29d783787a2f731d4e12200270f0c32320a"),
+        (128, "6836cf13bac400e9105071cd6af47084dfacad4e5e302c94bfed24e013afb73e"),
+    ])
+    func paddingBoundaries(length: Int, digest: String) {
+        let message = [UInt8](repeating: UInt8(ascii: "a"), count: length)
+        #expect(SHA256Hasher.hash(message).bytes.hexString == digest)
+        // The same bytes one at a time: every block is compressed from the pending buffer.
+        var hasher = SHA256Hasher()
+        for byte in message { hasher.update([byte]) }
+        #expect(hasher.finalize().bytes.hexString == digest)
+    }
+
     @Test func millionA() {
         var hasher = SHA256Hasher()
         let chunk = [UInt8](repeating: UInt8(ascii: "a"), count: 1000)
