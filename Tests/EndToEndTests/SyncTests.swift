@@ -1,89 +1,10 @@
 import Foundation
 import Testing
+import WarmpoolTestSupport
 
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// A loopback sshd standing in for the CPU standby VM: a fresh ed25519 host key and client key,
-/// root login by key only. Runs as root (privilege separation), as CI does.
-private final class StandbySSHD {
-    let directory: String
-    let port: Int
-    let clientKeyPath: String
-    let hostKeyPath: String
-    private var pid: pid_t?
-
-    init(in parent: String) throws {
-        guard getuid() == 0 else { throw HarnessError("sshd tests need root (CI runs as root)") }
-        guard access("/usr/sbin/sshd", X_OK) == 0, access("/usr/bin/rsync", X_OK) == 0 else {
-            throw HarnessError("sshd or rsync is missing: run Scripts/setup")
-        }
-        directory = parent + "/sshd"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
-        port = try freeLoopbackPort()
-        hostKeyPath = directory + "/host_ed25519"
-        clientKeyPath = directory + "/client_ed25519"
-        for key in [hostKeyPath, clientKeyPath] {
-            try Command.runChecked("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "warmpool-test", "-f", key])
-        }
-        try FileManager.default.copyItem(atPath: clientKeyPath + ".pub", toPath: directory + "/authorized_keys")
-        try """
-            Port \(port)
-            ListenAddress 127.0.0.1
-            HostKey \(hostKeyPath)
-            PidFile \(directory)/sshd.pid
-            AuthorizedKeysFile \(directory)/authorized_keys
-            PermitRootLogin prohibit-password
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            UsePAM no
-            StrictModes no
-            UseDNS no
-            # A fresh VM's root has no pyenv in its .bashrc; this machine's costs ~230 ms a command.
-            SetEnv HOME=\(directory)
-            """.write(toFile: directory + "/sshd_config", atomically: true, encoding: .utf8)
-        // Not a Foundation Process: sshd closes the descriptors it inherits, which stalls Process.
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, directory + "/sshd.log", O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let arguments = ["/usr/sbin/sshd", "-D", "-e", "-f", directory + "/sshd_config"]
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var child: pid_t = 0
-        guard posix_spawn(&child, arguments[0], &actions, nil, argv, environ) == 0 else { throw HarnessError("cannot start sshd") }
-        pid = child
-        let deadline = Date().addingTimeInterval(10)
-        while !Self.listens(port) {
-            guard Date() < deadline else { throw HarnessError("sshd did not listen") }
-            usleep(2_000)
-        }
-    }
-
-    deinit {
-        if let pid {
-            kill(pid, SIGTERM)
-            while waitpid(pid, nil, 0) < 0 && errno == EINTR {}
-        }
-    }
-
-    var hostKeyLine: String {
-        let text = (try? String(contentsOfFile: hostKeyPath + ".pub", encoding: .utf8)) ?? ""
-        return text.split(separator: " ").prefix(2).joined(separator: " ")
-    }
-
-    static func listens(_ port: Int) -> Bool {
-        guard let text = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return false }
-        return text.split(separator: "\n").dropFirst().contains { line in
-            let fields = line.split(separator: " ")
-            return fields.count > 3 && fields[1].hasSuffix(String(format: ":%04X", port)) && fields[3] == "0A"
-        }
-    }
-}
 
 /// The process's `comm`, parent and process group, from /proc.
 private struct ProcessEntry {
@@ -109,7 +30,7 @@ private struct ProcessEntry {
 /// the real controller: only at the target's epoch, files and deletions arrive, the manifest is
 /// written, the lag drops to 0, and a lost lease kills rsync and its ssh mid-pass.
 @Suite(.serialized) struct SyncTests {
-    private func writeTarget(_ path: String, sshd: StandbySSHD, copy: String, epoch: Int, bandwidthLimitKiB: Int = 0) throws {
+    private func writeTarget(_ path: String, sshd: LoopbackSSHD, copy: String, epoch: Int, bandwidthLimitKiB: Int = 0) throws {
         let document: [String: Any] = [
             "name": "wp-7-cpu-1", "host": "127.0.0.1", "port": sshd.port, "user": "root", "path": copy,
             "identity": try String(contentsOfFile: sshd.clientKeyPath, encoding: .utf8), "host_key": sshd.hostKeyLine,
@@ -127,7 +48,7 @@ private struct ProcessEntry {
 
     @Test func theAgentSyncsUnderItsLeaseAndStopsDeadWhenItLosesIt() throws {
         let harness = try Harness()
-        let sshd = try StandbySSHD(in: harness.directory)
+        let sshd = try LoopbackSSHD(in: harness.directory)
         let volume = harness.directory + "/volume"
         let copy = harness.directory + "/copy"
         let state = harness.directory + "/agent-state"

@@ -9,88 +9,6 @@ import WarmpoolTestSupport
 import Glibc
 #endif
 
-/// A real OpenSSH sshd on loopback standing in for the CPU standby VM: its own config, a fresh
-/// ed25519 host key and client key. Runs as root (privilege separation), as CI does.
-final class SyncSSHD: @unchecked Sendable {
-    let directory: String
-    let port: Int
-    let clientKeyPath: String
-    let hostKeyPath: String
-    private var pid: pid_t?
-
-    init() throws {
-        guard getuid() == 0 else { throw HarnessError("sshd tests need root (CI runs as root)") }
-        guard access("/usr/sbin/sshd", X_OK) == 0, access("/usr/bin/rsync", X_OK) == 0 else {
-            throw HarnessError("sshd or rsync is missing: run Scripts/setup")
-        }
-        directory = NSTemporaryDirectory() + "warmpool-sync-sshd-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
-        port = try freeLoopbackPort()
-        hostKeyPath = directory + "/host_ed25519"
-        clientKeyPath = directory + "/client_ed25519"
-        for key in [hostKeyPath, clientKeyPath] {
-            try Command.runChecked("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "warmpool-test", "-f", key])
-        }
-        try FileManager.default.copyItem(atPath: clientKeyPath + ".pub", toPath: directory + "/authorized_keys")
-        try """
-            Port \(port)
-            ListenAddress 127.0.0.1
-            HostKey \(hostKeyPath)
-            PidFile \(directory)/sshd.pid
-            AuthorizedKeysFile \(directory)/authorized_keys
-            PermitRootLogin prohibit-password
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            UsePAM no
-            StrictModes no
-            UseDNS no
-            # A fresh VM's root has no pyenv in its .bashrc; this machine's costs ~230 ms a command.
-            SetEnv HOME=\(directory)
-            """.write(toFile: directory + "/sshd_config", atomically: true, encoding: .utf8)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, directory + "/sshd.log", O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let arguments = ["/usr/sbin/sshd", "-D", "-e", "-f", directory + "/sshd_config"]
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var child: pid_t = 0
-        guard posix_spawn(&child, arguments[0], &actions, nil, argv, environ) == 0 else { throw HarnessError("cannot start sshd") }
-        pid = child
-        let deadline = Date().addingTimeInterval(10)
-        while !Self.listens(port) {
-            guard Date() < deadline else { throw HarnessError("sshd did not listen: \(log())") }
-            usleep(2_000)
-        }
-    }
-
-    deinit {
-        if let pid {
-            kill(pid, SIGTERM)
-            while waitpid(pid, nil, 0) < 0 && errno == EINTR {}
-        }
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-
-    func log() -> String { (try? String(contentsOfFile: directory + "/sshd.log", encoding: .utf8)) ?? "" }
-
-    var hostKeyLine: String {
-        let text = (try? String(contentsOfFile: hostKeyPath + ".pub", encoding: .utf8)) ?? ""
-        return text.split(separator: " ").prefix(2).joined(separator: " ")
-    }
-
-    static func listens(_ port: Int) -> Bool {
-        guard let text = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return false }
-        return text.split(separator: "\n").dropFirst().contains { line in
-            let fields = line.split(separator: " ")
-            return fields.count > 3 && fields[1].hasSuffix(String(format: ":%04X", port)) && fields[3] == "0A"
-        }
-    }
-}
-
 /// CLOCK_MONOTONIC, as the agent's runtime reads it.
 func monotonic() -> Int64 {
     var spec = timespec()
@@ -116,7 +34,7 @@ func processes(inGroup group: pid_t) -> [pid_t] {
 /// writes into the manifest, the lag it leaves, and a cancel that leaves no process behind.
 @Suite(.serialized) struct SyncPassTests {
     final class Fixture {
-        let sshd: SyncSSHD
+        let sshd: LoopbackSSHD
         let root: String
         let volume: String
         let copy: String
@@ -124,7 +42,7 @@ func processes(inGroup group: pid_t) -> [pid_t] {
         let target: SyncTarget
 
         init(bandwidthLimitKiB: Int = 0, hostKey: String? = nil) throws {
-            sshd = try SyncSSHD()
+            sshd = try LoopbackSSHD()
             root = sshd.directory + "/work"
             volume = root + "/volume"
             copy = root + "/copy"
@@ -217,7 +135,7 @@ func processes(inGroup group: pid_t) -> [pid_t] {
     }
 
     @Test func aWrongHostKeyFailsThePassWithSSHsReason() async throws {
-        let other = try SyncSSHD()
+        let other = try LoopbackSSHD()
         let fixture = try Fixture(hostKey: other.hostKeyLine)
         try fixture.write("a", bytes: 1)
         var schedule = SyncSchedule()
