@@ -62,24 +62,9 @@ struct GCEMachine {
         let keygenStatus = try InstanceFiles.run(keygen, ["-q", "-t", "ed25519", "-N", "", "-C", "root@\(name)", "-f", directory + "/etc-ssh/ssh_host_ed25519_key"], log: log)
         guard keygenStatus == 0 else { throw InstanceFiles.SetupError(description: "ssh-keygen exited \(keygenStatus); see \(log)") }
         try Self.launcher.write(toFile: directory + "/launcher.sh", atomically: true, encoding: .utf8)
-        try """
-            Port 22
-            ListenAddress 0.0.0.0
-            PidFile \(directory)/sshd.pid
-            HostKey /etc/ssh/ssh_host_ed25519_key
-            AuthorizedKeysFile .ssh/authorized_keys
-            PermitRootLogin prohibit-password
-            PubkeyAuthentication yes
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            UsePAM no
-            StrictModes no
-            UseDNS no
-            PrintMotd no
-            MaxStartups 100
-            Subsystem sftp /usr/lib/openssh/sftp-server
-
-            """.write(toFile: directory + "/sshd_config", atomically: true, encoding: .utf8)
+        try InstanceFiles.sshdConfig(port: 22, address: "0.0.0.0", directory: directory, hostKey: "/etc/ssh/ssh_host_ed25519_key",
+                                     authorizedKeys: ".ssh/authorized_keys", extra: ["Subsystem sftp /usr/lib/openssh/sftp-server"])
+            .write(toFile: directory + "/sshd_config", atomically: true, encoding: .utf8)
         try Self.ip(["netns", "add", namespace], log: log)
         try Self.ip(["-n", namespace, "link", "set", "lo", "up"], log: log)
     }

@@ -48,27 +48,24 @@ enum InstanceFiles {
         try FileManager.default.createDirectory(atPath: directory + "/home", withIntermediateDirectories: true)
         try launcher.write(toFile: directory + "/launcher.sh", atomically: true, encoding: .utf8)
         try (onstart ?? "").write(toFile: directory + "/onstart.sh", atomically: true, encoding: .utf8)
-        try """
-            Port \(sshPort)
-            ListenAddress \(address)
-            PidFile \(directory)/sshd.pid
-            AuthorizedKeysFile \(authorizedKeys)
-            PermitRootLogin prohibit-password
-            PubkeyAuthentication yes
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            UsePAM no
-            StrictModes no
-            UseDNS no
-            PrintMotd no
-            MaxStartups 100
-            LogLevel VERBOSE
-            # A fresh instance's root has no shell start-up files: keep this machine's out of it.
-            SetEnv HOME=\(directory)/home
-
-            """.write(toFile: directory + "/sshd_config", atomically: true, encoding: .utf8)
+        // A fresh instance's root has no shell start-up files: keep this machine's out of it.
+        try sshdConfig(port: sshPort, address: address, directory: directory, authorizedKeys: authorizedKeys,
+                       extra: ["LogLevel VERBOSE", "SetEnv HOME=\(directory)/home"])
+            .write(toFile: directory + "/sshd_config", atomically: true, encoding: .utf8)
         try FileManager.default.createDirectory(atPath: directory + "/etc-ssh", withIntermediateDirectories: true)
         try makeHostKey(hostKey(directory), keygen: keygen, log: directory + "/setup.log")
+    }
+
+    /// An instance's or a VM's sshd: keys only, root by key, no PAM, no DNS.
+    static func sshdConfig(port: Int, address: String, directory: String, hostKey: String? = nil, authorizedKeys: String,
+                           extra: [String] = []) -> String {
+        ([
+            "Port \(port)", "ListenAddress \(address)", "PidFile \(directory)/sshd.pid",
+        ] + (hostKey.map { ["HostKey \($0)"] } ?? []) + [
+            "AuthorizedKeysFile \(authorizedKeys)", "PermitRootLogin prohibit-password", "PubkeyAuthentication yes",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "UseDNS no", "PrintMotd no",
+            "MaxStartups 100",
+        ] + extra).joined(separator: "\n") + "\n\n"
     }
 
     /// The instance's own sshd host key (ed25519), in its /etc/ssh.
