@@ -74,43 +74,21 @@ public struct CheckpointProbe: Sendable {
 
     public func probe() -> CheckpointReport {
         var report = CheckpointReport(pattern: pattern.description, files: 0)
-        var visited = 0
-        var pending: [[String]] = [[]]
-        while let relative = pending.popLast() {
-            let directory = relative.isEmpty ? pattern.root : pattern.root + "/" + relative.joined(separator: "/")
-            guard let handle = opendir(directory) else {
-                if relative.isEmpty, errno != ENOENT { report.problem = "cannot read \(directory): \(String(cString: strerror(errno)))" }
-                continue
+        let ending = BoundedDirectoryWalk(root: pattern.root, entryLimit: Self.entryLimit).walk { entry in
+            guard entry.type == S_IFREG, pattern.matches(entry.components) else { return }
+            report.files += 1
+            if entry.modifiedNanoseconds > report.newestModifiedNanoseconds ?? .min {
+                report.newestModifiedNanoseconds = entry.modifiedNanoseconds
+                report.newestPath = entry.components.joined(separator: "/")
             }
-            defer { closedir(handle) }
-            while let entry = readdir(handle) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
-                }
-                if name == "." || name == ".." { continue }
-                visited += 1
-                guard visited <= Self.entryLimit else {
-                    report.truncated = true
-                    return report
-                }
-                var info = stat()
-                let path = directory + "/" + name
-                guard lstat(path, &info) == 0 else { continue }
-                let components = relative + [name]
-                switch info.st_mode & S_IFMT {
-                case S_IFDIR:
-                    pending.append(components)
-                case S_IFREG where pattern.matches(components):
-                    report.files += 1
-                    let modified = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
-                    if modified > report.newestModifiedNanoseconds ?? .min {
-                        report.newestModifiedNanoseconds = modified
-                        report.newestPath = components.joined(separator: "/")
-                    }
-                default:
-                    continue
-                }
-            }
+        }
+        switch ending {
+        case .complete: break
+        case .truncated: report.truncated = true
+        // No checkpoint directory yet is no problem: the workload has not written one.
+        case .rootUnreadable(let error) where error != ENOENT:
+            report.problem = "cannot read \(pattern.root): \(String(cString: strerror(error)))"
+        case .rootUnreadable: break
         }
         return report
     }

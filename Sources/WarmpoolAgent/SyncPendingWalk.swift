@@ -25,42 +25,19 @@ struct SyncPendingWalk: Sendable {
 
     func walk(since wallNanoseconds: Int64) -> SyncPending {
         var result = SyncPending()
-        var visited = 0
-        var pending: [String] = [root]
-        while let directory = pending.popLast() {
-            guard let handle = opendir(directory) else {
-                if directory == root { result.problem = "cannot read \(directory): \(String(cString: strerror(errno)))" }
-                continue
-            }
-            defer { closedir(handle) }
-            while let entry = readdir(handle) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
-                }
-                if name == "." || name == ".." { continue }
-                if directory == root, Self.excluded.contains(name) { continue }
-                visited += 1
-                guard visited <= entryLimit else {
-                    result.truncated = true
-                    return result
-                }
-                let path = directory + "/" + name
-                var info = stat()
-                guard lstat(path, &info) == 0 else { continue }
-                switch info.st_mode & S_IFMT {
-                case S_IFDIR:
-                    pending.append(path)
-                case S_IFREG, S_IFLNK:
-                    let modified = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
-                    let changed = Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec)
-                    if max(modified, changed) >= wallNanoseconds {
-                        result.files += 1
-                        result.bytes += Int64(info.st_size)
-                    }
-                default:
-                    continue
-                }
-            }
+        let ending = BoundedDirectoryWalk(root: root, entryLimit: entryLimit).walk(
+            skip: { parent, name in parent.isEmpty && Self.excluded.contains(name) }
+        ) { entry in
+            guard entry.type == S_IFREG || entry.type == S_IFLNK,
+                  max(entry.modifiedNanoseconds, entry.changedNanoseconds) >= wallNanoseconds
+            else { return }
+            result.files += 1
+            result.bytes += Int64(entry.info.st_size)
+        }
+        switch ending {
+        case .complete: break
+        case .truncated: result.truncated = true
+        case .rootUnreadable(let error): result.problem = "cannot read \(root): \(String(cString: strerror(error)))"
         }
         return result
     }
