@@ -252,8 +252,7 @@ enum Present {
                 ("free_mib", .int(Int64(status.volumeFreeMebibytes))),
             ])))
             members.append(("fenced", .bool(status.flags.contains(.fenced))))
-            let fence = status.flags.contains(.fenceFinal) ? "final" : status.flags.contains(.fenced) ? "frozen" : "none"
-            members.append(("fence", .string(fence)))
+            members.append(("fence", .string(status.fenceName)))
             members.append(("fence_command_failed", .bool(status.flags.contains(.fenceCommandFailed))))
         } else {
             members.append(("gpu", .null))
@@ -277,10 +276,19 @@ enum Present {
     }
 
     private static func byte(_ value: UInt8) -> JSONValue {
-        value == AgentStatus.unknownByte ? .null : .int(Int64(value))
+        AgentStatus.known(value).map { .int(Int64($0)) } ?? .null
     }
 
     private static func milliseconds(_ seconds: Double) -> Double {
         (seconds * 1000 * 10).rounded() / 10
     }
+}
+
+extension AgentStatus {
+    /// What the agent did to its workload on lease loss: `none`, `frozen`, or `final` (killed: a
+    /// newer epoch exists). The API's `fence` and the status page say it alike.
+    var fenceName: String { flags.contains(.fenceFinal) ? "final" : flags.contains(.fenced) ? "frozen" : "none" }
+
+    /// A one-byte reading, or nil where the agent could not read it (`unknownByte`).
+    static func known(_ value: UInt8) -> Int? { value == unknownByte ? nil : Int(value) }
 }

@@ -4,6 +4,7 @@ import Logging
 import WarmpoolLiveness
 import WarmpoolModel
 import WarmpoolStore
+import WarmpoolWire
 
 /// The status page under `/ui`: the same pools, agents and failovers as the API, for a browser,
 /// behind the same API keys. A key is pasted once into the login form; the browser then holds
@@ -256,14 +257,13 @@ struct ConsoleRoutes {
             agentID: id, instanceID: instanceID, role: role, state: snapshot?.state ?? "unseen", lastHeartbeat: snapshot.map(live.lastHeartbeat),
             leaseHeld: snapshot?.leaseEpoch != nil, leaseRevoked: snapshot?.leaseWithheld ?? false)
         if let status = snapshot?.status {
-            func known(_ byte: UInt8) -> Int? { byte == 0xFF ? nil : Int(byte) }
-            agent.fence = status.flags.contains(.fenceFinal) ? "final" : status.flags.contains(.fenced) ? "frozen" : "none"
+            agent.fence = status.fenceName
             agent.gpuCount = Int(status.gpuCount)
             agent.gpuHealthy = Int(status.gpuHealthyCount)
             agent.gpuErrors = status.flags.contains(.gpuErrors)
             agent.gpuProbe = status.flags.contains(.gpuProbeAvailable)
-            agent.gpuTemperature = known(status.gpuMaxTemperatureCelsius)
-            agent.gpuUtilization = known(status.gpuMaxUtilizationPercent)
+            agent.gpuTemperature = AgentStatus.known(status.gpuMaxTemperatureCelsius)
+            agent.gpuUtilization = AgentStatus.known(status.gpuMaxUtilizationPercent)
             if status.flags.contains(.volumeMounted) { agent.volumeFreeMebibytes = Int(status.volumeFreeMebibytes) }
         }
         return agent

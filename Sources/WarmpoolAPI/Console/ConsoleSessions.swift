@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import WarmpoolWire
 
 /// The status page's logins: a browser that proved an API key gets a random session token in an
 /// HttpOnly, SameSite=Strict cookie, and a CSRF token for its forms. Sessions live in memory: a
@@ -80,10 +81,6 @@ public final class ConsoleSessions: Sendable {
 
     /// Compares a submitted CSRF token in time that does not depend on where it differs.
     public static func tokensMatch(_ submitted: String, _ expected: String) -> Bool {
-        let a = Array(submitted.utf8), b = Array(expected.utf8)
-        guard a.count == b.count else { return false }
-        var difference: UInt8 = 0
-        for index in a.indices { difference |= a[index] ^ b[index] }
-        return difference == 0
+        constantTimeEquals(Array(submitted.utf8), Array(expected.utf8))
     }
 }
